@@ -1,0 +1,1 @@
+"""regcache: a transparent cache appliance for container registries."""

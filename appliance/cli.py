@@ -1,0 +1,157 @@
+"""The `regcache` command: serve, check-config, and CA management. Thin by design."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from appliance.config import Config, ConfigError, default_config_path, load_config
+from appliance.main import StartupError, ca_mismatch, run
+from appliance.tls.ca import (
+    CaError,
+    create_ca,
+    expiry_warning,
+    fingerprint,
+    load_ca,
+    rotate_ca,
+    to_pem,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regcache", description=__doc__)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"config file (default: $REGCACHE_CONFIG or {default_config_path()})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the DNS responder and the HTTPS proxy")
+    check = sub.add_parser("check-config", help="validate a config file and the CA against it")
+    check.add_argument("path", nargs="?", type=Path)
+    ca = sub.add_parser("ca", help="manage the regcache CA").add_subparsers(
+        dest="ca_command", required=True
+    )
+    ca.add_parser("init", help="create the CA (serve does this on first start)")
+    export = ca.add_parser("export", help="write the CA certificate(s) clients must trust")
+    export.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    ca.add_parser("show", help="subject, fingerprint, constraints and expiry")
+    rotate = ca.add_parser("rotate", help="new CA; the old one keeps working for an overlap")
+    rotate.add_argument("--overlap-days", type=int, help="default: tls.rotate_overlap_days")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = getattr(args, "path", None) or args.config or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        print(f"regcache: config error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    now = dt.datetime.now(dt.UTC)
+    try:
+        if args.command == "serve":
+            run(config)
+            return 0
+        if args.command == "check-config":
+            return _check_config(config, path, now)
+        return _ca(args, config, now)
+    except (CaError, StartupError) as e:
+        print(f"regcache: {e}", file=sys.stderr)
+        return 1
+
+
+def _check_config(config: Config, path: Path, now: dt.datetime) -> int:
+    ca = load_ca(config.state_dir)
+    if ca is not None:
+        problem = ca_mismatch(config, ca)
+        if problem:
+            print(f"regcache: {path}: {problem}", file=sys.stderr)
+            return 1
+        warning = expiry_warning(ca, now)
+        if warning:
+            print(f"regcache: warning: {warning}", file=sys.stderr)
+    hosts = config.intercepted().patterns()
+    print(f"{path}: ok ({len(config.registries)} registries, {len(hosts)} intercepted names)")
+    return 0
+
+
+def _ca(args: argparse.Namespace, config: Config, now: dt.datetime) -> int:
+    permitted = config.permitted_domains() if config.tls.name_constraints else None
+    lifetime = dt.timedelta(days=config.tls.ca_lifetime_days)
+    if args.ca_command == "init":
+        existing = load_ca(config.state_dir)
+        if existing is not None:
+            print(f"CA already exists, fingerprint SHA256 {fingerprint(existing.cert)}")
+            return 0
+        created = create_ca(
+            config.state_dir, permitted_domains=permitted, lifetime=lifetime, now=now
+        )
+        print(f"CA created, fingerprint SHA256 {fingerprint(created.cert)}")
+        return 0
+    if args.ca_command == "rotate":
+        days = config.tls.rotate_overlap_days if args.overlap_days is None else args.overlap_days
+        rotated = rotate_ca(
+            config.state_dir,
+            permitted_domains=permitted,
+            lifetime=lifetime,
+            overlap=dt.timedelta(days=days),
+            now=now,
+        )
+        assert rotated.cross is not None
+        print(f"CA rotated, new fingerprint SHA256 {fingerprint(rotated.cert)}")
+        until = rotated.cross.not_valid_after_utc
+        print(f"clients trusting the old CA keep working until {until:%Y-%m-%d %H:%M} UTC")
+        print("restart regcache, then distribute the new CA (`regcache ca export`)")
+        return 0
+    ca = load_ca(config.state_dir)
+    if ca is None:
+        raise CaError(f"no CA in {config.state_dir}: run `regcache ca init` or start regcache")
+    if args.ca_command == "export":
+        bundle = ca.trust_bundle(now)
+        if args.out:
+            args.out.write_bytes(to_pem(bundle))
+        else:
+            sys.stdout.buffer.write(to_pem(bundle))
+        for cert in bundle:
+            print(f"SHA256 fingerprint {fingerprint(cert)}  {_cn(cert)}", file=sys.stderr)
+        return 0
+    _show(ca.cert, ca.permitted_domains())
+    if ca.cross is not None and ca.overlap_active(now):
+        print(f"rotation overlap until: {ca.cross.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    warning = expiry_warning(ca, now)
+    if warning:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _cn(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+def _show(cert: x509.Certificate, permitted: tuple[str, ...] | None) -> None:
+    print(f"subject:      {_cn(cert)}")
+    print(f"fingerprint:  SHA256 {fingerprint(cert)}")
+    print(
+        f"valid:        {cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d}"
+    )
+    if permitted is None:
+        print("constraints:  NONE (this CA can vouch for any site: see THREAT_MODEL.md)")
+    else:
+        print(f"constraints:  DNS names under {', '.join(permitted)}; no IP addresses")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

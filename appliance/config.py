@@ -1,0 +1,337 @@
+"""The regcache configuration: frozen dataclasses loaded strictly from one YAML file.
+
+Every default is documented beside its field; `config.example.yaml` shows them in use.
+Errors name the file, the line and the dotted key (`registries[2].hosts[0]`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+from typing import Any
+
+from appliance import strict_yaml
+from appliance.hostnames import HostnameError, HostSet, check_hostname, check_pattern, is_within
+from appliance.strict_yaml import check
+
+DEFAULT_PATH = Path("/etc/regcache/config.yaml")
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+# Loopback and the private ranges: regcache must never be an open resolver.
+_PRIVATE_CLIENTS = (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "::1/128", "fc00::/7", "fe80::/10",
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the file, line and dotted key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An IP address and port, written `127.0.0.1:53` or `[::1]:53` in YAML."""
+
+    address: IPAddress
+    port: int
+
+    @classmethod
+    def parse(cls, text: Any, default_port: int | None = None) -> Endpoint:
+        if not isinstance(text, str):
+            raise ValueError(f"expected 'ADDRESS:PORT', got {text!r}")
+        host, sep, port = text.rpartition(":")
+        if text.startswith("[") or (sep and ":" not in host):
+            address = host.strip("[]")
+        elif default_port is not None:
+            address, port = text.strip("[]"), str(default_port)
+        else:
+            raise ValueError(f"expected 'ADDRESS:PORT' (IPv6 as '[ADDR]:PORT'), got {text!r}")
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError as e:
+            raise ValueError(f"{address!r} is not an IP address") from e
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"port {port!r} is not a number in 1..65535")
+        return cls(ip, int(port))
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}"
+
+
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+
+
+def _non_negative(value: float) -> None:
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+
+
+def _between(low: float, high: float) -> Any:
+    def _check(value: float) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+
+    return _check
+
+
+def _one_of(*choices: str) -> Any:
+    def _check(value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+
+    return _check
+
+
+def _non_empty(value: tuple[object, ...]) -> None:
+    if not value:
+        raise ValueError("must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    dns: tuple[Endpoint, ...] = field(
+        default=(Endpoint(IPv4Address("0.0.0.0"), 53),),  # noqa: S104 - the gateway serves its LAN
+        metadata=check(_non_empty),
+    )
+    """UDP+TCP addresses of the DNS responder; production uses port 53."""
+    https: tuple[Endpoint, ...] = field(
+        default=(Endpoint(IPv4Address("0.0.0.0"), 443),),  # noqa: S104
+        metadata=check(_non_empty),
+    )
+    """Addresses of the TLS-terminating proxy; production uses port 443."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplianceConfig:
+    ipv4: IPv4Address
+    """The address intercepted names resolve to (A records): the gateway's address."""
+    ipv6: IPv6Address | None = None
+    """AAAA answer; when unset AAAA gets an empty NOERROR so clients fall back to IPv4."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    ttl_s: int = field(default=60, metadata=check(_between(1, 86400)))
+    """TTL of intercepted answers; short so that turning regcache off takes effect soon."""
+    upstreams: tuple[Endpoint, ...] = ()
+    """Real resolvers for everything else; empty = the nameservers in `resolv_conf`."""
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    upstream_timeout_s: float = field(default=2.0, metadata=check(_between(0.05, 30)))
+    """Per upstream attempt; after all upstreams time out the client gets SERVFAIL."""
+    allow_clients: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in _PRIVATE_CLIENTS)
+    """Clients outside these networks get REFUSED (never an open resolver)."""
+    rate_limit_qps: float = field(default=500.0, metadata=check(_non_negative))
+    """Sustained queries per second per client address; 0 disables the limit."""
+    rate_limit_burst: int = field(default=1000, metadata=check(_positive))
+    max_inflight_forwards: int = field(default=512, metadata=check(_between(1, 65536)))
+    """Forwards waiting on upstream at once; beyond this clients get SERVFAIL at once."""
+    tcp_max_connections: int = field(default=256, metadata=check(_between(1, 65536)))
+    tcp_idle_timeout_s: float = field(default=10.0, metadata=check(_between(0.1, 10)))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    name_constraints: bool = True
+    """Critical X.509 Name Constraints on the CA. Turning this off makes the CA able to
+    vouch for any site on every client that trusts it: see THREAT_MODEL.md."""
+    permitted_domains: tuple[str, ...] = ()
+    """DNS subtrees the CA may sign for; empty = the last two labels of each registry host."""
+    ca_lifetime_days: int = field(default=3650, metadata=check(_between(1, 36500)))
+    leaf_lifetime_days: int = field(default=30, metadata=check(_between(1, 89)))
+    """Leaf validity; with the 1-hour backdate it stays within 90 days."""
+    rotate_overlap_days: int = field(default=30, metadata=check(_between(0, 3650)))
+    """After `ca rotate`, how long clients that trust only the old CA keep working."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    name: str
+    """A short label used in logs and metrics (e.g. `docker.io`)."""
+    hosts: tuple[str, ...] = field(metadata=check(_non_empty))
+    """API hosts (`registry-1.docker.io`) or `*.suffix` patterns: intercepted."""
+    auth_hosts: tuple[str, ...] = ()
+    """Token-realm hosts from `WWW-Authenticate`."""
+    intercept_auth_hosts: bool = True
+    """Intercept `auth_hosts` too, for build hosts without a direct route out; regcache
+    then sees passwords on their way to the token endpoint (THREAT_MODEL.md)."""
+    redirect_hosts: tuple[str, ...] = ()
+    """Where blobs get redirected (CDNs). Never intercepted: regcache follows redirects."""
+
+    def intercepted_patterns(self) -> tuple[str, ...]:
+        return self.hosts + (self.auth_hosts if self.intercept_auth_hosts else ())
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    appliance: ApplianceConfig
+    registries: tuple[RegistryConfig, ...] = field(metadata=check(_non_empty))
+    listen: ListenConfig = ListenConfig()
+    state_dir: Path = Path("/var/lib/regcache")
+    """CA, store and index. Relative paths are taken from the config file's folder."""
+    log_level: str = field(default="INFO", metadata=check(_one_of("DEBUG", "INFO", "WARNING")))
+    dns: DnsConfig = DnsConfig()
+    tls: TlsConfig = TlsConfig()
+    resolve: dict[str, tuple[IPAddress, ...]] = field(default_factory=dict)
+    """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
+
+    def intercepted(self) -> HostSet:
+        """The one host set behind DNS interception, the TLS allow-list and routing."""
+        return HostSet.of(p for r in self.registries for p in r.intercepted_patterns())
+
+    def permitted_domains(self) -> tuple[str, ...]:
+        if self.tls.permitted_domains:
+            return self.tls.permitted_domains
+        domains = {
+            ".".join(p.removeprefix("*.").split(".")[-2:]) for p in self.intercepted().patterns()
+        }
+        return tuple(sorted(domains))
+
+    def registry_for(self, host: str) -> RegistryConfig | None:
+        for registry in self.registries:
+            if HostSet.of(registry.intercepted_patterns()).match(host):
+                return registry
+        return None
+
+    def hosts_outside(self, permitted: tuple[str, ...]) -> list[str]:
+        """Intercepted patterns a CA constrained to `permitted` cannot sign for."""
+        return [
+            p
+            for p in self.intercepted().patterns()
+            if not any(is_within(p.removeprefix("*."), d) for d in permitted)
+        ]
+
+
+def _typed(tp: type[Any]) -> Any:
+    def parse(value: Any) -> Any:
+        if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)
+        if not isinstance(value, tp):
+            raise ValueError(
+                f"expected {tp.__name__ if tp is not str else 'a string'}, got {value!r}"
+            )
+        return value
+
+    return parse
+
+
+def _ip(tp: Any) -> Any:
+    def parse(value: Any) -> Any:
+        try:
+            return tp(str(value))
+        except ValueError as e:
+            raise ValueError(str(e)) from e
+
+    return parse
+
+
+def _any_ip(value: Any) -> IPAddress:
+    return ipaddress.ip_address(str(value))
+
+
+def _network(value: Any) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(str(value), strict=True)
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not a network in CIDR notation: {e}") from e
+
+
+_SCALARS: dict[object, strict_yaml.Parser] = {
+    str: _typed(str),
+    int: _typed(int),
+    float: _typed(float),
+    bool: _typed(bool),
+    Path: lambda v: Path(_typed(str)(v)),
+    IPv4Address: _ip(IPv4Address),
+    IPv6Address: _ip(IPv6Address),
+    IPAddress: _any_ip,
+    IPNetwork: _network,
+    Endpoint: Endpoint.parse,
+}
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, parse and validate a config file, or raise `ConfigError` with file:line: key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from e
+    return parse_config(text, origin=path)
+
+
+def parse_config(text: str, origin: Path) -> Config:
+    try:
+        config, lines = strict_yaml.load(Config, text, _SCALARS)
+        _validate(config, lines)
+    except strict_yaml.SchemaError as e:
+        raise ConfigError(f"{origin}:{e}") from e
+    if not config.state_dir.is_absolute():
+        config = replace(config, state_dir=origin.parent.resolve() / config.state_dir)
+    return config
+
+
+def _validate(config: Config, lines: dict[str, int]) -> None:
+    """Checks that span several keys; each error points at the key that must change."""
+
+    def fail(key: str, message: str) -> None:
+        raise strict_yaml.SchemaError(key, lines.get(key, 1), message)
+
+    owner: dict[str, str] = {}
+    names: set[str] = set()
+    for i, registry in enumerate(config.registries):
+        if registry.name in names:
+            fail(f"registries[{i}].name", f"duplicate registry name {registry.name!r}")
+        names.add(registry.name)
+        for group in ("hosts", "auth_hosts", "redirect_hosts"):
+            for j, pattern in enumerate(getattr(registry, group)):
+                key = f"registries[{i}].{group}[{j}]"
+                try:
+                    normal = check_pattern(pattern)
+                except HostnameError as e:
+                    fail(key, str(e))
+                if group == "redirect_hosts":
+                    continue
+                if normal in owner and owner[normal] != registry.name:
+                    fail(key, f"{normal!r} is already listed by registry {owner[normal]!r}")
+                owner[normal] = registry.name
+    for i, domain in enumerate(config.tls.permitted_domains):
+        key = f"tls.permitted_domains[{i}]"
+        try:
+            check_hostname(domain)
+        except HostnameError as e:
+            fail(key, str(e))
+    if config.tls.name_constraints and config.tls.permitted_domains:
+        outside = config.hosts_outside(config.tls.permitted_domains)
+        if outside:
+            fail(
+                "tls.permitted_domains",
+                f"intercepted hosts {', '.join(outside)} lie outside every permitted domain; "
+                "add their domain here (then run `regcache ca rotate`)",
+            )
+    for host in config.resolve:
+        try:
+            check_hostname(host)
+        except HostnameError as e:
+            fail(f"resolve.{host}", str(e))
+    listen_ports = {(e.address, e.port) for e in config.listen.dns}
+    for i, upstream in enumerate(config.dns.upstreams):
+        if (upstream.address, upstream.port) in listen_ports:
+            fail(
+                f"dns.upstreams[{i}]", "is regcache's own DNS listener: it would forward to itself"
+            )
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("REGCACHE_CONFIG", DEFAULT_PATH))

@@ -1,0 +1,214 @@
+"""Upstream DNS client: how regcache asks real resolvers, for its clients and for itself.
+
+RFC 5452 hardening: a fresh random transaction ID and a fresh connected UDP socket (kernel-
+chosen random source port) per query; a reply counts only if it comes from the server
+(the kernel filters on the connected address), is a response, and its ID, name, type and
+class match. Anything else, malformed replies included, is ignored as a possible forgery
+until the deadline, after which the next server is tried. A truncated UDP reply is
+retried over TCP. The proxy resolves upstream registry names with `resolve()`, so regcache
+never answers its own lookups with its interception address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from dnslib import CLASS, EDNS0, QTYPE, DNSQuestion, DNSRecord
+
+from appliance.config import Endpoint, IPAddress
+from appliance.dns.message import (
+    EDNS_UDP_BYTES,
+    MalformedMessage,
+    is_response,
+    parse,
+)
+from appliance.hostnames import normalise
+
+log = logging.getLogger(__name__)
+
+_RESOLVE_CACHE_ENTRIES = 4096
+_MIN_CACHE_TTL_S = 5
+
+
+class ResolverError(RuntimeError):
+    """No usable answer from any upstream resolver."""
+
+
+def nameservers_from(resolv_conf: Path, exclude: Sequence[Endpoint]) -> list[Endpoint]:
+    """The `nameserver` lines of a resolv.conf, minus regcache's own DNS listeners."""
+    servers: list[Endpoint] = []
+    try:
+        lines = resolv_conf.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ResolverError(f"cannot read {resolv_conf}: {e}") from e
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(fields[1].split("%")[0])
+            except ValueError:
+                continue
+            candidate = Endpoint(address, 53)
+            if not any(_is_self(candidate, own) for own in exclude):
+                servers.append(candidate)
+    return servers
+
+
+def _is_self(server: Endpoint, own: Endpoint) -> bool:
+    if server.port != own.port:
+        return False
+    if own.address.is_unspecified:
+        return server.address.is_loopback or server.address.version == own.address.version
+    return server.address == own.address
+
+
+def _matches(reply: DNSRecord, ident: int, question: DNSQuestion) -> bool:
+    if reply.header.id != ident or not reply.header.qr or len(reply.questions) != 1:
+        return False
+    q = reply.q
+    return (
+        normalise(str(q.qname)) == normalise(str(question.qname))
+        and q.qtype == question.qtype
+        and q.qclass == question.qclass
+    )
+
+
+class _UdpExchange(asyncio.DatagramProtocol):
+    def __init__(self, ident: int, question: DNSQuestion) -> None:
+        self.ident = ident
+        self.question = question
+        self.reply: asyncio.Future[DNSRecord] = asyncio.get_running_loop().create_future()
+        self.ignored = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        if self.reply.done() or not is_response(data):
+            return
+        try:
+            record = parse(data)
+        except MalformedMessage:
+            self.ignored += 1
+            return
+        if _matches(record, self.ident, self.question):
+            self.reply.set_result(record)
+        else:
+            self.ignored += 1
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: fail this server now instead of at the deadline.
+        if not self.reply.done():
+            self.reply.set_exception(ResolverError(f"udp error: {exc}"))
+
+
+class UpstreamResolver:
+    """Queries upstream resolvers in order; `resolve()` adds static overrides and a cache."""
+
+    def __init__(
+        self,
+        servers: Sequence[Endpoint],
+        timeout_s: float,
+        overrides: Mapping[str, tuple[IPAddress, ...]] | None = None,
+    ) -> None:
+        self.servers = tuple(servers)
+        self._timeout_s = timeout_s
+        self._overrides = {normalise(k): v for k, v in (overrides or {}).items()}
+        self._cache: OrderedDict[str, tuple[float, tuple[IPAddress, ...]]] = OrderedDict()
+
+    async def exchange(
+        self, question: DNSQuestion, *, dnssec_ok: bool = False, checking_disabled: bool = False
+    ) -> DNSRecord:
+        """The first valid upstream reply to `question`; ResolverError when none comes."""
+        if not self.servers:
+            raise ResolverError("no upstream resolvers configured")
+        failures: list[str] = []
+        for server in self.servers:
+            ident = secrets.randbelow(1 << 16)
+            query = DNSRecord(q=question)
+            query.header.id = ident
+            query.header.rd = 1
+            query.header.cd = int(checking_disabled)
+            query.add_ar(EDNS0(udp_len=EDNS_UDP_BYTES, flags="do" if dnssec_ok else ""))
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    reply = await self._udp(server, query, ident, question)
+                    if reply.header.tc:
+                        reply = await self._tcp(server, query, ident, question)
+                return reply
+            except (TimeoutError, OSError, ResolverError) as e:
+                failures.append(f"{server}: {type(e).__name__} {e}".strip())
+        raise ResolverError("; ".join(failures))
+
+    async def _udp(
+        self, server: Endpoint, query: DNSRecord, ident: int, question: DNSQuestion
+    ) -> DNSRecord:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _UdpExchange(ident, question),
+            remote_addr=(str(server.address), server.port),
+        )
+        try:
+            transport.sendto(query.pack())
+            return await protocol.reply
+        finally:
+            transport.close()
+
+    async def _tcp(
+        self, server: Endpoint, query: DNSRecord, ident: int, question: DNSQuestion
+    ) -> DNSRecord:
+        reader, writer = await asyncio.open_connection(str(server.address), server.port)
+        try:
+            payload = query.pack()
+            writer.write(struct.pack("!H", len(payload)) + payload)
+            await writer.drain()
+            while True:  # bounded by the caller's deadline
+                (size,) = struct.unpack("!H", await reader.readexactly(2))
+                try:
+                    record = parse(await reader.readexactly(size))
+                except MalformedMessage:
+                    continue
+                if _matches(record, ident, question):
+                    return record
+        except asyncio.IncompleteReadError as e:
+            raise ResolverError("tcp connection closed before a reply") from e
+        finally:
+            writer.close()
+
+    async def resolve(self, host: str) -> tuple[IPAddress, ...]:
+        """Addresses of `host` (IPv4 first) from overrides, cache or upstream; never ourselves."""
+        name = normalise(host)
+        if name in self._overrides:
+            return self._overrides[name]
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] > time.monotonic():
+            self._cache.move_to_end(name)
+            return cached[1]
+        replies = await asyncio.gather(
+            *(self.exchange(DNSQuestion(name, qtype)) for qtype in (QTYPE.A, QTYPE.AAAA)),
+            return_exceptions=True,
+        )
+        addresses: list[IPAddress] = []
+        ttl = 3600
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, ResolverError):
+                    raise reply
+                continue
+            for rr in reply.rr:
+                if rr.rtype in (QTYPE.A, QTYPE.AAAA) and rr.rclass == CLASS.IN:
+                    addresses.append(ipaddress.ip_address(str(rr.rdata)))
+                    ttl = min(ttl, rr.ttl)
+        if not addresses:
+            errors = [str(r) for r in replies if isinstance(r, BaseException)]
+            raise ResolverError(f"no address for {name}: {'; '.join(errors) or 'empty answer'}")
+        result = tuple(sorted(set(addresses), key=lambda a: (a.version, a.packed)))
+        self._cache[name] = (time.monotonic() + max(ttl, _MIN_CACHE_TTL_S), result)
+        if len(self._cache) > _RESOLVE_CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return result

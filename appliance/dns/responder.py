@@ -1,0 +1,176 @@
+"""What regcache answers: intercepted registry names locally, everything else forwarded.
+
+Transport-free: `answer()` takes a packet and the client address and returns the reply
+bytes (or None to stay silent). The UDP/TCP servers own the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSQuestion, DNSRecord
+
+from appliance.config import IPNetwork
+from appliance.dns.message import (
+    BADVERS,
+    EDNS_UDP_BYTES,
+    OPCODE_QUERY,
+    TCP_MAX_BYTES,
+    Edns,
+    MalformedMessage,
+    bare_reply,
+    edns_of,
+    header_only_reply,
+    is_response,
+    pack_for_client,
+    parse,
+    qname_of,
+    reply_limit,
+)
+from appliance.hostnames import HostSet
+
+log = logging.getLogger(__name__)
+
+# HTTPS and SVCB (RFC 9460) by number: an empty answer stops clients from learning
+# alternative endpoints or ECH configs that would route around the appliance.
+_SVCB, _HTTPS = 64, 65
+
+
+class Forwarder(Protocol):
+    async def exchange(
+        self, question: DNSQuestion, *, dnssec_ok: bool = ..., checking_disabled: bool = ...
+    ) -> DNSRecord: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Interception:
+    hosts: HostSet
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address | None
+    ttl_s: int
+
+
+@dataclass(slots=True)
+class Counters:
+    """Outcome counts; the metrics endpoint (a later issue) exports these."""
+
+    intercepted: int = 0
+    forwarded: int = 0
+    refused: int = 0
+    servfail: int = 0
+    formerr: int = 0
+    dropped: int = 0
+    truncated: int = 0
+
+
+class Responder:
+    def __init__(
+        self,
+        interception: Interception,
+        forwarder: Forwarder,
+        allow_clients: tuple[IPNetwork, ...],
+        max_inflight_forwards: int,
+    ) -> None:
+        self._interception = interception
+        self._forwarder = forwarder
+        self._allow = allow_clients
+        self._inflight = asyncio.Semaphore(max_inflight_forwards)
+        self.counters = Counters()
+
+    def allowed(self, client: str) -> bool:
+        ip = ipaddress.ip_address(client.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._allow)
+
+    async def answer(self, data: bytes, client: str, *, tcp: bool) -> bytes | None:
+        """The reply to one query packet from `client`, or None to send nothing."""
+        if is_response(data):
+            self.counters.dropped += 1  # never answer answers: no reflection loops
+            return None
+        try:
+            query = parse(data)
+            edns = edns_of(query)
+        except MalformedMessage as e:
+            log.debug("dns formerr client=%s error=%s", client, e)
+            self.counters.formerr += 1
+            return header_only_reply(data, RCODE.FORMERR)
+        limit = TCP_MAX_BYTES if tcp else reply_limit(edns)
+        reply = await self._reply(query, edns, client)
+        return pack_for_client(reply, query, edns, limit) if reply is not None else None
+
+    async def _reply(self, query: DNSRecord, edns: Edns | None, client: str) -> DNSRecord | None:
+        if not self.allowed(client):
+            self.counters.refused += 1
+            return bare_reply(query, RCODE.REFUSED, edns)
+        if query.header.opcode != OPCODE_QUERY:
+            return bare_reply(query, RCODE.NOTIMP, edns)
+        if len(query.questions) != 1:
+            self.counters.formerr += 1
+            return bare_reply(query, RCODE.FORMERR, edns)
+        if edns is not None and edns.version != 0:
+            return bare_reply(query, BADVERS, edns)
+        if query.q.qclass == CLASS.IN and self._interception.hosts.match(qname_of(query)):
+            self.counters.intercepted += 1
+            return self._intercept(query, edns)
+        return await self._forward(query, edns, client)
+
+    def _intercept(self, query: DNSRecord, edns: Edns | None) -> DNSRecord:
+        """A/AAAA → the appliance; every other type an empty NOERROR, never NXDOMAIN."""
+        reply = bare_reply(query, RCODE.NOERROR, edns)
+        reply.header.aa = 1
+        qtype, ttl = query.q.qtype, self._interception.ttl_s
+        if qtype in (QTYPE.A, QTYPE.ANY):
+            reply.add_answer(
+                RR(query.q.qname, QTYPE.A, rdata=A(str(self._interception.ipv4)), ttl=ttl)
+            )
+        if qtype in (QTYPE.AAAA, QTYPE.ANY) and self._interception.ipv6 is not None:
+            rdata = AAAA(str(self._interception.ipv6))
+            reply.add_answer(RR(query.q.qname, QTYPE.AAAA, rdata=rdata, ttl=ttl))
+        return reply
+
+    async def _forward(self, query: DNSRecord, edns: Edns | None, client: str) -> DNSRecord:
+        if self._inflight.locked():
+            self.counters.servfail += 1
+            log.warning("dns forward shed client=%s reason=too-many-in-flight", client)
+            return bare_reply(query, RCODE.SERVFAIL, edns)
+        async with self._inflight:
+            try:
+                upstream = await self._forwarder.exchange(
+                    query.q,
+                    dnssec_ok=bool(edns and edns.dnssec_ok),
+                    checking_disabled=bool(query.header.cd),
+                )
+            except Exception as e:  # noqa: BLE001 - any upstream failure is a SERVFAIL
+                self.counters.servfail += 1
+                log.info("dns servfail name=%s error=%s", qname_of(query), e)
+                return bare_reply(query, RCODE.SERVFAIL, edns)
+        self.counters.forwarded += 1
+        return _relay(upstream, query, edns)
+
+
+def _relay(upstream: DNSRecord, query: DNSRecord, edns: Edns | None) -> DNSRecord:
+    """Upstream's answer under the client's ID and flags, with the client's view of EDNS."""
+    h = upstream.header
+    header = DNSHeader(
+        id=query.header.id,
+        qr=1,
+        opcode=h.opcode,
+        aa=h.aa,
+        tc=0,
+        rd=query.header.rd,
+        ra=h.ra,
+        ad=h.ad,
+        cd=query.header.cd,
+        rcode=h.rcode,
+    )
+    reply = DNSRecord(header, questions=list(query.questions), rr=list(upstream.rr))
+    reply.auth = list(upstream.auth)
+    reply.ar = [rr for rr in upstream.ar if rr.rtype != QTYPE.OPT]
+    if edns is not None:
+        reply.add_ar(EDNS0(udp_len=EDNS_UDP_BYTES, flags="do" if edns.dnssec_ok else ""))
+    return reply

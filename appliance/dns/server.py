@@ -1,0 +1,163 @@
+"""The DNS responder's sockets: UDP and TCP listeners with bounded intake.
+
+UDP: each datagram is answered by its own task, at most `max_pending` at once (excess is
+dropped, as a loaded resolver would). TCP (RFC 7766): at most `max_connections`
+connections, each closed after `idle_timeout_s` without a query; pipelined queries on a
+connection are answered concurrently, up to 16 in flight per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+from typing import cast
+
+from appliance.config import Endpoint
+from appliance.dns.ratelimit import RateLimiter
+from appliance.dns.responder import Responder
+from appliance.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+_PER_CONNECTION_INFLIGHT = 16
+_UDP_RCVBUF_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_pending_udp: int
+    max_connections: int
+    idle_timeout_s: float
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self._server = server
+        self._transport: asyncio.DatagramTransport | None = None
+        self._pending = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        client = str(addr[0])
+        if self._pending >= self._server.limits.max_pending_udp or not self._server.admit(client):
+            self._server.responder.counters.dropped += 1
+            return
+        self._pending += 1
+        spawn(self._answer(data, addr, client), name="dns-udp")
+
+    async def _answer(self, data: bytes, addr: tuple[str | object, ...], client: str) -> None:
+        try:
+            reply = await self._server.responder.answer(data, client, tcp=False)
+            if reply is not None and self._transport is not None:
+                self._transport.sendto(reply, addr)
+        finally:
+            self._pending -= 1
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dns udp error=%s", exc)
+
+
+class DnsServer:
+    def __init__(
+        self, responder: Responder, rate_limiter: RateLimiter, limits: ServerLimits
+    ) -> None:
+        self.responder = responder
+        self.limits = limits
+        self._rate_limiter = rate_limiter
+        self._connections = 0
+        self._closers: list[asyncio.BaseTransport | asyncio.Server] = []
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+
+    def admit(self, client: str) -> bool:
+        return self._rate_limiter.allow(client)
+
+    async def start(self, endpoints: tuple[Endpoint, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        for endpoint in endpoints:
+            host = str(endpoint.address)
+            family = socket.AF_INET6 if endpoint.address.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF_BYTES)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, endpoint.port))
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), sock=sock
+            )
+            self._closers.append(transport)
+            tcp = await asyncio.start_server(
+                self._serve_tcp, host, endpoint.port, backlog=1024, reuse_address=True
+            )
+            self._closers.append(tcp)
+            log.info("dns listening endpoint=%s transports=udp,tcp", endpoint)
+
+    async def close(self) -> None:
+        for closer in self._closers:
+            closer.close()
+        for task in list(self._conn_tasks):
+            task.cancel()
+        await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+        for closer in self._closers:
+            if isinstance(closer, asyncio.Server):
+                await closer.wait_closed()
+        self._closers.clear()
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else "?"
+        if self._connections >= self.limits.max_connections:
+            writer.transport.abort()  # full: refuse fast so clients retry elsewhere
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._conn_tasks.add(task)
+        self._connections += 1
+        inflight = asyncio.Semaphore(_PER_CONNECTION_INFLIGHT)
+        answers: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.limits.idle_timeout_s):
+                        (size,) = struct.unpack("!H", await reader.readexactly(2))
+                        data = await reader.readexactly(size)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    break
+                if not self.admit(client):
+                    continue
+                await inflight.acquire()
+                answer = spawn(self._answer_tcp(data, client, writer, inflight), name="dns-tcp")
+                answers.add(answer)
+                answer.add_done_callback(answers.discard)
+            if answers:
+                await asyncio.wait(answers, timeout=self.limits.idle_timeout_s)
+        finally:
+            self._connections -= 1
+            self._conn_tasks.discard(task)
+            for answer in answers:
+                answer.cancel()
+            writer.close()
+
+    async def _answer_tcp(
+        self,
+        data: bytes,
+        client: str,
+        writer: asyncio.StreamWriter,
+        inflight: asyncio.Semaphore,
+    ) -> None:
+        try:
+            reply = await self.responder.answer(data, client, tcp=True)
+            if reply is not None and not writer.is_closing():
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                async with asyncio.timeout(self.limits.idle_timeout_s):
+                    await writer.drain()
+        except (TimeoutError, ConnectionError):
+            writer.transport.abort()
+        finally:
+            inflight.release()

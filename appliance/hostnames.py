@@ -1,0 +1,90 @@
+"""Host name normalisation and the exact-or-wildcard patterns that select intercepted hosts."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# RFC 1123 labels; underscores are tolerated because real CDN names use them.
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+class HostnameError(ValueError):
+    """A string that is not a usable DNS host name or pattern."""
+
+
+def normalise(name: str) -> str:
+    """Lower-case, strip one trailing dot; the canonical key for every host lookup."""
+    return name.strip().lower().removesuffix(".")
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def check_hostname(name: str) -> str:
+    """Return the normalised name or raise `HostnameError` saying what is wrong."""
+    host = normalise(name)
+    if not host:
+        raise HostnameError("empty host name")
+    if is_ip_literal(host):
+        raise HostnameError(f"{name!r} is an IP address, not a host name")
+    if len(host) > 253:
+        raise HostnameError(f"{name!r} is longer than 253 characters")
+    for label in host.split("."):
+        if not _LABEL.match(label):
+            raise HostnameError(f"{name!r} has an invalid label {label!r}")
+    return host
+
+
+def check_pattern(pattern: str) -> str:
+    """A host name, or `*.suffix` meaning any name strictly below `suffix`."""
+    text = normalise(pattern)
+    if text.startswith("*."):
+        suffix = check_hostname(text[2:])
+        if "." not in suffix:
+            raise HostnameError(f"{pattern!r} would match a whole top-level domain")
+        return "*." + suffix
+    if "*" in text:
+        raise HostnameError(f"{pattern!r}: a wildcard is only allowed as a leading '*.'")
+    return check_hostname(text)
+
+
+def is_within(host: str, domain: str) -> bool:
+    """True when `host` equals `domain` or lies below it (X.509 dNSName subtree rules)."""
+    return host == domain or host.endswith("." + domain)
+
+
+@dataclass(frozen=True, slots=True)
+class HostSet:
+    """Exact names plus `*.suffix` patterns; `match` takes any spelling of a name."""
+
+    exact: frozenset[str]
+    suffixes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, patterns: Iterable[str]) -> HostSet:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        for raw in patterns:
+            pattern = check_pattern(raw)
+            if pattern.startswith("*."):
+                suffixes.append(pattern[2:])
+            else:
+                exact.add(pattern)
+        return cls(frozenset(exact), tuple(sorted(set(suffixes))))
+
+    def match(self, name: str) -> bool:
+        host = normalise(name)
+        if host in self.exact:
+            return True
+        return any(host.endswith("." + suffix) for suffix in self.suffixes)
+
+    def patterns(self) -> list[str]:
+        return sorted(self.exact) + ["*." + s for s in self.suffixes]

@@ -1,0 +1,132 @@
+"""Composition root: builds every part from the config, runs them, shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import resource
+import signal
+
+from appliance.config import Config
+from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
+from appliance.dns.ratelimit import RateLimiter
+from appliance.dns.responder import Interception, Responder
+from appliance.dns.server import DnsServer, ServerLimits
+from appliance.proxy.app import create_app, start_https
+from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_warning, load_ca
+from appliance.tls.leaves import LeafStore
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """regcache cannot start with this config; the message says how to fix it."""
+
+
+def ensure_ca(config: Config, now: dt.datetime) -> CertificateAuthority:
+    """Load the CA, creating it on first start; refuse one that cannot sign our hosts."""
+    ca = load_ca(config.state_dir)
+    if ca is None:
+        ca = create_ca(
+            config.state_dir,
+            permitted_domains=config.permitted_domains() if config.tls.name_constraints else None,
+            lifetime=dt.timedelta(days=config.tls.ca_lifetime_days),
+            now=now,
+        )
+    problem = ca_mismatch(config, ca)
+    if problem:
+        raise StartupError(problem)
+    warning = expiry_warning(ca, now)
+    if warning:
+        log.warning("ca expiring %s", warning)
+    return ca
+
+
+def ca_mismatch(config: Config, ca: CertificateAuthority) -> str | None:
+    """Why the CA cannot serve the configured hosts (clients would reject it), or None."""
+    permitted = ca.permitted_domains()
+    if permitted is None:
+        return None
+    outside = config.hosts_outside(permitted)
+    if not outside:
+        return None
+    return (
+        f"intercepted hosts {', '.join(outside)} lie outside the CA's name constraints "
+        f"({', '.join(permitted)}); clients would reject their certificates. Add their "
+        "domain to tls.permitted_domains and run `regcache ca rotate`, or remove the hosts."
+    )
+
+
+def upstream_resolver(config: Config) -> UpstreamResolver:
+    servers = list(config.dns.upstreams)
+    if not servers:
+        try:
+            servers = nameservers_from(config.dns.resolv_conf, exclude=config.listen.dns)
+        except ResolverError as e:
+            log.warning("dns no-upstreams error=%s", e)
+        if not servers:
+            log.warning(
+                "dns no-upstreams source=%s effect=non-registry-names-get-SERVFAIL",
+                config.dns.resolv_conf,
+            )
+    return UpstreamResolver(servers, config.dns.upstream_timeout_s, config.resolve)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(config: Config) -> None:
+    """Run DNS and HTTPS until SIGTERM or SIGINT."""
+    _raise_fd_limit()
+    now = dt.datetime.now(dt.UTC)
+    ca = ensure_ca(config, now)
+    intercepted = config.intercepted()
+    resolver = upstream_resolver(config)
+    responder = Responder(
+        Interception(intercepted, config.appliance.ipv4, config.appliance.ipv6, config.dns.ttl_s),
+        resolver,
+        config.dns.allow_clients,
+        config.dns.max_inflight_forwards,
+    )
+    dns = DnsServer(
+        responder,
+        RateLimiter(config.dns.rate_limit_qps, config.dns.rate_limit_burst),
+        ServerLimits(
+            max_pending_udp=4 * config.dns.max_inflight_forwards,
+            max_connections=config.dns.tcp_max_connections,
+            idle_timeout_s=config.dns.tcp_idle_timeout_s,
+        ),
+    )
+    leaves = LeafStore(ca, intercepted, dt.timedelta(days=config.tls.leaf_lifetime_days))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    try:
+        await dns.start(config.listen.dns)
+        runner = await start_https(create_app(), config.listen.https, leaves.server_context())
+        log.info(
+            "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
+            len(config.registries),
+            len(intercepted.patterns()),
+            ",".join(str(s) for s in resolver.servers) or "none",
+        )
+        await stop.wait()
+        log.info("regcache stopping reason=signal")
+    finally:
+        await dns.close()
+        if runner is not None:
+            await runner.cleanup()
+        log.info("regcache stopped")
+
+
+def run(config: Config) -> None:
+    try:
+        asyncio.run(serve(config))
+    except (CaError, OSError) as e:
+        raise StartupError(str(e)) from e

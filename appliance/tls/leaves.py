@@ -1,0 +1,176 @@
+"""Leaf certificates minted on SNI for allow-listed names, and the server SSLContext.
+
+One EC P-256 leaf key per process, separate from the CA key; leaves are SAN-only,
+serverAuth, short-lived and re-minted a third of their lifetime before expiry. Unknown,
+missing or IP-literal SNI aborts the handshake with `unrecognized_name` and mints nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from appliance.hostnames import HostSet, is_ip_literal, normalise
+from appliance.tls.ca import CertificateAuthority, to_pem
+
+log = logging.getLogger(__name__)
+
+BACKDATE = dt.timedelta(hours=1)
+ALPN = ["http/1.1"]
+
+
+def mint_leaf(
+    ca: CertificateAuthority,
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    lifetime: dt.timedelta,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """Sign a serverAuth leaf for exactly `name`; no allow-list check here (see LeafStore)."""
+    not_after = min(now + lifetime, ca.cert.not_valid_after_utc)
+    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))  # SAN-only (RFC 5280 4.2.1.6: SAN is then critical)
+        .issuer_name(ca.cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def _base_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(ALPN)
+    return ctx
+
+
+@dataclass(slots=True)
+class _Entry:
+    context: ssl.SSLContext
+    renew_after: float
+    """Monotonic-clock-free wall time (epoch seconds) after which the leaf is re-minted."""
+
+
+class LeafStore:
+    """Per-name SSLContexts, minted lazily from the SNI callback; one entry per name."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        allowed: HostSet,
+        lifetime: dt.timedelta,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ca = ca
+        self._allowed = allowed
+        self._lifetime = lifetime
+        self._clock = clock
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._key_pem = self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self._entries: dict[str, _Entry] = {}
+        self.mint_count = 0
+
+    @property
+    def minted_names(self) -> frozenset[str]:
+        return frozenset(self._entries)
+
+    def server_context(self) -> ssl.SSLContext:
+        """The context to listen with: it holds no certificate until SNI selects one."""
+        ctx = _base_context()
+        ctx.sni_callback = self._on_sni
+        return ctx
+
+    def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
+        """The leaf context for an allowed name (minting if needed), else None."""
+        if not server_name or is_ip_literal(server_name):
+            return None
+        name = normalise(server_name)
+        if not self._allowed.match(name):
+            return None
+        entry = self._entries.get(name)
+        if entry is None or self._clock() >= entry.renew_after:
+            entry = self._mint(name)
+            self._entries[name] = entry
+        return entry.context
+
+    def _on_sni(
+        self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> int | None:
+        try:
+            context = self.context_for(server_name)
+        except Exception:  # an exception here would kill the handshake without a log line
+            log.exception("tls mint failed sni=%r", server_name)
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        if context is None:
+            log.info("tls refused sni=%r reason=not-intercepted", server_name)
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = context
+        return None
+
+    def _mint(self, name: str) -> _Entry:
+        started = time.perf_counter()
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        leaf = mint_leaf(self._ca, name, self._key.public_key(), self._lifetime, now)
+        ctx = _base_context()
+        load_chain(ctx, to_pem([leaf, *self._ca.chain(now)]), self._key_pem)
+        self.mint_count += 1
+        lifetime_s = (leaf.not_valid_after_utc - now).total_seconds()
+        log.info(
+            "tls minted sni=%s serial=%x not_after=%s ms=%.2f",
+            name,
+            leaf.serial_number,
+            leaf.not_valid_after_utc.isoformat(),
+            (time.perf_counter() - started) * 1000,
+        )
+        return _Entry(ctx, self._clock() + lifetime_s * 2 / 3)
+
+
+def load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """`load_cert_chain` from memory via memfd: the leaf key never touches the disk."""
+    fds = [os.memfd_create("regcache-chain"), os.memfd_create("regcache-key")]
+    try:
+        for fd, data in zip(fds, (chain_pem, key_pem), strict=True):
+            os.write(fd, data)
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
