@@ -231,7 +231,7 @@ def _ip(tp: Any) -> Any:
         try:
             return tp(str(value))
         except ValueError as e:
-            raise ValueError(str(e)) from e
+            raise ValueError(f"{value!r} is not an {tp.__name__[:4]} address") from e
 
     return parse
 
@@ -276,7 +276,7 @@ def parse_config(text: str, origin: Path) -> Config:
         config, lines = strict_yaml.load(Config, text, _SCALARS)
         _validate(config, lines)
     except strict_yaml.SchemaError as e:
-        raise ConfigError(f"{origin}:{e}") from e
+        raise ConfigError(f"{origin}, line {e.line}: {e.key or '<top level>'}: {e.message}") from e
     if not config.state_dir.is_absolute():
         config = replace(config, state_dir=origin.parent.resolve() / config.state_dir)
     return config

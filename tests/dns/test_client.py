@@ -1,0 +1,62 @@
+"""The upstream resolver client regcache uses for itself (the proxy's lookups)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Endpoint
+from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
+from tests.dns.fake_upstream import FakeUpstream
+
+
+def ep(text: str) -> Endpoint:
+    return Endpoint.parse(text)
+
+
+def test_resolv_conf_nameservers_exclude_regcache_itself(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# comment\nnameserver 127.0.0.1\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\n"
+        "nameserver bogus\nsearch example\n"
+    )
+    assert nameservers_from(conf, exclude=[ep("127.0.0.1:53")]) == [
+        ep("192.0.2.1:53"),
+        ep("[fe80::1]:53"),
+    ]
+    # Listening on the wildcard address: loopback nameservers are regcache itself.
+    assert nameservers_from(conf, exclude=[ep("0.0.0.0:53")]) == [ep("[fe80::1]:53")]
+    assert len(nameservers_from(conf, exclude=[ep("127.0.0.1:5353")])) == 3
+
+
+async def test_resolve_uses_overrides_before_dns(upstream: FakeUpstream) -> None:
+    addr = ipaddress.ip_address("198.51.100.4")
+    resolver = UpstreamResolver([ep(f"127.0.0.1:{upstream.port}")], 0.5, {"Ghcr.IO.": (addr,)})
+    before = len(upstream.seen)
+    assert await resolver.resolve("ghcr.io") == (addr,)
+    assert len(upstream.seen) == before
+
+
+async def test_resolve_asks_upstream_once_then_caches(upstream: FakeUpstream) -> None:
+    resolver = UpstreamResolver([ep(f"127.0.0.1:{upstream.port}")], 0.5)
+    assert await resolver.resolve("reg.fwd.test") == (ipaddress.ip_address("192.0.2.7"),)
+    asked = upstream.names().count("reg.fwd.test.")
+    assert asked == 2  # A and AAAA
+    await resolver.resolve("REG.fwd.test.")
+    assert upstream.names().count("reg.fwd.test.") == asked
+
+
+async def test_resolve_fails_clearly_when_no_upstream_answers(upstream: FakeUpstream) -> None:
+    resolver = UpstreamResolver([ep(f"127.0.0.1:{upstream.port}")], 0.2)
+    with pytest.raises(ResolverError, match="slow.test"):
+        await resolver.resolve("slow.test")
+
+
+async def test_next_upstream_is_tried_after_a_dead_one(upstream: FakeUpstream) -> None:
+    from tests.harness import free_port
+
+    dead = ep(f"127.0.0.1:{free_port()}")
+    resolver = UpstreamResolver([dead, ep(f"127.0.0.1:{upstream.port}")], 0.5)
+    assert await resolver.resolve("two.fwd.test") == (ipaddress.ip_address("192.0.2.7"),)
