@@ -15,7 +15,7 @@ from tests.harness import Regcache, dig, query, tcp_exchange, udp_query
 
 
 def at(rc: Regcache, *args: str) -> str:
-    return dig(f"@127.0.0.1", "-p", str(rc.dns_port), "+time=3", "+tries=1", *args)
+    return dig("@127.0.0.1", "-p", str(rc.dns_port), "+time=3", "+tries=1", *args)
 
 
 def test_intercepted_a_answers_the_appliance_with_short_ttl(regcache: Regcache) -> None:
