@@ -13,9 +13,10 @@ from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_fr
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
-from appliance.proxy.app import create_app, start_https
+from appliance.proxy.app import create_app, start_runner
 from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_warning, load_ca
 from appliance.tls.leaves import LeafStore
+from appliance.tls.listener import TlsListener
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,12 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = None
+    runner = await start_runner(create_app())
+    assert runner.server is not None
+    https = TlsListener(leaves.context_for, runner.server)
     try:
         await dns.start(config.listen.dns)
-        runner = await start_https(create_app(), config.listen.https, leaves.server_context())
+        await https.start(config.listen.https)
         log.info(
             "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
             len(config.registries),
@@ -119,9 +122,9 @@ async def serve(config: Config) -> None:
         await stop.wait()
         log.info("regcache stopping reason=signal")
     finally:
+        await https.close()
         await dns.close()
-        if runner is not None:
-            await runner.cleanup()
+        await runner.cleanup()
         log.info("regcache stopped")
 
 

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 
 from aiohttp import web
-
-from appliance.config import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +42,8 @@ def create_app() -> web.Application:
     return app
 
 
-async def start_https(
-    app: web.Application, endpoints: tuple[Endpoint, ...], context: ssl.SSLContext
-) -> web.AppRunner:
+async def start_runner(app: web.Application) -> web.AppRunner:
+    """Set up `app`; the TLS listener feeds connections to `runner.server`."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    for endpoint in endpoints:
-        site = web.TCPSite(
-            runner, str(endpoint.address), endpoint.port, ssl_context=context, backlog=1024
-        )
-        await site.start()
-        log.info("https listening endpoint=%s", endpoint)
     return runner

@@ -198,7 +198,9 @@ def _self_signed(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + lifetime)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # path_length=1 leaves room for exactly one intermediate: the cross certificate
+        # that `rotate_ca` signs with this key. Name constraints bind the whole chain.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,

@@ -2,7 +2,8 @@
 
 One EC P-256 leaf key per process, separate from the CA key; leaves are SAN-only,
 serverAuth, short-lived and re-minted a third of their lifetime before expiry. Unknown,
-missing or IP-literal SNI aborts the handshake with `unrecognized_name` and mints nothing.
+missing or IP-literal SNI gets no context and mints nothing (the listener then sends
+`unrecognized_name`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class _Entry:
 
 
 class LeafStore:
-    """Per-name SSLContexts, minted lazily from the SNI callback; one entry per name."""
+    """Per-name SSLContexts, minted on first use; one entry per normalised name."""
 
     def __init__(
         self,
@@ -113,12 +114,6 @@ class LeafStore:
     def minted_names(self) -> frozenset[str]:
         return frozenset(self._entries)
 
-    def server_context(self) -> ssl.SSLContext:
-        """The context to listen with: it holds no certificate until SNI selects one."""
-        ctx = _base_context()
-        ctx.sni_callback = self._on_sni
-        return ctx
-
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
         """The leaf context for an allowed name (minting if needed), else None."""
         if not server_name or is_ip_literal(server_name):
@@ -131,20 +126,6 @@ class LeafStore:
             entry = self._mint(name)
             self._entries[name] = entry
         return entry.context
-
-    def _on_sni(
-        self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
-    ) -> int | None:
-        try:
-            context = self.context_for(server_name)
-        except Exception:  # an exception here would kill the handshake without a log line
-            log.exception("tls mint failed sni=%r", server_name)
-            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
-        if context is None:
-            log.info("tls refused sni=%r reason=not-intercepted", server_name)
-            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-        sslobj.context = context
-        return None
 
     def _mint(self, name: str) -> _Entry:
         started = time.perf_counter()

@@ -1,0 +1,100 @@
+"""The ClientHello reader, on real ClientHellos and hostile bytes, and the listener's use of it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.tls.clienthello import MalformedHello, NotTls, parse_client_hello
+from tests.harness import Regcache
+from tests.tls.clients import python_handshake
+
+
+def real_hello(sni: str | None) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = sni is not None
+    if sni is None:
+        ctx.verify_mode = ssl.CERT_NONE
+    out = ssl.MemoryBIO()
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def split_records(hello: bytes, size: int) -> bytes:
+    """The same handshake message spread over records of at most `size` bytes."""
+    body = hello[5:]
+    return b"".join(
+        struct.pack("!BHH", 0x16, 0x0301, len(body[i : i + size])) + body[i : i + size]
+        for i in range(0, len(body), size)
+    )
+
+
+def test_reads_sni_from_a_real_client_hello() -> None:
+    hello = real_hello("registry-1.docker.io")
+    assert parse_client_hello(hello).server_name == "registry-1.docker.io"  # type: ignore[union-attr]
+    assert parse_client_hello(real_hello(None)).server_name is None  # type: ignore[union-attr]
+
+
+def test_every_prefix_asks_for_more_and_records_may_be_split() -> None:
+    hello = real_hello("ghcr.io")
+    assert all(parse_client_hello(hello[:n]) is None for n in range(len(hello)))
+    split = split_records(hello, 100)
+    assert parse_client_hello(split).server_name == "ghcr.io"  # type: ignore[union-attr]
+    assert all(parse_client_hello(split[:n]) is None for n in range(0, len(split), 7))
+
+
+def test_plain_http_is_not_tls_and_bad_lengths_are_malformed() -> None:
+    with pytest.raises(NotTls):
+        parse_client_hello(b"GET /v2/ HTTP/1.1\r\n")
+    hello = bytearray(real_hello("quay.io"))
+    hello[5] = 0x02  # ServerHello, not ClientHello
+    with pytest.raises(MalformedHello):
+        parse_client_hello(bytes(hello))
+    bad = bytearray(real_hello("quay.io"))
+    bad[6:9] = (len(bad) - 9 - 1).to_bytes(3, "big")  # handshake claims one byte too few
+    with pytest.raises(MalformedHello):
+        parse_client_hello(bytes(bad))
+
+
+HELLO = real_hello("auth.docker.io")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=700), st.integers(0, 600), st.binary(max_size=8))
+def test_hostile_bytes_only_raise_our_errors(noise: bytes, cut: int, patch: bytes) -> None:
+    hello = bytearray(HELLO)
+    hello[cut : cut + len(patch)] = patch
+    for data in (bytes(hello), noise, b"\x16\x03\x01" + noise):
+        with contextlib.suppress(NotTls, MalformedHello):
+            parse_client_hello(data)
+
+
+def test_a_client_hello_trickling_in_still_gets_its_certificate(regcache: Regcache, ca_pem) -> None:  # type: ignore[no-untyped-def]
+    """The listener waits for the whole ClientHello, however it is segmented."""
+    hello = split_records(real_hello("ghcr.io"), 64)
+    with socket.create_connection(("127.0.0.1", regcache.https_port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(hello), 50):
+            sock.sendall(hello[i : i + 50])
+            time.sleep(0.01)
+        record = sock.recv(5)
+    assert record[0] == 0x16  # a handshake record (ServerHello) came back, not an alert
+    python_handshake(regcache.https_port, "ghcr.io", ca_pem)
+
+
+def test_plain_http_on_the_https_port_is_closed(regcache: Regcache) -> None:
+    with socket.create_connection(("127.0.0.1", regcache.https_port), timeout=5) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: ghcr.io\r\n\r\n")
+        # Closed with our request unread, the kernel may send RST instead of FIN: both fine.
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
+    assert "tls refused reason=not-tls" in regcache.log()
