@@ -50,9 +50,7 @@ def test_core_imports_no_io_library() -> None:
         for part, path in modules()
         if part in CORE
         for name in imports(path)
-        if name.split(".")[0] in THIRD_PARTY_IO
-        or name.split(".")[1:2]
-        and name.split(".")[1] in ADAPTERS
+        if name.split(".")[0] in THIRD_PARTY_IO or adapter_of(name) is not None
     ]
     assert found == []
 
