@@ -24,32 +24,40 @@ from appliance.tls.ca import (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="regcache", description=__doc__)
-    parser.add_argument(
+    # --config is accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--config",
         type=Path,
-        default=None,
+        default=argparse.SUPPRESS,
         help=f"config file (default: $REGCACHE_CONFIG or {default_config_path()})",
     )
+    parser = argparse.ArgumentParser(prog="regcache", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the DNS responder and the HTTPS proxy")
-    check = sub.add_parser("check-config", help="validate a config file and the CA against it")
+    sub.add_parser("serve", parents=[common], help="run the DNS responder and the HTTPS proxy")
+    check = sub.add_parser(
+        "check-config", parents=[common], help="validate a config file and the CA against it"
+    )
     check.add_argument("path", nargs="?", type=Path)
-    ca = sub.add_parser("ca", help="manage the regcache CA").add_subparsers(
+    ca = sub.add_parser("ca", parents=[common], help="manage the regcache CA").add_subparsers(
         dest="ca_command", required=True
     )
-    ca.add_parser("init", help="create the CA (serve does this on first start)")
-    export = ca.add_parser("export", help="write the CA certificate(s) clients must trust")
+    ca.add_parser("init", parents=[common], help="create the CA (serve does this on first start)")
+    export = ca.add_parser(
+        "export", parents=[common], help="write the CA certificate(s) clients must trust"
+    )
     export.add_argument("--out", type=Path, help="file to write (default: stdout)")
-    ca.add_parser("show", help="subject, fingerprint, constraints and expiry")
-    rotate = ca.add_parser("rotate", help="new CA; the old one keeps working for an overlap")
+    ca.add_parser("show", parents=[common], help="subject, fingerprint, constraints and expiry")
+    rotate = ca.add_parser(
+        "rotate", parents=[common], help="new CA; the old one keeps working for an overlap"
+    )
     rotate.add_argument("--overlap-days", type=int, help="default: tls.rotate_overlap_days")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    path = getattr(args, "path", None) or args.config or default_config_path()
+    path = getattr(args, "path", None) or getattr(args, "config", None) or default_config_path()
     try:
         config = load_config(path)
     except ConfigError as e:

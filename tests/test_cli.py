@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 from cryptography import x509
 
-from tests.harness import free_port, write_config
+from tests.harness import REGCACHE, REPO, free_port, write_config
 
 
 def test_serve_logs_lifecycle_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -35,3 +36,12 @@ def test_ca_export_writes_pem_to_stdout_and_fingerprint_to_stderr(tmp_path: Path
     again = rc.cli("ca", "init")
     assert "already exists" in again.stdout
     assert x509.load_pem_x509_certificate(rc.cli("ca", "export").stdout.encode()) == cert
+
+
+def test_config_option_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    rc = write_config(tmp_path)
+    out = subprocess.run(
+        [*REGCACHE, "ca", "init", "--config", str(rc.config_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0 and (rc.state_dir / "ca" / "ca.crt").exists(), out.stderr
