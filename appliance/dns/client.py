@@ -1,7 +1,7 @@
 """Upstream DNS client: how regcache asks real resolvers, for its clients and for itself.
 
-RFC 5452 hardening: a fresh random transaction ID and a fresh connected UDP socket (kernel-
-chosen random source port) per query; a reply counts only if it comes from the server
+RFC 5452 hardening: a fresh random transaction ID and a fresh connected UDP socket
+(kernel-chosen random source port) per query; a reply counts only if it comes from the server
 (the kernel filters on the connected address), is a response, and its ID, name, type and
 class match. Anything else, malformed replies included, is ignored as a possible forgery
 until the deadline, after which the next server is tried. A truncated UDP reply is
@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import socket
 import struct
 import time
 from collections import OrderedDict
@@ -81,32 +82,6 @@ def _matches(reply: DNSRecord, ident: int, question: DNSQuestion) -> bool:
     )
 
 
-class _UdpExchange(asyncio.DatagramProtocol):
-    def __init__(self, ident: int, question: DNSQuestion) -> None:
-        self.ident = ident
-        self.question = question
-        self.reply: asyncio.Future[DNSRecord] = asyncio.get_running_loop().create_future()
-        self.ignored = 0
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        if self.reply.done() or not is_response(data):
-            return
-        try:
-            record = parse(data)
-        except MalformedMessage:
-            self.ignored += 1
-            return
-        if _matches(record, self.ident, self.question):
-            self.reply.set_result(record)
-        else:
-            self.ignored += 1
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and friends: fail this server now instead of at the deadline.
-        if not self.reply.done():
-            self.reply.set_exception(ResolverError(f"udp error: {exc}"))
-
-
 class UpstreamResolver:
     """Queries upstream resolvers in order; `resolve()` adds static overrides and a cache."""
 
@@ -149,15 +124,23 @@ class UpstreamResolver:
         self, server: Endpoint, query: DNSRecord, ident: int, question: DNSQuestion
     ) -> DNSRecord:
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _UdpExchange(ident, question),
-            remote_addr=(str(server.address), server.port),
-        )
-        try:
-            transport.sendto(query.pack())
-            return await protocol.reply
-        finally:
-            transport.close()
+        family = socket.AF_INET6 if server.address.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            # connect(): the kernel picks a random source port and drops datagrams from
+            # any other address; ICMP errors surface as OSError on recv.
+            sock.connect((str(server.address), server.port))
+            sock.send(query.pack())
+            while True:  # bounded by the caller's deadline
+                data = await loop.sock_recv(sock, 65535)
+                if not is_response(data):
+                    continue
+                try:
+                    record = parse(data)
+                except MalformedMessage:
+                    continue  # indistinguishable from a forgery: keep waiting
+                if _matches(record, ident, question):
+                    return record
 
     async def _tcp(
         self, server: Endpoint, query: DNSRecord, ident: int, question: DNSQuestion

@@ -6,7 +6,6 @@ bytes (or None to stay silent). The UDP/TCP servers own the sockets.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from appliance.dns.message import (
     reply_limit,
 )
 from appliance.hostnames import HostSet
+from appliance.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,19 @@ class Interception:
     ttl_s: int
 
 
-@dataclass(slots=True)
-class Counters:
-    """Outcome counts; the metrics endpoint (a later issue) exports these."""
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A query that needs upstream: finish it with `Responder.forward()`."""
 
-    intercepted: int = 0
-    forwarded: int = 0
-    refused: int = 0
-    servfail: int = 0
-    formerr: int = 0
-    dropped: int = 0
-    truncated: int = 0
+    query: DNSRecord
+    edns: Edns | None
+    limit: int
+    client: str
 
 
 class Responder:
+    """Decides every query at once; only forwards wait (so local answers never queue)."""
+
     def __init__(
         self,
         interception: Interception,
@@ -78,8 +77,9 @@ class Responder:
         self._interception = interception
         self._forwarder = forwarder
         self._allow = allow_clients
-        self._inflight = asyncio.Semaphore(max_inflight_forwards)
-        self.counters = Counters()
+        self._max_inflight = max_inflight_forwards
+        self._inflight = 0
+        self._failures = LogThrottle(log, interval_s=30.0)
 
     def allowed(self, client: str) -> bool:
         ip = ipaddress.ip_address(client.split("%")[0])
@@ -89,35 +89,40 @@ class Responder:
 
     async def answer(self, data: bytes, client: str, *, tcp: bool) -> bytes | None:
         """The reply to one query packet from `client`, or None to send nothing."""
+        decision = self.decide(data, client, tcp=tcp)
+        return await self.forward(decision) if isinstance(decision, Forward) else decision
+
+    def decide(self, data: bytes, client: str, *, tcp: bool) -> bytes | Forward | None:
+        """Reply bytes, None to stay silent, or a `Forward` for names we do not own."""
         if is_response(data):
-            self.counters.dropped += 1  # never answer answers: no reflection loops
-            return None
+            return None  # never answer answers: no reflection loops
         try:
             query = parse(data)
             edns = edns_of(query)
         except MalformedMessage as e:
             log.debug("dns formerr client=%s error=%s", client, e)
-            self.counters.formerr += 1
             return header_only_reply(data, RCODE.FORMERR)
         limit = TCP_MAX_BYTES if tcp else reply_limit(edns)
-        reply = await self._reply(query, edns, client)
-        return pack_for_client(reply, query, edns, limit) if reply is not None else None
+        reply = self._local(query, edns, client)
+        if reply is not None:
+            return pack_for_client(reply, query, edns, limit)
+        if self._inflight >= self._max_inflight:
+            self._failures.warning("shed", "dns forward shed reason=too-many-in-flight")
+            return pack_for_client(bare_reply(query, RCODE.SERVFAIL, edns), query, edns, limit)
+        return Forward(query, edns, limit, client)
 
-    async def _reply(self, query: DNSRecord, edns: Edns | None, client: str) -> DNSRecord | None:
+    def _local(self, query: DNSRecord, edns: Edns | None, client: str) -> DNSRecord | None:
         if not self.allowed(client):
-            self.counters.refused += 1
             return bare_reply(query, RCODE.REFUSED, edns)
         if query.header.opcode != OPCODE_QUERY:
             return bare_reply(query, RCODE.NOTIMP, edns)
         if len(query.questions) != 1:
-            self.counters.formerr += 1
             return bare_reply(query, RCODE.FORMERR, edns)
         if edns is not None and edns.version != 0:
             return bare_reply(query, BADVERS, edns)
         if query.q.qclass == CLASS.IN and self._interception.hosts.match(qname_of(query)):
-            self.counters.intercepted += 1
             return self._intercept(query, edns)
-        return await self._forward(query, edns, client)
+        return None
 
     def _intercept(self, query: DNSRecord, edns: Edns | None) -> DNSRecord:
         """A/AAAA → the appliance; every other type an empty NOERROR, never NXDOMAIN."""
@@ -125,32 +130,30 @@ class Responder:
         reply.header.aa = 1
         qtype, ttl = query.q.qtype, self._interception.ttl_s
         if qtype in (QTYPE.A, QTYPE.ANY):
-            reply.add_answer(
-                RR(query.q.qname, QTYPE.A, rdata=A(str(self._interception.ipv4)), ttl=ttl)
-            )
+            rdata = A(str(self._interception.ipv4))
+            reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=rdata, ttl=ttl))
         if qtype in (QTYPE.AAAA, QTYPE.ANY) and self._interception.ipv6 is not None:
             rdata = AAAA(str(self._interception.ipv6))
             reply.add_answer(RR(query.q.qname, QTYPE.AAAA, rdata=rdata, ttl=ttl))
         return reply
 
-    async def _forward(self, query: DNSRecord, edns: Edns | None, client: str) -> DNSRecord:
-        if self._inflight.locked():
-            self.counters.servfail += 1
-            log.warning("dns forward shed client=%s reason=too-many-in-flight", client)
-            return bare_reply(query, RCODE.SERVFAIL, edns)
-        async with self._inflight:
-            try:
-                upstream = await self._forwarder.exchange(
-                    query.q,
-                    dnssec_ok=bool(edns and edns.dnssec_ok),
-                    checking_disabled=bool(query.header.cd),
-                )
-            except Exception as e:  # noqa: BLE001 - any upstream failure is a SERVFAIL
-                self.counters.servfail += 1
-                log.info("dns servfail name=%s error=%s", qname_of(query), e)
-                return bare_reply(query, RCODE.SERVFAIL, edns)
-        self.counters.forwarded += 1
-        return _relay(upstream, query, edns)
+    async def forward(self, job: Forward) -> bytes:
+        """Ask upstream; its answer relayed, or SERVFAIL when no upstream answers."""
+        query, edns = job.query, job.edns
+        self._inflight += 1
+        try:
+            upstream = await self._forwarder.exchange(
+                query.q,
+                dnssec_ok=bool(edns and edns.dnssec_ok),
+                checking_disabled=bool(query.header.cd),
+            )
+            reply = _relay(upstream, query, edns)
+        except Exception as e:  # noqa: BLE001 - any upstream failure is a SERVFAIL
+            self._failures.warning("servfail", "dns servfail name=%s error=%s", qname_of(query), e)
+            reply = bare_reply(query, RCODE.SERVFAIL, edns)
+        finally:
+            self._inflight -= 1
+        return pack_for_client(reply, query, edns, job.limit)
 
 
 def _relay(upstream: DNSRecord, query: DNSRecord, edns: Edns | None) -> DNSRecord:

@@ -1,6 +1,7 @@
 """The DNS responder's sockets: UDP and TCP listeners with bounded intake.
 
-UDP: each datagram is answered by its own task, at most `max_pending` at once (excess is
+UDP: local answers (intercepted names, refusals, errors) are sent from the datagram
+callback itself; only forwards get a task, at most `max_pending_udp` at once (excess is
 dropped, as a loaded resolver would). TCP (RFC 7766): at most `max_connections`
 connections, each closed after `idle_timeout_s` without a query; pipelined queries on a
 connection are answered concurrently, up to 16 in flight per connection.
@@ -18,7 +19,7 @@ from typing import cast
 
 from appliance.config import Endpoint
 from appliance.dns.ratelimit import RateLimiter
-from appliance.dns.responder import Responder
+from appliance.dns.responder import Forward, Responder
 from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,20 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         client = str(addr[0])
-        if self._pending >= self._server.limits.max_pending_udp or not self._server.admit(client):
-            self._server.responder.counters.dropped += 1
+        if not self._server.admit(client) or self._transport is None:
             return
-        self._pending += 1
-        spawn(self._answer(data, addr, client), name="dns-udp")
+        decision = self._server.responder.decide(data, client, tcp=False)
+        if isinstance(decision, Forward):
+            if self._pending < self._server.limits.max_pending_udp:
+                self._pending += 1
+                spawn(self._forward(decision, addr), name="dns-udp-forward")
+        elif decision is not None:
+            self._transport.sendto(decision, addr)
 
-    async def _answer(self, data: bytes, addr: tuple[str | object, ...], client: str) -> None:
+    async def _forward(self, job: Forward, addr: tuple[str | object, ...]) -> None:
         try:
-            reply = await self._server.responder.answer(data, client, tcp=False)
-            if reply is not None and self._transport is not None:
+            reply = await self._server.responder.forward(job)
+            if self._transport is not None and not self._transport.is_closing():
                 self._transport.sendto(reply, addr)
         finally:
             self._pending -= 1
