@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,6 +97,7 @@ class LeafStore:
         allowed: HostSet,
         lifetime: dt.timedelta,
         clock: Callable[[], float] = time.time,
+        max_entries: int = 4096,
     ) -> None:
         self._ca = ca
         self._allowed = allowed
@@ -107,7 +109,9 @@ class LeafStore:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        self._entries: dict[str, _Entry] = {}
+        # Wildcard patterns (`*.pkg.dev`) admit unboundedly many names: keep an LRU.
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._max_entries = max_entries
         self.mint_count = 0
 
     @property
@@ -125,6 +129,9 @@ class LeafStore:
         if entry is None or self._clock() >= entry.renew_after:
             entry = self._mint(name)
             self._entries[name] = entry
+            if len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(name)
         return entry.context
 
     def _mint(self, name: str) -> _Entry:

@@ -6,12 +6,13 @@ import contextlib
 import re
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from tests.dns.fake_upstream import FakeUpstream
-from tests.harness import Regcache, dig, query, tcp_exchange, udp_query
+from tests.harness import Regcache, dig, query, running, tcp_exchange, udp_query, write_config
 
 
 def at(rc: Regcache, *args: str) -> str:
@@ -209,3 +210,20 @@ def test_responses_are_never_answered(regcache: Regcache) -> None:
     reply = query("ghcr.io").reply()
     with pytest.raises(TimeoutError):
         udp_query(regcache.dns_port, reply.pack(), timeout=0.5)
+
+
+def test_per_client_rate_limit_drops_the_excess(tmp_path: Path) -> None:
+    rc = write_config(
+        tmp_path,
+        dns={"upstreams": ["127.0.0.1:9"], "rate_limit_qps": 1, "rate_limit_burst": 5},
+    )
+    with running(rc), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        for i in range(30):
+            sock.sendto(query(f"q{i}.ghcr.io").pack(), ("127.0.0.1", rc.dns_port))
+        answered = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                sock.recv(512)
+                answered += 1
+    assert 5 <= answered <= 7  # the burst, plus what refilled at 1/s meanwhile

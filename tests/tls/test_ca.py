@@ -163,6 +163,17 @@ def test_leaf_store_mints_once_per_name_and_again_before_expiry(tmp_path: Path) 
     assert store.context_for("ghcr.io") is not first and store.mint_count == 2
 
 
+def test_leaf_store_is_bounded_for_wildcard_names(tmp_path: Path) -> None:
+    store = LeafStore(
+        new_ca(tmp_path), HostSet.of(["*.docker.io"]), dt.timedelta(days=30), max_entries=2
+    )
+    a = store.context_for("a.docker.io")
+    store.context_for("b.docker.io")
+    assert store.context_for("a.docker.io") is a  # a is now the most recently used
+    store.context_for("c.docker.io")
+    assert store.minted_names == {"a.docker.io", "c.docker.io"}
+
+
 def test_leaf_never_outlives_the_ca(tmp_path: Path) -> None:
     ca = create_ca(
         tmp_path, permitted_domains=("docker.io",), lifetime=dt.timedelta(days=5), now=NOW
