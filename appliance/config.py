@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance import strict_yaml
-from appliance.hostnames import HostnameError, HostSet, check_hostname, check_pattern, is_within
+from appliance.hostnames import (
+    Hostname,
+    HostPattern,
+    HostSet,
+    check_hostname,
+    check_pattern,
+    is_within,
+)
 from appliance.strict_yaml import check
 
 DEFAULT_PATH = Path("/etc/regcache/config.yaml")
@@ -41,16 +48,13 @@ class Endpoint:
     port: int
 
     @classmethod
-    def parse(cls, text: Any, default_port: int | None = None) -> Endpoint:
+    def parse(cls, text: Any) -> Endpoint:
         if not isinstance(text, str):
             raise ValueError(f"expected 'ADDRESS:PORT', got {text!r}")
         host, sep, port = text.rpartition(":")
-        if text.startswith("[") or (sep and ":" not in host):
-            address = host.strip("[]")
-        elif default_port is not None:
-            address, port = text.strip("[]"), str(default_port)
-        else:
+        if not sep or (":" in host and not host.startswith("[")):
             raise ValueError(f"expected 'ADDRESS:PORT' (IPv6 as '[ADDR]:PORT'), got {text!r}")
+        address = host.removeprefix("[").removesuffix("]")
         try:
             ip = ipaddress.ip_address(address)
         except ValueError as e:
@@ -62,6 +66,16 @@ class Endpoint:
     def __str__(self) -> str:
         host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
         return f"{host}:{self.port}"
+
+    def receives(self, destination: Endpoint) -> bool:
+        """Whether a listener here gets what is sent to `destination` (for loop checks)."""
+        if self.port != destination.port:
+            return False
+        if self.address.is_unspecified:
+            return destination.address.is_loopback or destination.address.version == (
+                self.address.version
+            )
+        return self.address == destination.address
 
 
 def _positive(value: float) -> None:
@@ -142,7 +156,7 @@ class TlsConfig:
     name_constraints: bool = True
     """Critical X.509 Name Constraints on the CA. Turning this off makes the CA able to
     vouch for any site on every client that trusts it: see THREAT_MODEL.md."""
-    permitted_domains: tuple[str, ...] = ()
+    permitted_domains: tuple[Hostname, ...] = ()
     """DNS subtrees the CA may sign for; empty = the last two labels of each registry host."""
     ca_lifetime_days: int = field(default=3650, metadata=check(_between(1, 36500)))
     leaf_lifetime_days: int = field(default=30, metadata=check(_between(1, 89)))
@@ -155,17 +169,17 @@ class TlsConfig:
 class RegistryConfig:
     name: str
     """A short label used in logs and metrics (e.g. `docker.io`)."""
-    hosts: tuple[str, ...] = field(metadata=check(_non_empty))
+    hosts: tuple[HostPattern, ...] = field(metadata=check(_non_empty))
     """API hosts (`registry-1.docker.io`) or `*.suffix` patterns: intercepted."""
-    auth_hosts: tuple[str, ...] = ()
+    auth_hosts: tuple[HostPattern, ...] = ()
     """Token-realm hosts from `WWW-Authenticate`."""
     intercept_auth_hosts: bool = True
     """Intercept `auth_hosts` too, for build hosts without a direct route out; regcache
     then sees passwords on their way to the token endpoint (THREAT_MODEL.md)."""
-    redirect_hosts: tuple[str, ...] = ()
+    redirect_hosts: tuple[HostPattern, ...] = ()
     """Where blobs get redirected (CDNs). Never intercepted: regcache follows redirects."""
 
-    def intercepted_patterns(self) -> tuple[str, ...]:
+    def intercepted_patterns(self) -> tuple[HostPattern, ...]:
         return self.hosts + (self.auth_hosts if self.intercept_auth_hosts else ())
 
 
@@ -176,23 +190,25 @@ class Config:
     listen: ListenConfig = ListenConfig()
     state_dir: Path = Path("/var/lib/regcache")
     """CA, store and index. Relative paths are taken from the config file's folder."""
-    log_level: str = field(default="INFO", metadata=check(_one_of("DEBUG", "INFO", "WARNING")))
+    log_level: str = field(
+        default="INFO", metadata=check(_one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    )
     dns: DnsConfig = DnsConfig()
     tls: TlsConfig = TlsConfig()
-    resolve: dict[str, tuple[IPAddress, ...]] = field(default_factory=dict)
+    resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 
     def intercepted(self) -> HostSet:
         """The one host set behind DNS interception, the TLS allow-list and routing."""
         return HostSet.of(p for r in self.registries for p in r.intercepted_patterns())
 
-    def permitted_domains(self) -> tuple[str, ...]:
+    def permitted_domains(self) -> tuple[Hostname, ...]:
         if self.tls.permitted_domains:
             return self.tls.permitted_domains
         domains = {
             ".".join(p.removeprefix("*.").split(".")[-2:]) for p in self.intercepted().patterns()
         }
-        return tuple(sorted(domains))
+        return tuple(Hostname(d) for d in sorted(domains))
 
     def registry_for(self, host: str) -> RegistryConfig | None:
         for registry in self.registries:
@@ -236,6 +252,10 @@ def _ip(tp: Any) -> Any:
     return parse
 
 
+def _text(parse: Any) -> Any:
+    return lambda value: parse(_typed(str)(value))
+
+
 def _any_ip(value: Any) -> IPAddress:
     return ipaddress.ip_address(str(value))
 
@@ -258,6 +278,8 @@ _SCALARS: dict[object, strict_yaml.Parser] = {
     IPAddress: _any_ip,
     IPNetwork: _network,
     Endpoint: Endpoint.parse,
+    Hostname: _text(check_hostname),
+    HostPattern: _text(check_pattern),
 }
 
 
@@ -294,24 +316,13 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
         if registry.name in names:
             fail(f"registries[{i}].name", f"duplicate registry name {registry.name!r}")
         names.add(registry.name)
-        for group in ("hosts", "auth_hosts", "redirect_hosts"):
+        for group in ("hosts", "auth_hosts"):
             for j, pattern in enumerate(getattr(registry, group)):
-                key = f"registries[{i}].{group}[{j}]"
-                try:
-                    normal = check_pattern(pattern)
-                except HostnameError as e:
-                    fail(key, str(e))
-                if group == "redirect_hosts":
-                    continue
-                if normal in owner and owner[normal] != registry.name:
-                    fail(key, f"{normal!r} is already listed by registry {owner[normal]!r}")
-                owner[normal] = registry.name
-    for i, domain in enumerate(config.tls.permitted_domains):
-        key = f"tls.permitted_domains[{i}]"
-        try:
-            check_hostname(domain)
-        except HostnameError as e:
-            fail(key, str(e))
+                if owner.setdefault(pattern, registry.name) != registry.name:
+                    fail(
+                        f"registries[{i}].{group}[{j}]",
+                        f"{pattern!r} is already listed by registry {owner[pattern]!r}",
+                    )
     if config.tls.name_constraints and config.tls.permitted_domains:
         outside = config.hosts_outside(config.tls.permitted_domains)
         if outside:
@@ -320,14 +331,8 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
                 f"intercepted hosts {', '.join(outside)} lie outside every permitted domain; "
                 "add their domain here (then run `regcache ca rotate`)",
             )
-    for host in config.resolve:
-        try:
-            check_hostname(host)
-        except HostnameError as e:
-            fail(f"resolve.{host}", str(e))
-    listen_ports = {(e.address, e.port) for e in config.listen.dns}
     for i, upstream in enumerate(config.dns.upstreams):
-        if (upstream.address, upstream.port) in listen_ports:
+        if any(own.receives(upstream) for own in config.listen.dns):
             fail(
                 f"dns.upstreams[{i}]", "is regcache's own DNS listener: it would forward to itself"
             )

@@ -6,6 +6,12 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NewType
+
+Hostname = NewType("Hostname", str)
+"""A normalised DNS host name (lower case, no trailing dot)."""
+HostPattern = NewType("HostPattern", str)
+"""A normalised host name, or `*.suffix` for any name strictly below `suffix`."""
 
 # RFC 1123 labels; underscores are tolerated because real CDN names use them.
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -28,7 +34,7 @@ def is_ip_literal(name: str) -> bool:
     return True
 
 
-def check_hostname(name: str) -> str:
+def check_hostname(name: str) -> Hostname:
     """Return the normalised name or raise `HostnameError` saying what is wrong."""
     host = normalise(name)
     if not host:
@@ -40,20 +46,20 @@ def check_hostname(name: str) -> str:
     for label in host.split("."):
         if not _LABEL.match(label):
             raise HostnameError(f"{name!r} has an invalid label {label!r}")
-    return host
+    return Hostname(host)
 
 
-def check_pattern(pattern: str) -> str:
+def check_pattern(pattern: str) -> HostPattern:
     """A host name, or `*.suffix` meaning any name strictly below `suffix`."""
     text = normalise(pattern)
     if text.startswith("*."):
         suffix = check_hostname(text[2:])
         if "." not in suffix:
             raise HostnameError(f"{pattern!r} would match a whole top-level domain")
-        return "*." + suffix
+        return HostPattern("*." + suffix)
     if "*" in text:
         raise HostnameError(f"{pattern!r}: a wildcard is only allowed as a leading '*.'")
-    return check_hostname(text)
+    return HostPattern(check_hostname(text))
 
 
 def is_within(host: str, domain: str) -> bool:

@@ -54,6 +54,16 @@ def test_defaults_fill_in_what_is_omitted(tmp_path: Path) -> None:
     assert config.permitted_domains() == ("docker.io",)
 
 
+def test_host_names_are_stored_normalised(tmp_path: Path) -> None:
+    text = (
+        BASE.replace("registry-1.docker.io", "Registry-1.Docker.IO.")
+        + 'resolve: {GHCR.io: ["::1"]}\n'
+    )
+    config = parse_config(text, tmp_path / "c.yaml")
+    assert config.registries[0].hosts == ("registry-1.docker.io",)
+    assert list(config.resolve) == ["ghcr.io"]
+
+
 # (YAML appended to or replacing BASE, dotted key, line, words in the message)
 MALFORMED = [
     (
@@ -98,7 +108,7 @@ MALFORMED = [
     (BASE + "log_level: LOUD\n", "log_level", 6, "must be one of"),
     (BASE + "dns:\n  ttl_s: 5\n  ttl_s: 6\n", "dns.ttl_s", 8, "duplicate key"),
     (
-        BASE + "listen: {dns: ['127.0.0.1:53']}\ndns:\n  upstreams: ['127.0.0.1:53']\n",
+        BASE + "listen: {dns: ['0.0.0.0:53']}\ndns:\n  upstreams: ['127.0.0.1:53']\n",
         "dns.upstreams[0]",
         8,
         "forward to itself",

@@ -31,7 +31,7 @@ from appliance.dns.message import (
     is_response,
     parse,
 )
-from appliance.hostnames import normalise
+from appliance.hostnames import Hostname, normalise
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,9 @@ def nameservers_from(resolv_conf: Path, exclude: Sequence[Endpoint]) -> list[End
             except ValueError:
                 continue
             candidate = Endpoint(address, 53)
-            if not any(_is_self(candidate, own) for own in exclude):
+            if not any(own.receives(candidate) for own in exclude):
                 servers.append(candidate)
     return servers
-
-
-def _is_self(server: Endpoint, own: Endpoint) -> bool:
-    if server.port != own.port:
-        return False
-    if own.address.is_unspecified:
-        return server.address.is_loopback or server.address.version == own.address.version
-    return server.address == own.address
 
 
 def _matches(reply: DNSRecord, ident: int, question: DNSQuestion) -> bool:
@@ -89,7 +81,7 @@ class UpstreamResolver:
         self,
         servers: Sequence[Endpoint],
         timeout_s: float,
-        overrides: Mapping[str, tuple[IPAddress, ...]] | None = None,
+        overrides: Mapping[Hostname, tuple[IPAddress, ...]] | None = None,
     ) -> None:
         self.servers = tuple(servers)
         self._timeout_s = timeout_s
