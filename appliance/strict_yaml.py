@@ -69,6 +69,10 @@ class Builder:
                 return None
             (inner,) = args
             return self.build(inner, node, key)
+        if self._is_null(node) and (dataclasses.is_dataclass(tp) or origin in (tuple, dict)):
+            # `dns:` with every line below commented out means "all defaults".
+            empty = yaml.MappingNode if origin is not tuple else yaml.SequenceNode
+            node = empty(tag="", value=[], start_mark=node.start_mark, end_mark=node.end_mark)
         if dataclasses.is_dataclass(tp):
             return self._dataclass(typing.cast(type[Any], tp), node, key)
         if origin is tuple:

@@ -54,6 +54,13 @@ def test_defaults_fill_in_what_is_omitted(tmp_path: Path) -> None:
     assert config.permitted_domains() == ("docker.io",)
 
 
+def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
+    config = parse_config(BASE + "dns:\n  # ttl_s: 30\ntls:\nresolve:\n", tmp_path / "c.yaml")
+    assert config.dns.ttl_s == 60 and config.tls.name_constraints and config.resolve == {}
+    with pytest.raises(ConfigError, match=r"line 1: appliance\.ipv4: required key is missing"):
+        parse_config(BASE.replace("  ipv4: 192.0.2.10\n", ""), tmp_path / "c.yaml")
+
+
 def test_host_names_are_stored_normalised(tmp_path: Path) -> None:
     text = (
         BASE.replace("registry-1.docker.io", "Registry-1.Docker.IO.")
