@@ -22,15 +22,10 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dnslib import CLASS, EDNS0, QTYPE, DNSQuestion, DNSRecord
+from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSQuestion, DNSRecord
 
 from appliance.config import Endpoint, IPAddress
-from appliance.dns.message import (
-    EDNS_UDP_BYTES,
-    MalformedMessage,
-    is_response,
-    parse,
-)
+from appliance.dns.message import EDNS_UDP_BYTES, MalformedMessage, edns_of, is_response, parse
 from appliance.hostnames import Hostname, normalise
 
 log = logging.getLogger(__name__)
@@ -96,21 +91,36 @@ class UpstreamResolver:
             raise ResolverError("no upstream resolvers configured")
         failures: list[str] = []
         for server in self.servers:
-            ident = secrets.randbelow(1 << 16)
-            query = DNSRecord(q=question)
-            query.header.id = ident
-            query.header.rd = 1
-            query.header.cd = int(checking_disabled)
-            query.add_ar(EDNS0(udp_len=EDNS_UDP_BYTES, flags="do" if dnssec_ok else ""))
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    reply = await self._udp(server, query, ident, question)
-                    if reply.header.tc:
-                        reply = await self._tcp(server, query, ident, question)
+                    reply = await self._ask(server, question, dnssec_ok, checking_disabled, True)
+                    if reply.header.rcode == RCODE.FORMERR and not edns_of(reply):
+                        # RFC 6891 7: a server that does not know EDNS; ask it plainly.
+                        reply = await self._ask(server, question, False, checking_disabled, False)
                 return reply
-            except (TimeoutError, OSError, ResolverError) as e:
+            except (TimeoutError, OSError, ResolverError, MalformedMessage) as e:
                 failures.append(f"{server}: {type(e).__name__} {e}".strip())
         raise ResolverError("; ".join(failures))
+
+    async def _ask(
+        self,
+        server: Endpoint,
+        question: DNSQuestion,
+        dnssec_ok: bool,
+        checking_disabled: bool,
+        edns: bool,
+    ) -> DNSRecord:
+        ident = secrets.randbelow(1 << 16)
+        query = DNSRecord(q=question)
+        query.header.id = ident
+        query.header.rd = 1
+        query.header.cd = int(checking_disabled)
+        if edns:
+            query.add_ar(EDNS0(udp_len=EDNS_UDP_BYTES, flags="do" if dnssec_ok else ""))
+        reply = await self._udp(server, query, ident, question)
+        if reply.header.tc:
+            reply = await self._tcp(server, query, ident, question)
+        return reply
 
     async def _udp(
         self, server: Endpoint, query: DNSRecord, ident: int, question: DNSQuestion

@@ -34,6 +34,12 @@ class FakeUpstream:
         """The datagrams to send back, in order (none = stay silent)."""
         name = str(query.q.qname).lower()
         reply = query.reply()
+        if name == "noedns.test.":
+            if any(rr.rtype == QTYPE.OPT for rr in query.ar):
+                reply.header.rcode = RCODE.FORMERR
+                return [reply.pack()]
+            reply.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.8"), ttl=30))
+            return [reply.pack()]
         if name == "slow.test.":
             return []
         if name == "malformed.test.":

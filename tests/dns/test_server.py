@@ -96,6 +96,10 @@ def test_upstream_truncation_is_retried_over_tcp(
     assert [s.transport for s in upstream.seen if s.name == "tc.test."] == ["udp", "tcp"]
 
 
+def test_upstream_without_edns_is_asked_again_plainly(regcache: Regcache) -> None:
+    assert at(regcache, "+short", "noedns.test").strip() == "192.0.2.8"
+
+
 def test_forged_upstream_replies_sent_first_are_ignored(regcache: Regcache) -> None:
     out = at(regcache, "+short", "forged.test")
     assert out.strip() == "192.0.2.9", out
