@@ -45,3 +45,22 @@ def test_config_option_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0 and (rc.state_dir / "ca" / "ca.crt").exists(), out.stderr
+
+
+def test_a_taken_port_is_a_clear_startup_error(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_config(tmp_path / "a", dns={"upstreams": ["127.0.0.1:9"]})
+    second = write_config(tmp_path / "b", dns={"upstreams": ["127.0.0.1:9"]})
+    config = second.config_path.read_text().replace(str(second.dns_port), str(first.dns_port))
+    second.config_path.write_text(config)
+    first.start()
+    try:
+        out = second.cli("serve", check=False)
+    finally:
+        first.stop()
+    assert out.returncode == 1
+    assert (
+        f"cannot listen for DNS on 127.0.0.1:{first.dns_port}: Address already in use" in out.stderr
+    )
+    assert "Traceback" not in out.stderr

@@ -83,25 +83,33 @@ class DnsServer:
         return self._rate_limiter.allow(client)
 
     async def start(self, endpoints: tuple[Endpoint, ...]) -> None:
-        loop = asyncio.get_running_loop()
         for endpoint in endpoints:
-            host = str(endpoint.address)
-            family = socket.AF_INET6 if endpoint.address.version == 6 else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF_BYTES)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, endpoint.port))
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), sock=sock
-            )
-            self._closers.append(transport)
-            tcp = await asyncio.start_server(
-                self._serve_tcp, host, endpoint.port, backlog=1024, reuse_address=True
-            )
-            self._closers.append(tcp)
+            try:
+                await self._listen(endpoint)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen for DNS on {endpoint}: {e.strerror}") from e
             log.info("dns listening endpoint=%s transports=udp,tcp", endpoint)
+
+    async def _listen(self, endpoint: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        host = str(endpoint.address)
+        family = socket.AF_INET6 if endpoint.address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF_BYTES)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, endpoint.port))
+        except OSError:
+            sock.close()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
+        self._closers.append(transport)
+        tcp = await asyncio.start_server(
+            self._serve_tcp, host, endpoint.port, backlog=1024, reuse_address=True
+        )
+        self._closers.append(tcp)
 
     async def close(self) -> None:
         for closer in self._closers:
