@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(config, path, now)
         return _ca(args, config, now)
-    except (CaError, StartupError) as e:
+    except (CaError, StartupError, OSError) as e:
         print(f"regcache: {e}", file=sys.stderr)
         return 1
 
