@@ -104,6 +104,8 @@ def write_config(tmp: Path, **overrides: object) -> Regcache:
         "log_level": "INFO",
         "listen": {"dns": [f"127.0.0.1:{dns_port}"], "https": [f"127.0.0.1:{https_port}"]},
         "appliance": {"ipv4": "127.0.0.1"},
+        # Never the machine's resolv.conf: tests send traffic to loopback only.
+        "dns": {"upstreams": ["127.0.0.1:9"]},
         "registries": example_registries(),
         "tls": yaml.safe_load(EXAMPLE_CONFIG.read_text())["tls"],
     }
