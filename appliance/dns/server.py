@@ -20,6 +20,7 @@ from typing import cast
 from appliance.config import Endpoint
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Forward, Responder
+from appliance.listen import BACKLOG, bind
 from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -92,24 +93,16 @@ class DnsServer:
 
     async def _listen(self, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
-        host = str(endpoint.address)
-        family = socket.AF_INET6 if endpoint.address.version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        udp = bind(endpoint, socket.SOCK_DGRAM)
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF_BYTES)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((host, endpoint.port))
-        except OSError:
-            sock.close()
-            raise
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=sock)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF_BYTES)
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
         self._closers.append(transport)
-        tcp = await asyncio.start_server(
-            self._serve_tcp, host, endpoint.port, backlog=1024, reuse_address=True
+        self._closers.append(
+            await asyncio.start_server(
+                self._serve_tcp, sock=bind(endpoint, socket.SOCK_STREAM), backlog=BACKLOG
+            )
         )
-        self._closers.append(tcp)
 
     async def close(self) -> None:
         for closer in self._closers:

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable
 
 from appliance.config import Endpoint
+from appliance.listen import bind
 from appliance.tasks import spawn
 from appliance.tls.clienthello import (
     ALERT_DECODE_ERROR,
@@ -51,7 +52,7 @@ class TlsListener:
     async def start(self, endpoints: tuple[Endpoint, ...]) -> None:
         for endpoint in endpoints:
             try:
-                sock = _listening_socket(endpoint)
+                sock = bind(endpoint, socket.SOCK_STREAM)
             except OSError as e:
                 raise OSError(
                     e.errno, f"cannot listen for HTTPS on {endpoint}: {e.strerror}"
@@ -116,22 +117,6 @@ class TlsListener:
             log.info("tls refused sni=%r reason=not-intercepted", hello.server_name)
             _send(conn, ALERT_UNRECOGNIZED_NAME)
         return context
-
-
-def _listening_socket(endpoint: Endpoint) -> socket.socket:
-    family = socket.AF_INET6 if endpoint.address.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((str(endpoint.address), endpoint.port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 async def _peek_hello(conn: socket.socket) -> ClientHello:
