@@ -35,11 +35,6 @@ from appliance.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
-# HTTPS and SVCB (RFC 9460) by number: an empty answer stops clients from learning
-# alternative endpoints or ECH configs that would route around the appliance.
-_SVCB, _HTTPS = 64, 65
-
-
 class Forwarder(Protocol):
     async def exchange(
         self, question: DNSQuestion, *, dnssec_ok: bool = ..., checking_disabled: bool = ...
@@ -125,7 +120,11 @@ class Responder:
         return None
 
     def _intercept(self, query: DNSRecord, edns: Edns | None) -> DNSRecord:
-        """A/AAAA → the appliance; every other type an empty NOERROR, never NXDOMAIN."""
+        """A/AAAA → the appliance; every other type an empty NOERROR, never NXDOMAIN.
+
+        Empty HTTPS/SVCB answers (RFC 9460) keep clients from learning alternative
+        endpoints or ECH configs that would route around the appliance.
+        """
         reply = bare_reply(query, RCODE.NOERROR, edns)
         reply.header.aa = 1
         qtype, ttl = query.q.qtype, self._interception.ttl_s
