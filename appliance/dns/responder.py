@@ -35,6 +35,7 @@ from appliance.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
+
 class Forwarder(Protocol):
     async def exchange(
         self, question: DNSQuestion, *, dnssec_ok: bool = ..., checking_disabled: bool = ...

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from appliance.config import Endpoint
 from appliance.listen import bind
+from appliance.logthrottle import LogThrottle
 from appliance.tasks import spawn
 from appliance.tls.clienthello import (
     ALERT_DECODE_ERROR,
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ContextSelector = Callable[[str | None], ssl.SSLContext | None]
 _PARTIAL_HELLO_POLL_S = 0.01
+_ACCEPT_BACKOFF_S = 0.1
 
 
 class TlsListener:
@@ -48,6 +50,7 @@ class TlsListener:
         self._handshakes = asyncio.Semaphore(max_handshakes)
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accept_errors = LogThrottle(log, interval_s=30.0)
 
     async def start(self, endpoints: tuple[Endpoint, ...]) -> None:
         for endpoint in endpoints:
@@ -62,11 +65,11 @@ class TlsListener:
             log.info("https listening endpoint=%s", endpoint)
 
     async def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sock in self._sockets:  # after the accept loops stopped watching them
+            sock.close()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -75,7 +78,12 @@ class TlsListener:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _addr = await loop.sock_accept(listener)
+            try:
+                conn, _addr = await loop.sock_accept(listener)
+            except OSError as e:  # EMFILE and friends: back off, never stop listening
+                self._accept_errors.warning("accept", "https accept failed error=%s", e)
+                await asyncio.sleep(_ACCEPT_BACKOFF_S)
+                continue
             if self._handshakes.locked():
                 conn.close()  # shed load before TLS costs us anything
                 continue
