@@ -1,0 +1,1 @@
+"""OCI distribution vocabulary: digests, names, references, media types, routes. Pure."""

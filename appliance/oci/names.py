@@ -1,0 +1,34 @@
+"""Repository names and tags, with the grammar of the OCI distribution spec."""
+
+from __future__ import annotations
+
+import re
+
+from appliance.oci.digest import Digest, DigestError
+
+# distribution-spec "Pulling manifests": <name> and <reference> grammars.
+_NAME = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+MAX_NAME_LENGTH = 255
+
+
+class InvalidName(ValueError):
+    """A repository name or reference outside the spec's grammar."""
+
+
+def check_repository(name: str) -> str:
+    if len(name) > MAX_NAME_LENGTH or not _NAME.match(name):
+        raise InvalidName(f"invalid repository name {name[:80]!r}")
+    return name
+
+
+def parse_reference(text: str) -> str | Digest:
+    """A tag (str) or a digest; InvalidName when it is neither."""
+    if ":" in text:
+        try:
+            return Digest.parse(text)
+        except DigestError as e:
+            raise InvalidName(str(e)) from e
+    if not _TAG.match(text):
+        raise InvalidName(f"invalid tag {text[:80]!r}")
+    return text

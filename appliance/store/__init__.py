@@ -1,0 +1,1 @@
+"""Content-addressed blob files and their SQLite index."""

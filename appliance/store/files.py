@@ -1,0 +1,84 @@
+"""Content-addressed blob files: `blobs/<algorithm>/<2 hex>/<hex>`, written atomically.
+
+A fill writes to a temp file under `tmp/` (same filesystem) while the digest is computed;
+only a verified file is fsynced and renamed into place, then its directory fsynced. So a
+file under `blobs/` always hashes to its name, across crashes and power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.oci.digest import Digest
+
+
+@dataclass(slots=True)
+class TempBlob:
+    """A fill in progress: an open temp file and how much of it is written."""
+
+    path: Path
+    fd: int
+    written: int = 0
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.written += len(chunk)
+
+
+class FileBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._blobs = root / "blobs"
+        self._tmp = root / "tmp"
+
+    def prepare(self) -> None:
+        for folder in (self._blobs, self._tmp):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def path_for(self, digest: Digest) -> Path:
+        return self._blobs / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def size_of(self, digest: Digest) -> int | None:
+        try:
+            return self.path_for(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def create_temp(self) -> TempBlob:
+        path = self._tmp / f"fill-{secrets.token_hex(8)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return TempBlob(path, fd)
+
+    async def commit(self, temp: TempBlob, digest: Digest) -> Path:
+        """fsync, rename into place, fsync the directory; the caller verified the digest."""
+        return await asyncio.to_thread(self._commit, temp, digest)
+
+    def _commit(self, temp: TempBlob, digest: Digest) -> Path:
+        final = self.path_for(digest)
+        try:
+            os.fsync(temp.fd)
+        finally:
+            os.close(temp.fd)
+        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.replace(temp.path, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def discard(self, temp: TempBlob) -> None:
+        os.close(temp.fd)
+        temp.path.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Talking to real registries: one aiohttp session, our own resolver, redirects, tokens."""

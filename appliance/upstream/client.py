@@ -1,0 +1,208 @@
+"""The upstream client: one aiohttp session for every registry, CDN and token realm.
+
+- Names are resolved by regcache's own upstream resolver (static overrides, then real
+  resolvers), never through the appliance's interception.
+- TLS is verified against the system roots plus an optional bundle.
+- Bodies stream with per-read timeouts and no total timeout (layers can be many GB), and
+  are never decompressed (`auto_decompress=False`): digests cover the bytes as sent.
+- Redirects of blob and manifest GETs are followed here (RFC 9110 15.4): `Authorization`
+  is dropped when leaving the registry host, a relative `Location` is resolved against
+  the current URL, and when the target is itself a registry that wants an anonymous
+  bearer token (registry.k8s.io → *.pkg.dev) that token step is done here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from multidict import CIMultiDict
+from yarl import URL
+
+from appliance.config import IPAddress
+from appliance.upstream.tokens import AnonymousTokens
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# RFC 9110 7.6.1 hop-by-hop fields, never forwarded in either direction.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+     "trailer", "transfer-encoding", "upgrade", "proxy-connection", "host"}
+)  # fmt: skip
+
+
+class UpstreamError(RuntimeError):
+    """Upstream could not be reached or answered with something unusable."""
+
+
+class UpstreamTlsError(UpstreamError):
+    """Upstream's certificate did not verify: nothing from it may be cached."""
+
+
+def end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """`headers` minus hop-by-hop fields, including those listed in `Connection`."""
+    named = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower not in HOP_BY_HOP and lower not in named:
+            out.add(key, value)
+    return out
+
+
+class OwnResolver(AbstractResolver):
+    """aiohttp's resolver interface over regcache's upstream resolver."""
+
+    def __init__(self, resolve: Callable[[str], Awaitable[tuple[IPAddress, ...]]]) -> None:
+        self._resolve = resolve
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            addresses = await self._resolve(host)
+        except Exception as e:
+            raise OSError(f"cannot resolve {host}: {e}") from e
+        results: list[ResolveResult] = []
+        for address in addresses:
+            fam = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            if family not in (socket.AF_UNSPEC, fam):
+                continue
+            results.append(
+                {"hostname": host, "host": str(address), "port": port, "family": fam,
+                 "proto": 0, "flags": socket.AI_NUMERICHOST}
+            )  # fmt: skip
+        if not results:
+            raise OSError(f"no address of family {family!r} for {host}")
+        return results
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Reply:
+    """An upstream response whose body has not been read yet."""
+
+    status: int
+    headers: CIMultiDict[str]
+    url: str
+    _response: aiohttp.ClientResponse
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(CHUNK_BYTES):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise UpstreamError(f"reading {self.url}: {type(e).__name__} {e}") from e
+
+    async def read(self, limit: int) -> bytes:
+        body = bytearray()
+        async for chunk in self.chunks():
+            body += chunk
+            if len(body) > limit:
+                raise UpstreamError(f"{self.url}: body larger than {limit} bytes")
+        return bytes(body)
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class UpstreamClient:
+    def __init__(
+        self,
+        resolve: Callable[[str], Awaitable[tuple[IPAddress, ...]]],
+        ca_bundle: Path | None,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> None:
+        context = ssl.create_default_context()
+        if ca_bundle is not None:
+            context.load_verify_locations(cafile=str(ca_bundle))
+        context.set_alpn_protocols(["http/1.1"])
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                resolver=OwnResolver(resolve), ssl=context, limit=0, ttl_dns_cache=None
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        self._tokens = AnonymousTokens(self._get_json)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: AsyncIterator[bytes] | None = None,
+    ) -> Reply:
+        """One request, no redirects followed: the pass-through path."""
+        try:
+            response = await self._session.request(
+                method, URL(url, encoded=True), headers=end_to_end(headers), data=body,
+                allow_redirects=False,
+            )  # fmt: skip
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise UpstreamTlsError(f"{url}: certificate rejected: {e.certificate_error}") from e
+        except aiohttp.ClientSSLError as e:
+            raise UpstreamTlsError(f"{url}: TLS failed: {e}") from e
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise UpstreamError(f"{method} {url}: {type(e).__name__} {e}") from e
+        return Reply(response.status, end_to_end(response.headers), url, response)
+
+    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> Reply:
+        """GET/HEAD of a manifest or blob, following redirects server-side."""
+        origin = URL(url).origin()
+        current = url
+        outgoing = CIMultiDict(headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            reply = await self.send(method, current, outgoing)
+            if reply.status == 401 and URL(current).origin() != origin:
+                reply = await self._with_anonymous_token(reply, method, current, outgoing)
+            if reply.status not in REDIRECTS:
+                return reply
+            location = reply.headers.get("Location")
+            reply.close()
+            if not location:
+                raise UpstreamError(f"{current}: {reply.status} without Location")
+            target = URL(current).join(URL(location, encoded=True))
+            if target.origin() != URL(current).origin():
+                # Signed CDN URLs carry their own authority; never leak client credentials.
+                outgoing.popall("Authorization", None)
+            log.debug("upstream redirect from=%s to_host=%s", URL(current).host, target.host)
+            current = str(target)
+        raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    async def _with_anonymous_token(
+        self, reply: Reply, method: str, url: str, headers: CIMultiDict[str]
+    ) -> Reply:
+        """A redirect led to another registry that wants a token: get an anonymous one."""
+        token = await self._tokens.for_challenge(reply.headers.get("WWW-Authenticate", ""))
+        if token is None:
+            return reply
+        reply.close()
+        retry = CIMultiDict(headers)
+        retry["Authorization"] = f"Bearer {token}"
+        return await self.send(method, url, retry)
+
+    async def _get_json(self, url: str) -> tuple[int, bytes]:
+        reply = await self.send("GET", url, {"Accept": "application/json"})
+        try:
+            return reply.status, await reply.read(1 << 20)
+        finally:
+            reply.close()
