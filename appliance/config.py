@@ -166,6 +166,15 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    ca_bundle: Path | None = None
+    """Extra CA certificates (PEM) trusted for upstream TLS, besides the system roots."""
+    connect_timeout_s: float = field(default=10.0, metadata=check(_between(0.1, 120)))
+    read_timeout_s: float = field(default=60.0, metadata=check(_between(1, 3600)))
+    """Longest wait for the next bytes of an upstream body; there is no total limit."""
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryConfig:
     name: str
     """A short label used in logs and metrics (e.g. `docker.io`)."""
@@ -178,6 +187,9 @@ class RegistryConfig:
     then sees passwords on their way to the token endpoint (THREAT_MODEL.md)."""
     redirect_hosts: tuple[HostPattern, ...] = ()
     """Where blobs get redirected (CDNs). Never intercepted: regcache follows redirects."""
+    tag_ttl_s: int = field(default=0, metadata=check(_between(0, 86400 * 30)))
+    """Serve a tag from the store without asking upstream for this long after it was last
+    checked. 0 (default): revalidate every tag request with an upstream HEAD."""
 
     def intercepted_patterns(self) -> tuple[HostPattern, ...]:
         return self.hosts + (self.auth_hosts if self.intercept_auth_hosts else ())
@@ -195,6 +207,7 @@ class Config:
     )
     dns: DnsConfig = DnsConfig()
     tls: TlsConfig = TlsConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 
@@ -209,12 +222,6 @@ class Config:
             ".".join(p.removeprefix("*.").split(".")[-2:]) for p in self.intercepted().patterns()
         }
         return tuple(Hostname(d) for d in sorted(domains))
-
-    def registry_for(self, host: str) -> RegistryConfig | None:
-        for registry in self.registries:
-            if HostSet.of(registry.intercepted_patterns()).match(host):
-                return registry
-        return None
 
     def hosts_outside(self, permitted: tuple[str, ...]) -> list[str]:
         """Intercepted patterns a CA constrained to `permitted` cannot sign for."""

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import resource
 import signal
+from collections.abc import Callable
 
+from appliance.cache.service import RegistryCache
 from appliance.config import Config
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
-from appliance.proxy.app import create_app, start_runner
+from appliance.hostnames import HostSet
+from appliance.proxy.app import Site, create_app, start_runner
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
 from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_warning, load_ca
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
+from appliance.upstream.client import UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,22 @@ def upstream_resolver(config: Config) -> UpstreamResolver:
     return UpstreamResolver(servers, config.dns.upstream_timeout_s, config.resolve)
 
 
+def site_resolver(config: Config) -> Callable[[str], Site | None]:
+    """Host → the registry it belongs to, precomputed from the one `registries` list."""
+    table = [
+        (HostSet.of(r.hosts), HostSet.of(r.intercepted_patterns()), r) for r in config.registries
+    ]
+
+    @functools.lru_cache(maxsize=4096)
+    def site_for(host: str) -> Site | None:
+        for api_hosts, all_hosts, registry in table:
+            if all_hosts.match(host):
+                return Site(registry.name, registry.tag_ttl_s, api=api_hosts.match(host))
+        return None
+
+    return site_for
+
+
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -107,7 +130,19 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = await start_runner(create_app())
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = FileBlobStore(config.state_dir)
+    files.prepare()
+    index = await SqliteIndex.open(config.state_dir / "index.sqlite")
+    upstream = UpstreamClient(
+        resolver.resolve,
+        config.upstream.ca_bundle,
+        config.upstream.connect_timeout_s,
+        config.upstream.read_timeout_s,
+    )
+    cache = RegistryCache(files, index, upstream)
+    app = create_app(cache, upstream, site_resolver(config), unavailable=(UpstreamError,))
+    runner = await start_runner(app)
     assert runner.server is not None
     https = TlsListener(leaves.context_for, runner.server)
     try:
@@ -125,6 +160,8 @@ async def serve(config: Config) -> None:
         await https.close()
         await dns.close()
         await runner.cleanup()
+        await upstream.close()
+        await index.close()
         log.info("regcache stopped")
 
 

@@ -1,45 +1,218 @@
-"""The registry-facing aiohttp application.
+"""The registry-facing aiohttp application: maps HTTP to cache calls and back.
 
-Until the pull-through cache lands, only the API version check `GET /v2/` is answered
-(200, as an anonymous registry would) so that clients can complete their ping.
+Manifest and blob GET/HEAD go through the cache; everything else — the `/v2/` ping,
+tags, catalog, referrers, pushes, token realms, other paths — streams through to the real
+upstream unchanged in both directions. Errors are rendered in one place, in the registry
+error format.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
+from appliance.cache.fill import FillFailed
+from appliance.cache.ports import UpstreamReply
+from appliance.cache.service import (
+    Described,
+    Filling,
+    RegistryCache,
+    Relayed,
+    Stored,
+    Target,
+    UpstreamMismatch,
+)
+from appliance.oci.mediatypes import parse_accept
+from appliance.oci.routes import Kind, RouteError, parse_route
+from appliance.proxy.ranges import RangeError, parse_range
+
 log = logging.getLogger(__name__)
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+STREAM_CHUNK_BYTES = 256 * 1024
+# Request headers that describe the client's connection to us, not its request upstream.
+_NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "expect"})
+
+
+class PassThrough(Protocol):
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: AsyncIterator[bytes] | None = None,
+    ) -> UpstreamReply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """How a request's Host maps to a registry: its config name, tag TTL, and role."""
+
+    registry: str
+    tag_ttl_s: float
+    api: bool
+    """False for token-realm hosts, whose traffic always passes through."""
 
 
 def registry_error(status: int, code: str, message: str) -> web.Response:
     """The one place HTTP errors are rendered, in the registry error format."""
     body = {"errors": [{"code": code, "message": message, "detail": None}]}
     return web.Response(
-        status=status,
-        text=json.dumps(body),
-        content_type="application/json",
-        headers=API_VERSION_HEADER,
+        status=status, text=json.dumps(body), content_type="application/json", headers=API_VERSION
     )
 
 
-async def _version_check(_request: web.Request) -> web.Response:
-    return web.json_response({}, headers=API_VERSION_HEADER)
+def create_app(
+    cache: RegistryCache,
+    upstream: PassThrough,
+    site_for: Callable[[str], Site | None],
+    unavailable: tuple[type[BaseException], ...],
+) -> web.Application:
+    """`unavailable`: the upstream adapter's exceptions that mean 502 (transport, TLS)."""
 
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[..., object]) -> web.StreamResponse:
+        try:
+            response = await handler(request)  # type: ignore[misc]
+            assert isinstance(response, web.StreamResponse)
+            return response
+        except RouteError as e:
+            return registry_error(400, e.code, str(e))
+        except RangeError as e:
+            return registry_error(416, "BLOB_UNKNOWN", str(e))
+        except UpstreamMismatch as e:
+            log.warning("upstream mismatch host=%s path=%s error=%s", request.host, request.path, e)
+            return registry_error(502, "UNKNOWN", f"upstream sent inconsistent content: {e}")
+        except unavailable as e:
+            log.warning(
+                "upstream unavailable host=%s path=%s error=%s", request.host, request.path, e
+            )
+            return registry_error(502, "UNAVAILABLE", f"upstream unavailable: {e}")
 
-async def _not_implemented(request: web.Request) -> web.Response:
-    return registry_error(404, "UNSUPPORTED", f"{request.path} is not served yet")
+    async def handle(request: web.Request) -> web.StreamResponse:
+        host = (request.url.host or "").lower().rstrip(".")
+        site = site_for(host)
+        if site is None:
+            return registry_error(421, "DENIED", f"{host!r} is not a registry regcache serves")
+        origin = f"https://{host}"
+        route = parse_route(request.path) if site.api else None
+        cacheable = route is not None and route.kind is not Kind.REFERRERS
+        if not cacheable or request.method not in ("GET", "HEAD"):
+            # Referrers change as signatures are added: always asked upstream.
+            return await _pass_through(request, upstream, origin)
+        assert route is not None
+        target = Target(
+            registry=site.registry,
+            origin=origin,
+            repository=route.repository,
+            headers=_forwarded(request),
+            accept=parse_accept(request.headers.getall("Accept", [])),
+            tag_ttl_s=site.tag_ttl_s,
+        )
+        head = request.method == "HEAD"
+        if route.kind is Kind.BLOB:
+            assert not isinstance(route.reference, str)
+            answer = await cache.blob(target, route.reference, head=head)
+        else:
+            answer = await cache.manifest(target, route.reference, head=head)
+        return await _render(request, answer)
 
-
-def create_app() -> web.Application:
-    app = web.Application()
-    app.router.add_get("/v2/", _version_check)
-    app.router.add_route("*", "/{tail:.*}", _not_implemented)
+    app = web.Application(middlewares=[errors], client_max_size=0)
+    app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+def _forwarded(request: web.Request) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
+
+
+def _content_headers(digest: object, media_type: str, size: int | None) -> dict[str, str]:
+    headers = {
+        **API_VERSION,
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": media_type,
+        "Accept-Ranges": "bytes",
+    }
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return headers
+
+
+async def _render(
+    request: web.Request, answer: Stored | Filling | Described | Relayed
+) -> web.StreamResponse:
+    if isinstance(answer, Stored):
+        headers = _content_headers(answer.digest, answer.media_type, None)
+        return web.FileResponse(answer.path, headers=headers)
+    if isinstance(answer, Described):
+        response = web.StreamResponse(
+            headers=_content_headers(answer.digest, answer.media_type, answer.size)
+        )
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    if isinstance(answer, Filling):
+        return await _stream_fill(request, answer)
+    return await _relay(request, answer.reply)
+
+
+async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamResponse:
+    fill = answer.fill
+    size = fill.size
+    start, stop, partial = 0, size, False
+    if "Range" in request.headers:
+        if size is None:
+            raise RangeError("range requests on a blob of unknown length")
+        start, stop = parse_range(request.headers["Range"], size)
+        partial = True
+    headers = _content_headers(
+        answer.digest, answer.media_type, None if stop is None else stop - start
+    )
+    response = web.StreamResponse(status=206 if partial else 200, headers=headers)
+    if partial:
+        assert size is not None and stop is not None
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    await response.prepare(request)
+    try:
+        async for chunk in fill.stream(start, stop if stop is not None else 1 << 62):
+            await response.write(chunk)
+    except FillFailed as e:
+        # Headers are gone; cutting the connection is how the client learns of it.
+        log.warning("fill failed mid-response digest=%s error=%s", answer.digest, e)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _relay(request: web.Request, reply: UpstreamReply) -> web.StreamResponse:
+    try:
+        response = web.StreamResponse(status=reply.status, headers=dict(reply.headers))
+        await response.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in reply.chunks():
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        reply.close()
+
+
+async def _pass_through(
+    request: web.Request, upstream: PassThrough, origin: str
+) -> web.StreamResponse:
+    body = request.content.iter_chunked(STREAM_CHUNK_BYTES) if request.can_read_body else None
+    headers = _forwarded(request)
+    if request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    reply = await upstream.send(request.method, origin + request.path_qs, headers, body)
+    return await _relay(request, reply)
 
 
 async def start_runner(app: web.Application) -> web.AppRunner:

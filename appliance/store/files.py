@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.cache.ports import TempFile
 from appliance.oci.digest import Digest
 
 
@@ -56,8 +57,9 @@ class FileBlobStore:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return TempBlob(path, fd)
 
-    async def commit(self, temp: TempBlob, digest: Digest) -> Path:
+    async def commit(self, temp: TempFile, digest: Digest) -> Path:
         """fsync, rename into place, fsync the directory; the caller verified the digest."""
+        assert isinstance(temp, TempBlob)
         return await asyncio.to_thread(self._commit, temp, digest)
 
     def _commit(self, temp: TempBlob, digest: Digest) -> Path:
@@ -71,7 +73,8 @@ class FileBlobStore:
         _fsync_dir(final.parent)
         return final
 
-    def discard(self, temp: TempBlob) -> None:
+    def discard(self, temp: TempFile) -> None:
+        assert isinstance(temp, TempBlob)
         os.close(temp.fd)
         temp.path.unlink(missing_ok=True)
 

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
 
+from appliance.cache.ports import BlobRow, TagRow
 from appliance.oci.digest import Digest
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -54,21 +54,6 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tag_history_by_tag ON tag_history (registry, repository, tag);
     """,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRow:
-    digest: Digest
-    size: int
-    media_type: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class TagRow:
-    digest: Digest
-    media_type: str
-    size: int
-    validated_s: float
 
 
 class SqliteIndex:

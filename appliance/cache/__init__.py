@@ -1,0 +1,1 @@
+"""Registry semantics with no HTTP objects: tags, manifests, blobs, single-flight fills."""

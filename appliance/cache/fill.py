@@ -1,0 +1,210 @@
+"""Single-flight fills: one upstream fetch per digest, streamed to every client at once.
+
+The first request for a missing digest becomes the leader: its upstream response is
+written to a temp file while the digest is computed. Followers — and the leader's own
+client — read the same file as it grows, so each gets bytes within about one upstream
+round trip. The last byte is released only after the digest and length have been
+verified, so a corrupt body never reaches a client as a complete response. The fill runs
+in its own task: a client that disconnects does not stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from appliance.cache.ports import BlobFiles, TempFile, UpstreamReply
+from appliance.oci.digest import Digest
+from appliance.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 256 * 1024
+
+
+class FillState(enum.Enum):
+    FILLING = "filling"
+    VERIFIED = "verified"  # every byte in and checked; being committed
+    DONE = "done"
+    FAILED = "failed"
+
+
+class FillFailed(RuntimeError):
+    """The upstream body was cut short or did not match its digest or length."""
+
+
+class LeaderGotNoBody(RuntimeError):
+    """The leader's upstream answer was not a body (e.g. 401): followers ask themselves."""
+
+
+class Fill:
+    def __init__(
+        self,
+        digest: Digest,
+        size: int | None,
+        media_type: str | None,
+        temp: TempFile,
+    ) -> None:
+        self.digest = digest
+        self.size = size
+        """Expected length from upstream's Content-Length, when it sent one."""
+        self.media_type = media_type
+        self.written = 0
+        self.state = FillState.FILLING
+        self.error: BaseException | None = None
+        self._temp = temp
+        self._final: str | None = None
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def run(
+        self,
+        reply: UpstreamReply,
+        files: BlobFiles,
+        on_commit: Callable[[Fill], Awaitable[None]],
+    ) -> None:
+        started = time.monotonic()
+        verifier = self.digest.verifier()
+        try:
+            async for chunk in reply.chunks():
+                self._temp.write(chunk)
+                verifier.update(chunk)
+                self.written += len(chunk)
+                if self.size is not None and self.written > self.size:
+                    raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
+                self._notify()
+            if self.size is not None and self.written != self.size:
+                raise FillFailed(
+                    f"{self.digest}: upstream body ended at {self.written} of {self.size} bytes"
+                )
+            if not verifier.matches():
+                raise FillFailed(f"{self.digest}: upstream body hashes to {verifier.actual()}")
+            self.size = self.written
+            self.state = FillState.VERIFIED
+            self._notify()
+            self._final = str(await files.commit(self._temp, self.digest))
+            await on_commit(self)
+            self.state = FillState.DONE
+            log.info(
+                "fill committed digest=%s bytes=%d s=%.3f",
+                self.digest,
+                self.written,
+                time.monotonic() - started,
+            )
+        except BaseException as e:
+            if self._final is None:
+                files.discard(self._temp)
+            self.state = FillState.FAILED
+            self.error = e
+            log.warning("fill failed digest=%s bytes=%d error=%s", self.digest, self.written, e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            reply.close()
+            self._notify()
+
+    def _readable_until(self) -> int:
+        if self.state in (FillState.VERIFIED, FillState.DONE):
+            return self.written
+        # Hold back the last byte until the digest is verified.
+        last = self.size if self.size is not None else self.written
+        return min(self.written, last - 1)
+
+    async def _open(self) -> int:
+        while True:
+            if self.state is FillState.FAILED:
+                raise FillFailed(str(self.error))
+            if self.state is FillState.FILLING:
+                return os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
+            if self.state is FillState.DONE and self._final is not None:
+                return os.open(self._final, os.O_RDONLY | os.O_CLOEXEC)
+            await self._changed.wait()  # being renamed into place: open it there
+
+    async def stream(self, start: int, stop: int) -> AsyncIterator[bytes]:
+        """Bytes [start, stop) as they arrive; FillFailed if the fill fails meanwhile."""
+        fd = await self._open()
+        try:
+            pos = start
+            while pos < stop:
+                if self.state is FillState.FAILED:
+                    raise FillFailed(str(self.error))
+                limit = min(self._readable_until(), stop)
+                if pos < limit:
+                    chunk = os.pread(fd, min(limit - pos, READ_CHUNK_BYTES), pos)
+                    if not chunk:
+                        raise FillFailed(f"{self.digest}: file shorter than written")
+                    pos += len(chunk)
+                    yield chunk
+                else:
+                    await self._changed.wait()
+        finally:
+            os.close(fd)
+
+
+class Fills:
+    """The fills in flight, by digest: a second request for a digest joins the first."""
+
+    def __init__(self, files: BlobFiles, on_commit: Callable[[Fill], Awaitable[None]]) -> None:
+        self._files = files
+        self._on_commit = on_commit
+        self._active: dict[Digest, asyncio.Future[Fill]] = {}
+
+    def active(self, digest: Digest) -> asyncio.Future[Fill] | None:
+        return self._active.get(digest)
+
+    async def join_or_start(
+        self,
+        digest: Digest,
+        fetch: Callable[[], Awaitable[UpstreamReply]],
+        media_type: str | None,
+    ) -> Fill | UpstreamReply:
+        """The fill for `digest` (joined or started), or the leader's non-200 reply."""
+        for _ in range(3):
+            running = self._active.get(digest)
+            if running is None:
+                return await self._lead(digest, fetch, media_type)
+            try:
+                return await asyncio.shield(running)
+            except LeaderGotNoBody:
+                continue  # the leader's credentials or luck failed; try with ours
+        return await self._lead(digest, fetch, media_type)
+
+    async def _lead(
+        self,
+        digest: Digest,
+        fetch: Callable[[], Awaitable[UpstreamReply]],
+        media_type: str | None,
+    ) -> Fill | UpstreamReply:
+        future: asyncio.Future[Fill] = asyncio.get_running_loop().create_future()
+        self._active[digest] = future
+        try:
+            reply = await fetch()
+        except BaseException as e:
+            self._end(digest, future, e)
+            raise
+        if reply.status != 200:
+            self._end(digest, future, LeaderGotNoBody(f"upstream answered {reply.status}"))
+            return reply
+        length = reply.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else None
+        fill = Fill(digest, size, media_type, self._files.create_temp())
+        future.set_result(fill)
+        task = spawn(fill.run(reply, self._files, self._on_commit), name=f"fill {digest}")
+        task.add_done_callback(lambda _t: self._forget(digest, future))
+        return fill
+
+    def _end(self, digest: Digest, future: asyncio.Future[Fill], error: BaseException) -> None:
+        future.set_exception(error)
+        future.exception()  # followers may be none: mark it retrieved
+        self._forget(digest, future)
+
+    def _forget(self, digest: Digest, future: asyncio.Future[Fill]) -> None:
+        if self._active.get(digest) is future:
+            del self._active[digest]

@@ -1,0 +1,68 @@
+"""The seams the cache depends on, implemented by `store/` and `upstream/`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from appliance.oci.digest import Digest
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRow:
+    digest: Digest
+    size: int
+    media_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    digest: Digest
+    media_type: str
+    size: int
+    validated_s: float
+
+
+class UpstreamReply(Protocol):
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    async def read(self, limit: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> UpstreamReply:
+        """GET or HEAD, redirects followed; raises on transport or TLS failure."""
+        ...
+
+
+class TempFile(Protocol):
+    @property
+    def path(self) -> Path: ...
+    def write(self, chunk: bytes) -> None: ...
+
+
+class BlobFiles(Protocol):
+    def path_for(self, digest: Digest) -> Path: ...
+    def size_of(self, digest: Digest) -> int | None: ...
+    def create_temp(self) -> TempFile: ...
+    async def commit(self, temp: TempFile, digest: Digest) -> Path: ...
+    def discard(self, temp: TempFile) -> None: ...
+
+
+class Index(Protocol):
+    async def add_blob(
+        self, digest: Digest, size: int, media_type: str | None, *, manifest: bool = False
+    ) -> None: ...
+    async def blob(self, digest: Digest) -> BlobRow | None: ...
+    async def manifest_type(self, digest: Digest) -> str | None: ...
+    async def touch(self, digest: Digest) -> None: ...
+    async def tag(self, registry: str, repository: str, tag: str, accept: str) -> TagRow | None: ...
+    async def set_tag(
+        self, registry: str, repository: str, tag: str, accept: str, row: TagRow
+    ) -> None: ...

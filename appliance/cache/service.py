@@ -1,0 +1,274 @@
+"""Registry semantics: what to answer for a manifest or blob request, and from where.
+
+- By digest, from the store with no upstream call when present.
+- Tags are revalidated with an upstream HEAD (free on Docker Hub); the body comes from
+  the store when the digest HEAD names is there. A client HEAD never becomes an upstream
+  GET. A cached manifest goes only to clients whose Accept takes its media type.
+- Misses are fetched once per digest (see fill.py) and verified before they are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.cache.fill import Fill, Fills
+from appliance.cache.ports import BlobFiles, Index, TagRow, Upstream, UpstreamReply
+from appliance.oci.digest import Digest, DigestError
+from appliance.oci.mediatypes import OCTET_STREAM, accept_key, accepts
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 4 << 20  # distribution's own limit
+
+
+class UpstreamMismatch(RuntimeError):
+    """Upstream's bytes do not match the digest they were asked for or announced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One client request as the cache sees it: no HTTP objects."""
+
+    registry: str
+    """The config name (`docker.io`): tags are shared by all hosts of a registry."""
+    origin: str
+    """Upstream base URL, `https://registry-1.docker.io`."""
+    repository: str
+    headers: Mapping[str, str]
+    """The client's end-to-end headers, sent upstream as they are (Authorization, Accept)."""
+    accept: frozenset[str]
+    tag_ttl_s: float = 0.0
+
+    def url(self, kind: str, reference: str | Digest) -> str:
+        return f"{self.origin}/v2/{self.repository}/{kind}/{reference}"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    digest: Digest
+    size: int
+    media_type: str
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Filling:
+    digest: Digest
+    media_type: str
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class Described:
+    """A HEAD answer: what the body would be, without it."""
+
+    digest: Digest
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """Upstream's own response, for the client as it is (an auth challenge, a 404…)."""
+
+    reply: UpstreamReply
+
+
+Answer = Stored | Filling | Described | Relayed
+
+
+class RegistryCache:
+    def __init__(
+        self,
+        files: BlobFiles,
+        index: Index,
+        upstream: Upstream,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._files = files
+        self._index = index
+        self._upstream = upstream
+        self._clock = clock
+        self._fills = Fills(files, self._on_blob_commit)
+        self._manifest_fetches: dict[str, asyncio.Future[Stored | None]] = {}
+
+    async def _on_blob_commit(self, fill: Fill) -> None:
+        await self._index.add_blob(fill.digest, fill.written, fill.media_type)
+
+    # Blobs
+
+    async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
+        stored = await self._stored(digest, OCTET_STREAM)
+        if stored is not None:
+            return stored
+        running = self._fills.active(digest)
+        if head:
+            if running is not None and running.done() and not running.exception():
+                fill = running.result()
+                if fill.size is not None:
+                    return Described(digest, fill.size, OCTET_STREAM)
+            return Relayed(
+                await self._upstream.fetch("HEAD", target.url("blobs", digest), target.headers)
+            )
+        result = await self._fills.join_or_start(
+            digest,
+            lambda: self._upstream.fetch("GET", target.url("blobs", digest), target.headers),
+            media_type=None,
+        )
+        if isinstance(result, Fill):
+            return Filling(digest, OCTET_STREAM, result)
+        return Relayed(result)
+
+    async def _stored(self, digest: Digest, default_type: str) -> Stored | None:
+        row = await self._index.blob(digest)
+        if row is None or self._files.size_of(digest) != row.size:
+            return None
+        await self._index.touch(digest)
+        return Stored(
+            digest, row.size, row.media_type or default_type, self._files.path_for(digest)
+        )
+
+    # Manifests
+
+    async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
+        if isinstance(reference, Digest):
+            stored = await self._stored_manifest(reference)
+            if stored is not None:
+                return stored
+            if head:
+                url = target.url("manifests", reference)
+                return Relayed(await self._upstream.fetch("HEAD", url, target.headers))
+            return await self._fetch_manifest(target, reference, tag=None)
+        return await self._tag(target, reference, head=head)
+
+    async def _stored_manifest(self, digest: Digest) -> Stored | None:
+        media_type = await self._index.manifest_type(digest)
+        return None if media_type is None else await self._stored(digest, media_type)
+
+    async def _tag(self, target: Target, tag: str, *, head: bool) -> Answer:
+        key = accept_key(target.accept)
+        now = self._clock()
+        row = await self._index.tag(target.registry, target.repository, tag, key)
+        if row is not None and now - row.validated_s < target.tag_ttl_s:
+            stored = await self._stored_manifest(row.digest)
+            if stored is not None and accepts(target.accept, stored.media_type):
+                return stored
+        reply = await self._upstream.fetch("HEAD", target.url("manifests", tag), target.headers)
+        digest = _digest_header(reply.headers)
+        if reply.status == 200 and digest is not None:
+            size, media_type = _length(reply.headers), reply.headers.get("Content-Type", "")
+            reply.close()
+            stored = await self._stored_manifest(digest)
+            if stored is not None and accepts(target.accept, stored.media_type):
+                await self._index.set_tag(
+                    target.registry, target.repository, tag, key,
+                    TagRow(digest, stored.media_type, stored.size, now),
+                )  # fmt: skip
+                return stored
+            if head:
+                return Described(digest, size, media_type)
+            return await self._fetch_manifest(target, digest, tag=tag)
+        if head:
+            return Relayed(reply)
+        reply.close()
+        # No usable HEAD (an auth challenge, an error, no digest): the GET tells the client.
+        return await self._fetch_manifest(target, tag, tag=tag)
+
+    async def _fetch_manifest(
+        self, target: Target, reference: str | Digest, tag: str | None
+    ) -> Answer:
+        """GET a manifest upstream and keep it; concurrent GETs of one digest share one."""
+        if not isinstance(reference, Digest):
+            return await self._tagged(target, tag, await self._get_manifest(target, reference))
+        key = target.url("manifests", reference)
+        running = self._manifest_fetches.get(key)
+        if running is not None and (shared := await asyncio.shield(running)) is not None:
+            return await self._tagged(target, tag, shared)
+        # None from a leader means it got no manifest (its credentials?): ask with ours.
+        future: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
+        self._manifest_fetches[key] = future
+        answer: Answer | None = None
+        try:
+            answer = await self._get_manifest(target, reference)
+        finally:
+            future.set_result(answer if isinstance(answer, Stored) else None)
+            if self._manifest_fetches.get(key) is future:
+                del self._manifest_fetches[key]
+        return await self._tagged(target, tag, answer)
+
+    async def _tagged(self, target: Target, tag: str | None, answer: Answer) -> Answer:
+        """Record `tag` → the manifest just stored (other answers pass unchanged)."""
+        if tag is not None and isinstance(answer, Stored):
+            await self._index.set_tag(
+                target.registry, target.repository, tag, accept_key(target.accept),
+                TagRow(answer.digest, answer.media_type, answer.size, self._clock()),
+            )  # fmt: skip
+        return answer
+
+    async def _get_manifest(self, target: Target, reference: str | Digest) -> Answer:
+        url = target.url("manifests", reference)
+        reply = await self._upstream.fetch("GET", url, target.headers)
+        if reply.status != 200:
+            return Relayed(reply)
+        try:
+            body = await reply.read(MAX_MANIFEST_BYTES)
+            announced = _digest_header(reply.headers)
+            media_type = _manifest_type(reply.headers.get("Content-Type", ""), body)
+        finally:
+            reply.close()
+        expected = reference if isinstance(reference, Digest) else announced
+        digest = Digest.of(body, expected.algorithm if expected else "sha256")
+        if expected is not None and digest != expected:
+            raise UpstreamMismatch(f"{url}: manifest hashes to {digest}, expected {expected}")
+        if (
+            announced is not None
+            and announced != digest
+            and announced.algorithm == digest.algorithm
+        ):
+            raise UpstreamMismatch(f"{url}: Docker-Content-Digest {announced} but body is {digest}")
+        path = await self._write(digest, body)
+        await self._index.add_blob(digest, len(body), media_type, manifest=True)
+        log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
+        return Stored(digest, len(body), media_type, path)
+
+    async def _write(self, digest: Digest, body: bytes) -> Path:
+        temp = self._files.create_temp()
+        try:
+            temp.write(body)
+        except BaseException:
+            self._files.discard(temp)
+            raise
+        return await self._files.commit(temp, digest)
+
+
+def _digest_header(headers: Mapping[str, str]) -> Digest | None:
+    value = headers.get("Docker-Content-Digest")
+    if not value:
+        return None
+    try:
+        return Digest.parse(value.strip())
+    except DigestError:
+        return None
+
+
+def _length(headers: Mapping[str, str]) -> int:
+    value = headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else 0
+
+
+def _manifest_type(content_type: str, body: bytes) -> str:
+    """The Content-Type upstream sent, else the manifest's own `mediaType` field."""
+    media_type = content_type.split(";", 1)[0].strip()
+    if media_type and media_type not in ("application/json", OCTET_STREAM):
+        return media_type
+    try:
+        declared = json.loads(body).get("mediaType")
+    except (ValueError, AttributeError):
+        declared = None
+    return str(declared) if declared else media_type or "application/json"
