@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from appliance.cache.fill import FillFailed
 from appliance.cache.ports import UpstreamReply
@@ -127,8 +128,11 @@ def create_app(
     return app
 
 
-def _forwarded(request: web.Request) -> dict[str, str]:
-    return {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
+def _forwarded(request: web.Request) -> CIMultiDict[str]:
+    """The client's headers for upstream; repeated ones (Accept!) stay repeated."""
+    return CIMultiDict(
+        (k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED
+    )
 
 
 def _content_headers(digest: object, media_type: str, size: int | None) -> dict[str, str]:
@@ -193,7 +197,7 @@ async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamRespo
 
 async def _relay(request: web.Request, reply: UpstreamReply) -> web.StreamResponse:
     try:
-        response = web.StreamResponse(status=reply.status, headers=dict(reply.headers))
+        response = web.StreamResponse(status=reply.status, headers=CIMultiDict(reply.headers))
         await response.prepare(request)
         if request.method != "HEAD":
             async for chunk in reply.chunks():

@@ -1,0 +1,162 @@
+"""The end-to-end lab: a build host's network namespace with regcache as its resolver and
+gateway, and real upstream registries (Debian's docker-registry, distribution 2.8) behind
+it on their real names, each with TLS from the upstream test CA."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.e2e.images import Image, write_layout
+from tests.e2e.netns import Netns
+from tests.e2e.pki import TestCa
+from tests.harness import REPO, example_registries
+
+REGCACHE_IP = "127.0.0.2"
+# Upstream hosts and where they live inside the namespace.
+UPSTREAMS = {"registry-1.docker.io": "127.0.0.3", "ghcr.io": "127.0.0.4"}
+_ACCESS = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)'
+)
+
+
+@dataclass
+class Registry:
+    host: str
+    ip: str
+    folder: Path
+    log: Path
+
+    def requests(self) -> list[tuple[str, str, int, int]]:
+        """(method, path, status, body bytes) from the registry's own access log."""
+        out = []
+        for match in _ACCESS.finditer(self.log.read_text(errors="replace")):
+            size = 0 if match.group("bytes") == "-" else int(match.group("bytes"))
+            out.append(
+                (match.group("method"), match.group("path"), int(match.group("status")), size)
+            )
+        return out
+
+    def count(self, method: str, kind: str, status: int | None = None) -> int:
+        return sum(
+            1 for m, path, st, _ in self.requests()
+            if m == method and f"/{kind}/" in path and "/uploads/" not in path
+            and (status is None or st == status)
+        )  # fmt: skip
+
+    def blob_bytes_sent(self) -> int:
+        return sum(
+            size for m, path, st, size in self.requests()
+            if m == "GET" and "/blobs/sha256:" in path and st in (200, 206)
+        )  # fmt: skip
+
+
+@dataclass
+class Lab:
+    ns: Netns
+    tmp: Path
+    ca_dir: Path
+    """Holds regcache's CA as `ca.crt`: what a build host trusts, and nothing else."""
+    state_dir: Path
+    regcache_log: Path
+    registries: dict[str, Registry] = field(default_factory=dict)
+
+    def skopeo(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return self.ns.run("skopeo", "--insecure-policy", *args, timeout=timeout, check=False)
+
+    def push(self, host: str, repository: str, tag: str, img: Image) -> None:
+        """Push through regcache (its pass-through path), as a build host would."""
+        layout = write_layout(
+            self.tmp / f"push-{host}-{repository.replace('/', '_')}-{tag}", tag, img
+        )
+        out = self.skopeo("copy", "--all", "--dest-cert-dir", str(self.ca_dir),
+                          f"oci:{layout}:{tag}", f"docker://{host}/{repository}:{tag}")  # fmt: skip
+        assert out.returncode == 0, out.stderr
+
+    def pull(self, ref: str, name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        dest = self.tmp / f"pull-{name}"
+        out = self.skopeo("copy", "--all", "--src-cert-dir", str(self.ca_dir),
+                          f"docker://{ref}", f"oci:{dest}:x")  # fmt: skip
+        return out, dest
+
+    def inspect_raw(self, ref: str) -> str:
+        out = self.skopeo("inspect", "--raw", "--cert-dir", str(self.ca_dir), f"docker://{ref}")
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+
+def _registry_config(reg: Registry, cert: Path, key: Path) -> str:
+    config = {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
+        "storage": {"filesystem": {"rootdirectory": str(reg.folder / "data")},
+                    "delete": {"enabled": True}},
+        "http": {"addr": f"{reg.ip}:443", "host": f"https://{reg.host}",
+                 "tls": {"certificate": str(cert), "key": str(key)}},
+    }  # fmt: skip
+    return yaml.safe_dump(config)
+
+
+def _wait_port(ns: Netns, ip: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.name} exited:\n{log.read_text()}")
+        probe = ns.run("bash", "-c", f"exec 3<>/dev/tcp/{ip}/{port}", check=False, timeout=5)
+        if probe.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{ip}:{port} did not open:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def lab(tmp: Path) -> Iterator[Lab]:
+    ca = TestCa(tmp)
+    with Netns(REGCACHE_IP) as ns:
+        the_lab = Lab(ns, tmp, tmp / "regcache-ca", tmp / "state", tmp / "regcache.log")
+        for host, ip in UPSTREAMS.items():
+            reg = Registry(host, ip, tmp / host, tmp / f"{host}.log")
+            reg.folder.mkdir()
+            cert, key = ca.issue(host, host)
+            (reg.folder / "config.yml").write_text(_registry_config(reg, cert, key))
+            proc = ns.start("docker-registry", "serve", str(reg.folder / "config.yml"), log=reg.log)
+            _wait_port(ns, ip, 443, proc, reg.log)
+            the_lab.registries[host] = reg
+        config = {
+            "state_dir": str(the_lab.state_dir),
+            "listen": {"dns": [f"{REGCACHE_IP}:53"], "https": [f"{REGCACHE_IP}:443"]},
+            "appliance": {"ipv4": REGCACHE_IP},
+            "dns": {"upstreams": ["127.0.0.1:9"]},
+            "upstream": {"ca_bundle": str(ca.pem)},
+            "resolve": {host: [ip] for host, ip in UPSTREAMS.items()},
+            "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
+            "registries": example_registries(),
+        }
+        config_path = tmp / "regcache.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        regcache = ns.start(
+            str(REPO / ".venv" / "bin" / "regcache"), "serve", "--config", str(config_path),
+            log=the_lab.regcache_log,
+        )  # fmt: skip
+        _wait_port(ns, REGCACHE_IP, 443, regcache, the_lab.regcache_log)
+        the_lab.ca_dir.mkdir()
+        export = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "regcache"), "ca", "export", "--config", str(config_path),
+             "--out", str(the_lab.ca_dir / "ca.crt")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert export.returncode == 0
+        yield the_lab
+
+
+def manifest_digests(raw: str) -> list[str]:
+    data = json.loads(raw)
+    return [m["digest"] for m in data.get("manifests", [])]
