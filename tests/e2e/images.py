@@ -98,10 +98,7 @@ def write_layout(folder: Path, tag: str, img: Image) -> Path:
     for blob in (img.top, *img.blobs):
         (blobs / blob.digest.split(":")[1]).write_bytes(blob.data)
     (folder / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (folder / "index.json").write_text(
-        json.dumps(
-            {"schemaVersion": 2,
-             "manifests": [img.top.descriptor(annotations={"org.opencontainers.image.ref.name": tag})]}
-        )
-    )  # fmt: skip
+    ref = {"org.opencontainers.image.ref.name": tag}
+    top = img.top.descriptor(annotations=ref)
+    (folder / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
     return folder
