@@ -77,15 +77,23 @@ class Lab:
         layout = write_layout(
             self.tmp / f"push-{host}-{repository.replace('/', '_')}-{tag}", tag, img
         )
-        out = self.skopeo("copy", "--all", "--dest-cert-dir", str(self.ca_dir),
-                          f"oci:{layout}:{tag}", f"docker://{host}/{repository}:{tag}")  # fmt: skip
+        out = self.skopeo(
+            "copy", "--all", "--preserve-digests", "--dest-cert-dir", str(self.ca_dir),
+            f"oci:{layout}:{tag}", f"docker://{host}/{repository}:{tag}",
+        )  # fmt: skip
         assert out.returncode == 0, out.stderr
+
+    def pull_argv(self, ref: str, dest: Path) -> list[str]:
+        """skopeo copying `ref` through regcache into an OCI layout, bytes unchanged."""
+        return self.ns.argv(
+            "skopeo", "--insecure-policy", "copy", "--all", "--preserve-digests",
+            "--src-cert-dir", str(self.ca_dir), f"docker://{ref}", f"oci:{dest}:x",
+        )  # fmt: skip
 
     def pull(self, ref: str, name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
         dest = self.tmp / f"pull-{name}"
-        out = self.skopeo("copy", "--all", "--src-cert-dir", str(self.ca_dir),
-                          f"docker://{ref}", f"oci:{dest}:x")  # fmt: skip
-        return out, dest
+        argv = self.pull_argv(ref, dest)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=600), dest
 
     def inspect_raw(self, ref: str) -> str:
         out = self.skopeo("inspect", "--raw", "--cert-dir", str(self.ca_dir), f"docker://{ref}")

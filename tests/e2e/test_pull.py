@@ -1,0 +1,106 @@
+"""Pulls by real clients through the DNS interception, against real upstream registries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from tests.e2e.images import Blob, image, index, layer
+from tests.e2e.lab import Lab
+
+MiB = 1 << 20
+
+
+def pulled_blobs(layout: Path) -> dict[str, bytes]:
+    """digest → bytes of every blob in an OCI layout skopeo wrote, hashes checked."""
+    out = {}
+    for path in (layout / "blobs" / "sha256").iterdir():
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == path.name
+        out[f"sha256:{path.name}"] = data
+    return out
+
+
+def stored(lab: Lab, digest: str) -> Path:
+    algorithm, hex_ = digest.split(":")
+    return lab.state_dir / "blobs" / algorithm / hex_[:2] / hex_
+
+
+def test_cold_pull_is_byte_identical_and_warm_pull_gets_nothing_upstream(the_lab: Lab) -> None:
+    shared = layer(MiB // 2, "shared")
+    multi = index({"amd64": image([layer(2 * MiB), shared]), "arm64": image([layer(MiB), shared])})
+    the_lab.push("registry-1.docker.io", "library/multi", "v1", multi)
+    upstream = the_lab.registries["registry-1.docker.io"]
+    ref = "registry-1.docker.io/library/multi:v1"
+
+    out, cold = the_lab.pull(ref, "multi-cold")
+    assert out.returncode == 0, out.stderr
+    assert the_lab.inspect_raw(ref).encode() == multi.top.data  # the index, byte-exact
+    want = {b.digest: b.data for b in (multi.top, *multi.blobs)}
+    assert pulled_blobs(cold) == want  # every manifest, config and layer, both platforms
+    for digest in want:
+        assert stored(the_lab, digest).read_bytes() == want[digest]
+
+    blob_gets, manifest_gets = upstream.count("GET", "blobs"), upstream.count("GET", "manifests")
+    blob_bytes = upstream.blob_bytes_sent()
+    out, warm = the_lab.pull(ref, "multi-warm")
+    assert out.returncode == 0, out.stderr
+    assert pulled_blobs(warm) == want
+    assert upstream.count("GET", "blobs") == blob_gets
+    assert upstream.blob_bytes_sent() == blob_bytes
+    assert upstream.count("GET", "manifests") == manifest_gets  # only HEADs revalidate the tag
+
+
+def test_layer_shared_by_two_registries_is_fetched_and_stored_once(the_lab: Lab) -> None:
+    shared = layer(MiB, "shared-across")
+    the_lab.push("registry-1.docker.io", "library/one", "v1", image([shared, layer(1000)]))
+    the_lab.push("ghcr.io", "org/two", "v1", image([shared, layer(2000)]))
+    for ref, name in (
+        ("registry-1.docker.io/library/one:v1", "one"),
+        ("ghcr.io/org/two:v1", "two"),
+    ):
+        out, _ = the_lab.pull(ref, name)
+        assert out.returncode == 0, out.stderr
+    ghcr = the_lab.registries["ghcr.io"]
+    fetched = [p for m, p, st, _ in ghcr.requests() if m == "GET" and shared.digest in p]
+    assert fetched == []  # ghcr.io's copy was never needed: the store already had it
+    assert stored(the_lab, shared.digest).read_bytes() == shared.data
+
+
+def test_concurrent_cold_pulls_fetch_each_blob_once(the_lab: Lab) -> None:
+    img = image([layer(8 * MiB, "big"), layer(3 * MiB, "small")])
+    the_lab.push("registry-1.docker.io", "library/crowd", "v1", img)
+    upstream = the_lab.registries["registry-1.docker.io"]
+    before = {b.digest: _gets(upstream.requests(), b) for b in img.blobs}
+    ref = "registry-1.docker.io/library/crowd:v1"
+    pulls = [
+        subprocess.Popen(
+            the_lab.pull_argv(ref, the_lab.tmp / f"crowd-{i}"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(8)
+    ]
+    for proc in pulls:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    for blob in img.blobs:
+        assert _gets(upstream.requests(), blob) - before[blob.digest] == 1, blob.digest
+    for i in range(8):
+        assert pulled_blobs(the_lab.tmp / f"crowd-{i}").keys() >= {b.digest for b in img.blobs}
+
+
+def _gets(requests: list[tuple[str, str, int, int]], blob: Blob) -> int:
+    return sum(1 for m, p, st, _ in requests if m == "GET" and p.endswith(blob.digest))
+
+
+def test_tag_moves_are_seen_at_once(the_lab: Lab) -> None:
+    """Tags are revalidated on every request (tag_ttl 0): a re-pushed tag is served new."""
+    first, second = image([layer(1000, "a")]), image([layer(1000, "b")])
+    ref = "registry-1.docker.io/library/moving:latest"
+    the_lab.push("registry-1.docker.io", "library/moving", "latest", first)
+    assert json.loads(the_lab.inspect_raw(ref)) == json.loads(first.top.data)
+    the_lab.push("registry-1.docker.io", "library/moving", "latest", second)
+    assert the_lab.inspect_raw(ref).encode() == second.top.data
