@@ -21,8 +21,12 @@ from tests.e2e.pki import TestCa
 from tests.harness import REPO, example_registries
 
 REGCACHE_IP = "127.0.0.2"
-# Upstream hosts and where they live inside the namespace.
-UPSTREAMS = {"registry-1.docker.io": "127.0.0.3", "ghcr.io": "127.0.0.4"}
+# Upstream registries and where they live inside the namespace. registry-1.docker.io
+# wants bearer tokens from auth.docker.io; quay.io redirects blob GETs to cdn.quay.io.
+UPSTREAMS = {"registry-1.docker.io": "127.0.0.3", "ghcr.io": "127.0.0.4", "quay.io": "127.0.0.8"}
+TOKEN_HOST, TOKEN_IP = "auth.docker.io", "127.0.0.5"
+CDN_HOST, CDN_IP = "cdn.quay.io", "127.0.0.9"
+CDN_RATE_BYTES_S = 16 << 20
 _ACCESS = re.compile(
     r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)'
 )
@@ -68,6 +72,9 @@ class Lab:
     state_dir: Path
     regcache_log: Path
     registries: dict[str, Registry] = field(default_factory=dict)
+    token_log: Path | None = None
+    cdn_corrupt: Path | None = None
+    """Digests listed here (one per line) are served with a flipped first byte by the CDN."""
 
     def skopeo(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return self.ns.run("skopeo", "--insecure-policy", *args, timeout=timeout, check=False)
@@ -101,7 +108,7 @@ class Lab:
         return out.stdout
 
 
-def _registry_config(reg: Registry, cert: Path, key: Path) -> str:
+def _registry_config(reg: Registry, cert: Path, key: Path, extra: dict[str, object]) -> str:
     config = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
@@ -109,6 +116,7 @@ def _registry_config(reg: Registry, cert: Path, key: Path) -> str:
                     "delete": {"enabled": True}},
         "http": {"addr": f"{reg.ip}:443", "host": f"https://{reg.host}",
                  "tls": {"certificate": str(cert), "key": str(key)}},
+        **extra,
     }  # fmt: skip
     return yaml.safe_dump(config)
 
@@ -125,26 +133,59 @@ def _wait_port(ns: Netns, ip: str, port: int, proc: subprocess.Popen[bytes], log
     raise RuntimeError(f"{ip}:{port} did not open:\n{log.read_text()}")
 
 
+def _python_server(ns: Netns, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    return ns.start(str(REPO / ".venv" / "bin" / "python"), "-m", "tests.e2e.servers", *args,
+                    log=log, cwd=REPO)  # fmt: skip
+
+
 @contextlib.contextmanager
 def lab(tmp: Path) -> Iterator[Lab]:
     ca = TestCa(tmp)
+    signing_cert, signing_key = ca.issue("token-signing", "token-signing")
     with Netns(REGCACHE_IP) as ns:
         the_lab = Lab(ns, tmp, tmp / "regcache-ca", tmp / "state", tmp / "regcache.log")
+        extras: dict[str, dict[str, object]] = {
+            "registry-1.docker.io": {"auth": {"token": {
+                "realm": f"https://{TOKEN_HOST}/token", "service": "registry.docker.io",
+                "issuer": "regcache-test-issuer", "rootcertbundle": str(ca.pem)}}},
+            "quay.io": {"middleware": {"storage": [
+                {"name": "redirect", "options": {"baseurl": f"https://{CDN_HOST}/"}}]}},
+        }  # fmt: skip
         for host, ip in UPSTREAMS.items():
             reg = Registry(host, ip, tmp / host, tmp / f"{host}.log")
             reg.folder.mkdir()
             cert, key = ca.issue(host, host)
-            (reg.folder / "config.yml").write_text(_registry_config(reg, cert, key))
+            config_text = _registry_config(reg, cert, key, extras.get(host, {}))
+            (reg.folder / "config.yml").write_text(config_text)
             proc = ns.start("docker-registry", "serve", str(reg.folder / "config.yml"), log=reg.log)
             _wait_port(ns, ip, 443, proc, reg.log)
             the_lab.registries[host] = reg
+        cert, key = ca.issue(TOKEN_HOST, TOKEN_HOST)
+        the_lab.token_log = tmp / "token-requests.log"
+        proc = _python_server(
+            ns, tmp / "token.log", "token", "--listen", f"{TOKEN_IP}:443", "--cert", str(cert),
+            "--key", str(key), "--signing-cert", str(signing_cert), "--signing-key",
+            str(signing_key), "--log", str(the_lab.token_log),
+        )  # fmt: skip
+        _wait_port(ns, TOKEN_IP, 443, proc, tmp / "token.log")
+        cert, key = ca.issue(CDN_HOST, CDN_HOST)
+        the_lab.cdn_corrupt = tmp / "cdn-corrupt.txt"
+        proc = _python_server(
+            ns, tmp / "cdn.log", "cdn", "--listen", f"{CDN_IP}:443", "--cert", str(cert),
+            "--key", str(key), "--root", str(the_lab.registries["quay.io"].folder / "data"),
+            "--rate", str(CDN_RATE_BYTES_S), "--corrupt", str(the_lab.cdn_corrupt),
+        )  # fmt: skip
+        _wait_port(ns, CDN_IP, 443, proc, tmp / "cdn.log")
         config = {
             "state_dir": str(the_lab.state_dir),
             "listen": {"dns": [f"{REGCACHE_IP}:53"], "https": [f"{REGCACHE_IP}:443"]},
             "appliance": {"ipv4": REGCACHE_IP},
             "dns": {"upstreams": ["127.0.0.1:9"]},
             "upstream": {"ca_bundle": str(ca.pem)},
-            "resolve": {host: [ip] for host, ip in UPSTREAMS.items()},
+            "resolve": {
+                host: [ip]
+                for host, ip in [*UPSTREAMS.items(), (TOKEN_HOST, TOKEN_IP), (CDN_HOST, CDN_IP)]
+            },
             "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
             "registries": example_registries(),
         }

@@ -104,3 +104,14 @@ def test_tag_moves_are_seen_at_once(the_lab: Lab) -> None:
     assert json.loads(the_lab.inspect_raw(ref)) == json.loads(first.top.data)
     the_lab.push("registry-1.docker.io", "library/moving", "latest", second)
     assert the_lab.inspect_raw(ref).encode() == second.top.data
+
+
+def test_bearer_auth_flows_through_unchanged(the_lab: Lab) -> None:
+    """Docker Hub's lab twin wants tokens: clients got the challenge and fetched tokens
+    from the realm through regcache's pass-through; regcache fetched none itself."""
+    assert the_lab.token_log is not None
+    scopes = [json.loads(line)["scopes"] for line in the_lab.token_log.read_text().splitlines()]
+    assert ["repository:library/multi:pull"] in scopes
+    hub = the_lab.registries["registry-1.docker.io"]
+    assert any(st == 401 for _, _, st, _ in hub.requests())  # the challenge reached clients
+    assert all(st != 401 for m, p, st, _ in hub.requests() if "/blobs/sha256:" in p and m == "GET")

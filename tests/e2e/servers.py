@@ -1,0 +1,120 @@
+"""Small upstream-side servers the lab needs where no real component exists.
+
+- `token`: a registry token realm (docker/distribution token spec). Grants every scope
+  asked for, anonymously, as an ES256 JWT whose x5c chains to the upstream test CA.
+- `cdn`: serves a registry's storage folder over TLS, where distribution's `redirect`
+  middleware sends blob GETs; it can be throttled and told to corrupt given blobs.
+
+Run inside the lab's namespace: `python -m tests.e2e.servers token|cdn ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import secrets
+import ssl
+import time
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+ISSUER = "regcache-test-issuer"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(
+    key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, claims: dict[str, object]
+) -> str:
+    der = cert.public_bytes(serialization.Encoding.DER)
+    header = {"alg": "ES256", "typ": "JWT", "x5c": [base64.b64encode(der).decode()]}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def token_app(
+    key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, log: Path
+) -> web.Application:
+    async def token(request: web.Request) -> web.Response:
+        service = request.query.get("service", "")
+        access = []
+        for scope in request.query.getall("scope", []):
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": ISSUER, "sub": "", "aud": service, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": secrets.token_hex(8), "access": access}  # fmt: skip
+        seen = {"service": service, "scopes": request.query.getall("scope", [])}
+        with log.open("a") as f:
+            f.write(json.dumps(seen) + "\n")
+        return web.json_response({"token": make_jwt(key, cert, claims), "expires_in": 300})
+
+    app = web.Application()
+    app.router.add_get("/token", token)
+    return app
+
+
+def cdn_app(root: Path, rate_bytes_s: int, corrupt: Path) -> web.Application:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = (root / request.match_info["tail"]).resolve()
+        if not path.is_relative_to(root.resolve()) or not path.is_file():
+            return web.Response(status=404)
+        data = path.read_bytes()
+        bad = corrupt.read_text().split() if corrupt.exists() else []
+        if any(digest.split(":")[1] in str(path) for digest in bad):
+            data = bytes([data[0] ^ 0xFF]) + data[1:]  # same length, wrong bytes
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        step = 64 * 1024
+        for i in range(0, len(data), step):
+            await response.write(data[i : i + step])
+            if rate_bytes_s:
+                await asyncio.sleep(step / rate_bytes_s)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["token", "cdn"])
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--signing-cert")
+    parser.add_argument("--signing-key")
+    parser.add_argument("--log")
+    parser.add_argument("--root")
+    parser.add_argument("--rate", type=int, default=0)
+    parser.add_argument("--corrupt")
+    args = parser.parse_args()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.cert, args.key)
+    if args.role == "token":
+        key = serialization.load_pem_private_key(Path(args.signing_key).read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        cert = x509.load_pem_x509_certificate(Path(args.signing_cert).read_bytes())
+        app = token_app(key, cert, Path(args.log))
+    else:
+        app = cdn_app(Path(args.root), args.rate, Path(args.corrupt))
+    host, port = args.listen.rsplit(":", 1)
+    web.run_app(app, host=host, port=int(port), ssl_context=context, print=None)
+
+
+if __name__ == "__main__":
+    main()
