@@ -1,0 +1,87 @@
+"""Blobs redirected to a CDN host; fills that outlive their client; corrupt upstream bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.images import image, layer
+from tests.e2e.lab import Lab
+
+MiB = 1 << 20
+
+
+def stored(lab: Lab, digest: str) -> Path:
+    hex_ = digest.split(":")[1]
+    return lab.state_dir / "blobs" / "sha256" / hex_[:2] / hex_
+
+
+def committed(lab: Lab, digest: str) -> bool:
+    return f"fill committed digest={digest}" in lab.regcache_log.read_text()
+
+
+def wait_for(predicate: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_pull_through_a_cdn_redirect_works_and_caches(the_lab: Lab) -> None:
+    img = image([layer(2 * MiB, "cdn")])
+    the_lab.push("quay.io", "org/cdn", "v1", img)
+    quay = the_lab.registries["quay.io"]
+    out, _ = the_lab.pull("quay.io/org/cdn:v1", "cdn-cold")
+    assert out.returncode == 0, out.stderr
+    redirected = quay.count("GET", "blobs", status=307)
+    assert redirected >= 2  # config and layer went through the CDN
+    for blob in img.blobs:
+        assert stored(the_lab, blob.digest).read_bytes() == blob.data
+    out, _ = the_lab.pull("quay.io/org/cdn:v1", "cdn-warm")
+    assert out.returncode == 0, out.stderr
+    assert quay.count("GET", "blobs", status=307) == redirected
+
+
+def test_fill_survives_the_client_that_started_it(the_lab: Lab) -> None:
+    big = layer(24 * MiB, "slow")  # the CDN sends 16 MiB/s: the fill takes ~1.5 s
+    the_lab.push("quay.io", "org/slow", "v1", image([big]))
+    url = f"https://quay.io/v2/org/slow/blobs/{big.digest}"
+    client = subprocess.Popen(
+        the_lab.ns.argv("curl", "-sS", "--cacert", str(the_lab.ca_dir / "ca.crt"),
+                        "--limit-rate", "1M", "-o", "/dev/null", url),
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert wait_for(
+            lambda: "fill-" in " ".join(p.name for p in (the_lab.state_dir / "tmp").iterdir()), 10
+        )
+        time.sleep(0.3)
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+    assert not committed(the_lab, big.digest)  # killed mid-transfer, for real
+    assert wait_for(lambda: committed(the_lab, big.digest), 30)
+    assert hashlib.sha256(stored(the_lab, big.digest).read_bytes()).hexdigest() == big.digest[7:]
+    assert list((the_lab.state_dir / "tmp").iterdir()) == []
+
+
+def test_wrong_bytes_from_upstream_are_never_stored(the_lab: Lab) -> None:
+    bad = layer(MiB, "corrupt-me")
+    the_lab.push("quay.io", "org/bad", "v1", image([bad]))
+    assert the_lab.cdn_corrupt is not None
+    the_lab.cdn_corrupt.write_text(bad.digest + "\n")
+    try:
+        out, _ = the_lab.pull("quay.io/org/bad:v1", "bad")
+        assert out.returncode != 0  # the client saw an error, not a complete wrong blob
+        assert not stored(the_lab, bad.digest).exists()
+        assert f"fill failed digest={bad.digest}" in the_lab.regcache_log.read_text()
+        assert list((the_lab.state_dir / "tmp").iterdir()) == []
+    finally:
+        the_lab.cdn_corrupt.write_text("")
+    out, _ = the_lab.pull("quay.io/org/bad:v1", "bad-again")  # upstream fixed: cached now
+    assert out.returncode == 0, out.stderr
+    assert stored(the_lab, bad.digest).read_bytes() == bad.data
