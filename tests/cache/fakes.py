@@ -1,0 +1,58 @@
+"""A scripted upstream (our own `Upstream` port faked) for cache tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict
+
+
+@dataclass
+class FakeReply:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes = b""
+    gate: asyncio.Event | None = None
+    """When set, the body stops after its first chunk until the gate opens."""
+    closed: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        half = len(self.body) // 2
+        yield self.body[:half]
+        if self.gate is not None:
+            await self.gate.wait()
+        yield self.body[half:]
+
+    async def read(self, limit: int) -> bytes:
+        return b"".join([c async for c in self.chunks()])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeUpstream:
+    routes: dict[tuple[str, str], FakeReply] = field(default_factory=dict)
+    calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def add(
+        self, method: str, url: str, status: int, body: bytes = b"", **headers: str
+    ) -> FakeReply:
+        reply = FakeReply(
+            status, CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()}), body
+        )
+        self.routes[(method, url)] = reply
+        return reply
+
+    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> FakeReply:
+        self.calls.append((method, url, dict(headers)))
+        await asyncio.sleep(0)
+        template = self.routes.get((method, url))
+        if template is None:
+            return FakeReply(404, CIMultiDict())
+        return FakeReply(template.status, template.headers, template.body, template.gate)
+
+    def count(self, method: str) -> int:
+        return sum(1 for m, _, _ in self.calls if m == method)

@@ -1,0 +1,181 @@
+"""Cache semantics against a real store and index, with the upstream port faked."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from appliance.cache.fill import FillFailed, FillState
+from appliance.cache.service import (
+    Described,
+    Filling,
+    RegistryCache,
+    Relayed,
+    Stored,
+    Target,
+    UpstreamMismatch,
+)
+from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
+from tests.cache.fakes import FakeUpstream
+
+ORIGIN = "https://registry-1.docker.io"
+MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+M_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+BLOB = bytes(range(256)) * 4096
+B_DIGEST = Digest.of(BLOB)
+
+
+def target(accept: frozenset[str] = frozenset({OCI_MANIFEST, OCI_INDEX})) -> Target:
+    return Target("docker.io", ORIGIN, "library/alpine", {"Authorization": "Bearer t"}, accept)
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[RegistryCache, FakeUpstream, FileBlobStore]]:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    upstream = FakeUpstream()
+    yield RegistryCache(files, index, upstream), upstream, files  # type: ignore[arg-type]
+    await index.close()
+
+
+def tag_routes(upstream: FakeUpstream) -> None:
+    url = f"{ORIGIN}/v2/library/alpine/manifests"
+    upstream.add("HEAD", f"{url}/3", 200, Docker_Content_Digest=M_DIGEST,
+                 Content_Type=OCI_MANIFEST, Content_Length=str(len(MANIFEST)))  # fmt: skip
+    upstream.add("GET", f"{url}/{M_DIGEST}", 200, MANIFEST, Docker_Content_Digest=M_DIGEST,
+                 Content_Type=OCI_MANIFEST)  # fmt: skip
+
+
+async def test_tag_is_revalidated_with_head_and_served_from_the_store(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    first = await cache.manifest(target(), "3", head=False)
+    assert isinstance(first, Stored) and first.path.read_bytes() == MANIFEST
+    assert first.media_type == OCI_MANIFEST
+    second = await cache.manifest(target(), "3", head=False)
+    assert isinstance(second, Stored)
+    assert upstream.count("GET") == 1 and upstream.count("HEAD") == 2
+    assert all(c[2]["Authorization"] == "Bearer t" for c in upstream.calls)
+
+
+async def test_client_head_never_becomes_an_upstream_get(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    answer = await cache.manifest(target(), "3", head=True)
+    assert isinstance(answer, Described) and str(answer.digest) == M_DIGEST
+    assert upstream.count("GET") == 0
+    blob = await cache.blob(target(), B_DIGEST, head=True)
+    assert isinstance(blob, Relayed) and upstream.count("GET") == 0
+
+
+async def test_digest_in_store_needs_no_upstream(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    await cache.manifest(target(), "3", head=False)
+    calls = len(upstream.calls)
+    again = await cache.manifest(target(), Digest.parse(M_DIGEST), head=False)
+    assert isinstance(again, Stored) and len(upstream.calls) == calls
+
+
+async def test_cached_manifest_only_for_clients_accepting_its_type(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    await cache.manifest(target(), "3", head=False)
+    # With tag_ttl a fresh tag row may skip upstream, but not for a client that cannot take
+    # the type: that one is asked upstream with its own Accept.
+    docker_only = Target(
+        "docker.io", ORIGIN, "library/alpine", {}, frozenset({DOCKER_MANIFEST}), 3600
+    )
+    gets = upstream.count("HEAD")
+    await cache.manifest(docker_only, "3", head=False)
+    assert upstream.count("HEAD") == gets + 1
+
+
+async def test_tag_ttl_skips_revalidation(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    ttl = Target("docker.io", ORIGIN, "library/alpine", {}, frozenset({OCI_MANIFEST}), 3600)
+    await cache.manifest(ttl, "3", head=False)
+    calls = len(upstream.calls)
+    assert isinstance(await cache.manifest(ttl, "3", head=False), Stored)
+    assert len(upstream.calls) == calls
+
+
+async def test_manifest_with_wrong_digest_is_refused_and_not_stored(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, files = parts
+    url = f"{ORIGIN}/v2/library/alpine/manifests/{M_DIGEST}"
+    upstream.add("GET", url, 200, MANIFEST + b" ", Content_Type=OCI_MANIFEST)
+    with pytest.raises(UpstreamMismatch):
+        await cache.manifest(target(), Digest.parse(M_DIGEST), head=False)
+    assert files.size_of(Digest.parse(M_DIGEST)) is None
+
+
+async def test_upstream_errors_are_relayed_as_they_are(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    url = f"{ORIGIN}/v2/library/alpine/manifests/3"
+    upstream.add("HEAD", url, 401, WWW_Authenticate='Bearer realm="https://auth.docker.io/token"')
+    upstream.add("GET", url, 401, b'{"errors":[]}', WWW_Authenticate='Bearer realm="x"')
+    answer = await cache.manifest(target(), "3", head=False)
+    assert isinstance(answer, Relayed) and answer.reply.status == 401
+
+
+async def test_concurrent_blob_requests_share_one_fetch_and_stream_early(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, files = parts
+    reply = upstream.add("GET", f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}", 200, BLOB,
+                         Content_Length=str(len(BLOB)))  # fmt: skip
+    reply.gate = asyncio.Event()
+    answers = await asyncio.gather(*(cache.blob(target(), B_DIGEST, head=False) for _ in range(5)))
+    assert upstream.count("GET") == 1
+    fills = {a.fill for a in answers if isinstance(a, Filling)}
+    assert len(fills) == 1
+    fill = fills.pop()
+    stream = fill.stream(0, len(BLOB))
+    first = await anext(stream)  # bytes flow before the upstream body has ended
+    assert first and BLOB.startswith(first) and fill.written < len(BLOB)
+    reply.gate.set()
+    rest = b"".join([c async for c in stream])
+    assert first + rest == BLOB
+    for _ in range(200):  # the commit (fsync, rename, index row) follows the last byte
+        if fill.state is FillState.DONE:
+            break
+        await asyncio.sleep(0.01)
+    assert isinstance(await cache.blob(target(), B_DIGEST, head=False), Stored)
+    assert files.path_for(B_DIGEST).read_bytes() == BLOB
+
+
+async def test_last_byte_is_held_until_the_digest_checks_out(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, files = parts
+    wrong = bytearray(BLOB)
+    wrong[-1] ^= 1
+    reply = upstream.add("GET", f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}", 200, bytes(wrong),
+                         Content_Length=str(len(BLOB)))  # fmt: skip
+    reply.gate = asyncio.Event()
+    answer = await cache.blob(target(), B_DIGEST, head=False)
+    assert isinstance(answer, Filling)
+    got = bytearray()
+    reply.gate.set()
+    with pytest.raises(FillFailed):
+        async for chunk in answer.fill.stream(0, len(BLOB)):
+            got += chunk
+    assert len(got) < len(BLOB)  # never the complete, wrong body
+    assert files.size_of(B_DIGEST) is None
+    assert list((files.root / "tmp").iterdir()) == []
+
+
+async def test_a_short_body_is_not_committed(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, files = parts
+    upstream.add("GET", f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}", 200, BLOB[:-10],
+                 Content_Length=str(len(BLOB)))  # fmt: skip
+    answer = await cache.blob(target(), B_DIGEST, head=False)
+    assert isinstance(answer, Filling)
+    with pytest.raises(FillFailed, match="ended at"):
+        _ = [c async for c in answer.fill.stream(0, len(BLOB))]
+    assert files.size_of(B_DIGEST) is None
