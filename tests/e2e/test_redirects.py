@@ -85,3 +85,44 @@ def test_wrong_bytes_from_upstream_are_never_stored(the_lab: Lab) -> None:
     out, _ = the_lab.pull("quay.io/org/bad:v1", "bad-again")  # upstream fixed: cached now
     assert out.returncode == 0, out.stderr
     assert stored(the_lab, bad.digest).read_bytes() == bad.data
+
+
+def curl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return lab.ns.run("curl", "-sS", "--cacert", str(lab.ca_dir / "ca.crt"), *args, timeout=60)
+
+
+def test_range_is_answered_from_a_fill_in_progress(the_lab: Lab) -> None:
+    big = layer(16 * MiB, "ranged")
+    the_lab.push("quay.io", "org/ranged", "v1", image([big]))
+    url = f"https://quay.io/v2/org/ranged/blobs/{big.digest}"
+    starter = subprocess.Popen(
+        the_lab.ns.argv(
+            "curl", "-sS", "--cacert", str(the_lab.ca_dir / "ca.crt"), "-o", "/dev/null", url
+        )
+    )
+    try:
+        assert wait_for(lambda: (the_lab.state_dir / "tmp").exists()
+                        and any((the_lab.state_dir / "tmp").iterdir()), 10)  # fmt: skip
+        head, body = the_lab.tmp / "range.head", the_lab.tmp / "range.body"
+        out = curl(the_lab, "-D", str(head), "-o", str(body), "-r", "1000-1999", url)
+        assert out.returncode == 0, out.stderr
+        assert not committed(the_lab, big.digest)  # answered while the fill was running
+    finally:
+        starter.wait(timeout=60)
+    headers = head.read_text().lower()
+    assert headers.startswith("http/1.1 206")
+    assert f"content-range: bytes 1000-1999/{len(big.data)}" in headers
+    assert body.read_bytes() == big.data[1000:2000]
+
+
+def test_blob_head_and_bad_digest_answers(the_lab: Lab) -> None:
+    small = layer(1000, "head-me")
+    the_lab.push("ghcr.io", "org/head", "v1", image([small]))
+    the_lab.pull("ghcr.io/org/head:v1", "head")
+    out = curl(the_lab, "-I", f"https://ghcr.io/v2/org/head/blobs/{small.digest}")
+    headers = out.stdout.lower()
+    assert "http/1.1 200" in headers and f"content-length: {len(small.data)}" in headers
+    assert f"docker-content-digest: {small.digest}" in headers
+    assert "docker-distribution-api-version: registry/2.0" in headers
+    out = curl(the_lab, "-i", "https://ghcr.io/v2/org/head/blobs/sha256:nothex")
+    assert "HTTP/1.1 400" in out.stdout and '"code": "DIGEST_INVALID"' in out.stdout
