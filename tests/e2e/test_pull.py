@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.images import Blob, image, index, layer
 from tests.e2e.lab import Lab
@@ -115,3 +118,21 @@ def test_bearer_auth_flows_through_unchanged(the_lab: Lab) -> None:
     hub = the_lab.registries["registry-1.docker.io"]
     assert any(st == 401 for _, _, st, _ in hub.requests())  # the challenge reached clients
     assert all(st != 401 for m, p, st, _ in hub.requests() if "/blobs/sha256:" in p and m == "GET")
+
+
+def test_podman_pull_through_the_interception(the_lab: Lab) -> None:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed on this machine")
+    img = image([layer(MiB, "podman")])
+    the_lab.push("registry-1.docker.io", "library/pod", "v1", img)
+    storage = the_lab.tmp / "podman"
+    out = the_lab.ns.run(
+        "podman", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
+        "--storage-driver", "vfs", "pull", "--cert-dir", str(the_lab.ca_dir),
+        "registry-1.docker.io/library/pod:v1", check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    config = next(b for b in img.blobs if b.media_type.endswith("config.v1+json"))
+    assert out.stdout.strip() == config.digest.removeprefix("sha256:")  # podman's image ID
+    for blob in img.blobs:
+        assert stored(the_lab, blob.digest).read_bytes() == blob.data
