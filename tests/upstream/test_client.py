@@ -1,0 +1,122 @@
+"""The upstream client against real HTTP servers on loopback: redirects, credentials,
+the cross-registry anonymous token step, hop-by-hop headers."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from appliance.upstream.client import UpstreamClient, end_to_end
+
+LOOPBACK = (ipaddress.ip_address("127.0.0.1"),)
+
+
+async def loopback(_host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    return LOOPBACK
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[TestServer, list[tuple[str, str, str | None]]]]:
+    seen: list[tuple[str, str, str | None]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        host = (request.host or "").split(":")[0]
+        seen.append((host, request.path, request.headers.get("Authorization")))
+        port = request.url.port
+        if host == "reg.test" and request.path == "/v2/x/blobs/abs":
+            raise web.HTTPTemporaryRedirect(f"http://cdn.test:{port}/signed?sig=1")
+        if host == "reg.test" and request.path == "/v2/x/blobs/rel":
+            raise web.HTTPFound("../y/blobs/data")
+        if host == "reg.test" and request.path == "/v2/x/manifests/k8s":
+            raise web.HTTPTemporaryRedirect(f"http://pkg.test:{port}/v2/p/manifests/k8s")
+        if host == "pkg.test" and request.path == "/token":
+            assert request.query["scope"] == "repository:p:pull"
+            return web.json_response({"token": "anon-token", "expires_in": 300})
+        if host == "pkg.test" and request.path == "/v2/p/manifests/k8s":
+            if request.headers.get("Authorization") != "Bearer anon-token":
+                return web.Response(status=401, headers={"WWW-Authenticate":
+                    f'Bearer realm="http://pkg.test:{port}/token",service="pkg.test",'
+                    'scope="repository:p:pull"'})  # fmt: skip
+            return web.Response(text="manifest")
+        if host == "reg.test" and request.path == "/loop":
+            raise web.HTTPFound("/loop")
+        hop = {"Connection": "close, X-Hop", "X-Hop": "1", "X-Keep": "1"}
+        return web.Response(text=f"{host}{request.path}", headers=hop)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    yield test_server, seen
+    await test_server.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[UpstreamClient]:
+    c = UpstreamClient(loopback, None, connect_timeout_s=5, read_timeout_s=5)
+    yield c
+    await c.close()
+
+
+async def get(client: UpstreamClient, url: str, **headers: str) -> tuple[int, bytes]:
+    reply = await client.fetch("GET", url, headers)
+    try:
+        return reply.status, await reply.read(1 << 20)
+    finally:
+        reply.close()
+
+
+async def test_authorization_is_dropped_when_a_redirect_leaves_the_registry(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    status, body = await get(
+        client, f"http://reg.test:{srv.port}/v2/x/blobs/abs", Authorization="Bearer secret"
+    )
+    assert (status, body) == (200, b"cdn.test/signed")
+    assert seen == [("reg.test", "/v2/x/blobs/abs", "Bearer secret"), ("cdn.test", "/signed", None)]
+
+
+async def test_relative_location_is_resolved_and_keeps_credentials(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    status, body = await get(
+        client, f"http://reg.test:{srv.port}/v2/x/blobs/rel", Authorization="Basic x"
+    )
+    assert (status, body) == (200, b"reg.test/v2/x/y/blobs/data")  # RFC 3986 5.2
+    assert seen[-1] == ("reg.test", "/v2/x/y/blobs/data", "Basic x")
+
+
+async def test_redirect_to_another_registry_does_its_anonymous_token_step(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    status, body = await get(
+        client, f"http://reg.test:{srv.port}/v2/x/manifests/k8s", Authorization="Bearer mine"
+    )
+    assert (status, body) == (200, b"manifest")
+    assert ("pkg.test", "/v2/p/manifests/k8s", "Bearer anon-token") in seen
+    assert all(auth != "Bearer mine" for host, _, auth in seen if host == "pkg.test")
+    before = len(seen)
+    await get(client, f"http://reg.test:{srv.port}/v2/x/manifests/k8s")
+    assert not [s for s in seen[before:] if s[1] == "/token"]  # the token was cached
+
+
+async def test_redirect_loops_are_bounded(server, client) -> None:  # type: ignore[no-untyped-def]
+    from appliance.upstream.client import UpstreamError
+
+    srv, _ = server
+    with pytest.raises(UpstreamError, match="redirects"):
+        await get(client, f"http://reg.test:{srv.port}/loop")
+
+
+async def test_hop_by_hop_headers_are_stripped(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, _ = server
+    reply = await client.send(
+        "GET", f"http://reg.test:{srv.port}/plain", {"TE": "trailers", "X-Mine": "1"}
+    )
+    reply.close()
+    assert "X-Hop" not in reply.headers and "Connection" not in reply.headers
+    assert reply.headers["X-Keep"] == "1"
+    assert dict(
+        end_to_end({"Connection": "x-a", "X-A": "1", "Keep-Alive": "5", "Accept": "b"})
+    ) == {"Accept": "b"}
