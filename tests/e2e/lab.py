@@ -27,6 +27,8 @@ UPSTREAMS = {"registry-1.docker.io": "127.0.0.3", "ghcr.io": "127.0.0.4", "quay.
 TOKEN_HOST, TOKEN_IP = "auth.docker.io", "127.0.0.5"
 CDN_HOST, CDN_IP = "cdn.quay.io", "127.0.0.9"
 CDN_RATE_BYTES_S = 16 << 20
+# An upstream whose certificate comes from a CA regcache does not trust.
+ROGUE_HOST, ROGUE_IP = "mcr.microsoft.com", "127.0.0.10"
 _ACCESS = re.compile(
     r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)'
 )
@@ -176,6 +178,14 @@ def lab(tmp: Path) -> Iterator[Lab]:
             "--rate", str(CDN_RATE_BYTES_S), "--corrupt", str(the_lab.cdn_corrupt),
         )  # fmt: skip
         _wait_port(ns, CDN_IP, 443, proc, tmp / "cdn.log")
+        (tmp / "rogue").mkdir()
+        cert, key = TestCa(tmp / "rogue").issue(ROGUE_HOST, ROGUE_HOST)
+        proc = _python_server(
+            ns, tmp / "rogue.log", "cdn", "--listen", f"{ROGUE_IP}:443", "--cert", str(cert),
+            "--key", str(key), "--root", str(the_lab.registries["quay.io"].folder / "data"),
+            "--corrupt", str(tmp / "none"),
+        )  # fmt: skip
+        _wait_port(ns, ROGUE_IP, 443, proc, tmp / "rogue.log")
         config = {
             "state_dir": str(the_lab.state_dir),
             "listen": {"dns": [f"{REGCACHE_IP}:53"], "https": [f"{REGCACHE_IP}:443"]},
@@ -184,7 +194,12 @@ def lab(tmp: Path) -> Iterator[Lab]:
             "upstream": {"ca_bundle": str(ca.pem)},
             "resolve": {
                 host: [ip]
-                for host, ip in [*UPSTREAMS.items(), (TOKEN_HOST, TOKEN_IP), (CDN_HOST, CDN_IP)]
+                for host, ip in [
+                    *UPSTREAMS.items(),
+                    (TOKEN_HOST, TOKEN_IP),
+                    (CDN_HOST, CDN_IP),
+                    (ROGUE_HOST, ROGUE_IP),
+                ]
             },
             "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
             "registries": example_registries(),

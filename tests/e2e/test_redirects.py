@@ -126,3 +126,12 @@ def test_blob_head_and_bad_digest_answers(the_lab: Lab) -> None:
     assert "docker-distribution-api-version: registry/2.0" in headers
     out = curl(the_lab, "-i", "https://ghcr.io/v2/org/head/blobs/sha256:nothex")
     assert "HTTP/1.1 400" in out.stdout and '"code": "DIGEST_INVALID"' in out.stdout
+
+
+def test_upstream_with_an_untrusted_certificate_gets_502_and_nothing_cached(the_lab: Lab) -> None:
+    before = sorted((the_lab.state_dir / "blobs").rglob("*"))
+    digest = "sha256:" + "c" * 64
+    out = curl(the_lab, "-i", f"https://mcr.microsoft.com/v2/dotnet/runtime/blobs/{digest}")
+    assert "HTTP/1.1 502" in out.stdout, out.stdout
+    assert '"code": "UNAVAILABLE"' in out.stdout and "certificate" in out.stdout
+    assert sorted((the_lab.state_dir / "blobs").rglob("*")) == before
