@@ -18,12 +18,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from appliance.cache.ports import BlobFiles, TempFile, UpstreamReply
+from appliance.cache.reading import CHUNK_BYTES, read_at
 from appliance.oci.digest import Digest
 from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
-
-READ_CHUNK_BYTES = 256 * 1024
 
 
 class FillState(enum.Enum):
@@ -127,17 +126,17 @@ class Fill:
                 return os.open(self._final, os.O_RDONLY | os.O_CLOEXEC)
             await self._changed.wait()  # being renamed into place: open it there
 
-    async def stream(self, start: int, stop: int) -> AsyncIterator[bytes]:
+    async def stream(self, start: int, stop: int) -> AsyncIterator[bytes | bytearray]:
         """Bytes [start, stop) as they arrive; FillFailed if the fill fails meanwhile."""
         fd = await self._open()
         try:
             pos = start
-            while pos < stop:
+            while pos < (stop if self.size is None else min(stop, self.size)):
                 if self.state is FillState.FAILED:
                     raise FillFailed(str(self.error))
                 limit = min(self._readable_until(), stop)
                 if pos < limit:
-                    chunk = os.pread(fd, min(limit - pos, READ_CHUNK_BYTES), pos)
+                    chunk = await read_at(fd, min(limit - pos, CHUNK_BYTES), pos)
                     if not chunk:
                         raise FillFailed(f"{self.digest}: file shorter than written")
                     pos += len(chunk)

@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 
 from appliance.cache.fill import FillFailed
 from appliance.cache.ports import UpstreamReply
+from appliance.cache.reading import read_file
 from appliance.cache.service import (
     Described,
     Filling,
@@ -151,8 +152,7 @@ async def _render(
     request: web.Request, answer: Stored | Filling | Described | Relayed
 ) -> web.StreamResponse:
     if isinstance(answer, Stored):
-        headers = _content_headers(answer.digest, answer.media_type, None)
-        return web.FileResponse(answer.path, headers=headers)
+        return await _stream_stored(request, answer)
     if isinstance(answer, Described):
         response = web.StreamResponse(
             headers=_content_headers(answer.digest, answer.media_type, answer.size)
@@ -165,23 +165,39 @@ async def _render(
     return await _relay(request, answer.reply)
 
 
-async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamResponse:
-    fill = answer.fill
-    size = fill.size
+async def _start(
+    request: web.Request, digest: object, media_type: str, size: int | None
+) -> tuple[web.StreamResponse, int, int | None]:
+    """Send the status line and headers; (response, start, stop) of the body to send."""
     start, stop, partial = 0, size, False
     if "Range" in request.headers:
         if size is None:
             raise RangeError("range requests on a blob of unknown length")
         start, stop = parse_range(request.headers["Range"], size)
         partial = True
-    headers = _content_headers(
-        answer.digest, answer.media_type, None if stop is None else stop - start
+    length = None if stop is None else stop - start
+    response = web.StreamResponse(
+        status=206 if partial else 200, headers=_content_headers(digest, media_type, length)
     )
-    response = web.StreamResponse(status=206 if partial else 200, headers=headers)
     if partial:
-        assert size is not None and stop is not None
-        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"  # type: ignore[operator]
     await response.prepare(request)
+    return response, start, stop
+
+
+async def _stream_stored(request: web.Request, answer: Stored) -> web.StreamResponse:
+    response, start, stop = await _start(request, answer.digest, answer.media_type, answer.size)
+    assert stop is not None
+    if request.method != "HEAD":
+        async for chunk in read_file(str(answer.path), start, stop):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamResponse:
+    fill = answer.fill
+    response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
     try:
         async for chunk in fill.stream(start, stop if stop is not None else 1 << 62):
             await response.write(chunk)
