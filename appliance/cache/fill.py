@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from appliance.cache.ports import BlobFiles, TempFile, UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_at
-from appliance.oci.digest import Digest
+from appliance.oci.digest import Digest, DigestVerifier
 from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,9 @@ class Fill:
         verifier = self.digest.verifier()
         try:
             async for chunk in reply.chunks():
-                self._temp.write(chunk)
-                verifier.update(chunk)
+                # Disk write and hash off the event loop (both release the GIL), so the
+                # loop keeps moving TLS bytes to clients meanwhile.
+                await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
                 self.written += len(chunk)
                 if self.size is not None and self.written > self.size:
                     raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
@@ -145,6 +146,11 @@ class Fill:
                     await self._changed.wait()
         finally:
             os.close(fd)
+
+
+def _absorb(temp: TempFile, verifier: DigestVerifier, chunk: bytes) -> None:
+    temp.write(chunk)
+    verifier.update(chunk)
 
 
 class Fills:
