@@ -17,7 +17,7 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
-from appliance.cache.fill import FillFailed
+from appliance.cache.fill import FillFailed, FillState
 from appliance.cache.ports import UpstreamReply
 from appliance.cache.reading import read_file
 from appliance.cache.service import (
@@ -39,6 +39,12 @@ API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 STREAM_CHUNK_BYTES = 256 * 1024
 # Request headers that describe the client's connection to us, not its request upstream.
 _NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "expect"})
+# What the cache fetches is the whole, unencoded body (digests cover exactly those bytes);
+# ranges and conditionals are answered from the store.
+_NOT_FOR_CACHE = frozenset(
+    {"range", "if-range", "accept-encoding", "if-match", "if-none-match", "if-modified-since",
+     "if-unmodified-since"}
+)  # fmt: skip
 
 
 class PassThrough(Protocol):
@@ -87,6 +93,8 @@ def create_app(
             return registry_error(400, e.code, str(e))
         except RangeError as e:
             return registry_error(416, "BLOB_UNKNOWN", str(e))
+        except FillFailed as e:
+            return registry_error(502, "UNKNOWN", f"upstream transfer failed: {e}")
         except UpstreamMismatch as e:
             log.warning("upstream mismatch host=%s path=%s error=%s", request.host, request.path, e)
             return registry_error(502, "UNKNOWN", f"upstream sent inconsistent content: {e}")
@@ -112,7 +120,7 @@ def create_app(
             registry=site.registry,
             origin=origin,
             repository=route.repository,
-            headers=_forwarded(request),
+            headers=_forwarded(request, _NOT_FOR_CACHE),
             accept=parse_accept(request.headers.getall("Accept", [])),
             tag_ttl_s=site.tag_ttl_s,
         )
@@ -129,10 +137,12 @@ def create_app(
     return app
 
 
-def _forwarded(request: web.Request) -> CIMultiDict[str]:
+def _forwarded(request: web.Request, drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     """The client's headers for upstream; repeated ones (Accept!) stay repeated."""
     return CIMultiDict(
-        (k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED
+        (k, v)
+        for k, v in request.headers.items()
+        if k.lower() not in _NOT_FORWARDED and k.lower() not in drop
     )
 
 
@@ -197,6 +207,8 @@ async def _stream_stored(request: web.Request, answer: Stored) -> web.StreamResp
 
 async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamResponse:
     fill = answer.fill
+    if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
+        raise FillFailed(str(fill.error))
     response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
     try:
         async for chunk in fill.stream(start, stop if stop is not None else 1 << 62):
