@@ -30,7 +30,7 @@ from appliance.upstream.tokens import AnonymousTokens
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 1 << 20
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # RFC 9110 7.6.1 hop-by-hop fields, never forwarded in either direction.
@@ -137,6 +137,7 @@ class UpstreamClient:
                 total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
             ),
             auto_decompress=False,
+            read_bufsize=4 << 20,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         self._tokens = AnonymousTokens(self._get_json)
