@@ -135,3 +135,17 @@ def test_upstream_with_an_untrusted_certificate_gets_502_and_nothing_cached(the_
     assert "HTTP/1.1 502" in out.stdout, out.stdout
     assert '"code": "UNAVAILABLE"' in out.stdout and "certificate" in out.stdout
     assert sorted((the_lab.state_dir / "blobs").rglob("*")) == before
+
+
+def test_a_first_request_with_a_range_still_fills_the_whole_blob(the_lab: Lab) -> None:
+    blob = layer(300_000, "range-first")
+    the_lab.push("ghcr.io", "org/rangefirst", "v1", image([blob]))
+    body = the_lab.tmp / "range-first.body"
+    out = curl(the_lab, "-o", str(body), "-r", "0-99",
+               f"https://ghcr.io/v2/org/rangefirst/blobs/{blob.digest}")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert body.read_bytes() == blob.data[:100]
+    assert wait_for(lambda: committed(the_lab, blob.digest), 10)
+    upstream = [(m, st, size) for m, p, st, size in the_lab.registries["ghcr.io"].requests()
+                if p.endswith(blob.digest) and m == "GET"]  # fmt: skip
+    assert upstream == [("GET", 200, len(blob.data))]  # the Range was not passed upstream
