@@ -132,7 +132,9 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = FileBlobStore(config.state_dir)
-    files.prepare()
+    stale = files.prepare()
+    if stale:
+        log.info("store removed-interrupted-fills count=%d", stale)
     index = await SqliteIndex.open(config.state_dir / "index.sqlite")
     upstream = UpstreamClient(
         resolver.resolve,

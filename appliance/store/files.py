@@ -39,9 +39,15 @@ class FileBlobStore:
         self._blobs = root / "blobs"
         self._tmp = root / "tmp"
 
-    def prepare(self) -> None:
+    def prepare(self) -> int:
+        """Create the folders and remove temp files of fills a previous run left behind
+        (at start no fill is in flight); returns how many were removed."""
         for folder in (self._blobs, self._tmp):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stale = list(self._tmp.glob("fill-*"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def path_for(self, digest: Digest) -> Path:
         return self._blobs / digest.algorithm / digest.hex[:2] / digest.hex

@@ -1,0 +1,57 @@
+"""The content-addressed files and the SQLite index, on a real filesystem and database."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from appliance.cache.ports import TagRow
+from appliance.oci.digest import Digest
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
+
+
+async def test_commit_places_the_file_under_its_digest(tmp_path: Path) -> None:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    data = b"hello"
+    temp = files.create_temp()
+    temp.write(data)
+    digest = Digest.of(data)
+    path = await files.commit(temp, digest)
+    assert path == tmp_path / "blobs" / "sha256" / digest.hex[:2] / digest.hex
+    assert path.read_bytes() == data and files.size_of(digest) == 5
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_leftover_temp_files_are_removed_at_start(tmp_path: Path) -> None:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    files.create_temp().write(b"partial")
+    assert FileBlobStore(tmp_path).prepare() == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_index_schema_is_migrated_once_and_in_wal(tmp_path: Path) -> None:
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    assert await index.schema_version() == 1
+    await index.close()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")  # reopening migrates nothing
+    assert await index.schema_version() == 1
+    await index.close()
+    mode = sqlite3.connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()
+    assert mode == ("wal",)
+
+
+async def test_tag_history_keeps_replaced_digests(tmp_path: Path) -> None:
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    a, b = Digest.of(b"a"), Digest.of(b"b")
+    for digest, now in ((a, 1.0), (a, 2.0), (b, 3.0)):
+        await index.set_tag("docker.io", "library/x", "latest", "k", TagRow(digest, "t", 1, now))
+    row = await index.tag("docker.io", "library/x", "latest", "k")
+    assert row is not None and row.digest == b and row.validated_s == 3.0
+    assert await index.tag_history("docker.io", "library/x", "latest") == [a]
+    await index.add_blob(a, 1, "t", manifest=True)
+    await index.touch(a)
+    assert await index.hits(a) == 1 and await index.manifest_type(a) == "t"
+    await index.close()
