@@ -195,27 +195,22 @@ async def _start(
     return response, start, stop
 
 
-async def _stream_stored(request: web.Request, answer: Stored) -> web.StreamResponse:
-    response, start, stop = await _start(request, answer.digest, answer.media_type, answer.size)
-    assert stop is not None
-    if request.method != "HEAD":
-        async for chunk in read_file(str(answer.path), start, stop):
-            await response.write(chunk)
-    await response.write_eof()
-    return response
-
-
-async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamResponse:
-    fill = answer.fill
-    if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
-        raise FillFailed(str(fill.error))
-    response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
+async def _send_body(
+    request: web.Request,
+    response: web.StreamResponse,
+    chunks: AsyncIterator[bytes | bytearray] | None,
+    what: object,
+) -> web.StreamResponse:
+    """Write the body (None for HEAD) and finish the response, or cut the connection."""
     try:
-        async for chunk in fill.stream(start, stop if stop is not None else 1 << 62):
-            await response.write(chunk)
-    except FillFailed as e:
-        # Headers are gone; cutting the connection is how the client learns of it.
-        log.warning("fill failed mid-response digest=%s error=%s", answer.digest, e)
+        if chunks is not None:
+            async for chunk in chunks:
+                await response.write(chunk)
+    except ConnectionError:
+        return response  # the client went away; a fill it started carries on
+    except Exception as e:  # noqa: BLE001 - whatever broke, the response cannot be completed
+        # The status line is gone: cutting the connection is how the client learns of it.
+        log.warning("response cut short what=%s error=%s", what, e)
         if request.transport is not None:
             request.transport.abort()
         return response
@@ -223,15 +218,28 @@ async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamRespo
     return response
 
 
+async def _stream_stored(request: web.Request, answer: Stored) -> web.StreamResponse:
+    response, start, stop = await _start(request, answer.digest, answer.media_type, answer.size)
+    assert stop is not None
+    body = None if request.method == "HEAD" else read_file(str(answer.path), start, stop)
+    return await _send_body(request, response, body, answer.digest)
+
+
+async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamResponse:
+    fill = answer.fill
+    if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
+        raise FillFailed(str(fill.error))
+    response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
+    body = fill.stream(start, stop if stop is not None else 1 << 62)
+    return await _send_body(request, response, body, answer.digest)
+
+
 async def _relay(request: web.Request, reply: UpstreamReply) -> web.StreamResponse:
     try:
         response = web.StreamResponse(status=reply.status, headers=CIMultiDict(reply.headers))
         await response.prepare(request)
-        if request.method != "HEAD":
-            async for chunk in reply.chunks():
-                await response.write(chunk)
-        await response.write_eof()
-        return response
+        body = None if request.method == "HEAD" else reply.chunks()
+        return await _send_body(request, response, body, request.path)
     finally:
         reply.close()
 
