@@ -192,7 +192,8 @@ class Fills:
         try:
             reply = await fetch()
         except BaseException as e:
-            self._end(digest, future, e)
+            # Followers must not inherit the leader's failure (or cancellation): they retry.
+            self._end(digest, future, LeaderGotNoBody(f"{type(e).__name__}: {e}"))
             raise
         if reply.status != 200:
             self._end(digest, future, LeaderGotNoBody(f"upstream answered {reply.status}"))
