@@ -34,22 +34,35 @@ class FakeReply:
 
 @dataclass
 class FakeUpstream:
-    routes: dict[tuple[str, str], FakeReply] = field(default_factory=dict)
+    routes: dict[tuple[str, str, str | None], FakeReply] = field(default_factory=dict)
     calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    answer_gate: asyncio.Event | None = None
+    """When set, every fetch waits for it before answering."""
 
     def add(
-        self, method: str, url: str, status: int, body: bytes = b"", **headers: str
+        self,
+        method: str,
+        url: str,
+        status: int,
+        body: bytes = b"",
+        *,
+        auth: str | None = None,
+        **headers: str,
     ) -> FakeReply:
-        reply = FakeReply(
-            status, CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()}), body
-        )
-        self.routes[(method, url)] = reply
+        """A scripted reply; with `auth`, only for requests carrying that Authorization."""
+        fields = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
+        reply = FakeReply(status, fields, body)
+        self.routes[(method, url, auth)] = reply
         return reply
 
     async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> FakeReply:
         self.calls.append((method, url, dict(headers)))
         await asyncio.sleep(0)
-        template = self.routes.get((method, url))
+        if self.answer_gate is not None:
+            await self.answer_gate.wait()
+        template = self.routes.get((method, url, headers.get("Authorization")))
+        if template is None:
+            template = self.routes.get((method, url, None))
         if template is None:
             return FakeReply(404, CIMultiDict())
         return FakeReply(template.status, template.headers, template.body, template.gate)

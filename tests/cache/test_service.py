@@ -179,3 +179,24 @@ async def test_a_short_body_is_not_committed(parts) -> None:  # type: ignore[no-
     with pytest.raises(FillFailed, match="ended at"):
         _ = [c async for c in answer.fill.stream(0, len(BLOB))]
     assert files.size_of(B_DIGEST) is None
+
+
+async def test_followers_retry_with_their_own_credentials_when_the_leader_is_refused(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    url = f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}"
+    upstream.add("GET", url, 401, b"{}", auth="Bearer bad", WWW_Authenticate='Bearer realm="x"')
+    upstream.add("GET", url, 200, BLOB, auth="Bearer good", Content_Length=str(len(BLOB)))
+    upstream.answer_gate = asyncio.Event()
+
+    def as_(token: str) -> Target:
+        return Target("docker.io", ORIGIN, "library/alpine", {"Authorization": token}, frozenset())
+
+    leader = asyncio.ensure_future(cache.blob(as_("Bearer bad"), B_DIGEST, head=False))
+    await asyncio.sleep(0.01)  # the leader's fetch is in flight
+    follower = asyncio.ensure_future(cache.blob(as_("Bearer good"), B_DIGEST, head=False))
+    await asyncio.sleep(0.01)
+    upstream.answer_gate.set()
+    refused, served = await leader, await follower
+    assert isinstance(refused, Relayed) and refused.reply.status == 401
+    assert isinstance(served, Filling)
+    assert b"".join([c async for c in served.fill.stream(0, len(BLOB))]) == BLOB
