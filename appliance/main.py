@@ -91,7 +91,7 @@ def site_resolver(config: Config) -> Callable[[str], Site | None]:
     def site_for(host: str) -> Site | None:
         for api_hosts, all_hosts, registry in table:
             if all_hosts.match(host):
-                return Site(registry.name, registry.tag_ttl_s, api=api_hosts.match(host))
+                return Site(registry.tag_ttl_s, api=api_hosts.match(host))
         return None
 
     return site_for

@@ -35,8 +35,6 @@ class UpstreamMismatch(RuntimeError):
 class Target:
     """One client request as the cache sees it: no HTTP objects."""
 
-    registry: str
-    """The config name (`docker.io`): tags are shared by all hosts of a registry."""
     origin: str
     """Upstream base URL, `https://registry-1.docker.io`."""
     repository: str
@@ -44,6 +42,11 @@ class Target:
     """The client's end-to-end headers, sent upstream as they are (Authorization, Accept)."""
     accept: frozenset[str]
     tag_ttl_s: float = 0.0
+
+    @property
+    def host(self) -> str:
+        """Keys every cache and check: `eu.gcr.io/x` and `gcr.io/x` are different images."""
+        return self.origin.removeprefix("https://")
 
     def url(self, kind: str, reference: str | Digest) -> str:
         return f"{self.origin}/v2/{self.repository}/{kind}/{reference}"
@@ -154,7 +157,7 @@ class RegistryCache:
     async def _tag(self, target: Target, tag: str, *, head: bool) -> Answer:
         key = accept_key(target.accept)
         now = self._clock()
-        row = await self._index.tag(target.registry, target.repository, tag, key)
+        row = await self._index.tag(target.host, target.repository, tag, key)
         if row is not None and now - row.validated_s < target.tag_ttl_s:
             stored = await self._stored_manifest(row.digest)
             if stored is not None and accepts(target.accept, stored.media_type):
@@ -167,7 +170,7 @@ class RegistryCache:
             stored = await self._stored_manifest(digest)
             if stored is not None and accepts(target.accept, stored.media_type):
                 await self._index.set_tag(
-                    target.registry, target.repository, tag, key,
+                    target.host, target.repository, tag, key,
                     TagRow(digest, stored.media_type, stored.size, now),
                 )  # fmt: skip
                 return stored
@@ -206,7 +209,7 @@ class RegistryCache:
         """Record `tag` → the manifest just stored (other answers pass unchanged)."""
         if tag is not None and isinstance(answer, Stored):
             await self._index.set_tag(
-                target.registry, target.repository, tag, accept_key(target.accept),
+                target.host, target.repository, tag, accept_key(target.accept),
                 TagRow(answer.digest, answer.media_type, answer.size, self._clock()),
             )  # fmt: skip
         return answer

@@ -59,9 +59,8 @@ class PassThrough(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    """How a request's Host maps to a registry: its config name, tag TTL, and role."""
+    """What the config says about a request's Host: its tag TTL and role."""
 
-    registry: str
     tag_ttl_s: float
     api: bool
     """False for token-realm hosts, whose traffic always passes through."""
@@ -117,7 +116,6 @@ def create_app(
             return await _pass_through(request, upstream, origin)
         assert route is not None
         target = Target(
-            registry=site.registry,
             origin=origin,
             repository=route.repository,
             headers=_forwarded(request, _NOT_FOR_CACHE),

@@ -33,7 +33,7 @@ B_DIGEST = Digest.of(BLOB)
 
 
 def target(accept: frozenset[str] = frozenset({OCI_MANIFEST, OCI_INDEX})) -> Target:
-    return Target("docker.io", ORIGIN, "library/alpine", {"Authorization": "Bearer t"}, accept)
+    return Target(ORIGIN, "library/alpine", {"Authorization": "Bearer t"}, accept)
 
 
 @pytest.fixture
@@ -91,9 +91,7 @@ async def test_cached_manifest_only_for_clients_accepting_its_type(parts) -> Non
     await cache.manifest(target(), "3", head=False)
     # With tag_ttl a fresh tag row may skip upstream, but not for a client that cannot take
     # the type: that one is asked upstream with its own Accept.
-    docker_only = Target(
-        "docker.io", ORIGIN, "library/alpine", {}, frozenset({DOCKER_MANIFEST}), 3600
-    )
+    docker_only = Target(ORIGIN, "library/alpine", {}, frozenset({DOCKER_MANIFEST}), 3600)
     gets = upstream.count("HEAD")
     await cache.manifest(docker_only, "3", head=False)
     assert upstream.count("HEAD") == gets + 1
@@ -102,7 +100,7 @@ async def test_cached_manifest_only_for_clients_accepting_its_type(parts) -> Non
 async def test_tag_ttl_skips_revalidation(parts) -> None:  # type: ignore[no-untyped-def]
     cache, upstream, _ = parts
     tag_routes(upstream)
-    ttl = Target("docker.io", ORIGIN, "library/alpine", {}, frozenset({OCI_MANIFEST}), 3600)
+    ttl = Target(ORIGIN, "library/alpine", {}, frozenset({OCI_MANIFEST}), 3600)
     await cache.manifest(ttl, "3", head=False)
     calls = len(upstream.calls)
     assert isinstance(await cache.manifest(ttl, "3", head=False), Stored)
@@ -189,7 +187,7 @@ async def test_followers_retry_with_their_own_credentials_when_the_leader_is_ref
     upstream.answer_gate = asyncio.Event()
 
     def as_(token: str) -> Target:
-        return Target("docker.io", ORIGIN, "library/alpine", {"Authorization": token}, frozenset())
+        return Target(ORIGIN, "library/alpine", {"Authorization": token}, frozenset())
 
     leader = asyncio.ensure_future(cache.blob(as_("Bearer bad"), B_DIGEST, head=False))
     await asyncio.sleep(0.01)  # the leader's fetch is in flight
