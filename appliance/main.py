@@ -10,6 +10,7 @@ import resource
 import signal
 from collections.abc import Callable
 
+from appliance.cache.access import AccessGate
 from appliance.cache.service import RegistryCache
 from appliance.config import Config
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
@@ -142,7 +143,7 @@ async def serve(config: Config) -> None:
         config.upstream.connect_timeout_s,
         config.upstream.read_timeout_s,
     )
-    cache = RegistryCache(files, index, upstream)
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream))
     app = create_app(cache, upstream, site_resolver(config), unavailable=(UpstreamError,))
     runner = await start_runner(app)
     assert runner.server is not None

@@ -36,8 +36,15 @@ class UpstreamReply(Protocol):
 
 
 class Upstream(Protocol):
-    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> UpstreamReply:
-        """GET or HEAD, redirects followed; raises on transport or TLS failure."""
+    async def fetch(
+        self, method: str, url: str, headers: Mapping[str, str], *, follow: bool = True
+    ) -> UpstreamReply:
+        """GET or HEAD (redirects followed unless `follow` is False); raises on transport
+        or TLS failure."""
+        ...
+
+    async def fetch_anonymous(self, method: str, url: str) -> UpstreamReply:
+        """As a client without credentials would: through an anonymous token if asked."""
         ...
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.cache.access import AccessGate
 from appliance.cache.fill import Fill, Fills
 from appliance.cache.ports import BlobFiles, Index, TagRow, Upstream, UpstreamReply
 from appliance.oci.digest import Digest, DigestError
@@ -92,11 +93,13 @@ class RegistryCache:
         files: BlobFiles,
         index: Index,
         upstream: Upstream,
+        gate: AccessGate,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._files = files
         self._index = index
         self._upstream = upstream
+        self._gate = gate
         self._clock = clock
         self._fills = Fills(files, self._on_blob_commit)
         self._manifest_fetches: dict[str, asyncio.Future[Stored | None]] = {}
@@ -107,6 +110,11 @@ class RegistryCache:
     # Blobs
 
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
+        answer = await self._blob(target, digest, head=head)
+        return await self._authorized(target, target.url("blobs", digest), answer, head=head)
+
+    async def _blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
+        url = target.url("blobs", digest)
         stored = await self._stored(digest, OCTET_STREAM)
         if stored is not None:
             return stored
@@ -116,17 +124,34 @@ class RegistryCache:
                 fill = running.result()
                 if fill.size is not None:
                     return Described(digest, fill.size, OCTET_STREAM)
-            return Relayed(
-                await self._upstream.fetch("HEAD", target.url("blobs", digest), target.headers)
-            )
+            return Relayed(await self._upstream.fetch("HEAD", url, target.headers))
         result = await self._fills.join_or_start(
-            digest,
-            lambda: self._upstream.fetch("GET", target.url("blobs", digest), target.headers),
-            media_type=None,
+            digest, lambda: self._fetch_as_client(target, "GET", url), media_type=None
         )
         if isinstance(result, Fill):
             return Filling(digest, OCTET_STREAM, result)
         return Relayed(result)
+
+    async def _fetch_as_client(self, target: Target, method: str, url: str) -> UpstreamReply:
+        """Upstream with the client's credentials; a 200 proves them for the repository."""
+        reply = await self._upstream.fetch(method, url, target.headers)
+        if reply.status == 200:
+            self._gate.note_verified(
+                target.host, target.repository, target.headers.get("Authorization")
+            )
+        return reply
+
+    async def _authorized(self, target: Target, url: str, answer: Answer, *, head: bool) -> Answer:
+        """`answer` if the client may have content from the store, else upstream's refusal."""
+        if isinstance(answer, Relayed):
+            return answer
+        denial = await self._gate.check(target.host, target.repository, url, target.headers)
+        if denial is None:
+            return answer
+        if head:
+            return Relayed(denial)
+        denial.close()  # a HEAD's refusal has no body: let the client read upstream's own
+        return Relayed(await self._upstream.fetch("GET", url, target.headers, follow=False))
 
     async def _stored(self, digest: Digest, default_type: str) -> Stored | None:
         row = await self._index.blob(digest)
@@ -140,6 +165,13 @@ class RegistryCache:
     # Manifests
 
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
+        answer = await self._manifest(target, reference, head=head)
+        if isinstance(answer, Relayed):
+            return answer
+        url = target.url("manifests", answer.digest)
+        return await self._authorized(target, url, answer, head=head)
+
+    async def _manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
         if isinstance(reference, Digest):
             stored = await self._stored_manifest(reference)
             if stored is not None:
@@ -162,7 +194,7 @@ class RegistryCache:
             stored = await self._stored_manifest(row.digest)
             if stored is not None and accepts(target.accept, stored.media_type):
                 return stored
-        reply = await self._upstream.fetch("HEAD", target.url("manifests", tag), target.headers)
+        reply = await self._fetch_as_client(target, "HEAD", target.url("manifests", tag))
         digest = _digest_header(reply.headers)
         if reply.status == 200 and digest is not None:
             size, media_type = _length(reply.headers), reply.headers.get("Content-Type", "")
@@ -216,7 +248,7 @@ class RegistryCache:
 
     async def _get_manifest(self, target: Target, reference: str | Digest) -> Answer:
         url = target.url("manifests", reference)
-        reply = await self._upstream.fetch("GET", url, target.headers)
+        reply = await self._fetch_as_client(target, "GET", url)
         if reply.status != 200:
             return Relayed(reply)
         try:

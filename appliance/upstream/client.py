@@ -166,8 +166,12 @@ class UpstreamClient:
             raise UpstreamError(f"{method} {url}: {type(e).__name__} {e}") from e
         return Reply(response.status, end_to_end(response.headers), url, response)
 
-    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> Reply:
+    async def fetch(
+        self, method: str, url: str, headers: Mapping[str, str], *, follow: bool = True
+    ) -> Reply:
         """GET/HEAD of a manifest or blob, following redirects server-side."""
+        if not follow:
+            return await self.send(method, url, headers)
         origin = URL(url).origin()
         current = url
         outgoing = CIMultiDict(headers)
@@ -188,6 +192,13 @@ class UpstreamClient:
             log.debug("upstream redirect from=%s to_host=%s", URL(current).host, target.host)
             current = str(target)
         raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    async def fetch_anonymous(self, method: str, url: str) -> Reply:
+        """Without credentials, through the registry's anonymous token step if it has one."""
+        reply = await self.send(method, url, {})
+        if reply.status == 401:
+            reply = await self._with_anonymous_token(reply, method, url, CIMultiDict())
+        return reply
 
     async def _with_anonymous_token(
         self, reply: Reply, method: str, url: str, headers: CIMultiDict[str]

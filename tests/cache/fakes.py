@@ -49,18 +49,24 @@ class FakeUpstream:
         auth: str | None = None,
         **headers: str,
     ) -> FakeReply:
-        """A scripted reply; with `auth`, only for requests carrying that Authorization."""
+        """A scripted reply; with `auth`, only for requests carrying that Authorization
+        ("" for requests carrying none)."""
         fields = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
         reply = FakeReply(status, fields, body)
         self.routes[(method, url, auth)] = reply
         return reply
 
-    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> FakeReply:
+    async def fetch_anonymous(self, method: str, url: str) -> FakeReply:
+        return await self.fetch(method, url, {})
+
+    async def fetch(
+        self, method: str, url: str, headers: Mapping[str, str], *, follow: bool = True
+    ) -> FakeReply:
         self.calls.append((method, url, dict(headers)))
         await asyncio.sleep(0)
         if self.answer_gate is not None:
             await self.answer_gate.wait()
-        template = self.routes.get((method, url, headers.get("Authorization")))
+        template = self.routes.get((method, url, headers.get("Authorization") or ""))
         if template is None:
             template = self.routes.get((method, url, None))
         if template is None:

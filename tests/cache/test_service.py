@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.cache.access import AccessGate
 from appliance.cache.fill import FillFailed, FillState
 from appliance.cache.service import (
     Described,
@@ -42,7 +43,8 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[RegistryCache, FakeUpstre
     files.prepare()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
     upstream = FakeUpstream()
-    yield RegistryCache(files, index, upstream), upstream, files  # type: ignore[arg-type]
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
+    yield cache, upstream, files
     await index.close()
 
 
@@ -184,6 +186,7 @@ async def test_followers_retry_with_their_own_credentials_when_the_leader_is_ref
     url = f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}"
     upstream.add("GET", url, 401, b"{}", auth="Bearer bad", WWW_Authenticate='Bearer realm="x"')
     upstream.add("GET", url, 200, BLOB, auth="Bearer good", Content_Length=str(len(BLOB)))
+    upstream.add("HEAD", url, 200, auth="Bearer good")
     upstream.answer_gate = asyncio.Event()
 
     def as_(token: str) -> Target:
