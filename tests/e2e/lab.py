@@ -75,33 +75,54 @@ class Lab:
     regcache_log: Path
     registries: dict[str, Registry] = field(default_factory=dict)
     token_log: Path | None = None
+    config_path: Path | None = None
+    regcache_proc: subprocess.Popen[bytes] | None = None
     cdn_corrupt: Path | None = None
     """Digests listed here (one per line) are served with a flipped first byte by the CDN."""
+
+    def start_regcache(self) -> None:
+        assert self.config_path is not None
+        self.regcache_proc = self.ns.start(
+            str(REPO / ".venv" / "bin" / "regcache"), "serve", "--config", str(self.config_path),
+            log=self.regcache_log,
+        )  # fmt: skip
+        _wait_port(self.ns, REGCACHE_IP, 443, self.regcache_proc, self.regcache_log)
+
+    def restart_regcache(self) -> None:
+        assert self.regcache_proc is not None
+        self.ns.stop(self.regcache_proc)
+        self.start_regcache()
 
     def skopeo(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return self.ns.run("skopeo", "--insecure-policy", *args, timeout=timeout, check=False)
 
-    def push(self, host: str, repository: str, tag: str, img: Image) -> None:
+    def push(
+        self, host: str, repository: str, tag: str, img: Image, creds: str | None = None
+    ) -> None:
         """Push through regcache (its pass-through path), as a build host would."""
         layout = write_layout(
             self.tmp / f"push-{host}-{repository.replace('/', '_')}-{tag}", tag, img
         )
         out = self.skopeo(
             "copy", "--all", "--preserve-digests", "--dest-cert-dir", str(self.ca_dir),
+            *(["--dest-creds", creds] if creds else []),
             f"oci:{layout}:{tag}", f"docker://{host}/{repository}:{tag}",
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
 
-    def pull_argv(self, ref: str, dest: Path) -> list[str]:
+    def pull_argv(self, ref: str, dest: Path, creds: str | None = None) -> list[str]:
         """skopeo copying `ref` through regcache into an OCI layout, bytes unchanged."""
         return self.ns.argv(
             "skopeo", "--insecure-policy", "copy", "--all", "--preserve-digests",
-            "--src-cert-dir", str(self.ca_dir), f"docker://{ref}", f"oci:{dest}:x",
+            "--src-cert-dir", str(self.ca_dir), *(["--src-creds", creds] if creds else []),
+            f"docker://{ref}", f"oci:{dest}:x",
         )  # fmt: skip
 
-    def pull(self, ref: str, name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    def pull(
+        self, ref: str, name: str, creds: str | None = None
+    ) -> tuple[subprocess.CompletedProcess[str], Path]:
         dest = self.tmp / f"pull-{name}"
-        argv = self.pull_argv(ref, dest)
+        argv = self.pull_argv(ref, dest, creds)
         return subprocess.run(argv, capture_output=True, text=True, timeout=600), dest
 
     def inspect_raw(self, ref: str) -> str:
@@ -206,11 +227,8 @@ def lab(tmp: Path) -> Iterator[Lab]:
         }
         config_path = tmp / "regcache.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        regcache = ns.start(
-            str(REPO / ".venv" / "bin" / "regcache"), "serve", "--config", str(config_path),
-            log=the_lab.regcache_log,
-        )  # fmt: skip
-        _wait_port(ns, REGCACHE_IP, 443, regcache, the_lab.regcache_log)
+        the_lab.config_path = config_path
+        the_lab.start_regcache()
         the_lab.ca_dir.mkdir()
         export = subprocess.run(
             [str(REPO / ".venv" / "bin" / "regcache"), "ca", "export", "--config", str(config_path),

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 ISSUER = "regcache-test-issuer"
+ALICE = "Basic " + base64.b64encode(b"alice:secret").decode()
 
 
 def _b64(data: bytes) -> str:
@@ -47,11 +48,18 @@ def token_app(
 ) -> web.Application:
     async def token(request: web.Request) -> web.Response:
         service = request.query.get("service", "")
+        basic = request.headers.get("Authorization", "")
+        if basic and basic != ALICE:
+            return web.json_response({"details": "incorrect username or password"}, status=401)
         access = []
         for scope in request.query.getall("scope", []):
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            # Repositories under private/ are alice's alone; the rest is public.
+            granted = (
+                actions.split(",") if basic == ALICE or not name.startswith("private/") else []
+            )
+            access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         claims = {"iss": ISSUER, "sub": "", "aud": service, "exp": now + 300, "nbf": now - 10,
                   "iat": now, "jti": secrets.token_hex(8), "access": access}  # fmt: skip

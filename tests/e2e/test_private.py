@@ -1,0 +1,52 @@
+"""Private images reach only clients whose credentials upstream accepts for them."""
+
+from __future__ import annotations
+
+from tests.e2e.images import image, layer
+from tests.e2e.lab import Lab
+
+ALICE = "alice:secret"
+MiB = 1 << 20
+HUB = "registry-1.docker.io"
+
+
+def status_and_body(lab: Lab, url: str, *headers: str) -> tuple[int, bytes]:
+    body = lab.tmp / "probe.body"
+    body.unlink(missing_ok=True)
+    args = [a for h in headers for a in ("-H", h)]
+    out = lab.ns.run("curl", "-sS", "--cacert", str(lab.ca_dir / "ca.crt"), "-o", str(body),
+                     "-w", "%{http_code}", *args, url, timeout=60)  # fmt: skip
+    return int(out.stdout), body.read_bytes() if body.exists() else b""
+
+
+def test_private_image_reaches_only_its_owner(the_lab: Lab) -> None:
+    shared = layer(MiB, "private-shared")
+    private = image([shared, layer(200_000, "private-only")])
+    public = image([shared, layer(1000, "public-only")])
+    the_lab.push(HUB, "private/app", "v1", private, creds=ALICE)
+    the_lab.push(HUB, "library/pub", "v1", public)
+
+    out, _ = the_lab.pull(f"{HUB}/private/app:v1", "alice", creds=ALICE)
+    assert out.returncode == 0, out.stderr  # A, with valid credentials, pulls (and fills)
+
+    def refused_everywhere() -> None:
+        for who, creds in (("bob", None), ("carol", "carol:wrong")):
+            out, dest = the_lab.pull(f"{HUB}/private/app:v1", who, creds=creds)
+            assert out.returncode != 0, who
+            assert not (dest / "blobs").exists() or not any((dest / "blobs").rglob("*"))
+        urls = [f"https://{HUB}/v2/private/app/manifests/{private.top.digest}"] + [
+            f"https://{HUB}/v2/private/app/blobs/{b.digest}" for b in private.blobs
+        ]
+        for url in urls:
+            for headers in ((), ("Authorization: Bearer forged",)):
+                status, body = status_and_body(the_lab, url, *headers)
+                assert status in (401, 403, 404), (url, headers, status)
+                assert not any(b.data in body for b in (private.top, *private.blobs) if b.data)
+
+    refused_everywhere()
+    out, _ = the_lab.pull(f"{HUB}/library/pub:v1", "bob-public")  # shares the private layer
+    assert out.returncode == 0, out.stderr
+    the_lab.restart_regcache()  # nothing learned before a restart opens a path after it
+    refused_everywhere()
+    out, _ = the_lab.pull(f"{HUB}/private/app:v1", "alice-again", creds=ALICE)
+    assert out.returncode == 0, out.stderr
