@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.e2e.images import image, layer
 from tests.e2e.lab import Lab
+from tests.harness import REPO
 
 ALICE = "alice:secret"
 MiB = 1 << 20
@@ -50,3 +53,28 @@ def test_private_image_reaches_only_its_owner(the_lab: Lab) -> None:
     refused_everywhere()
     out, _ = the_lab.pull(f"{HUB}/private/app:v1", "alice-again", creds=ALICE)
     assert out.returncode == 0, out.stderr
+
+
+def test_randomised_interleaving_of_owners_and_strangers_leaks_nothing(the_lab: Lab) -> None:
+    """Hundreds of concurrent requests by digest, from alice and from clients without
+    access, starting on uncached images so fills are cold and joined by strangers."""
+    repositories = {}
+    for i in range(3):
+        img = image([layer(2 * MiB, f"r{i}a"), layer(300_000, f"r{i}b")])
+        the_lab.push(HUB, f"private/mix{i}", "v1", img, creds=ALICE)
+        repositories[f"private/mix{i}"] = [
+            [b.digest, b.digest.removeprefix("sha256:"),
+             "manifests" if b.media_type.endswith("manifest.v1+json") else "blobs"]
+            for b in (img.top, *img.blobs)
+        ]  # fmt: skip
+    spec = the_lab.tmp / "leakcheck.json"
+    spec.write_text(json.dumps({
+        "ca": str(the_lab.ca_dir / "ca.crt"), "host": HUB, "repositories": repositories,
+        "alice": ALICE, "requests": 400, "seed": 20261128,
+    }))  # fmt: skip
+    out = the_lab.ns.run(str(REPO / ".venv/bin/python"), "-m", "tests.e2e.leakcheck", str(spec),
+                         timeout=300, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["leaks"] == [] and summary["errors"] == [] and summary["wrong_bytes"] == []
+    assert summary["ok"] > 50 and summary["refused"] > 150  # both kinds really happened
