@@ -175,6 +175,19 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessConfig:
+    """Who may be served cached content (see THREAT_MODEL.md, private content)."""
+
+    verified_ttl_s: int = field(default=300, metadata=check(_between(1, 86400)))
+    """How long upstream's acceptance of a credential for a repository is trusted."""
+    public_ttl_s: int = field(default=3600, metadata=check(_between(1, 7 * 86400)))
+    """How long a repository found anonymously pullable is served to anyone."""
+    outage_grace_s: int = field(default=86400, metadata=check(_between(0, 30 * 86400)))
+    """While upstream is down, credentials (and public status) verified this recently
+    still open the store; others get upstream's error."""
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryConfig:
     name: str
     """A short label used in logs and metrics (e.g. `docker.io`)."""
@@ -190,6 +203,9 @@ class RegistryConfig:
     tag_ttl_s: int = field(default=0, metadata=check(_between(0, 86400 * 30)))
     """Serve a tag from the store without asking upstream for this long after it was last
     checked. 0 (default): revalidate every tag request with an upstream HEAD."""
+    max_stale_s: int = field(default=30 * 86400, metadata=check(_between(0, 3650 * 86400)))
+    """While upstream is down (unreachable, 5xx, 429), answer a tag from its last validated
+    mapping if that is at most this old (stale-if-error); 0 turns that off."""
 
     def intercepted_patterns(self) -> tuple[HostPattern, ...]:
         return self.hosts + (self.auth_hosts if self.intercept_auth_hosts else ())
@@ -208,6 +224,7 @@ class Config:
     dns: DnsConfig = DnsConfig()
     tls: TlsConfig = TlsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    access: AccessConfig = AccessConfig()
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 

@@ -24,7 +24,7 @@ from appliance.store.index import SqliteIndex
 from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_warning, load_ca
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
-from appliance.upstream.client import UpstreamClient, UpstreamError
+from appliance.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def site_resolver(config: Config) -> Callable[[str], Site | None]:
     def site_for(host: str) -> Site | None:
         for api_hosts, all_hosts, registry in table:
             if all_hosts.match(host):
-                return Site(registry.tag_ttl_s, api=api_hosts.match(host))
+                return Site(registry.tag_ttl_s, registry.max_stale_s, api=api_hosts.match(host))
         return None
 
     return site_for
@@ -143,8 +143,14 @@ async def serve(config: Config) -> None:
         config.upstream.connect_timeout_s,
         config.upstream.read_timeout_s,
     )
-    cache = RegistryCache(files, index, upstream, AccessGate(upstream))
-    app = create_app(cache, upstream, site_resolver(config), unavailable=(UpstreamError,))
+    gate = AccessGate(
+        upstream,
+        config.access.verified_ttl_s,
+        config.access.public_ttl_s,
+        config.access.outage_grace_s,
+    )
+    cache = RegistryCache(files, index, upstream, gate)
+    app = create_app(cache, upstream, site_resolver(config))
     runner = await start_runner(app)
     assert runner.server is not None
     https = TlsListener(leaves.context_for, runner.server)

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from appliance.cache.ports import Upstream, UpstreamReply
+from appliance.cache.ports import Upstream, UpstreamReply, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,28 @@ def fingerprint(authorization: str | None) -> str:
     return "" if not authorization else hashlib.sha256(authorization.encode()).hexdigest()[:32]
 
 
-class _Expiring:
-    """key → expiry time, bounded (the least recently added go first)."""
+class _Seen:
+    """key → (when it was last seen, value), bounded: the oldest entries go first."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple[str, ...], tuple[float, bool]] = OrderedDict()
 
-    def get(self, key: tuple[str, ...], now: float) -> bool | None:
+    def get(self, key: tuple[str, ...], now: float, within_s: float) -> bool | None:
         entry = self._entries.get(key)
-        if entry is None or entry[0] <= now:
+        if entry is None or now - entry[0] >= within_s:
             return None
         return entry[1]
 
-    def put(self, key: tuple[str, ...], value: bool, until: float) -> None:
+    def put(self, key: tuple[str, ...], value: bool, now: float) -> None:
         self._entries.pop(key, None)
-        self._entries[key] = (until, value)
+        self._entries[key] = (now, value)
         if len(self._entries) > _MAX_ENTRIES:
             self._entries.popitem(last=False)
+
+
+def _down(reply: UpstreamReply) -> bool:
+    """5xx and 429: upstream is there but cannot say yes or no right now."""
+    return reply.status >= 500 or reply.status == 429
 
 
 class AccessGate:
@@ -57,49 +62,75 @@ class AccessGate:
         upstream: Upstream,
         verified_ttl_s: float = 300.0,
         public_ttl_s: float = 3600.0,
+        outage_grace_s: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._upstream = upstream
         self._verified_ttl_s = verified_ttl_s
         self._public_ttl_s = public_ttl_s
+        self._grace_s = max(outage_grace_s, verified_ttl_s, public_ttl_s)
         self._clock = clock
-        self._public = _Expiring()
-        self._verified = _Expiring()
+        self._public = _Seen()
+        self._verified = _Seen()
 
     def note_verified(self, host: str, repository: str, authorization: str | None) -> None:
         """Upstream just answered 200 to this client's credentials for this repository."""
-        until = self._clock() + self._verified_ttl_s
-        self._verified.put((host, repository, fingerprint(authorization)), True, until)
+        self._verified.put((host, repository, fingerprint(authorization)), True, self._clock())
 
     async def check(
         self, host: str, repository: str, url: str, headers: Mapping[str, str]
     ) -> UpstreamReply | None:
         """None when the client may have `url`'s content from the store, else the upstream
-        response that refuses it (for the client, unchanged)."""
+        response that refuses it (for the client, unchanged). Raises UpstreamUnavailable
+        when upstream cannot answer and nothing recent enough vouches for the client."""
         now = self._clock()
-        authorization = headers.get("Authorization")
-        if self._public.get((host, repository), now):
+        repo = (host, repository)
+        client = (host, repository, fingerprint(headers.get("Authorization")))
+        if self._public.get(repo, now, self._public_ttl_s):
             return None
-        if self._verified.get((host, repository, fingerprint(authorization)), now):
+        if self._verified.get(client, now, self._verified_ttl_s):
             return None
-        if self._public.get((host, repository), now) is None:
-            public = await self._anonymously_pullable(url)
-            self._public.put((host, repository), public, now + self._public_ttl_s)
-            if public:
-                log.info("access public host=%s repository=%s", host, repository)
+        try:
+            if self._public.get(repo, now, self._public_ttl_s) is None:
+                public = await self._anonymously_pullable(url)
+                if public is not None:
+                    self._public.put(repo, public, now)
+                    if public:
+                        log.info("access public host=%s repository=%s", host, repository)
+                        return None
+            reply = await self._upstream.fetch("HEAD", url, headers, follow=False)
+        except UpstreamUnavailable:
+            if self._vouched_in_outage(repo, client, now):
                 return None
-        reply = await self._upstream.fetch("HEAD", url, headers, follow=False)
+            raise
         if 200 <= reply.status < 400:  # a redirect is the registry saying yes
             reply.close()
-            self.note_verified(host, repository, authorization)
+            self._verified.put(client, True, now)
+            return None
+        if _down(reply) and self._vouched_in_outage(repo, client, now):
+            reply.close()
             return None
         log.info(
             "access refused host=%s repository=%s status=%d credential=%s",
-            host, repository, reply.status, fingerprint(authorization)[:8] or "none",
+            host, repository, reply.status, client[2][:8] or "none",
         )  # fmt: skip
         return reply
 
-    async def _anonymously_pullable(self, url: str) -> bool:
+    def _vouched_in_outage(
+        self, repo: tuple[str, str], client: tuple[str, str, str], now: float
+    ) -> bool:
+        """Upstream is down: trust what it said within the outage grace period."""
+        vouched = bool(
+            self._public.get(repo, now, self._grace_s)
+            or self._verified.get(client, now, self._grace_s)
+        )
+        log.info("access during-outage host=%s repository=%s allowed=%s", repo[0], repo[1], vouched)
+        return vouched
+
+    async def _anonymously_pullable(self, url: str) -> bool | None:
+        """True/False as upstream says; None when it cannot say (down, 5xx, 429)."""
         reply = await self._upstream.fetch_anonymous("HEAD", url)
         reply.close()
+        if _down(reply):
+            return None
         return 200 <= reply.status < 400

@@ -10,6 +10,10 @@ from typing import Protocol
 from appliance.oci.digest import Digest
 
 
+class UpstreamUnavailable(RuntimeError):
+    """Upstream could not be reached, timed out, or failed TLS: raised by the adapter."""
+
+
 @dataclass(frozen=True, slots=True)
 class BlobRow:
     digest: Digest

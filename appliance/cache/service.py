@@ -14,12 +14,20 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from appliance.cache.access import AccessGate
 from appliance.cache.fill import Fill, Fills
-from appliance.cache.ports import BlobFiles, Index, TagRow, Upstream, UpstreamReply
+from appliance.cache.ports import (
+    BlobFiles,
+    Index,
+    TagRow,
+    Upstream,
+    UpstreamReply,
+    UpstreamUnavailable,
+)
+from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.mediatypes import OCTET_STREAM, accept_key, accepts
 
@@ -43,6 +51,8 @@ class Target:
     """The client's end-to-end headers, sent upstream as they are (Authorization, Accept)."""
     accept: frozenset[str]
     tag_ttl_s: float = 0.0
+    max_stale_s: float = 0.0
+    """How old a tag mapping may be to answer while upstream is down (stale-if-error)."""
 
     @property
     def host(self) -> str:
@@ -59,6 +69,8 @@ class Stored:
     size: int
     media_type: str
     path: Path
+    stale: bool = False
+    """A tag answered from its last mapping because upstream could not be asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +115,7 @@ class RegistryCache:
         self._clock = clock
         self._fills = Fills(files, self._on_blob_commit)
         self._manifest_fetches: dict[str, asyncio.Future[Stored | None]] = {}
+        self._stale_log = LogThrottle(log, interval_s=3600.0)
 
     async def _on_blob_commit(self, fill: Fill) -> None:
         await self._index.add_blob(fill.digest, fill.written, fill.media_type)
@@ -194,7 +207,19 @@ class RegistryCache:
             stored = await self._stored_manifest(row.digest)
             if stored is not None and accepts(target.accept, stored.media_type):
                 return stored
-        reply = await self._fetch_as_client(target, "HEAD", target.url("manifests", tag))
+        url = target.url("manifests", tag)
+        try:
+            reply = await self._fetch_as_client(target, "HEAD", url)
+        except UpstreamUnavailable as e:
+            stale = await self._stale(target, row, now, str(e))
+            if stale is None:
+                raise
+            return stale
+        if reply.status >= 500 or reply.status == 429:
+            stale = await self._stale(target, row, now, f"HEAD answered {reply.status}")
+            if stale is not None:
+                reply.close()
+                return stale
         digest = _digest_header(reply.headers)
         if reply.status == 200 and digest is not None:
             size, media_type = _length(reply.headers), reply.headers.get("Content-Type", "")
@@ -214,6 +239,22 @@ class RegistryCache:
         reply.close()
         # No usable HEAD (an auth challenge, an error, no digest): the GET tells the client.
         return await self._fetch_manifest(target, tag, tag=tag)
+
+    async def _stale(
+        self, target: Target, row: TagRow | None, now: float, why: str
+    ) -> Stored | None:
+        """The tag's last validated manifest, if upstream being down allows it."""
+        if row is None or now - row.validated_s > target.max_stale_s:
+            return None
+        stored = await self._stored_manifest(row.digest)
+        if stored is None or not accepts(target.accept, stored.media_type):
+            return None
+        self._stale_log.warning(
+            f"{target.host}/{target.repository}",
+            "tag serving-stale host=%s repository=%s age_s=%d reason=%s",
+            target.host, target.repository, now - row.validated_s, why,
+        )  # fmt: skip
+        return replace(stored, stale=True)
 
     async def _fetch_manifest(
         self, target: Target, reference: str | Digest, tag: str | None

@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from appliance.cache.fill import FillFailed, FillState
-from appliance.cache.ports import UpstreamReply
+from appliance.cache.ports import UpstreamReply, UpstreamUnavailable
 from appliance.cache.reading import read_file
 from appliance.cache.service import (
     Described,
@@ -62,6 +62,7 @@ class Site:
     """What the config says about a request's Host: its tag TTL and role."""
 
     tag_ttl_s: float
+    max_stale_s: float
     api: bool
     """False for token-realm hosts, whose traffic always passes through."""
 
@@ -78,9 +79,7 @@ def create_app(
     cache: RegistryCache,
     upstream: PassThrough,
     site_for: Callable[[str], Site | None],
-    unavailable: tuple[type[BaseException], ...],
 ) -> web.Application:
-    """`unavailable`: the upstream adapter's exceptions that mean 502 (transport, TLS)."""
 
     @web.middleware
     async def errors(request: web.Request, handler: Callable[..., object]) -> web.StreamResponse:
@@ -97,7 +96,7 @@ def create_app(
         except UpstreamMismatch as e:
             log.warning("upstream mismatch host=%s path=%s error=%s", request.host, request.path, e)
             return registry_error(502, "UNKNOWN", f"upstream sent inconsistent content: {e}")
-        except unavailable as e:
+        except UpstreamUnavailable as e:
             log.warning(
                 "upstream unavailable host=%s path=%s error=%s", request.host, request.path, e
             )
@@ -113,7 +112,7 @@ def create_app(
         cacheable = route is not None and route.kind is not Kind.REFERRERS
         if not cacheable or request.method not in ("GET", "HEAD"):
             # Referrers change as signatures are added: always asked upstream.
-            return await _pass_through(request, upstream, origin)
+            return await _pass_through(request, upstream, origin, site)
         assert route is not None
         target = Target(
             origin=origin,
@@ -121,6 +120,7 @@ def create_app(
             headers=_forwarded(request, _NOT_FOR_CACHE),
             accept=parse_accept(request.headers.getall("Accept", [])),
             tag_ttl_s=site.tag_ttl_s,
+            max_stale_s=site.max_stale_s,
         )
         head = request.method == "HEAD"
         if route.kind is Kind.BLOB:
@@ -174,7 +174,12 @@ async def _render(
 
 
 async def _start(
-    request: web.Request, digest: object, media_type: str, size: int | None
+    request: web.Request,
+    digest: object,
+    media_type: str,
+    size: int | None,
+    *,
+    stale: bool = False,
 ) -> tuple[web.StreamResponse, int, int | None]:
     """Send the status line and headers; (response, start, stop) of the body to send."""
     start, stop, partial = 0, size, False
@@ -187,6 +192,8 @@ async def _start(
     response = web.StreamResponse(
         status=206 if partial else 200, headers=_content_headers(digest, media_type, length)
     )
+    if stale:  # RFC 9111 5.5 is gone, but the Warning header is what tools still show
+        response.headers["Warning"] = '110 regcache "Response is Stale: upstream unavailable"'
     if partial:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"  # type: ignore[operator]
     await response.prepare(request)
@@ -217,7 +224,9 @@ async def _send_body(
 
 
 async def _stream_stored(request: web.Request, answer: Stored) -> web.StreamResponse:
-    response, start, stop = await _start(request, answer.digest, answer.media_type, answer.size)
+    response, start, stop = await _start(
+        request, answer.digest, answer.media_type, answer.size, stale=answer.stale
+    )
     assert stop is not None
     body = None if request.method == "HEAD" else read_file(str(answer.path), start, stop)
     return await _send_body(request, response, body, answer.digest)
@@ -243,14 +252,43 @@ async def _relay(request: web.Request, reply: UpstreamReply) -> web.StreamRespon
 
 
 async def _pass_through(
-    request: web.Request, upstream: PassThrough, origin: str
+    request: web.Request, upstream: PassThrough, origin: str, site: Site
 ) -> web.StreamResponse:
     body = request.content.iter_chunked(STREAM_CHUNK_BYTES) if request.can_read_body else None
     headers = _forwarded(request)
     if request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
-    reply = await upstream.send(request.method, origin + request.path_qs, headers, body)
+    try:
+        reply = await upstream.send(request.method, origin + request.path_qs, headers, body)
+    except UpstreamUnavailable as e:
+        fallback = _outage_answer(request, site, str(e))
+        if fallback is None:
+            raise
+        return fallback
+    if reply.status >= 500 and (fallback := _outage_answer(request, site, f"{reply.status}")):
+        reply.close()
+        return fallback
     return await _relay(request, reply)
+
+
+def _outage_answer(request: web.Request, site: Site, why: str) -> web.Response | None:
+    """Upstream is down: answer the steps before a pull so clients get to what is cached.
+
+    The `/v2/` ping gets 200 (no challenge, so clients go straight to the pull) and a
+    token realm gets a token that proves nothing: the access gate still serves only
+    repositories it knows to be public, or credentials verified before the outage
+    (THREAT_MODEL.md, upstream outages).
+    """
+    if request.method not in ("GET", "HEAD"):
+        return None
+    if site.api and request.path == "/v2/":
+        log.warning("upstream down: answering the ping host=%s reason=%s", request.host, why)
+        return web.json_response({}, headers=API_VERSION)
+    if not site.api:
+        log.warning("upstream down: answering the token step host=%s reason=%s", request.host, why)
+        token = "regcache-outage-token"  # noqa: S105 - not a credential: it opens nothing
+        return web.json_response({"token": token, "access_token": token, "expires_in": 60})
+    return None
 
 
 async def start_runner(app: web.Application) -> web.AppRunner:

@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
+from appliance.cache.ports import UpstreamUnavailable
 from appliance.config import IPAddress
 from appliance.upstream.tokens import AnonymousTokens
 
@@ -40,7 +41,7 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 
 
-class UpstreamError(RuntimeError):
+class UpstreamError(UpstreamUnavailable):
     """Upstream could not be reached or answered with something unusable."""
 
 
