@@ -26,6 +26,7 @@ from appliance.cache.ports import Upstream, UpstreamReply, UpstreamUnavailable
 log = logging.getLogger(__name__)
 
 _MAX_ENTRIES = 65536
+_RETRY_DOWN_HOST_S = 10.0
 
 
 def fingerprint(authorization: str | None) -> str:
@@ -72,6 +73,9 @@ class AccessGate:
         self._clock = clock
         self._public = _Seen()
         self._verified = _Seen()
+        # Hosts that just failed to answer: not asked again for a while, so an outage
+        # with connect timeouts does not cost every request two of them.
+        self._down_until: dict[str, float] = {}
 
     def note_verified(self, host: str, repository: str, authorization: str | None) -> None:
         """Upstream just answered 200 to this client's credentials for this repository."""
@@ -86,20 +90,27 @@ class AccessGate:
         now = self._clock()
         repo = (host, repository)
         client = (host, repository, fingerprint(headers.get("Authorization")))
-        if self._public.get(repo, now, self._public_ttl_s):
+        if self._down_until.get(host, 0.0) > now:
+            if self._vouched_in_outage(repo, client, now):
+                return None
+            raise UpstreamUnavailable(f"{host} did not answer moments ago")
+        public = self._public.get(repo, now, self._public_ttl_s)
+        if public is None:
+            # Learnt once per repository and hour, also for clients already verified, so
+            # that during an outage new clients still get public images.
+            public = await self._probe(repo, url, now)
+        if public:
             return None
+        if self._down_until.get(host, 0.0) > now:  # the probe just found it down
+            if self._vouched_in_outage(repo, client, now):
+                return None
+            raise UpstreamUnavailable(f"{host} does not answer")
         if self._verified.get(client, now, self._verified_ttl_s):
             return None
         try:
-            if self._public.get(repo, now, self._public_ttl_s) is None:
-                public = await self._anonymously_pullable(url)
-                if public is not None:
-                    self._public.put(repo, public, now)
-                    if public:
-                        log.info("access public host=%s repository=%s", host, repository)
-                        return None
             reply = await self._upstream.fetch("HEAD", url, headers, follow=False)
         except UpstreamUnavailable:
+            self._down_until[host] = now + _RETRY_DOWN_HOST_S
             if self._vouched_in_outage(repo, client, now):
                 return None
             raise
@@ -127,10 +138,17 @@ class AccessGate:
         log.info("access during-outage host=%s repository=%s allowed=%s", repo[0], repo[1], vouched)
         return vouched
 
-    async def _anonymously_pullable(self, url: str) -> bool | None:
-        """True/False as upstream says; None when it cannot say (down, 5xx, 429)."""
-        reply = await self._upstream.fetch_anonymous("HEAD", url)
+    async def _probe(self, repo: tuple[str, str], url: str, now: float) -> bool | None:
+        """Whether regcache itself can pull `url` anonymously; None if upstream cannot say."""
+        try:
+            reply = await self._upstream.fetch_anonymous("HEAD", url)
+        except UpstreamUnavailable:
+            self._down_until[repo[0]] = now + _RETRY_DOWN_HOST_S
+            return None
         reply.close()
         if _down(reply):
             return None
-        return 200 <= reply.status < 400
+        public = 200 <= reply.status < 400
+        self._public.put(repo, public, now)
+        log.info("access probed host=%s repository=%s anonymous_status=%d", *repo, reply.status)
+        return public

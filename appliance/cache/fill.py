@@ -25,6 +25,9 @@ from appliance.tasks import spawn
 log = logging.getLogger(__name__)
 
 
+_KEEP_FINISHED_S = 10.0
+
+
 class FillState(enum.Enum):
     FILLING = "filling"
     VERIFIED = "verified"  # every byte in and checked; being committed
@@ -203,13 +206,21 @@ class Fills:
         fill = Fill(digest, size, media_type, self._files.create_temp())
         future.set_result(fill)
         task = spawn(fill.run(reply, self._files, self._on_commit), name=f"fill {digest}")
-        task.add_done_callback(lambda _t: self._forget(digest, future))
+        # A finished fill stays joinable a little longer: a request that missed the store
+        # moments before the commit would otherwise start a second upstream fetch.
+        task.add_done_callback(lambda _t: self._finished(digest, future, fill))
         return fill
 
     def _end(self, digest: Digest, future: asyncio.Future[Fill], error: BaseException) -> None:
         future.set_exception(error)
         future.exception()  # followers may be none: mark it retrieved
         self._forget(digest, future)
+
+    def _finished(self, digest: Digest, future: asyncio.Future[Fill], fill: Fill) -> None:
+        if fill.state is FillState.DONE:
+            asyncio.get_running_loop().call_later(_KEEP_FINISHED_S, self._forget, digest, future)
+        else:  # a failed fill must not be joined: the next request fetches afresh
+            self._forget(digest, future)
 
     def _forget(self, digest: Digest, future: asyncio.Future[Fill]) -> None:
         if self._active.get(digest) is future:

@@ -211,12 +211,12 @@ class RegistryCache:
         try:
             reply = await self._fetch_as_client(target, "HEAD", url)
         except UpstreamUnavailable as e:
-            stale = await self._stale(target, row, now, str(e))
+            stale = await self._stale(target, tag, now, str(e))
             if stale is None:
                 raise
             return stale
         if reply.status >= 500 or reply.status == 429:
-            stale = await self._stale(target, row, now, f"HEAD answered {reply.status}")
+            stale = await self._stale(target, tag, now, f"HEAD answered {reply.status}")
             if stale is not None:
                 reply.close()
                 return stale
@@ -240,21 +240,22 @@ class RegistryCache:
         # No usable HEAD (an auth challenge, an error, no digest): the GET tells the client.
         return await self._fetch_manifest(target, tag, tag=tag)
 
-    async def _stale(
-        self, target: Target, row: TagRow | None, now: float, why: str
-    ) -> Stored | None:
-        """The tag's last validated manifest, if upstream being down allows it."""
-        if row is None or now - row.validated_s > target.max_stale_s:
-            return None
-        stored = await self._stored_manifest(row.digest)
-        if stored is None or not accepts(target.accept, stored.media_type):
-            return None
-        self._stale_log.warning(
-            f"{target.host}/{target.repository}",
-            "tag serving-stale host=%s repository=%s age_s=%d reason=%s",
-            target.host, target.repository, now - row.validated_s, why,
-        )  # fmt: skip
-        return replace(stored, stale=True)
+    async def _stale(self, target: Target, tag: str, now: float, why: str) -> Stored | None:
+        """The tag's last validated manifest this client accepts, if upstream being down
+        allows it (whatever Accept set it was first fetched for)."""
+        for row in await self._index.tag_rows(target.host, target.repository, tag):
+            if now - row.validated_s > target.max_stale_s:
+                break
+            stored = await self._stored_manifest(row.digest)
+            if stored is None or not accepts(target.accept, stored.media_type):
+                continue
+            self._stale_log.warning(
+                f"{target.host}/{target.repository}",
+                "tag serving-stale host=%s repository=%s age_s=%d reason=%s",
+                target.host, target.repository, now - row.validated_s, why,
+            )  # fmt: skip
+            return replace(stored, stale=True)
+        return None
 
     async def _fetch_manifest(
         self, target: Target, reference: str | Digest, tag: str | None

@@ -265,7 +265,8 @@ async def _pass_through(
         if fallback is None:
             raise
         return fallback
-    if reply.status >= 500 and (fallback := _outage_answer(request, site, f"{reply.status}")):
+    trouble = reply.status >= 500 or reply.status == 429
+    if trouble and (fallback := _outage_answer(request, site, f"{reply.status}")):
         reply.close()
         return fallback
     return await _relay(request, reply)

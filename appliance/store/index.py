@@ -158,6 +158,16 @@ class SqliteIndex:
             return None
         return TagRow(Digest.parse(row[0]), str(row[1]), int(row[2]), float(row[3]))
 
+    async def tag_rows(self, registry: str, repository: str, tag: str) -> list[TagRow]:
+        """The tag's mappings for every Accept set, most recently validated first."""
+        async with self._db.execute(
+            "SELECT digest, media_type, size, validated_s FROM tags"
+            " WHERE registry = ? AND repository = ? AND tag = ? ORDER BY validated_s DESC",
+            (registry, repository, tag),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [TagRow(Digest.parse(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows]
+
     async def set_tag(
         self,
         registry: str,

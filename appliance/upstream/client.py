@@ -27,6 +27,7 @@ from yarl import URL
 
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.config import IPAddress
+from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.tokens import AnonymousTokens
 
 log = logging.getLogger(__name__)
@@ -195,10 +196,13 @@ class UpstreamClient:
         raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     async def fetch_anonymous(self, method: str, url: str) -> Reply:
-        """Without credentials, through the registry's anonymous token step if it has one."""
-        reply = await self.send(method, url, {})
+        """Without credentials, through the registry's anonymous token step if it has one.
+        Every manifest type is accepted: distribution answers 404 to a HEAD for an OCI
+        manifest that does not say it takes one."""
+        headers = CIMultiDict({"Accept": ", ".join(MANIFEST_TYPES)})
+        reply = await self.send(method, url, headers)
         if reply.status == 401:
-            reply = await self._with_anonymous_token(reply, method, url, CIMultiDict())
+            reply = await self._with_anonymous_token(reply, method, url, headers)
         return reply
 
     async def _with_anonymous_token(

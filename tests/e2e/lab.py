@@ -40,6 +40,7 @@ class Registry:
     ip: str
     folder: Path
     log: Path
+    proc: subprocess.Popen[bytes] | None = None
 
     def requests(self) -> list[tuple[str, str, int, int]]:
         """(method, path, status, body bytes) from the registry's own access log."""
@@ -75,6 +76,8 @@ class Lab:
     regcache_log: Path
     registries: dict[str, Registry] = field(default_factory=dict)
     token_log: Path | None = None
+    token_proc: subprocess.Popen[bytes] | None = None
+    upstream_ca: TestCa | None = None
     config_path: Path | None = None
     regcache_proc: subprocess.Popen[bytes] | None = None
     cdn_corrupt: Path | None = None
@@ -87,6 +90,25 @@ class Lab:
             log=self.regcache_log,
         )  # fmt: skip
         _wait_port(self.ns, REGCACHE_IP, 443, self.regcache_proc, self.regcache_log)
+
+    def stop_upstream(self) -> None:
+        """Every upstream registry and the token realm go away (connections refused)."""
+        for reg in self.registries.values():
+            if reg.proc is not None:
+                self.ns.stop(reg.proc)
+        if self.token_proc is not None:
+            self.ns.stop(self.token_proc)
+
+    def fault(self, host: str, status: int) -> subprocess.Popen[bytes]:
+        """`host`'s address answers every request with `status` (stop its registry first)."""
+        assert self.upstream_ca is not None
+        cert, key = self.upstream_ca.cert_files(host)
+        ip = UPSTREAMS[host]
+        proc = _python_server(self.ns, self.tmp / f"fault-{host}.log", "fault", "--listen",
+                              f"{ip}:443", "--cert", str(cert), "--key", str(key),
+                              "--status", str(status))  # fmt: skip
+        _wait_port(self.ns, ip, 443, proc, self.tmp / f"fault-{host}.log")
+        return proc
 
     def restart_regcache(self) -> None:
         assert self.regcache_proc is not None
@@ -180,12 +202,15 @@ def lab(tmp: Path) -> Iterator[Lab]:
             cert, key = ca.issue(host, host)
             config_text = _registry_config(reg, cert, key, extras.get(host, {}))
             (reg.folder / "config.yml").write_text(config_text)
-            proc = ns.start("docker-registry", "serve", str(reg.folder / "config.yml"), log=reg.log)
-            _wait_port(ns, ip, 443, proc, reg.log)
+            reg.proc = ns.start(
+                "docker-registry", "serve", str(reg.folder / "config.yml"), log=reg.log
+            )
+            _wait_port(ns, ip, 443, reg.proc, reg.log)
             the_lab.registries[host] = reg
         cert, key = ca.issue(TOKEN_HOST, TOKEN_HOST)
         the_lab.token_log = tmp / "token-requests.log"
-        proc = _python_server(
+        the_lab.upstream_ca = ca
+        proc = the_lab.token_proc = _python_server(
             ns, tmp / "token.log", "token", "--listen", f"{TOKEN_IP}:443", "--cert", str(cert),
             "--key", str(key), "--signing-cert", str(signing_cert), "--signing-key",
             str(signing_key), "--log", str(the_lab.token_log),

@@ -33,6 +33,10 @@ class TestCa:
         self.pem = folder / "upstream-ca.pem"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
+    def cert_files(self, name: str) -> tuple[Path, Path]:
+        """Where `issue(name, ...)` put the certificate and key."""
+        return self.folder / f"{name}.crt", self.folder / f"{name}.key"
+
     def issue(self, name: str, *hosts: str) -> tuple[Path, Path]:
         """A server certificate and key for `hosts`, as PEM files named after `name`."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -48,7 +52,7 @@ class TestCa:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
             .sign(self.key, hashes.SHA256())
         )
-        cert_path, key_path = self.folder / f"{name}.crt", self.folder / f"{name}.key"
+        cert_path, key_path = self.cert_files(name)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
             key.private_bytes(

@@ -98,9 +98,22 @@ def cdn_app(root: Path, rate_bytes_s: int, corrupt: Path) -> web.Application:
     return app
 
 
+def fault_app(status: int) -> web.Application:
+    """Every request answered with `status` (an upstream in trouble: 503, 429)."""
+
+    async def fail(_request: web.Request) -> web.Response:
+        body = {"errors": [{"code": "UNAVAILABLE" if status != 429 else "TOOMANYREQUESTS",
+                            "message": "test fault"}]}  # fmt: skip
+        return web.json_response(body, status=status, headers={"Retry-After": "30"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fail)
+    return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["token", "cdn"])
+    parser.add_argument("role", choices=["token", "cdn", "fault"])
     parser.add_argument("--listen", required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
@@ -110,6 +123,7 @@ def main() -> None:
     parser.add_argument("--root")
     parser.add_argument("--rate", type=int, default=0)
     parser.add_argument("--corrupt")
+    parser.add_argument("--status", type=int, default=503)
     args = parser.parse_args()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
@@ -118,6 +132,8 @@ def main() -> None:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         cert = x509.load_pem_x509_certificate(Path(args.signing_cert).read_bytes())
         app = token_app(key, cert, Path(args.log))
+    elif args.role == "fault":
+        app = fault_app(args.status)
     else:
         app = cdn_app(Path(args.root), args.rate, Path(args.corrupt))
     host, port = args.listen.rsplit(":", 1)

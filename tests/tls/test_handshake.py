@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import ssl
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def test_configured_host_verifies_with_python_openssl_and_curl(
     out = s_client(regcache.https_port, ca_pem, "-servername", host, "-verify_hostname", host)
     assert out.returncode == 0 and "Verify return code: 0 (ok)" in out.stdout, out.stderr
     got = curl(regcache.https_port, host, ca_pem)
-    # TLS verified and HTTP answered; upstream is unreachable in this test, hence 502.
-    assert got.returncode == 0 and '"code": "UNAVAILABLE"' in got.stdout, got.stderr
+    # TLS verified and HTTP answered (upstream is unreachable here: regcache answers the
+    # ping of registry hosts and the token step of token-realm hosts itself).
+    assert got.returncode == 0 and isinstance(json.loads(got.stdout), dict), got.stderr
 
 
 def test_leaf_is_san_only_serverauth_short_lived_and_not_a_ca(

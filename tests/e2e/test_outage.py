@@ -1,0 +1,53 @@
+"""Builds keep working when upstream is down: cached images pull, uncached ones fail
+clearly, with clients that have never talked to regcache before the outage."""
+
+from __future__ import annotations
+
+from tests.e2e.images import image, layer
+from tests.e2e.lab import Lab
+
+MiB = 1 << 20
+IMAGES = {
+    "registry-1.docker.io/library/steady": image([layer(MiB, "steady")]),
+    "ghcr.io/org/steady": image([layer(MiB // 2, "ghcr-steady")]),
+    "quay.io/org/steady": image([layer(MiB // 2, "quay-steady")]),
+}
+
+
+def curl(lab: Lab, *args: str) -> str:
+    accept = "Accept: application/vnd.oci.image.manifest.v1+json"
+    out = lab.ns.run("curl", "-sS", "-H", accept, "--cacert", str(lab.ca_dir / "ca.crt"), *args)
+    return out.stdout
+
+
+def test_cached_images_pull_through_outages_and_uncached_ones_fail_clearly(the_lab: Lab) -> None:
+    for ref, img in IMAGES.items():
+        host, repository = ref.split("/", 1)
+        the_lab.push(host, repository, "v1", img)
+        out, _ = the_lab.pull(f"{ref}:v1", f"warm-{host}")
+        assert out.returncode == 0, out.stderr
+    never = image([layer(1000, "never-pulled")])
+    the_lab.push("registry-1.docker.io", "library/never", "v1", never)
+
+    ghcr = the_lab.registries["ghcr.io"]
+    assert ghcr.proc is not None
+    the_lab.ns.stop(ghcr.proc)
+    for status in (503, 429):  # upstream there but failing: same as gone
+        fault = the_lab.fault("ghcr.io", status)
+        out, _ = the_lab.pull("ghcr.io/org/steady:v1", f"fault-{status}")
+        assert out.returncode == 0, (status, out.stderr)
+        head = curl(the_lab, "-I", "https://ghcr.io/v2/org/steady/manifests/v1")
+        assert "HTTP/1.1 200" in head and "warning: 110" in head.lower(), head
+        the_lab.ns.stop(fault)
+
+    the_lab.stop_upstream()  # every registry and the token realm: connections refused
+    for ref in IMAGES:
+        out, _ = the_lab.pull(f"{ref}:v1", f"outage-{ref.split('/')[0]}")
+        assert out.returncode == 0, (ref, out.stderr)
+    out, _ = the_lab.pull("registry-1.docker.io/library/never:v1", "outage-never")
+    assert out.returncode != 0
+    body = curl(the_lab, "https://registry-1.docker.io/v2/library/never/manifests/v1")
+    assert '"code": "UNAVAILABLE"' in body
+    log = the_lab.regcache_log.read_text()
+    assert "tag serving-stale host=registry-1.docker.io repository=library/steady" in log
+    assert "answering the ping" in log
