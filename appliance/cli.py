@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 
 from appliance.config import Config, ConfigError, default_config_path, load_config
-from appliance.main import StartupError, ca_mismatch, run
+from appliance.main import StartupError, ca_mismatch, offline_flag, run
 from appliance.tls.ca import (
     CaError,
     create_ca,
@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
         "rotate", parents=[common], help="new CA; the old one keeps working for an overlap"
     )
     rotate.add_argument("--overlap-days", type=int, help="default: tls.rotate_overlap_days")
+    offline = sub.add_parser(
+        "offline", parents=[common], help="stop or resume contacting upstream at run time"
+    )
+    offline.add_argument("state", choices=["on", "off"])
     return parser
 
 
@@ -75,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check-config":
             return _check_config(config, path, now)
+        if args.command == "offline":
+            flag = offline_flag(config)
+            if args.state == "on":
+                flag.touch()
+            else:
+                flag.unlink(missing_ok=True)
+            print(f"offline {args.state} (a running regcache notices within a second)")
+            return 0
         return _ca(args, config, now)
     except (CaError, StartupError, OSError) as e:
         print(f"regcache: {e}", file=sys.stderr)

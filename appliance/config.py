@@ -218,6 +218,9 @@ class Config:
     listen: ListenConfig = ListenConfig()
     state_dir: Path = Path("/var/lib/regcache")
     """CA, store and index. Relative paths are taken from the config file's folder."""
+    offline: bool = False
+    """Never contact upstream: serve only what the store holds (as during an outage).
+    `regcache offline on|off` switches it at run time without a restart."""
     log_level: str = field(
         default="INFO", metadata=check(_one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     )

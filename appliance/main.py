@@ -8,7 +8,9 @@ import functools
 import logging
 import resource
 import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from appliance.cache.access import AccessGate
 from appliance.cache.service import RegistryCache
@@ -98,6 +100,33 @@ def site_resolver(config: Config) -> Callable[[str], Site | None]:
     return site_for
 
 
+def offline_flag(config: Config) -> Path:
+    """The file `regcache offline on` creates: its presence means offline."""
+    return config.state_dir / "offline"
+
+
+class OfflineSwitch:
+    """Offline by config, or by the flag file (checked at most once a second)."""
+
+    def __init__(self, config: Config) -> None:
+        self._always = config.offline
+        self._flag = offline_flag(config)
+        self._checked = 0.0
+        self._value = False
+
+    def __call__(self) -> bool:
+        if self._always:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            value = self._flag.exists()
+            if value != self._value:
+                log.warning("offline mode %s", "on" if value else "off")
+            self._value = value
+        return self._value
+
+
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -142,6 +171,7 @@ async def serve(config: Config) -> None:
         config.upstream.ca_bundle,
         config.upstream.connect_timeout_s,
         config.upstream.read_timeout_s,
+        offline=OfflineSwitch(config),
     )
     gate = AccessGate(
         upstream,

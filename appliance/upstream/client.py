@@ -126,7 +126,9 @@ class UpstreamClient:
         ca_bundle: Path | None,
         connect_timeout_s: float,
         read_timeout_s: float,
+        offline: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._offline = offline
         context = ssl.create_default_context()
         if ca_bundle is not None:
             context.load_verify_locations(cafile=str(ca_bundle))
@@ -155,6 +157,8 @@ class UpstreamClient:
         body: AsyncIterator[bytes] | None = None,
     ) -> Reply:
         """One request, no redirects followed: the pass-through path."""
+        if self._offline():
+            raise UpstreamError(f"{method} {url}: offline mode, upstream is never contacted")
         try:
             response = await self._session.request(
                 method, URL(url, encoded=True), headers=end_to_end(headers), data=body,

@@ -3,8 +3,13 @@ clearly, with clients that have never talked to regcache before the outage."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 from tests.e2e.images import image, layer
 from tests.e2e.lab import Lab
+from tests.harness import REPO
 
 MiB = 1 << 20
 IMAGES = {
@@ -18,6 +23,35 @@ def curl(lab: Lab, *args: str) -> str:
     accept = "Accept: application/vnd.oci.image.manifest.v1+json"
     out = lab.ns.run("curl", "-sS", "-H", accept, "--cacert", str(lab.ca_dir / "ca.crt"), *args)
     return out.stdout
+
+
+def _text(path: Path | None) -> str:
+    return path.read_text() if path is not None and path.exists() else ""
+
+
+def test_offline_mode_contacts_no_upstream_at_all(the_lab: Lab) -> None:
+    img, later = image([layer(MiB, "offline")]), image([layer(1000, "after-offline")])
+    the_lab.push("ghcr.io", "org/offline", "v1", img)
+    the_lab.push("ghcr.io", "org/later", "v1", later)
+    out, _ = the_lab.pull("ghcr.io/org/offline:v1", "offline-warm")
+    assert out.returncode == 0, out.stderr
+    regcache = [str(REPO / ".venv/bin/regcache"), "--config", str(the_lab.config_path)]
+    subprocess.run([*regcache, "offline", "on"], check=True, capture_output=True)
+    time.sleep(1.2)  # the server looks at the switch at most once a second
+    seen = {host: len(reg.requests()) for host, reg in the_lab.registries.items()}
+    tokens = _text(the_lab.token_log)
+    try:
+        out, _ = the_lab.pull("ghcr.io/org/offline:v1", "offline-again")
+        assert out.returncode == 0, out.stderr
+        out, _ = the_lab.pull("ghcr.io/org/later:v1", "offline-uncached")
+        assert out.returncode != 0
+        assert {host: len(reg.requests()) for host, reg in the_lab.registries.items()} == seen
+        assert _text(the_lab.token_log) == tokens
+    finally:
+        subprocess.run([*regcache, "offline", "off"], check=True, capture_output=True)
+    time.sleep(1.2)
+    out, _ = the_lab.pull("ghcr.io/org/later:v1", "online-again")
+    assert out.returncode == 0, out.stderr
 
 
 def test_cached_images_pull_through_outages_and_uncached_ones_fail_clearly(the_lab: Lab) -> None:
