@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from appliance import redact
 from appliance.config import Config, ConfigError, default_config_path, load_config
 from appliance.main import StartupError, ca_mismatch, offline_flag, run
 from appliance.tls.ca import (
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        redact.install(handler)
     now = dt.datetime.now(dt.UTC)
     try:
         if args.command == "serve":

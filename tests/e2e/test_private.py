@@ -53,6 +53,8 @@ def test_private_image_reaches_only_its_owner(the_lab: Lab) -> None:
     refused_everywhere()
     out, _ = the_lab.pull(f"{HUB}/private/app:v1", "alice-again", creds=ALICE)
     assert out.returncode == 0, out.stderr
+    log = the_lab.regcache_log.read_text()
+    assert "eyJ" not in log and "YWxpY2U6c2VjcmV0" not in log  # no token, no alice:secret
 
 
 def test_randomised_interleaving_of_owners_and_strangers_leaks_nothing(the_lab: Lab) -> None:
