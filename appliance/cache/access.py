@@ -15,6 +15,7 @@ remembered only as a SHA-256 fingerprint. Keys include the registry host.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -76,6 +77,7 @@ class AccessGate:
         # Hosts that just failed to answer: not asked again for a while, so an outage
         # with connect timeouts does not cost every request two of them.
         self._down_until: dict[str, float] = {}
+        self._probes: dict[tuple[str, str], asyncio.Future[bool | None]] = {}
 
     def note_verified(self, host: str, repository: str, authorization: str | None) -> None:
         """Upstream just answered 200 to this client's credentials for this repository."""
@@ -98,7 +100,7 @@ class AccessGate:
         if public is None:
             # Learnt once per repository and hour, also for clients already verified, so
             # that during an outage new clients still get public images.
-            public = await self._probe(repo, url, now)
+            public = await self._shared_probe(repo, url, now)
         if public:
             return None
         if self._down_until.get(host, 0.0) > now:  # the probe just found it down
@@ -137,6 +139,21 @@ class AccessGate:
         )
         log.info("access during-outage host=%s repository=%s allowed=%s", repo[0], repo[1], vouched)
         return vouched
+
+    async def _shared_probe(self, repo: tuple[str, str], url: str, now: float) -> bool | None:
+        """One probe per repository at a time, whatever the number of clients asking."""
+        running = self._probes.get(repo)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._probes[repo] = future
+        result: bool | None = None
+        try:
+            result = await self._probe(repo, url, now)
+        finally:
+            future.set_result(result)
+            del self._probes[repo]
+        return result
 
     async def _probe(self, repo: tuple[str, str], url: str, now: float) -> bool | None:
         """Whether regcache itself can pull `url` anonymously; None if upstream cannot say."""

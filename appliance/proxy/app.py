@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -75,11 +76,56 @@ def registry_error(status: int, code: str, message: str) -> web.Response:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Ping:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    until: float
+
+
+class PingCache:
+    """Upstream's answer to an anonymous `/v2/` ping (200, or 401 naming the token realm)
+    is the same for every client: kept for a minute instead of asked per pull."""
+
+    TTL_S = 60.0
+    MAX_BODY_BYTES = 64 * 1024
+
+    def __init__(self, upstream: PassThrough) -> None:
+        self._upstream = upstream
+        self._answers: dict[str, _Ping] = {}
+
+    async def answer(self, request: web.Request, origin: str, site: Site) -> web.StreamResponse:
+        now = time.monotonic()
+        ping = self._answers.get(origin)
+        if ping is None or ping.until <= now:
+            try:
+                reply = await self._upstream.send("GET", origin + "/v2/", _forwarded(request))
+            except UpstreamUnavailable as e:
+                fallback = _outage_answer(request, site, str(e))
+                assert fallback is not None
+                return fallback
+            try:
+                body = await reply.read(self.MAX_BODY_BYTES)
+            finally:
+                reply.close()
+            if reply.status >= 500 or reply.status == 429:
+                fallback = _outage_answer(request, site, str(reply.status))
+                assert fallback is not None
+                return fallback
+            ping = _Ping(reply.status, CIMultiDict(reply.headers), body, now + self.TTL_S)
+            if len(self._answers) > 4096:
+                self._answers.clear()
+            self._answers[origin] = ping
+        return web.Response(status=ping.status, headers=ping.headers, body=ping.body)
+
+
 def create_app(
     cache: RegistryCache,
     upstream: PassThrough,
     site_for: Callable[[str], Site | None],
 ) -> web.Application:
+    pings = PingCache(upstream)
 
     @web.middleware
     async def errors(request: web.Request, handler: Callable[..., object]) -> web.StreamResponse:
@@ -110,6 +156,9 @@ def create_app(
         origin = f"https://{host}"
         route = parse_route(request.path) if site.api else None
         cacheable = route is not None and route.kind is not Kind.REFERRERS
+        anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
+        if site.api and anonymous_ping and request.method in ("GET", "HEAD"):
+            return await pings.answer(request, origin, site)
         if not cacheable or request.method not in ("GET", "HEAD"):
             # Referrers change as signatures are added: always asked upstream.
             return await _pass_through(request, upstream, origin, site)

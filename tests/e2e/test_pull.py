@@ -136,3 +136,43 @@ def test_podman_pull_through_the_interception(the_lab: Lab) -> None:
     assert out.stdout.strip() == config.digest.removeprefix("sha256:")  # podman's image ID
     for blob in img.blobs:
         assert stored(the_lab, blob.digest).read_bytes() == blob.data
+
+
+def _many_pulls(the_lab: Lab, ref: str, count: int, name: str) -> None:
+    for first in range(0, count, 5):
+        procs = [
+            subprocess.Popen(the_lab.pull_argv(ref, the_lab.tmp / f"{name}-{i}"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for i in range(first, min(first + 5, count))
+        ]  # fmt: skip
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        for i in range(first, min(first + 5, count)):
+            shutil.rmtree(the_lab.tmp / f"{name}-{i}", ignore_errors=True)
+
+
+def test_a_hundred_warm_pulls_cost_at_most_a_head_each(the_lab: Lab) -> None:
+    img = image([layer(100_000, "hundred")])
+    the_lab.push("registry-1.docker.io", "library/hundred", "v1", img)
+    ref = "registry-1.docker.io/library/hundred:v1"
+    out, _ = the_lab.pull(ref, "hundred-cold")
+    assert out.returncode == 0, out.stderr
+    hub = the_lab.registries["registry-1.docker.io"]
+    gets, heads = hub.count("GET", "manifests"), hub.count("HEAD", "manifests")
+    blob_gets, blob_heads = hub.count("GET", "blobs"), hub.count("HEAD", "blobs")
+    _many_pulls(the_lab, ref, 100, "hundred")
+    assert hub.count("GET", "manifests") == gets  # zero manifest GETs
+    assert hub.count("HEAD", "manifests") - heads <= 100  # one tag revalidation per pull
+    assert (hub.count("GET", "blobs"), hub.count("HEAD", "blobs")) == (blob_gets, blob_heads)
+
+
+def test_with_a_tag_ttl_warm_pulls_make_no_upstream_request(the_lab: Lab) -> None:
+    img = image([layer(100_000, "ttl")])
+    the_lab.push("quay.io", "org/ttl", "v1", img)
+    out, _ = the_lab.pull("quay.io/org/ttl:v1", "ttl-cold")
+    assert out.returncode == 0, out.stderr
+    quay = the_lab.registries["quay.io"]
+    seen = len(quay.requests())
+    _many_pulls(the_lab, "quay.io/org/ttl:v1", 100, "ttl")
+    assert quay.requests()[seen:] == []  # not even the /v2/ pings: answered for a minute
