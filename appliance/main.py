@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.cache.access import AccessGate
+from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
 from appliance.config import Config
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
@@ -179,7 +180,9 @@ async def serve(config: Config) -> None:
         config.access.public_ttl_s,
         config.access.outage_grace_s,
     )
-    cache = RegistryCache(files, index, upstream, gate)
+    cache = RegistryCache(
+        files, index, upstream, gate, NegativeCache(config.upstream.negative_ttl_s)
+    )
     app = create_app(cache, upstream, site_resolver(config))
     runner = await start_runner(app)
     assert runner.server is not None

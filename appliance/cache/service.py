@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from appliance.cache.access import AccessGate
+from appliance.cache.access import AccessGate, fingerprint
 from appliance.cache.fill import Fill, Fills
+from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import (
     BlobFiles,
     Index,
@@ -106,8 +107,10 @@ class RegistryCache:
         index: Index,
         upstream: Upstream,
         gate: AccessGate,
+        negative: NegativeCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._negative = negative or NegativeCache(0)
         self._files = files
         self._index = index
         self._upstream = upstream
@@ -137,7 +140,7 @@ class RegistryCache:
                 fill = running.result()
                 if fill.size is not None:
                     return Described(digest, fill.size, OCTET_STREAM)
-            return Relayed(await self._upstream.fetch("HEAD", url, target.headers))
+            return Relayed(await self._fetch_as_client(target, "HEAD", url))
         result = await self._fills.join_or_start(
             digest, lambda: self._fetch_as_client(target, "GET", url), media_type=None
         )
@@ -146,8 +149,17 @@ class RegistryCache:
         return Relayed(result)
 
     async def _fetch_as_client(self, target: Target, method: str, url: str) -> UpstreamReply:
-        """Upstream with the client's credentials; a 200 proves them for the repository."""
+        """Upstream with the client's credentials; a 200 proves them for the repository.
+        A manifest 404 is remembered for a short while (per credential) and replayed; blob
+        404s are not, since pushes ask for blobs just before uploading them."""
+        authorization = target.headers.get("Authorization")
+        key = (method, url, fingerprint(authorization), accept_key(target.accept))
+        remembered = self._negative.get(key)
+        if remembered is not None:
+            return remembered
         reply = await self._upstream.fetch(method, url, target.headers)
+        if "/manifests/" in url:
+            reply = await self._negative.remember(key, reply)
         if reply.status == 200:
             self._gate.note_verified(
                 target.host, target.repository, target.headers.get("Authorization")
