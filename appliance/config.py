@@ -172,6 +172,8 @@ class UpstreamConfig:
     connect_timeout_s: float = field(default=10.0, metadata=check(_between(0.1, 120)))
     read_timeout_s: float = field(default=60.0, metadata=check(_between(1, 3600)))
     """Longest wait for the next bytes of an upstream body; there is no total limit."""
+    max_fills: int = field(default=256, metadata=check(_between(1, 65536)))
+    """Blob transfers from upstream at once; beyond it clients get 503 and retry."""
     negative_ttl_s: float = field(default=30.0, metadata=check(_between(0, 3600)))
     """Upstream 404s for manifests and blobs are replayed (per credential) this long."""
 

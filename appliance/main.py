@@ -181,7 +181,12 @@ async def serve(config: Config) -> None:
         config.access.outage_grace_s,
     )
     cache = RegistryCache(
-        files, index, upstream, gate, NegativeCache(config.upstream.negative_ttl_s)
+        files,
+        index,
+        upstream,
+        gate,
+        NegativeCache(config.upstream.negative_ttl_s),
+        max_fills=config.upstream.max_fills,
     )
     app = create_app(cache, upstream, site_resolver(config))
     runner = await start_runner(app)

@@ -39,6 +39,10 @@ class FillFailed(RuntimeError):
     """The upstream body was cut short or did not match its digest or length."""
 
 
+class TooManyFills(RuntimeError):
+    """More upstream transfers at once than the configured bound: ask again shortly."""
+
+
 class LeaderGotNoBody(RuntimeError):
     """The leader's upstream answer was not a body (e.g. 401): followers ask themselves."""
 
@@ -159,10 +163,17 @@ def _absorb(temp: TempFile, verifier: DigestVerifier, chunk: bytes) -> None:
 class Fills:
     """The fills in flight, by digest: a second request for a digest joins the first."""
 
-    def __init__(self, files: BlobFiles, on_commit: Callable[[Fill], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        files: BlobFiles,
+        on_commit: Callable[[Fill], Awaitable[None]],
+        max_running: int = 256,
+    ) -> None:
         self._files = files
         self._on_commit = on_commit
         self._active: dict[Digest, asyncio.Future[Fill]] = {}
+        self._max_running = max_running
+        self._running = 0
 
     def active(self, digest: Digest) -> asyncio.Future[Fill] | None:
         return self._active.get(digest)
@@ -190,6 +201,8 @@ class Fills:
         fetch: Callable[[], Awaitable[UpstreamReply]],
         media_type: str | None,
     ) -> Fill | UpstreamReply:
+        if self._running >= self._max_running:
+            raise TooManyFills(f"{self._running} upstream transfers running; retry shortly")
         future: asyncio.Future[Fill] = asyncio.get_running_loop().create_future()
         self._active[digest] = future
         try:
@@ -205,6 +218,7 @@ class Fills:
         size = int(length) if length and length.isdigit() else None
         fill = Fill(digest, size, media_type, self._files.create_temp())
         future.set_result(fill)
+        self._running += 1
         task = spawn(fill.run(reply, self._files, self._on_commit), name=f"fill {digest}")
         # A finished fill stays joinable a little longer: a request that missed the store
         # moments before the commit would otherwise start a second upstream fetch.
@@ -217,6 +231,7 @@ class Fills:
         self._forget(digest, future)
 
     def _finished(self, digest: Digest, future: asyncio.Future[Fill], fill: Fill) -> None:
+        self._running -= 1
         if fill.state is FillState.DONE:
             asyncio.get_running_loop().call_later(_KEEP_FINISHED_S, self._forget, digest, future)
         else:  # a failed fill must not be joined: the next request fetches afresh

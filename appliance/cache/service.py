@@ -108,6 +108,7 @@ class RegistryCache:
         upstream: Upstream,
         gate: AccessGate,
         negative: NegativeCache | None = None,
+        max_fills: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._negative = negative or NegativeCache(0)
@@ -116,7 +117,7 @@ class RegistryCache:
         self._upstream = upstream
         self._gate = gate
         self._clock = clock
-        self._fills = Fills(files, self._on_blob_commit)
+        self._fills = Fills(files, self._on_blob_commit, max_fills)
         self._manifest_fetches: dict[str, asyncio.Future[Stored | None]] = {}
         self._stale_log = LogThrottle(log, interval_s=3600.0)
 

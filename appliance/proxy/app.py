@@ -8,6 +8,7 @@ error format.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
-from appliance.cache.fill import FillFailed, FillState
+from appliance.cache.fill import FillFailed, FillState, TooManyFills
 from appliance.cache.ports import UpstreamReply, UpstreamUnavailable
 from appliance.cache.reading import read_file
 from appliance.cache.service import (
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 STREAM_CHUNK_BYTES = 256 * 1024
+WRITE_TIMEOUT_S = 120.0
 # Request headers that describe the client's connection to us, not its request upstream.
 _NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "expect"})
 # What the cache fetches is the whole, unencoded body (digests cover exactly those bytes);
@@ -139,6 +141,10 @@ def create_app(
             return registry_error(416, "BLOB_UNKNOWN", str(e))
         except FillFailed as e:
             return registry_error(502, "UNKNOWN", f"upstream transfer failed: {e}")
+        except TooManyFills as e:
+            response = registry_error(503, "TOOMANYREQUESTS", str(e))
+            response.headers["Retry-After"] = "1"
+            return response
         except UpstreamMismatch as e:
             log.warning("upstream mismatch host=%s path=%s error=%s", request.host, request.path, e)
             return registry_error(502, "UNKNOWN", f"upstream sent inconsistent content: {e}")
@@ -179,7 +185,9 @@ def create_app(
             answer = await cache.manifest(target, route.reference, head=head)
         return await _render(request, answer)
 
-    app = web.Application(middlewares=[errors], client_max_size=0)
+    # Bodies are streamed (pushes pass through), never read whole: the default
+    # client_max_size (1 MiB) only bounds what a handler would read into memory.
+    app = web.Application(middlewares=[errors])
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
@@ -259,7 +267,9 @@ async def _send_body(
     try:
         if chunks is not None:
             async for chunk in chunks:
-                await response.write(chunk)
+                # A client that stops reading must not hold its handler (and file) forever.
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await response.write(chunk)
     except ConnectionError:
         return response  # the client went away; a fill it started carries on
     except Exception as e:  # noqa: BLE001 - whatever broke, the response cannot be completed
@@ -343,6 +353,13 @@ def _outage_answer(request: web.Request, site: Site, why: str) -> web.Response |
 
 async def start_runner(app: web.Application) -> web.AppRunner:
     """Set up `app`; the TLS listener feeds connections to `runner.server`."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=30,
+        max_line_size=8190,
+        max_field_size=16384,  # room for long bearer tokens, nothing more
+    )
     await runner.setup()
     return runner

@@ -232,3 +232,25 @@ async def test_manifest_404s_are_replayed_briefly_per_credential(tmp_path: Path)
     await cache.manifest(target(), sig, head=False)
     assert len(upstream.calls) == 6
     await index.close()
+
+
+async def test_fills_beyond_the_bound_are_refused_not_queued(tmp_path: Path) -> None:
+    from appliance.cache.fill import TooManyFills
+
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    upstream = FakeUpstream()
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream), max_fills=1)  # type: ignore[arg-type]
+    other = Digest.of(b"other")
+    first = upstream.add("GET", f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}", 200, BLOB,
+                         Content_Length=str(len(BLOB)))  # fmt: skip
+    first.gate = asyncio.Event()
+    upstream.add("GET", f"{ORIGIN}/v2/library/alpine/blobs/{other}", 200, b"other")
+    running = await cache.blob(target(), B_DIGEST, head=False)
+    assert isinstance(running, Filling)
+    with pytest.raises(TooManyFills):
+        await cache.blob(target(), other, head=False)
+    first.gate.set()
+    _ = [c async for c in running.fill.stream(0, len(BLOB))]
+    await index.close()
