@@ -207,6 +207,9 @@ class RegistryConfig:
     tag_ttl_s: int = field(default=0, metadata=check(_between(0, 86400 * 30)))
     """Serve a tag from the store without asking upstream for this long after it was last
     checked. 0 (default): revalidate every tag request with an upstream HEAD."""
+    fail_open: bool = True
+    """While the proxy is unhealthy, DNS answers this registry's real addresses instead of
+    the appliance's, so builds pull directly rather than fail."""
     max_stale_s: int = field(default=30 * 86400, metadata=check(_between(0, 3650 * 86400)))
     """While upstream is down (unreachable, 5xx, 429), answer a tag from its last validated
     mapping if that is at most this old (stale-if-error); 0 turns that off."""
@@ -238,6 +241,11 @@ class Config:
     def intercepted(self) -> HostSet:
         """The one host set behind DNS interception, the TLS allow-list and routing."""
         return HostSet.of(p for r in self.registries for p in r.intercepted_patterns())
+
+    def fail_open_hosts(self) -> HostSet:
+        return HostSet.of(
+            p for r in self.registries if r.fail_open for p in r.intercepted_patterns()
+        )
 
     def permitted_domains(self) -> tuple[Hostname, ...]:
         if self.tls.permitted_domains:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import ipaddress
 import logging
 import resource
 import signal
@@ -15,15 +16,17 @@ from pathlib import Path
 from appliance.cache.access import AccessGate
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
-from appliance.config import Config
+from appliance.config import Config, Endpoint
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
+from appliance.health import HealthMonitor, NamedCheck
 from appliance.hostnames import HostSet
 from appliance.proxy.app import Site, create_app, start_runner
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
+from appliance.tasks import spawn
 from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_warning, load_ca
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
@@ -128,6 +131,20 @@ class OfflineSwitch:
         return self._value
 
 
+async def _listening(endpoints: tuple[Endpoint, ...]) -> str | None:
+    """None if every HTTPS listener accepts a TCP connection."""
+    for endpoint in endpoints:
+        address = endpoint.address
+        if address.is_unspecified:
+            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        try:
+            _, writer = await asyncio.open_connection(str(address), endpoint.port)
+        except OSError as e:
+            return f"{endpoint}: {e.strerror or e}"
+        writer.close()
+    return None
+
+
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -141,8 +158,27 @@ async def serve(config: Config) -> None:
     ca = ensure_ca(config, now)
     intercepted = config.intercepted()
     resolver = upstream_resolver(config)
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = FileBlobStore(config.state_dir)
+    stale = files.prepare()
+    if stale:
+        log.info("store removed-interrupted-fills count=%d", stale)
+    health = HealthMonitor(
+        [
+            NamedCheck("https listener", lambda: _listening(config.listen.https)),
+            NamedCheck("store", lambda: asyncio.to_thread(files.check_writable)),
+        ]
+    )
     responder = Responder(
-        Interception(intercepted, config.appliance.ipv4, config.appliance.ipv6, config.dns.ttl_s),
+        Interception(
+            intercepted,
+            config.appliance.ipv4,
+            config.appliance.ipv6,
+            config.dns.ttl_s,
+            fail_open=config.fail_open_hosts(),
+            healthy=lambda: health.healthy,
+            real_addresses={str(host): addresses for host, addresses in config.resolve.items()},
+        ),
         resolver,
         config.dns.allow_clients,
         config.dns.max_inflight_forwards,
@@ -161,11 +197,6 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files = FileBlobStore(config.state_dir)
-    stale = files.prepare()
-    if stale:
-        log.info("store removed-interrupted-fills count=%d", stale)
     index = await SqliteIndex.open(config.state_dir / "index.sqlite")
     upstream = UpstreamClient(
         resolver.resolve,
@@ -192,9 +223,11 @@ async def serve(config: Config) -> None:
     runner = await start_runner(app)
     assert runner.server is not None
     https = TlsListener(leaves.context_for, runner.server)
+    monitor: asyncio.Task[None] | None = None
     try:
         await dns.start(config.listen.dns)
         await https.start(config.listen.https)
+        monitor = spawn(health.run(), name="health")
         log.info(
             "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
             len(config.registries),
@@ -204,6 +237,8 @@ async def serve(config: Config) -> None:
         await stop.wait()
         log.info("regcache stopping reason=signal")
     finally:
+        if monitor is not None:
+            monitor.cancel()
         await https.close()
         await dns.close()
         await runner.cleanup()

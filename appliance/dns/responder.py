@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSQuestion, DNSRecord
 
-from appliance.config import IPNetwork
+from appliance.config import IPAddress, IPNetwork
 from appliance.dns.message import (
     BADVERS,
     EDNS_UDP_BYTES,
@@ -48,6 +49,11 @@ class Interception:
     ipv4: ipaddress.IPv4Address
     ipv6: ipaddress.IPv6Address | None
     ttl_s: int
+    fail_open: HostSet = field(default_factory=lambda: HostSet.of(()))
+    """Names answered with their real addresses while the proxy is unhealthy."""
+    healthy: Callable[[], bool] = lambda: True
+    real_addresses: Mapping[str, tuple[IPAddress, ...]] = field(default_factory=dict)
+    """Static `resolve` entries: the real address of a name, without asking upstream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +122,26 @@ class Responder:
             return bare_reply(query, RCODE.FORMERR, edns)
         if edns is not None and edns.version != 0:
             return bare_reply(query, BADVERS, edns)
-        if query.q.qclass == CLASS.IN and self._interception.hosts.match(qname_of(query)):
-            return self._intercept(query, edns)
+        name = qname_of(query)
+        if query.q.qclass == CLASS.IN and self._interception.hosts.match(name):
+            if self._interception.healthy() or not self._interception.fail_open.match(name):
+                return self._intercept(query, edns)
+            # Fail-open: the proxy cannot serve, so send clients to the real registry.
+            real = self._interception.real_addresses.get(name)
+            if real is not None:
+                return self._answer(query, edns, real, self._interception.ttl_s)
+            return None  # forwarded to the real resolvers
         return None
+
+    def _answer(
+        self, query: DNSRecord, edns: Edns | None, addresses: tuple[IPAddress, ...], ttl: int
+    ) -> DNSRecord:
+        reply = bare_reply(query, RCODE.NOERROR, edns)
+        for address in addresses:
+            rtype, rdata = (QTYPE.A, A) if address.version == 4 else (QTYPE.AAAA, AAAA)
+            if query.q.qtype in (rtype, QTYPE.ANY):
+                reply.add_answer(RR(query.q.qname, rtype, rdata=rdata(str(address)), ttl=ttl))
+        return reply
 
     def _intercept(self, query: DNSRecord, edns: Edns | None) -> DNSRecord:
         """A/AAAA → the appliance; every other type an empty NOERROR, never NXDOMAIN.

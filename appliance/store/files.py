@@ -49,6 +49,20 @@ class FileBlobStore:
             path.unlink(missing_ok=True)
         return len(stale)
 
+    def check_writable(self) -> str | None:
+        """None if a file can be created, written and removed where fills write."""
+        probe = self._tmp / "health-probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+            probe.unlink()
+        except OSError as e:
+            return f"cannot write in {self._tmp}: {e.strerror or e}"
+        return None
+
     def path_for(self, digest: Digest) -> Path:
         return self._blobs / digest.algorithm / digest.hex[:2] / digest.hex
 

@@ -106,3 +106,27 @@ def test_rate_limiter_allows_burst_then_rate() -> None:
     now[0] += 0.1  # one token back
     assert limiter.allow("a") and not limiter.allow("a")
     assert all(RateLimiter(0, 1).allow("c") for _ in range(100))  # 0 disables
+
+
+async def test_fail_open_answers_real_addresses_while_unhealthy() -> None:
+    healthy = [True]
+    real = {"ghcr.io": (ipaddress.ip_address("203.0.113.9"),)}
+    interception = Interception(
+        HostSet.of(["ghcr.io", "quay.io"]),
+        ipaddress.IPv4Address("192.0.2.1"),
+        None,
+        30,
+        fail_open=HostSet.of(["ghcr.io"]),
+        healthy=lambda: healthy[0],
+        real_addresses=real,  # type: ignore[arg-type]
+    )
+    responder = Responder(
+        interception, BlockingForwarder(), (ipaddress.ip_network("10.0.0.0/8"),), 4
+    )
+    query = DNSRecord.question("ghcr.io").pack()
+    assert [str(r.rdata) for r in (await ask(responder, query)).rr] == ["192.0.2.1"]
+    healthy[0] = False
+    assert [str(r.rdata) for r in (await ask(responder, query)).rr] == ["203.0.113.9"]
+    # quay.io opted out of fail-open: still intercepted.
+    quay = await ask(responder, DNSRecord.question("quay.io").pack())
+    assert [str(r.rdata) for r in quay.rr] == ["192.0.2.1"]

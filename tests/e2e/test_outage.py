@@ -87,3 +87,34 @@ def test_cached_images_pull_through_outages_and_uncached_ones_fail_clearly(the_l
     # The Docker Hub twin's ping (401, cached for a minute) sent fresh clients to its token
     # realm, which is down too: regcache answered that step so they could go on.
     assert "answering the token step host=auth.docker.io" in log
+
+
+def _resolve(lab: Lab, name: str) -> str:
+    return lab.ns.run("dig", "+short", "+time=2", "+tries=1", name, "A").stdout.strip()
+
+
+def _wait_resolves(lab: Lab, name: str, want: str, timeout_s: float = 15) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _resolve(lab, name) == want:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_dns_fails_open_while_the_proxy_cannot_serve(the_lab: Lab) -> None:
+    assert _resolve(the_lab, "ghcr.io") == "127.0.0.2"  # intercepted: the appliance
+    tmp = the_lab.state_dir / "tmp"
+    tmp.rename(the_lab.state_dir / "tmp.away")
+    tmp.write_text("not a directory: the store cannot be written")  # a broken store
+    try:
+        # Within a health interval or two, DNS hands out the real registry address.
+        assert _wait_resolves(the_lab, "ghcr.io", "127.0.0.4"), the_lab.regcache_log.read_text()[
+            -2000:
+        ]
+    finally:
+        tmp.unlink()
+        (the_lab.state_dir / "tmp.away").rename(tmp)
+    assert _wait_resolves(the_lab, "ghcr.io", "127.0.0.2")  # healthy again: intercepting
+    log = the_lab.regcache_log.read_text()
+    assert "health unhealthy problems=store" in log and "health healthy again" in log

@@ -1,0 +1,68 @@
+"""Is the proxy able to serve? Checked in the background, read by the DNS responder,
+which stops intercepting while the answer is no (fail-open), so builds fall back to
+pulling directly instead of failing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], Awaitable[str | None]]
+"""Returns None when fine, else what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamedCheck:
+    name: str
+    run: Check
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        checks: Sequence[NamedCheck],
+        interval_s: float = 2.0,
+        timeout_s: float = 2.0,
+        max_lag_s: float = 1.0,
+    ) -> None:
+        self._checks = tuple(checks)
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._max_lag_s = max_lag_s
+        self.problems: tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    async def check_once(self) -> tuple[str, ...]:
+        problems = []
+        for check in self._checks:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    problem = await check.run()
+            except TimeoutError:
+                problem = f"no answer within {self._timeout_s:.0f} s"
+            if problem is not None:
+                problems.append(f"{check.name}: {problem}")
+        return tuple(problems)
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self._interval_s)
+            lag = time.monotonic() - started - self._interval_s
+            problems = await self.check_once()
+            if lag > self._max_lag_s:
+                problems += (f"event loop stalled for {lag:.1f} s",)
+            if problems != self.problems:
+                if problems:
+                    log.warning("health unhealthy problems=%s", "; ".join(problems))
+                else:
+                    log.warning("health healthy again")
+            self.problems = problems
