@@ -92,7 +92,7 @@ def curl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_range_is_answered_from_a_fill_in_progress(the_lab: Lab) -> None:
-    big = layer(16 * MiB, "ranged")
+    big = layer(32 * MiB, "ranged")  # 2 s at the CDN's 16 MiB/s: the range lands mid-fill
     the_lab.push("quay.io", "org/ranged", "v1", image([big]))
     url = f"https://quay.io/v2/org/ranged/blobs/{big.digest}"
     starter = subprocess.Popen(
