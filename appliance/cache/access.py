@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from appliance.cache.ports import Upstream, UpstreamReply, UpstreamUnavailable
+from appliance.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class AccessGate:
         # with connect timeouts does not cost every request two of them.
         self._down_until: dict[str, float] = {}
         self._probes: dict[tuple[str, str], asyncio.Future[bool | None]] = {}
+        self._outage_log = LogThrottle(log, interval_s=600.0)
 
     def note_verified(self, host: str, repository: str, authorization: str | None) -> None:
         """Upstream just answered 200 to this client's credentials for this repository."""

@@ -31,11 +31,13 @@ from appliance.cache.service import (
     Target,
     UpstreamMismatch,
 )
+from appliance.logthrottle import LogThrottle
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.routes import Kind, RouteError, parse_route
 from appliance.proxy.ranges import RangeError, parse_range
 
 log = logging.getLogger(__name__)
+_outage_log = LogThrottle(log, interval_s=300.0)
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 STREAM_CHUNK_BYTES = 256 * 1024
@@ -342,10 +344,16 @@ def _outage_answer(request: web.Request, site: Site, why: str) -> web.Response |
     if request.method not in ("GET", "HEAD"):
         return None
     if site.api and request.path == "/v2/":
-        log.warning("upstream down: answering the ping host=%s reason=%s", request.host, why)
+        _outage_log.warning(
+            f"ping {request.host}", "upstream down: answering the ping host=%s reason=%s",
+            request.host, why,
+        )  # fmt: skip
         return web.json_response({}, headers=API_VERSION)
     if not site.api:
-        log.warning("upstream down: answering the token step host=%s reason=%s", request.host, why)
+        _outage_log.warning(
+            f"token {request.host}", "upstream down: answering the token step host=%s reason=%s",
+            request.host, why,
+        )  # fmt: skip
         token = "regcache-outage-token"  # noqa: S105 - not a credential: it opens nothing
         return web.json_response({"token": token, "access_token": token, "expires_in": 60})
     return None
