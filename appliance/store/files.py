@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.cache.ports import TempFile
+from appliance.durable import fsync_dir
 from appliance.oci.digest import Digest
 
 
@@ -90,18 +91,10 @@ class FileBlobStore:
             os.close(temp.fd)
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.replace(temp.path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return final
 
     def discard(self, temp: TempFile) -> None:
         assert isinstance(temp, TempBlob)
         os.close(temp.fd)
         temp.path.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

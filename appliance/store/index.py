@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -154,9 +155,7 @@ class SqliteIndex:
             (registry, repository, tag, accept),
         ) as cursor:
             row = await cursor.fetchone()
-        if row is None:
-            return None
-        return TagRow(Digest.parse(row[0]), str(row[1]), int(row[2]), float(row[3]))
+        return None if row is None else _tag_row(row)
 
     async def tag_rows(self, registry: str, repository: str, tag: str) -> list[TagRow]:
         """The tag's mappings for every Accept set, most recently validated first."""
@@ -166,7 +165,7 @@ class SqliteIndex:
             (registry, repository, tag),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [TagRow(Digest.parse(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows]
+        return [_tag_row(r) for r in rows]
 
     async def set_tag(
         self,
@@ -211,3 +210,8 @@ class SqliteIndex:
         ) as cursor:
             rows = await cursor.fetchall()
         return [Digest.parse(r[0]) for r in rows]
+
+
+def _tag_row(row: Sequence[Any]) -> TagRow:
+    """A `SELECT digest, media_type, size, validated_s` row."""
+    return TagRow(Digest.parse(row[0]), str(row[1]), int(row[2]), float(row[3]))

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from appliance.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 EXPIRY_WARNING = dt.timedelta(days=60)
@@ -167,7 +169,7 @@ def rotate_ca(
         _write(folder / "ca.crt.new", to_pem([cert]))
         _write(folder / "ca.key", _key_pem(key))
         os.replace(folder / "ca.crt.new", folder / "ca.crt")
-        _fsync_dir(folder)
+        fsync_dir(folder)
     log.info(
         "ca rotated fingerprint=%s previous=%s overlap_until=%s",
         fingerprint(cert),
@@ -278,12 +280,4 @@ def _write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
