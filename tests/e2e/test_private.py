@@ -80,3 +80,26 @@ def test_randomised_interleaving_of_owners_and_strangers_leaks_nothing(the_lab: 
     summary = json.loads(out.stdout)
     assert summary["leaks"] == [] and summary["errors"] == [] and summary["wrong_bytes"] == []
     assert summary["ok"] > 50 and summary["refused"] > 150  # both kinds really happened
+
+
+def test_during_an_outage_private_content_still_reaches_no_stranger(the_lab: Lab) -> None:
+    shared = layer(MiB // 2, "outage-shared")
+    private = image([shared, layer(100_000, "outage-private")])
+    public = image([shared, layer(1000, "outage-public")])
+    the_lab.push(HUB, "private/during", "v1", private, creds=ALICE)
+    the_lab.push(HUB, "library/during", "v1", public)
+    for ref, name, creds in ((f"{HUB}/private/during:v1", "o-alice", ALICE),
+                             (f"{HUB}/library/during:v1", "o-public", None)):  # fmt: skip
+        out, _ = the_lab.pull(ref, name, creds=creds)
+        assert out.returncode == 0, out.stderr
+    the_lab.stop_upstream()  # registries and token realm gone: regcache is on its own
+    for who, creds in (("o-bob", None), ("o-carol", "carol:wrong")):
+        out, _ = the_lab.pull(f"{HUB}/private/during:v1", who, creds=creds)
+        assert out.returncode != 0, who
+    for blob in private.blobs:
+        status, body = status_and_body(
+            the_lab, f"https://{HUB}/v2/private/during/blobs/{blob.digest}"
+        )
+        assert status in (401, 403, 404, 502) and blob.data not in body
+    out, _ = the_lab.pull(f"{HUB}/library/during:v1", "o-public-again")  # public: still served
+    assert out.returncode == 0, out.stderr
