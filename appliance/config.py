@@ -179,6 +179,46 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a secret lives: a file (read at each use, so rotation needs no restart) or
+    an environment variable. Never the config itself."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    def read(self) -> str:
+        if self.file is not None:
+            return self.file.read_text(encoding="utf-8").strip()
+        assert self.env is not None
+        value = os.environ.get(self.env)
+        if value is None:
+            raise OSError(f"environment variable {self.env} is not set")
+        return value
+
+
+def _one_source(ref: SecretRef) -> None:
+    if (ref.file is None) == (ref.env is None):
+        raise ValueError("give exactly one of 'file' and 'env'")
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsConfig:
+    """regcache's own credentials for a registry, used only for requests whose client
+    sends none (THREAT_MODEL.md: every such client then gets what they open)."""
+
+    method: str = field(metadata=check(_one_of("basic", "token", "static")))
+    """basic: HTTP Basic on every request; token: the bearer-token flow with username and
+    password; static: a bearer token as it is."""
+    username: str | None = None
+    password: SecretRef | None = field(default=None, metadata=check(_one_source))
+    token: SecretRef | None = field(default=None, metadata=check(_one_source))
+    helper: tuple[str, ...] = ()
+    """A command printing JSON {"username", "password"} or {"token"}, optionally with
+    "expires_in_s"; re-run before that expiry (or every `helper_refresh_s`)."""
+    helper_refresh_s: int = field(default=3600, metadata=check(_between(10, 86400)))
+
+
+@dataclass(frozen=True, slots=True)
 class AccessConfig:
     """Who may be served cached content (see THREAT_MODEL.md, private content)."""
 
@@ -211,6 +251,7 @@ class RegistryConfig:
     """While the proxy is unhealthy, DNS answers this registry's real addresses instead of
     the appliance's, so builds pull directly rather than fail."""
     max_stale_s: int = field(default=30 * 86400, metadata=check(_between(0, 3650 * 86400)))
+    credentials: CredentialsConfig | None = None
     """While upstream is down (unreachable, 5xx, 429), answer a tag from its last validated
     mapping if that is at most this old (stale-if-error); 0 turns that off."""
 
@@ -352,6 +393,17 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
     owner: dict[str, str] = {}
     names: set[str] = set()
     for i, registry in enumerate(config.registries):
+        creds = registry.credentials
+        if creds is not None:
+            key = f"registries[{i}].credentials"
+            if not creds.helper:
+                if creds.method == "static" and creds.token is None:
+                    fail(key, "method 'static' needs 'token' (file or env) or a 'helper'")
+                if creds.method != "static" and (creds.username is None or creds.password is None):
+                    fail(
+                        key,
+                        f"method {creds.method!r} needs 'username' and 'password' or a 'helper'",
+                    )
         if registry.name in names:
             fail(f"registries[{i}].name", f"duplicate registry name {registry.name!r}")
         names.add(registry.name)

@@ -31,6 +31,7 @@ from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_wa
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
 from appliance.upstream.client import UpstreamClient
+from appliance.upstream.credentials import CredentialSource
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,23 @@ def upstream_resolver(config: Config) -> UpstreamResolver:
     return UpstreamResolver(servers, config.dns.upstream_timeout_s, config.resolve)
 
 
+def credential_sources(config: Config) -> Callable[[str], CredentialSource | None]:
+    """API host → regcache's own credentials for that registry, if configured."""
+    table = [
+        (HostSet.of(r.hosts), CredentialSource(r.credentials))
+        for r in config.registries
+        if r.credentials is not None
+    ]
+
+    def lookup(host: str) -> CredentialSource | None:
+        for hosts, source in table:
+            if hosts.match(host):
+                return source
+        return None
+
+    return lookup
+
+
 def site_resolver(config: Config) -> Callable[[str], Site | None]:
     """Host → the registry it belongs to, precomputed from the one `registries` list."""
     table = [
@@ -98,7 +116,12 @@ def site_resolver(config: Config) -> Callable[[str], Site | None]:
     def site_for(host: str) -> Site | None:
         for api_hosts, all_hosts, registry in table:
             if all_hosts.match(host):
-                return Site(registry.tag_ttl_s, registry.max_stale_s, api=api_hosts.match(host))
+                return Site(
+                    registry.tag_ttl_s,
+                    registry.max_stale_s,
+                    api=api_hosts.match(host),
+                    own_credentials=registry.credentials is not None,
+                )
         return None
 
     return site_for
@@ -204,6 +227,7 @@ async def serve(config: Config) -> None:
         config.upstream.connect_timeout_s,
         config.upstream.read_timeout_s,
         offline=OfflineSwitch(config),
+        credentials=credential_sources(config),
     )
     gate = AccessGate(
         upstream,

@@ -122,6 +122,19 @@ MALFORMED = [
     (BASE + "resolve:\n  ghcr.io: [not-an-ip]\n", "resolve.ghcr.io[0]", 7, "does not appear to be"),
     (BASE + "state_dir: [a, b]\n", "state_dir", 6, "expected a single value"),
     (BASE + "dns: {ttl_s: 60\n", "", 7, "invalid YAML"),
+    (
+        BASE + "    credentials: {method: basic, username: u}\n",
+        "registries[0].credentials",
+        6,
+        "needs 'username' and 'password'",
+    ),
+    (
+        BASE + "    credentials: {method: static, token: {file: /t, env: T}}\n",
+        "registries[0].credentials.token",
+        6,
+        "exactly one of",
+    ),
+    (BASE + "    credentials: {method: ldap}\n", "registries[0].credentials.method", 6, "one of"),
 ]
 
 

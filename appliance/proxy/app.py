@@ -70,6 +70,8 @@ class Site:
     max_stale_s: float
     api: bool
     """False for token-realm hosts, whose traffic always passes through."""
+    own_credentials: bool = False
+    """regcache has credentials for this registry: clients are told no login is needed."""
 
 
 def registry_error(status: int, code: str, message: str) -> web.Response:
@@ -166,6 +168,8 @@ def create_app(
         cacheable = route is not None and route.kind is not Kind.REFERRERS
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):
+            if site.own_credentials:  # no challenge: clients send none, regcache's are used
+                return web.json_response({}, headers=API_VERSION)
             return await pings.answer(request, origin, site)
         if not cacheable or request.method not in ("GET", "HEAD"):
             # Referrers change as signatures are added: always asked upstream.

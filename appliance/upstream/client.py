@@ -28,7 +28,8 @@ from yarl import URL
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.config import IPAddress
 from appliance.oci.mediatypes import MANIFEST_TYPES
-from appliance.upstream.tokens import AnonymousTokens
+from appliance.upstream.credentials import CredentialError, CredentialSource
+from appliance.upstream.tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ def end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
         if lower not in HOP_BY_HOP and lower not in named:
             out.add(key, value)
     return out
+
+
+def _repository_of(path: str) -> str:
+    """`library/alpine` of `/v2/library/alpine/manifests/3`; "" for other paths."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if i > 2 and part in ("manifests", "blobs", "tags", "referrers"):
+            return "/".join(parts[2:i])
+    return ""
 
 
 class OwnResolver(AbstractResolver):
@@ -127,6 +137,7 @@ class UpstreamClient:
         connect_timeout_s: float,
         read_timeout_s: float,
         offline: Callable[[], bool] = lambda: False,
+        credentials: Callable[[str], CredentialSource | None] | None = None,
     ) -> None:
         self._offline = offline
         context = ssl.create_default_context()
@@ -144,7 +155,11 @@ class UpstreamClient:
             read_bufsize=4 << 20,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
-        self._tokens = AnonymousTokens(self._get_json)
+        self._tokens = Tokens(self._get_json)
+        self._credentials = credentials or (lambda _host: None)
+        # The last Bearer challenge per (host, repository) a configured credential met:
+        # later requests present its cached token up front instead of meeting it again.
+        self._challenges: dict[tuple[str, str], str] = {}
 
     async def close(self) -> None:
         await self._session.close()
@@ -155,8 +170,58 @@ class UpstreamClient:
         url: str,
         headers: Mapping[str, str],
         body: AsyncIterator[bytes] | None = None,
+        *,
+        anonymous: bool = False,
     ) -> Reply:
-        """One request, no redirects followed: the pass-through path."""
+        """One request, no redirects followed. A request without `Authorization` to a
+        registry with configured credentials gets them (unless `anonymous`)."""
+        host = URL(url).host or ""
+        source = None if anonymous or "Authorization" in headers else self._credentials(host)
+        if source is None:
+            return await self._send(method, url, headers, body)
+        try:
+            return await self._send_as_regcache(source, method, url, headers, body)
+        except CredentialError as e:
+            raise UpstreamError(f"{host}: configured credentials unusable: {e}") from e
+
+    async def _send_as_regcache(
+        self,
+        source: CredentialSource,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: AsyncIterator[bytes] | None,
+    ) -> Reply:
+        outgoing = CIMultiDict(headers)
+        key = (URL(url).host or "", _repository_of(URL(url).path))
+        upfront = await source.authorization()
+        if upfront is None and key in self._challenges:  # token flow, challenge known
+            basic = (await source.secret()).basic()
+            token = await self._tokens.for_challenge(self._challenges[key], basic)
+            upfront = f"Bearer {token}" if token else None
+        if upfront is not None:
+            outgoing["Authorization"] = upfront
+        reply = await self._send(method, url, outgoing, body)
+        if reply.status != 401 or source.method != "token" or body is not None:
+            return reply
+        challenge = reply.headers.get("WWW-Authenticate", "")
+        token = await self._tokens.for_challenge(challenge, (await source.secret()).basic())
+        if token is None:
+            return reply
+        reply.close()
+        self._challenges[key] = challenge
+        if len(self._challenges) > 4096:
+            self._challenges.clear()
+        outgoing["Authorization"] = f"Bearer {token}"
+        return await self._send(method, url, outgoing, None)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: AsyncIterator[bytes] | None,
+    ) -> Reply:
         if self._offline():
             raise UpstreamError(f"{method} {url}: offline mode, upstream is never contacted")
         try:
@@ -204,7 +269,7 @@ class UpstreamClient:
         Every manifest type is accepted: distribution answers 404 to a HEAD for an OCI
         manifest that does not say it takes one."""
         headers = CIMultiDict({"Accept": ", ".join(MANIFEST_TYPES)})
-        reply = await self.send(method, url, headers)
+        reply = await self.send(method, url, headers, anonymous=True)
         if reply.status == 401:
             reply = await self._with_anonymous_token(reply, method, url, headers)
         return reply
@@ -221,8 +286,11 @@ class UpstreamClient:
         retry["Authorization"] = f"Bearer {token}"
         return await self.send(method, url, retry)
 
-    async def _get_json(self, url: str) -> tuple[int, bytes]:
-        reply = await self.send("GET", url, {"Accept": "application/json"})
+    async def _get_json(self, url: str, authorization: str | None) -> tuple[int, bytes]:
+        headers = {"Accept": "application/json"}
+        if authorization:
+            headers["Authorization"] = authorization
+        reply = await self.send("GET", url, headers, anonymous=True)
         try:
             return reply.status, await reply.read(1 << 20)
         finally:

@@ -1,11 +1,13 @@
-"""Anonymous bearer tokens for registries regcache reaches by redirect, cached by scope.
+"""Bearer tokens regcache fetches itself: anonymous ones for registries it reaches by
+redirect, and ones for its own configured credentials.
 
-Tokens are short-lived and repository-scoped: cached per (realm, service, scope) until
-`expires_in` (60 s when absent, as the token spec says) minus a margin.
+Tokens are short-lived and repository-scoped: cached per (credential, realm, service,
+scope) until `expires_in` (60 s when absent, as the token spec says) minus a margin.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -20,38 +22,42 @@ _DEFAULT_EXPIRES_S = 60
 _MARGIN_S = 10
 _MAX_ENTRIES = 1024
 
-GetJson = Callable[[str], Awaitable[tuple[int, bytes]]]
+GetJson = Callable[[str, str | None], Awaitable[tuple[int, bytes]]]
+"""(url, Authorization or None) → (status, body)."""
 
 
-class AnonymousTokens:
+class Tokens:
     def __init__(self, get_json: GetJson, clock: Callable[[], float] = time.monotonic) -> None:
         self._get_json = get_json
         self._clock = clock
-        self._cache: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._cache: dict[tuple[str, str, str, str], tuple[float, str]] = {}
 
-    async def for_challenge(self, header: str) -> str | None:
+    async def for_challenge(self, header: str, basic: str | None = None) -> str | None:
+        """A token answering the Bearer challenge in `header`, fetched with `basic`
+        (an `Authorization: Basic` value) or anonymously."""
         challenge = bearer(header)
         if challenge is None:
             return None
         realm = challenge.params["realm"]
         service = challenge.params.get("service", "")
         scope = challenge.params.get("scope", "")
-        key = (realm, service, scope)
+        who = hashlib.sha256(basic.encode()).hexdigest()[:16] if basic else ""
+        key = (who, realm, service, scope)
         cached = self._cache.get(key)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
         query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
         url = f"{realm}?{urlencode(query)}" if query else realm
-        status, body = await self._get_json(url)
+        status, body = await self._get_json(url, basic)
         if status != 200:
-            log.info("upstream anonymous-token refused realm=%s status=%d", realm, status)
+            log.info("upstream token refused realm=%s status=%d own=%s", realm, status, bool(basic))
             return None
         try:
             data = json.loads(body)
             token = str(data.get("token") or data["access_token"])
             expires_s = int(data.get("expires_in") or _DEFAULT_EXPIRES_S)
         except (ValueError, KeyError, TypeError) as e:
-            log.info("upstream anonymous-token unusable realm=%s error=%s", realm, e)
+            log.info("upstream token unusable realm=%s error=%s", realm, e)
             return None
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()

@@ -1,0 +1,119 @@
+"""regcache's own credentials for registries, for requests whose client sends none.
+
+Secrets are read from their file or environment variable when used (rotation needs no
+restart), or from a helper command whose answer is cached until shortly before it
+expires (ECR-style 12-hour passwords). Nothing here is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance.config import CredentialsConfig
+
+log = logging.getLogger(__name__)
+
+_HELPER_TIMEOUT_S = 30.0
+_EXPIRY_MARGIN_S = 60.0
+
+
+class CredentialError(RuntimeError):
+    """The configured secret could not be read or the helper failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    def basic(self) -> str:
+        if self.username is None or self.password is None:
+            raise CredentialError("no username and password configured")
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
+
+class CredentialSource:
+    def __init__(
+        self, config: CredentialsConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.method = config.method
+        self._config = config
+        self._clock = clock
+        self._helper_secret: Secret | None = None
+        self._helper_until = 0.0
+        self._lock = asyncio.Lock()
+        self.helper_runs = 0
+
+    async def secret(self) -> Secret:
+        if self._config.helper:
+            return await self._from_helper()
+        try:
+            return Secret(
+                username=self._config.username,
+                password=self._config.password.read() if self._config.password else None,
+                token=self._config.token.read() if self._config.token else None,
+            )
+        except OSError as e:
+            raise CredentialError(f"cannot read a configured secret: {e.strerror or e}") from e
+
+    async def authorization(self) -> str | None:
+        """The header to send up front: Basic or a static bearer token. None for the token
+        flow, which first needs the registry's challenge."""
+        secret = await self.secret()
+        if self.method == "basic":
+            return secret.basic()
+        if self.method == "static":
+            if not secret.token:
+                raise CredentialError("no token configured")
+            return f"Bearer {secret.token}"
+        return None
+
+    async def _from_helper(self) -> Secret:
+        async with self._lock:
+            if self._helper_secret is not None and self._clock() < self._helper_until:
+                return self._helper_secret
+            secret, lifetime_s = await self._run_helper()
+            self._helper_secret = secret
+            self._helper_until = self._clock() + lifetime_s
+            return secret
+
+    async def _run_helper(self) -> tuple[Secret, float]:
+        self.helper_runs += 1
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._config.helper,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            async with asyncio.timeout(_HELPER_TIMEOUT_S):
+                out, _ = await proc.communicate()
+        except (OSError, TimeoutError) as e:
+            raise CredentialError(
+                f"credential helper {self._config.helper[0]!r} failed: {e}"
+            ) from e
+        if proc.returncode != 0:
+            raise CredentialError(
+                f"credential helper {self._config.helper[0]!r} exited {proc.returncode}"
+            )
+        try:
+            data = json.loads(out)
+            secret = Secret(data.get("username"), data.get("password"), data.get("token"))
+            expires = data.get("expires_in_s")
+        except (ValueError, AttributeError) as e:
+            raise CredentialError("credential helper did not print a JSON object") from e
+        lifetime = (
+            float(expires) - _EXPIRY_MARGIN_S
+            if isinstance(expires, int | float)
+            else float(self._config.helper_refresh_s)
+        )
+        log.info("credentials helper-ran command=%s valid_s=%d", self._config.helper[0], lifetime)
+        return secret, max(lifetime, 1.0)

@@ -1,0 +1,158 @@
+"""regcache's own credentials, against real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from appliance.config import CredentialsConfig, SecretRef
+from appliance.upstream.client import UpstreamClient
+from appliance.upstream.credentials import CredentialSource
+
+ALICE = "Basic " + base64.b64encode(b"alice:s3cret-pass").decode()
+LOOPBACK = (ipaddress.ip_address("127.0.0.1"),)
+
+
+async def loopback(_host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    return LOOPBACK
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[TestServer, list[tuple[str, str, str | None]]]]:
+    seen: list[tuple[str, str, str | None]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        host = (request.host or "").split(":")[0]
+        auth = request.headers.get("Authorization")
+        seen.append((host, request.path, auth))
+        port = request.url.port
+        if host == "basic.test":
+            if auth != ALICE and auth != "Bearer client-own":
+                return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="x"'})
+            if request.path == "/v2/x/blobs/moved":
+                raise web.HTTPTemporaryRedirect(f"http://cdn.test:{port}/data")
+            return web.Response(text="basic ok")
+        if host == "token.test" and request.path == "/token":
+            if auth != ALICE:
+                return web.Response(status=401)
+            return web.json_response({"token": "granted", "expires_in": 300})
+        if host == "token.test":
+            if auth != "Bearer granted":
+                return web.Response(status=401, headers={"WWW-Authenticate":
+                    f'Bearer realm="http://token.test:{port}/token",service="t",'
+                    'scope="repository:x:pull"'})  # fmt: skip
+            return web.Response(text="token ok")
+        if host == "static.test":
+            return web.Response(text="static ok" if auth == "Bearer from-env" else "no", status=200)
+        return web.Response(text=f"{host} {auth}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    yield test_server, seen
+    await test_server.close()
+
+
+def sources(tmp_path: Path) -> dict[str, CredentialSource]:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret-pass\n")
+    return {
+        "basic.test": CredentialSource(CredentialsConfig("basic", "alice", SecretRef(file=secret))),
+        "token.test": CredentialSource(CredentialsConfig("token", "alice", SecretRef(file=secret))),
+        "static.test": CredentialSource(
+            CredentialsConfig("static", token=SecretRef(env="REGCACHE_TEST_TOKEN"))
+        ),
+    }
+
+
+@pytest.fixture
+async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[UpstreamClient]:
+    monkeypatch.setenv("REGCACHE_TEST_TOKEN", "from-env")
+    table = sources(tmp_path)
+    c = UpstreamClient(loopback, None, 5, 5, credentials=table.get)
+    yield c
+    await c.close()
+
+
+async def text(client: UpstreamClient, url: str, **headers: str) -> tuple[int, str]:
+    reply = await client.fetch("GET", url, headers)
+    try:
+        return reply.status, (await reply.read(1 << 16)).decode()
+    finally:
+        reply.close()
+
+
+async def test_basic_credentials_only_when_the_client_sends_none(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    assert await text(client, f"http://basic.test:{srv.port}/v2/x/manifests/a") == (200, "basic ok")
+    assert seen[-1][2] == ALICE
+    await text(
+        client, f"http://basic.test:{srv.port}/v2/x/manifests/a", Authorization="Bearer client-own"
+    )
+    assert seen[-1][2] == "Bearer client-own"  # the client's own go up unchanged
+
+
+async def test_configured_credentials_never_reach_a_redirect_target(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    status, _ = await text(client, f"http://basic.test:{srv.port}/v2/x/blobs/moved")
+    assert status == 200 and seen[-1] == ("cdn.test", "/data", None)
+
+
+async def test_token_flow_with_username_and_password_and_a_cached_token(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    url = f"http://token.test:{srv.port}/v2/x/manifests/a"
+    assert await text(client, url) == (200, "token ok")
+    assert await text(client, url) == (200, "token ok")
+    assert [p for _, p, _ in seen].count("/token") == 1  # cached per credential and scope
+    assert seen[-1][2] == "Bearer granted"  # second time presented up front
+
+
+async def test_static_token_from_the_environment(server, client) -> None:  # type: ignore[no-untyped-def]
+    srv, _ = server
+    assert await text(client, f"http://static.test:{srv.port}/v2/x/manifests/a") == (
+        200,
+        "static ok",
+    )
+
+
+async def test_helper_is_rerun_before_its_answer_expires(tmp_path: Path) -> None:
+    script = tmp_path / "helper.py"
+    script.write_text(
+        "import json, pathlib\n"
+        f"p = pathlib.Path({str(tmp_path / 'runs')!r})\n"
+        "n = int(p.read_text()) + 1 if p.exists() else 1\n"
+        "p.write_text(str(n))\n"
+        "print(json.dumps({'username': 'AWS', 'password': f'pw{n}', 'expires_in_s': 120}))\n"
+    )
+    now = [0.0]
+    source = CredentialSource(
+        CredentialsConfig("basic", helper=(sys.executable, str(script))), clock=lambda: now[0]
+    )
+    first = await source.secret()
+    assert (first.username, first.password) == ("AWS", "pw1")
+    now[0] += 30
+    assert (await source.secret()).password == "pw1" and source.helper_runs == 1
+    now[0] += 40  # 120 s minus the 60 s margin have passed: re-run
+    assert (await source.secret()).password == "pw2" and source.helper_runs == 2
+
+
+async def test_secrets_never_reach_the_logs(
+    server, client, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    srv, _ = server
+    with caplog.at_level(logging.DEBUG):
+        await text(client, f"http://token.test:{srv.port}/v2/x/manifests/b")
+        await text(client, f"http://basic.test:{srv.port}/v2/x/blobs/moved")
+    logged = caplog.text + json.dumps([r.args for r in caplog.records], default=str)
+    for secret in ("s3cret-pass", ALICE.split()[1], "granted", "from-env"):
+        assert secret not in logged
