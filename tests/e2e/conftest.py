@@ -12,7 +12,7 @@ from tests.e2e.lab import Lab, lab
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root for ip netns"
-    for tool in ("ip", "skopeo", "docker-registry"):
+    for tool in ("ip", "skopeo", "docker-registry", "htpasswd"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (make test installs it when run as root)"
     return None

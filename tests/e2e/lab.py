@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -23,7 +24,17 @@ from tests.harness import REPO, example_registries
 REGCACHE_IP = "127.0.0.2"
 # Upstream registries and where they live inside the namespace. registry-1.docker.io
 # wants bearer tokens from auth.docker.io; quay.io redirects blob GETs to cdn.quay.io.
-UPSTREAMS = {"registry-1.docker.io": "127.0.0.3", "ghcr.io": "127.0.0.4", "quay.io": "127.0.0.8"}
+UPSTREAMS = {
+    "registry-1.docker.io": "127.0.0.3",
+    "ghcr.io": "127.0.0.4",
+    "quay.io": "127.0.0.8",
+    # Registries regcache holds credentials for: gcr.io wants HTTP Basic (htpasswd),
+    # public.ecr.aws the token flow with alice's password for everything under private/.
+    "gcr.io": "127.0.0.11",
+    "public.ecr.aws": "127.0.0.12",
+}
+BOB_PASSWORD = "bob-Basic-pa55"
+ALICE_PASSWORD = "Wonder-1and"
 TOKEN_HOST, TOKEN_IP = "auth.docker.io", "127.0.0.5"
 CDN_HOST, CDN_IP = "cdn.quay.io", "127.0.0.9"
 CDN_RATE_BYTES_S = 16 << 20
@@ -178,6 +189,20 @@ def _wait_port(ns: Netns, ip: str, port: int, proc: subprocess.Popen[bytes], log
     raise RuntimeError(f"{ip}:{port} did not open:\n{log.read_text()}")
 
 
+def _lab_registry(registry: dict[str, object], tmp: Path) -> dict[str, object]:
+    """The example registries, plus what the lab needs of some of them."""
+    extra: dict[str, object] = {
+        # quay.io's twin serves tags from the store for 5 minutes between checks.
+        "quay.io": {"tag_ttl_s": 300},
+        "gcr.io": {"credentials": {"method": "basic", "username": "bob",
+                                   "password": {"file": str(tmp / "bob-password")}}},
+        "public.ecr.aws": {"credentials": {"method": "token", "username": "alice",
+                                           "password": {"env": "REGCACHE_TEST_ALICE_PASSWORD"}}},
+    }.get(str(registry["name"]), {})  # fmt: skip
+    assert isinstance(extra, dict)
+    return {**registry, **extra}
+
+
 def _python_server(ns: Netns, log: Path, *args: str) -> subprocess.Popen[bytes]:
     return ns.start(str(REPO / ".venv" / "bin" / "python"), "-m", "tests.e2e.servers", *args,
                     log=log, cwd=REPO)  # fmt: skip
@@ -195,7 +220,17 @@ def lab(tmp: Path) -> Iterator[Lab]:
                 "issuer": "regcache-test-issuer", "rootcertbundle": str(ca.pem)}}},
             "quay.io": {"middleware": {"storage": [
                 {"name": "redirect", "options": {"baseurl": f"https://{CDN_HOST}/"}}]}},
+            "gcr.io": {"auth": {"htpasswd": {"realm": "gcr-twin", "path": str(tmp / "htpasswd")}}},
+            "public.ecr.aws": {"auth": {"token": {
+                "realm": f"https://{TOKEN_HOST}/token", "service": "ecr-twin",
+                "issuer": "regcache-test-issuer", "rootcertbundle": str(ca.pem)}}},
         }  # fmt: skip
+        htpasswd = subprocess.run(  # bcrypt, as distribution requires
+            ["htpasswd", "-nbB", "bob", BOB_PASSWORD], capture_output=True, text=True, check=True
+        )
+        (tmp / "htpasswd").write_text(htpasswd.stdout)
+        (tmp / "bob-password").write_text(BOB_PASSWORD + "\n")
+        os.environ["REGCACHE_TEST_ALICE_PASSWORD"] = ALICE_PASSWORD  # read by regcache
         for host, ip in UPSTREAMS.items():
             reg = Registry(host, ip, tmp / host, tmp / f"{host}.log")
             reg.folder.mkdir()
@@ -248,11 +283,7 @@ def lab(tmp: Path) -> Iterator[Lab]:
                 ]
             },
             "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
-            "registries": [
-                # quay.io's twin serves tags from the store for 5 minutes between checks.
-                {**r, "tag_ttl_s": 300} if r["name"] == "quay.io" else r
-                for r in example_registries()
-            ],
+            "registries": [_lab_registry(r, tmp) for r in example_registries()],
         }
         config_path = tmp / "regcache.yaml"
         config_path.write_text(yaml.safe_dump(config))

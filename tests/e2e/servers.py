@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 ISSUER = "regcache-test-issuer"
-ALICE = "Basic " + base64.b64encode(b"alice:secret").decode()
+ALICE = "Basic " + base64.b64encode(b"alice:Wonder-1and").decode()
 
 
 def _b64(data: bytes) -> str:

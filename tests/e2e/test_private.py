@@ -8,7 +8,7 @@ from tests.e2e.images import image, layer
 from tests.e2e.lab import Lab
 from tests.harness import REPO
 
-ALICE = "alice:secret"
+ALICE = "alice:Wonder-1and"
 MiB = 1 << 20
 HUB = "registry-1.docker.io"
 
@@ -54,7 +54,7 @@ def test_private_image_reaches_only_its_owner(the_lab: Lab) -> None:
     out, _ = the_lab.pull(f"{HUB}/private/app:v1", "alice-again", creds=ALICE)
     assert out.returncode == 0, out.stderr
     log = the_lab.regcache_log.read_text()
-    assert "eyJ" not in log and "YWxpY2U6c2VjcmV0" not in log  # no token, no alice:secret
+    assert "eyJ" not in log and "YWxpY2U6V29uZGVyLTFhbmQ=" not in log  # no token, no alice's Basic
 
 
 def test_randomised_interleaving_of_owners_and_strangers_leaks_nothing(the_lab: Lab) -> None:
