@@ -234,6 +234,7 @@ async def serve(config: Config) -> None:
         config.access.verified_ttl_s,
         config.access.public_ttl_s,
         config.access.outage_grace_s,
+        persisted=index,
     )
     cache = RegistryCache(
         files,

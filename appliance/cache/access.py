@@ -22,7 +22,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from appliance.cache.ports import Upstream, UpstreamReply, UpstreamUnavailable
+from appliance.cache.ports import (
+    PublicStatusStore,
+    Upstream,
+    UpstreamReply,
+    UpstreamUnavailable,
+)
 from appliance.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,11 @@ class AccessGate:
         public_ttl_s: float = 3600.0,
         outage_grace_s: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
+        persisted: PublicStatusStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._persisted = persisted
+        self._wall_clock = wall_clock
         self._upstream = upstream
         self._verified_ttl_s = verified_ttl_s
         self._public_ttl_s = public_ttl_s
@@ -95,7 +104,7 @@ class AccessGate:
         repo = (host, repository)
         client = (host, repository, fingerprint(headers.get("Authorization")))
         if self._down_until.get(host, 0.0) > now:
-            if self._vouched_in_outage(repo, client, now):
+            if await self._vouched_in_outage(repo, client, now):
                 return None
             raise UpstreamUnavailable(f"{host} did not answer moments ago")
         public = self._public.get(repo, now, self._public_ttl_s)
@@ -106,7 +115,7 @@ class AccessGate:
         if public:
             return None
         if self._down_until.get(host, 0.0) > now:  # the probe just found it down
-            if self._vouched_in_outage(repo, client, now):
+            if await self._vouched_in_outage(repo, client, now):
                 return None
             raise UpstreamUnavailable(f"{host} does not answer")
         if self._verified.get(client, now, self._verified_ttl_s):
@@ -115,14 +124,14 @@ class AccessGate:
             reply = await self._upstream.fetch("HEAD", url, headers, follow=False)
         except UpstreamUnavailable:
             self._down_until[host] = now + _RETRY_DOWN_HOST_S
-            if self._vouched_in_outage(repo, client, now):
+            if await self._vouched_in_outage(repo, client, now):
                 return None
             raise
         if 200 <= reply.status < 400:  # a redirect is the registry saying yes
             reply.close()
             self._verified.put(client, True, now)
             return None
-        if _down(reply) and self._vouched_in_outage(repo, client, now):
+        if _down(reply) and await self._vouched_in_outage(repo, client, now):
             reply.close()
             return None
         log.info(
@@ -131,14 +140,21 @@ class AccessGate:
         )  # fmt: skip
         return reply
 
-    def _vouched_in_outage(
+    async def _vouched_in_outage(
         self, repo: tuple[str, str], client: tuple[str, str, str], now: float
     ) -> bool:
-        """Upstream is down: trust what it said within the outage grace period."""
+        """Upstream is down: trust what it said within the outage grace period (public
+        status also from before a restart)."""
         vouched = bool(
             self._public.get(repo, now, self._grace_s)
             or self._verified.get(client, now, self._grace_s)
         )
+        if not vouched and self._persisted is not None:
+            status = await self._persisted.public_status(*repo)
+            vouched = status is not None and status[0]
+            vouched = (
+                vouched and status is not None and (self._wall_clock() - status[1] < self._grace_s)
+            )
         log.info("access during-outage host=%s repository=%s allowed=%s", repo[0], repo[1], vouched)
         return vouched
 
@@ -169,5 +185,7 @@ class AccessGate:
             return None
         public = 200 <= reply.status < 400
         self._public.put(repo, public, now)
+        if self._persisted is not None:
+            await self._persisted.set_public_status(*repo, public, self._wall_clock())
         log.info("access probed host=%s repository=%s anonymous_status=%d", *repo, reply.status)
         return public

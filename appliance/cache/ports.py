@@ -66,6 +66,16 @@ class BlobFiles(Protocol):
     def discard(self, temp: TempFile) -> None: ...
 
 
+class PublicStatusStore(Protocol):
+    async def public_status(self, registry: str, repository: str) -> tuple[bool, float] | None:
+        """(public, checked at, epoch seconds)."""
+        ...
+
+    async def set_public_status(
+        self, registry: str, repository: str, public: bool, checked_s: float
+    ) -> None: ...
+
+
 class Index(Protocol):
     async def add_blob(
         self, digest: Digest, size: int, media_type: str | None, *, manifest: bool = False

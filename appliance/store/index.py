@@ -54,6 +54,17 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tag_history_by_tag ON tag_history (registry, repository, tag);
     """,
+    # 2: what regcache learnt about repositories being anonymously pullable, so that an
+    # outage that outlasts a restart still serves public images.
+    """
+    CREATE TABLE repository_access (
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        public INTEGER NOT NULL,
+        checked_s REAL NOT NULL,
+        PRIMARY KEY (registry, repository)
+    );
+    """,
 )
 
 
@@ -201,6 +212,26 @@ class SqliteIndex:
                 (*key, str(row.digest), row.media_type, row.size, row.validated_s,
                  row.validated_s),
             )  # fmt: skip
+
+    async def public_status(self, registry: str, repository: str) -> tuple[bool, float] | None:
+        """(public, when it was checked, epoch seconds), if regcache ever checked."""
+        async with self._db.execute(
+            "SELECT public, checked_s FROM repository_access WHERE registry = ? AND repository = ?",
+            (registry, repository),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else (bool(row[0]), float(row[1]))
+
+    async def set_public_status(
+        self, registry: str, repository: str, public: bool, checked_s: float
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO repository_access (registry, repository, public, checked_s)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (registry, repository) DO UPDATE SET"
+                " public = excluded.public, checked_s = excluded.checked_s",
+                (registry, repository, int(public), checked_s),
+            )
 
     async def tag_history(self, registry: str, repository: str, tag: str) -> list[Digest]:
         async with self._db.execute(

@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
+
 from tests.e2e.images import image, layer
 from tests.e2e.lab import Lab
 from tests.harness import REPO
@@ -54,41 +56,6 @@ def test_offline_mode_contacts_no_upstream_at_all(the_lab: Lab) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_cached_images_pull_through_outages_and_uncached_ones_fail_clearly(the_lab: Lab) -> None:
-    for ref, img in IMAGES.items():
-        host, repository = ref.split("/", 1)
-        the_lab.push(host, repository, "v1", img)
-        out, _ = the_lab.pull(f"{ref}:v1", f"warm-{host}")
-        assert out.returncode == 0, out.stderr
-    never = image([layer(1000, "never-pulled")])
-    the_lab.push("registry-1.docker.io", "library/never", "v1", never)
-
-    ghcr = the_lab.registries["ghcr.io"]
-    assert ghcr.proc is not None
-    the_lab.ns.stop(ghcr.proc)
-    for status in (503, 429):  # upstream there but failing: same as gone
-        fault = the_lab.fault("ghcr.io", status)
-        out, _ = the_lab.pull("ghcr.io/org/steady:v1", f"fault-{status}")
-        assert out.returncode == 0, (status, out.stderr)
-        head = curl(the_lab, "-I", "https://ghcr.io/v2/org/steady/manifests/v1")
-        assert "HTTP/1.1 200" in head and "warning: 110" in head.lower(), head
-        the_lab.ns.stop(fault)
-
-    the_lab.stop_upstream()  # every registry and the token realm: connections refused
-    for ref in IMAGES:
-        out, _ = the_lab.pull(f"{ref}:v1", f"outage-{ref.split('/')[0]}")
-        assert out.returncode == 0, (ref, out.stderr)
-    out, _ = the_lab.pull("registry-1.docker.io/library/never:v1", "outage-never")
-    assert out.returncode != 0
-    body = curl(the_lab, "https://registry-1.docker.io/v2/library/never/manifests/v1")
-    assert '"code": "UNAVAILABLE"' in body
-    log = the_lab.regcache_log.read_text()
-    assert "tag serving-stale host=registry-1.docker.io repository=library/steady" in log
-    # The Docker Hub twin's ping (401, cached for a minute) sent fresh clients to its token
-    # realm, which is down too: regcache answered that step so they could go on.
-    assert "answering the token step host=auth.docker.io" in log
-
-
 def _resolve(lab: Lab, name: str) -> str:
     return lab.ns.run("dig", "+short", "+time=2", "+tries=1", name, "A").stdout.strip()
 
@@ -118,3 +85,50 @@ def test_dns_fails_open_while_the_proxy_cannot_serve(the_lab: Lab) -> None:
     assert _wait_resolves(the_lab, "ghcr.io", "127.0.0.2")  # healthy again: intercepting
     log = the_lab.regcache_log.read_text()
     assert "health unhealthy problems=store" in log and "health healthy again" in log
+
+
+# Last in this module: it takes the upstreams away for good.
+def test_cached_images_pull_through_outages_and_uncached_ones_fail_clearly(the_lab: Lab) -> None:
+    for ref, img in IMAGES.items():
+        host, repository = ref.split("/", 1)
+        the_lab.push(host, repository, "v1", img)
+        out, _ = the_lab.pull(f"{ref}:v1", f"warm-{host}")
+        assert out.returncode == 0, out.stderr
+    never = image([layer(1000, "never-pulled")])
+    the_lab.push("registry-1.docker.io", "library/never", "v1", never)
+
+    ghcr = the_lab.registries["ghcr.io"]
+    assert ghcr.proc is not None
+    the_lab.ns.stop(ghcr.proc)
+    for status in (503, 429):  # upstream there but failing: same as gone
+        fault = the_lab.fault("ghcr.io", status)
+        out, _ = the_lab.pull("ghcr.io/org/steady:v1", f"fault-{status}")
+        assert out.returncode == 0, (status, out.stderr)
+        head = curl(the_lab, "-I", "https://ghcr.io/v2/org/steady/manifests/v1")
+        assert "HTTP/1.1 200" in head and "warning: 110" in head.lower(), head
+        the_lab.ns.stop(fault)
+
+    the_lab.stop_upstream()  # every registry and the token realm: connections refused
+    for ref in IMAGES:
+        out, _ = the_lab.pull(f"{ref}:v1", f"outage-{ref.split('/')[0]}")
+        assert out.returncode == 0, (ref, out.stderr)
+    out, _ = the_lab.pull("registry-1.docker.io/library/never:v1", "outage-never")
+    assert out.returncode != 0
+    body = curl(the_lab, "https://registry-1.docker.io/v2/library/never/manifests/v1")
+    assert '"code": "UNAVAILABLE"' in body
+    # Names unresolvable too, and regcache restarted meanwhile (a gateway reboot during the
+    # outage): what it learnt about public repositories was kept, so builds still pull.
+    assert the_lab.config_path is not None
+    config = yaml.safe_load(the_lab.config_path.read_text())
+    config.pop("resolve")  # its real resolvers are dead: no registry name resolves
+    the_lab.config_path.write_text(yaml.safe_dump(config))
+    the_lab.restart_regcache()
+    for ref in IMAGES:
+        out, _ = the_lab.pull(f"{ref}:v1", f"unresolvable-{ref.split('/')[0]}")
+        assert out.returncode == 0, (ref, out.stderr)
+    log = the_lab.regcache_log.read_text()
+    assert "ClientConnectorDNSError Cannot connect to host registry-1.docker.io" in log
+    assert "tag serving-stale host=registry-1.docker.io repository=library/steady" in log
+    # The Docker Hub twin's ping (401, cached for a minute) sent fresh clients to its token
+    # realm, which is down too: regcache answered that step so they could go on.
+    assert "answering the token step host=auth.docker.io" in log

@@ -34,10 +34,10 @@ def test_leftover_temp_files_are_removed_at_start(tmp_path: Path) -> None:
 
 async def test_index_schema_is_migrated_once_and_in_wal(tmp_path: Path) -> None:
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    assert await index.schema_version() == 1
+    assert await index.schema_version() == 2
     await index.close()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")  # reopening migrates nothing
-    assert await index.schema_version() == 1
+    assert await index.schema_version() == 2
     await index.close()
     mode = sqlite3.connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()
     assert mode == ("wal",)
@@ -54,4 +54,13 @@ async def test_tag_history_keeps_replaced_digests(tmp_path: Path) -> None:
     await index.add_blob(a, 1, "t", manifest=True)
     await index.touch(a)
     assert await index.hits(a) == 1 and await index.manifest_type(a) == "t"
+    await index.close()
+
+
+async def test_public_status_is_kept(tmp_path: Path) -> None:
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    assert await index.public_status("ghcr.io", "org/x") is None
+    await index.set_public_status("ghcr.io", "org/x", True, 123.0)
+    await index.set_public_status("ghcr.io", "org/x", False, 456.0)
+    assert await index.public_status("ghcr.io", "org/x") == (False, 456.0)
     await index.close()
