@@ -3,14 +3,16 @@ clearly, with clients that have never talked to regcache before the outage."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.e2e.images import image, layer
-from tests.e2e.lab import Lab
+from tests.e2e.lab import REGCACHE_IP, Lab
 from tests.harness import REPO
 
 MiB = 1 << 20
@@ -85,6 +87,24 @@ def test_dns_fails_open_while_the_proxy_cannot_serve(the_lab: Lab) -> None:
     assert _wait_resolves(the_lab, "ghcr.io", "127.0.0.2")  # healthy again: intercepting
     log = the_lab.regcache_log.read_text()
     assert "health unhealthy problems=store" in log and "health healthy again" in log
+
+
+def test_dns_fails_open_while_the_https_listener_is_unreachable(the_lab: Lab) -> None:
+    if shutil.which("nft") is None:
+        pytest.skip("nft (Debian nftables) is not installed")
+    assert _resolve(the_lab, "ghcr.io") == "127.0.0.2"
+    # Inside the lab's namespace only: connections to the listener are reset.
+    the_lab.ns.run("nft", "add", "table", "inet", "regcache_test")
+    the_lab.ns.run("nft", "add", "chain", "inet", "regcache_test", "input",
+                   "{ type filter hook input priority 0; }")  # fmt: skip
+    rule = f"ip daddr {REGCACHE_IP} tcp dport 443 reject with tcp reset"
+    the_lab.ns.run("nft", "add", "rule", "inet", "regcache_test", "input", *rule.split())
+    try:
+        assert _wait_resolves(the_lab, "ghcr.io", "127.0.0.4")
+    finally:
+        the_lab.ns.run("nft", "delete table inet regcache_test")
+    assert _wait_resolves(the_lab, "ghcr.io", "127.0.0.2")
+    assert "health unhealthy problems=https listener" in the_lab.regcache_log.read_text()
 
 
 # Last in this module: it takes the upstreams away for good.
