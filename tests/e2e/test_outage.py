@@ -126,6 +126,9 @@ def test_cached_images_pull_through_outages_and_uncached_ones_fail_clearly(the_l
         assert out.returncode == 0, (status, out.stderr)
         head = curl(the_lab, "-I", "https://ghcr.io/v2/org/steady/manifests/v1")
         assert "HTTP/1.1 200" in head and "warning: 110" in head.lower(), head
+        uncached = curl(the_lab, "-i", "https://ghcr.io/v2/org/nothere/manifests/v1")
+        assert uncached.startswith(f"HTTP/1.1 {status}"), uncached  # passed on as it is
+        assert "retry-after: 30" in uncached.lower()
         the_lab.ns.stop(fault)
 
     the_lab.stop_upstream()  # every registry and the token realm: connections refused
