@@ -29,8 +29,8 @@ deb-deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check appliance tests
-	$(BIN)/ruff format --check appliance tests
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/ruff format --check appliance tests bench
 	$(BIN)/mypy appliance
 
 test: $(STAMP) deb-deps lint

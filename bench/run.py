@@ -92,9 +92,12 @@ def write_image(folder: Path, layer_sizes: list[int]) -> int:
     config = put(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
         "type": "layers", "diff_ids": [d["digest"] for d in layers]}}).encode(),
         "application/vnd.oci.image.config.v1+json")  # fmt: skip
-    manifest = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                               "config": config, "layers": layers}).encode(),
-                   "application/vnd.oci.image.manifest.v1+json")  # fmt: skip
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    manifest = put(
+        json.dumps({"schemaVersion": 2, "mediaType": manifest_type, "config": config,
+                    "layers": layers}).encode(),
+        manifest_type,
+    )  # fmt: skip
     manifest["annotations"] = {"org.opencontainers.image.ref.name": "v1"}
     (folder / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (folder / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
@@ -174,8 +177,9 @@ class Bench:
             str(REPO / ".venv/bin/regcache"), "serve", "--config", str(path), log=log
         )
         self.wait_port(REGCACHE_IP, proc, log)
-        subprocess.run([str(REPO / ".venv/bin/regcache"), "ca", "export", "--config", str(path),
-                        "--out", str(self.certs / "regcache-ca.crt")], check=True, capture_output=True)  # fmt: skip
+        export = [str(REPO / ".venv/bin/regcache"), "ca", "export", "--config", str(path),
+                  "--out", str(self.certs / "regcache-ca.crt")]  # fmt: skip
+        subprocess.run(export, check=True, capture_output=True)
         return Server(proc)
 
     def copy(self, src: str, dest: str) -> float:
@@ -222,7 +226,9 @@ def main() -> None:
         "--work", type=Path, default=None, help="scratch folder (default: /var/tmp)"
     )
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="regcache-bench-", dir=args.work or "/var/tmp"))
+    # /var/tmp: on disk (not tmpfs), as a gateway's store would be.
+    work = args.work or Path("/var/tmp")  # noqa: S108 - a private mkdtemp below it
+    tmp = Path(tempfile.mkdtemp(prefix="regcache-bench-", dir=work))
     try:
         run(args, tmp)
     finally:
@@ -254,22 +260,18 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
         for _ in range(args.reps):
             record("direct", bench.pull(f"{UPSTREAM}/bench/big:v1"))
-            regcache = bench.regcache()
-            cpu = regcache.cpu_s()
-            record("regcache cold", bench.pull(f"{HUB}/bench/big:v1"))
-            record("regcache cold cpu", regcache.cpu_s() - cpu)
-            cpu = regcache.cpu_s()
-            record("regcache warm", bench.pull(f"{HUB}/bench/big:v1"))
-            record("regcache warm cpu", regcache.cpu_s() - cpu)
-            ns.stop(regcache.proc)
-            proxy = bench.registry("proxy", PROXY_IP, PROXY, proxy_extra)
-            cpu = proxy.cpu_s()
-            record("distribution cold", bench.pull(f"{PROXY}/bench/big:v1"))
-            record("distribution cold cpu", proxy.cpu_s() - cpu)
-            cpu = proxy.cpu_s()
-            record("distribution warm", bench.pull(f"{PROXY}/bench/big:v1"))
-            record("distribution warm cpu", proxy.cpu_s() - cpu)
-            ns.stop(proxy.proc)
+
+            def proxy() -> Server:
+                return bench.registry("proxy", PROXY_IP, PROXY, proxy_extra)
+
+            peers = (("regcache", bench.regcache, HUB), ("distribution", proxy, PROXY))
+            for name, start, host in peers:
+                server = start()  # fresh, empty cache: the first pull is cold
+                for phase in ("cold", "warm"):
+                    cpu = server.cpu_s()
+                    record(f"{name} {phase}", bench.pull(f"{host}/bench/big:v1"))
+                    record(f"{name} {phase} cpu", server.cpu_s() - cpu)
+                ns.stop(server.proc)
         for mib in args.rss_layers_mib.split(","):
             regcache = bench.regcache()
             baseline = regcache.peak_rss_mib()
@@ -286,9 +288,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 def report(results: dict[str, list[float]], image_bytes: int, reps: int) -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
     gib = image_bytes / (1 << 30)
-    print(
-        f"\nImage: {image_bytes / MiB:.0f} MiB; medians of {reps} runs; skopeo client; loopback TLS.\n"
-    )
+    print(f"\nImage: {image_bytes / MiB:.0f} MiB; medians of {reps} runs;", end=" ")
+    print("skopeo client; loopback TLS.\n")
     print("| measure | seconds |\n|---|---|")
     for key in (
         "direct",
@@ -300,13 +301,11 @@ def report(results: dict[str, list[float]], image_bytes: int, reps: int) -> None
         print(f"| {key} pull | {med[key]:.2f} |")
     print("\n| server CPU s per GiB served | regcache | distribution proxy |\n|---|---|---|")
     for phase in ("cold", "warm"):
-        print(
-            f"| {phase} | {med[f'regcache {phase} cpu'] / gib:.2f} | {med[f'distribution {phase} cpu'] / gib:.2f} |"
-        )
+        ours, peer = med[f"regcache {phase} cpu"] / gib, med[f"distribution {phase} cpu"] / gib
+        print(f"| {phase} | {ours:.2f} | {peer:.2f} |")
     print("\n| ratio | value | target |\n|---|---|---|")
-    print(
-        f"| regcache warm / distribution warm | {med['regcache warm'] / med['distribution warm']:.2f} | ≤ 1.0 |"
-    )
+    warm = med["regcache warm"] / med["distribution warm"]
+    print(f"| regcache warm / distribution warm | {warm:.2f} | ≤ 1.0 |")
     print(f"| regcache cold / direct | {med['regcache cold'] / med['direct']:.2f} | ≤ 1.15 |")
     print(
         f"| distribution cold / direct | {med['distribution cold'] / med['direct']:.2f} | (peer) |"

@@ -3,7 +3,6 @@ the cross-registry anonymous token step, hop-by-hop headers."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,12 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from appliance.upstream.client import UpstreamClient, end_to_end
-
-LOOPBACK = (ipaddress.ip_address("127.0.0.1"),)
-
-
-async def loopback(_host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-    return LOOPBACK
+from tests.upstream.loopback import loopback
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import logging
 import sys
@@ -17,13 +16,9 @@ from aiohttp.test_utils import TestServer
 from appliance.config import CredentialsConfig, SecretRef
 from appliance.upstream.client import UpstreamClient
 from appliance.upstream.credentials import CredentialSource
+from tests.upstream.loopback import loopback
 
 ALICE = "Basic " + base64.b64encode(b"alice:s3cret-pass").decode()
-LOOPBACK = (ipaddress.ip_address("127.0.0.1"),)
-
-
-async def loopback(_host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-    return LOOPBACK
 
 
 @pytest.fixture
