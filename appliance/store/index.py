@@ -17,6 +17,9 @@ import aiosqlite
 
 from appliance.cache.ports import BlobRow, TagRow
 from appliance.oci.digest import Digest
+from appliance.tasks import spawn
+
+_TOUCH_FLUSH_S = 5.0
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: blobs (manifests are blobs too, with a row in `manifests`), tags, tag history.
@@ -73,6 +76,10 @@ class SqliteIndex:
         self._db = db
         # One connection: write transactions from concurrent tasks must not interleave.
         self._write_lock = asyncio.Lock()
+        # Accesses are batched: a synchronous=FULL commit (an fsync) per cache hit would
+        # cost more than the hit. Flushed every few seconds and on close.
+        self._touched: dict[str, tuple[float, int]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -98,6 +105,10 @@ class SqliteIndex:
         return index
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self.flush_touches()
         await self._db.close()
 
     async def _migrate(self) -> None:
@@ -146,13 +157,29 @@ class SqliteIndex:
         return None if row is None else str(row[0])
 
     async def touch(self, digest: Digest) -> None:
+        """Record a hit; written with others within `_TOUCH_FLUSH_S`."""
+        _, hits = self._touched.get(str(digest), (0.0, 0))
+        self._touched[str(digest)] = (time.time(), hits + 1)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = spawn(self._flush_later(), name="index-touch-flush")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(_TOUCH_FLUSH_S)
+        await self.flush_touches()
+
+    async def flush_touches(self) -> None:
+        touched, self._touched = self._touched, {}
+        if not touched:
+            return
         async with self._transaction() as db:
-            await db.execute(
-                "UPDATE blobs SET last_access_s = ?, hits = hits + 1 WHERE digest = ?",
-                (time.time(), str(digest)),
+            await db.executemany(
+                "UPDATE blobs SET last_access_s = max(last_access_s, ?), hits = hits + ?"
+                " WHERE digest = ?",
+                [(when, hits, digest) for digest, (when, hits) in touched.items()],
             )
 
     async def hits(self, digest: Digest) -> int:
+        await self.flush_touches()
         async with self._db.execute(
             "SELECT hits FROM blobs WHERE digest = ?", (str(digest),)
         ) as cursor:
