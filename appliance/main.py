@@ -16,13 +16,14 @@ from pathlib import Path
 from appliance.cache.access import AccessGate
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
-from appliance.config import Config, Endpoint
+from appliance.config import Config, ConfigError, Endpoint, load_config
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
 from appliance.health import HealthMonitor, NamedCheck
 from appliance.hostnames import HostSet
+from appliance.notify import notify
 from appliance.proxy.app import Site, create_app, start_runner
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
@@ -132,17 +133,38 @@ def offline_flag(config: Config) -> Path:
     return config.state_dir / "offline"
 
 
+def reload(path: Path | None, offline: OfflineSwitch) -> None:
+    """SIGHUP: re-read the config and apply what is safe at run time (log level, offline).
+    Everything else needs a restart; an invalid file changes nothing."""
+    notify("RELOADING=1")
+    try:
+        if path is None:
+            raise ConfigError("the config was not read from a file")
+        fresh = load_config(path)
+    except ConfigError as e:
+        log.error("config reload refused error=%s", e)
+    else:
+        logging.getLogger().setLevel(fresh.log_level)
+        offline.always = fresh.offline
+        log.warning(
+            "config reloaded log_level=%s offline=%s (other changes need a restart)",
+            fresh.log_level,
+            fresh.offline,
+        )
+    notify("READY=1")
+
+
 class OfflineSwitch:
     """Offline by config, or by the flag file (checked at most once a second)."""
 
     def __init__(self, config: Config) -> None:
-        self._always = config.offline
+        self.always = config.offline
         self._flag = offline_flag(config)
         self._checked = 0.0
         self._value = False
 
     def __call__(self) -> bool:
-        if self._always:
+        if self.always:
             return True
         now = time.monotonic()
         if now - self._checked >= 1.0:
@@ -221,12 +243,14 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     index = await SqliteIndex.open(config.state_dir / "index.sqlite")
+    offline_switch = OfflineSwitch(config)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload(config.source, offline_switch))
     upstream = UpstreamClient(
         resolver.resolve,
         config.upstream.ca_bundle,
         config.upstream.connect_timeout_s,
         config.upstream.read_timeout_s,
-        offline=OfflineSwitch(config),
+        offline=offline_switch,
         credentials=credential_sources(config),
     )
     gate = AccessGate(
@@ -253,6 +277,7 @@ async def serve(config: Config) -> None:
         await dns.start(config.listen.dns)
         await https.start(config.listen.https)
         monitor = spawn(health.run(), name="health")
+        notify("READY=1\nSTATUS=serving")
         log.info(
             "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
             len(config.registries),
@@ -260,6 +285,7 @@ async def serve(config: Config) -> None:
             ",".join(str(s) for s in resolver.servers) or "none",
         )
         await stop.wait()
+        notify("STOPPING=1")
         log.info("regcache stopping reason=signal")
     finally:
         if monitor is not None:
