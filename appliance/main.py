@@ -191,9 +191,13 @@ async def _listening(endpoints: tuple[Endpoint, ...]) -> str | None:
 
 
 def _raise_fd_limit() -> None:
+    """Up to the hard limit (systemd's LimitNOFILE sets both; a sandbox may forbid it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as e:
+            log.warning("fd-limit unchanged soft=%d hard=%d error=%s", soft, hard, e)
 
 
 async def serve(config: Config) -> None:
