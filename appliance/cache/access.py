@@ -59,7 +59,7 @@ class _Seen:
             self._entries.popitem(last=False)
 
 
-def _down(reply: UpstreamReply) -> bool:
+def _upstream_in_trouble(reply: UpstreamReply) -> bool:
     """5xx and 429: upstream is there but cannot say yes or no right now."""
     return reply.status >= 500 or reply.status == 429
 
@@ -103,23 +103,18 @@ class AccessGate:
         now = self._clock()
         repo = (host, repository)
         client = (host, repository, fingerprint(headers.get("Authorization")))
-        if self._down_until.get(host, 0.0) > now:
-            if await self._vouched_in_outage(repo, client, now):
-                return None
-            raise UpstreamUnavailable(f"{host} did not answer moments ago")
-        public = self._public.get(repo, now, self._public_ttl_s)
-        if public is None:
+        if self._public.get(repo, now, self._public_ttl_s) is None and not self._down(host, now):
             # Learnt once per repository and hour, also for clients already verified, so
             # that during an outage new clients still get public images.
-            public = await self._shared_probe(repo, url, now)
-        if public:
+            await self._shared_probe(repo, url, now)
+        if self._public.get(repo, now, self._public_ttl_s):
             return None
-        if self._down_until.get(host, 0.0) > now:  # the probe just found it down
+        if self._verified.get(client, now, self._verified_ttl_s):
+            return None
+        if self._down(host, now):  # failed moments ago, or the probe just found it down
             if await self._vouched_in_outage(repo, client, now):
                 return None
             raise UpstreamUnavailable(f"{host} does not answer")
-        if self._verified.get(client, now, self._verified_ttl_s):
-            return None
         try:
             reply = await self._upstream.fetch("HEAD", url, headers, follow=False)
         except UpstreamUnavailable:
@@ -131,7 +126,7 @@ class AccessGate:
             reply.close()
             self._verified.put(client, True, now)
             return None
-        if _down(reply) and await self._vouched_in_outage(repo, client, now):
+        if _upstream_in_trouble(reply) and await self._vouched_in_outage(repo, client, now):
             reply.close()
             return None
         log.info(
@@ -140,22 +135,27 @@ class AccessGate:
         )  # fmt: skip
         return reply
 
+    def _down(self, host: str, now: float) -> bool:
+        return self._down_until.get(host, 0.0) > now
+
     async def _vouched_in_outage(
         self, repo: tuple[str, str], client: tuple[str, str, str], now: float
     ) -> bool:
-        """Upstream is down: trust what it said within the outage grace period (public
-        status also from before a restart)."""
+        """Upstream cannot answer: does what it said within the outage grace period
+        (public status also from before a restart) vouch for the client?"""
         vouched = bool(
             self._public.get(repo, now, self._grace_s)
             or self._verified.get(client, now, self._grace_s)
         )
         if not vouched and self._persisted is not None:
             status = await self._persisted.public_status(*repo)
-            vouched = status is not None and status[0]
-            vouched = (
-                vouched and status is not None and (self._wall_clock() - status[1] < self._grace_s)
-            )
-        log.info("access during-outage host=%s repository=%s allowed=%s", repo[0], repo[1], vouched)
+            age_s = self._wall_clock() - status[1] if status is not None else self._grace_s
+            vouched = status is not None and status[0] and age_s < self._grace_s
+        self._outage_log.warning(
+            f"{repo[0]}/{repo[1]}/{vouched}",
+            "access during-outage host=%s repository=%s allowed=%s",
+            repo[0], repo[1], vouched,
+        )  # fmt: skip
         return vouched
 
     async def _shared_probe(self, repo: tuple[str, str], url: str, now: float) -> bool | None:
@@ -181,7 +181,7 @@ class AccessGate:
             self._down_until[repo[0]] = now + _RETRY_DOWN_HOST_S
             return None
         reply.close()
-        if _down(reply):
+        if _upstream_in_trouble(reply):
             return None
         public = 200 <= reply.status < 400
         self._public.put(repo, public, now)
