@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.UTC)
     try:
         if args.command == "serve":
-            run(config)
+            run(config, Path(path))
             return 0
         if args.command == "check-config":
             return _check_config(config, path, now)

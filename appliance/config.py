@@ -278,8 +278,6 @@ class Config:
     access: AccessConfig = AccessConfig()
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
-    source: Path | None = field(default=None, init=False, compare=False)
-    """The file this config was read from (for reloads); not a config key."""
 
     def intercepted(self) -> HostSet:
         """The one host set behind DNS interception, the TLS allow-list and routing."""
@@ -383,7 +381,6 @@ def parse_config(text: str, origin: Path) -> Config:
         raise ConfigError(f"{origin}, line {e.line}: {e.key or '<top level>'}: {e.message}") from e
     if not config.state_dir.is_absolute():
         config = replace(config, state_dir=origin.parent.resolve() / config.state_dir)
-    object.__setattr__(config, "source", origin)  # frozen: set once, here
     return config
 
 

@@ -133,13 +133,11 @@ def offline_flag(config: Config) -> Path:
     return config.state_dir / "offline"
 
 
-def reload(path: Path | None, offline: OfflineSwitch) -> None:
+def reload(path: Path, offline: OfflineSwitch) -> None:
     """SIGHUP: re-read the config and apply what is safe at run time (log level, offline).
     Everything else needs a restart; an invalid file changes nothing."""
     notify("RELOADING=1")
     try:
-        if path is None:
-            raise ConfigError("the config was not read from a file")
         fresh = load_config(path)
     except ConfigError as e:
         log.error("config reload refused error=%s", e)
@@ -200,8 +198,8 @@ def _raise_fd_limit() -> None:
             log.warning("fd-limit unchanged soft=%d hard=%d error=%s", soft, hard, e)
 
 
-async def serve(config: Config) -> None:
-    """Run DNS and HTTPS until SIGTERM or SIGINT."""
+async def serve(config: Config, path: Path) -> None:
+    """Run DNS and HTTPS until SIGTERM or SIGINT; SIGHUP re-reads `path`."""
     _raise_fd_limit()
     now = dt.datetime.now(dt.UTC)
     ca = ensure_ca(config, now)
@@ -248,7 +246,7 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     index = await SqliteIndex.open(config.state_dir / "index.sqlite")
     offline_switch = OfflineSwitch(config)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload(config.source, offline_switch))
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload(path, offline_switch))
     upstream = UpstreamClient(
         resolver.resolve,
         config.upstream.ca_bundle,
@@ -302,8 +300,8 @@ async def serve(config: Config) -> None:
         log.info("regcache stopped")
 
 
-def run(config: Config) -> None:
+def run(config: Config, path: Path) -> None:
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, path))
     except (CaError, OSError) as e:
         raise StartupError(str(e)) from e
