@@ -20,6 +20,10 @@ from appliance.oci.digest import Digest
 from appliance.tasks import spawn
 
 _TOUCH_FLUSH_S = 5.0
+_SELECT_TAG_ROWS = (
+    "SELECT digest, media_type, size, validated_s FROM tags"
+    " WHERE registry = ? AND repository = ? AND tag = ?"
+)
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: blobs (manifests are blobs too, with a row in `manifests`), tags, tag history.
@@ -188,8 +192,7 @@ class SqliteIndex:
 
     async def tag(self, registry: str, repository: str, tag: str, accept: str) -> TagRow | None:
         async with self._db.execute(
-            "SELECT digest, media_type, size, validated_s FROM tags"
-            " WHERE registry = ? AND repository = ? AND tag = ? AND accept = ?",
+            _SELECT_TAG_ROWS + " AND accept = ?",
             (registry, repository, tag, accept),
         ) as cursor:
             row = await cursor.fetchone()
@@ -198,8 +201,7 @@ class SqliteIndex:
     async def tag_rows(self, registry: str, repository: str, tag: str) -> list[TagRow]:
         """The tag's mappings for every Accept set, most recently validated first."""
         async with self._db.execute(
-            "SELECT digest, media_type, size, validated_s FROM tags"
-            " WHERE registry = ? AND repository = ? AND tag = ? ORDER BY validated_s DESC",
+            _SELECT_TAG_ROWS + " ORDER BY validated_s DESC",
             (registry, repository, tag),
         ) as cursor:
             rows = await cursor.fetchall()

@@ -296,7 +296,10 @@ def lab(tmp: Path) -> Iterator[Lab]:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         assert export.returncode == 0
-        yield the_lab
+        try:
+            yield the_lab
+        finally:
+            os.environ.pop("REGCACHE_TEST_ALICE_PASSWORD", None)
 
 
 def manifest_digests(raw: str) -> list[str]:

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from appliance.upstream.client import UpstreamClient, end_to_end
-from tests.upstream.loopback import loopback
+from tests.upstream.loopback import loopback, serving
 
 
 @pytest.fixture
@@ -41,12 +41,8 @@ async def server() -> AsyncIterator[tuple[TestServer, list[tuple[str, str, str |
         hop = {"Connection": "close, X-Hop", "X-Hop": "1", "X-Keep": "1"}
         return web.Response(text=f"{host}{request.path}", headers=hop)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    test_server = TestServer(app, host="127.0.0.1")
-    await test_server.start_server()
-    yield test_server, seen
-    await test_server.close()
+    async with serving(handle) as test_server:
+        yield test_server, seen
 
 
 @pytest.fixture

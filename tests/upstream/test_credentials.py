@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from appliance.config import CredentialsConfig, SecretRef
 from appliance.upstream.client import UpstreamClient
 from appliance.upstream.credentials import CredentialSource
-from tests.upstream.loopback import loopback
+from tests.upstream.loopback import loopback, serving
 
 ALICE = "Basic " + base64.b64encode(b"alice:s3cret-pass").decode()
 
@@ -50,12 +50,8 @@ async def server() -> AsyncIterator[tuple[TestServer, list[tuple[str, str, str |
             return web.Response(text="static ok" if auth == "Bearer from-env" else "no", status=200)
         return web.Response(text=f"{host} {auth}")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    test_server = TestServer(app, host="127.0.0.1")
-    await test_server.start_server()
-    yield test_server, seen
-    await test_server.close()
+    async with serving(handle) as test_server:
+        yield test_server, seen
 
 
 def sources(tmp_path: Path) -> dict[str, CredentialSource]:
