@@ -178,6 +178,63 @@ class UpstreamConfig:
     """Upstream 404s for manifests and blobs are replayed (per credential) this long."""
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """A byte count (`50GiB`, `500MB`, `1048576`) or a share of the store's filesystem
+    (`80%`)."""
+
+    bytes: int = 0
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> Size:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return cls(value)
+        text = str(value).strip().replace(" ", "") if isinstance(value, str) else ""
+        if text.endswith("%"):
+            try:
+                percent = float(text[:-1])
+            except ValueError:
+                percent = -1.0
+            if not 0 < percent <= 100:
+                raise ValueError(f"expected a percentage in (0, 100], got {value!r}")
+            return cls(percent=percent)
+        split = len(text) - len(text.lstrip("0123456789."))
+        number, unit = text[:split], text[split:].upper()
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1.0
+        if unit not in _UNITS or amount < 0:
+            raise ValueError(
+                f"expected a size like '50GiB', '500MB', a byte count or '80%', got {value!r}"
+            )
+        return cls(int(amount * _UNITS[unit]))
+
+    def of(self, filesystem_bytes: int) -> int:
+        if self.percent is None:
+            return self.bytes
+        return int(filesystem_bytes * self.percent / 100)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    max_size: Size = Size(percent=80.0)
+    """Bound on what the store keeps: bytes or a share of its filesystem."""
+    high_watermark_pct: int = field(default=95, metadata=check(_between(1, 100)))
+    """Eviction starts when the store holds more than this share of `max_size`…"""
+    low_watermark_pct: int = field(default=85, metadata=check(_between(1, 100)))
+    """…and removes least recently used content until it holds at most this share."""
+    min_free: Size = Size(percent=5.0)
+    """Free space kept on the filesystem: below it eviction runs, also under `max_size`."""
+    check_interval_s: float = field(default=30.0, metadata=check(_between(1, 3600)))
+    """How often usage is checked (also after every fill and when the disk fills)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SecretRef:
     """Where a secret lives: a file (read at each use, so rotation needs no restart) or
@@ -276,6 +333,7 @@ class Config:
     tls: TlsConfig = TlsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     access: AccessConfig = AccessConfig()
+    store: StoreConfig = StoreConfig()
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 
@@ -358,6 +416,7 @@ _SCALARS: dict[object, strict_yaml.Parser] = {
     IPAddress: _any_ip,
     IPNetwork: _network,
     Endpoint: Endpoint.parse,
+    Size: Size.parse,
     Hostname: _text(check_hostname),
     HostPattern: _text(check_pattern),
 }
@@ -422,6 +481,8 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
                 f"intercepted hosts {', '.join(outside)} lie outside every permitted domain; "
                 "add their domain here (then run `regcache ca rotate`)",
             )
+    if config.store.low_watermark_pct >= config.store.high_watermark_pct:
+        fail("store.low_watermark_pct", "must be below store.high_watermark_pct")
     for i, upstream in enumerate(config.dns.upstreams):
         if any(own.receives(upstream) for own in config.listen.dns):
             fail(

@@ -25,8 +25,9 @@ from appliance.health import HealthMonitor, NamedCheck
 from appliance.hostnames import HostSet
 from appliance.notify import notify
 from appliance.proxy.app import Site, create_app, start_runner
+from appliance.store.eviction import Evictor
 from appliance.store.files import FileBlobStore
-from appliance.store.index import SqliteIndex
+from appliance.store.reconcile import open_index, reconcile
 from appliance.tasks import spawn
 from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_warning, load_ca
 from appliance.tls.leaves import LeafStore
@@ -207,9 +208,6 @@ async def serve(config: Config, path: Path) -> None:
     resolver = upstream_resolver(config)
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = FileBlobStore(config.state_dir)
-    stale = files.prepare()
-    if stale:
-        log.info("store removed-interrupted-fills count=%d", stale)
     health = HealthMonitor(
         [
             NamedCheck("https listener", lambda: _listening(config.listen.https)),
@@ -244,7 +242,8 @@ async def serve(config: Config, path: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    index = await SqliteIndex.open(config.state_dir / "index.sqlite")
+    index, _ = await open_index(config.state_dir)
+    await reconcile(index, files, at_start=True)
     offline_switch = OfflineSwitch(config)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload(path, offline_switch))
     upstream = UpstreamClient(
@@ -262,6 +261,7 @@ async def serve(config: Config, path: Path) -> None:
         config.access.outage_grace_s,
         persisted=index,
     )
+    evictor = Evictor(index, files, config.store)
     cache = RegistryCache(
         files,
         index,
@@ -269,16 +269,19 @@ async def serve(config: Config, path: Path) -> None:
         gate,
         NegativeCache(config.upstream.negative_ttl_s),
         max_fills=config.upstream.max_fills,
+        space=evictor,
     )
+    evictor.busy = cache.filling
     app = create_app(cache, upstream, site_resolver(config))
     runner = await start_runner(app)
     assert runner.server is not None
     https = TlsListener(leaves.context_for, runner.server)
-    monitor: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     try:
         await dns.start(config.listen.dns)
         await https.start(config.listen.https)
-        monitor = spawn(health.run(), name="health")
+        background.append(spawn(health.run(), name="health"))
+        background.append(spawn(evictor.run(), name="eviction"))
         notify("READY=1\nSTATUS=serving")
         log.info(
             "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
@@ -290,8 +293,9 @@ async def serve(config: Config, path: Path) -> None:
         notify("STOPPING=1")
         log.info("regcache stopping reason=signal")
     finally:
-        if monitor is not None:
-            monitor.cancel()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await https.close()
         await dns.close()
         await runner.cleanup()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import os
 import time
@@ -33,6 +34,19 @@ class FillState(enum.Enum):
     VERIFIED = "verified"  # every byte in and checked; being committed
     DONE = "done"
     FAILED = "failed"
+    PASSED = "passed"  # the disk filled: streamed through to its readers, not kept
+
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_FIRST_READER_WAIT_S = 10.0
+
+
+class _Reader:
+    __slots__ = ("pos", "stop")
+
+    def __init__(self, pos: int, stop: int) -> None:
+        self.pos = pos
+        self.stop = stop
 
 
 class FillFailed(RuntimeError):
@@ -65,28 +79,52 @@ class Fill:
         self._temp = temp
         self._final: str | None = None
         self._changed = asyncio.Event()
+        # Pass-through after the disk filled: bytes [on_disk, …) are not in the file; the
+        # current chunk is held in `window` until every reader has taken it.
+        self.on_disk: int | None = None
+        self._window: tuple[int, bytes] = (0, b"")
+        self._readers: set[_Reader] = set()
+        self._had_readers = False
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    @property
+    def passing(self) -> bool:
+        """The disk filled: readers that have joined get the bytes, nobody else joins."""
+        return self.on_disk is not None
 
     async def run(
         self,
         reply: UpstreamReply,
         files: BlobFiles,
         on_commit: Callable[[Fill], Awaitable[None]],
+        on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
     ) -> None:
         started = time.monotonic()
         verifier = self.digest.verifier()
         try:
             async for chunk in reply.chunks():
-                # Disk write and hash off the event loop (both release the GIL), so the
-                # loop keeps moving TLS bytes to clients meanwhile.
-                await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
+                if self.on_disk is None:
+                    try:
+                        # Disk write and hash off the event loop (both release the GIL),
+                        # so the loop keeps moving TLS bytes to clients meanwhile.
+                        await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
+                    except OSError as e:
+                        if e.errno not in NO_SPACE:
+                            raise
+                        self.on_disk = self.written
+                        on_disk_full(self, e)
+                if self.on_disk is not None:
+                    verifier.update(chunk)
+                    self._window = (self.written, chunk)
                 self.written += len(chunk)
                 if self.size is not None and self.written > self.size:
                     raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
                 self._notify()
+                if self.on_disk is not None:
+                    await self._wait_for_readers()
             if self.size is not None and self.written != self.size:
                 raise FillFailed(
                     f"{self.digest}: upstream body ended at {self.written} of {self.size} bytes"
@@ -96,9 +134,18 @@ class Fill:
             self.size = self.written
             self.state = FillState.VERIFIED
             self._notify()
+            if self.on_disk is not None:
+                await self._wait_for_readers()
+                self.state = FillState.PASSED
+                files.discard(self._temp)
+                log.info("fill passed-through digest=%s bytes=%d", self.digest, self.written)
+                return
             self._final = str(await files.commit(self._temp, self.digest))
-            await on_commit(self)
             self.state = FillState.DONE
+            try:
+                await on_commit(self)
+            except Exception as e:  # noqa: BLE001 - the verified file stays; reconciled at start
+                log.warning("fill index-write-failed digest=%s error=%s", self.digest, e)
             log.info(
                 "fill committed digest=%s bytes=%d s=%.3f",
                 self.digest,
@@ -117,6 +164,22 @@ class Fill:
             reply.close()
             self._notify()
 
+    async def _wait_for_readers(self) -> None:
+        """Pass-through: until every reader has taken what is readable of the window, so
+        it can be replaced. Memory stays at one chunk; the slowest reader sets the pace."""
+        deadline = time.monotonic() + _FIRST_READER_WAIT_S
+        while True:
+            if not self._readers and (self._had_readers or time.monotonic() > deadline):
+                raise FillFailed(f"{self.digest}: disk full and no client left to stream to")
+            until = self._readable_until()
+            if self._readers and all(min(r.stop, until) <= r.pos for r in self._readers):
+                return
+            try:
+                async with asyncio.timeout(None if self._readers else 1.0):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+
     def _readable_until(self) -> int:
         if self.state in (FillState.VERIFIED, FillState.DONE):
             return self.written
@@ -126,9 +189,9 @@ class Fill:
 
     async def _open(self) -> int:
         while True:
-            if self.state is FillState.FAILED:
-                raise FillFailed(str(self.error))
-            if self.state is FillState.FILLING:
+            if self.state in (FillState.FAILED, FillState.PASSED):
+                raise FillFailed(str(self.error or "the disk filled: not kept"))
+            if self.state is FillState.FILLING or self.on_disk is not None:
                 return os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
             if self.state is FillState.DONE and self._final is not None:
                 return os.open(self._final, os.O_RDONLY | os.O_CLOEXEC)
@@ -137,22 +200,41 @@ class Fill:
     async def stream(self, start: int, stop: int) -> AsyncIterator[bytes | bytearray]:
         """Bytes [start, stop) as they arrive; FillFailed if the fill fails meanwhile."""
         fd = await self._open()
+        reader = _Reader(start, stop)
+        self._readers.add(reader)
+        self._had_readers = True
         try:
-            pos = start
-            while pos < (stop if self.size is None else min(stop, self.size)):
+            while reader.pos < (stop if self.size is None else min(stop, self.size)):
                 if self.state is FillState.FAILED:
                     raise FillFailed(str(self.error))
                 limit = min(self._readable_until(), stop)
-                if pos < limit:
-                    chunk = await read_at(fd, min(limit - pos, CHUNK_BYTES), pos)
-                    if not chunk:
-                        raise FillFailed(f"{self.digest}: file shorter than written")
-                    pos += len(chunk)
+                chunk = await self._take(fd, reader.pos, limit)
+                if chunk:
+                    reader.pos += len(chunk)
+                    self._notify()  # a pass-through fill waits for its slowest reader
                     yield chunk
                 else:
                     await self._changed.wait()
         finally:
+            self._readers.discard(reader)
+            self._notify()
             os.close(fd)
+
+    async def _take(self, fd: int, pos: int, limit: int) -> bytes | bytearray:
+        """Bytes from `pos` up to `limit` available now: from the file, or from the
+        pass-through window; b"" when the reader must wait."""
+        if pos >= limit:
+            return b""
+        if self.on_disk is None or pos < self.on_disk:
+            end = limit if self.on_disk is None else min(limit, self.on_disk)
+            chunk = await read_at(fd, min(end - pos, CHUNK_BYTES), pos)
+            if not chunk:
+                raise FillFailed(f"{self.digest}: file shorter than written")
+            return chunk
+        offset, data = self._window
+        if pos < offset:
+            raise FillFailed(f"{self.digest}: bytes {pos}..{offset} went past unread")
+        return data[pos - offset : limit - offset]
 
 
 def _absorb(temp: TempFile, verifier: DigestVerifier, chunk: bytes) -> None:
@@ -168,15 +250,21 @@ class Fills:
         files: BlobFiles,
         on_commit: Callable[[Fill], Awaitable[None]],
         max_running: int = 256,
+        on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
     ) -> None:
         self._files = files
         self._on_commit = on_commit
+        self._on_disk_full = on_disk_full
         self._active: dict[Digest, asyncio.Future[Fill]] = {}
         self._max_running = max_running
         self._running = 0
 
     def active(self, digest: Digest) -> asyncio.Future[Fill] | None:
         return self._active.get(digest)
+
+    def holds(self, digest: str) -> bool:
+        """Whether a fill of `digest` runs or just finished (its file may be opened)."""
+        return any(str(d) == digest for d in self._active)
 
     async def join_or_start(
         self,
@@ -190,9 +278,12 @@ class Fills:
             if running is None:
                 return await self._lead(digest, fetch, media_type)
             try:
-                return await asyncio.shield(running)
+                fill = await asyncio.shield(running)
             except LeaderGotNoBody:
                 continue  # the leader's credentials or luck failed; try with ours
+            if not fill.passing:
+                return fill
+            return await self._lead(digest, fetch, media_type)  # the disk filled under it
         return await self._lead(digest, fetch, media_type)
 
     async def _lead(
@@ -216,10 +307,23 @@ class Fills:
             return reply
         length = reply.headers.get("Content-Length")
         size = int(length) if length and length.isdigit() else None
-        fill = Fill(digest, size, media_type, self._files.create_temp())
+        try:
+            temp = self._files.create_temp()
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                reply.close()
+                raise
+            # Not even an empty file fits: this client gets upstream's body as it is.
+            self._end(digest, future, LeaderGotNoBody("disk full"))
+            self._on_disk_full(None, e)
+            return reply
+        fill = Fill(digest, size, media_type, temp)
         future.set_result(fill)
         self._running += 1
-        task = spawn(fill.run(reply, self._files, self._on_commit), name=f"fill {digest}")
+        task = spawn(
+            fill.run(reply, self._files, self._on_commit, self._on_disk_full),
+            name=f"fill {digest}",
+        )
         # A finished fill stays joinable a little longer: a request that missed the store
         # moments before the commit would otherwise start a second upstream fetch.
         task.add_done_callback(lambda _t: self._finished(digest, future, fill))

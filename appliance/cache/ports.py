@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -66,6 +66,14 @@ class BlobFiles(Protocol):
     def discard(self, temp: TempFile) -> None: ...
 
 
+class SpaceKeeper(Protocol):
+    """Keeps the store within its bounds (the evictor)."""
+
+    def nudge(self, *, urgent: bool = False) -> None:
+        """Check usage soon; `urgent` when a write failed for lack of space."""
+        ...
+
+
 class PublicStatusStore(Protocol):
     async def public_status(self, registry: str, repository: str) -> tuple[bool, float] | None:
         """(public, checked at, epoch seconds)."""
@@ -77,9 +85,17 @@ class PublicStatusStore(Protocol):
 
 
 class Index(Protocol):
-    async def add_blob(
-        self, digest: Digest, size: int, media_type: str | None, *, manifest: bool = False
+    async def add_blob(self, digest: Digest, size: int, media_type: str | None) -> None: ...
+    async def add_manifest(
+        self,
+        digest: Digest,
+        size: int,
+        media_type: str,
+        references: Sequence[Digest],
+        source: tuple[str, str],
     ) -> None: ...
+    def note_source(self, registry: str, repository: str, digest: Digest) -> None: ...
+    def count_served(self, registry: str, from_store: int, from_upstream: int) -> None: ...
     async def blob(self, digest: Digest) -> BlobRow | None: ...
     async def manifest_type(self, digest: Digest) -> str | None: ...
     async def touch(self, digest: Digest) -> None: ...

@@ -27,16 +27,12 @@ async def read_at(fd: int, size: int, offset: int) -> bytes | bytearray:
     return await asyncio.to_thread(os.pread, fd, size, offset)
 
 
-async def read_file(path: str, start: int, stop: int) -> AsyncIterator[bytes | bytearray]:
-    """Bytes [start, stop) of a complete file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        pos = start
-        while pos < stop:
-            chunk = await read_at(fd, min(CHUNK_BYTES, stop - pos), pos)
-            if not chunk:
-                raise EOFError(f"{path} ends at {pos}, expected {stop}")
-            pos += len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
+async def read_file(fd: int, start: int, stop: int) -> AsyncIterator[bytes | bytearray]:
+    """Bytes [start, stop) of a complete file, open as `fd` (the caller closes it)."""
+    pos = start
+    while pos < stop:
+        chunk = await read_at(fd, min(CHUNK_BYTES, stop - pos), pos)
+        if not chunk:
+            raise EOFError(f"blob file ends at {pos}, expected {stop}")
+        pos += len(chunk)
+        yield chunk

@@ -13,16 +13,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from appliance.cache.access import AccessGate, fingerprint
-from appliance.cache.fill import Fill, Fills
+from appliance.cache.fill import NO_SPACE, Fill, Fills
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import (
     BlobFiles,
     Index,
+    SpaceKeeper,
     TagRow,
     Upstream,
     UpstreamReply,
@@ -30,6 +31,7 @@ from appliance.cache.ports import (
 )
 from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest, DigestError
+from appliance.oci.manifest import references
 from appliance.oci.mediatypes import OCTET_STREAM, accept_key, accepts
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class RegistryCache:
         negative: NegativeCache | None = None,
         max_fills: int = 256,
         clock: Callable[[], float] = time.time,
+        space: SpaceKeeper | None = None,
     ) -> None:
         self._negative = negative or NegativeCache(0)
         self._files = files
@@ -117,12 +120,34 @@ class RegistryCache:
         self._upstream = upstream
         self._gate = gate
         self._clock = clock
-        self._fills = Fills(files, self._on_blob_commit, max_fills)
+        self._space = space
+        self._fills = Fills(files, self._on_blob_commit, max_fills, self._on_disk_full)
         self._manifest_fetches: dict[str, asyncio.Future[Stored | None]] = {}
         self._stale_log = LogThrottle(log, interval_s=3600.0)
+        self._full_log = LogThrottle(log, interval_s=60.0)
 
     async def _on_blob_commit(self, fill: Fill) -> None:
         await self._index.add_blob(fill.digest, fill.written, fill.media_type)
+        if self._space is not None:
+            self._space.nudge()
+
+    def _on_disk_full(self, fill: Fill | None, error: OSError) -> None:
+        """A write found no space: serve without keeping, log once a minute, make room."""
+        self._full_log.warning(
+            "disk-full",
+            "store disk-full digest=%s error=%s action=streaming-through-uncached",
+            fill.digest if fill is not None else "-",
+            error.strerror or error,
+        )
+        if self._space is not None:
+            self._space.nudge(urgent=True)
+
+    def filling(self, digest: str) -> bool:
+        """Whether a fill of `digest` is in flight (eviction leaves it alone)."""
+        return self._fills.holds(digest)
+
+    def count_served(self, host: str, from_store: int, from_upstream: int) -> None:
+        self._index.count_served(host, from_store, from_upstream)
 
     # Blobs
 
@@ -194,6 +219,8 @@ class RegistryCache:
         answer = await self._manifest(target, reference, head=head)
         if isinstance(answer, Relayed):
             return answer
+        if isinstance(answer, Stored):
+            self._index.note_source(target.host, target.repository, answer.digest)
         url = target.url("manifests", answer.digest)
         return await self._authorized(target, url, answer, head=head)
 
@@ -322,8 +349,18 @@ class RegistryCache:
             and announced.algorithm == digest.algorithm
         ):
             raise UpstreamMismatch(f"{url}: Docker-Content-Digest {announced} but body is {digest}")
-        path = await self._write(digest, body)
-        await self._index.add_blob(digest, len(body), media_type, manifest=True)
+        try:
+            path = await self._write(digest, body)
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            self._on_disk_full(None, e)
+            return Relayed(InMemoryReply(body, digest, media_type))
+        await self._index.add_manifest(
+            digest, len(body), media_type, references(body), (target.host, target.repository)
+        )
+        if self._space is not None:
+            self._space.nudge()
         log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
         return Stored(digest, len(body), media_type, path)
 
@@ -335,6 +372,30 @@ class RegistryCache:
             self._files.discard(temp)
             raise
         return await self._files.commit(temp, digest)
+
+
+class InMemoryReply:
+    """A manifest fetched but not kept (the disk is full), answered as upstream sent it."""
+
+    status = 200
+
+    def __init__(self, body: bytes, digest: Digest, media_type: str) -> None:
+        self._body = body
+        self.headers = {
+            "Content-Type": media_type,
+            "Content-Length": str(len(body)),
+            "Docker-Content-Digest": str(digest),
+            "Docker-Distribution-API-Version": "registry/2.0",
+        }
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    async def read(self, limit: int) -> bytes:
+        return self._body[:limit]
+
+    def close(self) -> None:
+        pass
 
 
 def _digest_header(headers: Mapping[str, str]) -> Digest | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -184,12 +185,21 @@ def create_app(
             max_stale_s=site.max_stale_s,
         )
         head = request.method == "HEAD"
-        if route.kind is Kind.BLOB:
-            assert not isinstance(route.reference, str)
-            answer = await cache.blob(target, route.reference, head=head)
-        else:
-            answer = await cache.manifest(target, route.reference, head=head)
-        return await _render(request, answer)
+
+        def count(sent: int, from_store: bool) -> None:
+            cache.count_served(host, sent if from_store else 0, 0 if from_store else sent)
+
+        for _ in range(2):
+            if route.kind is Kind.BLOB:
+                assert not isinstance(route.reference, str)
+                answer = await cache.blob(target, route.reference, head=head)
+            else:
+                answer = await cache.manifest(target, route.reference, head=head)
+            try:
+                return await _render(request, answer, count)
+            except FileNotFoundError:
+                continue  # evicted between lookup and open: ask again, it is a miss now
+        return registry_error(503, "UNAVAILABLE", "content was evicted while being served")
 
     # Bodies are streamed (pushes pass through), never read whole: the default
     # client_max_size (1 MiB) only bounds what a handler would read into memory.
@@ -220,10 +230,17 @@ def _content_headers(digest: object, media_type: str, size: int | None) -> dict[
 
 
 async def _render(
-    request: web.Request, answer: Stored | Filling | Described | Relayed
+    request: web.Request,
+    answer: Stored | Filling | Described | Relayed,
+    count: Callable[[int, bool], None],
 ) -> web.StreamResponse:
+    """Send `answer`; `count(body bytes, from the store?)` once the body is sent."""
     if isinstance(answer, Stored):
-        return await _stream_stored(request, answer)
+        fd = os.open(answer.path, os.O_RDONLY | os.O_CLOEXEC)  # before any byte is sent
+        try:
+            return await _stream_stored(request, answer, fd, lambda n: count(n, True))
+        finally:
+            os.close(fd)
     if isinstance(answer, Described):
         response = web.StreamResponse(
             headers=_content_headers(answer.digest, answer.media_type, answer.size)
@@ -232,7 +249,7 @@ async def _render(
         await response.write_eof()
         return response
     if isinstance(answer, Filling):
-        return await _stream_fill(request, answer)
+        return await _stream_fill(request, answer, lambda n: count(n, False))
     return await _relay(request, answer.reply)
 
 
@@ -268,14 +285,17 @@ async def _send_body(
     response: web.StreamResponse,
     chunks: AsyncIterator[bytes | bytearray] | None,
     what: object,
+    sent: Callable[[int], None] = lambda _n: None,
 ) -> web.StreamResponse:
     """Write the body (None for HEAD) and finish the response, or cut the connection."""
+    total = 0
     try:
         if chunks is not None:
             async for chunk in chunks:
                 # A client that stops reading must not hold its handler (and file) forever.
                 async with asyncio.timeout(WRITE_TIMEOUT_S):
                     await response.write(chunk)
+                total += len(chunk)
     except ConnectionError:
         return response  # the client went away; a fill it started carries on
     except Exception as e:  # noqa: BLE001 - whatever broke, the response cannot be completed
@@ -284,26 +304,32 @@ async def _send_body(
         if request.transport is not None:
             request.transport.abort()
         return response
+    finally:
+        sent(total)
     await response.write_eof()
     return response
 
 
-async def _stream_stored(request: web.Request, answer: Stored) -> web.StreamResponse:
+async def _stream_stored(
+    request: web.Request, answer: Stored, fd: int, sent: Callable[[int], None]
+) -> web.StreamResponse:
     response, start, stop = await _start(
         request, answer.digest, answer.media_type, answer.size, stale=answer.stale
     )
     assert stop is not None
-    body = None if request.method == "HEAD" else read_file(str(answer.path), start, stop)
-    return await _send_body(request, response, body, answer.digest)
+    body = None if request.method == "HEAD" else read_file(fd, start, stop)
+    return await _send_body(request, response, body, answer.digest, sent)
 
 
-async def _stream_fill(request: web.Request, answer: Filling) -> web.StreamResponse:
+async def _stream_fill(
+    request: web.Request, answer: Filling, sent: Callable[[int], None]
+) -> web.StreamResponse:
     fill = answer.fill
     if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
         raise FillFailed(str(fill.error))
     response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
     body = fill.stream(start, stop if stop is not None else 1 << 62)
-    return await _send_body(request, response, body, answer.digest)
+    return await _send_body(request, response, body, answer.digest, sent)
 
 
 async def _relay(request: web.Request, reply: UpstreamReply) -> web.StreamResponse:

@@ -8,14 +8,16 @@ file under `blobs/` always hashes to its name, across crashes and power loss.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.cache.ports import TempFile
 from appliance.durable import fsync_dir
-from appliance.oci.digest import Digest
+from appliance.oci.digest import Digest, DigestError
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class FileBlobStore:
         self.root = root
         self._blobs = root / "blobs"
         self._tmp = root / "tmp"
+        self.quarantine = root / "quarantine"
 
     def prepare(self) -> int:
         """Create the folders and remove temp files of fills a previous run left behind
@@ -93,6 +96,48 @@ class FileBlobStore:
         os.replace(temp.path, final)
         fsync_dir(final.parent)
         return final
+
+    def remove(self, digests: list[str]) -> None:
+        """Unlink blob files (their rows are gone); missing ones are fine."""
+        folders: set[Path] = set()
+        for text in digests:
+            path = self.path_for(Digest.parse(text))
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            folders.add(path.parent)
+        for folder in folders:
+            fsync_dir(folder)
+
+    def hashes_to_name(self, path: Path, digest: Digest) -> bool:
+        """Whether the file's content hashes to `digest` (read in 1 MiB chunks)."""
+        with path.open("rb", buffering=0) as f:
+            return hashlib.file_digest(f, digest.algorithm).hexdigest() == digest.hex
+
+    def walk(self) -> Iterator[tuple[Path, Digest | None]]:
+        """Every file under `blobs/`, with the digest its place names (None: not a digest
+        path, e.g. a stray file)."""
+        for path in sorted(self._blobs.rglob("*")):
+            if path.is_dir():
+                continue
+            try:
+                digest = Digest.parse(f"{path.parent.parent.name}:{path.name}")
+            except DigestError:
+                digest = None
+            if digest is not None and self.path_for(digest) != path:
+                digest = None
+            yield path, digest
+
+    def move_to_quarantine(self, path: Path, why: str) -> Path:
+        """Keep a bad file for inspection, out of the blob tree (it is never served)."""
+        self.quarantine.mkdir(mode=0o700, exist_ok=True)
+        target = self.quarantine / f"{path.name}.{secrets.token_hex(4)}"
+        os.replace(path, target)
+        (target.parent / f"{target.name}.why").write_text(why + "\n", encoding="utf-8")
+        fsync_dir(path.parent)
+        fsync_dir(self.quarantine)
+        return target
 
     def discard(self, temp: TempFile) -> None:
         assert isinstance(temp, TempBlob)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from appliance.oci.digest import Digest
 from appliance.tasks import spawn
 
 _TOUCH_FLUSH_S = 5.0
+_DELETE_BATCH = 64  # rows per write transaction: eviction never holds the lock for long
 _SELECT_TAG_ROWS = (
     "SELECT digest, media_type, size, validated_s FROM tags"
     " WHERE registry = ? AND repository = ? AND tag = ?"
@@ -72,7 +74,61 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (registry, repository)
     );
     """,
+    # 3: the store's lifecycle. `refs`: what each kept manifest needs (eviction removes a
+    # manifest before what it references). `sources`: which repositories a manifest was
+    # pulled from (for `cache ls/rm`). `pins`: kept whatever the size bound says.
+    # `served`: bytes per registry answered from the store or fetched upstream.
+    # `refs_indexed` = 0 marks manifests stored before this schema: backfilled at start.
+    """
+    CREATE TABLE refs (
+        parent TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
+        child TEXT NOT NULL,
+        PRIMARY KEY (parent, child)
+    );
+    CREATE INDEX refs_by_child ON refs (child);
+    CREATE TABLE sources (
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
+        PRIMARY KEY (registry, repository, digest)
+    );
+    CREATE INDEX sources_by_digest ON sources (digest);
+    CREATE TABLE pins (
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        pinned_s REAL NOT NULL,
+        PRIMARY KEY (registry, repository, reference)
+    );
+    CREATE TABLE served (
+        registry TEXT PRIMARY KEY,
+        from_store INTEGER NOT NULL DEFAULT 0,
+        from_upstream INTEGER NOT NULL DEFAULT 0
+    );
+    ALTER TABLE manifests ADD COLUMN refs_indexed INTEGER NOT NULL DEFAULT 0;
+    INSERT INTO sources (registry, repository, digest)
+        SELECT DISTINCT tags.registry, tags.repository, tags.digest FROM tags
+        JOIN manifests ON manifests.digest = tags.digest;
+    """,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    size: int
+    last_access_s: float
+    manifest: bool
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The index as eviction plans over it: read without the write lock."""
+
+    entries: dict[str, Entry]
+    children: dict[str, list[str]]
+    """Manifest digest → what it references (present in the store or not)."""
+    pinned: set[str]
+    """Digests pinned directly or through a pinned tag (their references are kept too)."""
 
 
 class SqliteIndex:
@@ -83,6 +139,8 @@ class SqliteIndex:
         # Accesses are batched: a synchronous=FULL commit (an fsync) per cache hit would
         # cost more than the hit. Flushed every few seconds and on close.
         self._touched: dict[str, tuple[float, int]] = {}
+        self._sources: set[tuple[str, str, str]] = set()
+        self._served: dict[str, tuple[int, int]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
@@ -112,7 +170,7 @@ class SqliteIndex:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        await self.flush_touches()
+        await self.flush()
         await self._db.close()
 
     async def _migrate(self) -> None:
@@ -129,22 +187,28 @@ class SqliteIndex:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def add_blob(
-        self, digest: Digest, size: int, media_type: str | None, *, manifest: bool = False
-    ) -> None:
+    async def add_blob(self, digest: Digest, size: int, media_type: str | None) -> None:
         now = time.time()
         async with self._transaction() as db:
+            await _insert_blob(db, digest, size, media_type, now)
+
+    async def add_manifest(
+        self,
+        digest: Digest,
+        size: int,
+        media_type: str,
+        references: Sequence[Digest],
+        source: tuple[str, str],
+    ) -> None:
+        """A manifest, what it references and the (registry, repository) it came from."""
+        now = time.time()
+        async with self._transaction() as db:
+            await _insert_blob(db, digest, size, media_type, now)
+            await _insert_manifest(db, digest, media_type, references)
             await db.execute(
-                "INSERT INTO blobs (digest, size, media_type, created_s, last_access_s)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
-                (str(digest), size, media_type, now, now),
+                "INSERT OR IGNORE INTO sources (registry, repository, digest) VALUES (?, ?, ?)",
+                (*source, str(digest)),
             )
-            if manifest and media_type is not None:
-                await db.execute(
-                    "INSERT INTO manifests (digest, media_type) VALUES (?, ?)"
-                    " ON CONFLICT (digest) DO NOTHING",
-                    (str(digest), media_type),
-                )
 
     async def blob(self, digest: Digest) -> BlobRow | None:
         async with self._db.execute(
@@ -164,16 +228,33 @@ class SqliteIndex:
         """Record a hit; written with others within `_TOUCH_FLUSH_S`."""
         _, hits = self._touched.get(str(digest), (0.0, 0))
         self._touched[str(digest)] = (time.time(), hits + 1)
+        self._flush_soon()
+
+    def note_source(self, registry: str, repository: str, digest: Digest) -> None:
+        """A stored manifest was served for this repository (batched like touches)."""
+        self._sources.add((registry, repository, str(digest)))
+        self._flush_soon()
+
+    def count_served(self, registry: str, from_store: int, from_upstream: int) -> None:
+        """Body bytes sent to clients, from the store or as fetched (batched)."""
+        stored, fetched = self._served.get(registry, (0, 0))
+        self._served[registry] = (stored + from_store, fetched + from_upstream)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._flusher is None or self._flusher.done():
-            self._flusher = spawn(self._flush_later(), name="index-touch-flush")
+            self._flusher = spawn(self._flush_later(), name="index-flush")
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(_TOUCH_FLUSH_S)
-        await self.flush_touches()
+        await self.flush()
 
-    async def flush_touches(self) -> None:
+    async def flush(self) -> None:
+        """Write the batched hits, sources and byte counts in one transaction."""
         touched, self._touched = self._touched, {}
-        if not touched:
+        sources, self._sources = self._sources, set()
+        served, self._served = self._served, {}
+        if not (touched or sources or served):
             return
         async with self._transaction() as db:
             await db.executemany(
@@ -181,9 +262,21 @@ class SqliteIndex:
                 " WHERE digest = ?",
                 [(when, hits, digest) for digest, (when, hits) in touched.items()],
             )
+            await db.executemany(
+                "INSERT OR IGNORE INTO sources (registry, repository, digest)"
+                " SELECT ?, ?, digest FROM manifests WHERE digest = ?",
+                sorted(sources),
+            )
+            await db.executemany(
+                "INSERT INTO served (registry, from_store, from_upstream) VALUES (?, ?, ?)"
+                " ON CONFLICT (registry) DO UPDATE SET"
+                " from_store = from_store + excluded.from_store,"
+                " from_upstream = from_upstream + excluded.from_upstream",
+                [(registry, a, b) for registry, (a, b) in served.items()],
+            )
 
     async def hits(self, digest: Digest) -> int:
-        await self.flush_touches()
+        await self.flush()
         async with self._db.execute(
             "SELECT hits FROM blobs WHERE digest = ?", (str(digest),)
         ) as cursor:
@@ -262,6 +355,165 @@ class SqliteIndex:
                 (registry, repository, int(public), checked_s),
             )
 
+    # Lifecycle: eviction, reconciliation, `regcache cache`.
+
+    async def total_size(self) -> int:
+        async with self._db.execute("SELECT coalesce(sum(size), 0) FROM blobs") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def snapshot(self) -> Snapshot:
+        await self.flush()  # last accesses must be current for the staleness guard
+        entries: dict[str, Entry] = {}
+        async with self._db.execute(
+            "SELECT b.digest, b.size, b.last_access_s, m.digest IS NOT NULL FROM blobs b"
+            " LEFT JOIN manifests m ON m.digest = b.digest"
+        ) as cursor:
+            async for digest, size, last, manifest in cursor:
+                entries[digest] = Entry(int(size), float(last), bool(manifest))
+        children: dict[str, list[str]] = {}
+        async with self._db.execute("SELECT parent, child FROM refs") as cursor:
+            async for parent, child in cursor:
+                children.setdefault(parent, []).append(child)
+        return Snapshot(entries, children, await self.pinned_digests())
+
+    async def pinned_digests(self) -> set[str]:
+        async with self._db.execute(
+            "SELECT t.digest FROM tags t JOIN pins p ON p.registry = t.registry"
+            " AND p.repository = t.repository AND p.reference = t.tag"
+            " UNION SELECT reference FROM pins WHERE reference LIKE '%:%'"
+        ) as cursor:
+            return {str(r[0]) async for r in cursor}
+
+    async def delete(
+        self, victims: Sequence[tuple[str, float]], *, referenced: bool = False
+    ) -> list[tuple[str, int]]:
+        """Remove rows, parents before children as given; (digest, size) of those removed.
+
+        A row goes only if it was not accessed after the given time and — unless
+        `referenced` — no kept manifest references it: checked inside the transaction, so
+        a manifest stored meanwhile protects its blobs. Tags naming a removed manifest go
+        with it (the next pull revalidates them). The caller removes the files after.
+        """
+        removed: list[tuple[str, int]] = []
+        for start in range(0, len(victims), _DELETE_BATCH):
+            async with self._transaction() as db:
+                for digest, seen_s in victims[start : start + _DELETE_BATCH]:
+                    async with db.execute(
+                        "DELETE FROM blobs WHERE digest = ? AND last_access_s <= ?"
+                        " AND (? OR NOT EXISTS (SELECT 1 FROM refs WHERE child = ?))"
+                        " RETURNING size",
+                        (digest, seen_s, int(referenced), digest),
+                    ) as cursor:
+                        row = await cursor.fetchone()
+                    if row is not None:
+                        await db.execute("DELETE FROM tags WHERE digest = ?", (digest,))
+                        removed.append((digest, int(row[0])))
+        return removed
+
+    async def sizes(self) -> dict[str, int]:
+        """Every blob row: digest → size (reconciliation compares them with the files)."""
+        async with self._db.execute("SELECT digest, size FROM blobs") as cursor:
+            return {str(d): int(n) async for d, n in cursor}
+
+    async def manifests_without_refs(self) -> list[str]:
+        async with self._db.execute(
+            "SELECT digest FROM manifests WHERE refs_indexed = 0"
+        ) as cursor:
+            return [str(r[0]) async for r in cursor]
+
+    async def restore(
+        self, digest: Digest, size: int, manifest: tuple[str, Sequence[Digest]] | None
+    ) -> None:
+        """Re-index a verified file found without a row (manifest: type and references)."""
+        now = time.time()
+        async with self._transaction() as db:
+            await _insert_blob(db, digest, size, None if manifest is None else manifest[0], now)
+            if manifest is not None:
+                await _insert_manifest(db, digest, *manifest)
+
+    async def set_references(self, digest: Digest, references: Sequence[Digest]) -> None:
+        """What a manifest stored before schema 3 references (backfilled at start)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE manifests SET refs_indexed = 1 WHERE digest = ?", (str(digest),)
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)",
+                [(str(digest), str(child)) for child in references],
+            )
+
+    async def sources(self) -> list[tuple[str, str, str]]:
+        """(registry, repository, manifest digest) for every manifest pulled from each."""
+        async with self._db.execute(
+            "SELECT registry, repository, digest FROM sources ORDER BY 1, 2, 3"
+        ) as cursor:
+            return [(str(a), str(b), str(c)) async for a, b, c in cursor]
+
+    async def tags(self) -> list[tuple[str, str, str, str]]:
+        """(registry, repository, tag, digest) for every tag mapping."""
+        async with self._db.execute(
+            "SELECT DISTINCT registry, repository, tag, digest FROM tags ORDER BY 1, 2, 3"
+        ) as cursor:
+            return [(str(a), str(b), str(c), str(d)) async for a, b, c, d in cursor]
+
+    async def pins(self) -> list[tuple[str, str, str]]:
+        async with self._db.execute(
+            "SELECT registry, repository, reference FROM pins ORDER BY 1, 2, 3"
+        ) as cursor:
+            return [(str(a), str(b), str(c)) async for a, b, c in cursor]
+
+    async def set_pin(self, registry: str, repository: str, reference: str, pinned: bool) -> bool:
+        """Pin or unpin; False if that changed nothing."""
+        key = (registry, repository, reference)
+        async with self._transaction() as db:
+            if pinned:
+                sql = "INSERT OR IGNORE INTO pins VALUES (?, ?, ?, ?)"
+                cursor = await db.execute(sql, (*key, time.time()))
+            else:
+                sql = "DELETE FROM pins WHERE registry = ? AND repository = ? AND reference = ?"
+                cursor = await db.execute(sql, key)
+            return cursor.rowcount > 0
+
+    async def forget(self, registry: str, repository: str, tag: str | None, digest: str) -> None:
+        """Drop a repository's claim on a manifest: its source row and tag mappings
+        (`tag` None: every tag of the repository naming it)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM tags WHERE registry = ? AND repository = ? AND digest = ?"
+                " AND (? IS NULL OR tag = ?)",
+                (registry, repository, digest, tag, tag),
+            )
+            await db.execute(
+                "DELETE FROM sources WHERE registry = ? AND repository = ? AND digest = ?"
+                " AND NOT EXISTS (SELECT 1 FROM tags WHERE registry = ? AND repository = ?"
+                " AND digest = ?)",
+                (registry, repository, digest) * 2,
+            )
+
+    async def served(self) -> dict[str, tuple[int, int]]:
+        """Registry → (bytes sent from the store, bytes sent as fetched upstream)."""
+        await self.flush()
+        async with self._db.execute(
+            "SELECT registry, from_store, from_upstream FROM served"
+        ) as cursor:
+            return {str(r): (int(a), int(b)) async for r, a, b in cursor}
+
+    async def claims(self, digest: str) -> int:
+        """How many repositories still pull or tag a manifest."""
+        async with self._db.execute(
+            "SELECT (SELECT count(*) FROM sources WHERE digest = ?)"
+            " + (SELECT count(*) FROM tags WHERE digest = ?)",
+            (digest, digest),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def integrity_check(self) -> str:
+        async with self._db.execute("PRAGMA integrity_check") as cursor:
+            rows = await cursor.fetchall()
+        return "; ".join(str(r[0]) for r in rows)
+
     async def tag_history(self, registry: str, repository: str, tag: str) -> list[Digest]:
         async with self._db.execute(
             "SELECT digest FROM tag_history WHERE registry = ? AND repository = ? AND tag = ?"
@@ -275,3 +527,27 @@ class SqliteIndex:
 def _tag_row(row: Sequence[Any]) -> TagRow:
     """A `SELECT digest, media_type, size, validated_s` row."""
     return TagRow(Digest.parse(row[0]), str(row[1]), int(row[2]), float(row[3]))
+
+
+async def _insert_blob(
+    db: aiosqlite.Connection, digest: Digest, size: int, media_type: str | None, now: float
+) -> None:
+    await db.execute(
+        "INSERT INTO blobs (digest, size, media_type, created_s, last_access_s)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+        (str(digest), size, media_type, now, now),
+    )
+
+
+async def _insert_manifest(
+    db: aiosqlite.Connection, digest: Digest, media_type: str, references: Sequence[Digest]
+) -> None:
+    await db.execute(
+        "INSERT INTO manifests (digest, media_type, refs_indexed) VALUES (?, ?, 1)"
+        " ON CONFLICT (digest) DO UPDATE SET refs_indexed = 1",
+        (str(digest), media_type),
+    )
+    await db.executemany(
+        "INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)",
+        [(str(digest), str(child)) for child in references],
+    )

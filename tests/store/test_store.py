@@ -34,10 +34,10 @@ def test_leftover_temp_files_are_removed_at_start(tmp_path: Path) -> None:
 
 async def test_index_schema_is_migrated_once_and_in_wal(tmp_path: Path) -> None:
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    assert await index.schema_version() == 2
+    assert await index.schema_version() == 3
     await index.close()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")  # reopening migrates nothing
-    assert await index.schema_version() == 2
+    assert await index.schema_version() == 3
     await index.close()
     mode = sqlite3.connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()
     assert mode == ("wal",)
@@ -51,7 +51,7 @@ async def test_tag_history_keeps_replaced_digests(tmp_path: Path) -> None:
     row = await index.tag("docker.io", "library/x", "latest", "k")
     assert row is not None and row.digest == b and row.validated_s == 3.0
     assert await index.tag_history("docker.io", "library/x", "latest") == [a]
-    await index.add_blob(a, 1, "t", manifest=True)
+    await index.add_manifest(a, 1, "t", [], ("docker.io", "library/x"))
     await index.touch(a)
     assert await index.hits(a) == 1 and await index.manifest_type(a) == "t"
     await index.close()
