@@ -1,4 +1,4 @@
-"""The `regcache` command: serve, check-config, and CA management. Thin by design."""
+"""The `regcache` command: serve, check-config, CA and store management. Thin by design."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from appliance import redact
+from appliance import cli_cache, redact
 from appliance.config import Config, ConfigError, default_config_path, load_config
 from appliance.main import StartupError, ca_mismatch, offline_flag, run
 from appliance.tls.ca import (
@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "offline", parents=[common], help="stop or resume contacting upstream at run time"
     )
     offline.add_argument("state", choices=["on", "off"])
+    cli_cache.add_parser(sub, common)
     return parser
 
 
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check-config":
             return _check_config(config, path, now)
+        if args.command == "cache":
+            return cli_cache.run(args, config)
         if args.command == "offline":
             flag = offline_flag(config)
             if args.state == "on":

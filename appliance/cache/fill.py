@@ -135,7 +135,7 @@ class Fill:
             self.state = FillState.VERIFIED
             self._notify()
             if self.on_disk is not None:
-                await self._wait_for_readers()
+                await self._wait_for_readers(last=True)
                 self.state = FillState.PASSED
                 files.discard(self._temp)
                 log.info("fill passed-through digest=%s bytes=%d", self.digest, self.written)
@@ -164,11 +164,14 @@ class Fill:
             reply.close()
             self._notify()
 
-    async def _wait_for_readers(self) -> None:
+    async def _wait_for_readers(self, *, last: bool = False) -> None:
         """Pass-through: until every reader has taken what is readable of the window, so
-        it can be replaced. Memory stays at one chunk; the slowest reader sets the pace."""
+        it can be replaced (`last`: the final bytes, after which readers may all be gone).
+        Memory stays at one chunk; the slowest reader sets the pace."""
         deadline = time.monotonic() + _FIRST_READER_WAIT_S
         while True:
+            if last and self._had_readers and not self._readers:
+                return
             if not self._readers and (self._had_readers or time.monotonic() > deadline):
                 raise FillFailed(f"{self.digest}: disk full and no client left to stream to")
             until = self._readable_until()

@@ -116,7 +116,8 @@ class Usage:
 
 def bytes_to_free(limits: StoreConfig, usage: Usage, *, urgent: bool = False) -> int:
     """How much eviction should remove now: 0 below the high watermark and above the
-    free-space floor; `urgent` (the disk filled) frees as if at the high watermark."""
+    free-space floor; `urgent` (a write found no space) frees at least the gap between
+    the watermarks."""
     bound = limits.max_size.of(usage.filesystem)
     high = bound * limits.high_watermark_pct // 100
     low = bound * limits.low_watermark_pct // 100
@@ -127,6 +128,8 @@ def bytes_to_free(limits: StoreConfig, usage: Usage, *, urgent: bool = False) ->
     if usage.free < floor or urgent:
         # Back above the floor by the watermark gap, so this does not run per fill.
         need = max(need, floor + (high - low) - usage.free)
+    if urgent:
+        need = max(need, high - low)
     return max(0, min(need, usage.stored))
 
 

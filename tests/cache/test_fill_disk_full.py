@@ -1,0 +1,121 @@
+"""A fill whose disk fills mid-transfer: its readers still get every byte (streamed
+through), nothing is kept, the temp file goes. The tmpfs end-to-end test does this with a
+real full filesystem; here the failure is placed at an exact byte."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from multidict import CIMultiDict
+
+from appliance.cache.fill import Fill, Fills, FillState
+from appliance.oci.digest import Digest
+from appliance.store.files import FileBlobStore, TempBlob
+
+CHUNK = 64 << 10
+BODY = os.urandom(40 * CHUNK + 123)
+
+
+class ChunkedReply:
+    status = 200
+
+    def __init__(self, body: bytes) -> None:
+        self.headers = CIMultiDict({"Content-Length": str(len(body))})
+        self._body = body
+        self.closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self._body), CHUNK):
+            await asyncio.sleep(0)
+            yield self._body[start : start + CHUNK]
+
+    async def read(self, limit: int) -> bytes:
+        return self._body[:limit]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class SmallDisk(FileBlobStore):
+    """Writes fail with ENOSPC once a temp file would pass `room` bytes."""
+
+    def __init__(self, root: Path, room: int) -> None:
+        super().__init__(root)
+        self.room = room
+
+    def create_temp(self) -> TempBlob:
+        temp = super().create_temp()
+        room = self.room
+
+        class Full(TempBlob):
+            def write(self, chunk: bytes) -> None:
+                if self.written + len(chunk) > room:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                super().write(chunk)
+
+        return Full(temp.path, temp.fd)
+
+
+async def _read(fill: Fill) -> bytes:
+    return b"".join([bytes(c) async for c in fill.stream(0, 1 << 62)])
+
+
+async def test_readers_get_every_byte_when_the_disk_fills_mid_fill(tmp_path: Path) -> None:
+    files = SmallDisk(tmp_path, room=10 * CHUNK)
+    files.prepare()
+    committed: list[Fill] = []
+    full: list[OSError] = []
+
+    async def on_commit(fill: Fill) -> None:
+        committed.append(fill)
+
+    fills = Fills(files, on_commit, on_disk_full=lambda _f, e: full.append(e))
+    digest = Digest.of(BODY)
+    reply = ChunkedReply(BODY)
+
+    async def fetch() -> ChunkedReply:
+        return reply
+
+    leader = await fills.join_or_start(digest, fetch, None)
+    assert isinstance(leader, Fill)
+    follower = await fills.join_or_start(digest, fetch, None)
+    assert follower is leader
+    got = await asyncio.gather(_read(leader), _read(leader))
+    assert got == [BODY, BODY]
+    await asyncio.sleep(0.05)
+    assert leader.state is FillState.PASSED and leader.on_disk == 10 * CHUNK
+    assert committed == [] and len(full) == 1 and reply.closed
+    assert list((tmp_path / "tmp").iterdir()) == [] and files.size_of(digest) is None
+    # A request after that does not join the pass-through: it starts a fill of its own.
+    assert fills.active(digest) is None
+
+
+async def test_a_pass_through_with_nobody_reading_stops(tmp_path: Path) -> None:
+    files = SmallDisk(tmp_path, room=0)
+    files.prepare()
+
+    async def on_commit(_fill: Fill) -> None:
+        raise AssertionError("nothing may be committed")
+
+    fills = Fills(files, on_commit)
+    reply = ChunkedReply(BODY)
+
+    async def fetch() -> ChunkedReply:
+        return reply
+
+    fill = await fills.join_or_start(Digest.of(BODY), fetch, None)
+    assert isinstance(fill, Fill)
+    stream = fill.stream(0, 1 << 62)
+    first = await anext(stream)
+    assert first == BODY[:CHUNK]
+    await stream.aclose()  # the only client went away
+    for _ in range(100):
+        if fill.state is FillState.FAILED:
+            break
+        await asyncio.sleep(0.01)
+    assert fill.state is FillState.FAILED and "no client left" in str(fill.error)
+    assert reply.closed and list((tmp_path / "tmp").iterdir()) == []
