@@ -135,6 +135,14 @@ MALFORMED = [
         "exactly one of",
     ),
     (BASE + "    credentials: {method: ldap}\n", "registries[0].credentials.method", 6, "one of"),
+    (BASE + "store:\n  max_size: 50 apples\n", "store.max_size", 7, "expected a size like"),
+    (BASE + "store:\n  min_free: 150%\n", "store.min_free", 7, "percentage in (0, 100]"),
+    (
+        BASE + "store:\n  high_watermark_pct: 80\n  low_watermark_pct: 90\n",
+        "store.low_watermark_pct",
+        8,
+        "must be below store.high_watermark_pct",
+    ),
 ]
 
 

@@ -265,9 +265,15 @@ class Fills:
     def active(self, digest: Digest) -> asyncio.Future[Fill] | None:
         return self._active.get(digest)
 
-    def holds(self, digest: str) -> bool:
-        """Whether a fill of `digest` runs or just finished (its file may be opened)."""
-        return any(str(d) == digest for d in self._active)
+    def running(self) -> set[str]:
+        """Digests of fills in flight (a finished one kept joinable is not: its file is
+        in the store like any other)."""
+        return {
+            str(digest)
+            for digest, future in self._active.items()
+            if not future.done()
+            or (future.exception() is None and future.result().state is not FillState.DONE)
+        }
 
     async def join_or_start(
         self,

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,9 +142,9 @@ class RegistryCache:
         if self._space is not None:
             self._space.nudge(urgent=True)
 
-    def filling(self, digest: str) -> bool:
-        """Whether a fill of `digest` is in flight (eviction leaves it alone)."""
-        return self._fills.holds(digest)
+    def filling(self) -> set[str]:
+        """Digests of fills in flight (eviction leaves them alone)."""
+        return self._fills.running()
 
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None:
         self._index.count_served(host, from_store, from_upstream)
@@ -266,9 +266,12 @@ class RegistryCache:
             reply.close()
             stored = await self._stored_manifest(digest)
             if stored is not None and accepts(target.accept, stored.media_type):
-                await self._index.set_tag(
-                    target.host, target.repository, tag, key,
-                    TagRow(digest, stored.media_type, stored.size, now),
+                await self._record(
+                    "tag",
+                    self._index.set_tag(
+                        target.host, target.repository, tag, key,
+                        TagRow(digest, stored.media_type, stored.size, now),
+                    ),
                 )  # fmt: skip
                 return stored
             if head:
@@ -322,11 +325,23 @@ class RegistryCache:
     async def _tagged(self, target: Target, tag: str | None, answer: Answer) -> Answer:
         """Record `tag` → the manifest just stored (other answers pass unchanged)."""
         if tag is not None and isinstance(answer, Stored):
-            await self._index.set_tag(
-                target.host, target.repository, tag, accept_key(target.accept),
-                TagRow(answer.digest, answer.media_type, answer.size, self._clock()),
+            await self._record(
+                "tag",
+                self._index.set_tag(
+                    target.host, target.repository, tag, accept_key(target.accept),
+                    TagRow(answer.digest, answer.media_type, answer.size, self._clock()),
+                ),
             )  # fmt: skip
         return answer
+
+    async def _record(self, what: str, write: Awaitable[None]) -> None:
+        """An index write the answer does not depend on: if it fails (a full disk), the
+        client is served anyway and the failure logged. A tag not recorded is revalidated
+        next time; a manifest not indexed is fetched again."""
+        try:
+            await write
+        except Exception as e:  # noqa: BLE001 - whatever the index adapter raised
+            self._full_log.warning("index", "index write-failed what=%s error=%s", what, e)
 
     async def _get_manifest(self, target: Target, reference: str | Digest) -> Answer:
         url = target.url("manifests", reference)
@@ -356,8 +371,11 @@ class RegistryCache:
                 raise
             self._on_disk_full(None, e)
             return Relayed(InMemoryReply(body, digest, media_type))
-        await self._index.add_manifest(
-            digest, len(body), media_type, references(body), (target.host, target.repository)
+        await self._record(
+            "manifest",
+            self._index.add_manifest(
+                digest, len(body), media_type, references(body), (target.host, target.repository)
+            ),
         )
         if self._space is not None:
             self._space.nudge()

@@ -172,7 +172,7 @@ async def remove(
     """
     snapshot = await index.snapshot()
     parents = parent_counts(snapshot)
-    protected = set() if force else protected_digests(snapshot, lambda _d: False)
+    protected = set() if force else protected_digests(snapshot, set())
     result = Removal()
     if selection.registries is None and selection.repository is None:
         digest = selection.digest
@@ -230,7 +230,7 @@ async def gc(
     report = await reconcile(index, files, at_start=False)
     snapshot = await index.snapshot()
     parents = parent_counts(snapshot)
-    protected = protected_digests(snapshot, lambda _d: False)
+    protected = protected_digests(snapshot, set())
     cutoff = time.time() - min_age_s
     loose = [
         (d, e.last_access_s)

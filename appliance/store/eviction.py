@@ -19,6 +19,7 @@ import asyncio
 import heapq
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from appliance.store.index import Snapshot, SqliteIndex
 log = logging.getLogger(__name__)
 
 UNLINK_GRACE_S = 5.0
+RESERVE_BYTES = 4 << 20
+"""Ballast kept on the store's filesystem: a full disk cannot take SQLite's room to
+commit the very eviction that would free space."""
 
 
 def closure(roots: Iterable[str], children: dict[str, list[str]]) -> set[str]:
@@ -73,13 +77,13 @@ def cascade(
     return chosen
 
 
-def protected_digests(snapshot: Snapshot, busy: Callable[[str], bool]) -> set[str]:
+def protected_digests(snapshot: Snapshot, busy: set[str]) -> set[str]:
     """Pinned digests with what they reference, and those in use."""
     pinned = closure((d for d in snapshot.pinned if d in snapshot.entries), snapshot.children)
-    return pinned | {d for d in snapshot.entries if busy(d)}
+    return pinned | busy
 
 
-def plan(snapshot: Snapshot, need: int, busy: Callable[[str], bool]) -> list[tuple[str, float]]:
+def plan(snapshot: Snapshot, need: int, busy: set[str]) -> list[tuple[str, float]]:
     """Rows to remove, in order, to free at least `need` bytes (or all that may go):
     (digest, last access seen) pairs, each parent before its children."""
     entries, children = snapshot.entries, snapshot.children
@@ -148,7 +152,7 @@ class Evictor:
         index: SqliteIndex,
         files: FileBlobStore,
         limits: StoreConfig,
-        busy: Callable[[str], bool] = lambda _d: False,
+        busy: Callable[[], set[str]] = set,
         grace_s: float = UNLINK_GRACE_S,
     ) -> None:
         self._index = index
@@ -167,6 +171,7 @@ class Evictor:
         self._wake.set()
 
     async def run(self) -> None:
+        await asyncio.to_thread(self._files.keep_reserve, RESERVE_BYTES)
         while True:
             try:
                 await self.check()
@@ -190,9 +195,20 @@ class Evictor:
         return await self.evict(need, reason="disk-full" if urgent else "over-bound")
 
     async def evict(self, need: int, reason: str) -> Eviction:
+        try:
+            return await self._evict(need, reason)
+        except sqlite3.OperationalError as e:
+            if not await asyncio.to_thread(self._files.release_reserve):
+                raise
+            log.warning("store reserve-released error=%s action=evicting", e)
+            return await self._evict(need, reason)
+        finally:
+            await asyncio.to_thread(self._files.keep_reserve, RESERVE_BYTES)
+
+    async def _evict(self, need: int, reason: str) -> Eviction:
         started = time.monotonic()
         snapshot = await self._index.snapshot()
-        removed = await self._index.delete(plan(snapshot, need, self.busy))
+        removed = await self._index.delete(plan(snapshot, need, self.busy()))
         freed = sum(size for _, size in removed)
         if removed:
             await asyncio.sleep(self._grace_s)

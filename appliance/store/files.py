@@ -53,6 +53,34 @@ class FileBlobStore:
             path.unlink(missing_ok=True)
         return len(stale)
 
+    def keep_reserve(self, size: int) -> bool:
+        """Hold `size` bytes in a reserve file (ballast) for when the disk fills: freeing
+        it lets SQLite commit the eviction that makes real room. False if no space."""
+        path = self.root / "reserve"
+        try:
+            if path.stat().st_size >= size:
+                return True
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError:
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def release_reserve(self) -> bool:
+        """Free the reserve; False if there was none."""
+        try:
+            (self.root / "reserve").unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def check_writable(self) -> str | None:
         """None if a file can be created, written and removed where fills write."""
         probe = self._tmp / "health-probe"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,8 +19,11 @@ from typing import Any
 import aiosqlite
 
 from appliance.cache.ports import BlobRow, TagRow
+from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 from appliance.tasks import spawn
+
+log = logging.getLogger(__name__)
 
 _TOUCH_FLUSH_S = 5.0
 _DELETE_BATCH = 64  # rows per write transaction: eviction never holds the lock for long
@@ -142,6 +147,7 @@ class SqliteIndex:
         self._sources: set[tuple[str, str, str]] = set()
         self._served: dict[str, tuple[int, int]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_log = LogThrottle(log, interval_s=60.0)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -149,10 +155,13 @@ class SqliteIndex:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                # A COMMIT can fail too (a full disk): the transaction then stays open
+                # unless rolled back, and later reads would see its uncommitted changes.
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     @classmethod
     async def open(cls, path: Path) -> SqliteIndex:
@@ -247,7 +256,10 @@ class SqliteIndex:
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(_TOUCH_FLUSH_S)
-        await self.flush()
+        try:
+            await self.flush()
+        except sqlite3.OperationalError as e:  # a full disk: these are statistics, let go
+            self._flush_log.warning("flush", "index flush-failed error=%s (batch dropped)", e)
 
     async def flush(self) -> None:
         """Write the batched hits, sources and byte counts in one transaction."""

@@ -135,14 +135,14 @@ async def test_eviction_takes_least_recent_images_whole_and_keeps_shared_layers(
     new_cfg, new_layer = await store.blob(b"nc", when=500), await store.blob(b"n" * MiB, when=500)
     new = await store.manifest([new_cfg, shared, new_layer], when=20)  # its layer is recent
     loose = await store.blob(b"l" * MiB, when=100)
-    order = plan(await store.index.snapshot(), need=1, busy=lambda _d: False)
+    order = plan(await store.index.snapshot(), need=1, busy=set())
     # The old image goes first, manifest before what it references; the shared layer stays.
     assert [d for d, _ in order] == [old, old_layer, old_cfg]
-    order = plan(await store.index.snapshot(), need=3 * MiB, busy=lambda _d: False)
+    order = plan(await store.index.snapshot(), need=3 * MiB, busy=set())
     assert [d for d, _ in order][:4] == [old, old_layer, old_cfg, loose]
     assert [d for d, _ in order][4] == new and shared in [d for d, _ in order]
     assert order.index((shared, 10.0)) > order.index((new, 20.0))
-    assert plan(await store.index.snapshot(), 3 * MiB, busy=lambda d: d == loose)[3][0] == new
+    assert plan(await store.index.snapshot(), 3 * MiB, busy={loose})[3][0] == new
 
 
 async def test_an_index_goes_with_its_platform_manifests_and_a_pin_keeps_all(
@@ -153,13 +153,13 @@ async def test_an_index_goes_with_its_platform_manifests_and_a_pin_keeps_all(
     arm = await store.manifest(layers[2:], when=900)  # one platform pulled recently
     idx = await store.manifest([amd, arm], when=5, index=True)
     other = await store.manifest([await store.blob(b"x", when=50)], when=50)
-    order = [d for d, _ in plan(await store.index.snapshot(), 1, lambda _d: False)]
+    order = [d for d, _ in plan(await store.index.snapshot(), 1, set())]
     assert order[0] == other  # the index is as recent as its most recent platform
-    order = [d for d, _ in plan(await store.index.snapshot(), 10 * MiB, lambda _d: False)]
+    order = [d for d, _ in plan(await store.index.snapshot(), 10 * MiB, set())]
     assert order.index(idx) < order.index(amd) < order.index(layers[0])
     assert order.index(idx) < order.index(arm) < order.index(layers[3])
     await store.index.set_pin("ghcr.io", "a", idx, True)
-    order = [d for d, _ in plan(await store.index.snapshot(), 10 * MiB, lambda _d: False)]
+    order = [d for d, _ in plan(await store.index.snapshot(), 10 * MiB, set())]
     assert not {idx, amd, arm, *layers} & set(order)
 
 
@@ -183,7 +183,7 @@ async def test_evictor_brings_the_store_from_high_to_low_watermark(store: Store)
 
 async def test_delete_rechecks_references_inside_its_transaction(store: Store) -> None:
     layer = await store.blob(b"L" * 100, when=1)
-    order = plan(await store.index.snapshot(), 1, lambda _d: False)
+    order = plan(await store.index.snapshot(), 1, set())
     assert order == [(layer, 1.0)]
     await store.manifest([await store.blob(b"cfg"), layer])  # stored after the plan was made
     assert await store.index.delete(order) == []
