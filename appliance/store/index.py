@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from appliance.tasks import spawn
 log = logging.getLogger(__name__)
 
 _TOUCH_FLUSH_S = 5.0
-_DELETE_BATCH = 64  # rows per write transaction: eviction never holds the lock for long
+_DELETE_BATCH = 256  # rows per write transaction: eviction never holds the lock for long
 _SELECT_TAG_ROWS = (
     "SELECT digest, media_type, size, validated_s FROM tags"
     " WHERE registry = ? AND repository = ? AND tag = ?"
@@ -91,6 +93,7 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (parent, child)
     );
     CREATE INDEX refs_by_child ON refs (child);
+    CREATE INDEX tags_by_digest ON tags (digest);
     CREATE TABLE sources (
         registry TEXT NOT NULL,
         repository TEXT NOT NULL,
@@ -166,13 +169,17 @@ class SqliteIndex:
     @classmethod
     async def open(cls, path: Path) -> SqliteIndex:
         db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed row survives power loss, like the fsynced file it points at.
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
-        index = cls(db)
-        await index._migrate()
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed row survives power loss, like the fsynced file it names.
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            index = cls(db)
+            await index._migrate()
+        except BaseException:
+            await db.close()  # its worker thread would otherwise keep the process alive
+            raise
         return index
 
     async def close(self) -> None:
@@ -409,18 +416,33 @@ class SqliteIndex:
         """
         removed: list[tuple[str, int]] = []
         for start in range(0, len(victims), _DELETE_BATCH):
+            batch = dict(victims[start : start + _DELETE_BATCH])
             async with self._transaction() as db:
-                for digest, seen_s in victims[start : start + _DELETE_BATCH]:
+                # One statement per pass; a child whose parent goes in this pass is still
+                # referenced when the pass's rows are chosen, so it goes in the next one.
+                while batch:
                     async with db.execute(
-                        "DELETE FROM blobs WHERE digest = ? AND last_access_s <= ?"
-                        " AND (? OR NOT EXISTS (SELECT 1 FROM refs WHERE child = ?))"
-                        " RETURNING size",
-                        (digest, seen_s, int(referenced), digest),
+                        "DELETE FROM blobs WHERE digest IN (SELECT json_extract(j.value, '$[0]')"
+                        " FROM json_each(?) j) AND last_access_s <= (SELECT"
+                        " json_extract(j.value, '$[1]') FROM json_each(?) j"
+                        " WHERE json_extract(j.value, '$[0]') = blobs.digest)"
+                        " AND (? OR NOT EXISTS (SELECT 1 FROM refs WHERE child = blobs.digest))"
+                        " RETURNING digest, size",
+                        (
+                            *[json.dumps([[d, _finite(t)] for d, t in batch.items()])] * 2,
+                            int(referenced),
+                        ),
                     ) as cursor:
-                        row = await cursor.fetchone()
-                    if row is not None:
-                        await db.execute("DELETE FROM tags WHERE digest = ?", (digest,))
-                        removed.append((digest, int(row[0])))
+                        gone = [(str(d), int(n)) async for d, n in cursor]
+                    if not gone:
+                        break
+                    await db.execute(
+                        "DELETE FROM tags WHERE digest IN (SELECT value FROM json_each(?))",
+                        (json.dumps([d for d, _ in gone]),),
+                    )
+                    removed.extend(gone)
+                    for digest, _ in gone:
+                        del batch[digest]
         return removed
 
     async def sizes(self) -> dict[str, int]:
@@ -534,6 +556,11 @@ class SqliteIndex:
         ) as cursor:
             rows = await cursor.fetchall()
         return [Digest.parse(r[0]) for r in rows]
+
+
+def _finite(seconds: float) -> float:
+    """JSON has no infinity: "whenever it was last used" is the largest float."""
+    return min(seconds, sys.float_info.max)
 
 
 def _tag_row(row: Sequence[Any]) -> TagRow:
