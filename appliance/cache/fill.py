@@ -214,7 +214,8 @@ class Fill:
                 chunk = await self._take(fd, reader.pos, limit)
                 if chunk:
                     reader.pos += len(chunk)
-                    self._notify()  # a pass-through fill waits for its slowest reader
+                    if self.on_disk is not None:
+                        self._notify()  # a pass-through fill waits for its slowest reader
                     yield chunk
                 else:
                     await self._changed.wait()
