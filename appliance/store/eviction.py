@@ -208,7 +208,8 @@ class Evictor:
     async def _evict(self, need: int, reason: str) -> Eviction:
         started = time.monotonic()
         snapshot = await self._index.snapshot()
-        removed = await self._index.delete(plan(snapshot, need, self.busy()))
+        chosen = await asyncio.to_thread(plan, snapshot, need, self.busy())
+        removed = await self._index.delete(chosen)
         freed = sum(size for _, size in removed)
         if removed:
             await asyncio.sleep(self._grace_s)

@@ -1,7 +1,8 @@
 """The SQLite index of the store (aiosqlite, WAL). All of regcache's SQL lives here.
 
 Schema changes are migrations keyed by `PRAGMA user_version`; each runs once, in order,
-inside a transaction.
+inside a transaction. Results are read with `fetchall()`: iterating an aiosqlite cursor
+costs a thread hop per row.
 """
 
 from __future__ import annotations
@@ -388,11 +389,11 @@ class SqliteIndex:
             "SELECT b.digest, b.size, b.last_access_s, m.digest IS NOT NULL FROM blobs b"
             " LEFT JOIN manifests m ON m.digest = b.digest"
         ) as cursor:
-            async for digest, size, last, manifest in cursor:
+            for digest, size, last, manifest in await cursor.fetchall():
                 entries[digest] = Entry(int(size), float(last), bool(manifest))
         children: dict[str, list[str]] = {}
         async with self._db.execute("SELECT parent, child FROM refs") as cursor:
-            async for parent, child in cursor:
+            for parent, child in await cursor.fetchall():
                 children.setdefault(parent, []).append(child)
         return Snapshot(entries, children, await self.pinned_digests())
 
@@ -402,7 +403,7 @@ class SqliteIndex:
             " AND p.repository = t.repository AND p.reference = t.tag"
             " UNION SELECT reference FROM pins WHERE reference LIKE '%:%'"
         ) as cursor:
-            return {str(r[0]) async for r in cursor}
+            return {str(r[0]) for r in await cursor.fetchall()}
 
     async def delete(
         self, victims: Sequence[tuple[str, float]], *, referenced: bool = False
@@ -433,7 +434,7 @@ class SqliteIndex:
                             int(referenced),
                         ),
                     ) as cursor:
-                        gone = [(str(d), int(n)) async for d, n in cursor]
+                        gone = [(str(d), int(n)) for d, n in await cursor.fetchall()]
                     if not gone:
                         break
                     await db.execute(
@@ -448,13 +449,13 @@ class SqliteIndex:
     async def sizes(self) -> dict[str, int]:
         """Every blob row: digest → size (reconciliation compares them with the files)."""
         async with self._db.execute("SELECT digest, size FROM blobs") as cursor:
-            return {str(d): int(n) async for d, n in cursor}
+            return {str(d): int(n) for d, n in await cursor.fetchall()}
 
     async def manifests_without_refs(self) -> list[str]:
         async with self._db.execute(
             "SELECT digest FROM manifests WHERE refs_indexed = 0"
         ) as cursor:
-            return [str(r[0]) async for r in cursor]
+            return [str(r[0]) for r in await cursor.fetchall()]
 
     async def restore(
         self, digest: Digest, size: int, manifest: tuple[str, Sequence[Digest]] | None
@@ -482,20 +483,20 @@ class SqliteIndex:
         async with self._db.execute(
             "SELECT registry, repository, digest FROM sources ORDER BY 1, 2, 3"
         ) as cursor:
-            return [(str(a), str(b), str(c)) async for a, b, c in cursor]
+            return [(str(a), str(b), str(c)) for a, b, c in await cursor.fetchall()]
 
     async def tags(self) -> list[tuple[str, str, str, str]]:
         """(registry, repository, tag, digest) for every tag mapping."""
         async with self._db.execute(
             "SELECT DISTINCT registry, repository, tag, digest FROM tags ORDER BY 1, 2, 3"
         ) as cursor:
-            return [(str(a), str(b), str(c), str(d)) async for a, b, c, d in cursor]
+            return [(str(a), str(b), str(c), str(d)) for a, b, c, d in await cursor.fetchall()]
 
     async def pins(self) -> list[tuple[str, str, str]]:
         async with self._db.execute(
             "SELECT registry, repository, reference FROM pins ORDER BY 1, 2, 3"
         ) as cursor:
-            return [(str(a), str(b), str(c)) async for a, b, c in cursor]
+            return [(str(a), str(b), str(c)) for a, b, c in await cursor.fetchall()]
 
     async def set_pin(self, registry: str, repository: str, reference: str, pinned: bool) -> bool:
         """Pin or unpin; False if that changed nothing."""
@@ -531,7 +532,7 @@ class SqliteIndex:
         async with self._db.execute(
             "SELECT registry, from_store, from_upstream FROM served"
         ) as cursor:
-            return {str(r): (int(a), int(b)) async for r, a, b in cursor}
+            return {str(r): (int(a), int(b)) for r, a, b in await cursor.fetchall()}
 
     async def claims(self, digest: str) -> int:
         """How many repositories still pull or tag a manifest."""
