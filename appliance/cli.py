@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import logging
 import sys
@@ -10,9 +11,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from appliance import cli_cache, redact
+from appliance import cli_cache, doctor, redact
+from appliance.cache.ports import UpstreamUnavailable
 from appliance.config import Config, ConfigError, default_config_path, load_config
-from appliance.main import StartupError, ca_mismatch, offline_flag, run
+from appliance.main import StartupError, ca_mismatch, offline_flag, run, upstream_resolver
 from appliance.tls.ca import (
     CaError,
     create_ca,
@@ -22,6 +24,7 @@ from appliance.tls.ca import (
     rotate_ca,
     to_pem,
 )
+from appliance.upstream.client import UpstreamClient
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,12 +61,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     offline.add_argument("state", choices=["on", "off"])
     cli_cache.add_parser(sub, common)
+    doctor = sub.add_parser(
+        "doctor", parents=[common], help="check this host's path to the registries via regcache"
+    )
+    doctor.add_argument("--gateway", help="regcache's address (default: appliance.ipv4)")
+    doctor.add_argument("--port", type=int, default=443)
+    doctor.add_argument("--ca", type=Path, help="verify with this CA instead of the system store")
+    doctor.add_argument(
+        "--host", action="append", help="registry host to check (default: the config's)"
+    )
+    doctor.add_argument(
+        "--cert-dir",
+        action="append",
+        type=Path,
+        help="per-registry CA directory to check (default: /etc/docker/certs.d and "
+        "/etc/containers/certs.d, where present)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = getattr(args, "path", None) or getattr(args, "config", None) or default_config_path()
+    if args.command == "doctor" and not Path(path).exists():
+        return _doctor(args, None)  # a build host: no config, --gateway says where to look
     try:
         config = load_config(path)
     except ConfigError as e:
@@ -85,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(config, path, now)
         if args.command == "cache":
             return cli_cache.run(args, config)
+        if args.command == "doctor":
+            return _doctor(args, config)
         if args.command == "offline":
             flag = offline_flag(config)
             if args.state == "on":
@@ -97,6 +120,57 @@ def main(argv: list[str] | None = None) -> int:
     except (CaError, StartupError, OSError) as e:
         print(f"regcache: {e}", file=sys.stderr)
         return 1
+
+
+def _doctor(args: argparse.Namespace, config: Config | None) -> int:
+    gateway = args.gateway or (str(config.appliance.ipv4) if config else None)
+    if gateway is None:
+        print("regcache: doctor needs --gateway ADDR on a host without regcache's config",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    hosts = args.host or (
+        [str(h) for r in config.registries for h in r.hosts if not h.startswith("*")]
+        if config
+        else list(doctor.DEFAULT_HOSTS)
+    )
+    upstream = None
+    if config is not None and config.state_dir.exists():  # the gateway: check its way out
+        reached = asyncio.run(_reach_upstream(config, hosts))
+        upstream = reached.__getitem__
+    cert_dirs = args.cert_dir or doctor.CERT_DIRS
+    results = doctor.run_checks(hosts, gateway, args.port, args.ca, cert_dirs, upstream)
+    for result in results:
+        print(result.line())
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, doctor.Result]:
+    """Each host's real upstream `/v2/`, asked as regcache asks (its resolver, its CAs)."""
+    client = UpstreamClient(
+        upstream_resolver(config).resolve,
+        config.upstream.ca_bundle,
+        config.upstream.connect_timeout_s,
+        config.upstream.read_timeout_s,
+    )
+    results = {}
+    try:
+        for host in hosts:
+            check = f"upstream {host}"
+            try:
+                reply = await client.send("GET", f"https://{host}/v2/", {}, None)
+            except UpstreamUnavailable as e:
+                fix = "check the gateway's route and firewall to the internet, dns.upstreams"
+                results[host] = doctor.Result(check, False, str(e), fix)
+                continue
+            reply.close()
+            results[host] = doctor.Result(
+                check, True, f"reachable from the gateway ({reply.status})"
+            )
+    finally:
+        await client.close()
+    return results
 
 
 def _check_config(config: Config, path: Path, now: dt.datetime) -> int:
