@@ -59,6 +59,9 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copytree(local_cas, root / "usr/local/share/ca-certificates", dirs_exist_ok=True)
         subprocess.run(["chroot", str(root), "update-ca-certificates"], capture_output=True,
                        check=True)  # fmt: skip
+    # A host where BuildKit is configured: the client role adds the CA to its config.
+    (root / "etc/buildkit").mkdir(parents=True)
+    (root / "etc/buildkit/buildkitd.toml").write_text("debug = false\n")
     mounted: list[Path] = []
     try:
         for fs in ("proc", "sys", "dev"):
@@ -132,6 +135,9 @@ def test_roles_install_gateway_and_client_idempotently(debian_root: Path, tmp_pa
         for host in ("registry-1.docker.io", "ghcr.io", "quay.io"):
             assert (root / folder / host / "ca.crt").read_text().strip() == pem
     assert f"nameserver {GATEWAY}" in (root / "etc/resolv.conf").read_text()
+    buildkit = (root / "etc/buildkit/buildkitd.toml").read_text()
+    assert buildkit.startswith("debug = false\n") and '[registry."ghcr.io"]' in buildkit
+    assert 'ca = ["/usr/local/share/ca-certificates/regcache.crt"]' in buildkit
 
     second = _playbook(root, tmp_path)
     assert second.returncode == 0, second.stdout[-6000:]
