@@ -114,7 +114,7 @@ class RegistryUsage:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class StoreUsage:
     registries: list[RegistryUsage]
     blobs: int
     bytes: int
@@ -123,7 +123,7 @@ class Usage:
     unreferenced_bytes: int
 
 
-async def usage(index: SqliteIndex) -> Usage:
+async def usage(index: SqliteIndex) -> StoreUsage:
     snapshot = await index.snapshot()
     served = await index.served()
     per: dict[str, set[str]] = {}
@@ -144,7 +144,7 @@ async def usage(index: SqliteIndex) -> Usage:
         )
         for registry in sorted(per.keys() | served.keys())
     ]
-    return Usage(
+    return StoreUsage(
         rows,
         len(snapshot.entries),
         sum(e.size for e in snapshot.entries.values()),

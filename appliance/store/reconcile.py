@@ -53,6 +53,9 @@ class _Corrupt(Exception):
 async def open_index(root: Path) -> tuple[SqliteIndex, bool]:
     """The index under `root`; (index, True) if it had to be moved aside and recreated."""
     path = root / INDEX_NAME
+    if not path.exists() and next((root / "blobs").glob("*/*/*"), None) is not None:
+        log.error("store index-missing path=%s action=rebuilding-from-files", path)
+        return await SqliteIndex.open(path), True
     try:
         index = await SqliteIndex.open(path)
     except sqlite3.DatabaseError as e:

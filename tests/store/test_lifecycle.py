@@ -223,7 +223,7 @@ async def test_reconciliation_makes_the_index_agree_with_the_files(store: Store)
     assert (again.rows_removed, again.reindexed, again.quarantined) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "deleted"])
 async def test_a_corrupt_index_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
     files = FileBlobStore(tmp_path)
     files.prepare()
@@ -235,12 +235,15 @@ async def test_a_corrupt_index_is_moved_aside_and_rebuilt(tmp_path: Path, damage
     path = tmp_path / INDEX_NAME
     if damage == "garbage":
         path.write_bytes(os.urandom(8192))
+    elif damage == "deleted":
+        path.unlink()
     else:
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2] + bytes(len(data) // 2))
     index, rebuilt = await open_index(tmp_path)
     try:
-        assert rebuilt and list(tmp_path.glob(f"{INDEX_NAME}.corrupt-*"))
+        assert rebuilt
+        assert bool(list(tmp_path.glob(f"{INDEX_NAME}.corrupt-*"))) == (damage != "deleted")
         report = await reconcile(index, files, at_start=True)
         assert report.reindexed == 50 and set((await index.sizes()).keys()) == blobs
         assert await index.integrity_check() == "ok"
