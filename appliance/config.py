@@ -276,6 +276,18 @@ class CredentialsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: tuple[Endpoint, ...] = (Endpoint(IPv4Address("127.0.0.1"), 9580),)
+    """Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP); empty: off."""
+    allow_clients: tuple[IPNetwork, ...] = tuple(
+        ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128")
+    )
+    """Only these clients get an answer (403 otherwise)."""
+    token: SecretRef | None = field(default=None, metadata=check(_one_source))
+    """When set, every request needs `Authorization: Bearer <token>`."""
+
+
+@dataclass(frozen=True, slots=True)
 class AccessConfig:
     """Who may be served cached content (see THREAT_MODEL.md, private content)."""
 
@@ -334,6 +346,7 @@ class Config:
     upstream: UpstreamConfig = UpstreamConfig()
     access: AccessConfig = AccessConfig()
     store: StoreConfig = StoreConfig()
+    admin: AdminConfig = AdminConfig()
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 

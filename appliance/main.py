@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from aiohttp import web
+
 from appliance.cache.access import AccessGate
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
@@ -23,9 +25,11 @@ from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
 from appliance.health import HealthMonitor, NamedCheck
 from appliance.hostnames import HostSet
+from appliance.metrics import Metrics
 from appliance.notify import notify
+from appliance.proxy.admin import create_admin_app
 from appliance.proxy.app import Site, create_app, start_runner
-from appliance.store.eviction import Evictor
+from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.reconcile import open_index, reconcile
 from appliance.tasks import spawn
@@ -246,6 +250,7 @@ async def serve(config: Config, path: Path) -> None:
     await reconcile(index, files, at_start=True)
     offline_switch = OfflineSwitch(config)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload(path, offline_switch))
+    metrics = Metrics()
     upstream = UpstreamClient(
         resolver.resolve,
         config.upstream.ca_bundle,
@@ -253,6 +258,7 @@ async def serve(config: Config, path: Path) -> None:
         config.upstream.read_timeout_s,
         offline=offline_switch,
         credentials=credential_sources(config),
+        on_reply=metrics.upstream_reply,
     )
     gate = AccessGate(
         upstream,
@@ -261,7 +267,13 @@ async def serve(config: Config, path: Path) -> None:
         config.access.outage_grace_s,
         persisted=index,
     )
-    evictor = Evictor(index, files, config.store)
+
+    def evicted(eviction: Eviction) -> None:
+        metrics.evicted_rows.inc(eviction.rows)
+        metrics.evicted_bytes.inc(eviction.bytes)
+
+    evictor = Evictor(index, files, config.store, on_evicted=evicted)
+    metrics.watch_store(lambda: evictor.stored, config.state_dir)
     cache = RegistryCache(
         files,
         index,
@@ -272,14 +284,28 @@ async def serve(config: Config, path: Path) -> None:
         space=evictor,
     )
     evictor.busy = cache.filling
-    app = create_app(cache, upstream, site_resolver(config))
+    app = create_app(cache, upstream, site_resolver(config), metrics)
     runner = await start_runner(app)
+
+    async def ready() -> list[str]:
+        problems = [] if dns.listening else ["dns listener: not listening"]
+        return problems + list(await health.check_once())
+
+    token = config.admin.token.read() if config.admin.token else None
+    admin = web.AppRunner(
+        create_admin_app(metrics, ready, config.admin.allow_clients, token),
+        access_log=None,
+        handle_signals=False,
+    )
+    await admin.setup()
     assert runner.server is not None
     https = TlsListener(leaves.context_for, runner.server)
     background: list[asyncio.Task[None]] = []
     try:
         await dns.start(config.listen.dns)
         await https.start(config.listen.https)
+        for endpoint in config.admin.listen:
+            await bind_admin(admin, endpoint)
         background.append(spawn(health.run(), name="health"))
         background.append(spawn(evictor.run(), name="eviction"))
         notify("READY=1\nSTATUS=serving")
@@ -299,9 +325,17 @@ async def serve(config: Config, path: Path) -> None:
         await https.close()
         await dns.close()
         await runner.cleanup()
+        await admin.cleanup()
         await upstream.close()
         await index.close()
         log.info("regcache stopped")
+
+
+async def bind_admin(runner: web.AppRunner, endpoint: Endpoint) -> None:
+    try:
+        await web.TCPSite(runner, str(endpoint.address), endpoint.port).start()
+    except OSError as e:
+        raise StartupError(f"admin listener {endpoint}: {e.strerror or e}") from e
 
 
 def run(config: Config, path: Path) -> None:

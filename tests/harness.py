@@ -108,6 +108,7 @@ def write_config(tmp: Path, **overrides: object) -> Regcache:
         "dns": {"upstreams": ["127.0.0.1:9"]},
         "registries": example_registries(),
         "tls": yaml.safe_load(EXAMPLE_CONFIG.read_text())["tls"],
+        "admin": {"listen": [f"127.0.0.1:{free_port()}"]},
     }
     config.update(overrides)
     path = tmp / "config.yaml"

@@ -80,6 +80,10 @@ class DnsServer:
         self._closers: list[asyncio.BaseTransport | asyncio.Server] = []
         self._conn_tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def listening(self) -> bool:
+        return bool(self._closers)
+
     def admit(self, client: str) -> bool:
         return self._rate_limiter.allow(client)
 

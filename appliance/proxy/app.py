@@ -33,6 +33,7 @@ from appliance.cache.service import (
     UpstreamMismatch,
 )
 from appliance.logthrottle import LogThrottle
+from appliance.metrics import Metrics
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.routes import Kind, RouteError, parse_route
 from appliance.proxy.ranges import RangeError, parse_range
@@ -131,8 +132,21 @@ def create_app(
     cache: RegistryCache,
     upstream: PassThrough,
     site_for: Callable[[str], Site | None],
+    metrics: Metrics | None = None,
 ) -> web.Application:
     pings = PingCache(upstream)
+    metrics = metrics or Metrics()
+
+    @web.middleware
+    async def count_requests(
+        request: web.Request, handler: Callable[..., object]
+    ) -> web.StreamResponse:
+        response = await handler(request)  # type: ignore[misc]
+        assert isinstance(response, web.StreamResponse)
+        host = (request.url.host or "").lower().rstrip(".")
+        metrics.requests.labels(host, _route_label(request.path), request.method,
+                                str(response.status)).inc()  # fmt: skip
+        return response
 
     @web.middleware
     async def errors(request: web.Request, handler: Callable[..., object]) -> web.StreamResponse:
@@ -188,6 +202,7 @@ def create_app(
 
         def count(sent: int, from_store: bool) -> None:
             cache.count_served(host, sent if from_store else 0, 0 if from_store else sent)
+            metrics.served.labels(host, "store" if from_store else "upstream").inc(sent)
 
         for _ in range(2):
             if route.kind is Kind.BLOB:
@@ -195,6 +210,8 @@ def create_app(
                 answer = await cache.blob(target, route.reference, head=head)
             else:
                 answer = await cache.manifest(target, route.reference, head=head)
+            kind = "blob" if route.kind is Kind.BLOB else "manifest"
+            metrics.answers.labels(host, kind, _outcome(answer)).inc()
             try:
                 return await _render(request, answer, count)
             except FileNotFoundError:
@@ -203,9 +220,25 @@ def create_app(
 
     # Bodies are streamed (pushes pass through), never read whole: the default
     # client_max_size (1 MiB) only bounds what a handler would read into memory.
-    app = web.Application(middlewares=[errors])
+    app = web.Application(middlewares=[count_requests, errors])
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+def _route_label(path: str) -> str:
+    if path in ("/v2/", "/v2"):
+        return "ping"
+    try:
+        route = parse_route(path)
+    except RouteError:
+        return "other"
+    return "other" if route is None else route.kind.name.lower()
+
+
+def _outcome(answer: Stored | Filling | Described | Relayed) -> str:
+    if isinstance(answer, Stored):
+        return "stale" if answer.stale else "hit"
+    return "relayed" if isinstance(answer, Relayed) else "miss"
 
 
 def _forwarded(request: web.Request, drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:

@@ -154,6 +154,7 @@ class Evictor:
         limits: StoreConfig,
         busy: Callable[[], set[str]] = set,
         grace_s: float = UNLINK_GRACE_S,
+        on_evicted: Callable[[Eviction], None] = lambda _e: None,
     ) -> None:
         self._index = index
         self._files = files
@@ -161,6 +162,9 @@ class Evictor:
         self.busy = busy
         """Digests not to evict now (fills in flight): set once the cache exists."""
         self._grace_s = grace_s
+        self._on_evicted = on_evicted
+        self.stored = 0
+        """Bytes in the store at the last check (for metrics)."""
         self._wake = asyncio.Event()
         self._urgent = False
         self._failure_log = LogThrottle(log, interval_s=300.0)
@@ -189,6 +193,7 @@ class Evictor:
         usage = await asyncio.to_thread(
             Usage.measure, await self._index.total_size(), str(self._files.root)
         )
+        self.stored = usage.stored
         need = bytes_to_free(self._limits, usage, urgent=urgent)
         if need <= 0:
             return None
@@ -215,6 +220,8 @@ class Evictor:
             await asyncio.sleep(self._grace_s)
             await asyncio.to_thread(self._files.remove, [d for d, _ in removed])
         result = Eviction(len(removed), freed, time.monotonic() - started)
+        self.stored -= freed
+        self._on_evicted(result)
         log.info(
             "store evicted reason=%s rows=%d bytes=%d wanted=%d s=%.3f",
             reason, result.rows, result.bytes, need, result.seconds,

@@ -138,8 +138,13 @@ class UpstreamClient:
         read_timeout_s: float,
         offline: Callable[[], bool] = lambda: False,
         credentials: Callable[[str], CredentialSource | None] | None = None,
+        on_reply: Callable[[str, str, int, Mapping[str, str], Mapping[str, str]], None] = (
+            lambda *_: None
+        ),
     ) -> None:
         self._offline = offline
+        self._on_reply = on_reply
+        """(method, url, status, headers sent, headers received) of every upstream reply."""
         context = ssl.create_default_context()
         if ca_bundle is not None:
             context.load_verify_locations(cafile=str(ca_bundle))
@@ -235,6 +240,7 @@ class UpstreamClient:
             raise UpstreamTlsError(f"{url}: TLS failed: {e}") from e
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise UpstreamError(f"{method} {url}: {type(e).__name__} {e}") from e
+        self._on_reply(method, url, response.status, headers, response.headers)
         return Reply(response.status, end_to_end(response.headers), url, response)
 
     async def fetch(

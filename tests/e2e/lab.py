@@ -22,6 +22,7 @@ from tests.e2e.pki import TestCa
 from tests.harness import REPO, example_registries
 
 REGCACHE_IP = "127.0.0.2"
+ADMIN_PORT = 9580
 # Upstream registries and where they live inside the namespace. registry-1.docker.io
 # wants bearer tokens from auth.docker.io; quay.io redirects blob GETs to cdn.quay.io.
 UPSTREAMS = {
@@ -271,6 +272,7 @@ def lab(tmp: Path) -> Iterator[Lab]:
             "state_dir": str(the_lab.state_dir),
             "listen": {"dns": [f"{REGCACHE_IP}:53"], "https": [f"{REGCACHE_IP}:443"]},
             "appliance": {"ipv4": REGCACHE_IP},
+            "admin": {"listen": [f"{REGCACHE_IP}:{ADMIN_PORT}"]},
             "dns": {"upstreams": ["127.0.0.1:9"]},
             "upstream": {"ca_bundle": str(ca.pem)},
             "resolve": {

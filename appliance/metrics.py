@@ -1,0 +1,96 @@
+"""Prometheus metrics (prometheus-client), in a registry of regcache's own.
+
+Parts report through the small hooks they already have (the proxy counts requests and
+bytes, the upstream client its replies); figures that are state, not events (store size,
+free space), are read when scraped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from yarl import URL
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "regcache_requests", "Client requests answered, by registry host, route, method "
+            "and status.", ["registry", "route", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.answers = Counter(
+            "regcache_cache_answers", "Manifest and blob answers by outcome: hit (from the "
+            "store), miss (fetched), stale (served while upstream was down), relayed "
+            "(upstream's own answer, e.g. 401 or 404).",
+            ["registry", "kind", "outcome"], registry=r,
+        )  # fmt: skip
+        self.served = Counter(
+            "regcache_served_bytes", "Body bytes sent to clients, from the store or as "
+            "fetched from upstream; source=store is what upstream did not have to send.",
+            ["registry", "source"], registry=r,
+        )  # fmt: skip
+        self.upstream = Counter(
+            "regcache_upstream_requests", "Requests regcache sent upstream, by host, method "
+            "and status.", ["host", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.ratelimit = Gauge(
+            "regcache_upstream_ratelimit_remaining", "Last `ratelimit-remaining` an upstream "
+            "announced, by host and credential (a hash; 'anonymous' without one).",
+            ["host", "credential"], registry=r,
+        )  # fmt: skip
+        self.evicted_rows = Counter(
+            "regcache_evicted_rows", "Blobs and manifests evicted.", registry=r
+        )
+        self.evicted_bytes = Counter("regcache_evicted_bytes", "Bytes evicted.", registry=r)
+
+    def watch_store(self, stored: Callable[[], int], root: Path) -> None:
+        """Store size (from the index's running figure) and free space, read when scraped."""
+        self.registry.register(_StoreCollector(stored, root))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def upstream_reply(
+        self, method: str, url: str, status: int, sent: Mapping[str, str], got: Mapping[str, str]
+    ) -> None:
+        host = URL(url).host or ""
+        self.upstream.labels(host, method, str(status)).inc()
+        remaining = got.get("ratelimit-remaining")
+        if remaining:
+            value = remaining.split(";", 1)[0].strip()
+            if value.isdigit():
+                self.ratelimit.labels(host, _credential(sent.get("Authorization"))).set(int(value))
+
+
+def _credential(authorization: str | None) -> str:
+    if not authorization:
+        return "anonymous"
+    return hashlib.sha256(authorization.encode()).hexdigest()[:12]
+
+
+class _StoreCollector(Collector):
+    def __init__(self, stored: Callable[[], int], root: Path) -> None:
+        self._stored = stored
+        self._root = root
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "regcache_store_bytes", "Bytes of blobs and manifests in the store.", self._stored()
+        )
+        try:
+            stat = os.statvfs(self._root)
+        except OSError:
+            return
+        yield GaugeMetricFamily(
+            "regcache_store_free_bytes",
+            "Free bytes on the store's filesystem.",
+            stat.f_bavail * stat.f_frsize,
+        )

@@ -1,0 +1,66 @@
+"""The admin listener: `/metrics`, `/healthz`, `/readyz`. Never intercepted; loopback by
+default; an optional bearer token and a client allow-list guard every path."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from appliance.config import IPNetwork
+from appliance.metrics import Metrics
+
+
+def create_admin_app(
+    metrics: Metrics,
+    ready: Callable[[], Awaitable[Sequence[str]]],
+    allow: Sequence[IPNetwork],
+    token: str | None,
+) -> web.Application:
+    """`ready()` returns the problems keeping regcache from serving (none: ready)."""
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        peer = request.remote or ""
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            address = None
+        if address is None or not any(address in network for network in allow):
+            return web.json_response({"error": f"client {peer} is not allowed"}, status=403)
+        if token is not None:
+            offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(offered.encode(), token.encode()):
+                return web.json_response(
+                    {"error": "bearer token required"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="regcache admin"'},
+                )
+        return await handler(request)
+
+    async def scrape(_request: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        problems = list(await ready())
+        body = json.dumps({"ready": not problems, "problems": problems})
+        return web.Response(
+            text=body, status=503 if problems else 200, content_type="application/json"
+        )
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,90 @@
+"""The admin listener after real pulls: /metrics equals what happened (the upstream's own
+access log is the reference), /readyz follows the store, the allow-list holds."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import Counter
+
+from tests.e2e.images import image, layer
+from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab
+
+ADMIN = f"http://{REGCACHE_IP}:{ADMIN_PORT}"
+_SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+def scrape(lab: Lab) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = lab.ns.run("curl", "-sf", f"{ADMIN}/metrics")
+    samples = {}
+    for line in out.stdout.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group("labels") or ""))
+        samples[(match.group("name"), labels)] = float(match.group("value"))
+    return samples
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+          **labels: str) -> float:  # fmt: skip
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_count_what_happened(the_lab: Lab) -> None:
+    img = image([layer(3 << 20, "m1"), layer(1 << 20, "m2")])
+    the_lab.push("ghcr.io", "metrics/app", "v1", img)
+    for name in ("cold", "warm"):
+        out, _ = the_lab.pull("ghcr.io/metrics/app:v1", f"metrics-{name}")
+        assert out.returncode == 0, out.stderr
+    samples = scrape(the_lab)
+    blobs = len(img.blobs)  # config and two layers
+    labels = {"registry": "ghcr.io", "kind": "blob"}
+    assert value(samples, "regcache_cache_answers_total", **labels, outcome="miss") == blobs
+    assert value(samples, "regcache_cache_answers_total", **labels, outcome="hit") == blobs
+    size = sum(len(b.data) for b in img.blobs)
+    assert (
+        value(samples, "regcache_served_bytes_total", registry="ghcr.io", source="upstream") == size
+    )
+    assert value(samples, "regcache_served_bytes_total", registry="ghcr.io", source="store") >= size
+    assert value(samples, "regcache_requests_total", registry="ghcr.io", route="blob",
+                 method="GET", status="200") == 2 * blobs  # fmt: skip
+    # Every request ghcr.io's registry logged came from regcache (pushes, pings, HEADs,
+    # GETs): the counters by method agree with the registry's own log, exactly.
+    logged = Counter(m for m, _, _, _ in the_lab.registries["ghcr.io"].requests())
+    for method, count in logged.items():
+        counted = sum(v for (name, lbl), v in samples.items()
+                      if name == "regcache_upstream_requests_total"
+                      and ("host", "ghcr.io") in lbl and ("method", method) in lbl)  # fmt: skip
+        assert counted == count, (method, counted, count)
+    assert value(samples, "regcache_store_bytes") >= size
+    assert value(samples, "regcache_store_free_bytes") > 0
+
+
+def test_readyz_follows_the_store_and_healthz_stays_up(the_lab: Lab) -> None:
+    ready = the_lab.ns.run("curl", "-s", "-w", "%{http_code}", f"{ADMIN}/readyz")
+    assert ready.stdout.endswith("200") and '"ready": true' in ready.stdout
+    tmp = the_lab.state_dir / "tmp"
+    # A read-only filesystem over the fill directory, mounted in regcache's own mount
+    # namespace (`ip netns exec` gives it one; the machine's mounts stay untouched).
+    assert the_lab.regcache_proc is not None
+    enter = ["nsenter", "-t", str(the_lab.regcache_proc.pid), "-m"]
+    subprocess.run([*enter, "mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(tmp)],
+                   check=True)  # fmt: skip
+    try:
+        down = the_lab.ns.run("curl", "-s", "-w", "%{http_code}", f"{ADMIN}/readyz")
+        assert down.stdout.endswith("503") and "store: cannot write" in down.stdout
+        alive = the_lab.ns.run("curl", "-s", "-w", "%{http_code}", f"{ADMIN}/healthz")
+        assert alive.stdout.endswith("200")
+    finally:
+        subprocess.run([*enter, "umount", str(tmp)], check=True)
+    ready = the_lab.ns.run("curl", "-s", "-w", "%{http_code}", f"{ADMIN}/readyz")
+    assert ready.stdout.endswith("200")
+
+
+def test_the_admin_listener_refuses_clients_outside_its_allow_list(the_lab: Lab) -> None:
+    the_lab.ns.run("ip", "addr", "add", "10.99.0.1/32", "dev", "lo")
+    outside = the_lab.ns.run("curl", "-s", "-w", "%{http_code}", "--interface", "10.99.0.1",
+                             f"{ADMIN}/metrics")  # fmt: skip
+    assert outside.stdout.endswith("403") and "not allowed" in outside.stdout
+    assert "regcache_requests_total" not in outside.stdout
