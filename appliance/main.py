@@ -210,6 +210,7 @@ async def serve(config: Config, path: Path) -> None:
     ca = ensure_ca(config, now)
     intercepted = config.intercepted()
     resolver = upstream_resolver(config)
+    metrics = Metrics()
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = FileBlobStore(config.state_dir)
     health = HealthMonitor(
@@ -231,6 +232,7 @@ async def serve(config: Config, path: Path) -> None:
         resolver,
         config.dns.allow_clients,
         config.dns.max_inflight_forwards,
+        count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
     )
     dns = DnsServer(
         responder,
@@ -250,7 +252,6 @@ async def serve(config: Config, path: Path) -> None:
     await reconcile(index, files, at_start=True)
     offline_switch = OfflineSwitch(config)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload(path, offline_switch))
-    metrics = Metrics()
     upstream = UpstreamClient(
         resolver.resolve,
         config.upstream.ca_bundle,

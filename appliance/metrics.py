@@ -46,6 +46,13 @@ class Metrics:
             "announced, by host and credential (a hash; 'anonymous' without one).",
             ["host", "credential"], registry=r,
         )  # fmt: skip
+        self.dns = Counter(
+            "regcache_dns_queries", "DNS queries by type and outcome: intercepted, "
+            "forwarded, fail-open (a registry name sent to the real registry while the "
+            "proxy is unhealthy), refused, invalid; servfail counts forwards that failed "
+            "(also counted as forwarded) and forwards shed under load.",
+            ["qtype", "outcome"], registry=r,
+        )  # fmt: skip
         self.evicted_rows = Counter(
             "regcache_evicted_rows", "Blobs and manifests evicted.", registry=r
         )

@@ -75,7 +75,11 @@ class Responder:
         forwarder: Forwarder,
         allow_clients: tuple[IPNetwork, ...],
         max_inflight_forwards: int,
+        count: Callable[[str, str], None] = lambda _qtype, _outcome: None,
     ) -> None:
+        self._count = count
+        """(query type, outcome) of every query: intercepted, forwarded, fail-open,
+        refused, invalid, servfail."""
         self._interception = interception
         self._forwarder = forwarder
         self._allow = allow_clients
@@ -103,35 +107,43 @@ class Responder:
             edns = edns_of(query)
         except MalformedMessage as e:
             log.debug("dns formerr client=%s error=%s", client, e)
+            self._count("-", "invalid")
             return header_only_reply(data, RCODE.FORMERR)
         limit = TCP_MAX_BYTES if tcp else reply_limit(edns)
-        reply = self._local(query, edns, client)
+        qtype = _qtype_label(query)
+        reply, outcome = self._local(query, edns, client)
         if reply is not None:
+            self._count(qtype, outcome)
             return pack_for_client(reply, query, edns, limit)
         if self._inflight >= self._max_inflight:
             self._failures.warning("shed", "dns forward shed reason=too-many-in-flight")
+            self._count(qtype, "servfail")
             return pack_for_client(bare_reply(query, RCODE.SERVFAIL, edns), query, edns, limit)
+        self._count(qtype, outcome)
         return Forward(query, edns, limit, client)
 
-    def _local(self, query: DNSRecord, edns: Edns | None, client: str) -> DNSRecord | None:
+    def _local(
+        self, query: DNSRecord, edns: Edns | None, client: str
+    ) -> tuple[DNSRecord | None, str]:
+        """The local reply (None: forward) and the outcome to count."""
         if not self.allowed(client):
-            return bare_reply(query, RCODE.REFUSED, edns)
+            return bare_reply(query, RCODE.REFUSED, edns), "refused"
         if query.header.opcode != OPCODE_QUERY:
-            return bare_reply(query, RCODE.NOTIMP, edns)
+            return bare_reply(query, RCODE.NOTIMP, edns), "invalid"
         if len(query.questions) != 1:
-            return bare_reply(query, RCODE.FORMERR, edns)
+            return bare_reply(query, RCODE.FORMERR, edns), "invalid"
         if edns is not None and edns.version != 0:
-            return bare_reply(query, BADVERS, edns)
+            return bare_reply(query, BADVERS, edns), "invalid"
         name = qname_of(query)
         if query.q.qclass == CLASS.IN and self._interception.hosts.match(name):
             if self._interception.healthy() or not self._interception.fail_open.match(name):
-                return self._intercept(query, edns)
+                return self._intercept(query, edns), "intercepted"
             # Fail-open: the proxy cannot serve, so send clients to the real registry.
             real = self._interception.real_addresses.get(name)
             if real is not None:
-                return self._answer(query, edns, real, self._interception.ttl_s)
-            return None  # forwarded to the real resolvers
-        return None
+                return self._answer(query, edns, real, self._interception.ttl_s), "fail-open"
+            return None, "fail-open"  # forwarded to the real resolvers
+        return None, "forwarded"
 
     def _answer(
         self, query: DNSRecord, edns: Edns | None, addresses: tuple[IPAddress, ...], ttl: int
@@ -173,10 +185,21 @@ class Responder:
             reply = _relay(upstream, query, edns)
         except Exception as e:  # noqa: BLE001 - any upstream failure is a SERVFAIL
             self._failures.warning("servfail", "dns servfail name=%s error=%s", qname_of(query), e)
+            self._count(_qtype_label(query), "servfail")
             reply = bare_reply(query, RCODE.SERVFAIL, edns)
         finally:
             self._inflight -= 1
         return pack_for_client(reply, query, edns, job.limit)
+
+
+_QTYPE_LABELS = frozenset({"A", "AAAA", "HTTPS", "SVCB", "CNAME", "MX", "TXT", "PTR", "SRV",
+                           "NS", "SOA", "ANY", "CAA"})  # fmt: skip
+
+
+def _qtype_label(query: DNSRecord) -> str:
+    """The query type as a metric label; rare types folded into "other" (bounded labels)."""
+    name = QTYPE.get(query.q.qtype, "other")
+    return name if name in _QTYPE_LABELS else "other"
 
 
 def _relay(upstream: DNSRecord, query: DNSRecord, edns: Edns | None) -> DNSRecord:

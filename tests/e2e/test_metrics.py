@@ -88,3 +88,21 @@ def test_the_admin_listener_refuses_clients_outside_its_allow_list(the_lab: Lab)
                              f"{ADMIN}/metrics")  # fmt: skip
     assert outside.stdout.endswith("403") and "not allowed" in outside.stdout
     assert "regcache_requests_total" not in outside.stdout
+
+
+def test_dns_queries_are_counted_by_type_and_outcome(the_lab: Lab) -> None:
+    before = scrape(the_lab)
+    for _ in range(3):
+        the_lab.ns.run("dig", f"@{REGCACHE_IP}", "+short", "+tries=1", "ghcr.io", "A")
+    the_lab.ns.run("dig", f"@{REGCACHE_IP}", "+short", "+tries=1", "ghcr.io", "HTTPS")
+    # Not a registry: forwarded to the lab's resolver, which does not exist → SERVFAIL.
+    the_lab.ns.run("dig", f"@{REGCACHE_IP}", "+tries=1", "example.org", "A", check=False)
+    after = scrape(the_lab)
+
+    def delta(qtype: str, outcome: str) -> float:
+        return value(after, "regcache_dns_queries_total", qtype=qtype, outcome=outcome) - value(
+            before, "regcache_dns_queries_total", qtype=qtype, outcome=outcome
+        )
+
+    assert delta("A", "intercepted") == 3 and delta("HTTPS", "intercepted") == 1
+    assert delta("A", "forwarded") == 1 and delta("A", "servfail") == 1
