@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     offline.add_argument("state", choices=["on", "off"])
     cli_cache.add_parser(sub, common)
+    cli_cache.add_audit_parser(sub, common)
     doctor = sub.add_parser(
         "doctor", parents=[common], help="check this host's path to the registries via regcache"
     )
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(config, path, now)
         if args.command == "cache":
             return cli_cache.run(args, config)
+        if args.command == "audit":
+            return cli_cache.run_audit(args, config)
         if args.command == "doctor":
             return _doctor(args, config)
         if args.command == "offline":

@@ -1,4 +1,5 @@
-"""`regcache cache ls|du|rm|gc|verify|pin|unpin`: tables by default, JSON with --json."""
+"""`regcache cache ls|du|rm|gc|verify|pin|unpin` and `regcache audit`: tables by default,
+JSON with --json."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from appliance import audit
 from appliance.config import Config
 from appliance.hostnames import HostSet
 from appliance.oci.digest import Digest, DigestError
@@ -51,6 +53,78 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, text in (("pin", "keep whatever the size bound says"), ("unpin", "undo pin")):
         pin = cache.add_parser(name, parents=[output], help=text)
         pin.add_argument("target", help=f"{image} (a tag pin follows the tag)")
+
+
+def add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    audit = sub.add_parser(
+        "audit", parents=[common], help="what the build network pulled (the audit log)"
+    )
+    audit.add_argument("--image", help="REGISTRY/REPOSITORY[:TAG|@DIGEST] (REGISTRY: a host)")
+    audit.add_argument("--client", help="client IP address")
+    audit.add_argument("--since", help="ISO time or an age: 90m, 12h, 7d")
+    audit.add_argument("--until", help="ISO time or an age")
+    audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+
+def run_audit(args: argparse.Namespace, config: Config) -> int:
+    try:
+        since = _moment(args.since)
+        until = _moment(args.until)
+    except ValueError as e:
+        print(f"regcache: {e}", file=sys.stderr)
+        return 2
+    registry = repository = reference = None
+    if args.image:
+        registry, _, rest = args.image.partition("/")
+        repository, reference = rest, None
+        if "@" in rest:
+            repository, _, reference = rest.partition("@")
+        elif ":" in rest.rsplit("/", 1)[-1]:
+            repository, _, reference = rest.rpartition(":")
+    rows = []
+    for entry in audit.read(config.audit_path()):
+        when = str(entry.get("time", ""))
+        if (since and when < since) or (until and when > until):
+            continue
+        if args.client and entry.get("client") != args.client:
+            continue
+        if registry and (entry.get("registry"), entry.get("repository")) != (registry, repository):
+            continue
+        if reference and reference not in (entry.get("reference"), entry.get("digest")):
+            continue
+        rows.append(entry)
+    if args.json:
+        for entry in rows:
+            print(json.dumps(entry))
+        return 0
+    _table(
+        ("TIME (UTC)", "CLIENT", "IMAGE", "REFERENCE", "METHOD", "STATUS", "BYTES", "OUTCOME"),
+        [
+            (str(e.get("time", ""))[:19].replace("T", " "), e.get("client"),
+             f"{e.get('registry')}/{e.get('repository')}", str(e.get("reference"))[:24],
+             e.get("method"), e.get("status"), _size(float(e.get("bytes") or 0)),
+             e.get("outcome"))
+            for e in rows
+        ],
+    )  # fmt: skip
+    return 0
+
+
+def _moment(text: str | None) -> str | None:
+    """An ISO time, or an age (`90m`, `12h`, `7d`) before now, as a comparable ISO string."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        moment = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError as e:
+            raise ValueError(f"{text!r}: expected an ISO time or an age like 12h") from e
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

@@ -288,6 +288,17 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    enabled: bool = True
+    path: Path | None = None
+    """Default `<state_dir>/audit.jsonl` (the package's unit: /var/lib/regcache)."""
+    max_bytes: Size = Size(100 << 20)
+    """Rotated at this size…"""
+    keep: int = field(default=5, metadata=check(_between(1, 1000)))
+    """…keeping this many older files (`audit.jsonl.1` is the newest)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AccessConfig:
     """Who may be served cached content (see THREAT_MODEL.md, private content)."""
 
@@ -347,8 +358,12 @@ class Config:
     access: AccessConfig = AccessConfig()
     store: StoreConfig = StoreConfig()
     admin: AdminConfig = AdminConfig()
+    audit: AuditConfig = AuditConfig()
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
+
+    def audit_path(self) -> Path:
+        return self.audit.path or self.state_dir / "audit.jsonl"
 
     def intercepted(self) -> HostSet:
         """The one host set behind DNS interception, the TLS allow-list and routing."""
@@ -494,6 +509,10 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
                 f"intercepted hosts {', '.join(outside)} lie outside every permitted domain; "
                 "add their domain here (then run `regcache ca rotate`)",
             )
+    if config.audit.max_bytes.percent is not None:
+        fail("audit.max_bytes", "must be a size in bytes, not a percentage")
+    if config.audit.path is not None and not config.audit.path.is_absolute():
+        fail("audit.path", "must be an absolute path")
     if config.store.low_watermark_pct >= config.store.high_watermark_pct:
         fail("store.low_watermark_pct", "must be below store.high_watermark_pct")
     for i, upstream in enumerate(config.dns.upstreams):

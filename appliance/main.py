@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from appliance.audit import AuditLog
 from appliance.cache.access import AccessGate
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
@@ -285,7 +286,14 @@ async def serve(config: Config, path: Path) -> None:
         space=evictor,
     )
     evictor.busy = cache.filling
-    app = create_app(cache, upstream, site_resolver(config), metrics)
+    audit = (
+        AuditLog(config.audit_path(), config.audit.max_bytes.bytes, config.audit.keep)
+        if config.audit.enabled
+        else None
+    )
+    app = create_app(
+        cache, upstream, site_resolver(config), metrics, audit.write if audit else None
+    )
     runner = await start_runner(app)
 
     async def ready() -> list[str]:
@@ -327,6 +335,8 @@ async def serve(config: Config, path: Path) -> None:
         await dns.close()
         await runner.cleanup()
         await admin.cleanup()
+        if audit is not None:
+            audit.close()
         await upstream.close()
         await index.close()
         log.info("regcache stopped")

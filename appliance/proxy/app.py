@@ -9,6 +9,7 @@ error format.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -133,6 +134,7 @@ def create_app(
     upstream: PassThrough,
     site_for: Callable[[str], Site | None],
     metrics: Metrics | None = None,
+    audit: Callable[[dict[str, object]], None] | None = None,
 ) -> web.Application:
     pings = PingCache(upstream)
     metrics = metrics or Metrics()
@@ -200,7 +202,11 @@ def create_app(
         )
         head = request.method == "HEAD"
 
+        started, body_bytes = time.monotonic(), 0
+
         def count(sent: int, from_store: bool) -> None:
+            nonlocal body_bytes
+            body_bytes += sent
             cache.count_served(host, sent if from_store else 0, 0 if from_store else sent)
             metrics.served.labels(host, "store" if from_store else "upstream").inc(sent)
 
@@ -213,9 +219,19 @@ def create_app(
             kind = "blob" if route.kind is Kind.BLOB else "manifest"
             metrics.answers.labels(host, kind, _outcome(answer)).inc()
             try:
-                return await _render(request, answer, count)
+                response = await _render(request, answer, count)
             except FileNotFoundError:
                 continue  # evicted between lookup and open: ask again, it is a miss now
+            if audit is not None:
+                audit({
+                    "time": _utc_now(), "client": request.remote, "registry": host,
+                    "repository": route.repository, "reference": str(route.reference),
+                    "digest": None if isinstance(answer, Relayed) else str(answer.digest),
+                    "kind": kind, "method": request.method, "status": response.status,
+                    "bytes": body_bytes, "outcome": _outcome(answer),
+                    "ms": round((time.monotonic() - started) * 1000, 1),
+                })  # fmt: skip
+            return response
         return registry_error(503, "UNAVAILABLE", "content was evicted while being served")
 
     # Bodies are streamed (pushes pass through), never read whole: the default
@@ -223,6 +239,10 @@ def create_app(
     app = web.Application(middlewares=[count_requests, errors])
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _route_label(path: str) -> str:

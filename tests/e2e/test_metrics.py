@@ -3,12 +3,14 @@ access log is the reference), /readyz follows the store, the allow-list holds.""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import time
 from collections import Counter
 
 from tests.e2e.images import image, layer
-from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab
+from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, REPO, Lab
 
 ADMIN = f"http://{REGCACHE_IP}:{ADMIN_PORT}"
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
@@ -106,3 +108,35 @@ def test_dns_queries_are_counted_by_type_and_outcome(the_lab: Lab) -> None:
 
     assert delta("A", "intercepted") == 3 and delta("HTTPS", "intercepted") == 1
     assert delta("A", "forwarded") == 1 and delta("A", "servfail") == 1
+
+
+def test_the_audit_log_lists_every_blob_and_manifest_pulled(the_lab: Lab) -> None:
+    img = image([layer(1 << 20, "audited")])
+    the_lab.push("ghcr.io", "audit/app", "v1", img)
+    for name in ("cold", "warm"):
+        out, _ = the_lab.pull("ghcr.io/audit/app:v1", f"audit-{name}")
+        assert out.returncode == 0, out.stderr
+    assert the_lab.config_path is not None
+    argv = [str(REPO / ".venv/bin/regcache"), "audit", "--config", str(the_lab.config_path),
+            "--image", "ghcr.io/audit/app", "--since", "1h", "--json"]  # fmt: skip
+    entries: list[dict[str, object]] = []
+    for _ in range(50):  # written by a background thread: allow it a moment
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
+        entries = [json.loads(line) for line in out.stdout.splitlines()]
+        if sum(e["kind"] == "blob" for e in entries) >= 2 * len(img.blobs):
+            break
+        time.sleep(0.1)
+    gets = [e for e in entries if e["kind"] == "blob" and e["method"] == "GET"]
+    assert sorted(e["outcome"] for e in gets) == ["hit"] * len(img.blobs) + ["miss"] * len(
+        img.blobs
+    )
+    sizes = {b.digest: len(b.data) for b in img.blobs}
+    assert all(e["bytes"] == sizes[e["digest"]] and e["status"] == 200 for e in gets)
+    manifests = [e for e in entries if e["kind"] == "manifest" and e["reference"] == "v1"]
+    assert manifests and all(e["digest"] == img.top.digest for e in manifests)
+    assert all(str(e["client"]).startswith("127.") for e in entries)
+    table = subprocess.run(argv[:-1], capture_output=True, text=True, check=True).stdout
+    assert "ghcr.io/audit/app" in table and "TIME (UTC)" in table
+    none = subprocess.run([*argv[:-3], "--until", "2000-01-01T00:00:00"], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "audit/app" not in none.stdout
