@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     offline.add_argument("state", choices=["on", "off"])
     cli_cache.add_parser(sub, common)
     cli_cache.add_audit_parser(sub, common)
+    status = sub.add_parser(
+        "status", parents=[common], help="is it working, and how much is it saving"
+    )
+    status.add_argument("--json", action="store_true")
     doctor = sub.add_parser(
         "doctor", parents=[common], help="check this host's path to the registries via regcache"
     )
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_cache.run(args, config)
         if args.command == "audit":
             return cli_cache.run_audit(args, config)
+        if args.command == "status":
+            return cli_cache.run_status(args, config)
         if args.command == "doctor":
             return _doctor(args, config)
         if args.command == "offline":

@@ -7,12 +7,13 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
+import ipaddress
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from appliance import audit
+from appliance import audit, status
 from appliance.config import Config
 from appliance.hostnames import HostSet
 from appliance.oci.digest import Digest, DigestError
@@ -108,6 +109,40 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
         ],
     )  # fmt: skip
     return 0
+
+
+def run_status(args: argparse.Namespace, config: Config) -> int:
+    if not config.admin.listen:
+        print("regcache: status needs the admin listener (admin.listen is empty)", file=sys.stderr)
+        return 2
+    endpoint = config.admin.listen[0]
+    address = endpoint.address
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    base = f"http://{f'[{address}]' if address.version == 6 else address}:{endpoint.port}"
+    token = config.admin.token.read() if config.admin.token else None
+    try:
+        figures = status.fetch(base, token)
+    except OSError as e:
+        print(f"regcache: cannot read {base}: {e} (is regcache running?)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(_plain(figures), indent=2))
+        return 0 if figures.ready else 1
+    print(f"ready: {'yes' if figures.ready else 'NO: ' + '; '.join(figures.problems)}")
+    print(f"store: {_size(figures.store_bytes)} used, {_size(figures.free_bytes)} free")
+    _table(
+        ("REGISTRY", "HITS", "MISSES", "STALE", "HIT RATIO", "SAVED (FROM STORE)",
+         "FETCHED", "UPSTREAM 5xx/429", "RATE LIMIT LEFT"),
+        [
+            (name, f"{r.hits:.0f}", f"{r.misses:.0f}", f"{r.stale:.0f}",
+             "-" if r.hit_ratio is None else f"{r.hit_ratio:.0%}", _size(r.from_store),
+             _size(r.fetched), f"{r.upstream_errors:.0f}",
+             ",".join(f"{v:.0f}" for v in r.ratelimit.values()) or "-")
+            for name, r in sorted(figures.registries.items())
+        ],
+    )  # fmt: skip
+    return 0 if figures.ready else 1
 
 
 def _moment(text: str | None) -> str | None:

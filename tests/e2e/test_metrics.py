@@ -140,3 +140,20 @@ def test_the_audit_log_lists_every_blob_and_manifest_pulled(the_lab: Lab) -> Non
     none = subprocess.run([*argv[:-3], "--until", "2000-01-01T00:00:00"], capture_output=True,
                           text=True, check=True)  # fmt: skip
     assert "audit/app" not in none.stdout
+
+
+def test_regcache_status_summarises_the_admin_figures(the_lab: Lab) -> None:
+    assert the_lab.config_path is not None
+    argv = (str(REPO / ".venv/bin/regcache"), "status", "--config", str(the_lab.config_path))
+    table = the_lab.ns.run(*argv, check=False)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("ready: yes") and "HIT RATIO" in table.stdout
+    figures = json.loads(the_lab.ns.run(*argv, "--json").stdout)
+    ghcr = figures["registries"]["ghcr.io"]
+    samples = scrape(the_lab)
+    hits = sum(
+        value(samples, "regcache_cache_answers_total", registry="ghcr.io", kind=kind, outcome="hit")
+        for kind in ("blob", "manifest")
+    )
+    assert ghcr["hits"] == hits
+    assert ghcr["hits"] > 0 and ghcr["from_store"] > 0 and figures["store_bytes"] > 0

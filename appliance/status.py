@@ -1,0 +1,91 @@
+"""`regcache status`: the admin listener's figures as a terminal summary."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass
+class RegistryFigures:
+    hits: float = 0.0
+    misses: float = 0.0
+    stale: float = 0.0
+    from_store: float = 0.0
+    fetched: float = 0.0
+    upstream_errors: float = 0.0
+    ratelimit: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hit_ratio(self) -> float | None:
+        answered = self.hits + self.misses + self.stale
+        return None if not answered else (self.hits + self.stale) / answered
+
+
+@dataclass
+class Status:
+    ready: bool
+    problems: list[str]
+    store_bytes: float
+    free_bytes: float
+    registries: dict[str, RegistryFigures]
+
+
+def fetch(base: str, token: str | None, timeout_s: float = 5.0) -> Status:
+    """Read `/readyz` and `/metrics` from the admin listener at `base`."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def get(path: str) -> tuple[int, str]:
+        request = urllib.request.Request(base + path, headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as reply:  # noqa: S310
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    status, body = get("/readyz")
+    readiness: dict[str, Any] = (
+        json.loads(body) if status in (200, 503) else {"ready": False, "problems": [body]}
+    )
+    status, text = get("/metrics")
+    if status != 200:
+        raise OSError(f"{base}/metrics answered {status}: {text[:200]}")
+    figures: dict[str, RegistryFigures] = defaultdict(RegistryFigures)
+    store = free = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels, value = sample.labels, sample.value
+            if sample.name == "regcache_cache_answers_total":
+                target = figures[labels["registry"]]
+                outcome = labels["outcome"]
+                if outcome == "hit":
+                    target.hits += value
+                elif outcome == "miss":
+                    target.misses += value
+                elif outcome == "stale":
+                    target.stale += value
+            elif sample.name == "regcache_served_bytes_total":
+                target = figures[labels["registry"]]
+                if labels["source"] == "store":
+                    target.from_store += value
+                else:
+                    target.fetched += value
+            elif sample.name == "regcache_upstream_requests_total":
+                if labels["status"].startswith("5") or labels["status"] == "429":
+                    figures[labels["host"]].upstream_errors += value
+            elif sample.name == "regcache_upstream_ratelimit_remaining":
+                figures[labels["host"]].ratelimit[labels["credential"]] = value
+            elif sample.name == "regcache_store_bytes":
+                store = value
+            elif sample.name == "regcache_store_free_bytes":
+                free = value
+    return Status(
+        bool(readiness.get("ready")), [str(p) for p in readiness.get("problems", [])], store, free,
+        dict(figures),
+    )  # fmt: skip
