@@ -21,6 +21,7 @@ from appliance.store import admin
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
+from appliance.units import human_size
 
 
 class UsageError(Exception):
@@ -103,7 +104,7 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
         [
             (str(e.get("time", ""))[:19].replace("T", " "), e.get("client"),
              f"{e.get('registry')}/{e.get('repository')}", str(e.get("reference"))[:24],
-             e.get("method"), e.get("status"), _size(float(e.get("bytes") or 0)),
+             e.get("method"), e.get("status"), human_size(float(e.get("bytes") or 0)),
              e.get("outcome"))
             for e in rows
         ],
@@ -130,14 +131,14 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(_plain(figures), indent=2))
         return 0 if figures.ready else 1
     print(f"ready: {'yes' if figures.ready else 'NO: ' + '; '.join(figures.problems)}")
-    print(f"store: {_size(figures.store_bytes)} used, {_size(figures.free_bytes)} free")
+    print(f"store: {human_size(figures.store_bytes)} used, {human_size(figures.free_bytes)} free")
     _table(
         ("REGISTRY", "HITS", "MISSES", "STALE", "HIT RATIO", "SAVED (FROM STORE)",
          "FETCHED", "UPSTREAM 5xx/429", "RATE LIMIT LEFT"),
         [
             (name, f"{r.hits:.0f}", f"{r.misses:.0f}", f"{r.stale:.0f}",
-             "-" if r.hit_ratio is None else f"{r.hit_ratio:.0%}", _size(r.from_store),
-             _size(r.fetched), f"{r.upstream_errors:.0f}",
+             "-" if r.hit_ratio is None else f"{r.hit_ratio:.0%}", human_size(r.from_store),
+             human_size(r.fetched), f"{r.upstream_errors:.0f}",
              ",".join(f"{v:.0f}" for v in r.ratelimit.values()) or "-")
             for name, r in sorted(figures.registries.items())
         ],
@@ -273,7 +274,7 @@ async def _pin(
 
 def _progress(done: int, total: int, hashed: int) -> None:
     if done == total or done % 100 == 0:
-        print(f"\rverified {done}/{total} blobs, {_size(hashed)}", end="", file=sys.stderr)
+        print(f"\rverified {done}/{total} blobs, {human_size(hashed)}", end="", file=sys.stderr)
         if done == total:
             print(file=sys.stderr)
 
@@ -286,14 +287,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _when(epoch: float) -> str:
@@ -313,7 +306,7 @@ def _print(command: str, result: Any) -> None:
             ("REGISTRY", "REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST ACCESS (UTC)", "PINNED"),
             [
                 (i.registry, i.repository, ",".join(i.tags) or "-", i.digest[:19],
-                 _size(i.size), _when(i.last_access_s), "yes" if i.pinned else "")
+                 human_size(i.size), _when(i.last_access_s), "yes" if i.pinned else "")
                 for i in result
             ],
         )  # fmt: skip
@@ -321,18 +314,18 @@ def _print(command: str, result: Any) -> None:
         _table(
             ("REGISTRY", "IMAGES", "BLOBS", "STORED", "SERVED FROM STORE", "FETCHED UPSTREAM"),
             [
-                (r.registry, r.images, r.blobs, _size(r.bytes), _size(r.served_from_store),
-                 _size(r.fetched))
+                (r.registry, r.images, r.blobs, human_size(r.bytes),
+                 human_size(r.served_from_store), human_size(r.fetched))
                 for r in result.registries
             ],
         )  # fmt: skip
         print(
-            f"total: {result.blobs} blobs, {_size(result.bytes)} (shared blobs once); "
+            f"total: {result.blobs} blobs, {human_size(result.bytes)} (shared blobs once); "
             f"not referenced by any manifest: {result.unreferenced_blobs} blobs, "
-            f"{_size(result.unreferenced_bytes)}"
+            f"{human_size(result.unreferenced_bytes)}"
         )
     elif command == "rm":
-        print(f"removed {result.rows} blobs and manifests, {_size(result.bytes)}")
+        print(f"removed {result.rows} blobs and manifests, {human_size(result.bytes)}")
         for why in result.kept:
             print(f"kept {why}")
     elif command == "gc":
@@ -343,14 +336,15 @@ def _print(command: str, result: Any) -> None:
         )
         print(
             f"removed {result.unreferenced_rows} unused loose blobs, "
-            f"{_size(result.unreferenced_bytes)}"
+            f"{human_size(result.unreferenced_bytes)}"
         )
         e = result.eviction
-        print("within bounds" if e is None else f"evicted {e.rows} rows, {_size(e.bytes)}")
+        print("within bounds" if e is None else f"evicted {e.rows} rows, {human_size(e.bytes)}")
     elif command == "verify":
         rate = result.bytes / result.seconds / 1e6 if result.seconds else 0.0
         print(
-            f"verified {result.checked} blobs, {_size(result.bytes)} in {result.seconds:.1f} s "
+            f"verified {result.checked} blobs, {human_size(result.bytes)} "
+            f"in {result.seconds:.1f} s "
             f"({rate:.0f} MB/s): {len(result.bad)} bad (quarantined), "
             f"{len(result.missing)} missing"
         )

@@ -34,7 +34,15 @@ from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.reconcile import open_index, reconcile
 from appliance.tasks import spawn
-from appliance.tls.ca import CaError, CertificateAuthority, create_ca, expiry_warning, load_ca
+from appliance.tls.ca import (
+    CaError,
+    CertificateAuthority,
+    create_ca,
+    expiry_warning,
+    fingerprint,
+    load_ca,
+    to_pem,
+)
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
 from appliance.upstream.client import UpstreamClient
@@ -302,7 +310,14 @@ async def serve(config: Config, path: Path) -> None:
 
     token = config.admin.token.read() if config.admin.token else None
     admin = web.AppRunner(
-        create_admin_app(metrics, ready, config.admin.allow_clients, token),
+        create_admin_app(
+            metrics,
+            ready,
+            config.admin.allow_clients,
+            token,
+            ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
+            ca_fingerprint=lambda: fingerprint(ca.cert),
+        ),
         access_log=None,
         handle_signals=False,
     )
@@ -317,6 +332,7 @@ async def serve(config: Config, path: Path) -> None:
             await bind_admin(admin, endpoint)
         background.append(spawn(health.run(), name="health"))
         background.append(spawn(evictor.run(), name="eviction"))
+        background.append(spawn(_sample_savings(metrics), name="savings-history"))
         notify("READY=1\nSTATUS=serving")
         log.info(
             "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
@@ -340,6 +356,12 @@ async def serve(config: Config, path: Path) -> None:
         await upstream.close()
         await index.close()
         log.info("regcache stopped")
+
+
+async def _sample_savings(metrics: Metrics) -> None:
+    while True:
+        await asyncio.sleep(60)
+        metrics.savings.sample()
 
 
 async def bind_admin(runner: web.AppRunner, endpoint: Endpoint) -> None:

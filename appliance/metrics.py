@@ -2,13 +2,17 @@
 
 Parts report through the small hooks they already have (the proxy counts requests and
 bytes, the upstream client its replies); figures that are state, not events (store size,
-free space), are read when scraped.
+free space), are read when scraped. `Savings` keeps what the status page shows and
+Prometheus labels should not carry: bytes saved over time, bytes per repository.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -17,9 +21,37 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from yarl import URL
 
+_HISTORY_POINTS = 24 * 60  # a day of one-minute samples
+_TOP_KEYS = 10_000
+
+
+class Savings:
+    """Bytes served from the store over time, and bytes per repository (in memory: they
+    start again at a restart)."""
+
+    def __init__(self) -> None:
+        self.saved = 0
+        self.fetched = 0
+        self.history: deque[tuple[float, int]] = deque([(time.time(), 0)], maxlen=_HISTORY_POINTS)
+        self.repositories: Tally[str] = Tally()
+
+    def served(self, registry: str, repository: str, sent: int, from_store: bool) -> None:
+        if from_store:
+            self.saved += sent
+        else:
+            self.fetched += sent
+        self.repositories[f"{registry}/{repository}"] += sent
+        if len(self.repositories) > _TOP_KEYS:  # bounded: keep the busier half
+            self.repositories = Tally(dict(self.repositories.most_common(_TOP_KEYS // 2)))
+
+    def sample(self) -> None:
+        """Called once a minute."""
+        self.history.append((time.time(), self.saved))
+
 
 class Metrics:
     def __init__(self) -> None:
+        self.savings = Savings()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -61,6 +93,10 @@ class Metrics:
     def watch_store(self, stored: Callable[[], int], root: Path) -> None:
         """Store size (from the index's running figure) and free space, read when scraped."""
         self.registry.register(_StoreCollector(stored, root))
+
+    def body_sent(self, registry: str, repository: str, sent: int, *, from_store: bool) -> None:
+        self.served.labels(registry, "store" if from_store else "upstream").inc(sent)
+        self.savings.served(registry, repository, sent, from_store)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

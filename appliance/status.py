@@ -1,4 +1,4 @@
-"""`regcache status`: the admin listener's figures as a terminal summary."""
+"""The admin listener's figures summarised: `regcache status` and the status page."""
 
 from __future__ import annotations
 
@@ -56,6 +56,12 @@ def fetch(base: str, token: str | None, timeout_s: float = 5.0) -> Status:
     status, text = get("/metrics")
     if status != 200:
         raise OSError(f"{base}/metrics answered {status}: {text[:200]}")
+    problems = [str(p) for p in readiness.get("problems", [])]
+    return parse(text, bool(readiness.get("ready")), problems)
+
+
+def parse(text: str, ready: bool, problems: list[str]) -> Status:
+    """The summary of a `/metrics` text (also what the status page shows)."""
     figures: dict[str, RegistryFigures] = defaultdict(RegistryFigures)
     store = free = 0.0
     for family in text_string_to_metric_families(text):
@@ -85,7 +91,4 @@ def fetch(base: str, token: str | None, timeout_s: float = 5.0) -> Status:
                 store = value
             elif sample.name == "regcache_store_free_bytes":
                 free = value
-    return Status(
-        bool(readiness.get("ready")), [str(p) for p in readiness.get("problems", [])], store, free,
-        dict(figures),
-    )  # fmt: skip
+    return Status(ready, problems, store, free, dict(figures))

@@ -1,5 +1,6 @@
-"""The admin listener: `/metrics`, `/healthz`, `/readyz`. Never intercepted; loopback by
-default; an optional bearer token and a client allow-list guard every path."""
+"""The admin listener: the status page (`/`), `/ca.crt`, `/metrics`, `/healthz`,
+`/readyz`. Never intercepted; loopback by default; an optional bearer token and a client
+allow-list guard every path."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from appliance import status
 from appliance.config import IPNetwork
 from appliance.metrics import Metrics
+from appliance.proxy import statuspage
 
 
 def create_admin_app(
@@ -20,6 +23,8 @@ def create_admin_app(
     ready: Callable[[], Awaitable[Sequence[str]]],
     allow: Sequence[IPNetwork],
     token: str | None,
+    ca_pem: Callable[[], bytes] = lambda: b"",
+    ca_fingerprint: Callable[[], str] = lambda: "",
 ) -> web.Application:
     """`ready()` returns the problems keeping regcache from serving (none: ready)."""
 
@@ -59,7 +64,22 @@ def create_admin_app(
             text=body, status=503 if problems else 200, content_type="application/json"
         )
 
+    async def page(_request: web.Request) -> web.Response:
+        problems = list(await ready())
+        summary = status.parse(metrics.render().decode(), not problems, problems)
+        text = statuspage.render(summary, metrics.savings, ca_fingerprint())
+        return web.Response(text=text, content_type="text/html")
+
+    async def ca(_request: web.Request) -> web.Response:
+        return web.Response(
+            body=ca_pem(),
+            content_type="application/x-pem-file",
+            headers={"Content-Disposition": 'attachment; filename="regcache-ca.crt"'},
+        )
+
     app = web.Application(middlewares=[guard])
+    app.router.add_get("/", page)
+    app.router.add_get("/ca.crt", ca)
     app.router.add_get("/metrics", scrape)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

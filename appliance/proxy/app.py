@@ -208,7 +208,7 @@ def create_app(
             nonlocal body_bytes
             body_bytes += sent
             cache.count_served(host, sent if from_store else 0, 0 if from_store else sent)
-            metrics.served.labels(host, "store" if from_store else "upstream").inc(sent)
+            metrics.body_sent(host, route.repository, sent, from_store=from_store)
 
         for _ in range(2):
             if route.kind is Kind.BLOB:

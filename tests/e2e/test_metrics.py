@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections import Counter
+
+import pytest
 
 from tests.e2e.images import image, layer
 from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, REPO, Lab
@@ -157,3 +160,38 @@ def test_regcache_status_summarises_the_admin_figures(the_lab: Lab) -> None:
     )
     assert ghcr["hits"] == hits
     assert ghcr["hits"] > 0 and ghcr["from_store"] > 0 and figures["store_bytes"] > 0
+
+
+def test_the_status_page_renders_the_figures_in_a_browser(the_lab: Lab) -> None:
+    """Headless Chromium (Debian's) inside the lab's namespace; the screenshot is kept in
+    artifacts/ for a human to look at."""
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (make test installs it when run as root)")
+    profile = the_lab.tmp / "chromium-profile"
+    browser = ("chromium", "--headless", "--no-sandbox", "--disable-gpu",
+               f"--user-data-dir={profile}")  # fmt: skip
+    dom = the_lab.ns.run(*browser, "--dump-dom", f"{ADMIN}/", timeout=120).stdout
+    figures = json.loads(the_lab.ns.run(str(REPO / ".venv/bin/regcache"), "status", "--json",
+                                        "--config", str(the_lab.config_path)).stdout)  # fmt: skip
+    ghcr = figures["registries"]["ghcr.io"]
+    assert ghcr["hits"] > 0
+    assert re.search(r'id="hit-ratio">\d+%<', dom), dom[:2000]
+    assert re.search(r'id="saved-bytes">[1-9][\d.]* (KiB|MiB)<', dom)
+    points = re.search(r'id="saved-line"[^>]*points="([^"]+)"', dom)
+    assert points is not None and len(points.group(1).split()) >= 2
+    top = dom[dom.index('id="top-repositories"') :]
+    assert "ghcr.io/metrics/app" in top and "ghcr.io/audit/app" in top
+    assert "<td>ghcr.io</td>" in dom[dom.index('id="registries"') :]
+    shown = the_lab.ns.run(str(REPO / ".venv/bin/regcache"), "ca", "show", "--config",
+                           str(the_lab.config_path)).stdout  # fmt: skip
+    fingerprint = re.search(r"fingerprint:\s+SHA256 (\S+)", shown)
+    assert fingerprint is not None and f'id="ca-fingerprint">{fingerprint.group(1)}<' in dom
+    ca = the_lab.ns.run("curl", "-sf", f"{ADMIN}/ca.crt").stdout
+    assert ca.startswith("-----BEGIN CERTIFICATE-----")
+    artifacts = REPO / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "status-page.png"
+    shot.unlink(missing_ok=True)
+    the_lab.ns.run(*browser, f"--screenshot={shot}", "--window-size=1280,1100", f"{ADMIN}/",
+                   timeout=120)  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
