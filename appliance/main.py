@@ -283,7 +283,7 @@ async def serve(config: Config, path: Path) -> None:
         metrics.evicted_bytes.inc(eviction.bytes)
 
     evictor = Evictor(index, files, config.store, on_evicted=evicted)
-    metrics.watch_store(lambda: evictor.stored, config.state_dir)
+
     cache = RegistryCache(
         files,
         index,
@@ -292,8 +292,10 @@ async def serve(config: Config, path: Path) -> None:
         NegativeCache(config.upstream.negative_ttl_s),
         max_fills=config.upstream.max_fills,
         space=evictor,
+        on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
     )
     evictor.busy = cache.filling
+    metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
     audit = (
         AuditLog(config.audit_path(), config.audit.max_bytes.bytes, config.audit.keep)
         if config.audit.enabled

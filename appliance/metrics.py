@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from yarl import URL
 
@@ -85,14 +85,26 @@ class Metrics:
             "(also counted as forwarded) and forwards shed under load.",
             ["qtype", "outcome"], registry=r,
         )  # fmt: skip
+        self.fill_seconds = Histogram(
+            "regcache_fill_duration_seconds", "Upstream blob transfers into the store, from "
+            "the upstream answer to the last byte, by how they ended (done, failed, passed: "
+            "streamed through on a full disk).", ["state"], registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+        )  # fmt: skip
+        self.first_byte_seconds = Histogram(
+            "regcache_time_to_first_byte_seconds", "From a manifest or blob request to its "
+            "status line, by outcome (hit, miss, stale, relayed).", ["outcome"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )  # fmt: skip
         self.evicted_rows = Counter(
             "regcache_evicted_rows", "Blobs and manifests evicted.", registry=r
         )
         self.evicted_bytes = Counter("regcache_evicted_bytes", "Bytes evicted.", registry=r)
 
-    def watch_store(self, stored: Callable[[], int], root: Path) -> None:
-        """Store size (from the index's running figure) and free space, read when scraped."""
-        self.registry.register(_StoreCollector(stored, root))
+    def watch(self, stored: Callable[[], int], root: Path, coalesced: Callable[[], int]) -> None:
+        """Store size (the evictor's running figure), free space and coalesced requests,
+        read when scraped."""
+        self.registry.register(_StateCollector(stored, root, coalesced))
 
     def body_sent(self, registry: str, repository: str, sent: int, *, from_store: bool) -> None:
         self.served.labels(registry, "store" if from_store else "upstream").inc(sent)
@@ -119,12 +131,18 @@ def _credential(authorization: str | None) -> str:
     return hashlib.sha256(authorization.encode()).hexdigest()[:12]
 
 
-class _StoreCollector(Collector):
-    def __init__(self, stored: Callable[[], int], root: Path) -> None:
+class _StateCollector(Collector):
+    def __init__(self, stored: Callable[[], int], root: Path, coalesced: Callable[[], int]) -> None:
         self._stored = stored
         self._root = root
+        self._coalesced = coalesced
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "regcache_coalesced_requests",
+            "Blob requests that joined a transfer another request started (no fetch).",
+            self._coalesced(),
+        )
         yield GaugeMetricFamily(
             "regcache_store_bytes", "Bytes of blobs and manifests in the store.", self._stored()
         )

@@ -46,3 +46,17 @@ async def test_readyz_reports_problems(aiohttp_client: object) -> None:
     assert await response.json() == {"ready": False, "problems": ["store: cannot write"]}
     healthy = await client.get("/healthz")
     assert healthy.status == 200
+
+
+def test_rate_limit_headers_become_a_gauge_per_host_and_credential() -> None:
+    metrics = Metrics()
+    url = "https://registry-1.docker.io/v2/library/alpine/manifests/latest"
+    got = {"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "97;w=21600"}
+    metrics.upstream_reply("HEAD", url, 200, {"Authorization": "Bearer abc"}, got)
+    metrics.upstream_reply("HEAD", url, 200, {}, {"ratelimit-remaining": "42"})
+    text = metrics.render().decode()
+    host = 'host="registry-1.docker.io"'
+    assert f'regcache_upstream_ratelimit_remaining{{credential="anonymous",{host}}} 42.0' in text
+    assert "Bearer" not in text and "abc" not in text  # only a hash of the credential
+    assert text.count("regcache_upstream_ratelimit_remaining{") == 2
+    assert f'regcache_upstream_requests_total{{{host},method="HEAD",status="200"}} 2.0' in text

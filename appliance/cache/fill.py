@@ -85,6 +85,7 @@ class Fill:
         self._window: tuple[int, bytes] = (0, b"")
         self._readers: set[_Reader] = set()
         self._had_readers = False
+        self.started = time.monotonic()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -102,7 +103,7 @@ class Fill:
         on_commit: Callable[[Fill], Awaitable[None]],
         on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
     ) -> None:
-        started = time.monotonic()
+        started = self.started
         verifier = self.digest.verifier()
         try:
             async for chunk in reply.chunks():
@@ -255,9 +256,13 @@ class Fills:
         on_commit: Callable[[Fill], Awaitable[None]],
         max_running: int = 256,
         on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
+        on_finished: Callable[[Fill, float], None] = lambda _f, _s: None,
     ) -> None:
         self._files = files
         self._on_commit = on_commit
+        self._on_finished = on_finished
+        self.joined = 0
+        """Requests that joined a fill another request started (coalesced)."""
         self._on_disk_full = on_disk_full
         self._active: dict[Digest, asyncio.Future[Fill]] = {}
         self._max_running = max_running
@@ -292,6 +297,7 @@ class Fills:
             except LeaderGotNoBody:
                 continue  # the leader's credentials or luck failed; try with ours
             if not fill.passing:
+                self.joined += 1
                 return fill
             return await self._lead(digest, fetch, media_type)  # the disk filled under it
         return await self._lead(digest, fetch, media_type)
@@ -346,6 +352,7 @@ class Fills:
 
     def _finished(self, digest: Digest, future: asyncio.Future[Fill], fill: Fill) -> None:
         self._running -= 1
+        self._on_finished(fill, time.monotonic() - fill.started)
         if fill.state is FillState.DONE:
             asyncio.get_running_loop().call_later(_KEEP_FINISHED_S, self._forget, digest, future)
         else:  # a failed fill must not be joined: the next request fetches afresh

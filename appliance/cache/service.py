@@ -113,6 +113,7 @@ class RegistryCache:
         max_fills: int = 256,
         clock: Callable[[], float] = time.time,
         space: SpaceKeeper | None = None,
+        on_fill_finished: Callable[[str, float], None] = lambda _state, _s: None,
     ) -> None:
         self._negative = negative or NegativeCache(0)
         self._files = files
@@ -121,7 +122,13 @@ class RegistryCache:
         self._gate = gate
         self._clock = clock
         self._space = space
-        self._fills = Fills(files, self._on_blob_commit, max_fills, self._on_disk_full)
+        self._fills = Fills(
+            files,
+            self._on_blob_commit,
+            max_fills,
+            self._on_disk_full,
+            lambda fill, seconds: on_fill_finished(fill.state.value, seconds),
+        )
         self._manifest_fetches: dict[str, asyncio.Future[Stored | None]] = {}
         self._stale_log = LogThrottle(log, interval_s=3600.0)
         self._full_log = LogThrottle(log, interval_s=60.0)
@@ -141,6 +148,11 @@ class RegistryCache:
         )
         if self._space is not None:
             self._space.nudge(urgent=True)
+
+    @property
+    def coalesced(self) -> int:
+        """Requests that joined another request's fill instead of fetching."""
+        return self._fills.joined
 
     def filling(self) -> set[str]:
         """Digests of fills in flight (eviction leaves them alone)."""

@@ -143,6 +143,7 @@ def create_app(
     async def count_requests(
         request: web.Request, handler: Callable[..., object]
     ) -> web.StreamResponse:
+        request["started"] = time.monotonic()
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)
         host = (request.url.host or "").lower().rstrip(".")
@@ -217,7 +218,8 @@ def create_app(
             else:
                 answer = await cache.manifest(target, route.reference, head=head)
             kind = "blob" if route.kind is Kind.BLOB else "manifest"
-            metrics.answers.labels(host, kind, _outcome(answer)).inc()
+            request["outcome"] = _outcome(answer)
+            metrics.answers.labels(host, kind, request["outcome"]).inc()
             try:
                 response = await _render(request, answer, count)
             except FileNotFoundError:
@@ -236,7 +238,14 @@ def create_app(
 
     # Bodies are streamed (pushes pass through), never read whole: the default
     # client_max_size (1 MiB) only bounds what a handler would read into memory.
+    async def first_byte(request: web.Request, _response: web.StreamResponse) -> None:
+        """The status line is about to go out: time to first byte of a cache answer."""
+        if "outcome" in request:
+            waited = time.monotonic() - request["started"]
+            metrics.first_byte_seconds.labels(request["outcome"]).observe(waited)
+
     app = web.Application(middlewares=[count_requests, errors])
+    app.on_response_prepare.append(first_byte)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

@@ -62,6 +62,11 @@ def test_metrics_count_what_happened(the_lab: Lab) -> None:
                       if name == "regcache_upstream_requests_total"
                       and ("host", "ghcr.io") in lbl and ("method", method) in lbl)  # fmt: skip
         assert counted == count, (method, counted, count)
+    fills = value(samples, "regcache_fill_duration_seconds_count", state="done")
+    assert fills == blobs  # one transfer per blob; manifests are not fills
+    hits = sum(value(samples, "regcache_cache_answers_total", registry="ghcr.io", kind=k,
+                     outcome="hit") for k in ("blob", "manifest"))  # fmt: skip
+    assert value(samples, "regcache_time_to_first_byte_seconds_count", outcome="hit") == hits
     assert value(samples, "regcache_store_bytes") >= size
     assert value(samples, "regcache_store_free_bytes") > 0
 
@@ -195,3 +200,20 @@ def test_the_status_page_renders_the_figures_in_a_browser(the_lab: Lab) -> None:
     the_lab.ns.run(*browser, f"--screenshot={shot}", "--window-size=1280,1100", f"{ADMIN}/",
                    timeout=120)  # fmt: skip
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_concurrent_pulls_are_counted_as_coalesced(the_lab: Lab) -> None:
+    img = image([layer(8 << 20, "crowd")])  # via quay.io's CDN at 16 MiB/s: 0.5 s a pull
+    the_lab.push("quay.io", "metrics/crowd", "v1", img)
+    before = value(scrape(the_lab), "regcache_coalesced_requests_total")
+    pulls = [subprocess.Popen(the_lab.pull_argv("quay.io/metrics/crowd:v1",
+                                                the_lab.tmp / f"crowd-{n}"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for n in range(4)]  # fmt: skip
+    for proc in pulls:
+        assert proc.wait(timeout=300) == 0
+    joined = value(scrape(the_lab), "regcache_coalesced_requests_total") - before
+    gets = [p for m, p, st, _ in the_lab.registries["quay.io"].requests()
+            if m == "GET" and img.layers[0].digest in p]  # fmt: skip
+    assert len(gets) == 1  # one upstream transfer for the four pulls…
+    assert 1 <= joined <= 3 * len(img.blobs)  # …the others joined it (or found it stored)
