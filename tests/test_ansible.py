@@ -83,11 +83,19 @@ def _playbook(root: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
         "[regcache_clients]\ndebian\n"
     )
     ca = tmp / "regcache-ca.crt"
+    source = tmp / "source"  # a snapshot: both runs install exactly the same tree
+    if not source.exists():
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md", "config.example.yaml"):
+            shutil.copy(REPO / name, source / name)
+        for name in ("systemd", "appliance"):
+            skip = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(REPO / name, source / name, ignore=skip)
     return _run(
         str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
         "-e", f"regcache_appliance_ipv4={GATEWAY}", "-e", f"regcache_client_gateway={GATEWAY}",
         "-e", '{"regcache_start": false}', "-e", f"regcache_ca_fetch_dest={ca}",
-        "-e", f"regcache_client_ca_src={ca}",
+        "-e", f"regcache_client_ca_src={ca}", "-e", f"regcache_source={source}",
     )  # fmt: skip
 
 
