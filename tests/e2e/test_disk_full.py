@@ -5,6 +5,7 @@ makes room, and caching resumes once there is space again."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import _missing
 from tests.e2e.images import image, layer
-from tests.e2e.lab import Lab, lab
+from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, lab
 from tests.e2e.test_crash import store_violations
 from tests.e2e.test_pull import pulled_blobs, stored
 
@@ -73,6 +74,9 @@ def test_a_full_disk_streams_through_evicts_and_recovers(small_lab: Lab) -> None
         time.sleep(0.2)
     assert not stored(small_lab, old.layers[0].digest).exists()
     assert "store evicted reason=disk-full" in small_lab.regcache_log.read_text()
+    metrics = small_lab.ns.run("curl", "-sf", f"http://{REGCACHE_IP}:{ADMIN_PORT}/metrics").stdout
+    evicted = re.search(r"^regcache_evicted_bytes_total (\S+)$", metrics, re.MULTILINE)
+    assert evicted is not None and float(evicted.group(1)) >= len(old.layers[0].data)
     assert store_violations(state, reconciled=True) == []
 
     filler.unlink()  # space comes back: the next pull is kept again
