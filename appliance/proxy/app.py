@@ -202,7 +202,7 @@ def create_app(
             max_stale_s=site.max_stale_s,
         )
         head = request.method == "HEAD"
-
+        kind = "blob" if route.kind is Kind.BLOB else "manifest"
         started, body_bytes = time.monotonic(), 0
 
         def count(sent: int, from_store: bool) -> None:
@@ -217,7 +217,6 @@ def create_app(
                 answer = await cache.blob(target, route.reference, head=head)
             else:
                 answer = await cache.manifest(target, route.reference, head=head)
-            kind = "blob" if route.kind is Kind.BLOB else "manifest"
             request["outcome"] = _outcome(answer)
             metrics.answers.labels(host, kind, request["outcome"]).inc()
             try:
@@ -230,20 +229,20 @@ def create_app(
                     "repository": route.repository, "reference": str(route.reference),
                     "digest": None if isinstance(answer, Relayed) else str(answer.digest),
                     "kind": kind, "method": request.method, "status": response.status,
-                    "bytes": body_bytes, "outcome": _outcome(answer),
+                    "bytes": body_bytes, "outcome": request["outcome"],
                     "ms": round((time.monotonic() - started) * 1000, 1),
                 })  # fmt: skip
             return response
         return registry_error(503, "UNAVAILABLE", "content was evicted while being served")
 
-    # Bodies are streamed (pushes pass through), never read whole: the default
-    # client_max_size (1 MiB) only bounds what a handler would read into memory.
     async def first_byte(request: web.Request, _response: web.StreamResponse) -> None:
         """The status line is about to go out: time to first byte of a cache answer."""
         if "outcome" in request:
             waited = time.monotonic() - request["started"]
             metrics.first_byte_seconds.labels(request["outcome"]).observe(waited)
 
+    # Bodies are streamed (pushes pass through), never read whole: the default
+    # client_max_size (1 MiB) only bounds what a handler would read into memory.
     app = web.Application(middlewares=[count_requests, errors])
     app.on_response_prepare.append(first_byte)
     app.router.add_route("*", "/{tail:.*}", handle)
