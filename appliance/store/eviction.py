@@ -32,6 +32,7 @@ from appliance.store.index import Snapshot, SqliteIndex
 log = logging.getLogger(__name__)
 
 UNLINK_GRACE_S = 5.0
+_MIN_CHECK_GAP_S = 1.0
 RESERVE_BYTES = 4 << 20
 """Ballast kept on the store's filesystem: a full disk cannot take SQLite's room to
 commit the very eviction that would free space."""
@@ -186,6 +187,8 @@ class Evictor:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+            if not self._urgent:  # nudged by commits: at most one usage query a second
+                await asyncio.sleep(_MIN_CHECK_GAP_S)
             self._wake.clear()
 
     async def check(self) -> Eviction | None:
