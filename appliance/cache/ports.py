@@ -69,8 +69,9 @@ class BlobFiles(Protocol):
 class SpaceKeeper(Protocol):
     """Keeps the store within its bounds (the evictor)."""
 
-    def nudge(self, *, urgent: bool = False) -> None:
-        """Check usage soon; `urgent` when a write failed for lack of space."""
+    def nudge(self, *, added: int = 0, urgent: bool = False) -> None:
+        """`added` bytes were stored (or none): check usage soon; `urgent` when a write
+        failed for lack of space."""
         ...
 
 

@@ -136,7 +136,7 @@ class RegistryCache:
     async def _on_blob_commit(self, fill: Fill) -> None:
         await self._index.add_blob(fill.digest, fill.written, fill.media_type)
         if self._space is not None:
-            self._space.nudge()
+            self._space.nudge(added=fill.written)
 
     def _on_disk_full(self, fill: Fill | None, error: OSError) -> None:
         """A write found no space: serve without keeping, log once a minute, make room."""
@@ -390,7 +390,7 @@ class RegistryCache:
             ),
         )
         if self._space is not None:
-            self._space.nudge()
+            self._space.nudge(added=len(body))
         log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
         return Stored(digest, len(body), media_type, path)
 

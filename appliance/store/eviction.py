@@ -170,8 +170,9 @@ class Evictor:
         self._urgent = False
         self._failure_log = LogThrottle(log, interval_s=300.0)
 
-    def nudge(self, *, urgent: bool = False) -> None:
-        """Check soon; `urgent` when a write failed for lack of space."""
+    def nudge(self, *, added: int = 0, urgent: bool = False) -> None:
+        """`added` bytes were stored: check soon; `urgent` when a write found no space."""
+        self.stored += added  # exact again at the next check
         self._urgent = self._urgent or urgent
         self._wake.set()
 
