@@ -70,7 +70,7 @@ async def images(index: SqliteIndex, selection: Selection, *, nested: bool = Fal
     of an index are part of it (listed only with `nested`)."""
     snapshot = await index.snapshot()
     parents = parent_counts(snapshot)
-    pinned = closure(snapshot.pinned, snapshot.children)
+    pinned = protected_digests(snapshot, set())
     tags: dict[tuple[str, str, str], list[str]] = {}
     for registry, repository, tag, digest in await index.tags():
         tags.setdefault((registry, repository, digest), []).append(tag)
