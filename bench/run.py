@@ -1,227 +1,189 @@
-"""regcache side by side with distribution's pull-through proxy and a direct pull.
+"""regcache side by side with distribution's pull-through proxy, nginx and dnsmasq.
 
-Everything runs in a network namespace this script creates: an upstream (Debian's
-docker-registry over TLS), distribution in proxy mode in front of it, and regcache
-reached through its own DNS, as on a build host. skopeo is the client. Prints a Markdown
-table of medians and the ratios the targets are stated in. See bench/README.md.
+Everything runs in a network namespace this script creates (see bench/peers.py for who
+listens where); clients reach regcache through its DNS under real registry names, as on
+a build host. Prints Markdown tables of medians and the ratios the targets are stated
+in. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.images import Image, write_image  # noqa: E402
+from bench.peers import (  # noqa: E402
+    DNSMASQ_IP,
+    FORWARDED,
+    HUB,
+    NGINX,
+    PROXY,
+    QUAY,
+    REGCACHE_IP,
+    RESOLVER_IP,
+    UPSTREAM,
+    Bench,
+    Server,
+)
 from tests.e2e.netns import Netns  # noqa: E402
 from tests.e2e.pki import TestCa  # noqa: E402
-from tests.harness import example_registries  # noqa: E402
 
-MiB = 1 << 20
-REGCACHE_IP, UPSTREAM_IP, PROXY_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-UPSTREAM, PROXY = "upstream.bench", "proxy.bench"
-HUB = "registry-1.docker.io"  # the name clients use through regcache
+MiB, GiB = 1 << 20, 1 << 30
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-class RandomReader:
-    """`size` random bytes for tarfile to copy: incompressible, never all in memory."""
+class Results:
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
 
-    def __init__(self, size: int) -> None:
-        self.left = size
+    def add(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
 
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        self.left -= n
-        return os.urandom(n)
+    def __getitem__(self, key: str) -> float:
+        return statistics.median(self.samples[key])
 
-
-class HashingWriter:
-    def __init__(self, f: io.BufferedWriter) -> None:
-        self.f = f
-        self.hash = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        return self.f.write(data)
+    def __contains__(self, key: str) -> bool:
+        return key in self.samples
 
 
-def write_layer(blobs: Path, size: int) -> dict[str, object]:
-    """A tar of `size` random bytes, streamed to disk while it is hashed."""
-    tmp = blobs / "layer.tmp"
-    with tmp.open("wb") as f:
-        out = HashingWriter(f)
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            info = tarfile.TarInfo("payload")
-            info.size = size
-            tar.addfile(info, RandomReader(size))
-    hex_ = out.hash.hexdigest()
-    tmp.rename(blobs / hex_)
-    return {
-        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-        "digest": f"sha256:{hex_}",
-        "size": (blobs / hex_).stat().st_size,
-    }
-
-
-def write_image(folder: Path, layer_sizes: list[int]) -> int:
-    """An OCI layout (tag `v1`) with random layers; returns its total size in bytes."""
-    blobs = folder / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    layers = [write_layer(blobs, size) for size in layer_sizes]
-
-    def put(data: bytes, media_type: str) -> dict[str, object]:
-        hex_ = hashlib.sha256(data).hexdigest()
-        (blobs / hex_).write_bytes(data)
-        return {"mediaType": media_type, "digest": f"sha256:{hex_}", "size": len(data)}
-
-    config = put(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-        "type": "layers", "diff_ids": [d["digest"] for d in layers]}}).encode(),
-        "application/vnd.oci.image.config.v1+json")  # fmt: skip
-    manifest_type = "application/vnd.oci.image.manifest.v1+json"
-    manifest = put(
-        json.dumps({"schemaVersion": 2, "mediaType": manifest_type, "config": config,
-                    "layers": layers}).encode(),
-        manifest_type,
-    )  # fmt: skip
-    manifest["annotations"] = {"org.opencontainers.image.ref.name": "v1"}
-    (folder / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (folder / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
-    return sum(int(d["size"]) for d in layers) + int(config["size"])
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-
-    def _pid(self) -> int:
-        # `ip netns exec` execs the command: the pid is the server's own.
-        return self.proc.pid
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self._pid()}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self._pid()}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def reset_peak(self) -> None:
-        Path(f"/proc/{self._pid()}/clear_refs").write_text("5")
-
-
-class Bench:
-    def __init__(self, ns: Netns, tmp: Path, ca: TestCa) -> None:
-        self.ns, self.tmp, self.ca = ns, tmp, ca
-        self.certs = tmp / "client-certs"  # trusted by skopeo: the test CA and regcache's
-        self.certs.mkdir()
-        shutil.copy(ca.pem, self.certs / "upstream-ca.crt")
-
-    def wait_port(self, ip: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-        for _ in range(200):
-            if proc.poll() is not None:
-                raise RuntimeError(log.read_text())
-            if self.ns.run("bash", "-c", f"exec 3<>/dev/tcp/{ip}/443", check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{ip}:443 did not open")
-
-    def registry(self, name: str, ip: str, host: str, extra: dict[str, object]) -> Server:
-        folder = self.tmp / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
-        cert, key = self.ca.issue(name, host, HUB if name == "upstream" else host)
-        config = {"version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
-                  "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
-                  "http": {"addr": f"{ip}:443", "tls": {"certificate": str(cert), "key": str(key)}},
-                  **extra}  # fmt: skip
-        (folder / "config.yml").write_text(yaml.safe_dump(config))
-        log = folder / "log"
-        # Go reads SSL_CERT_FILE: the proxy must trust the upstream's test CA.
-        proc = self.ns.start("env", f"SSL_CERT_FILE={self.ca.pem}", "docker-registry", "serve",
-                             str(folder / "config.yml"), log=log)  # fmt: skip
-        self.wait_port(ip, proc, log)
-        return Server(proc)
-
-    def regcache(self) -> Server:
-        state = self.tmp / "regcache-state"
-        shutil.rmtree(state, ignore_errors=True)
-        config = {
-            "state_dir": str(state), "log_level": "WARNING",
-            "listen": {"dns": [f"{REGCACHE_IP}:53"], "https": [f"{REGCACHE_IP}:443"]},
-            "appliance": {"ipv4": REGCACHE_IP}, "dns": {"upstreams": ["127.0.0.1:9"]},
-            "upstream": {"ca_bundle": str(self.ca.pem)}, "resolve": {HUB: [UPSTREAM_IP]},
-            "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
-            "registries": example_registries(),
-        }  # fmt: skip
-        path = self.tmp / "regcache.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = self.tmp / "regcache.log"
-        proc = self.ns.start(
-            str(REPO / ".venv/bin/regcache"), "serve", "--config", str(path), log=log
+def measure_pulls(bench: Bench, r: Results, big: Image, reps: int) -> None:
+    """(a) warm and (b) cold skopeo pulls, direct and through each cache; server CPU
+    and peak RSS per phase (f)."""
+    for _ in range(reps):
+        r.add("direct", bench.pull(f"{UPSTREAM}/bench/big:v1"))
+        peers: tuple[tuple[str, Callable[[], Server], str], ...] = (
+            ("regcache", bench.regcache, HUB),
+            ("distribution", bench.proxy, PROXY),
         )
-        self.wait_port(REGCACHE_IP, proc, log)
-        export = [str(REPO / ".venv/bin/regcache"), "ca", "export", "--config", str(path),
-                  "--out", str(self.certs / "regcache-ca.crt")]  # fmt: skip
-        subprocess.run(export, check=True, capture_output=True)
-        return Server(proc)
+        for name, start, host in peers:
+            server = start()  # fresh, empty cache: the first pull is cold
+            for phase in ("cold", "warm"):
+                server.reset_peak()
+                cpu = server.cpu_s()
+                with bench.profiled(server, f"{name}-{phase}-pull"):
+                    r.add(f"{name} {phase}", bench.pull(f"{host}/bench/big:v1"))
+                r.add(f"{name} {phase} cpu/GiB", (server.cpu_s() - cpu) / (big.size / GiB))
+                r.add(f"{name} {phase} rss", server.peak_rss_mib())
+            bench.ns.stop(server.proc)
 
-    def copy(self, src: str, dest: str) -> float:
-        started = time.monotonic()
-        out = self.ns.run("skopeo", "--insecure-policy", "copy", "--preserve-digests",
-                          "--src-cert-dir", str(self.certs), "--dest-cert-dir", str(self.certs),
-                          src, dest, check=False, timeout=1800)  # fmt: skip
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
-        return time.monotonic() - started
 
-    def pull(self, ref: str) -> float:
-        dest = self.tmp / "pulled"
-        shutil.rmtree(dest, ignore_errors=True)
-        try:
-            return self.copy(f"docker://{ref}", f"oci:{dest}:x")
-        finally:
-            shutil.rmtree(dest, ignore_errors=True)
+def measure_serving(bench: Bench, r: Results, big: Image, reps: int, n: int) -> None:
+    """(c) blob GET throughput against nginx on the same files; (d) manifest latency
+    against distribution."""
+    regcache = bench.regcache()
+    bench.pull(f"{HUB}/bench/big:v1")  # fills the store nginx serves from as well
+    bench.pull(f"{QUAY}/bench/big:v1")  # the tag mapping with a TTL
+    nginx = bench.nginx()
+    # The layer nearest 256 MiB, the same for both servers.
+    blob_size, blob = min(
+        zip(big.layer_sizes, big.layers, strict=True), key=lambda b: abs(b[0] - 256 * MiB)
+    )
+    for _ in range(reps):
+        for clients in (1, 8, 32):
+            per_client = max(1, (1 * GiB) // (clients * blob_size))
+            for name, server, host in (("regcache", regcache, HUB), ("nginx", nginx, NGINX)):
+                url = f"https://{host}/v2/bench/big/blobs/{blob}"
+                cpu = server.cpu_s()
+                with bench.profiled(server, f"{name}-blob-{clients}"):
+                    wall, got = bench.curl_throughput(url, clients, per_client)
+                r.add(f"blob {clients} {name} MB/s", got / wall / 1e6)
+                r.add(f"blob {clients} {name} cpu/GiB", (server.cpu_s() - cpu) / (got / GiB))
+    r.add("blob size MiB", blob_size / MiB)
+    bench.ns.stop(nginx.proc)
+    proxy = bench.proxy()
+    bench.pull(f"{PROXY}/bench/big:v1")
+    cases = (
+        ("regcache", "digest", f"https://{HUB}/v2/bench/big/manifests/{big.manifest}"),
+        ("regcache", "tag revalidated", f"https://{HUB}/v2/bench/big/manifests/v1"),
+        ("regcache", "tag within ttl", f"https://{QUAY}/v2/bench/big/manifests/v1"),
+        ("distribution", "digest", f"https://{PROXY}/v2/bench/big/manifests/{big.manifest}"),
+        ("distribution", "tag", f"https://{PROXY}/v2/bench/big/manifests/v1"),
+    )
+    for name, case, url in cases:
+        for method in ("GET", "HEAD"):
+            server = regcache if name == "regcache" else proxy
+            with bench.profiled(server, f"{name}-manifest-{case}-{method}".replace(" ", "-")):
+                out = bench.client("latency", url, "--method", method, "--n", str(n))
+            for stat in ("p50_ms", "p99_ms"):
+                r.add(f"manifest {name} {case} {method} {stat}", float(out[stat]))  # type: ignore[arg-type]
+    bench.ns.stop(proxy.proc)
+    bench.ns.stop(regcache.proc)
 
-    def concurrent_pulls(self, ref: str, n: int) -> float:
-        started = time.monotonic()
-        procs = [
-            subprocess.Popen(self.ns.argv(
-                "skopeo", "--insecure-policy", "copy", "--preserve-digests", "--src-cert-dir",
-                str(self.certs), f"docker://{ref}", f"oci:{self.tmp / f'crowd-{i}'}:x"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for i in range(n)
-        ]  # fmt: skip
-        for proc in procs:
-            _, err = proc.communicate(timeout=1800)
-            if proc.returncode != 0:
-                raise RuntimeError(err)
-        for i in range(n):
-            shutil.rmtree(self.tmp / f"crowd-{i}", ignore_errors=True)
-        return time.monotonic() - started
+
+def measure_crowds(
+    bench: Bench, r: Results, upstream: Server, images: dict[str, Image], crowd: int
+) -> None:
+    """(e) `crowd` concurrent cold pulls: upstream bytes / image size, followers' time
+    to first byte; (f) peak RSS with small and huge layers."""
+    mid = images["crowd"]
+    for name, start, host in (
+        ("regcache", bench.regcache, HUB),
+        ("distribution", bench.proxy, PROXY),
+    ):
+        server = start()
+        before = upstream.sent_bytes()
+        r.add(f"crowd {name} wall", bench.concurrent_pulls(f"{host}/bench/crowd:v1", crowd))
+        r.add(f"crowd {name} upstream ratio", (upstream.sent_bytes() - before) / mid.size)
+        bench.ns.stop(server.proc)
+    for key, image in images.items():
+        if not key.startswith("layer"):
+            continue
+        regcache = bench.regcache()
+        r.add(f"{key} idle rss", regcache.peak_rss_mib())
+        regcache.reset_peak()
+        before = upstream.sent_bytes()
+        url = f"https://{HUB}/v2/bench/{key}/blobs/{image.layers[0]}"
+        clients = bench.client("crowd", url, "--n", str(crowd))["clients"]
+        assert isinstance(clients, list)
+        ttfb = sorted(float(c["ttfb_s"]) for c in clients)
+        if any(int(c["bytes"]) != image.layer_sizes[0] for c in clients):
+            raise RuntimeError(f"{key}: a client got a short body")
+        r.add(f"{key} upstream ratio", (upstream.sent_bytes() - before) / image.layer_sizes[0])
+        r.add(f"{key} leader ttfb ms", ttfb[0] * 1000)
+        r.add(f"{key} followers ttfb p50 ms", statistics.median(ttfb[1:]) * 1000)
+        r.add(f"{key} followers ttfb max ms", ttfb[-1] * 1000)
+        r.add(f"{key} wall", max(float(c["total_s"]) for c in clients))
+        r.add(f"{key} peak rss", regcache.peak_rss_mib())
+        bench.ns.stop(regcache.proc)
+
+
+def measure_dns(bench: Bench, r: Results, seconds: int) -> None:
+    """Queries per second, regcache against dnsmasq: answered locally (an intercepted
+    registry name; dnsmasq's `address=`) and forwarded to the same resolver (dnsmasq with
+    its cache off, since regcache keeps no cache of forwarded answers)."""
+    resolver = bench.dnsmasq(RESOLVER_IP, "--address=/example.test/192.0.2.99")
+    reference = bench.dnsmasq(DNSMASQ_IP, f"--address=/docker.io/{REGCACHE_IP}",
+                              f"--server={RESOLVER_IP}", "--cache-size=0")  # fmt: skip
+    regcache = bench.regcache()
+    for name, address in (("regcache", REGCACHE_IP), ("dnsmasq", DNSMASQ_IP)):
+        server = regcache if name == "regcache" else reference
+        for kind, qname in (("local", HUB), ("forwarded", FORWARDED)):
+            with bench.profiled(server, f"{name}-dns-{kind}"):
+                r.add(f"dns {name} {kind}", bench.dnsperf(address, qname, seconds))
+    for server in (regcache, reference, resolver):
+        bench.ns.stop(server.proc)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--layers-mib", default="512,256,256,1", help="the >= 1 GiB image")
-    parser.add_argument("--rss-layers-mib", default="100,1024", help="layer sizes for the RSS runs")
+    parser.add_argument("--crowd-layers-mib", default="64,32,4", help="image of the crowd pulls")
+    parser.add_argument("--crowd", type=int, default=16, help="concurrent cold pulls")
+    parser.add_argument("--rss-layers-mib", default="100,2048", help="layer sizes for RSS runs")
+    parser.add_argument("--requests", type=int, default=2000, help="manifest requests per case")
+    parser.add_argument("--dns-seconds", type=int, default=10)
+    parser.add_argument("--only", default="pulls,serving,crowds,dns", help="parts to run")
+    parser.add_argument("--profile", type=Path, help="py-spy profiles of each phase, to here")
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch folder (default: /var/tmp)"
     )
@@ -237,83 +199,137 @@ def main() -> None:
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
     ca = TestCa(tmp)
+    started = time.monotonic()
     with Netns(REGCACHE_IP) as ns:
         (ns.etc / "hosts").write_text(
-            f"127.0.0.1 localhost\n{UPSTREAM_IP} {UPSTREAM}\n{PROXY_IP} {PROXY}\n"
+            f"127.0.0.1 localhost\n127.0.0.3 {UPSTREAM}\n127.0.0.4 {PROXY}\n127.0.0.5 {NGINX}\n"
         )
-        bench = Bench(ns, tmp, ca)
-        bench.registry("upstream", UPSTREAM_IP, UPSTREAM, {})
-        sizes = {"big": [int(x) * MiB for x in args.layers_mib.split(",")]}
+        bench = Bench(ns, tmp, ca, args.profile)
+        upstream = bench.upstream()
+        sizes = {
+            "big": [int(x) * MiB for x in args.layers_mib.split(",")],
+            "crowd": [int(x) * MiB for x in args.crowd_layers_mib.split(",")],
+        }
         for mib in args.rss_layers_mib.split(","):
             sizes[f"layer{mib}"] = [int(mib) * MiB]
-        image_bytes = {}
+        images = {}
         for name, layer_sizes in sizes.items():
             layout = tmp / f"image-{name}"
-            image_bytes[name] = write_image(layout, layer_sizes)
+            images[name] = write_image(layout, layer_sizes)
             bench.copy(f"oci:{layout}:v1", f"docker://{UPSTREAM}/bench/{name}:v1")
             shutil.rmtree(layout)
-        proxy_extra = {"proxy": {"remoteurl": f"https://{UPSTREAM}"}}
-        results: dict[str, list[float]] = {}
+        r = Results()
+        parts = args.only.split(",")
+        if "pulls" in parts:
+            measure_pulls(bench, r, images["big"], args.reps)
+        if "serving" in parts:
+            measure_serving(bench, r, images["big"], args.reps, args.requests)
+        if "crowds" in parts:
+            measure_crowds(bench, r, upstream, images, args.crowd)
+        if "dns" in parts:
+            measure_dns(bench, r, args.dns_seconds)
+    report(r, images, args)
+    print(f"\n(bench took {time.monotonic() - started:.0f} s)")
 
-        def record(key: str, value: float) -> None:
-            results.setdefault(key, []).append(value)
 
-        for _ in range(args.reps):
-            record("direct", bench.pull(f"{UPSTREAM}/bench/big:v1"))
+def table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print()
 
-            def proxy() -> Server:
-                return bench.registry("proxy", PROXY_IP, PROXY, proxy_extra)
 
-            peers = (("regcache", bench.regcache, HUB), ("distribution", proxy, PROXY))
-            for name, start, host in peers:
-                server = start()  # fresh, empty cache: the first pull is cold
-                for phase in ("cold", "warm"):
-                    cpu = server.cpu_s()
-                    record(f"{name} {phase}", bench.pull(f"{host}/bench/big:v1"))
-                    record(f"{name} {phase} cpu", server.cpu_s() - cpu)
-                ns.stop(server.proc)
-        for mib in args.rss_layers_mib.split(","):
-            regcache = bench.regcache()
-            baseline = regcache.peak_rss_mib()
-            record(
-                f"8 cold pulls {mib} MiB layer: wall",
-                bench.concurrent_pulls(f"{HUB}/bench/layer{mib}:v1", 8),
+def report(r: Results, images: dict[str, Image], args: argparse.Namespace) -> None:
+    print(f"\n## regcache benchmark: medians of {args.reps} runs, loopback TLS, 2 cores\n")
+    targets: list[list[str]] = []
+
+    def ratio(what: str, ours: str, peer: str, target: str, digits: int = 2) -> None:
+        if ours in r and peer in r:
+            values = f"{r[ours]:.{digits}f} / {r[peer]:.{digits}f}"
+            targets.append([what, values, f"{r[ours] / r[peer]:.2f}", target])
+
+    if "direct" in r:
+        mib = images["big"].size / MiB
+        print(
+            f"### (a, b, f) skopeo copy of a {mib:.0f} MiB image ({args.layers_mib} MiB layers)\n"
+        )
+        rows = [["direct from upstream", f"{r['direct']:.2f}", "", ""]]
+        for key in ("regcache cold", "regcache warm", "distribution cold", "distribution warm"):
+            cpu, rss = r[f"{key} cpu/GiB"], r[f"{key} rss"]
+            rows.append([key, f"{r[key]:.2f}", f"{cpu:.2f}", f"{rss:.0f}"])
+        table(["pull", "wall s", "server CPU s/GiB", "server peak RSS MiB"], rows)
+        ratio("warm wall, regcache / distribution", "regcache warm", "distribution warm", "≤ 0.85")
+        ratio("warm CPU/GiB, regcache / distribution", "regcache warm cpu/GiB",
+              "distribution warm cpu/GiB", "≤ 1.0")  # fmt: skip
+        ratio("cold wall, regcache / direct", "regcache cold", "direct", "≤ 1.1")
+        ratio("cold wall, distribution / direct", "distribution cold", "direct", "(peer)")
+        ratio("cold CPU/GiB, regcache / distribution", "regcache cold cpu/GiB",
+              "distribution cold cpu/GiB", "report")  # fmt: skip
+    if "blob size MiB" in r:
+        print(f"### (c) blob GET over TLS with curl, {r['blob size MiB']:.0f} MiB blob\n")
+        rows = []
+        for n in (1, 8, 32):
+            ours, peer = f"blob {n} regcache", f"blob {n} nginx"
+            rows.append([str(n), f"{r[ours + ' MB/s']:.0f}", f"{r[peer + ' MB/s']:.0f}",
+                         f"{r[ours + ' cpu/GiB']:.2f}", f"{r[peer + ' cpu/GiB']:.2f}"])  # fmt: skip
+            target = "≥ 0.8" if n == 1 else "report"
+            ratio(f"blob MB/s, {n} client(s), regcache / nginx", f"{ours} MB/s", f"{peer} MB/s",
+                  target, 0)  # fmt: skip
+        table(["clients", "regcache MB/s", "nginx MB/s", "regcache CPU s/GiB",
+               "nginx CPU s/GiB"], rows)  # fmt: skip
+        print(f"### (d) manifest latency, {args.requests} requests, one keep-alive connection\n")
+        rows = []
+        cases = sorted({k.rsplit(" ", 2)[0] for k in r.samples if k.startswith("manifest ")})
+        for case in cases:
+            server, reference = case.removeprefix("manifest ").split(" ", 1)
+            cells = [
+                f"{r[f'{case} {m} {s}']:.2f}" for m in ("GET", "HEAD") for s in ("p50_ms", "p99_ms")
+            ]
+            rows.append([server, reference, *cells])
+        table(
+            ["server", "reference", "GET p50 ms", "GET p99 ms", "HEAD p50 ms", "HEAD p99 ms"], rows
+        )
+        ours, peer = "manifest regcache", "manifest distribution"
+        for m in ("GET", "HEAD"):
+            for s in ("p50_ms", "p99_ms"):
+                ratio(f"manifest by digest, {m} {s[:3]}, regcache / distribution",
+                      f"{ours} digest {m} {s}", f"{peer} digest {m} {s}", "≤ 1.0")  # fmt: skip
+            p50 = f"{m} p50_ms"
+            ratio(f"manifest by tag revalidated, {m} p50, regcache / distribution by tag",
+                  f"{ours} tag revalidated {p50}", f"{peer} tag {p50}", "≤ 0.5")  # fmt: skip
+            ratio(f"manifest by tag within TTL, {m} p50, regcache / distribution by digest",
+                  f"{ours} tag within ttl {p50}", f"{peer} digest {p50}", "≤ 0.5")  # fmt: skip
+    if "crowd regcache wall" in r:
+        mib = images["crowd"].size / MiB
+        print(f"### (e) {args.crowd} concurrent cold skopeo pulls of a {mib:.0f} MiB image\n")
+        rows = [[name, f"{r[f'crowd {name} wall']:.2f}", f"{r[f'crowd {name} upstream ratio']:.2f}"]
+                for name in ("regcache", "distribution")]  # fmt: skip
+        table(["cache", "wall s", "upstream bytes / image size"], rows)
+        print(f"### (e, f) {args.crowd} concurrent cold GETs of one blob through regcache\n")
+        rows = []
+        for key in (k for k in images if k.startswith("layer")):
+            rows.append([key.removeprefix("layer") + " MiB", f"{r[f'{key} upstream ratio']:.2f}",
+                         f"{r[f'{key} leader ttfb ms']:.0f}",
+                         f"{r[f'{key} followers ttfb p50 ms']:.0f}",
+                         f"{r[f'{key} followers ttfb max ms']:.0f}", f"{r[f'{key} wall']:.1f}",
+                         f"{r[f'{key} idle rss']:.0f}", f"{r[f'{key} peak rss']:.0f}"])  # fmt: skip
+        header = ["layer", "upstream bytes / size", "leader TTFB ms", "followers TTFB p50 ms",
+                  "followers TTFB max ms", "wall s", "idle RSS MiB", "peak RSS MiB"]  # fmt: skip
+        table(header, rows)
+    if "dns regcache local" in r:
+        print(f"### DNS: dnsperf, {args.dns_seconds} s, 4 clients, queries/s\n")
+        rows = []
+        for kind in ("local", "forwarded"):
+            rows.append(
+                [kind, f"{r[f'dns regcache {kind}']:.0f}", f"{r[f'dns dnsmasq {kind}']:.0f}"]
             )
-            record(f"8 cold pulls {mib} MiB layer: regcache peak RSS MiB", regcache.peak_rss_mib())
-            record(f"8 cold pulls {mib} MiB layer: regcache idle RSS MiB", baseline)
-            ns.stop(regcache.proc)
-        report(results, image_bytes["big"], args.reps)
-
-
-def report(results: dict[str, list[float]], image_bytes: int, reps: int) -> None:
-    med = {k: statistics.median(v) for k, v in results.items()}
-    gib = image_bytes / (1 << 30)
-    print(f"\nImage: {image_bytes / MiB:.0f} MiB; medians of {reps} runs;", end=" ")
-    print("skopeo client; loopback TLS.\n")
-    print("| measure | seconds |\n|---|---|")
-    for key in (
-        "direct",
-        "regcache cold",
-        "regcache warm",
-        "distribution cold",
-        "distribution warm",
-    ):
-        print(f"| {key} pull | {med[key]:.2f} |")
-    print("\n| server CPU s per GiB served | regcache | distribution proxy |\n|---|---|---|")
-    for phase in ("cold", "warm"):
-        ours, peer = med[f"regcache {phase} cpu"] / gib, med[f"distribution {phase} cpu"] / gib
-        print(f"| {phase} | {ours:.2f} | {peer:.2f} |")
-    print("\n| ratio | value | target |\n|---|---|---|")
-    warm = med["regcache warm"] / med["distribution warm"]
-    print(f"| regcache warm / distribution warm | {warm:.2f} | ≤ 1.0 |")
-    print(f"| regcache cold / direct | {med['regcache cold'] / med['direct']:.2f} | ≤ 1.15 |")
-    print(
-        f"| distribution cold / direct | {med['distribution cold'] / med['direct']:.2f} | (peer) |"
-    )
-    print("\n| concurrent pulls | value |\n|---|---|")
-    for key, value in med.items():
-        if key.startswith("8 cold"):
-            print(f"| {key} | {value:.1f} |")
+            ratio(f"DNS {kind} qps, regcache / dnsmasq", f"dns regcache {kind}",
+                  f"dns dnsmasq {kind}", "report", 0)  # fmt: skip
+        table(["answer", "regcache", "dnsmasq"], rows)
+    if targets:
+        print("### Ratios and targets\n")
+        table(["ratio", "regcache / peer", "ratio", "target"], targets)
 
 
 if __name__ == "__main__":
