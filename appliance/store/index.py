@@ -14,10 +14,11 @@ import logging
 import sqlite3
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
@@ -28,7 +29,9 @@ from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _TOUCH_FLUSH_S = 5.0
+_KNOWN_ROWS = 1 << 16  # rows kept in memory, each a few hundred bytes
 _DELETE_BATCH = 256  # rows per write transaction: eviction never holds the lock for long
 _SELECT_TAG_ROWS = (
     "SELECT digest, media_type, size, validated_s FROM tags"
@@ -140,6 +143,32 @@ class Snapshot:
     """Digests pinned directly or through a pinned tag (their references are kept too)."""
 
 
+class _Recent(Generic[T]):
+    """A bounded map; the least recently used entries go first."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: T) -> T:
+        self._entries[key] = value
+        if len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+        return value
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 class SqliteIndex:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
@@ -152,6 +181,15 @@ class SqliteIndex:
         self._served: dict[str, tuple[int, int]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._flush_log = LogThrottle(log, interval_s=60.0)
+        # Rows by digest never change while they exist, and tags change only through this
+        # process: hits are answered without a trip to SQLite. Rows this process deletes
+        # are dropped (with every tag); a file another process (`regcache cache rm`)
+        # removed is caught by the caller's size check on the file itself.
+        self._rows: _Recent[BlobRow] = _Recent(_KNOWN_ROWS)
+        self._manifest_types: _Recent[str] = _Recent(_KNOWN_ROWS)
+        self._tags: _Recent[TagRow] = _Recent(_KNOWN_ROWS)
+        self._validated: dict[tuple[str, str, str, str], tuple[str, float]] = {}
+        """Revalidations that found the tag unchanged: (digest, when), batched."""
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -227,19 +265,27 @@ class SqliteIndex:
                 (*source, str(digest)),
             )
 
+    async def _first(self, sql: str, params: tuple[object, ...]) -> Any:
+        """The first row of a query, in one trip to the connection's thread (a cursor's
+        execute, fetch and close would be three)."""
+        rows = list(await self._db.execute_fetchall(sql, params))
+        return rows[0] if rows else None
+
     async def blob(self, digest: Digest) -> BlobRow | None:
-        async with self._db.execute(
-            "SELECT size, media_type FROM blobs WHERE digest = ?", (str(digest),)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else BlobRow(digest, int(row[0]), row[1])
+        key = str(digest)
+        if (known := self._rows.get(key)) is not None:
+            return known
+        row = await self._first("SELECT size, media_type FROM blobs WHERE digest = ?", (key,))
+        if row is None:
+            return None
+        return self._rows.put(key, BlobRow(digest, int(row[0]), row[1]))
 
     async def manifest_type(self, digest: Digest) -> str | None:
-        async with self._db.execute(
-            "SELECT media_type FROM manifests WHERE digest = ?", (str(digest),)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else str(row[0])
+        key = str(digest)
+        if (known := self._manifest_types.get(key)) is not None:
+            return known
+        row = await self._first("SELECT media_type FROM manifests WHERE digest = ?", (key,))
+        return None if row is None else self._manifest_types.put(key, str(row[0]))
 
     async def touch(self, digest: Digest) -> None:
         """Record a hit; written with others within `_TOUCH_FLUSH_S`."""
@@ -274,9 +320,15 @@ class SqliteIndex:
         touched, self._touched = self._touched, {}
         sources, self._sources = self._sources, set()
         served, self._served = self._served, {}
-        if not (touched or sources or served):
+        validated, self._validated = self._validated, {}
+        if not (touched or sources or served or validated):
             return
         async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE tags SET validated_s = max(validated_s, ?) WHERE registry = ?"
+                " AND repository = ? AND tag = ? AND accept = ? AND digest = ?",
+                [(when, *key, digest) for key, (digest, when) in validated.items()],
+            )
             await db.executemany(
                 "UPDATE blobs SET last_access_s = max(last_access_s, ?), hits = hits + ?"
                 " WHERE digest = ?",
@@ -304,12 +356,11 @@ class SqliteIndex:
         return int(row[0]) if row else 0
 
     async def tag(self, registry: str, repository: str, tag: str, accept: str) -> TagRow | None:
-        async with self._db.execute(
-            _SELECT_TAG_ROWS + " AND accept = ?",
-            (registry, repository, tag, accept),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _tag_row(row)
+        key = (registry, repository, tag, accept)
+        if (known := self._tags.get("\n".join(key))) is not None:
+            return known
+        row = await self._first(_SELECT_TAG_ROWS + " AND accept = ?", key)
+        return None if row is None else self._tags.put("\n".join(key), _tag_row(row))
 
     async def tag_rows(self, registry: str, repository: str, tag: str) -> list[TagRow]:
         """The tag's mappings for every Accept set, most recently validated first."""
@@ -328,8 +379,17 @@ class SqliteIndex:
         accept: str,
         row: TagRow,
     ) -> None:
-        """Record what `tag` resolves to; an earlier, different digest goes to history."""
+        """Record what `tag` resolves to; an earlier, different digest goes to history.
+
+        A revalidation that found the same manifest only moves `validated_s`: that is
+        batched like hits (a commit per tag request would cost an fsync each)."""
         key = (registry, repository, tag, accept)
+        known = self._tags.get("\n".join(key))
+        if known is not None and replace(known, validated_s=row.validated_s) == row:
+            self._tags.put("\n".join(key), row)
+            self._validated[key] = (str(row.digest), row.validated_s)
+            self._flush_soon()
+            return
         async with self._transaction() as db:
             async with db.execute(
                 "SELECT digest FROM tags WHERE registry = ? AND repository = ? AND tag = ?"
@@ -354,6 +414,8 @@ class SqliteIndex:
                 (*key, str(row.digest), row.media_type, row.size, row.validated_s,
                  row.validated_s),
             )  # fmt: skip
+        self._validated.pop(key, None)
+        self._tags.put("\n".join(key), row)
 
     async def public_status(self, registry: str, repository: str) -> tuple[bool, float] | None:
         """(public, when it was checked, epoch seconds), if regcache ever checked."""
@@ -437,6 +499,7 @@ class SqliteIndex:
                         gone = [(str(d), int(n)) for d, n in await cursor.fetchall()]
                     if not gone:
                         break
+                    self._tags.clear()  # the tags naming what goes are deleted below
                     await db.execute(
                         "DELETE FROM tags WHERE digest IN (SELECT value FROM json_each(?))",
                         (json.dumps([d for d, _ in gone]),),
@@ -444,6 +507,8 @@ class SqliteIndex:
                     removed.extend(gone)
                     for digest, _ in gone:
                         del batch[digest]
+                        self._rows.drop(digest)
+                        self._manifest_types.drop(digest)
         return removed
 
     async def sizes(self) -> dict[str, int]:

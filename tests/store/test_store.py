@@ -57,6 +57,41 @@ async def test_tag_history_keeps_replaced_digests(tmp_path: Path) -> None:
     await index.close()
 
 
+async def test_unchanged_revalidations_are_batched_and_reach_the_database(tmp_path: Path) -> None:
+    """Rows kept in memory for hits must agree with what another connection reads."""
+    path = tmp_path / "index.sqlite"
+    index = await SqliteIndex.open(path)
+    a, b = Digest.of(b"a"), Digest.of(b"b")
+
+    def on_disk() -> list[tuple[str, float]]:
+        with sqlite3.connect(path) as other:
+            return [
+                (str(d), float(v)) for d, v in other.execute("SELECT digest, validated_s FROM tags")
+            ]
+
+    await index.set_tag("docker.io", "library/x", "latest", "k", TagRow(a, "t", 1, 1.0))
+    assert on_disk() == [(str(a), 1.0)]  # a new mapping is committed at once
+    await index.set_tag("docker.io", "library/x", "latest", "k", TagRow(a, "t", 1, 2.0))
+    row = await index.tag("docker.io", "library/x", "latest", "k")
+    assert row is not None and row.validated_s == 2.0
+    assert on_disk() == [(str(a), 1.0)]  # same digest: only the time moved, batched
+    await index.set_tag("docker.io", "library/x", "latest", "k", TagRow(b, "t", 1, 3.0))
+    await index.flush()  # the batched time of the old digest must not reach the new row
+    assert on_disk() == [(str(b), 3.0)]
+    await index.set_tag("docker.io", "library/x", "latest", "k", TagRow(b, "t", 1, 4.0))
+    assert on_disk() == [(str(b), 3.0)]
+    await index.flush()
+    assert on_disk() == [(str(b), 4.0)]
+
+    await index.add_manifest(b, 1, "t", [], ("docker.io", "library/x"))
+    assert (await index.blob(b)) is not None and await index.manifest_type(b) == "t"
+    assert await index.delete([(str(b), float("inf"))]) == [(str(b), 1)]
+    # Deleted here: not answered from memory any more, and its tag went with it.
+    assert await index.blob(b) is None and await index.manifest_type(b) is None
+    assert await index.tag("docker.io", "library/x", "latest", "k") is None
+    await index.close()
+
+
 async def test_public_status_is_kept(tmp_path: Path) -> None:
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
     assert await index.public_status("ghcr.io", "org/x") is None
