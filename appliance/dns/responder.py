@@ -36,6 +36,9 @@ from appliance.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
+_KNOWN_QUERIES = 4096  # intercepted answers kept packed (registry names x types x flags)
+_KNOWN_CLIENTS = 65536
+
 
 class Forwarder(Protocol):
     async def exchange(
@@ -86,8 +89,18 @@ class Responder:
         self._max_inflight = max_inflight_forwards
         self._inflight = 0
         self._failures = LogThrottle(log, interval_s=30.0)
+        self._intercepted: dict[tuple[bool, bytes], tuple[str, bytes]] = {}
+        self._allowed: dict[str, bool] = {}
 
     def allowed(self, client: str) -> bool:
+        allowed = self._allowed.get(client)
+        if allowed is None:
+            if len(self._allowed) >= _KNOWN_CLIENTS:
+                self._allowed.clear()
+            allowed = self._allowed[client] = self._in_allow_list(client)
+        return allowed
+
+    def _in_allow_list(self, client: str) -> bool:
         ip = ipaddress.ip_address(client.split("%")[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
@@ -102,6 +115,14 @@ class Responder:
         """Reply bytes, None to stay silent, or a `Forward` for names we do not own."""
         if is_response(data):
             return None  # never answer answers: no reflection loops
+        # An intercepted answer depends only on the query's bytes after its ID (name in
+        # the client's letter case, type, flags, EDNS) while the proxy is healthy: a
+        # query seen before is answered without being parsed or packed again.
+        key = (tcp, bytes(data[2:]))
+        known = self._intercepted.get(key)
+        if known is not None and self._interception.healthy() and self.allowed(client):
+            self._count(known[0], "intercepted")
+            return bytes(data[:2]) + known[1]
         try:
             query = parse(data)
             edns = edns_of(query)
@@ -114,7 +135,12 @@ class Responder:
         reply, outcome = self._local(query, edns, client)
         if reply is not None:
             self._count(qtype, outcome)
-            return pack_for_client(reply, query, edns, limit)
+            packed = pack_for_client(reply, query, edns, limit)
+            if outcome == "intercepted" and self._interception.healthy():
+                if len(self._intercepted) >= _KNOWN_QUERIES:
+                    self._intercepted.clear()
+                self._intercepted[key] = (qtype, packed[2:])
+            return packed
         if self._inflight >= self._max_inflight:
             self._failures.warning("shed", "dns forward shed reason=too-many-in-flight")
             self._count(qtype, "servfail")

@@ -130,3 +130,19 @@ async def test_fail_open_answers_real_addresses_while_unhealthy() -> None:
     # quay.io opted out of fail-open: still intercepted.
     quay = await ask(responder, DNSRecord.question("quay.io").pack())
     assert [str(r.rdata) for r in quay.rr] == ["192.0.2.1"]
+
+
+async def test_a_repeated_query_gets_its_own_id_case_and_the_allow_list() -> None:
+    """Intercepted answers are kept packed: what differs between queries must not leak."""
+    responder = make(BlockingForwarder())
+    for ident, name in ((1, "ghcr.io"), (2, "ghcr.io"), (3, "GhCr.Io"), (4, "ghcr.io")):
+        query = DNSRecord.question(name)
+        query.header.id = ident
+        reply = await ask(responder, query.pack())
+        assert reply.header.id == ident and str(reply.q.qname) == f"{name}."
+        assert [str(r.rdata) for r in reply.rr] == ["192.0.2.1"]
+        assert str(reply.rr[0].rname) == f"{name}."
+    refused = await ask(responder, DNSRecord.question("ghcr.io").pack(), client="192.0.2.50")
+    assert refused.header.rcode == RCODE.REFUSED and not refused.rr
+    aaaa = await ask(responder, DNSRecord.question("ghcr.io", "AAAA").pack())
+    assert aaaa.header.rcode == RCODE.NOERROR and not aaaa.rr
