@@ -121,6 +121,9 @@ class ListenConfig:
         metadata=check(_non_empty),
     )
     """Addresses of the TLS-terminating proxy; production uses port 443."""
+    https_loops: int = field(default=0, metadata=check(_between(0, 64)))
+    """Event loops carrying TLS connections, each in its own thread; 0: one per CPU
+    (at most 8). Serving stored blobs is mostly GIL-free TLS and I/O, so it scales."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Callable
 
 from appliance.config import Endpoint
 
 BACKLOG = 1024
+
+
+ServingLoop = tuple[asyncio.AbstractEventLoop, Callable[[], asyncio.BaseProtocol]]
+"""An event loop (in its own thread) and the protocol factory connections get there."""
 
 
 def bind(endpoint: Endpoint, kind: socket.SocketKind) -> socket.socket:

@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import ipaddress
 import logging
+import os
 import resource
 import signal
 import time
@@ -30,6 +31,7 @@ from appliance.metrics import Metrics
 from appliance.notify import notify
 from appliance.proxy.admin import create_admin_app
 from appliance.proxy.app import Site, create_app, start_runner
+from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.reconcile import open_index, reconcile
@@ -301,10 +303,13 @@ async def serve(config: Config, path: Path) -> None:
         if config.audit.enabled
         else None
     )
-    app = create_app(
-        cache, upstream, site_resolver(config), metrics, audit.write if audit else None
-    )
-    runner = await start_runner(app)
+
+    def proxy_app(bridge: Bridge | None) -> web.Application:
+        sites, write_audit = site_resolver(config), audit.write if audit else None
+        return create_app(cache, upstream, sites, metrics, write_audit, bridge)
+
+    runner = await start_runner(proxy_app(None))
+    loops = ServingLoops(_https_loops(config) - 1, proxy_app)
 
     async def ready() -> list[str]:
         problems = [] if dns.listening else ["dns listener: not listening"]
@@ -325,9 +330,11 @@ async def serve(config: Config, path: Path) -> None:
     )
     await admin.setup()
     assert runner.server is not None
-    https = TlsListener(leaves.context_for, runner.server)
     background: list[asyncio.Task[None]] = []
+    https: TlsListener | None = None
     try:
+        await loops.start(start_runner)
+        https = TlsListener(leaves.context_for, runner.server, other_loops=loops.targets())
         await dns.start(config.listen.dns)
         await https.start(config.listen.https)
         for endpoint in config.admin.listen:
@@ -349,8 +356,10 @@ async def serve(config: Config, path: Path) -> None:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await https.close()
+        if https is not None:
+            await https.close()
         await dns.close()
+        await loops.close()
         await runner.cleanup()
         await admin.cleanup()
         if audit is not None:
@@ -358,6 +367,10 @@ async def serve(config: Config, path: Path) -> None:
         await upstream.close()
         await index.close()
         log.info("regcache stopped")
+
+
+def _https_loops(config: Config) -> int:
+    return config.listen.https_loops or min(os.cpu_count() or 1, 8)
 
 
 async def _sample_savings(metrics: Metrics) -> None:

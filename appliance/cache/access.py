@@ -94,6 +94,16 @@ class AccessGate:
         """Upstream just answered 200 to this client's credentials for this repository."""
         self._verified.put((host, repository, fingerprint(authorization)), True, self._clock())
 
+    def vouches(self, host: str, repository: str, authorization: str | None) -> bool:
+        """Whether what upstream said recently lets this client have the repository's
+        content, without asking anything (memory only; safe from any thread). Never
+        more permissive than `check`; False means: ask `check`."""
+        now = self._clock()
+        if self._public.get((host, repository), now, self._public_ttl_s):
+            return True
+        client = (host, repository, fingerprint(authorization))
+        return bool(self._verified.get(client, now, self._verified_ttl_s))
+
     async def check(
         self, host: str, repository: str, url: str, headers: Mapping[str, str]
     ) -> UpstreamReply | None:

@@ -22,6 +22,7 @@ from appliance.cache.fill import NO_SPACE, Fill, Fills
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import (
     BlobFiles,
+    BlobRow,
     Index,
     SpaceKeeper,
     TagRow,
@@ -217,13 +218,55 @@ class RegistryCache:
         return Relayed(await self._upstream.fetch("GET", url, target.headers, follow=False))
 
     async def _stored(self, digest: Digest, default_type: str) -> Stored | None:
-        row = await self._index.blob(digest)
+        stored = self._stored_now(digest, await self._index.blob(digest), default_type)
+        if stored is not None:
+            self._index.touch(digest)
+        return stored
+
+    # Hits from memory, for other threads
+
+    def stored_now(
+        self, target: Target, reference: str | Digest, *, manifest: bool
+    ) -> Stored | None:
+        """The answer `blob()`/`manifest()` would give when it is a hit needing no I/O
+        but a stat — a digest this process has in memory, or a tag within its TTL, for a
+        client the access gate already vouches for — else None: ask them. Safe from any
+        thread; report the hit with `note_hit` on the cache's loop."""
+        authorization = target.headers.get("Authorization")
+        if not self._gate.vouches(target.host, target.repository, authorization):
+            return None
+        if not manifest:
+            assert isinstance(reference, Digest)
+            return self._stored_now(reference, self._index.known_blob(reference), OCTET_STREAM)
+        if isinstance(reference, Digest):
+            digest = reference
+        else:
+            key = accept_key(target.accept)
+            row = self._index.known_tag(target.host, target.repository, reference, key)
+            if row is None or self._clock() - row.validated_s >= target.tag_ttl_s:
+                return None
+            digest = row.digest
+        media_type = self._index.known_manifest_type(digest)
+        if media_type is None:
+            return None
+        stored = self._stored_now(digest, self._index.known_blob(digest), media_type)
+        by_tag = not isinstance(reference, Digest)
+        if stored is None or (by_tag and not accepts(target.accept, stored.media_type)):
+            return None
+        return stored
+
+    def _stored_now(self, digest: Digest, row: BlobRow | None, default_type: str) -> Stored | None:
         if row is None or self._files.size_of(digest) != row.size:
             return None
-        await self._index.touch(digest)
         return Stored(
             digest, row.size, row.media_type or default_type, self._files.path_for(digest)
         )
+
+    def note_hit(self, target: Target, stored: Stored, *, manifest: bool) -> None:
+        """What `blob()`/`manifest()` record for a hit, for one `stored_now` answered."""
+        self._index.touch(stored.digest)
+        if manifest:
+            self._index.note_source(target.host, target.repository, stored.digest)
 
     # Manifests
 

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from appliance.cache.fill import FillFailed, FillState, TooManyFills
 from appliance.cache.ports import UpstreamReply, UpstreamUnavailable
 from appliance.cache.reading import read_file
 from appliance.cache.service import (
+    Answer,
     Described,
     Filling,
     RegistryCache,
@@ -37,6 +39,7 @@ from appliance.logthrottle import LogThrottle
 from appliance.metrics import Metrics
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.routes import Kind, RouteError, parse_route
+from appliance.proxy.loops import Bridge
 from appliance.proxy.ranges import RangeError, parse_range
 
 log = logging.getLogger(__name__)
@@ -135,9 +138,13 @@ def create_app(
     site_for: Callable[[str], Site | None],
     metrics: Metrics | None = None,
     audit: Callable[[dict[str, object]], None] | None = None,
+    bridge: Bridge | None = None,
 ) -> web.Application:
+    """The proxy application; with a `bridge`, for a loop other than the cache's (every
+    call into the cache, upstream and index crosses it)."""
     pings = PingCache(upstream)
     metrics = metrics or Metrics()
+    bridge = bridge or Bridge(None)
 
     @web.middleware
     async def count_requests(
@@ -188,10 +195,10 @@ def create_app(
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):
             if site.own_credentials:  # no challenge: clients send none, regcache's are used
                 return web.json_response({}, headers=API_VERSION)
-            return await pings.answer(request, origin, site)
+            return await bridge.run(pings.answer(request, origin, site))
         if not cacheable or request.method not in ("GET", "HEAD"):
             # Referrers change as signatures are added: always asked upstream.
-            return await _pass_through(request, upstream, origin, site)
+            return await _pass_through(request, upstream, origin, site, bridge)
         assert route is not None
         target = Target(
             origin=origin,
@@ -208,19 +215,29 @@ def create_app(
         def count(sent: int, from_store: bool) -> None:
             nonlocal body_bytes
             body_bytes += sent
-            cache.count_served(host, sent if from_store else 0, 0 if from_store else sent)
-            metrics.body_sent(host, route.repository, sent, from_store=from_store)
+            bridge.call(cache.count_served, host, sent if from_store else 0,
+                        0 if from_store else sent)  # fmt: skip
+            bridge.call(partial(metrics.body_sent, host, route.repository, sent,
+                                from_store=from_store))  # fmt: skip
 
+        manifest = route.kind is not Kind.BLOB
         for _ in range(2):
-            if route.kind is Kind.BLOB:
+            # A hit known in memory is answered on this loop; anything else is decided on
+            # the cache's (upstream, index, fills).
+            hit = cache.stored_now(target, route.reference, manifest=manifest)
+            answer: Answer
+            if hit is not None:
+                answer = hit
+                bridge.call(partial(cache.note_hit, target, hit, manifest=manifest))
+            elif not manifest:
                 assert not isinstance(route.reference, str)
-                answer = await cache.blob(target, route.reference, head=head)
+                answer = await bridge.run(cache.blob(target, route.reference, head=head))
             else:
-                answer = await cache.manifest(target, route.reference, head=head)
+                answer = await bridge.run(cache.manifest(target, route.reference, head=head))
             request["outcome"] = _outcome(answer)
             metrics.answers.labels(host, kind, request["outcome"]).inc()
             try:
-                response = await _render(request, answer, count)
+                response = await _render(request, answer, count, bridge)
             except FileNotFoundError:
                 continue  # evicted between lookup and open: ask again, it is a miss now
             if audit is not None:
@@ -294,6 +311,7 @@ async def _render(
     request: web.Request,
     answer: Stored | Filling | Described | Relayed,
     count: Callable[[int, bool], None],
+    bridge: Bridge,
 ) -> web.StreamResponse:
     """Send `answer`; `count(body bytes, from the store?)` once the body is sent."""
     if isinstance(answer, Stored):
@@ -310,8 +328,8 @@ async def _render(
         await response.write_eof()
         return response
     if isinstance(answer, Filling):
-        return await _stream_fill(request, answer, lambda n: count(n, False))
-    return await _relay(request, answer.reply)
+        return await _stream_fill(request, answer, lambda n: count(n, False), bridge)
+    return await _relay(request, answer.reply, bridge)
 
 
 async def _start(
@@ -383,35 +401,38 @@ async def _stream_stored(
 
 
 async def _stream_fill(
-    request: web.Request, answer: Filling, sent: Callable[[int], None]
+    request: web.Request, answer: Filling, sent: Callable[[int], None], bridge: Bridge
 ) -> web.StreamResponse:
     fill = answer.fill
     if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
         raise FillFailed(str(fill.error))
     response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
-    body = fill.stream(start, stop if stop is not None else 1 << 62)
+    body = bridge.iterate(fill.stream(start, stop if stop is not None else 1 << 62))
     return await _send_body(request, response, body, answer.digest, sent)
 
 
-async def _relay(request: web.Request, reply: UpstreamReply) -> web.StreamResponse:
+async def _relay(request: web.Request, reply: UpstreamReply, bridge: Bridge) -> web.StreamResponse:
     try:
         response = web.StreamResponse(status=reply.status, headers=CIMultiDict(reply.headers))
         await response.prepare(request)
-        body = None if request.method == "HEAD" else reply.chunks()
+        body = None if request.method == "HEAD" else bridge.iterate(reply.chunks())
         return await _send_body(request, response, body, request.path)
     finally:
-        reply.close()
+        bridge.call(reply.close)
 
 
 async def _pass_through(
-    request: web.Request, upstream: PassThrough, origin: str, site: Site
+    request: web.Request, upstream: PassThrough, origin: str, site: Site, bridge: Bridge
 ) -> web.StreamResponse:
-    body = request.content.iter_chunked(STREAM_CHUNK_BYTES) if request.can_read_body else None
+    body = None
+    if request.can_read_body:
+        body = bridge.export(request.content.iter_chunked(STREAM_CHUNK_BYTES))
     headers = _forwarded(request)
     if request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
     try:
-        reply = await upstream.send(request.method, origin + request.path_qs, headers, body)
+        url = origin + request.path_qs
+        reply = await bridge.run(upstream.send(request.method, url, headers, body))
     except UpstreamUnavailable as e:
         fallback = _outage_answer(request, site, str(e))
         if fallback is None:
@@ -419,9 +440,9 @@ async def _pass_through(
         return fallback
     trouble = reply.status >= 500 or reply.status == 429
     if trouble and (fallback := _outage_answer(request, site, f"{reply.status}")):
-        reply.close()
+        bridge.call(reply.close)
         return fallback
-    return await _relay(request, reply)
+    return await _relay(request, reply, bridge)
 
 
 def _outage_answer(request: web.Request, site: Site, why: str) -> web.Response | None:

@@ -162,6 +162,10 @@ class _Recent(Generic[T]):
             self._entries.popitem(last=False)
         return value
 
+    def peek(self, key: str) -> T | None:
+        """`get` without reordering: one dict lookup, so safe from another thread."""
+        return self._entries.get(key)
+
     def drop(self, key: str) -> None:
         self._entries.pop(key, None)
 
@@ -287,7 +291,19 @@ class SqliteIndex:
         row = await self._first("SELECT media_type FROM manifests WHERE digest = ?", (key,))
         return None if row is None else self._manifest_types.put(key, str(row[0]))
 
-    async def touch(self, digest: Digest) -> None:
+    def known_blob(self, digest: Digest) -> BlobRow | None:
+        """The row, if this process has it in memory (no I/O; safe from any thread)."""
+        return self._rows.peek(str(digest))
+
+    def known_manifest_type(self, digest: Digest) -> str | None:
+        """Like `known_blob`, for `manifest_type`."""
+        return self._manifest_types.peek(str(digest))
+
+    def known_tag(self, registry: str, repository: str, tag: str, accept: str) -> TagRow | None:
+        """Like `known_blob`, for `tag`."""
+        return self._tags.peek("\n".join((registry, repository, tag, accept)))
+
+    def touch(self, digest: Digest) -> None:
         """Record a hit; written with others within `_TOUCH_FLUSH_S`."""
         _, hits = self._touched.get(str(digest), (0.0, 0))
         self._touched[str(digest)] = (time.time(), hits + 1)

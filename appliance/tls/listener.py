@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from appliance.config import Endpoint
-from appliance.listen import bind
+from appliance.listen import ServingLoop, bind
 from appliance.logthrottle import LogThrottle
 from appliance.tasks import spawn
 from appliance.tls.clienthello import (
@@ -43,9 +44,12 @@ class TlsListener:
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         handshake_timeout_s: float = 10.0,
         max_handshakes: int = 1024,
+        other_loops: Sequence[ServingLoop] = (),
     ) -> None:
         self._select = select
         self._factory = protocol_factory
+        # Connections are spread round-robin over this loop and `other_loops`.
+        self._targets: Iterator[ServingLoop | None] = itertools.cycle([None, *other_loops])
         self._timeout_s = handshake_timeout_s
         self._handshakes = asyncio.Semaphore(max_handshakes)
         self._sockets: list[socket.socket] = []
@@ -96,9 +100,15 @@ class TlsListener:
                 if context is None:
                     conn.close()
                     return
-                await asyncio.get_running_loop().connect_accepted_socket(
-                    self._factory, conn, ssl=context, ssl_handshake_timeout=self._timeout_s
+                target = next(self._targets)
+                loop, factory = target or (asyncio.get_running_loop(), self._factory)
+                handshake = loop.connect_accepted_socket(
+                    factory, conn, ssl=context, ssl_handshake_timeout=self._timeout_s
                 )
+                if target is None:
+                    await handshake
+                else:
+                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handshake, loop))
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 log.debug("tls handshake failed error=%s", e)
                 conn.close()

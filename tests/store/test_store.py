@@ -52,7 +52,7 @@ async def test_tag_history_keeps_replaced_digests(tmp_path: Path) -> None:
     assert row is not None and row.digest == b and row.validated_s == 3.0
     assert await index.tag_history("docker.io", "library/x", "latest") == [a]
     await index.add_manifest(a, 1, "t", [], ("docker.io", "library/x"))
-    await index.touch(a)
+    index.touch(a)
     assert await index.hits(a) == 1 and await index.manifest_type(a) == "t"
     await index.close()
 
