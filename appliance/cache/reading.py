@@ -8,7 +8,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 256 << 10
 
 
 async def read_at(fd: int, size: int, offset: int) -> bytes | bytearray:

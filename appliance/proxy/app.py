@@ -370,11 +370,18 @@ async def _send_body(
     total = 0
     try:
         if chunks is not None:
-            async for chunk in chunks:
-                # A client that stops reading must not hold its handler (and file) forever.
-                async with asyncio.timeout(WRITE_TIMEOUT_S):
+            loop = asyncio.get_running_loop()
+            # A client that stops reading must not hold its handler (and file) forever:
+            # no progress for WRITE_TIMEOUT_S cuts it. The deadline moves at most once a
+            # second, not per chunk (a timer per chunk is a cost on the hottest path).
+            async with asyncio.timeout(WRITE_TIMEOUT_S) as deadline:
+                moved = loop.time()
+                async for chunk in chunks:
                     await response.write(chunk)
-                total += len(chunk)
+                    total += len(chunk)
+                    if (now := loop.time()) - moved > 1.0:
+                        deadline.reschedule(now + WRITE_TIMEOUT_S)
+                        moved = now
     except ConnectionError:
         return response  # the client went away; a fill it started carries on
     except Exception as e:  # noqa: BLE001 - whatever broke, the response cannot be completed
