@@ -228,6 +228,7 @@ async def serve(config: Config, path: Path) -> None:
         [
             NamedCheck("https listener", lambda: _listening(config.listen.https)),
             NamedCheck("store", lambda: asyncio.to_thread(files.check_writable)),
+            NamedCheck("https loops", lambda: loops.stalled()),
         ]
     )
     responder = Responder(

@@ -137,6 +137,15 @@ class ServingLoops:
             out.append((loop, runner.server))
         return out
 
+    async def stalled(self) -> str | None:
+        """None if every extra loop runs a callback promptly (the health monitor's
+        deadline applies), else which is not running."""
+        for number, loop in enumerate(self._loops, start=1):
+            if loop.is_closed() or not loop.is_running():
+                return f"https loop {number} is not running"
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop))
+        return None
+
     async def close(self) -> None:
         for loop, runner in zip(self._loops, self._runners, strict=False):
             future: Future[None] = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)

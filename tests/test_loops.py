@@ -1,0 +1,108 @@
+"""Extra serving loops in threads, and the bridge their handlers use to reach the main loop.
+
+Real threads and event loops; the whole proxy runs on two loops in every end-to-end test
+(one per CPU by default), so this covers what those cannot steer: closing, stalls, order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from appliance.proxy.app import start_runner
+from appliance.proxy.loops import Bridge, ServingLoops
+
+
+async def test_bridged_bodies_run_on_their_loop_and_are_closed_there_when_cut_short() -> None:
+    home = asyncio.get_running_loop()
+    seen: list[tuple[str, int]] = []
+    closed = asyncio.Event()
+
+    async def body() -> AsyncIterator[int]:  # belongs to the main loop
+        try:
+            for i in range(100):
+                seen.append((threading.current_thread().name, i))
+                yield i
+        finally:
+            closed.set()
+
+    async def consumer() -> list[int]:  # a handler on another loop takes three chunks
+        got = []
+        chunks = Bridge(home).iterate(body())
+        async for item in chunks:
+            got.append(item)
+            if len(got) == 3:
+                break
+        await chunks.aclose()  # type: ignore[attr-defined]
+        return got
+
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, name="other")
+    thread.start()
+    try:
+        got = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(consumer(), other))
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(5)
+        other.close()
+    assert got == [0, 1, 2]
+    assert {name for name, _ in seen} == {threading.current_thread().name}
+    assert len(seen) <= 4  # pulled one at a time, not run ahead
+
+
+async def test_bridged_calls_arrive_in_order_on_the_main_loop() -> None:
+    home = asyncio.get_running_loop()
+    calls: list[tuple[int, str]] = []
+    done = asyncio.Event()
+
+    def record(i: int) -> None:
+        calls.append((i, threading.current_thread().name))
+        if i == 99:
+            done.set()
+
+    async def caller() -> None:
+        bridge = Bridge(home)
+        for i in range(100):
+            bridge.call(record, i)
+            if i % 10 == 0:
+                await asyncio.sleep(0.005)
+
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, name="other")
+    thread.start()
+    try:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(caller(), other))
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(5)
+        other.close()
+    assert [i for i, _ in calls] == list(range(100))
+    assert {name for _, name in calls} == {threading.current_thread().name}
+
+
+async def test_a_stalled_loop_fails_the_health_check_and_loops_stop_cleanly() -> None:
+    loops = ServingLoops(2, lambda _bridge: web.Application())
+    await loops.start(start_runner)
+    try:
+        assert len(loops.targets()) == 2
+        assert await asyncio.wait_for(loops.stalled(), 2) is None
+        stuck, _ = loops.targets()[1]
+        stuck.call_soon_threadsafe(time.sleep, 1.5)  # a handler blocking its loop
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(loops.stalled(), 0.5)
+            raise AssertionError("a blocked loop passed the check")
+        except TimeoutError:
+            assert time.monotonic() - started < 1.0
+        await asyncio.sleep(1.6)
+        assert await asyncio.wait_for(loops.stalled(), 2) is None  # recovered
+    finally:
+        await loops.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("https-loop")]
