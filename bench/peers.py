@@ -7,6 +7,8 @@ Addresses (all on the namespace's loopback):
   127.0.0.5  nginx serving regcache's blob files over TLS (the ceiling for a cached file)
   127.0.0.6  dnsmasq, the DNS reference: answers registry names itself, forwards the rest
   127.0.0.7  dnsmasq, the "real resolver" both forward to
+  10.203.0.2 in a second namespace behind a veth pair whose egress is rate-limited
+             (tbf): the same upstream registry, as across a WAN link
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ UPSTREAM, PROXY, NGINX = "upstream.bench", "proxy.bench", "nginx.bench"
 HUB = "registry-1.docker.io"  # through regcache, tags revalidated on every request
 QUAY = "quay.io"  # through regcache too, with a tag TTL: tags answered from the store
 FORWARDED = "build.example.test"  # not a registry: regcache forwards it
+WAN, WAN_IP, WAN_LOCAL_IP = "wan.bench", "10.203.0.2", "10.203.0.1"
+GHCR = "ghcr.io"  # through regcache to the upstream across the WAN link
 _ACCESS = re.compile(r'"GET (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+)')
 
 
@@ -134,6 +138,33 @@ class Bench:
     def upstream(self) -> Server:
         return self.registry("upstream", UPSTREAM_IP, {}, UPSTREAM, HUB, QUAY)
 
+    def wan_upstream(self, wan: Netns, mbit: int) -> Server:
+        """The upstream's storage served again from namespace `wan`, reached over a veth
+        pair whose egress from `wan` is limited to `mbit` Mbit/s."""
+        veth = f"rcw{wan.name[-6:]}"
+        subprocess.run(["ip", "-n", self.ns.name, "link", "add", veth, "type", "veth", "peer",
+                        "name", "wan0", "netns", wan.name], check=True)  # fmt: skip
+        for ns, dev, ip in ((self.ns.name, veth, WAN_LOCAL_IP), (wan.name, "wan0", WAN_IP)):
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        tbf = ["tc", "qdisc", "add", "dev", "wan0", "root", "tbf", "rate", f"{mbit}mbit",
+               "burst", "1mb", "latency", "100ms"]  # fmt: skip
+        subprocess.run(["ip", "netns", "exec", wan.name, *tbf], check=True)
+        folder = self.tmp / "wan"
+        folder.mkdir()
+        cert, key = self.ca.issue("wan", WAN, GHCR)
+        data = str(self.tmp / "upstream" / "data")  # the upstream's own, read-only here
+        tls = {"certificate": str(cert), "key": str(key)}
+        config = {"version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
+                  "storage": {"filesystem": {"rootdirectory": data},
+                              "maintenance": {"readonly": {"enabled": True}}},
+                  "http": {"addr": f"{WAN_IP}:443", "tls": tls}}  # fmt: skip
+        (folder / "config.yml").write_text(yaml.safe_dump(config))
+        log = folder / "log"
+        proc = wan.start("docker-registry", "serve", str(folder / "config.yml"), log=log)
+        self.wait_port(WAN_IP, 443, proc, log)
+        return Server(proc, log)
+
     def proxy(self) -> Server:
         remote = {"proxy": {"remoteurl": f"https://{UPSTREAM}"}}
         return self.registry("proxy", PROXY_IP, remote, PROXY)
@@ -151,7 +182,7 @@ class Bench:
             "appliance": {"ipv4": REGCACHE_IP},
             "dns": {"upstreams": [f"{RESOLVER_IP}:53"], "rate_limit_qps": 0},
             "upstream": {"ca_bundle": str(self.ca.pem)},
-            "resolve": {HUB: [UPSTREAM_IP], QUAY: [UPSTREAM_IP]},
+            "resolve": {HUB: [UPSTREAM_IP], QUAY: [UPSTREAM_IP], GHCR: [WAN_IP]},
             "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
             "registries": registries, **overrides,
         }  # fmt: skip

@@ -24,6 +24,7 @@ from bench.images import Image, write_image  # noqa: E402
 from bench.peers import (  # noqa: E402
     DNSMASQ_IP,
     FORWARDED,
+    GHCR,
     HUB,
     NGINX,
     PROXY,
@@ -31,6 +32,8 @@ from bench.peers import (  # noqa: E402
     REGCACHE_IP,
     RESOLVER_IP,
     UPSTREAM,
+    WAN,
+    WAN_IP,
     Bench,
     Server,
 )
@@ -74,6 +77,20 @@ def measure_pulls(bench: Bench, r: Results, big: Image, reps: int) -> None:
                 r.add(f"{name} {phase} cpu/GiB", (server.cpu_s() - cpu) / (big.size / GiB))
                 r.add(f"{name} {phase} rss", server.peak_rss_mib())
             bench.ns.stop(server.proc)
+
+
+def measure_wan(bench: Bench, r: Results, big: Image, reps: int, mbit: int) -> None:
+    """(b) again with the upstream across a rate-limited link, as from a gateway: cold
+    through regcache against direct."""
+    with Netns(REGCACHE_IP) as wan:
+        bench.wan_upstream(wan, mbit)
+        for _ in range(reps):
+            r.add("wan direct", bench.pull(f"{WAN}/bench/big:v1"))
+            regcache = bench.regcache()
+            cpu = regcache.cpu_s()
+            r.add("wan regcache cold", bench.pull(f"{GHCR}/bench/big:v1"))
+            r.add("wan regcache cold cpu/GiB", (regcache.cpu_s() - cpu) / (big.size / GiB))
+            bench.ns.stop(regcache.proc)
 
 
 def measure_serving(bench: Bench, r: Results, big: Image, reps: int, n: int) -> None:
@@ -182,7 +199,8 @@ def main() -> None:
     parser.add_argument("--rss-layers-mib", default="100,2048", help="layer sizes for RSS runs")
     parser.add_argument("--requests", type=int, default=2000, help="manifest requests per case")
     parser.add_argument("--dns-seconds", type=int, default=10)
-    parser.add_argument("--only", default="pulls,serving,crowds,dns", help="parts to run")
+    parser.add_argument("--wan-mbit", type=int, default=800, help="the WAN link's rate")
+    parser.add_argument("--only", default="pulls,wan,serving,crowds,dns", help="parts to run")
     parser.add_argument("--profile", type=Path, help="py-spy profiles of each phase, to here")
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch folder (default: /var/tmp)"
@@ -203,6 +221,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     with Netns(REGCACHE_IP) as ns:
         (ns.etc / "hosts").write_text(
             f"127.0.0.1 localhost\n127.0.0.3 {UPSTREAM}\n127.0.0.4 {PROXY}\n127.0.0.5 {NGINX}\n"
+            f"{WAN_IP} {WAN}\n"
         )
         bench = Bench(ns, tmp, ca, args.profile)
         upstream = bench.upstream()
@@ -222,6 +241,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         parts = args.only.split(",")
         if "pulls" in parts:
             measure_pulls(bench, r, images["big"], args.reps)
+        if "wan" in parts:
+            measure_wan(bench, r, images["big"], args.reps, args.wan_mbit)
         if "serving" in parts:
             measure_serving(bench, r, images["big"], args.reps, args.requests)
         if "crowds" in parts:
@@ -266,6 +287,14 @@ def report(r: Results, images: dict[str, Image], args: argparse.Namespace) -> No
         ratio("cold wall, distribution / direct", "distribution cold", "direct", "(peer)")
         ratio("cold CPU/GiB, regcache / distribution", "regcache cold cpu/GiB",
               "distribution cold cpu/GiB", "report")  # fmt: skip
+    if "wan direct" in r:
+        print(f"### (b) cold pull with the upstream across a {args.wan_mbit} Mbit/s link\n")
+        rows = [["direct from upstream", f"{r['wan direct']:.2f}", ""],
+                ["regcache cold", f"{r['wan regcache cold']:.2f}",
+                 f"{r['wan regcache cold cpu/GiB']:.2f}"]]  # fmt: skip
+        table(["pull", "wall s", "server CPU s/GiB"], rows)
+        ratio(f"cold wall across {args.wan_mbit} Mbit/s, regcache / direct", "wan regcache cold",
+              "wan direct", "≤ 1.1")  # fmt: skip
     if "blob size MiB" in r:
         print(f"### (c) blob GET over TLS with curl, {r['blob size MiB']:.0f} MiB blob\n")
         rows = []
