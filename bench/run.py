@@ -88,7 +88,8 @@ def measure_wan(bench: Bench, r: Results, big: Image, reps: int, mbit: int) -> N
             r.add("wan direct", bench.pull(f"{WAN}/bench/big:v1"))
             regcache = bench.regcache()
             cpu = regcache.cpu_s()
-            r.add("wan regcache cold", bench.pull(f"{GHCR}/bench/big:v1"))
+            with bench.profiled(regcache, "regcache-wan-cold-pull"):
+                r.add("wan regcache cold", bench.pull(f"{GHCR}/bench/big:v1"))
             r.add("wan regcache cold cpu/GiB", (regcache.cpu_s() - cpu) / (big.size / GiB))
             bench.ns.stop(regcache.proc)
 

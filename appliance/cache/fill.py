@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 
 _KEEP_FINISHED_S = 10.0
+_INLINE_BYTES = 64 << 10  # hashed and written on the loop: ~60 us, less than a thread hop
+_GATHER_BYTES = CHUNK_BYTES  # what a reader waits to collect from a slow upstream...
+_GATHER_S = 0.01  # ...for at most this long
 
 
 class FillState(enum.Enum):
@@ -110,8 +113,12 @@ class Fill:
                 if self.on_disk is None:
                     try:
                         # Disk write and hash off the event loop (both release the GIL),
-                        # so the loop keeps moving TLS bytes to clients meanwhile.
-                        await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
+                        # so the loop keeps moving TLS bytes to clients meanwhile; a small
+                        # chunk (a slow upstream's) costs less than the thread hop would.
+                        if len(chunk) > _INLINE_BYTES:
+                            await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
+                        else:
+                            _absorb(self._temp, verifier, chunk)
                     except OSError as e:
                         if e.errno not in NO_SPACE:
                             raise
@@ -119,7 +126,8 @@ class Fill:
                         on_disk_full(self, e)
                 if self.on_disk is not None:
                     verifier.update(chunk)
-                    self._window = (self.written, chunk)
+                # Readers keeping up take the newest chunk from here, not from the file.
+                self._window = (self.written, chunk)
                 self.written += len(chunk)
                 if self.size is not None and self.written > self.size:
                     raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
@@ -201,8 +209,11 @@ class Fill:
                 return os.open(self._final, os.O_RDONLY | os.O_CLOEXEC)
             await self._changed.wait()  # being renamed into place: open it there
 
-    async def stream(self, start: int, stop: int) -> AsyncIterator[bytes | bytearray]:
-        """Bytes [start, stop) as they arrive; FillFailed if the fill fails meanwhile."""
+    async def stream(
+        self, start: int, stop: int, take: int = CHUNK_BYTES
+    ) -> AsyncIterator[bytes | bytearray]:
+        """Bytes [start, stop) as they arrive, at most `take` at a time; FillFailed if the
+        fill fails meanwhile."""
         fd = await self._open()
         reader = _Reader(start, stop)
         self._readers.add(reader)
@@ -211,8 +222,10 @@ class Fill:
             while reader.pos < (stop if self.size is None else min(stop, self.size)):
                 if self.state is FillState.FAILED:
                     raise FillFailed(str(self.error))
+                if self.on_disk is None:
+                    await self._gather(reader.pos, stop)
                 limit = min(self._readable_until(), stop)
-                chunk = await self._take(fd, reader.pos, limit)
+                chunk = await self._take(fd, reader.pos, limit, take)
                 if chunk:
                     reader.pos += len(chunk)
                     if self.on_disk is not None:
@@ -225,18 +238,35 @@ class Fill:
             self._notify()
             os.close(fd)
 
-    async def _take(self, fd: int, pos: int, limit: int) -> bytes | bytearray:
+    async def _gather(self, pos: int, stop: int) -> None:
+        """A slow upstream arrives a TLS record at a time: let up to `_GATHER_BYTES`
+        collect for at most `_GATHER_S` rather than send (and wake for) each piece."""
+        deadline = asyncio.get_running_loop().time() + _GATHER_S
+        while (
+            self.state is FillState.FILLING
+            and min(self._readable_until(), stop) - pos < _GATHER_BYTES
+            and self.written < (self.size if self.size is not None else stop)
+        ):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._changed.wait()
+            except TimeoutError:
+                return
+
+    async def _take(self, fd: int, pos: int, limit: int, take: int) -> bytes | bytearray:
         """Bytes from `pos` up to `limit` available now: from the file, or from the
         pass-through window; b"" when the reader must wait."""
         if pos >= limit:
             return b""
+        offset, data = self._window
+        if offset <= pos < offset + len(data):
+            return data[pos - offset : min(limit - offset, pos - offset + take)]
         if self.on_disk is None or pos < self.on_disk:
             end = limit if self.on_disk is None else min(limit, self.on_disk)
-            chunk = await read_at(fd, min(end - pos, CHUNK_BYTES), pos)
+            chunk = await read_at(fd, min(end - pos, take), pos)
             if not chunk:
                 raise FillFailed(f"{self.digest}: file shorter than written")
             return chunk
-        offset, data = self._window
         if pos < offset:
             raise FillFailed(f"{self.digest}: bytes {pos}..{offset} went past unread")
         return data[pos - offset : limit - offset]

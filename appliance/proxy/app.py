@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from appliance.cache.fill import FillFailed, FillState, TooManyFills
 from appliance.cache.ports import UpstreamReply, UpstreamUnavailable
-from appliance.cache.reading import read_file
+from appliance.cache.reading import CHUNK_BYTES, read_file
 from appliance.cache.service import (
     Answer,
     Described,
@@ -414,7 +414,9 @@ async def _stream_fill(
     if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
         raise FillFailed(str(fill.error))
     response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
-    body = bridge.iterate(fill.stream(start, stop if stop is not None else 1 << 62))
+    # Across loops every piece costs a round trip between threads: take bigger ones.
+    take = CHUNK_BYTES * (2 if bridge.crosses else 1)
+    body = bridge.iterate(fill.stream(start, stop if stop is not None else 1 << 62, take))
     return await _send_body(request, response, body, answer.digest, sent)
 
 

@@ -33,6 +33,8 @@ class Bridge:
 
     def __init__(self, home: asyncio.AbstractEventLoop | None) -> None:
         self._home = home
+        self.crosses = home is not None
+        """Whether calls cross to another thread (each item iterated costs a round trip)."""
         self._calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
