@@ -171,6 +171,7 @@ class Fill:
                 raise
         finally:
             reply.close()
+            self._window = (0, b"")  # a finished fill stays joinable a while: not its chunk
             self._notify()
 
     async def _wait_for_readers(self, *, last: bool = False) -> None:
@@ -254,8 +255,9 @@ class Fill:
                 return
 
     async def _take(self, fd: int, pos: int, limit: int, take: int) -> bytes | bytearray:
-        """Bytes from `pos` up to `limit` available now: from the file, or from the
-        pass-through window; b"" when the reader must wait."""
+        """Bytes from `pos` up to `limit` available now: from the newest chunk in memory
+        (the pass-through window, or a reader keeping up), else from the file; b"" when
+        the reader must wait."""
         if pos >= limit:
             return b""
         offset, data = self._window

@@ -3,9 +3,10 @@
 The cache, its index, fills and the upstream client live on the main loop. Serving a
 stored blob is mostly TLS encryption, file reads and socket writes, which all release
 the GIL, so extra loops in threads, each carrying a share of the client connections,
-use the other cores. A handler on an extra loop asks the main loop for every decision
-(`Bridge.run`), pulls bodies that are produced there chunk by chunk (`Bridge.iterate`),
-and streams stored files itself.
+use the other cores. A handler on an extra loop answers hits known in memory itself
+(`RegistryCache.stored_now`) and streams stored files itself; it asks the main loop for
+every other decision (`Bridge.run`), pulls bodies produced there piece by piece
+(`Bridge.iterate`) and sends it its statistics in batches (`Bridge.call`).
 """
 
 from __future__ import annotations
