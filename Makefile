@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config.dev.yaml
 # Debian packages the tests drive as real clients.
 DEB_TEST_PACKAGES := dnsutils knot-dnsutils openssl curl iproute2 skopeo docker-registry podman apache2-utils nftables systemd debootstrap vagrant chromium
+# ...and the peers and load tools bench/run.py measures against (not needed by the tests).
+DEB_BENCH_PACKAGES := curl iproute2 skopeo docker-registry nginx-light dnsperf dnsmasq-base
+BENCH_ARGS ?=
 
-.PHONY: run test lint deb-deps clean
+.PHONY: run test lint deb-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/regcache serve --config $(CONFIG)
 
 deb-deps:
-	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
+	@missing=""; for p in $(or $(DEB_PACKAGES),$(DEB_TEST_PACKAGES)); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -32,9 +35,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check appliance tests bench
 	$(BIN)/ruff format --check appliance tests bench
 	$(BIN)/mypy appliance
+	$(BIN)/mypy --explicit-package-bases bench
 
 test: $(STAMP) deb-deps lint
 	$(BIN)/pytest -q
+
+# Not part of `make test`: about 7 minutes; see bench/README.md (root: a network namespace).
+bench: $(STAMP)
+	$(MAKE) deb-deps DEB_PACKAGES="$(DEB_BENCH_PACKAGES)"
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
