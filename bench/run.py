@@ -58,9 +58,9 @@ class Results:
         return key in self.samples
 
 
-def measure_pulls(bench: Bench, r: Results, big: Image, reps: int) -> None:
+def measure_pulls(bench: Bench, r: Results, upstream: Server, big: Image, reps: int) -> None:
     """(a) warm and (b) cold skopeo pulls, direct and through each cache; server CPU
-    and peak RSS per phase (f)."""
+    and peak RSS per phase (f); upstream bytes per pull through each cache (e)."""
     for _ in range(reps):
         r.add("direct", bench.pull(f"{UPSTREAM}/bench/big:v1"))
         peers: tuple[tuple[str, Callable[[], Server], str], ...] = (
@@ -71,11 +71,12 @@ def measure_pulls(bench: Bench, r: Results, big: Image, reps: int) -> None:
             server = start()  # fresh, empty cache: the first pull is cold
             for phase in ("cold", "warm"):
                 server.reset_peak()
-                cpu = server.cpu_s()
+                cpu, sent = server.cpu_s(), upstream.sent_bytes()
                 with bench.profiled(server, f"{name}-{phase}-pull"):
                     r.add(f"{name} {phase}", bench.pull(f"{host}/bench/big:v1"))
                 r.add(f"{name} {phase} cpu/GiB", (server.cpu_s() - cpu) / (big.size / GiB))
                 r.add(f"{name} {phase} rss", server.peak_rss_mib())
+                r.add(f"{name} {phase} upstream", (upstream.sent_bytes() - sent) / big.size)
             bench.ns.stop(server.proc)
 
 
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         r = Results()
         parts = args.only.split(",")
         if "pulls" in parts:
-            measure_pulls(bench, r, images["big"], args.reps)
+            measure_pulls(bench, r, upstream, images["big"], args.reps)
         if "wan" in parts:
             measure_wan(bench, r, images["big"], args.reps, args.wan_mbit)
         if "serving" in parts:
@@ -276,11 +277,12 @@ def report(r: Results, images: dict[str, Image], args: argparse.Namespace) -> No
         print(
             f"### (a, b, f) skopeo copy of a {mib:.0f} MiB image ({args.layers_mib} MiB layers)\n"
         )
-        rows = [["direct from upstream", f"{r['direct']:.2f}", "", ""]]
+        rows = [["direct from upstream", f"{r['direct']:.2f}", "", "", ""]]
         for key in ("regcache cold", "regcache warm", "distribution cold", "distribution warm"):
-            cpu, rss = r[f"{key} cpu/GiB"], r[f"{key} rss"]
-            rows.append([key, f"{r[key]:.2f}", f"{cpu:.2f}", f"{rss:.0f}"])
-        table(["pull", "wall s", "server CPU s/GiB", "server peak RSS MiB"], rows)
+            cpu, rss, sent = r[f"{key} cpu/GiB"], r[f"{key} rss"], r[f"{key} upstream"]
+            rows.append([key, f"{r[key]:.2f}", f"{cpu:.2f}", f"{rss:.0f}", f"{sent:.2f}"])
+        table(["pull", "wall s", "server CPU s/GiB", "server peak RSS MiB",
+               "upstream bytes / image size"], rows)  # fmt: skip
         ratio("warm wall, regcache / distribution", "regcache warm", "distribution warm", "≤ 0.85")
         ratio("warm CPU/GiB, regcache / distribution", "regcache warm cpu/GiB",
               "distribution warm cpu/GiB", "≤ 1.0")  # fmt: skip
