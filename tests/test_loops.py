@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
+import pytest
 from aiohttp import web
 
 from appliance.proxy.app import start_runner
@@ -95,12 +96,8 @@ async def test_a_stalled_loop_fails_the_health_check_and_loops_stop_cleanly() ->
         stuck, _ = loops.targets()[1]
         stuck.call_soon_threadsafe(time.sleep, 1.5)  # a handler blocking its loop
         await asyncio.sleep(0.1)
-        started = time.monotonic()
-        try:
+        with pytest.raises(TimeoutError):  # the health monitor's deadline, shortened
             await asyncio.wait_for(loops.stalled(), 0.5)
-            raise AssertionError("a blocked loop passed the check")
-        except TimeoutError:
-            assert time.monotonic() - started < 1.0
         await asyncio.sleep(1.6)
         assert await asyncio.wait_for(loops.stalled(), 2) is None  # recovered
     finally:
