@@ -1,13 +1,15 @@
 """Log a recurring problem once per interval, with how often it happened meanwhile.
 
 An upstream outage turns every query into the same failure; one line per 30 s says so
-without drowning the journal.
+without drowning the journal. Keys often carry client-chosen parts (a repository name):
+at most `max_keys` are tracked, the least recently logged forgotten first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 
@@ -17,18 +19,29 @@ class LogThrottle:
         logger: logging.Logger,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
     ) -> None:
         self._logger = logger
         self._interval_s = interval_s
         self._clock = clock
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._max_keys = max_keys
+        # key → (next time it may log, repeats suppressed since it last did)
+        self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def warning(self, key: str, message: str, *args: object) -> None:
+        self.log(logging.WARNING, key, message, *args)
+
+    def info(self, key: str, message: str, *args: object) -> None:
+        self.log(logging.INFO, key, message, *args)
+
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
         now = self._clock()
-        if now < self._next.get(key, 0.0):
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        next_s, suppressed = self._keys.get(key, (0.0, 0))
+        if now < next_s:
+            self._keys[key] = (next_s, suppressed + 1)
             return
-        self._next[key] = now + self._interval_s
-        suppressed = self._suppressed.pop(key, 0)
-        self._logger.warning(message + " suppressed_since_last=%d", *args, suppressed)
+        self._keys[key] = (now + self._interval_s, 0)
+        self._keys.move_to_end(key)
+        if len(self._keys) > self._max_keys:
+            self._keys.popitem(last=False)
+        self._logger.log(level, message + " suppressed_since_last=%d", *args, suppressed)

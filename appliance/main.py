@@ -18,6 +18,7 @@ from aiohttp import web
 
 from appliance.audit import AuditLog
 from appliance.cache.access import AccessGate
+from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
 from appliance.config import Config, ConfigError, Endpoint, load_config
@@ -275,10 +276,13 @@ async def serve(config: Config, path: Path) -> None:
     )
     gate = AccessGate(
         upstream,
-        config.access.verified_ttl_s,
-        config.access.public_ttl_s,
-        config.access.outage_grace_s,
-        persisted=index,
+        index,
+        files,
+        fingerprints=Fingerprints.for_install(config.state_dir),
+        verified_ttl_s=config.access.verified_ttl_s,
+        public_ttl_s=config.access.public_ttl_s,
+        outage_grace_s=config.access.outage_grace_s,
+        offline=offline_switch,
     )
 
     def evicted(eviction: Eviction) -> None:

@@ -1,201 +1,420 @@
-"""Who may be served what the store holds: no private image reaches the wrong client.
+"""Who may be served what the store holds: a verdict per (registry host, repository,
+digest, credential), so no private content reaches a client by any name.
 
-The store is shared by digest across repositories and clients, so every answer that
-comes from it (or from a fill in progress) is first checked against upstream for the
-repository named in the request:
+The store is shared by digest across repositories, registries and clients. Content from
+it — or from a fill another client started — goes to a client asking for
+`/v2/<repository>/…/<digest>` on a host only when that digest is known to be readable by
+that client through that repository on that host:
 
-- a repository regcache itself can pull anonymously is public, for everyone;
-- otherwise the client's own credentials must have been accepted by upstream for that
-  repository within `verified_ttl_s`: an upstream HEAD with the client's Authorization,
-  or the revalidation/fetch it just made, is that proof.
+- upstream confirmed it for this credential through this repository within
+  `verified_ttl_s`: a fill or manifest fetch it made (verified against the digest), a
+  tag revalidation naming it, a HEAD by digest answered with it, or the gate's own
+  check below. A manifest confirmed this way vouches for what it references (two levels,
+  `vouched_references`: never `urls` descriptors), so a pull costs no request per layer;
+- or the repository is anonymously readable — learnt from an anonymous request for a tag
+  a client just pulled, never from an arbitrary digest's 404 — and the digest is known
+  to be in it (confirmed for anyone, or the index's record of what was pulled there);
+- otherwise the gate asks: a HEAD of that exact URL with the client's own Authorization,
+  redirects followed (with the anonymous token step a redirect target may want). Only a
+  final 2xx that shows the same digest (or, from a CDN, the same size) is a yes; a
+  redirect by itself proves nothing. An answer that cannot be had (upstream down, 5xx,
+  429, offline) is "not known": then only what was confirmed within `outage_grace_s`
+  opens the store, and public content (public status kept in the index) also offline,
+  for as long as offline lasts.
 
-A refusal is upstream's own response (401, 403, 404), relayed unchanged. Credentials are
-remembered only as a SHA-256 fingerprint. Keys include the registry host.
+A refusal is upstream's status and challenge, rendered like every other refusal (see
+`Refused`). Credentials are kept only as keyed fingerprints. Everything is bounded;
+nothing is recorded for a refused request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import itertools
 import logging
+import math
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from appliance.cache.ports import (
-    PublicStatusStore,
-    Upstream,
-    UpstreamReply,
-    UpstreamUnavailable,
-)
+from appliance.cache.fingerprint import Fingerprints
+from appliance.cache.ports import AccessRecords, BlobFiles, Upstream, UpstreamUnavailable
+from appliance.cache.verdicts import NO_REFS, Children, Grants, Refs, unknown_children, vouched
 from appliance.logthrottle import LogThrottle
+from appliance.oci.digest import Digest, DigestError
+from appliance.oci.manifest import vouched_references
+from appliance.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
+from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
 
-_MAX_ENTRIES = 65536
 _RETRY_DOWN_HOST_S = 10.0
+_MAX_DOWN_HOSTS = 1024
+_MAX_CLIENT_KEYS = 16384
+_MAX_PER_CLIENT = 32
+_MAX_REPOSITORY_KEYS = 16384
+_MAX_PER_REPOSITORY = 64
+_MAX_MANIFESTS = 16384
+_MAX_PUBLIC = 65536
+_MAX_PROBES = 64
+_ALL_MANIFEST_TYPES = ", ".join(MANIFEST_TYPES)
 
 
-def fingerprint(authorization: str | None) -> str:
-    return "" if not authorization else hashlib.sha256(authorization.encode()).hexdigest()[:32]
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Upstream's no for a manifest or blob, as the client will get it: the status and
+    its challenge (`WWW-Authenticate`), nothing else, so a refusal looks the same whether
+    the content is in the store or not (THREAT_MODEL.md)."""
+
+    status: int
+    challenge: str | None = None
 
 
-class _Seen:
-    """key → (when it was last seen, value), bounded: the oldest entries go first."""
-
-    def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[str, ...], tuple[float, bool]] = OrderedDict()
-
-    def get(self, key: tuple[str, ...], now: float, within_s: float) -> bool | None:
-        entry = self._entries.get(key)
-        if entry is None or now - entry[0] >= within_s:
-            return None
-        return entry[1]
-
-    def put(self, key: tuple[str, ...], value: bool, now: float) -> None:
-        self._entries.pop(key, None)
-        self._entries[key] = (now, value)
-        if len(self._entries) > _MAX_ENTRIES:
-            self._entries.popitem(last=False)
-
-
-def _upstream_in_trouble(reply: UpstreamReply) -> bool:
+def _in_trouble(status: int) -> bool:
     """5xx and 429: upstream is there but cannot say yes or no right now."""
-    return reply.status >= 500 or reply.status == 429
+    return status >= 500 or status == 429
+
+
+def shows(headers: Mapping[str, str], digest: Digest, size: int | None) -> bool:
+    """Whether a 2xx answer is about `digest`: its Docker-Content-Digest (if sent) is the
+    digest, its Content-Length (if sent, and the size is known) the size, and it sent at
+    least one of them that matched."""
+    evidence = False
+    announced = headers.get("Docker-Content-Digest")
+    if announced:
+        try:
+            if Digest.parse(announced.strip()) != digest:
+                return False
+        except DigestError:
+            return False
+        evidence = True
+    length = headers.get("Content-Length", "")
+    if size is not None and length.isdigit():
+        if int(length) != size:
+            return False
+        evidence = True
+    return evidence
 
 
 class AccessGate:
     def __init__(
         self,
         upstream: Upstream,
+        records: AccessRecords | None = None,
+        files: BlobFiles | None = None,
+        *,
+        fingerprints: Fingerprints | None = None,
         verified_ttl_s: float = 300.0,
         public_ttl_s: float = 3600.0,
         outage_grace_s: float = 86400.0,
+        offline: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
-        persisted: PublicStatusStore | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._persisted = persisted
-        self._wall_clock = wall_clock
         self._upstream = upstream
+        self._records = records
+        self._files = files
+        self.fingerprint = fingerprints or Fingerprints(secrets.token_bytes(32))
         self._verified_ttl_s = verified_ttl_s
         self._public_ttl_s = public_ttl_s
         self._grace_s = max(outage_grace_s, verified_ttl_s, public_ttl_s)
+        self._offline = offline
         self._clock = clock
-        self._public = _Seen()
-        self._verified = _Seen()
+        self._wall_clock = wall_clock
+        self._grants = Grants(_MAX_CLIENT_KEYS, _MAX_PER_CLIENT)
+        self._members = Grants(_MAX_REPOSITORY_KEYS, _MAX_PER_REPOSITORY)
+        self._children = Children(_MAX_MANIFESTS)
+        # (host, repository) → (when checked, on the monotonic clock; anonymously readable)
+        self._public: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
+        self._public_looked_up: OrderedDict[tuple[str, str], None] = OrderedDict()
         # Hosts that just failed to answer: not asked again for a while, so an outage
-        # with connect timeouts does not cost every request two of them.
-        self._down_until: dict[str, float] = {}
-        self._probes: dict[tuple[str, str], asyncio.Future[bool | None]] = {}
+        # with connect timeouts does not cost every request one.
+        self._down_until: OrderedDict[str, float] = OrderedDict()
+        self._checks: dict[tuple[str, str, str, Digest], asyncio.Future[bool | Refused | None]]
+        self._checks = {}
+        self._probes: set[tuple[str, str]] = set()
+        self._refusal_log = LogThrottle(log, interval_s=10.0)
         self._outage_log = LogThrottle(log, interval_s=600.0)
 
-    def note_verified(self, host: str, repository: str, authorization: str | None) -> None:
-        """Upstream just answered 200 to this client's credentials for this repository."""
-        self._verified.put((host, repository, fingerprint(authorization)), True, self._clock())
+    # Memory only, safe from any thread
 
-    def vouches(self, host: str, repository: str, authorization: str | None) -> bool:
-        """Whether what upstream said recently lets this client have the repository's
-        content, without asking anything (memory only; safe from any thread). Never
-        more permissive than `check`; False means: ask `check`."""
+    def vouches(
+        self, host: str, repository: str, digest: Digest, authorization: str | None
+    ) -> bool:
+        """Whether what upstream said recently lets this client have `digest` through
+        this repository, without asking anything. Never more permissive than `check`;
+        False means: ask `check`."""
         now = self._clock()
-        if self._public.get((host, repository), now, self._public_ttl_s):
+        client = (host, repository, self.fingerprint(authorization))
+        if vouched(self._grants.get(client), digest, self._children, now - self._verified_ttl_s):
             return True
-        client = (host, repository, fingerprint(authorization))
-        return bool(self._verified.get(client, now, self._verified_ttl_s))
+        repo = (host, repository)
+        public = self._public.get(repo)
+        return (
+            public is not None
+            and public[1]
+            and now - public[0] < self._public_ttl_s
+            and vouched(self._members.get(repo), digest, self._children, -math.inf)
+        )
+
+    # On the cache's loop
+
+    def grant(
+        self,
+        host: str,
+        repository: str,
+        digest: Digest,
+        authorization: str | None,
+        body: bytes | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        """Upstream just gave this client `digest` through this repository (a manifest's
+        `body` and type, when at hand, say what it vouches for)."""
+        if body is not None:
+            self._children.put(digest, _refs(body, media_type))
+        now = self._clock()
+        client = (host, repository, self.fingerprint(authorization))
+        # Covered already by a manifest granted with it: no entry (they are bounded).
+        if not vouched(self._grants.get(client), digest, self._children, now):
+            self._grants.put(client, digest, now)
+        repo = (host, repository)
+        if not vouched(self._members.get(repo), digest, self._children, -math.inf):
+            self._members.put(repo, digest, now)
 
     async def check(
-        self, host: str, repository: str, url: str, headers: Mapping[str, str]
-    ) -> UpstreamReply | None:
-        """None when the client may have `url`'s content from the store, else the upstream
-        response that refuses it (for the client, unchanged). Raises UpstreamUnavailable
-        when upstream cannot answer and nothing recent enough vouches for the client."""
+        self,
+        host: str,
+        repository: str,
+        digest: Digest,
+        *,
+        url: str,
+        authorization: str | None,
+        manifest: bool,
+        size: int | None,
+    ) -> Refused | None:
+        """None when the client may have `digest` from the store (or another client's
+        fill) through `url`, else upstream's refusal. Raises UpstreamUnavailable when
+        upstream cannot say and nothing confirmed recently enough opens it."""
         now = self._clock()
+        client = (host, repository, self.fingerprint(authorization))
         repo = (host, repository)
-        client = (host, repository, fingerprint(headers.get("Authorization")))
-        if self._public.get(repo, now, self._public_ttl_s) is None and not self._down(host, now):
-            # Learnt once per repository and hour, also for clients already verified, so
-            # that during an outage new clients still get public images.
-            await self._shared_probe(repo, url, now)
-        if self._public.get(repo, now, self._public_ttl_s):
+        if await self._granted(client, digest, now - self._verified_ttl_s):
             return None
-        if self._verified.get(client, now, self._verified_ttl_s):
+        if await self._public_member(repo, digest, now, self._public_ttl_s):
             return None
-        if self._down(host, now):  # failed moments ago, or the probe just found it down
-            if await self._vouched_in_outage(repo, client, now):
+        if not self._offline() and self._down_until.get(host, 0.0) <= now:
+            key = (*client, digest)
+            verdict = await self._shared_check(key, url, authorization, manifest, size)
+            if verdict is True:
+                self.grant(host, repository, digest, authorization)
                 return None
-            raise UpstreamUnavailable(f"{host} does not answer")
-        try:
-            reply = await self._upstream.fetch("HEAD", url, headers, follow=False)
-        except UpstreamUnavailable:
-            self._down_until[host] = now + _RETRY_DOWN_HOST_S
-            if await self._vouched_in_outage(repo, client, now):
-                return None
-            raise
-        if 200 <= reply.status < 400:  # a redirect is the registry saying yes
-            reply.close()
-            self._verified.put(client, True, now)
-            return None
-        if _upstream_in_trouble(reply) and await self._vouched_in_outage(repo, client, now):
-            reply.close()
-            return None
-        log.info(
-            "access refused host=%s repository=%s status=%d credential=%s",
-            host, repository, reply.status, client[2][:8] or "none",
-        )  # fmt: skip
-        return reply
+            if isinstance(verdict, Refused):
+                self._refusal_log.info(
+                    f"{host} {verdict.status}",
+                    "access refused host=%s repository=%s status=%d credential=%s",
+                    host, repository, verdict.status, client[2][:8] or "none",
+                )  # fmt: skip
+                return verdict
+        await self._not_known(client, repo, digest, now)  # raises unless allowed
+        return None
 
-    def _down(self, host: str, now: float) -> bool:
-        return self._down_until.get(host, 0.0) > now
+    def learn_public_soon(self, host: str, repository: str, tag_url: str) -> None:
+        """A client was just given a tag of this repository: find out in the background,
+        once per `public_ttl_s`, whether anyone may read the repository (so that new
+        clients get its public content while upstream is down)."""
+        repo = (host, repository)
+        known = self._public.get(repo)
+        fresh = known is not None and self._clock() - known[0] < self._public_ttl_s
+        if fresh or repo in self._probes or len(self._probes) >= _MAX_PROBES or self._offline():
+            return
+        self._probes.add(repo)
+        task = spawn(self._probe(repo, tag_url), name=f"access-probe {host}/{repository}")
+        task.add_done_callback(lambda _t: self._probes.discard(repo))
 
-    async def _vouched_in_outage(
-        self, repo: tuple[str, str], client: tuple[str, str, str], now: float
+    # Internals
+
+    async def _granted(self, client: tuple[str, str, str], digest: Digest, since: float) -> bool:
+        return await self._vouched_loading(self._grants.get(client), digest, since)
+
+    async def _vouched_loading(
+        self, granted: Mapping[Digest, float], digest: Digest, since: float
     ) -> bool:
-        """Upstream cannot answer: does what it said within the outage grace period
-        (public status also from before a restart) vouch for the client?"""
-        vouched = bool(
-            self._public.get(repo, now, self._grace_s)
-            or self._verified.get(client, now, self._grace_s)
-        )
-        if not vouched and self._persisted is not None:
-            status = await self._persisted.public_status(*repo)
-            age_s = self._wall_clock() - status[1] if status is not None else self._grace_s
-            vouched = status is not None and status[0] and age_s < self._grace_s
-        self._outage_log.warning(
-            f"{repo[0]}/{repo[1]}/{vouched}",
-            "access during-outage host=%s repository=%s allowed=%s",
-            repo[0], repo[1], vouched,
-        )  # fmt: skip
-        return vouched
+        """`vouched`, loading from the store what granted manifests reference."""
+        for _ in range(2):  # an index's children, then theirs
+            if vouched(granted, digest, self._children, since):
+                return True
+            missing = unknown_children(granted, self._children, since)
+            if not missing:
+                return False
+            loaded = [await self._load_refs(m) for m in missing[:_MAX_PER_REPOSITORY]]
+            if not any(loaded):
+                return False
+        return vouched(granted, digest, self._children, since)
 
-    async def _shared_probe(self, repo: tuple[str, str], url: str, now: float) -> bool | None:
-        """One probe per repository at a time, whatever the number of clients asking."""
-        running = self._probes.get(repo)
+    async def _load_refs(self, digest: Digest) -> bool:
+        """Learn what a stored manifest vouches for (a stored blob: nothing); False when
+        `digest` is not in the store (yet)."""
+        if self._records is None or self._files is None:
+            return False
+        media_type = await self._records.manifest_type(digest)
+        if media_type is None:
+            if await self._records.blob(digest) is None:
+                return False
+            self._children.put(digest, NO_REFS)
+            return True
+        try:
+            body = await asyncio.to_thread(self._files.path_for(digest).read_bytes)
+        except OSError:
+            return False  # evicted meanwhile
+        if Digest.of(body, digest.algorithm) != digest:
+            return False  # damaged on disk: vouches for nothing (cache verify will say)
+        self._children.put(digest, _refs(body, media_type))
+        return True
+
+    async def _public_member(
+        self, repo: tuple[str, str], digest: Digest, now: float, within_s: float
+    ) -> bool:
+        """Public within `within_s` and `digest` known to be in the repository."""
+        if not await self._public_within(repo, now, within_s):
+            return False
+        if await self._vouched_loading(self._members.get(repo), digest, -math.inf):
+            return True
+        if self._records is None:
+            return False
+        for path in await self._records.member_paths(*repo, digest):
+            if await self._path_holds(path, digest):
+                self._members.put(repo, digest, now)
+                return True
+        return False
+
+    async def _path_holds(self, path: tuple[Digest, ...], digest: Digest) -> bool:
+        """Whether each manifest on `path` vouches for the next, and the last for `digest`."""
+        chain = (*path, digest)
+        for parent, child in itertools.pairwise(chain):
+            refs = self._children.get(parent)
+            if refs is None and await self._load_refs(parent):
+                refs = self._children.get(parent)
+            if refs is None or child not in refs.digests:
+                return False
+        return True
+
+    async def _public_within(self, repo: tuple[str, str], now: float, within_s: float) -> bool:
+        known = self._public.get(repo)
+        if known is None and self._records is not None and repo not in self._public_looked_up:
+            self._public_looked_up[repo] = None
+            if len(self._public_looked_up) > _MAX_PUBLIC:
+                self._public_looked_up.popitem(last=False)
+            row = await self._records.public_status(*repo)
+            if row is not None and row[0]:  # its age, moved to the monotonic clock
+                known = (now - max(0.0, self._wall_clock() - row[1]), True)
+                self._remember_public(repo, known)
+        return known is not None and known[1] and now - known[0] < within_s
+
+    def _remember_public(self, repo: tuple[str, str], entry: tuple[float, bool]) -> None:
+        self._public[repo] = entry
+        self._public.move_to_end(repo)
+        if len(self._public) > _MAX_PUBLIC:
+            self._public.popitem(last=False)
+
+    async def _not_known(
+        self, client: tuple[str, str, str], repo: tuple[str, str], digest: Digest, now: float
+    ) -> None:
+        """Upstream cannot be asked: what it confirmed within the grace period decides;
+        offline, public content is served for as long as offline lasts."""
+        offline = self._offline()
+        allowed = await self._granted(client, digest, now - self._grace_s) or (
+            await self._public_member(repo, digest, now, math.inf if offline else self._grace_s)
+        )
+        self._outage_log.warning(
+            f"{repo[0]}/{repo[1]}/{allowed}",
+            "access upstream-unavailable host=%s repository=%s offline=%s allowed=%s",
+            repo[0], repo[1], offline, allowed,
+        )  # fmt: skip
+        if not allowed:
+            raise UpstreamUnavailable(f"{repo[0]} cannot confirm access to {digest}")
+
+    async def _shared_check(
+        self,
+        key: tuple[str, str, str, Digest],
+        url: str,
+        authorization: str | None,
+        manifest: bool,
+        size: int | None,
+    ) -> bool | Refused | None:
+        """One upstream check per (host, repository, credential, digest) at a time."""
+        running = self._checks.get(key)
         if running is not None:
             return await asyncio.shield(running)
-        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._probes[repo] = future
-        result: bool | None = None
+        future: asyncio.Future[bool | Refused | None] = asyncio.get_running_loop().create_future()
+        self._checks[key] = future
+        verdict: bool | Refused | None = None
         try:
-            result = await self._probe(repo, url, now)
+            verdict = await self._ask(key[0], url, authorization, key[3], manifest, size)
         finally:
-            future.set_result(result)
-            del self._probes[repo]
-        return result
+            future.set_result(verdict)
+            del self._checks[key]
+        return verdict
 
-    async def _probe(self, repo: tuple[str, str], url: str, now: float) -> bool | None:
-        """Whether regcache itself can pull `url` anonymously; None if upstream cannot say."""
+    async def _ask(
+        self,
+        host: str,
+        url: str,
+        authorization: str | None,
+        digest: Digest,
+        manifest: bool,
+        size: int | None,
+    ) -> bool | Refused | None:
+        """True, upstream's refusal, or None when upstream cannot say."""
+        headers = {"Accept": _ALL_MANIFEST_TYPES} if manifest else {}
+        if authorization:
+            headers["Authorization"] = authorization
         try:
-            reply = await self._upstream.fetch_anonymous("HEAD", url)
+            reply = await self._upstream.fetch("HEAD", url, headers)
+        except UpstreamUnavailable as e:
+            self._outage_log.warning(
+                f"ask {host}", "access check-failed host=%s error=%.200s", host, e
+            )
+            self._down_until[host] = self._clock() + _RETRY_DOWN_HOST_S
+            self._down_until.move_to_end(host)
+            if len(self._down_until) > _MAX_DOWN_HOSTS:
+                self._down_until.popitem(last=False)
+            return None
+        try:
+            if _in_trouble(reply.status) or 300 <= reply.status < 400:
+                return None
+            if 200 <= reply.status < 300:
+                return True if shows(reply.headers, digest, size) else Refused(404)
+            return Refused(reply.status, reply.headers.get("WWW-Authenticate"))
+        finally:
+            reply.close()
+
+    async def _probe(self, repo: tuple[str, str], tag_url: str) -> None:
+        """Whether regcache itself, without credentials, can pull the tag a client was
+        just given; upstream's trouble decides nothing."""
+        now = self._clock()
+        if await self._public_within(repo, now, self._public_ttl_s):
+            return  # known from before a restart
+        try:
+            reply = await self._upstream.fetch_anonymous("HEAD", tag_url)
         except UpstreamUnavailable:
-            self._down_until[repo[0]] = now + _RETRY_DOWN_HOST_S
-            return None
+            return
         reply.close()
-        if _upstream_in_trouble(reply):
-            return None
-        public = 200 <= reply.status < 400
-        self._public.put(repo, public, now)
-        if self._persisted is not None:
-            await self._persisted.set_public_status(*repo, public, self._wall_clock())
+        if 200 <= reply.status < 300:
+            public = True
+        elif reply.status in (401, 403, 404):
+            public = False  # the client just got this tag: anonymous is refused it
+        else:
+            return
+        self._remember_public(repo, (now, public))
         log.info("access probed host=%s repository=%s anonymous_status=%d", *repo, reply.status)
-        return public
+        if self._records is not None:
+            try:
+                await self._records.set_public_status(*repo, public, self._wall_clock())
+            except Exception as e:  # noqa: BLE001 - a full disk: kept in memory meanwhile
+                log.warning("access public-status-not-saved host=%s error=%s", repo[0], e)
+
+
+def _refs(body: bytes, media_type: str | None) -> Refs:
+    return Refs(frozenset(vouched_references(body)), manifests=media_type in INDEX_TYPES)

@@ -89,6 +89,14 @@ class Fill:
         self._readers: set[_Reader] = set()
         self._had_readers = False
         self.started = time.monotonic()
+        self._on_verified: list[Callable[[], None]] = []
+
+    def when_verified(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every byte is in and matches the digest (now, if so)."""
+        if self.state in (FillState.VERIFIED, FillState.DONE, FillState.PASSED):
+            callback()
+        elif self.state is FillState.FILLING:
+            self._on_verified.append(callback)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -143,6 +151,9 @@ class Fill:
             self.size = self.written
             self.state = FillState.VERIFIED
             self._notify()
+            for callback in self._on_verified:
+                callback()
+            self._on_verified.clear()
             if self.on_disk is not None:
                 await self._wait_for_readers(last=True)
                 self.state = FillState.PASSED
@@ -165,6 +176,7 @@ class Fill:
             if self._final is None:
                 files.discard(self._temp)
             self.state = FillState.FAILED
+            self._on_verified.clear()
             self.error = e
             log.warning("fill failed digest=%s bytes=%d error=%s", self.digest, self.written, e)
             if not isinstance(e, Exception):

@@ -40,15 +40,14 @@ class UpstreamReply(Protocol):
 
 
 class Upstream(Protocol):
-    async def fetch(
-        self, method: str, url: str, headers: Mapping[str, str], *, follow: bool = True
-    ) -> UpstreamReply:
-        """GET or HEAD (redirects followed unless `follow` is False); raises on transport
-        or TLS failure."""
+    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> UpstreamReply:
+        """GET or HEAD, redirects followed (the final answer is returned); raises on
+        transport or TLS failure."""
         ...
 
     async def fetch_anonymous(self, method: str, url: str) -> UpstreamReply:
-        """As a client without credentials would: through an anonymous token if asked."""
+        """As a client without credentials would: through an anonymous token if asked,
+        never with regcache's own credentials; redirects followed."""
         ...
 
 
@@ -75,14 +74,30 @@ class SpaceKeeper(Protocol):
         ...
 
 
-class PublicStatusStore(Protocol):
+class AccessRecords(Protocol):
+    """What the index knows that the access gate needs after a restart."""
+
     async def public_status(self, registry: str, repository: str) -> tuple[bool, float] | None:
         """(public, checked at, epoch seconds)."""
         ...
 
     async def set_public_status(
         self, registry: str, repository: str, public: bool, checked_s: float
-    ) -> None: ...
+    ) -> None:
+        """Remember a repository found anonymously readable; `public=False` forgets it."""
+        ...
+
+    async def member_paths(
+        self, registry: str, repository: str, digest: Digest
+    ) -> list[tuple[Digest, ...]]:
+        """How the index knows `digest` to be in the repository: `()` if a manifest
+        pulled or tagged there is `digest` itself, `(m,)` if such a manifest `m`
+        references it, `(m, c)` if `m` references a manifest `c` that does. [] if it does
+        not know. References are checked by the caller (the index keeps all of them)."""
+        ...
+
+    async def blob(self, digest: Digest) -> BlobRow | None: ...
+    async def manifest_type(self, digest: Digest) -> str | None: ...
 
 
 class Index(Protocol):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from appliance.cache.access import AccessGate, fingerprint
+from appliance.cache.access import AccessGate, Refused, shows
 from appliance.cache.fill import NO_SPACE, Fill, Fills
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import (
@@ -38,6 +39,7 @@ from appliance.oci.mediatypes import OCTET_STREAM, accept_key, accepts
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 << 20  # distribution's own limit
+_REFUSAL_BODY_BYTES = 64 * 1024
 
 
 class UpstreamMismatch(RuntimeError):
@@ -100,7 +102,7 @@ class Relayed:
     reply: UpstreamReply
 
 
-Answer = Stored | Filling | Described | Relayed
+Answer = Stored | Filling | Described | Relayed | Refused
 
 
 class RegistryCache:
@@ -165,57 +167,81 @@ class RegistryCache:
     # Blobs
 
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
-        answer = await self._blob(target, digest, head=head)
-        return await self._authorized(target, target.url("blobs", digest), answer, head=head)
-
-    async def _blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
-        url = target.url("blobs", digest)
         stored = await self._stored(digest, OCTET_STREAM)
         if stored is not None:
-            return stored
+            return await self._gated(target, stored, stored.size, manifest=False)
         running = self._fills.active(digest)
+        url = target.url("blobs", digest)
         if head:
             if running is not None and running.done() and not running.exception():
                 fill = running.result()
                 if fill.size is not None:
-                    return Described(digest, fill.size, OCTET_STREAM)
-            return Relayed(await self._fetch_as_client(target, "HEAD", url))
-        result = await self._fills.join_or_start(
-            digest, lambda: self._fetch_as_client(target, "GET", url), media_type=None
-        )
-        if isinstance(result, Fill):
-            return Filling(digest, OCTET_STREAM, result)
-        return Relayed(result)
+                    described = Described(digest, fill.size, OCTET_STREAM)
+                    return await self._gated(target, described, fill.size, manifest=False)
+            reply = await self._fetch_as_client(target, "HEAD", url, digest, manifest=False)
+            return await _refusal_or_relayed(reply)
+        led = False
 
-    async def _fetch_as_client(self, target: Target, method: str, url: str) -> UpstreamReply:
-        """Upstream with the client's credentials; a 200 proves them for the repository.
-        A manifest 404 is remembered for a short while (per credential) and replayed; blob
-        404s are not, since pushes ask for blobs just before uploading them."""
+        async def fetch() -> UpstreamReply:
+            nonlocal led
+            led = True
+            return await self._fetch_as_client(target, "GET", url, digest, manifest=False)
+
+        result = await self._fills.join_or_start(digest, fetch, media_type=None)
+        if not isinstance(result, Fill):
+            return await _refusal_or_relayed(result)
+        filling = Filling(digest, OCTET_STREAM, result)
+        if not led:  # another client's fill: this one must be entitled to it too
+            return await self._gated(target, filling, result.size, manifest=False)
+        # Upstream's answer to this very request: it needs no gate. Once its bytes check
+        # out, the digest is this client's through this repository.
         authorization = target.headers.get("Authorization")
-        key = (method, url, fingerprint(authorization), accept_key(target.accept))
+        result.when_verified(
+            lambda: self._gate.grant(target.host, target.repository, digest, authorization)
+        )
+        return filling
+
+    async def _fetch_as_client(
+        self, target: Target, method: str, url: str, digest: Digest | None, *, manifest: bool
+    ) -> UpstreamReply:
+        """Upstream with the client's credentials. A 200 to a HEAD by digest that shows
+        the digest confirms it for the client. A manifest 404 is remembered for a short
+        while (per credential) and replayed; blob 404s are not, since pushes ask for
+        blobs just before uploading them."""
+        authorization = target.headers.get("Authorization")
+        key = (method, url, self._gate.fingerprint(authorization), accept_key(target.accept))
         remembered = self._negative.get(key)
         if remembered is not None:
             return remembered
         reply = await self._upstream.fetch(method, url, target.headers)
-        if "/manifests/" in url:
+        if manifest:
             reply = await self._negative.remember(key, reply)
-        if reply.status == 200:
-            self._gate.note_verified(
-                target.host, target.repository, target.headers.get("Authorization")
-            )
+        if (
+            reply.status == 200
+            and method == "HEAD"
+            and digest is not None
+            and shows(reply.headers, digest, None)
+        ):
+            self._gate.grant(target.host, target.repository, digest, authorization)
         return reply
 
-    async def _authorized(self, target: Target, url: str, answer: Answer, *, head: bool) -> Answer:
-        """`answer` if the client may have content from the store, else upstream's refusal."""
-        if isinstance(answer, Relayed):
-            return answer
-        denial = await self._gate.check(target.host, target.repository, url, target.headers)
-        if denial is None:
-            return answer
-        if head:
-            return Relayed(denial)
-        denial.close()  # a HEAD's refusal has no body: let the client read upstream's own
-        return Relayed(await self._upstream.fetch("GET", url, target.headers, follow=False))
+    async def _gated(
+        self,
+        target: Target,
+        answer: Stored | Filling | Described,
+        size: int | None,
+        *,
+        manifest: bool,
+    ) -> Answer:
+        """`answer` if the client may have it, else upstream's refusal."""
+        kind = "manifests" if manifest else "blobs"
+        refusal = await self._gate.check(
+            target.host, target.repository, answer.digest,
+            url=target.url(kind, answer.digest),
+            authorization=target.headers.get("Authorization"),
+            manifest=manifest, size=size,
+        )  # fmt: skip
+        return answer if refusal is None else refusal
 
     async def _stored(self, digest: Digest, default_type: str) -> Stored | None:
         stored = self._stored_now(digest, await self._index.blob(digest), default_type)
@@ -229,12 +255,18 @@ class RegistryCache:
         self, target: Target, reference: str | Digest, *, manifest: bool
     ) -> Stored | None:
         """The answer `blob()`/`manifest()` would give when it is a hit needing no I/O
-        but a stat — a digest this process has in memory, or a tag within its TTL, for a
-        client the access gate already vouches for — else None: ask them. Safe from any
-        thread; report the hit with `note_hit` on the cache's loop."""
-        authorization = target.headers.get("Authorization")
-        if not self._gate.vouches(target.host, target.repository, authorization):
+        but a stat — a digest this process has in memory, or a tag within its TTL, that
+        the access gate already vouches for, for this client — else None: ask them. Safe
+        from any thread; report the hit with `note_hit` on the cache's loop."""
+        stored = self._known(target, reference, manifest=manifest)
+        if stored is None:
             return None
+        authorization = target.headers.get("Authorization")
+        if not self._gate.vouches(target.host, target.repository, stored.digest, authorization):
+            return None
+        return stored
+
+    def _known(self, target: Target, reference: str | Digest, *, manifest: bool) -> Stored | None:
         if not manifest:
             assert isinstance(reference, Digest)
             return self._stored_now(reference, self._index.known_blob(reference), OCTET_STREAM)
@@ -273,11 +305,13 @@ class RegistryCache:
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
         answer = await self._manifest(target, reference, head=head)
         if isinstance(answer, Relayed):
+            return await _refusal_or_relayed(answer.reply)
+        if isinstance(answer, Refused | Filling):
             return answer
-        if isinstance(answer, Stored):
-            self._index.note_source(target.host, target.repository, answer.digest)
-        url = target.url("manifests", answer.digest)
-        return await self._authorized(target, url, answer, head=head)
+        gated = await self._gated(target, answer, answer.size, manifest=True)
+        if isinstance(gated, Stored):  # only now: nothing is recorded for a refused client
+            self._index.note_source(target.host, target.repository, gated.digest)
+        return gated
 
     async def _manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
         if isinstance(reference, Digest):
@@ -286,7 +320,8 @@ class RegistryCache:
                 return stored
             if head:
                 url = target.url("manifests", reference)
-                return Relayed(await self._upstream.fetch("HEAD", url, target.headers))
+                reply = await self._fetch_as_client(target, "HEAD", url, reference, manifest=True)
+                return Relayed(reply)
             return await self._fetch_manifest(target, reference, tag=None)
         return await self._tag(target, reference, head=head)
 
@@ -304,7 +339,7 @@ class RegistryCache:
                 return stored
         url = target.url("manifests", tag)
         try:
-            reply = await self._fetch_as_client(target, "HEAD", url)
+            reply = await self._fetch_as_client(target, "HEAD", url, None, manifest=True)
         except UpstreamUnavailable as e:
             stale = await self._stale(target, tag, now, str(e))
             if stale is None:
@@ -319,6 +354,10 @@ class RegistryCache:
         if reply.status == 200 and digest is not None:
             size, media_type = _length(reply.headers), reply.headers.get("Content-Type", "")
             reply.close()
+            # Upstream just resolved the tag for this client: the digest is theirs here.
+            authorization = target.headers.get("Authorization")
+            self._gate.grant(target.host, target.repository, digest, authorization)
+            self._gate.learn_public_soon(target.host, target.repository, url)
             stored = await self._stored_manifest(digest)
             if stored is not None and accepts(target.accept, stored.media_type):
                 await self._record(
@@ -400,7 +439,7 @@ class RegistryCache:
 
     async def _get_manifest(self, target: Target, reference: str | Digest) -> Answer:
         url = target.url("manifests", reference)
-        reply = await self._fetch_as_client(target, "GET", url)
+        reply = await self._fetch_as_client(target, "GET", url, None, manifest=True)
         if reply.status != 200:
             return Relayed(reply)
         try:
@@ -419,6 +458,8 @@ class RegistryCache:
             and announced.algorithm == digest.algorithm
         ):
             raise UpstreamMismatch(f"{url}: Docker-Content-Digest {announced} but body is {digest}")
+        authorization = target.headers.get("Authorization")
+        self._gate.grant(target.host, target.repository, digest, authorization, body, media_type)
         try:
             path = await self._write(digest, body)
         except OSError as e:
@@ -496,3 +537,15 @@ def _manifest_type(content_type: str, body: bytes) -> str:
     except (ValueError, AttributeError):
         declared = None
     return str(declared) if declared else media_type or "application/json"
+
+
+async def _refusal_or_relayed(reply: UpstreamReply) -> Refused | Relayed:
+    """Upstream's 401, 403 or 404 as a `Refused` (rendered the same way as the gate's,
+    so the answer does not tell whether the content is stored); anything else as is."""
+    if reply.status not in (401, 403, 404):
+        return Relayed(reply)
+    # Read to the end so the connection can be reused; if that fails, it is closed.
+    with contextlib.suppress(UpstreamUnavailable):
+        await reply.read(_REFUSAL_BODY_BYTES)
+    reply.close()
+    return Refused(reply.status, reply.headers.get("WWW-Authenticate"))

@@ -4,6 +4,11 @@ An image manifest references its config and layers (and an artifact's `blobs`); 
 references its child manifests. A referrer's `subject` points the other way (the subject
 does not need its referrers), so it is not a reference here. Schema 1 manifests name
 layers as `fsLayers[].blobSum`.
+
+What a manifest vouches for is narrower (`vouched_references`): a registry checks, when a
+manifest is pushed, that what it references is in the repository, except descriptors
+with `urls` (foreign and non-distributable layers, fetched from elsewhere): a manifest
+pushed to one's own repository could otherwise name anyone's digest that way.
 """
 
 from __future__ import annotations
@@ -24,6 +29,16 @@ from appliance.oci.mediatypes import (
 
 def references(body: bytes) -> list[Digest]:
     """Digests `body` references, in order, without repeats; [] if it is not a manifest."""
+    return _references(body, vouched_only=False)
+
+
+def vouched_references(body: bytes) -> list[Digest]:
+    """The references a registry made sure are in the manifest's own repository: all but
+    descriptors that carry `urls` or a foreign/non-distributable media type."""
+    return _references(body, vouched_only=True)
+
+
+def _references(body: bytes, *, vouched_only: bool) -> list[Digest]:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -37,7 +52,7 @@ def references(body: bytes) -> list[Digest]:
         if isinstance(value, list):
             descriptors.extend(value)
     for descriptor in descriptors:
-        if isinstance(descriptor, dict):
+        if isinstance(descriptor, dict) and not (vouched_only and _external(descriptor)):
             _add(found, descriptor.get("digest"))
     fs_layers = doc.get("fsLayers")
     if isinstance(fs_layers, list):
@@ -68,6 +83,12 @@ def sniff_manifest_type(body: bytes) -> str | None:
     if isinstance(doc.get("layers"), list) and isinstance(doc.get("config"), dict):
         return OCI_MANIFEST
     return None
+
+
+def _external(descriptor: dict[str, Any]) -> bool:
+    media_type = str(descriptor.get("mediaType", ""))
+    external_type = "foreign" in media_type or "nondistributable" in media_type
+    return bool(descriptor.get("urls")) or external_type
 
 
 def _add(found: dict[Digest, None], value: object) -> None:

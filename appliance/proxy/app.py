@@ -22,6 +22,7 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from appliance.cache.access import Refused
 from appliance.cache.fill import FillFailed, FillState, TooManyFills
 from appliance.cache.ports import UpstreamReply, UpstreamUnavailable
 from appliance.cache.reading import CHUNK_BYTES, read_file
@@ -237,14 +238,14 @@ def create_app(
             request["outcome"] = _outcome(answer)
             metrics.answers.labels(host, kind, request["outcome"]).inc()
             try:
-                response = await _render(request, answer, count, bridge)
+                response = await _render(request, answer, count, bridge, manifest=manifest)
             except FileNotFoundError:
                 continue  # evicted between lookup and open: ask again, it is a miss now
             if audit is not None:
                 audit({
                     "time": _utc_now(), "client": request.remote, "registry": host,
                     "repository": route.repository, "reference": str(route.reference),
-                    "digest": None if isinstance(answer, Relayed) else str(answer.digest),
+                    "digest": None if isinstance(answer, Relayed | Refused) else str(answer.digest),
                     "kind": kind, "method": request.method, "status": response.status,
                     "bytes": body_bytes, "outcome": request["outcome"],
                     "ms": round((time.monotonic() - started) * 1000, 1),
@@ -280,10 +281,10 @@ def _route_label(path: str) -> str:
     return "other" if route is None else route.kind.name.lower()
 
 
-def _outcome(answer: Stored | Filling | Described | Relayed) -> str:
+def _outcome(answer: Answer) -> str:
     if isinstance(answer, Stored):
         return "stale" if answer.stale else "hit"
-    return "relayed" if isinstance(answer, Relayed) else "miss"
+    return "relayed" if isinstance(answer, Relayed | Refused) else "miss"
 
 
 def _forwarded(request: web.Request, drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
@@ -293,6 +294,28 @@ def _forwarded(request: web.Request, drop: frozenset[str] = frozenset()) -> CIMu
         for k, v in request.headers.items()
         if k.lower() not in _NOT_FORWARDED and k.lower() not in drop
     )
+
+
+_REFUSALS = {
+    401: ("UNAUTHORIZED", "authentication required"),
+    403: ("DENIED", "requested access to the resource is denied"),
+}
+
+
+def _refusal(refused: Refused, *, manifest: bool) -> web.Response:
+    """Upstream's no, the same whether or not the content is in the store."""
+    if refused.status == 404:
+        code, message = (
+            ("MANIFEST_UNKNOWN", "manifest unknown")
+            if manifest
+            else ("BLOB_UNKNOWN", "blob unknown to registry")
+        )
+    else:
+        code, message = _REFUSALS.get(refused.status, _REFUSALS[403])
+    response = registry_error(refused.status, code, message)
+    if refused.challenge:
+        response.headers["WWW-Authenticate"] = refused.challenge
+    return response
 
 
 def _content_headers(digest: object, media_type: str, size: int | None) -> dict[str, str]:
@@ -309,11 +332,15 @@ def _content_headers(digest: object, media_type: str, size: int | None) -> dict[
 
 async def _render(
     request: web.Request,
-    answer: Stored | Filling | Described | Relayed,
+    answer: Answer,
     count: Callable[[int, bool], None],
     bridge: Bridge,
+    *,
+    manifest: bool,
 ) -> web.StreamResponse:
     """Send `answer`; `count(body bytes, from the store?)` once the body is sent."""
+    if isinstance(answer, Refused):
+        return _refusal(answer, manifest=manifest)
     if isinstance(answer, Stored):
         fd = os.open(answer.path, os.O_RDONLY | os.O_CLOEXEC)  # before any byte is sent
         try:

@@ -122,7 +122,35 @@ _MIGRATIONS: tuple[str, ...] = (
         SELECT DISTINCT tags.registry, tags.repository, tags.digest FROM tags
         JOIN manifests ON manifests.digest = tags.digest;
     """,
+    # 4: the access gate decides per digest (issue #13) and trusts `sources` and
+    # `repository_access`; rows written before it may name a digest under a repository
+    # upstream never confirmed it in, or a repository as public on a redirect's say-so.
+    # Keep sources a tag in the same repository vouches for; learn public status anew.
+    """
+    DELETE FROM sources WHERE NOT EXISTS (
+        SELECT 1 FROM tags t WHERE t.registry = sources.registry
+        AND t.repository = sources.repository AND t.digest = sources.digest
+    ) AND NOT EXISTS (
+        SELECT 1 FROM tags t JOIN refs r ON r.parent = t.digest
+        WHERE t.registry = sources.registry AND t.repository = sources.repository
+        AND r.child = sources.digest
+    );
+    DELETE FROM repository_access;
+    """,
 )
+_MAX_PUBLIC_ROWS = 100_000
+_MEMBER_PATHS = """
+WITH here(digest) AS (
+    SELECT digest FROM sources WHERE registry = ?1 AND repository = ?2
+    UNION SELECT digest FROM tags WHERE registry = ?1 AND repository = ?2
+)
+SELECT NULL, NULL WHERE ?3 IN (SELECT digest FROM here)
+UNION ALL SELECT r.parent, NULL FROM refs r
+    WHERE r.child = ?3 AND r.parent IN (SELECT digest FROM here)
+UNION ALL SELECT r1.parent, r2.parent FROM refs r2 JOIN refs r1 ON r1.child = r2.parent
+    WHERE r2.child = ?3 AND r1.parent IN (SELECT digest FROM here)
+LIMIT 64
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,13 +473,35 @@ class SqliteIndex:
     async def set_public_status(
         self, registry: str, repository: str, public: bool, checked_s: float
     ) -> None:
+        """Only public repositories are kept (what is not known to be public is not), at
+        most `_MAX_PUBLIC_ROWS` of them: the least recently checked go first."""
         async with self._transaction() as db:
+            if not public:
+                await db.execute(
+                    "DELETE FROM repository_access WHERE registry = ? AND repository = ?",
+                    (registry, repository),
+                )
+                return
             await db.execute(
                 "INSERT INTO repository_access (registry, repository, public, checked_s)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (registry, repository) DO UPDATE SET"
-                " public = excluded.public, checked_s = excluded.checked_s",
-                (registry, repository, int(public), checked_s),
+                " VALUES (?, ?, 1, ?) ON CONFLICT (registry, repository) DO UPDATE SET"
+                " public = 1, checked_s = excluded.checked_s",
+                (registry, repository, checked_s),
             )
+            await db.execute(
+                "DELETE FROM repository_access WHERE rowid IN (SELECT rowid FROM"
+                " repository_access ORDER BY checked_s LIMIT max(0, (SELECT count(*) FROM"
+                " repository_access) - ?))",
+                (_MAX_PUBLIC_ROWS,),
+            )
+
+    async def member_paths(
+        self, registry: str, repository: str, digest: Digest
+    ) -> list[tuple[Digest, ...]]:
+        """How `digest` is known to be in the repository, through manifests pulled or
+        tagged there: `()` itself, `(m,)` referenced by `m`, `(m, c)` by `m`'s `c`."""
+        rows = await self._db.execute_fetchall(_MEMBER_PATHS, (registry, repository, str(digest)))
+        return [tuple(Digest.parse(d) for d in row if d is not None) for row in rows]
 
     # Lifecycle: eviction, reconciliation, `regcache cache`.
 

@@ -243,18 +243,27 @@ class UpstreamClient:
         self._on_reply(method, url, response.status, headers, response.headers)
         return Reply(response.status, end_to_end(response.headers), url, response)
 
-    async def fetch(
-        self, method: str, url: str, headers: Mapping[str, str], *, follow: bool = True
-    ) -> Reply:
+    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> Reply:
         """GET/HEAD of a manifest or blob, following redirects server-side."""
-        if not follow:
-            return await self.send(method, url, headers)
+        return await self._follow(method, url, CIMultiDict(headers), anonymous=False)
+
+    async def fetch_anonymous(self, method: str, url: str) -> Reply:
+        """Without credentials, through the registry's anonymous token step if it has one,
+        following redirects. Every manifest type is accepted: distribution answers 404 to
+        a HEAD for an OCI manifest that does not say it takes one."""
+        headers = CIMultiDict({"Accept": ", ".join(MANIFEST_TYPES)})
+        return await self._follow(method, url, headers, anonymous=True)
+
+    async def _follow(
+        self, method: str, url: str, outgoing: CIMultiDict[str], *, anonymous: bool
+    ) -> Reply:
         origin = URL(url).origin()
         current = url
-        outgoing = CIMultiDict(headers)
         for _ in range(MAX_REDIRECTS + 1):
-            reply = await self.send(method, current, outgoing)
-            if reply.status == 401 and URL(current).origin() != origin:
+            # regcache's own credentials go to the registry asked, never a redirect target.
+            elsewhere = URL(current).origin() != origin
+            reply = await self.send(method, current, outgoing, anonymous=anonymous or elsewhere)
+            if reply.status == 401 and (anonymous or elsewhere):
                 reply = await self._with_anonymous_token(reply, method, current, outgoing)
             if reply.status not in REDIRECTS:
                 return reply
@@ -270,16 +279,6 @@ class UpstreamClient:
             current = str(target)
         raise UpstreamError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
-    async def fetch_anonymous(self, method: str, url: str) -> Reply:
-        """Without credentials, through the registry's anonymous token step if it has one.
-        Every manifest type is accepted: distribution answers 404 to a HEAD for an OCI
-        manifest that does not say it takes one."""
-        headers = CIMultiDict({"Accept": ", ".join(MANIFEST_TYPES)})
-        reply = await self.send(method, url, headers, anonymous=True)
-        if reply.status == 401:
-            reply = await self._with_anonymous_token(reply, method, url, headers)
-        return reply
-
     async def _with_anonymous_token(
         self, reply: Reply, method: str, url: str, headers: CIMultiDict[str]
     ) -> Reply:
@@ -290,7 +289,7 @@ class UpstreamClient:
         reply.close()
         retry = CIMultiDict(headers)
         retry["Authorization"] = f"Bearer {token}"
-        return await self.send(method, url, retry)
+        return await self.send(method, url, retry, anonymous=True)
 
     async def _get_json(self, url: str, authorization: str | None) -> tuple[int, bytes]:
         headers = {"Accept": "application/json"}

@@ -59,9 +59,7 @@ class FakeUpstream:
     async def fetch_anonymous(self, method: str, url: str) -> FakeReply:
         return await self.fetch(method, url, {})
 
-    async def fetch(
-        self, method: str, url: str, headers: Mapping[str, str], *, follow: bool = True
-    ) -> FakeReply:
+    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> FakeReply:
         self.calls.append((method, url, dict(headers)))
         await asyncio.sleep(0)
         if self.answer_gate is not None:

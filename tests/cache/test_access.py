@@ -1,114 +1,350 @@
-"""No private content to the wrong client: checks per repository and per credential."""
+"""No private content to the wrong client: a verdict per host, repository, digest and
+credential, against a real store and index with the upstream port faked."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from appliance.cache.access import AccessGate, fingerprint
-from appliance.cache.service import Filling, RegistryCache, Relayed, Stored, Target
+from appliance.cache.access import AccessGate, Refused
+from appliance.cache.fingerprint import Fingerprints
+from appliance.cache.ports import UpstreamUnavailable
+from appliance.cache.service import Filling, RegistryCache, Stored, Target
 from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import OCI_MANIFEST
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.fakes import FakeUpstream
 
-ORIGIN = "https://registry-1.docker.io"
+HUB = "https://registry-1.docker.io"
+GHCR = "https://ghcr.io"
 LAYER = b"shared layer " * 1000
 DIGEST = Digest.of(LAYER)
-PRIVATE = f"{ORIGIN}/v2/acme/secret/blobs/{DIGEST}"
-PUBLIC = f"{ORIGIN}/v2/library/base/blobs/{DIGEST}"
+SECRET_LAYER = b"private only " * 500
+SECRET = Digest.of(SECRET_LAYER)
+PRIVATE = f"{HUB}/v2/acme/secret/blobs/{DIGEST}"
+PUBLIC = f"{HUB}/v2/library/base/blobs/{DIGEST}"
 DENIED = '{"errors":[{"code":"UNAUTHORIZED"}]}'
+CHALLENGE = 'Bearer realm="https://auth.docker.io/token"'
 
 
-def as_(repository: str, token: str | None) -> Target:
+def manifest_of(*layers: bytes, foreign: bytes | None = None) -> bytes:
+    descriptors = [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(Digest.of(b)),
+         "size": len(b)} for b in layers
+    ]  # fmt: skip
+    if foreign is not None:  # a layer fetched from elsewhere: the registry checks nothing
+        descriptors.append({"mediaType": "application/vnd.oci.image.layer.nondistributable"
+                            ".v1.tar", "digest": str(Digest.of(foreign)), "size": len(foreign),
+                            "urls": ["https://example.com/layer"]})  # fmt: skip
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": descriptors,
+                       "config": descriptors[0]}).encode()  # fmt: skip
+
+
+def as_(repository: str, token: str | None, origin: str = HUB) -> Target:
     headers = {"Authorization": token} if token else {}
-    return Target(ORIGIN, repository, headers, frozenset())
+    return Target(origin, repository, headers, frozenset({OCI_MANIFEST}))
+
+
+@dataclass
+class Lab:
+    cache: RegistryCache
+    upstream: FakeUpstream
+    index: SqliteIndex
+    files: FileBlobStore
+    now: list[float]
+    offline: list[bool]
+
+    def gate(self) -> AccessGate:
+        return self.cache._gate
+
+    def restart(self) -> None:
+        """A new gate and cache over the same store and index: memory is gone."""
+        gate = _gate(self.upstream, self.index, self.files, self.now, self.offline)
+        self.cache = RegistryCache(self.files, self.index, self.upstream, gate)  # type: ignore[arg-type]
+
+
+def _gate(
+    upstream: FakeUpstream,
+    index: SqliteIndex,
+    files: FileBlobStore,
+    now: list[float],
+    offline: list[bool],
+) -> AccessGate:
+    return AccessGate(
+        upstream,  # type: ignore[arg-type]
+        index,
+        files,
+        verified_ttl_s=300,
+        public_ttl_s=3600,
+        outage_grace_s=86400,
+        offline=lambda: offline[0],
+        clock=lambda: now[0],
+        wall_clock=lambda: now[0],
+    )
+
+
+def serve(upstream: FakeUpstream, url: str, body: bytes, *, auth: str | None = None) -> None:
+    for method in ("HEAD", "GET"):
+        upstream.add(method, url, 200, body if method == "GET" else b"", auth=auth,
+                     Content_Length=str(len(body)),
+                     Docker_Content_Digest=str(Digest.of(body)))  # fmt: skip
+
+
+def refuse(upstream: FakeUpstream, url: str, status: int = 401) -> None:
+    for method in ("HEAD", "GET"):
+        upstream.add(method, url, status, DENIED.encode() if method == "GET" else b"",
+                     WWW_Authenticate=CHALLENGE)  # fmt: skip
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[RegistryCache, FakeUpstream, list[float]]]:
+async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     files = FileBlobStore(tmp_path)
     files.prepare()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
     upstream = FakeUpstream()
-    now = [1000.0]
-    for method in ("HEAD", "GET"):  # private: only alice's token; anonymous and others refused
-        upstream.add(method, PRIVATE, 200, LAYER if method == "GET" else b"", auth="Bearer alice",
-                     Content_Length=str(len(LAYER)))  # fmt: skip
-        upstream.add(method, PRIVATE, 401, DENIED.encode() if method == "GET" else b"",
-                     WWW_Authenticate='Bearer realm="https://auth.docker.io/token"')  # fmt: skip
-        upstream.add(method, PUBLIC, 200, LAYER if method == "GET" else b"",
-                     Content_Length=str(len(LAYER)))  # fmt: skip
-    gate = AccessGate(upstream, verified_ttl_s=300, public_ttl_s=3600, clock=lambda: now[0])  # type: ignore[arg-type]
-    yield RegistryCache(files, index, upstream, gate), upstream, now  # type: ignore[arg-type]
+    now, offline = [1000.0], [False]
+    serve(upstream, PRIVATE, LAYER, auth="Bearer alice")  # private: only alice's token
+    refuse(upstream, PRIVATE)
+    serve(upstream, PUBLIC, LAYER)  # the same layer in a public repository
+    gate = _gate(upstream, index, files, now, offline)
+    yield Lab(RegistryCache(files, index, upstream, gate), upstream, index, files, now, offline)  # type: ignore[arg-type]
     await index.close()
 
 
-async def fill_privately(cache: RegistryCache) -> None:
-    answer = await cache.blob(as_("acme/secret", "Bearer alice"), DIGEST, head=False)
+async def drain(answer: object) -> bytes:
     assert isinstance(answer, Filling)
-    assert b"".join([c async for c in answer.fill.stream(0, len(LAYER))]) == LAYER
-    for _ in range(100):
-        if isinstance(
-            await cache.blob(as_("acme/secret", "Bearer alice"), DIGEST, head=True), Stored
-        ):
+    return b"".join([c async for c in answer.fill.stream(0, 1 << 40)])
+
+
+async def stored(lab: Lab, target: Target, digest: Digest) -> None:
+    """Wait for a fill's commit (fsync, rename, index row follow the last byte)."""
+    for _ in range(200):
+        if lab.files.size_of(digest) is not None and await lab.index.blob(digest) is not None:
             return
         await asyncio.sleep(0.01)
+    raise AssertionError(f"{digest} was not stored")
 
 
-@pytest.mark.parametrize(
-    "token", [None, "Bearer mallory"], ids=["no-credentials", "wrong-credentials"]
-)
+async def fill_privately(lab: Lab) -> None:
+    assert await drain(await lab.cache.blob(as_("acme/secret", "Bearer alice"), DIGEST,
+                                            head=False)) == LAYER  # fmt: skip
+    await stored(lab, as_("acme/secret", "Bearer alice"), DIGEST)
+
+
+@pytest.mark.parametrize("token", [None, "Bearer mallory"], ids=["no-credentials", "wrong"])
 @pytest.mark.parametrize("head", [False, True], ids=["GET", "HEAD"])
-async def test_stored_private_blob_is_refused_to_others(setup, token, head) -> None:  # type: ignore[no-untyped-def]
-    cache, _, _ = setup
-    await fill_privately(cache)
-    answer = await cache.blob(as_("acme/secret", token), DIGEST, head=head)
-    assert isinstance(answer, Relayed) and answer.reply.status == 401
-    body = await answer.reply.read(1 << 20)
-    assert LAYER not in body
+async def test_stored_private_blob_is_refused_to_others(lab: Lab, token, head) -> None:  # type: ignore[no-untyped-def]
+    await fill_privately(lab)
+    answer = await lab.cache.blob(as_("acme/secret", token), DIGEST, head=head)
+    assert answer == Refused(401, CHALLENGE)
 
 
-async def test_same_digest_is_served_through_the_public_repository(setup) -> None:  # type: ignore[no-untyped-def]
-    cache, upstream, _ = setup
-    await fill_privately(cache)
-    gets = upstream.count("GET")
-    answer = await cache.blob(as_("library/base", None), DIGEST, head=False)
-    assert isinstance(answer, Stored) and upstream.count("GET") == gets  # public: from the store
-    denied = await cache.blob(as_("acme/secret", None), DIGEST, head=False)
-    assert isinstance(denied, Relayed)  # the check is on the repository in the request
+async def test_a_refused_stored_digest_costs_one_request_like_an_absent_one(lab: Lab) -> None:
+    await fill_privately(lab)
+    calls = len(lab.upstream.calls)
+    assert isinstance(await lab.cache.blob(as_("acme/secret", None), DIGEST, head=False), Refused)
+    assert len(lab.upstream.calls) == calls + 1  # one HEAD: no second GET for a body
+    absent = Digest.of(b"never stored")
+    refuse(lab.upstream, f"{HUB}/v2/acme/secret/blobs/{absent}")
+    calls = len(lab.upstream.calls)
+    assert await lab.cache.blob(as_("acme/secret", None), absent, head=False) == Refused(
+        401, CHALLENGE
+    )  # the same answer, for the same cost
+    assert len(lab.upstream.calls) == calls + 1
 
 
-async def test_a_verified_credential_is_remembered_for_a_bounded_time(setup) -> None:  # type: ignore[no-untyped-def]
-    cache, upstream, now = setup
-    await fill_privately(cache)
-    heads = upstream.count("HEAD")
-    assert isinstance(
-        await cache.blob(as_("acme/secret", "Bearer alice"), DIGEST, head=False), Stored
-    )
-    assert upstream.count("HEAD") == heads  # proven by its own fetch moments ago
-    now[0] += 301
-    assert isinstance(
-        await cache.blob(as_("acme/secret", "Bearer alice"), DIGEST, head=False), Stored
-    )
-    alice_heads = [c for c in upstream.calls if c[0] == "HEAD" and c[2].get("Authorization")]
-    assert len(alice_heads) == 1  # expired: her credential was asked about upstream again
+async def test_same_digest_is_served_through_a_public_repository_upstream_says_has_it(
+    lab: Lab,
+) -> None:
+    await fill_privately(lab)
+    gets = lab.upstream.count("GET")
+    answer = await lab.cache.blob(as_("library/base", None), DIGEST, head=False)
+    assert isinstance(answer, Stored) and lab.upstream.count("GET") == gets  # from the store
+    assert isinstance(await lab.cache.blob(as_("acme/secret", None), DIGEST, head=False), Refused)
 
 
-async def test_followers_of_a_private_fill_are_checked(setup) -> None:  # type: ignore[no-untyped-def]
-    cache, upstream, _ = setup
-    gate = upstream.routes[("GET", PRIVATE, "Bearer alice")]
+async def test_a_private_digest_is_refused_under_any_other_repository_or_host(lab: Lab) -> None:
+    lab.upstream.add("GET", f"{HUB}/v2/acme/secret/blobs/{SECRET}", 200, SECRET_LAYER,
+                     auth="Bearer alice", Content_Length=str(len(SECRET_LAYER)))  # fmt: skip
+    secret = as_("acme/secret", "Bearer alice")
+    assert await drain(await lab.cache.blob(secret, SECRET, head=False)) == SECRET_LAYER
+    await stored(lab, secret, SECRET)
+    # Anyone may read library/base (learnt the proper way, from a tag a client pulled)...
+    tag = f"{HUB}/v2/library/base/manifests/latest"
+    base_manifest = manifest_of(LAYER)
+    serve(lab.upstream, tag, base_manifest)
+    serve(lab.upstream, f"{HUB}/v2/library/base/manifests/{Digest.of(base_manifest)}",
+          base_manifest)  # fmt: skip
+    assert isinstance(await lab.cache.manifest(as_("library/base", None), "latest", head=False),
+                      Stored)  # fmt: skip
+    await asyncio.sleep(0.05)  # the background public probe
+    host = "registry-1.docker.io"
+    assert lab.gate().vouches(host, "library/base", DIGEST, None)  # its manifest lists it
+    assert not lab.gate().vouches(host, "library/base", SECRET, None)
+    # ...but the private digest is not in it (upstream's 404 for these exact URLs): by a
+    # public repository, alice's own token elsewhere, another registry, a manifest URL.
+    for target, kind in (
+        (as_("library/base", None), "blobs"),
+        (as_("library/base", "Bearer alice"), "blobs"),
+        (as_("alice/other", "Bearer alice"), "blobs"),
+        (as_("acme/secret", "Bearer alice", origin=GHCR), "blobs"),
+        (as_("library/base", None), "manifests"),
+    ):
+        get = lab.cache.blob if kind == "blobs" else lab.cache.manifest
+        for head in (False, True):
+            answer = await get(target, SECRET, head=head)
+            assert isinstance(answer, Refused) and answer.status == 404, (target, kind, answer)
+
+
+async def test_a_manifest_vouches_for_its_layers_but_not_for_urls_descriptors(lab: Lab) -> None:
+    """The warm path: a tag revalidated for a client covers what it lists, without a
+    request per layer; a non-distributable descriptor in someone's own public manifest
+    does not open another image's digest."""
+    await fill_privately(lab)  # DIGEST is in the store (alice's)
+    lab.upstream.add("GET", f"{HUB}/v2/acme/secret/blobs/{SECRET}", 200, SECRET_LAYER,
+                     auth="Bearer alice", Content_Length=str(len(SECRET_LAYER)))  # fmt: skip
+    await drain(await lab.cache.blob(as_("acme/secret", "Bearer alice"), SECRET, head=False))
+    await stored(lab, as_("acme/secret", "Bearer alice"), SECRET)
+    body = manifest_of(LAYER, foreign=SECRET_LAYER)  # mallory's image "uses" the secret
+    digest = Digest.of(body)
+    base = f"{HUB}/v2/mallory/app"
+    serve(lab.upstream, f"{base}/manifests/v1", body)
+    serve(lab.upstream, f"{base}/manifests/{digest}", body)
+    serve(lab.upstream, f"{base}/blobs/{DIGEST}", LAYER)  # really pushed there
+    refuse(lab.upstream, f"{base}/blobs/{SECRET}", 404)  # never pushed: foreign
+    mallory = as_("mallory/app", "Bearer mallory")
+    assert isinstance(await lab.cache.manifest(mallory, "v1", head=False), Stored)
+    calls = len(lab.upstream.calls)
+    assert isinstance(await lab.cache.blob(mallory, DIGEST, head=False), Stored)
+    assert len(lab.upstream.calls) == calls  # vouched for by the manifest
+    assert lab.cache.stored_now(mallory, DIGEST, manifest=False) is not None  # other loops
+    assert await lab.cache.blob(mallory, SECRET, head=False) == Refused(404, CHALLENGE)
+    assert lab.cache.stored_now(mallory, SECRET, manifest=False) is None
+
+
+async def test_a_redirect_alone_is_not_a_yes(lab: Lab) -> None:
+    await fill_privately(lab)
+    url = f"{HUB}/v2/anything/blobs/{DIGEST}"
+    lab.upstream.add("HEAD", url, 307, Location="https://backend.example/v2/x")
+    with pytest.raises(UpstreamUnavailable):  # "not known", and nothing vouches
+        await lab.cache.blob(as_("anything", None), DIGEST, head=False)
+
+
+async def test_a_yes_must_show_the_same_digest_and_size(lab: Lab) -> None:
+    await fill_privately(lab)
+    url = f"{HUB}/v2/liar/repo/blobs/{DIGEST}"
+    lab.upstream.add("HEAD", url, 200, Docker_Content_Digest=str(SECRET))
+    assert await lab.cache.blob(as_("liar/repo", None), DIGEST, head=False) == Refused(404)
+    lab.upstream.add("HEAD", url, 200, Content_Length=str(len(LAYER) + 1))
+    assert await lab.cache.blob(as_("liar/repo", None), DIGEST, head=False) == Refused(404)
+    lab.upstream.add("HEAD", url, 200)  # shows nothing at all
+    assert await lab.cache.blob(as_("liar/repo", None), DIGEST, head=False) == Refused(404)
+    lab.upstream.add("HEAD", url, 200, Content_Length=str(len(LAYER)))  # a CDN's answer
+    assert isinstance(await lab.cache.blob(as_("liar/repo", None), DIGEST, head=False), Stored)
+
+
+async def test_a_verified_credential_is_remembered_for_a_bounded_time(lab: Lab) -> None:
+    await fill_privately(lab)
+    heads = lab.upstream.count("HEAD")
+    alice = as_("acme/secret", "Bearer alice")
+    assert isinstance(await lab.cache.blob(alice, DIGEST, head=False), Stored)
+    assert lab.upstream.count("HEAD") == heads  # proven by her own fill moments ago
+    lab.now[0] += 301
+    assert isinstance(await lab.cache.blob(alice, DIGEST, head=False), Stored)
+    assert lab.upstream.count("HEAD") == heads + 1  # expired: asked upstream again
+
+
+async def test_followers_of_a_private_fill_are_checked(lab: Lab) -> None:
+    gate = lab.upstream.routes[("GET", PRIVATE, "Bearer alice")]
     gate.gate = asyncio.Event()
-    leader = await cache.blob(as_("acme/secret", "Bearer alice"), DIGEST, head=False)
+    leader = await lab.cache.blob(as_("acme/secret", "Bearer alice"), DIGEST, head=False)
     assert isinstance(leader, Filling)
-    follower = await cache.blob(as_("acme/secret", "Bearer mallory"), DIGEST, head=False)
-    assert isinstance(follower, Relayed) and follower.reply.status == 401
+    follower = await lab.cache.blob(as_("acme/secret", "Bearer mallory"), DIGEST, head=False)
+    assert follower == Refused(401, CHALLENGE)
     gate.gate.set()
+    await drain(leader)
 
 
-def test_credentials_are_kept_as_fingerprints_only() -> None:
-    assert fingerprint("Bearer alice") != "Bearer alice" and len(fingerprint("Bearer alice")) == 32
-    assert fingerprint(None) == "" == fingerprint("")
+async def test_refused_requests_record_nothing(lab: Lab) -> None:
+    await fill_privately(lab)
+    manifest = manifest_of(LAYER)
+    digest = Digest.of(manifest)
+    serve(lab.upstream, f"{HUB}/v2/acme/secret/manifests/{digest}", manifest, auth="Bearer alice")
+    assert isinstance(
+        await lab.cache.manifest(as_("acme/secret", "Bearer alice"), digest, head=False), Stored
+    )
+    for i in range(20):
+        answer = await lab.cache.manifest(as_(f"random/name{i}", None), digest, head=False)
+        assert isinstance(answer, Refused)
+    await lab.index.flush()
+    assert {repository for _, repository, _ in await lab.index.sources()} == {"acme/secret"}
+    assert await lab.index.public_status("registry-1.docker.io", "random/name1") is None
+
+
+async def test_public_status_comes_from_a_tag_never_from_a_digests_404(lab: Lab) -> None:
+    """Item 11: after a restart an anonymous request for a foreign digest under a public
+    repository gets upstream's 404, which must not make the repository non-public for
+    the outage that follows."""
+    manifest = manifest_of(LAYER)
+    digest = Digest.of(manifest)
+    base = f"{HUB}/v2/library/base"
+    serve(lab.upstream, f"{base}/manifests/latest", manifest)
+    serve(lab.upstream, f"{base}/manifests/{digest}", manifest)
+    assert isinstance(await lab.cache.manifest(as_("library/base", "Bearer t1"), "latest",
+                                               head=False), Stored)  # fmt: skip
+    assert isinstance(await lab.cache.blob(as_("library/base", "Bearer t1"), DIGEST,
+                                           head=False), Stored | Filling)  # fmt: skip
+    await stored(lab, as_("library/base", None), DIGEST)
+    await asyncio.sleep(0.05)  # the probe of the tag, in the background
+    await lab.index.flush()
+    lab.restart()
+    foreign = Digest.of(b"somebody else's")
+    (lab.files.root / "blobs").mkdir(exist_ok=True)
+    await lab.index.add_blob(foreign, 16, None)
+    refuse(lab.upstream, f"{base}/blobs/{foreign}", 404)
+    assert isinstance(await lab.cache.blob(as_("library/base", None), foreign, head=False),
+                      Refused)  # fmt: skip
+    lab.upstream.routes.clear()  # upstream down: every request 404s... or worse, times out
+    lab.upstream.answer_gate = asyncio.Event()
+    lab.offline[0] = True
+    for token in (None, "Bearer new-client"):
+        assert isinstance(await lab.cache.manifest(as_("library/base", token), digest,
+                                                   head=False), Stored)  # fmt: skip
+        assert isinstance(await lab.cache.blob(as_("library/base", token), DIGEST, head=False),
+                          Stored)  # fmt: skip
+    lab.now[0] += 40 * 86400  # offline for longer than the outage grace: still public
+    assert isinstance(await lab.cache.blob(as_("library/base", None), DIGEST, head=False), Stored)
+
+
+async def test_in_an_outage_recent_verdicts_count_and_nothing_else(lab: Lab) -> None:
+    await fill_privately(lab)
+    lab.upstream.routes.clear()
+    lab.upstream.add("HEAD", PRIVATE, 503)
+    alice, bob = as_("acme/secret", "Bearer alice"), as_("acme/secret", "Bearer bob")
+    lab.now[0] += 3600  # past verified_ttl_s, within outage_grace_s
+    assert isinstance(await lab.cache.blob(alice, DIGEST, head=False), Stored)
+    with pytest.raises(UpstreamUnavailable):
+        await lab.cache.blob(bob, DIGEST, head=False)
+    lab.now[0] += 86400
+    with pytest.raises(UpstreamUnavailable):  # past the grace period: alice too
+        await lab.cache.blob(alice, DIGEST, head=False)
+    lab.offline[0] = True  # offline: private content the same
+    with pytest.raises(UpstreamUnavailable):
+        await lab.cache.blob(bob, DIGEST, head=False)
+
+
+def test_fingerprints_are_keyed_per_install(tmp_path: Path) -> None:
+    one = Fingerprints.for_install(tmp_path)
+    assert Fingerprints.for_install(tmp_path)("Basic x") == one("Basic x")  # kept
+    (tmp_path / "other").mkdir()
+    assert Fingerprints.for_install(tmp_path / "other")("Basic x") != one("Basic x")
+    assert one("Basic x") != hashlib.sha256(b"Basic x").hexdigest()[:32]  # no bare hash
+    assert one(None) == "" == one("")
+    assert (tmp_path / "fingerprint.key").stat().st_mode & 0o777 == 0o600

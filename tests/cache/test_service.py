@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cache.access import AccessGate
+from appliance.cache.access import AccessGate, Refused
 from appliance.cache.fill import FillFailed, FillState
 from appliance.cache.service import (
     Described,
@@ -78,7 +78,7 @@ async def test_client_head_never_becomes_an_upstream_get(parts) -> None:  # type
     assert isinstance(answer, Described) and str(answer.digest) == M_DIGEST
     assert upstream.count("GET") == 0
     blob = await cache.blob(target(), B_DIGEST, head=True)
-    assert isinstance(blob, Relayed) and upstream.count("GET") == 0
+    assert blob == Refused(404) and upstream.count("GET") == 0
 
 
 async def test_digest_in_store_needs_no_upstream(parts) -> None:  # type: ignore[no-untyped-def]
@@ -121,13 +121,16 @@ async def test_manifest_with_wrong_digest_is_refused_and_not_stored(parts) -> No
     assert files.size_of(Digest.parse(M_DIGEST)) is None
 
 
-async def test_upstream_errors_are_relayed_as_they_are(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_upstream_refusals_are_passed_on_as_status_and_challenge(parts) -> None:  # type: ignore[no-untyped-def]
     cache, upstream, _ = parts
     url = f"{ORIGIN}/v2/library/alpine/manifests/3"
     upstream.add("HEAD", url, 401, WWW_Authenticate='Bearer realm="https://auth.docker.io/token"')
     upstream.add("GET", url, 401, b'{"errors":[]}', WWW_Authenticate='Bearer realm="x"')
     answer = await cache.manifest(target(), "3", head=False)
-    assert isinstance(answer, Relayed) and answer.reply.status == 401
+    assert answer == Refused(401, 'Bearer realm="x"')
+    upstream.add("GET", url, 502, b"bad gateway")  # not a refusal: relayed as it is
+    answer = await cache.manifest(target(), "3", head=False)
+    assert isinstance(answer, Relayed) and await answer.reply.read(100) == b"bad gateway"
 
 
 async def test_concurrent_blob_requests_share_one_fetch_and_stream_early(parts) -> None:  # type: ignore[no-untyped-def]
@@ -201,7 +204,7 @@ async def test_followers_retry_with_their_own_credentials_when_the_leader_is_ref
     await asyncio.sleep(0.01)
     upstream.answer_gate.set()
     refused, served = await leader, await follower
-    assert isinstance(refused, Relayed) and refused.reply.status == 401
+    assert refused == Refused(401, 'Bearer realm="x"')
     assert isinstance(served, Filling)
     assert b"".join([c async for c in served.fill.stream(0, len(BLOB))]) == BLOB
 
@@ -224,7 +227,7 @@ async def test_manifest_404s_are_replayed_briefly_per_credential(tmp_path: Path)
     sig = "sha256-" + "a" * 64 + ".sig"
     for _ in range(3):
         answer = await cache.manifest(target(), sig, head=False)
-        assert isinstance(answer, Relayed) and answer.reply.status == 404
+        assert answer == Refused(404)
     assert len(upstream.calls) == 2  # one HEAD and one GET, then replays
     other = Target(ORIGIN, "library/alpine", {"Authorization": "Bearer other"}, frozenset())
     await cache.manifest(other, sig, head=False)
@@ -264,6 +267,7 @@ async def test_hits_from_memory_only_where_the_full_path_would_hit(parts) -> Non
     base = f"{ORIGIN}/v2/library/alpine"
     tag_routes(upstream)
     # Private to "Bearer t": anonymous asks are refused, so only that client is vouched.
+    upstream.add("HEAD", f"{base}/manifests/3", 401, auth="")
     for method in ("HEAD", "GET"):
         upstream.add(method, f"{base}/manifests/{M_DIGEST}", 401, auth="")
         upstream.add(method, f"{base}/blobs/{B_DIGEST}", 401, auth="")

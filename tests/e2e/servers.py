@@ -85,6 +85,9 @@ def cdn_app(root: Path, rate_bytes_s: int, corrupt: Path) -> web.Application:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = len(data)
         await response.prepare(request)
+        if request.method == "HEAD":  # headers only, as a CDN answers
+            await response.write_eof()
+            return response
         step = 64 * 1024
         for i in range(0, len(data), step):
             await response.write(data[i : i + step])

@@ -34,10 +34,10 @@ def test_leftover_temp_files_are_removed_at_start(tmp_path: Path) -> None:
 
 async def test_index_schema_is_migrated_once_and_in_wal(tmp_path: Path) -> None:
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    assert await index.schema_version() == 3
+    assert await index.schema_version() == 4
     await index.close()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")  # reopening migrates nothing
-    assert await index.schema_version() == 3
+    assert await index.schema_version() == 4
     await index.close()
     mode = sqlite3.connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()
     assert mode == ("wal",)
@@ -92,10 +92,46 @@ async def test_unchanged_revalidations_are_batched_and_reach_the_database(tmp_pa
     await index.close()
 
 
-async def test_public_status_is_kept(tmp_path: Path) -> None:
+async def test_only_public_status_is_kept(tmp_path: Path) -> None:
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
     assert await index.public_status("ghcr.io", "org/x") is None
     await index.set_public_status("ghcr.io", "org/x", True, 123.0)
-    await index.set_public_status("ghcr.io", "org/x", False, 456.0)
-    assert await index.public_status("ghcr.io", "org/x") == (False, 456.0)
+    assert await index.public_status("ghcr.io", "org/x") == (True, 123.0)
+    await index.set_public_status("ghcr.io", "org/x", False, 456.0)  # forgotten, not a row
+    assert await index.public_status("ghcr.io", "org/x") is None
+    await index.close()
+
+
+async def test_member_paths_follow_references_from_what_was_pulled_there(tmp_path: Path) -> None:
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    top, child, layer, other = (Digest.of(x) for x in (b"index", b"manifest", b"layer", b"o"))
+    await index.add_manifest(child, 1, "m", [layer], ("ghcr.io", "org/elsewhere"))
+    await index.add_manifest(top, 1, "i", [child], ("ghcr.io", "org/x"))
+    assert await index.member_paths("ghcr.io", "org/x", top) == [()]
+    assert await index.member_paths("ghcr.io", "org/x", child) == [(top,)]
+    assert await index.member_paths("ghcr.io", "org/x", layer) == [(top, child)]
+    assert await index.member_paths("ghcr.io", "org/x", other) == []
+    assert await index.member_paths("ghcr.io", "org/y", layer) == []
+    assert await index.member_paths("quay.io", "org/x", top) == []
+    await index.close()
+
+
+async def test_migration_4_drops_sources_no_tag_vouches_for(tmp_path: Path) -> None:
+    """Before the per-digest gate a refused or foreign request could add a source row."""
+    path = tmp_path / "index.sqlite"
+    index = await SqliteIndex.open(path)
+    tagged, child, stray = (Digest.of(x) for x in (b"tagged", b"child", b"stray"))
+    await index.add_manifest(child, 1, "m", [], ("docker.io", "library/x"))
+    await index.add_manifest(tagged, 1, "i", [child], ("docker.io", "library/x"))
+    await index.add_manifest(stray, 1, "m", [], ("docker.io", "library/x"))
+    await index.set_tag("docker.io", "library/x", "v1", "k", TagRow(tagged, "i", 1, 1.0))
+    await index.set_public_status("docker.io", "library/x", True, 1.0)
+    await index.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    index = await SqliteIndex.open(path)
+    assert sorted(d for _, _, d in await index.sources()) == sorted([str(tagged), str(child)])
+    assert await index.public_status("docker.io", "library/x") is None  # learnt anew
     await index.close()

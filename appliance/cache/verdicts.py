@@ -1,0 +1,117 @@
+"""What upstream said yes to, kept in memory for the access gate.
+
+`Grants` holds, per key — (host, repository, credential fingerprint) for a client,
+(host, repository) for "known to be in the repository" — the digests upstream confirmed
+and when. `Children` holds what each manifest vouches for. A manifest granted to a client
+covers what it references, two levels deep (an index, its manifests, their config and
+layers), so a normal pull adds no upstream request per layer.
+
+Safe from any thread: only the cache's loop writes, and it never changes a per-key map
+in place — it publishes a new one — so a reader on another loop sees an old or a new
+snapshot, never one being changed. Everything is bounded: the oldest keys and, within a
+key, the oldest digests go first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
+from appliance.oci.digest import Digest
+
+_EMPTY: Mapping[Digest, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """The digests a manifest vouches for (`vouched_references`)."""
+
+    digests: frozenset[Digest]
+    manifests: bool
+    """They are manifests themselves (the manifest is an index)."""
+
+
+NO_REFS = Refs(frozenset(), manifests=False)
+"""A blob's: it references nothing."""
+
+
+class Grants:
+    def __init__(self, max_keys: int, max_per_key: int) -> None:
+        self._max_keys = max_keys
+        self._max_per_key = max_per_key
+        self._by_key: OrderedDict[Hashable, Mapping[Digest, float]] = OrderedDict()
+
+    def get(self, key: Hashable) -> Mapping[Digest, float]:
+        """A snapshot: never changed after it is returned."""
+        return self._by_key.get(key, _EMPTY)
+
+    def put(self, key: Hashable, digest: Digest, now: float) -> None:
+        fresh = dict(self._by_key.get(key, _EMPTY))
+        fresh.pop(digest, None)
+        fresh[digest] = now
+        if len(fresh) > self._max_per_key:
+            del fresh[next(iter(fresh))]  # insertion order is age order
+        self._by_key[key] = fresh
+        self._by_key.move_to_end(key)
+        if len(self._by_key) > self._max_keys:
+            self._by_key.popitem(last=False)
+
+
+class Children:
+    """Manifest digest → `Refs`. Manifests are immutable: an entry is never stale."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._entries: OrderedDict[Digest, Refs] = OrderedDict()
+
+    def get(self, digest: Digest) -> Refs | None:
+        return self._entries.get(digest)
+
+    def put(self, digest: Digest, refs: Refs) -> None:
+        self._entries[digest] = refs
+        self._entries.move_to_end(digest)
+        if len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
+def vouched(
+    granted: Mapping[Digest, float], digest: Digest, children: Children, since: float
+) -> bool:
+    """Whether `digest` was granted at or after `since`, or is referenced (two levels)
+    by a manifest that was. Unknown children count as none: the caller may load them
+    and ask again."""
+    when = granted.get(digest)
+    if when is not None and when >= since:
+        return True
+    for parent, when in granted.items():
+        if when < since:
+            continue
+        refs = children.get(parent)
+        if refs is None:
+            continue
+        if digest in refs.digests:
+            return True
+        if refs.manifests:
+            for child in refs.digests:
+                grandchildren = children.get(child)
+                if grandchildren is not None and digest in grandchildren.digests:
+                    return True
+    return False
+
+
+def unknown_children(
+    granted: Mapping[Digest, float], children: Children, since: float
+) -> list[Digest]:
+    """Granted digests (and children of granted indexes) whose references are not known:
+    what `vouched` could not look into."""
+    missing: list[Digest] = []
+    for parent, when in granted.items():
+        if when < since:
+            continue
+        refs = children.get(parent)
+        if refs is None:
+            missing.append(parent)
+        elif refs.manifests:
+            missing.extend(c for c in refs.digests if children.get(c) is None)
+    return missing
