@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from yarl import URL
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.config import IPAddress
 from appliance.oci.mediatypes import MANIFEST_TYPES
+from appliance.upstream.challenge import bearer
 from appliance.upstream.credentials import CredentialError, CredentialSource
 from appliance.upstream.tokens import Tokens
 
@@ -60,6 +62,32 @@ def end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
         if lower not in HOP_BY_HOP and lower not in named:
             out.add(key, value)
     return out
+
+
+# What regcache's own credentials may be used for: reading (issue #13). Never a write, a
+# mount, an upload, or the catalog.
+_READ_PATH = re.compile(
+    r"/v2/|/v2/(?!.*/blobs/uploads(?:/|$)).+/(?:manifests/[^/]+|blobs/[^/]+|tags/list"
+    r"|referrers/[^/]+)"
+)
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def is_read(method: str, url: str) -> bool:
+    """A request regcache's own credentials may be attached to."""
+    return method in READ_METHODS and _READ_PATH.fullmatch(URL(url, encoded=True).path) is not None
+
+
+def pull_only(challenge: str) -> bool:
+    """Whether every scope a Bearer challenge asks for is `pull` (a token for it reads)."""
+    found = bearer(challenge)
+    if found is None:
+        return False
+    for scope in found.params.get("scope", "").split():
+        _, _, actions = scope.rpartition(":")
+        if not set(actions.split(",")) <= {"pull"}:
+            return False
+    return True
 
 
 def _repository_of(path: str) -> str:
@@ -178,10 +206,12 @@ class UpstreamClient:
         *,
         anonymous: bool = False,
     ) -> Reply:
-        """One request, no redirects followed. A request without `Authorization` to a
-        registry with configured credentials gets them (unless `anonymous`)."""
+        """One request, no redirects followed. A read (`is_read`) without `Authorization`
+        to a registry with configured credentials gets them (unless `anonymous`); writes
+        never do: a client that writes uses its own credentials."""
         host = URL(url).host or ""
-        source = None if anonymous or "Authorization" in headers else self._credentials(host)
+        lend = not anonymous and "Authorization" not in headers and is_read(method, url)
+        source = self._credentials(host) if lend else None
         if source is None:
             return await self._send(method, url, headers, body)
         try:
@@ -201,6 +231,7 @@ class UpstreamClient:
         key = (URL(url).host or "", _repository_of(URL(url).path))
         upfront = await source.authorization()
         if upfront is None and key in self._challenges:  # token flow, challenge known
+            # Only pull challenges are ever kept (below).
             basic = (await source.secret()).basic()
             token = await self._tokens.for_challenge(self._challenges[key], basic)
             upfront = f"Bearer {token}" if token else None
@@ -210,6 +241,8 @@ class UpstreamClient:
         if reply.status != 401 or source.method != "token" or body is not None:
             return reply
         challenge = reply.headers.get("WWW-Authenticate", "")
+        if not pull_only(challenge):  # a token for more than reading: not with ours
+            return reply
         token = await self._tokens.for_challenge(challenge, (await source.secret()).basic())
         if token is None:
             return reply

@@ -144,6 +144,33 @@ class Lab:
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
 
+    def push_upstream(
+        self, host: str, repository: str, tag: str, img: Image, creds: str | None = None
+    ) -> None:
+        """Push straight to the upstream registry, around regcache: what a publisher
+        does (and the only way to push where regcache holds credentials: it answers
+        that registry's ping without a challenge, so clients never log in through it).
+        skopeo runs in a mount namespace of its own whose /etc/hosts names the upstream."""
+        assert self.upstream_ca is not None
+        certs = self.tmp / "upstream-certs"
+        certs.mkdir(exist_ok=True)
+        (certs / "ca.crt").write_bytes(self.upstream_ca.pem.read_bytes())
+        hosts = self.tmp / "hosts-upstream"
+        real = {**UPSTREAMS, TOKEN_HOST: TOKEN_IP, CDN_HOST: CDN_IP}
+        hosts.write_text("".join(f"{ip} {name}\n" for name, ip in real.items()))
+        layout = write_layout(
+            self.tmp / f"direct-{host}-{repository.replace('/', '_')}-{tag}", tag, img
+        )
+        skopeo = " ".join([
+            "skopeo", "--insecure-policy", "copy", "--all", "--preserve-digests",
+            "--dest-cert-dir", str(certs), *(["--dest-creds", creds] if creds else []),
+            f"oci:{layout}:{tag}", f"docker://{host}/{repository}:{tag}",
+        ])  # fmt: skip
+        out = self.ns.run("unshare", "--mount", "sh", "-c",
+                          f"mount --bind {hosts} /etc/hosts && exec {skopeo}",
+                          timeout=600, check=False)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+
     def pull_argv(self, ref: str, dest: Path, creds: str | None = None) -> list[str]:
         """skopeo copying `ref` through regcache into an OCI layout, bytes unchanged."""
         return self.ns.argv(

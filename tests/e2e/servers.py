@@ -63,7 +63,8 @@ def token_app(
         now = int(time.time())
         claims = {"iss": ISSUER, "sub": "", "aud": service, "exp": now + 300, "nbf": now - 10,
                   "iat": now, "jti": secrets.token_hex(8), "access": access}  # fmt: skip
-        seen = {"service": service, "scopes": request.query.getall("scope", [])}
+        seen = {"service": service, "scopes": request.query.getall("scope", []),
+                "user": "alice" if basic == ALICE else None}  # fmt: skip
         with log.open("a") as f:
             f.write(json.dumps(seen) + "\n")
         return web.json_response({"token": make_jwt(key, cert, claims), "expires_in": 300})

@@ -36,6 +36,12 @@ async def server() -> AsyncIterator[tuple[TestServer, list[tuple[str, str, str |
             if request.path == "/v2/x/blobs/moved":
                 raise web.HTTPTemporaryRedirect(f"http://cdn.test:{port}/data")
             return web.Response(text="basic ok")
+        if host == "pushy.test":  # a registry whose challenge asks for more than pull
+            if auth is None:
+                return web.Response(status=401, headers={"WWW-Authenticate":
+                    f'Bearer realm="http://token.test:{port}/token",service="t",'
+                    'scope="repository:x:pull,push"'})  # fmt: skip
+            return web.Response(text="pushy ok")
         if host == "token.test" and request.path == "/token":
             if auth != ALICE:
                 return web.Response(status=401)
@@ -60,6 +66,7 @@ def sources(tmp_path: Path) -> dict[str, CredentialSource]:
     return {
         "basic.test": CredentialSource(CredentialsConfig("basic", "alice", SecretRef(file=secret))),
         "token.test": CredentialSource(CredentialsConfig("token", "alice", SecretRef(file=secret))),
+        "pushy.test": CredentialSource(CredentialsConfig("token", "alice", SecretRef(file=secret))),
         "static.test": CredentialSource(
             CredentialsConfig("static", token=SecretRef(env="REGCACHE_TEST_TOKEN"))
         ),
@@ -147,3 +154,47 @@ async def test_secrets_never_reach_the_logs(
     logged = caplog.text + json.dumps([r.args for r in caplog.records], default=str)
     for secret in ("s3cret-pass", ALICE.split()[1], "granted", "from-env"):
         assert secret not in logged
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v2/x/blobs/uploads/"),  # a push starts
+        ("PATCH", "/v2/x/blobs/uploads/u1"),
+        ("PUT", "/v2/x/blobs/uploads/u1?digest=sha256:0"),
+        ("PUT", "/v2/x/manifests/latest"),  # a tag overwritten
+        ("DELETE", "/v2/x/manifests/sha256:0"),
+        ("POST", "/v2/x/blobs/uploads/?mount=sha256:0&from=other/repo"),
+        ("GET", "/v2/x/blobs/uploads/u1"),  # an upload's status: part of writing
+        ("GET", "/v2/_catalog"),
+        ("GET", "/token?scope=repository:x:push"),  # a client's own token request
+    ],
+)
+async def test_configured_credentials_are_never_lent_to_writes(
+    server, client, method, path
+) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    for host in ("basic.test", "token.test", "static.test"):
+        reply = await client.send(method, f"http://{host}:{srv.port}{path}", {})
+        reply.close()
+        assert seen[-1][2] is None, (host, method, path)
+    assert not any(p == "/token" and a is not None for _, p, a in seen)  # no token of ours
+
+
+@pytest.mark.parametrize("path", ["/v2/", "/v2/x/manifests/a", "/v2/x/blobs/sha256:0",
+                                  "/v2/x/tags/list", "/v2/x/referrers/sha256:0"])  # fmt: skip
+async def test_configured_credentials_are_lent_to_reads(server, client, path) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    for method in ("GET", "HEAD"):
+        reply = await client.send(method, f"http://basic.test:{srv.port}{path}", {})
+        reply.close()
+        assert seen[-1][2] == ALICE, (method, path)
+
+
+async def test_no_token_for_more_than_pull_is_fetched_with_configured_credentials(
+    server, client
+) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    status, _ = await text(client, f"http://pushy.test:{srv.port}/v2/x/manifests/a")
+    assert status == 401  # upstream's challenge, passed on
+    assert not any(p == "/token" for _, p, _ in seen)
