@@ -14,7 +14,14 @@ from cryptography import x509
 from appliance import cli_cache, doctor, redact
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.config import Config, ConfigError, default_config_path, load_config
-from appliance.main import StartupError, ca_mismatch, offline_flag, run, upstream_resolver
+from appliance.main import (
+    StartupError,
+    ca_mismatch,
+    constraints_warning,
+    offline_flag,
+    run,
+    upstream_resolver,
+)
 from appliance.tls.ca import (
     CaError,
     create_ca,
@@ -189,9 +196,9 @@ def _check_config(config: Config, path: Path, now: dt.datetime) -> int:
         if problem:
             print(f"regcache: {path}: {problem}", file=sys.stderr)
             return 1
-        warning = expiry_warning(ca, now)
-        if warning:
-            print(f"regcache: warning: {warning}", file=sys.stderr)
+        for warning in (expiry_warning(ca, now), constraints_warning(ca)):
+            if warning:
+                print(f"regcache: warning: {warning}", file=sys.stderr)
     hosts = config.intercepted().patterns()
     print(f"{path}: ok ({len(config.registries)} registries, {len(hosts)} intercepted names)")
     return 0

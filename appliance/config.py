@@ -21,6 +21,7 @@ from appliance.hostnames import (
     check_hostname,
     check_pattern,
     is_within,
+    too_broad,
 )
 from appliance.strict_yaml import check
 
@@ -160,7 +161,8 @@ class TlsConfig:
     """Critical X.509 Name Constraints on the CA. Turning this off makes the CA able to
     vouch for any site on every client that trusts it: see THREAT_MODEL.md."""
     permitted_domains: tuple[Hostname, ...] = ()
-    """DNS subtrees the CA may sign for; empty = the last two labels of each registry host."""
+    """DNS subtrees the CA may sign for; empty = the intercepted hosts themselves and the
+    suffixes of their `*.` patterns. Never a single label or a public suffix."""
     ca_lifetime_days: int = field(default=3650, metadata=check(_between(1, 36500)))
     leaf_lifetime_days: int = field(default=30, metadata=check(_between(1, 89)))
     """Leaf validity; with the 1-hour backdate it stays within 90 days."""
@@ -378,12 +380,16 @@ class Config:
         )
 
     def permitted_domains(self) -> tuple[Hostname, ...]:
+        """The CA's DNS subtrees: as configured, else exactly what is intercepted (a
+        host, or the suffix of a `*.` pattern), without names another entry covers."""
         if self.tls.permitted_domains:
             return self.tls.permitted_domains
-        domains = {
-            ".".join(p.removeprefix("*.").split(".")[-2:]) for p in self.intercepted().patterns()
-        }
-        return tuple(Hostname(d) for d in sorted(domains))
+        domains = {p.removeprefix("*.") for p in self.intercepted().patterns()}
+        return tuple(
+            Hostname(d)
+            for d in sorted(domains)
+            if not any(other != d and is_within(d, other) for other in domains)
+        )
 
     def hosts_outside(self, permitted: tuple[str, ...]) -> list[str]:
         """Intercepted patterns a CA constrained to `permitted` cannot sign for."""
@@ -504,6 +510,16 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
                         f"registries[{i}].{group}[{j}]",
                         f"{pattern!r} is already listed by registry {owner[pattern]!r}",
                     )
+    for i, registry in enumerate(config.registries):
+        for group in ("hosts", "auth_hosts"):
+            for j, pattern in enumerate(getattr(registry, group)):
+                problem = pattern.startswith("*.") and too_broad(pattern[2:])
+                if problem:
+                    fail(f"registries[{i}].{group}[{j}]", f"intercepting {pattern!r}: {problem}")
+    for i, domain in enumerate(config.tls.permitted_domains):
+        problem = too_broad(domain)
+        if problem:
+            fail(f"tls.permitted_domains[{i}]", problem)
     if config.tls.name_constraints and config.tls.permitted_domains:
         outside = config.hosts_outside(config.tls.permitted_domains)
         if outside:

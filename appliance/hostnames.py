@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NewType
+
+from publicsuffixlist import PublicSuffixList
 
 Hostname = NewType("Hostname", str)
 """A normalised DNS host name (lower case, no trailing dot)."""
@@ -14,7 +17,7 @@ HostPattern = NewType("HostPattern", str)
 """A normalised host name, or `*.suffix` for any name strictly below `suffix`."""
 
 # RFC 1123 labels; underscores are tolerated because real CDN names use them.
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")  # fullmatch
 
 
 class HostnameError(ValueError):
@@ -44,7 +47,7 @@ def check_hostname(name: str) -> Hostname:
     if len(host) > 253:
         raise HostnameError(f"{name!r} is longer than 253 characters")
     for label in host.split("."):
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise HostnameError(f"{name!r} has an invalid label {label!r}")
     return Hostname(host)
 
@@ -60,6 +63,23 @@ def check_pattern(pattern: str) -> HostPattern:
     if "*" in text:
         raise HostnameError(f"{pattern!r}: a wildcard is only allowed as a leading '*.'")
     return HostPattern(check_hostname(text))
+
+
+@functools.cache
+def _suffixes() -> PublicSuffixList:
+    return PublicSuffixList()  # the list the package ships, ICANN and private sections
+
+
+def too_broad(domain: str) -> str | None:
+    """Why a CA constrained to `domain` could impersonate others' names (a single label,
+    or a public suffix such as `co.uk` or `s3.amazonaws.com`), else None."""
+    if "." not in domain:
+        return f"{domain!r} is a single label: every name under it would be signable"
+    if _suffixes().is_public(domain):
+        return (
+            f"{domain!r} is a public suffix: names anyone can register under it would be signable"
+        )
+    return None
 
 
 def is_within(host: str, domain: str) -> bool:
@@ -87,10 +107,19 @@ class HostSet:
         return cls(frozenset(exact), tuple(sorted(set(suffixes))))
 
     def match(self, name: str) -> bool:
-        host = normalise(name)
+        """Whether `name` is one of the exact names, or a well-formed host name under a
+        pattern (`a b.pkg.dev` is not: a leaf must never be minted for it). Names come
+        from the network: nothing is stripped, only case and one trailing dot ignored."""
+        host = name.lower().removesuffix(".")
         if host in self.exact:
             return True
-        return any(host.endswith("." + suffix) for suffix in self.suffixes)
+        if not any(host.endswith("." + suffix) for suffix in self.suffixes):
+            return False
+        try:
+            check_hostname(host)
+        except HostnameError:
+            return False
+        return True
 
     def patterns(self) -> list[str]:
         return sorted(self.exact) + ["*." + s for s in self.suffixes]

@@ -27,7 +27,7 @@ from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
 from appliance.health import HealthMonitor, NamedCheck
-from appliance.hostnames import HostSet
+from appliance.hostnames import HostSet, too_broad
 from appliance.metrics import Metrics
 from appliance.notify import notify
 from appliance.proxy.admin import create_admin_app
@@ -74,7 +74,21 @@ def ensure_ca(config: Config, now: dt.datetime) -> CertificateAuthority:
     warning = expiry_warning(ca, now)
     if warning:
         log.warning("ca expiring %s", warning)
+    broad = constraints_warning(ca)
+    if broad:
+        log.warning("ca constraints-too-broad %s", broad)
     return ca
+
+
+def constraints_warning(ca: CertificateAuthority) -> str | None:
+    """A CA made before public suffixes were refused may be constrained to one."""
+    broad = [d for d in ca.permitted_domains() or () if too_broad(d)]
+    if not broad:
+        return None
+    return (
+        f"domains={','.join(broad)}: the CA may sign for names anyone can register under "
+        "them; set tls.permitted_domains (or leave it unset) and run `regcache ca rotate`"
+    )
 
 
 def ca_mismatch(config: Config, ca: CertificateAuthority) -> str | None:

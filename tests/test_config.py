@@ -50,7 +50,26 @@ def test_defaults_fill_in_what_is_omitted(tmp_path: Path) -> None:
     config = parse_config(BASE, tmp_path / "c.yaml")
     assert config.dns.ttl_s == 60 and config.tls.name_constraints
     assert str(config.listen.dns[0]) == "0.0.0.0:53"
-    assert config.permitted_domains() == ("docker.io",)
+    assert config.permitted_domains() == ("registry-1.docker.io",)  # exactly what is served
+
+
+def test_default_ca_constraints_are_the_served_names_never_their_parents(
+    tmp_path: Path,
+) -> None:
+    """`mcr.microsoft.com` must not give `microsoft.com`, nor an ECR host `amazonaws.com`."""
+    text = BASE.replace(
+        "    hosts: [registry-1.docker.io]\n",
+        "    hosts: [registry-1.docker.io, index.docker.io]\n    auth_hosts: [auth.docker.io]\n"
+        "  - name: mcr\n    hosts: [mcr.microsoft.com]\n"
+        "  - name: ecr\n    hosts: [123456789012.dkr.ecr.eu-west-1.amazonaws.com]\n"
+        "  - name: harbor\n    hosts: [harbor.corp.co.uk]\n"
+        "  - name: gcr\n    hosts: [gcr.io, '*.gcr.io']\n",
+    )
+    config = parse_config(text, tmp_path / "c.yaml")
+    assert config.permitted_domains() == (
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "auth.docker.io", "gcr.io",
+        "harbor.corp.co.uk", "index.docker.io", "mcr.microsoft.com", "registry-1.docker.io",
+    )  # fmt: skip
 
 
 def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
@@ -111,6 +130,19 @@ MALFORMED = [
         "outside every permitted",
     ),
     (BASE + "tls:\n  leaf_lifetime_days: 120\n", "tls.leaf_lifetime_days", 7, "between 1 and 89"),
+    (BASE + "tls:\n  permitted_domains: [com]\n", "tls.permitted_domains[0]", 7, "single label"),
+    (
+        BASE + "tls:\n  permitted_domains:\n    - docker.io\n    - co.uk\n",
+        "tls.permitted_domains[1]",
+        9,
+        "public suffix",
+    ),
+    (
+        BASE + "  - name: s3\n    hosts: ['*.s3.amazonaws.com']\n",
+        "registries[1].hosts[0]",
+        7,
+        "public suffix",
+    ),
     (BASE + "log_level: LOUD\n", "log_level", 6, "must be one of"),
     (BASE + "dns:\n  ttl_s: 5\n  ttl_s: 6\n", "dns.ttl_s", 8, "duplicate key"),
     (

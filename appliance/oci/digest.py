@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
-_PATTERN = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+_PATTERN = re.compile(r"(sha256|sha512):([0-9a-f]+)")  # fullmatch
 
 
 class DigestError(ValueError):
@@ -21,7 +21,7 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        match = _PATTERN.match(text)
+        match = _PATTERN.fullmatch(text)
         if match is None or len(match.group(2)) != _HEX_LENGTH[match.group(1)]:
             raise DigestError(f"invalid digest {text[:80]!r}: expected sha256:<64 lowercase hex>")
         return cls(match.group(1), match.group(2))

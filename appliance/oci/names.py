@@ -7,8 +7,9 @@ import re
 from appliance.oci.digest import Digest, DigestError
 
 # distribution-spec "Pulling manifests": <name> and <reference> grammars.
-_NAME = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$")
-_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+# Checked with fullmatch: `$` would also match before a trailing newline.
+_NAME = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
+_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 MAX_NAME_LENGTH = 255
 
 
@@ -17,7 +18,7 @@ class InvalidName(ValueError):
 
 
 def check_repository(name: str) -> str:
-    if len(name) > MAX_NAME_LENGTH or not _NAME.match(name):
+    if len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
         raise InvalidName(f"invalid repository name {name[:80]!r}")
     return name
 
@@ -29,6 +30,6 @@ def parse_reference(text: str) -> str | Digest:
             return Digest.parse(text)
         except DigestError as e:
             raise InvalidName(str(e)) from e
-    if not _TAG.match(text):
+    if not _TAG.fullmatch(text):
         raise InvalidName(f"invalid tag {text[:80]!r}")
     return text

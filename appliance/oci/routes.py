@@ -9,7 +9,9 @@ from enum import Enum
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.names import InvalidName, check_repository, parse_reference
 
-_ROUTE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)$")
+_ROUTE = re.compile(r"/v2/(?P<name>.+)/(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)", re.S)
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class Kind(Enum):
@@ -34,9 +36,35 @@ class RouteError(ValueError):
         self.code = code
 
 
+def check_path(raw_path: str) -> None:
+    """Refuse a request path (as sent, still percent-encoded; no query) that a server
+    could read as another path: dot segments, an encoded `/` or `\\`, control
+    characters, malformed escapes. Such a path never reaches the store or upstream.
+
+    RouteError says which part is bad: the digest of a blob or referrers route
+    (DIGEST_INVALID), a manifest reference (MANIFEST_INVALID), else the name."""
+    segments = raw_path.split("/")
+    for i, segment in enumerate(segments):
+        decoded = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), segment)
+        bad = (
+            decoded in (".", "..")
+            or _BAD_ESCAPE.search(segment) is not None
+            or any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in decoded)
+        )
+        if not bad:
+            continue
+        kind = segments[-2] if len(segments) > 3 and i == len(segments) - 1 else ""
+        if kind in ("blobs", "referrers") or (kind == "manifests" and ":" in decoded):
+            raise RouteError("DIGEST_INVALID", f"invalid digest in path {raw_path[:120]!r}")
+        if kind == "manifests":
+            raise RouteError("MANIFEST_INVALID", f"invalid reference in path {raw_path[:120]!r}")
+        raise RouteError("NAME_INVALID", f"invalid path {raw_path[:120]!r}")
+
+
 def parse_route(path: str) -> Route | None:
-    """The cacheable route of `path`, or None for paths to pass through unchanged."""
-    match = _ROUTE.match(path)
+    """The cacheable route of `path` (decoded, after `check_path`), or None for paths to
+    pass through unchanged."""
+    match = _ROUTE.fullmatch(path)
     if match is None:
         return None
     kind = Kind(match.group("kind"))

@@ -39,12 +39,13 @@ from appliance.cache.service import (
 from appliance.logthrottle import LogThrottle
 from appliance.metrics import Metrics
 from appliance.oci.mediatypes import parse_accept
-from appliance.oci.routes import Kind, RouteError, parse_route
+from appliance.oci.routes import Kind, RouteError, check_path, parse_route
 from appliance.proxy.loops import Bridge
 from appliance.proxy.ranges import RangeError, parse_range
 
 log = logging.getLogger(__name__)
 _outage_log = LogThrottle(log, interval_s=300.0)
+_refused_log = LogThrottle(log, interval_s=60.0)
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 STREAM_CHUNK_BYTES = 256 * 1024
@@ -166,6 +167,10 @@ def create_app(
             assert isinstance(response, web.StreamResponse)
             return response
         except RouteError as e:
+            _refused_log.warning(
+                f"bad-request {request.host}", "request refused host=%.100s code=%s error=%s",
+                request.host, e.code, e,
+            )  # fmt: skip
             return registry_error(400, e.code, str(e))
         except RangeError as e:
             return registry_error(416, "BLOB_UNKNOWN", str(e))
@@ -190,6 +195,7 @@ def create_app(
         if site is None:
             return registry_error(421, "DENIED", f"{host!r} is not a registry regcache serves")
         origin = f"https://{host}"
+        check_path(request.rel_url.raw_path)  # before anything, pass-through included
         route = parse_route(request.path) if site.api else None
         cacheable = route is not None and route.kind is not Kind.REFERRERS
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
@@ -263,7 +269,7 @@ def create_app(
     # client_max_size (1 MiB) only bounds what a handler would read into memory.
     app = web.Application(middlewares=[count_requests, errors])
     app.on_response_prepare.append(first_byte)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # newlines too: refused in `handle`
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # fullmatch
 
 
 class RangeError(ValueError):
@@ -13,7 +13,7 @@ class RangeError(ValueError):
 
 def parse_range(header: str, size: int) -> tuple[int, int]:
     """[start, stop) for a one-range header; suffix ranges (`bytes=-N`) included."""
-    match = _RANGE.match(header.strip())
+    match = _RANGE.fullmatch(header.strip())
     if match is None or match.group(1) == match.group(2) == "":
         raise RangeError(f"unsupported Range {header[:80]!r}: one bytes range expected")
     first, last = match.group(1), match.group(2)

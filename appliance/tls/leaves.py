@@ -122,9 +122,9 @@ class LeafStore:
         """The leaf context for an allowed name (minting if needed), else None."""
         if not server_name or is_ip_literal(server_name):
             return None
-        name = normalise(server_name)
-        if not self._allowed.match(name):
+        if not self._allowed.match(server_name):
             return None
+        name = normalise(server_name)
         entry = self._entries.get(name)
         if entry is None or self._clock() >= entry.renew_after:
             entry = self._mint(name)

@@ -149,3 +149,27 @@ def test_a_first_request_with_a_range_still_fills_the_whole_blob(the_lab: Lab) -
     upstream = [(m, st, size) for m, p, st, size in the_lab.registries["ghcr.io"].requests()
                 if p.endswith(blob.digest) and m == "GET"]  # fmt: skip
     assert upstream == [("GET", 200, len(blob.data))]  # the Range was not passed upstream
+
+
+def test_encoded_traversal_and_control_characters_never_reach_upstream(the_lab: Lab) -> None:
+    ghcr = the_lab.registries["ghcr.io"]
+    before = len(ghcr.requests())
+    digest = "sha256:" + "d" * 64
+    cases = {
+        "/v2/org%2f..%2fprivate/app/manifests/v1": "NAME_INVALID",
+        f"/v2/org/app/blobs/{digest}%2f..%2f..%2fprivate": "DIGEST_INVALID",
+        "/v2/org/app/manifests/v1%2F..%2F..%2Fother": "MANIFEST_INVALID",
+        "/v2/org/../private/app/manifests/v1": "NAME_INVALID",
+        "/v2/org/app/manifests/latest%0A": "MANIFEST_INVALID",
+        "/v2/org/app%00/tags/list": "NAME_INVALID",  # a pass-through path: refused the same
+        "/v2/org%2Fapp/blobs/uploads/": "NAME_INVALID",
+    }
+    for path, code in cases.items():
+        out = the_lab.ns.run("curl", "-sS", "-i", "--path-as-is", "--cacert",
+                             str(the_lab.ca_dir / "ca.crt"), f"https://ghcr.io{path}")  # fmt: skip
+        assert out.stdout.startswith("HTTP/1.1 400"), (path, out.stdout)
+        assert f'"code": "{code}"' in out.stdout, (path, out.stdout)
+    assert len(ghcr.requests()) == before  # none of them went upstream
+    log = the_lab.regcache_log.read_text()
+    assert "Traceback" not in log and "Error handling request" not in log
+    assert log.count("request refused host=ghcr.io") == 1  # one throttled line, not seven

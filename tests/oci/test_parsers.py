@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.mediatypes import OCI_INDEX, accepts, parse_accept
-from appliance.oci.routes import Kind, RouteError, parse_route
+from appliance.oci.routes import Kind, RouteError, check_path, parse_route
 from appliance.proxy.ranges import RangeError, parse_range
 from appliance.upstream.challenge import bearer, parse_challenges
 
@@ -62,6 +62,52 @@ def test_route_parser_never_raises_anything_else(path: str) -> None:
         parse_route("/v2/" + path)
 
 
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("/v2/library%2f..%2fprivate/x/blobs/sha256:" + HEX, "NAME_INVALID"),
+        ("/v2/x/blobs/sha256:" + HEX + "%2f..%2f..%2fprivate", "DIGEST_INVALID"),
+        ("/v2/x/referrers/sha256:" + HEX + "%5C..", "DIGEST_INVALID"),
+        ("/v2/x/manifests/sha256:" + HEX + "%2F", "DIGEST_INVALID"),
+        ("/v2/x/manifests/latest%0A", "MANIFEST_INVALID"),
+        ("/v2/x/manifests/%zz", "MANIFEST_INVALID"),
+        ("/v2/a/../b/manifests/v1", "NAME_INVALID"),
+        ("/v2/a/%2e%2E/b/tags/list", "NAME_INVALID"),
+        ("/v2/a/./b/blobs/uploads/", "NAME_INVALID"),
+        ("/v2/a%00/tags/list", "NAME_INVALID"),
+    ],
+)
+def test_paths_a_server_could_read_as_another_are_refused(raw: str, code: str) -> None:
+    with pytest.raises(RouteError) as err:
+        check_path(raw)
+    assert err.value.code == code
+
+
+@pytest.mark.parametrize(
+    "raw", ["/v2/", "/v2/library/alpine/manifests/3.20", "/v2/x/blobs/uploads/8f1c",
+            "/v2/x/manifests/sha256%3A" + HEX, "/token", "/v2/a.b/c..d/tags/list"],
+)  # fmt: skip
+def test_ordinary_paths_pass_the_path_check(raw: str) -> None:
+    check_path(raw)
+
+
+@given(st.text(max_size=200))
+def test_path_check_raises_only_route_errors(raw: str) -> None:
+    with contextlib.suppress(RouteError):
+        check_path(raw)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/x/manifests/latest\n", "/v2/x\n/manifests/latest", f"/v2/x/blobs/sha256:{HEX}\n"],
+)
+def test_grammars_match_whole_strings_never_up_to_a_newline(path: str) -> None:
+    with pytest.raises(RouteError):
+        parse_route(path)
+    with pytest.raises(DigestError):
+        Digest.parse(f"sha256:{HEX}\n")
+
+
 @given(st.text(max_size=140))
 def test_digest_parser_is_strict(text: str) -> None:
     try:
@@ -76,7 +122,8 @@ def test_ranges() -> None:
     assert parse_range("bytes=4-5", 10) == (4, 6)
     assert parse_range("bytes=4-100", 10) == (4, 10)
     assert parse_range("bytes=-3", 10) == (7, 10)
-    for bad in ("bytes=10-", "bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=-0", "bytes=-"):
+    for bad in ("bytes=10-", "bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=-0", "bytes=-",
+                "bytes=\u0661-"):  # fmt: skip
         with pytest.raises(RangeError):
             parse_range(bad, 10)
 

@@ -174,6 +174,17 @@ def test_leaf_store_is_bounded_for_wildcard_names(tmp_path: Path) -> None:
     assert store.minted_names == {"a.docker.io", "c.docker.io"}
 
 
+@pytest.mark.parametrize(
+    "sni", ["a b.pkg.dev", "a/b.pkg.dev", "-a.pkg.dev", "a..pkg.dev", "a\x00.pkg.dev",
+            "x" * 64 + ".pkg.dev", ".pkg.dev", "a.pkg.dev\n"],
+)  # fmt: skip
+def test_no_leaf_for_a_malformed_name_under_a_wildcard(tmp_path: Path, sni: str) -> None:
+    ca = create_ca(tmp_path, permitted_domains=("pkg.dev",), lifetime=dt.timedelta(days=5), now=NOW)
+    store = LeafStore(ca, HostSet.of(["*.pkg.dev"]), dt.timedelta(days=30))
+    assert store.context_for(sni) is None and store.mint_count == 0
+    assert store.context_for("us-docker.pkg.dev") is not None  # a real one still works
+
+
 def test_leaf_never_outlives_the_ca(tmp_path: Path) -> None:
     ca = create_ca(
         tmp_path, permitted_domains=("docker.io",), lifetime=dt.timedelta(days=5), now=NOW
@@ -277,3 +288,15 @@ def test_show_warns_when_the_ca_is_about_to_expire(stopped: Regcache) -> None:
     assert "constraints:  DNS names under docker.io" in shown
     assert "warning: the regcache CA expires on" in shown and "ca rotate" in shown
     assert "expires on" in rc.cli("check-config").stderr
+
+
+def test_a_ca_constrained_to_a_public_suffix_is_warned_about(tmp_path: Path) -> None:
+    """CAs made before public suffixes were refused (`microsoft.com` was fine, `co.uk`
+    and `amazonaws.com`'s siblings were not) are named at start and by check-config."""
+    from appliance.main import constraints_warning
+
+    broad = create_ca(tmp_path / "a", permitted_domains=("docker.io", "co.uk"), lifetime=YEAR,
+                      now=NOW)  # fmt: skip
+    warning = constraints_warning(broad)
+    assert warning is not None and "co.uk" in warning and "docker.io" not in warning
+    assert constraints_warning(new_ca(tmp_path / "b")) is None
