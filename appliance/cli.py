@@ -20,6 +20,7 @@ from appliance.main import (
     constraints_warning,
     offline_flag,
     run,
+    target_policy,
     upstream_resolver,
 )
 from appliance.tls.ca import (
@@ -169,6 +170,7 @@ async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, doctor.
         config.upstream.ca_bundle,
         config.upstream.connect_timeout_s,
         config.upstream.read_timeout_s,
+        targets=target_policy(config),
     )
     results = {}
     try:

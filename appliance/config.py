@@ -336,9 +336,14 @@ class RegistryConfig:
     """While the proxy is unhealthy, DNS answers this registry's real addresses instead of
     the appliance's, so builds pull directly rather than fail."""
     max_stale_s: int = field(default=30 * 86400, metadata=check(_between(0, 3650 * 86400)))
-    credentials: CredentialsConfig | None = None
     """While upstream is down (unreachable, 5xx, 429), answer a tag from its last validated
     mapping if that is at most this old (stale-if-error); 0 turns that off."""
+    credentials: CredentialsConfig | None = None
+    allow_unsafe_targets: bool = False
+    """Let this registry's redirects and token realms lead to http:// URLs and to
+    loopback, link-local or metadata addresses, and its hosts resolve to them (a registry
+    on the gateway itself). Off: that is how a hostile redirect reaches the admin listener
+    or a cloud metadata service. Names in `resolve` are always allowed."""
 
     def intercepted_patterns(self) -> tuple[HostPattern, ...]:
         return self.hosts + (self.auth_hosts if self.intercept_auth_hosts else ())

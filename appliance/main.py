@@ -50,6 +50,7 @@ from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
 from appliance.upstream.client import UpstreamClient
 from appliance.upstream.credentials import CredentialSource
+from appliance.upstream.targets import TargetPolicy
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,17 @@ def credential_sources(config: Config) -> Callable[[str], CredentialSource | Non
         return None
 
     return lookup
+
+
+def target_policy(config: Config) -> TargetPolicy:
+    """Where redirects and token realms may lead (see `allow_unsafe_targets`)."""
+    allowed = [
+        p
+        for r in config.registries
+        if r.allow_unsafe_targets
+        for p in (*r.hosts, *r.auth_hosts, *r.redirect_hosts)
+    ]
+    return TargetPolicy(HostSet.of(allowed), frozenset(config.resolve))
 
 
 def site_resolver(config: Config) -> Callable[[str], Site | None]:
@@ -287,6 +299,7 @@ async def serve(config: Config, path: Path) -> None:
         offline=offline_switch,
         credentials=credential_sources(config),
         on_reply=metrics.upstream_reply,
+        targets=target_policy(config),
     )
     gate = AccessGate(
         upstream,

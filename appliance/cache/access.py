@@ -40,7 +40,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from appliance.cache.fingerprint import Fingerprints
-from appliance.cache.ports import AccessRecords, BlobFiles, Upstream, UpstreamUnavailable
+from appliance.cache.ports import (
+    AccessRecords,
+    BlobFiles,
+    Upstream,
+    UpstreamUnavailable,
+    UpstreamUnsafe,
+)
 from appliance.cache.verdicts import NO_REFS, Children, Grants, Refs, unknown_children, vouched
 from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest, DigestError
@@ -372,6 +378,9 @@ class AccessGate:
             headers["Authorization"] = authorization
         try:
             reply = await self._upstream.fetch("HEAD", url, headers)
+        except UpstreamUnsafe as e:
+            self._refusal_log.warning(f"unsafe {host}", "access check-refused-target error=%s", e)
+            return None  # not known; the host is not down
         except UpstreamUnavailable as e:
             self._outage_log.warning(
                 f"ask {host}", "access check-failed host=%s error=%.200s", host, e

@@ -14,6 +14,11 @@ class UpstreamUnavailable(RuntimeError):
     """Upstream could not be reached, timed out, or failed TLS: raised by the adapter."""
 
 
+class UpstreamUnsafe(UpstreamUnavailable):
+    """Upstream sent regcache where it must not go (plain HTTP, loopback, a metadata
+    service): nothing is known from it, but the registry is not down."""
+
+
 @dataclass(frozen=True, slots=True)
 class BlobRow:
     digest: Digest

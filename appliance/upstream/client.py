@@ -26,11 +26,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
-from appliance.cache.ports import UpstreamUnavailable
+from appliance.cache.ports import UpstreamUnavailable, UpstreamUnsafe
 from appliance.config import IPAddress
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.challenge import bearer
 from appliance.upstream.credentials import CredentialError, CredentialSource
+from appliance.upstream.targets import STRICT, TargetPolicy
 from appliance.upstream.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,16 @@ def _repository_of(path: str) -> str:
 
 
 class OwnResolver(AbstractResolver):
-    """aiohttp's resolver interface over regcache's upstream resolver."""
+    """aiohttp's resolver interface over regcache's upstream resolver; addresses the
+    target policy refuses (a name resolving to loopback, say) are left out."""
 
-    def __init__(self, resolve: Callable[[str], Awaitable[tuple[IPAddress, ...]]]) -> None:
+    def __init__(
+        self,
+        resolve: Callable[[str], Awaitable[tuple[IPAddress, ...]]],
+        targets: TargetPolicy = STRICT,
+    ) -> None:
         self._resolve = resolve
+        self._targets = targets
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -113,7 +120,12 @@ class OwnResolver(AbstractResolver):
         except Exception as e:
             raise OSError(f"cannot resolve {host}: {e}") from e
         results: list[ResolveResult] = []
+        refused = [a for a in addresses if not self._targets.address_ok(host, a)]
+        if refused and len(refused) == len(addresses):
+            raise OSError(f"{host} resolves only to addresses regcache must not reach: {refused}")
         for address in addresses:
+            if address in refused:
+                continue
             fam = socket.AF_INET6 if address.version == 6 else socket.AF_INET
             if family not in (socket.AF_UNSPEC, fam):
                 continue
@@ -169,8 +181,10 @@ class UpstreamClient:
         on_reply: Callable[[str, str, int, Mapping[str, str], Mapping[str, str]], None] = (
             lambda *_: None
         ),
+        targets: TargetPolicy = STRICT,
     ) -> None:
         self._offline = offline
+        self._targets = targets
         self._on_reply = on_reply
         """(method, url, status, headers sent, headers received) of every upstream reply."""
         context = ssl.create_default_context()
@@ -179,7 +193,7 @@ class UpstreamClient:
         context.set_alpn_protocols(["http/1.1"])
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                resolver=OwnResolver(resolve), ssl=context, limit=0, ttl_dns_cache=None
+                resolver=OwnResolver(resolve, targets), ssl=context, limit=0, ttl_dns_cache=None
             ),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
@@ -243,6 +257,11 @@ class UpstreamClient:
         challenge = reply.headers.get("WWW-Authenticate", "")
         if not pull_only(challenge):  # a token for more than reading: not with ours
             return reply
+        try:
+            self._check_realm(challenge, url)
+        except UpstreamUnsafe:
+            reply.close()
+            raise
         token = await self._tokens.for_challenge(challenge, (await source.secret()).basic())
         if token is None:
             return reply
@@ -305,6 +324,7 @@ class UpstreamClient:
             if not location:
                 raise UpstreamError(f"{current}: {reply.status} without Location")
             target = URL(current).join(URL(location, encoded=True))
+            self._targets.check(str(target), URL(url).host or "")
             if target.origin() != URL(current).origin():
                 # Signed CDN URLs carry their own authority; never leak client credentials.
                 outgoing.popall("Authorization", None)
@@ -316,13 +336,25 @@ class UpstreamClient:
         self, reply: Reply, method: str, url: str, headers: CIMultiDict[str]
     ) -> Reply:
         """A redirect led to another registry that wants a token: get an anonymous one."""
-        token = await self._tokens.for_challenge(reply.headers.get("WWW-Authenticate", ""))
+        challenge = reply.headers.get("WWW-Authenticate", "")
+        try:
+            self._check_realm(challenge, url)
+        except UpstreamUnsafe:
+            reply.close()
+            raise
+        token = await self._tokens.for_challenge(challenge)
         if token is None:
             return reply
         reply.close()
         retry = CIMultiDict(headers)
         retry["Authorization"] = f"Bearer {token}"
         return await self.send(method, url, retry, anonymous=True)
+
+    def _check_realm(self, challenge: str, url: str) -> None:
+        """A token realm is a URL upstream chose: the target policy applies to it."""
+        found = bearer(challenge)
+        if found is not None:
+            self._targets.check(found.params["realm"], URL(url).host or "")
 
     async def _get_json(self, url: str, authorization: str | None) -> tuple[int, bytes]:
         headers = {"Accept": "application/json"}

@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from appliance.hostnames import HostSet
+from appliance.upstream.targets import TargetPolicy
+
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"),)
+TEST_HOSTS = ("reg.test", "cdn.test", "pkg.test", "basic.test", "token.test", "static.test",
+              "pushy.test")  # fmt: skip
+LAB = TargetPolicy(HostSet.of(TEST_HOSTS))
+"""These test registries are on loopback and speak plain HTTP: allowed like a registry
+with `allow_unsafe_targets`."""
 
 
 async def loopback(_host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:

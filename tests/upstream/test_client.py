@@ -9,8 +9,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from appliance.upstream.client import UpstreamClient, end_to_end
-from tests.upstream.loopback import loopback, serving
+from appliance.cache.ports import UpstreamUnsafe
+from appliance.hostnames import HostSet
+from appliance.upstream.client import UpstreamClient, UpstreamError, end_to_end
+from appliance.upstream.targets import TargetPolicy
+from tests.upstream.loopback import LAB, loopback, serving
 
 
 @pytest.fixture
@@ -36,6 +39,13 @@ async def server() -> AsyncIterator[tuple[TestServer, list[tuple[str, str, str |
                     f'Bearer realm="http://pkg.test:{port}/token",service="pkg.test",'
                     'scope="repository:p:pull"'})  # fmt: skip
             return web.Response(text="manifest")
+        if host == "reg.test" and request.path.startswith("/v2/x/blobs/to/"):
+            raise web.HTTPTemporaryRedirect(
+                request.path.removeprefix("/v2/x/blobs/to/").replace("PORT", str(port))
+            )
+        if host == "reg.test" and request.path.startswith("/v2/x/manifests/realm/"):
+            realm = request.path.removeprefix("/v2/x/manifests/realm/").replace("PORT", str(port))
+            return web.Response(status=401, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
         if host == "reg.test" and request.path == "/loop":
             raise web.HTTPFound("/loop")
         hop = {"Connection": "close, X-Hop", "X-Hop": "1", "X-Keep": "1"}
@@ -47,7 +57,7 @@ async def server() -> AsyncIterator[tuple[TestServer, list[tuple[str, str, str |
 
 @pytest.fixture
 async def client() -> AsyncIterator[UpstreamClient]:
-    c = UpstreamClient(loopback, None, connect_timeout_s=5, read_timeout_s=5)
+    c = UpstreamClient(loopback, None, connect_timeout_s=5, read_timeout_s=5, targets=LAB)
     yield c
     await c.close()
 
@@ -110,3 +120,44 @@ async def test_hop_by_hop_headers_are_stripped(server, client) -> None:  # type:
     assert dict(
         end_to_end({"Connection": "x-a", "X-A": "1", "Keep-Alive": "5", "Accept": "b"})
     ) == {"Accept": "b"}
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://cdn.test:PORT/signed",  # plain HTTP
+        "https://127.0.0.1:9580/metrics",  # the admin listener
+        "https://[::ffff:127.0.0.1]:9580/metrics",
+        "https://169.254.169.254/latest/meta-data/",  # a cloud metadata service
+        "https://[fd00:ec2::254]/latest/meta-data/",
+        "https://0.0.0.0:9580/",
+        "ftp://cdn.test/x",
+    ],
+)
+async def test_redirects_never_lead_to_plain_http_loopback_or_metadata(server, location) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    strict = UpstreamClient(loopback, None, 5, 5, targets=TargetPolicy(
+        HostSet(frozenset(), ()), static=frozenset({"reg.test"})))  # fmt: skip
+    try:
+        with pytest.raises(UpstreamUnsafe):
+            await get(strict, f"http://reg.test:{srv.port}/v2/x/blobs/to/{location}")
+        assert [h for h, _, _ in seen] == ["reg.test"]  # nothing else was asked
+        with pytest.raises(UpstreamUnsafe):  # a token realm is a URL upstream chose too
+            reply = await strict.fetch_anonymous(
+                "GET", f"http://reg.test:{srv.port}/v2/x/manifests/realm/{location}"
+            )
+            reply.close()
+    finally:
+        await strict.close()
+
+
+async def test_a_name_that_resolves_to_loopback_is_not_connected_to(server) -> None:  # type: ignore[no-untyped-def]
+    srv, seen = server
+    strict = UpstreamClient(loopback, None, 5, 5, targets=TargetPolicy(
+        HostSet(frozenset(), ()), static=frozenset({"reg.test"})))  # fmt: skip
+    try:
+        with pytest.raises(UpstreamError, match=r"DNSError Cannot connect to host sneaky\.test"):
+            await get(strict, f"http://reg.test:{srv.port}/v2/x/blobs/to/https://sneaky.test:PORT/")
+        assert [h for h, _, _ in seen] == ["reg.test"]
+    finally:
+        await strict.close()

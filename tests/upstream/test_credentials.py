@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from appliance.config import CredentialsConfig, SecretRef
 from appliance.upstream.client import UpstreamClient
 from appliance.upstream.credentials import CredentialSource
-from tests.upstream.loopback import loopback, serving
+from tests.upstream.loopback import LAB, loopback, serving
 
 ALICE = "Basic " + base64.b64encode(b"alice:s3cret-pass").decode()
 
@@ -77,7 +77,7 @@ def sources(tmp_path: Path) -> dict[str, CredentialSource]:
 async def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[UpstreamClient]:
     monkeypatch.setenv("REGCACHE_TEST_TOKEN", "from-env")
     table = sources(tmp_path)
-    c = UpstreamClient(loopback, None, 5, 5, credentials=table.get)
+    c = UpstreamClient(loopback, None, 5, 5, credentials=table.get, targets=LAB)
     yield c
     await c.close()
 
