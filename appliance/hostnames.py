@@ -121,5 +121,14 @@ class HostSet:
             return False
         return True
 
+    def pattern_for(self, name: str) -> str | None:
+        """The exact name or `*.suffix` pattern `name` matches (a bounded label), or None."""
+        if not self.match(name):
+            return None
+        host = name.lower().removesuffix(".")
+        if host in self.exact:
+            return host
+        return "*." + max((s for s in self.suffixes if host.endswith("." + s)), key=len)
+
     def patterns(self) -> list[str]:
         return sorted(self.exact) + ["*." + s for s in self.suffixes]

@@ -165,10 +165,25 @@ def site_resolver(config: Config) -> Callable[[str], Site | None]:
                     registry.max_stale_s,
                     api=api_hosts.match(host),
                     own_credentials=registry.credentials is not None,
+                    label=all_hosts.pattern_for(host) or host,
                 )
         return None
 
     return site_for
+
+
+def host_labels(config: Config) -> Callable[[str], str]:
+    """Upstream host → its metric label: the configured host or pattern it matches (API,
+    auth or redirect host), else `other`. Redirects decide hosts: labels must not."""
+    every = HostSet.of(
+        p for r in config.registries for p in (*r.hosts, *r.auth_hosts, *r.redirect_hosts)
+    )
+
+    @functools.lru_cache(maxsize=4096)
+    def label(host: str) -> str:
+        return every.pattern_for(host) or "other"
+
+    return label
 
 
 def offline_flag(config: Config) -> Path:
@@ -248,7 +263,7 @@ async def serve(config: Config, path: Path) -> None:
     ca = ensure_ca(config, now)
     intercepted = config.intercepted()
     resolver = upstream_resolver(config)
-    metrics = Metrics()
+    metrics = Metrics(host_labels(config))
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = FileBlobStore(config.state_dir)
     health = HealthMonitor(

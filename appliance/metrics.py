@@ -8,7 +8,6 @@ Prometheus labels should not carry: bytes saved over time, bytes per repository.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import Counter as Tally
@@ -50,7 +49,10 @@ class Savings:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, host_label: Callable[[str], str] = lambda host: host) -> None:
+        """`host_label`: the bounded label for an upstream host (the configured name or
+        pattern it matches, else "other"): label values are never chosen by a client."""
+        self._host_label = host_label
         self.savings = Savings()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -75,7 +77,8 @@ class Metrics:
         )  # fmt: skip
         self.ratelimit = Gauge(
             "regcache_upstream_ratelimit_remaining", "Last `ratelimit-remaining` an upstream "
-            "announced, by host and credential (a hash; 'anonymous' without one).",
+            "announced, by host and whose credentials: regcache (configured), anonymous, or "
+            "clients (their own, all together: the last any of them was told).",
             ["host", "credential"], registry=r,
         )  # fmt: skip
         self.dns = Counter(
@@ -114,21 +117,19 @@ class Metrics:
         return generate_latest(self.registry)
 
     def upstream_reply(
-        self, method: str, url: str, status: int, sent: Mapping[str, str], got: Mapping[str, str]
+        self, method: str, url: str, status: int, whose: str, got: Mapping[str, str]
     ) -> None:
-        host = URL(url).host or ""
+        host = self._host_label(URL(url).host or "")
+        method = method if method in _METHODS else "OTHER"
         self.upstream.labels(host, method, str(status)).inc()
         remaining = got.get("ratelimit-remaining")
         if remaining:
             value = remaining.split(";", 1)[0].strip()
             if value.isdigit():
-                self.ratelimit.labels(host, _credential(sent.get("Authorization"))).set(int(value))
+                self.ratelimit.labels(host, whose).set(int(value))
 
 
-def _credential(authorization: str | None) -> str:
-    if not authorization:
-        return "anonymous"
-    return hashlib.sha256(authorization.encode()).hexdigest()[:12]
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _StateCollector(Collector):

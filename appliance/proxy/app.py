@@ -46,6 +46,7 @@ from appliance.proxy.ranges import RangeError, parse_range
 log = logging.getLogger(__name__)
 _outage_log = LogThrottle(log, interval_s=300.0)
 _refused_log = LogThrottle(log, interval_s=60.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 STREAM_CHUNK_BYTES = 256 * 1024
@@ -80,6 +81,9 @@ class Site:
     """False for token-realm hosts, whose traffic always passes through."""
     own_credentials: bool = False
     """regcache has credentials for this registry: clients are told no login is needed."""
+    label: str = ""
+    """The configured host or `*.` pattern the Host matched: metrics and statistics use it
+    (a wildcard admits unboundedly many names)."""
 
 
 def registry_error(status: int, code: str, message: str) -> web.Response:
@@ -155,9 +159,10 @@ def create_app(
         request["started"] = time.monotonic()
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)
-        host = (request.url.host or "").lower().rstrip(".")
-        metrics.requests.labels(host, _route_label(request.path), request.method,
-                                str(response.status)).inc()  # fmt: skip
+        site = site_for((request.url.host or "").lower().rstrip("."))
+        method = request.method if request.method in _METHODS else "OTHER"
+        metrics.requests.labels(site.label if site else "unknown", _route_label(request.path),
+                                method, str(response.status)).inc()  # fmt: skip
         return response
 
     @web.middleware
@@ -222,9 +227,9 @@ def create_app(
         def count(sent: int, from_store: bool) -> None:
             nonlocal body_bytes
             body_bytes += sent
-            bridge.call(cache.count_served, host, sent if from_store else 0,
+            bridge.call(cache.count_served, site.label, sent if from_store else 0,
                         0 if from_store else sent)  # fmt: skip
-            bridge.call(partial(metrics.body_sent, host, route.repository, sent,
+            bridge.call(partial(metrics.body_sent, site.label, route.repository, sent,
                                 from_store=from_store))  # fmt: skip
 
         manifest = route.kind is not Kind.BLOB
@@ -242,7 +247,7 @@ def create_app(
             else:
                 answer = await bridge.run(cache.manifest(target, route.reference, head=head))
             request["outcome"] = _outcome(answer)
-            metrics.answers.labels(host, kind, request["outcome"]).inc()
+            metrics.answers.labels(site.label, kind, request["outcome"]).inc()
             try:
                 response = await _render(request, answer, count, bridge, manifest=manifest)
             except FileNotFoundError:

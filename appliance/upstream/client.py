@@ -178,15 +178,14 @@ class UpstreamClient:
         read_timeout_s: float,
         offline: Callable[[], bool] = lambda: False,
         credentials: Callable[[str], CredentialSource | None] | None = None,
-        on_reply: Callable[[str, str, int, Mapping[str, str], Mapping[str, str]], None] = (
-            lambda *_: None
-        ),
+        on_reply: Callable[[str, str, int, str, Mapping[str, str]], None] = lambda *_: None,
         targets: TargetPolicy = STRICT,
     ) -> None:
         self._offline = offline
         self._targets = targets
         self._on_reply = on_reply
-        """(method, url, status, headers sent, headers received) of every upstream reply."""
+        """(method, url, status, whose credentials, headers received) of every upstream
+        reply; whose: `regcache` (configured), `clients` (a client's own) or `anonymous`."""
         context = ssl.create_default_context()
         if ca_bundle is not None:
             context.load_verify_locations(cafile=str(ca_bundle))
@@ -227,7 +226,8 @@ class UpstreamClient:
         lend = not anonymous and "Authorization" not in headers and is_read(method, url)
         source = self._credentials(host) if lend else None
         if source is None:
-            return await self._send(method, url, headers, body)
+            whose = "anonymous" if anonymous or "Authorization" not in headers else "clients"
+            return await self._send(method, url, headers, body, whose)
         try:
             return await self._send_as_regcache(source, method, url, headers, body)
         except CredentialError as e:
@@ -251,7 +251,7 @@ class UpstreamClient:
             upfront = f"Bearer {token}" if token else None
         if upfront is not None:
             outgoing["Authorization"] = upfront
-        reply = await self._send(method, url, outgoing, body)
+        reply = await self._send(method, url, outgoing, body, "regcache")
         if reply.status != 401 or source.method != "token" or body is not None:
             return reply
         challenge = reply.headers.get("WWW-Authenticate", "")
@@ -270,7 +270,7 @@ class UpstreamClient:
         if len(self._challenges) > 4096:
             self._challenges.clear()
         outgoing["Authorization"] = f"Bearer {token}"
-        return await self._send(method, url, outgoing, None)
+        return await self._send(method, url, outgoing, None, "regcache")
 
     async def _send(
         self,
@@ -278,6 +278,7 @@ class UpstreamClient:
         url: str,
         headers: Mapping[str, str],
         body: AsyncIterator[bytes] | None,
+        whose: str,
     ) -> Reply:
         if self._offline():
             raise UpstreamError(f"{method} {url}: offline mode, upstream is never contacted")
@@ -292,7 +293,7 @@ class UpstreamClient:
             raise UpstreamTlsError(f"{url}: TLS failed: {e}") from e
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise UpstreamError(f"{method} {url}: {type(e).__name__} {e}") from e
-        self._on_reply(method, url, response.status, headers, response.headers)
+        self._on_reply(method, url, response.status, whose, response.headers)
         return Reply(response.status, end_to_end(response.headers), url, response)
 
     async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> Reply:

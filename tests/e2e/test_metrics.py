@@ -92,6 +92,28 @@ def test_readyz_follows_the_store_and_healthz_stays_up(the_lab: Lab) -> None:
     assert ready.stdout.endswith("200")
 
 
+def test_metric_labels_are_bounded_whatever_hosts_and_tokens_clients_send(the_lab: Lab) -> None:
+    """Item 5 of #13: a label per Host header or per client token grows without end."""
+    before = {key for key in scrape(the_lab)}
+    ca = str(the_lab.ca_dir / "ca.crt")
+    for i in range(20):
+        # SNI ghcr.io, Host anything: answered 421, counted under one label.
+        the_lab.ns.run("curl", "-s", "-o", "/dev/null", "--cacert", ca, "-H",
+                       f"Host: random-{i}.example", "https://ghcr.io/v2/")  # fmt: skip
+        # Names under a wildcard registry: one label, the pattern.
+        the_lab.ns.run("curl", "-s", "-o", "/dev/null", "--cacert", ca, "--connect-to",
+                       f"region-{i}.gcr.io:443:ghcr.io:443", "-H", f"Authorization: Bearer t{i}",
+                       f"https://region-{i}.gcr.io/v2/x/manifests/v{i}")  # fmt: skip
+    new = {key for key in scrape(the_lab)} - before
+    hosts = {v for _, labels in new for k, v in labels if k in ("registry", "host")}
+    assert not any("random-" in h or "region-" in h for h in hosts), hosts
+    assert "unknown" in hosts and "*.gcr.io" in hosts
+    credentials = {v for name, labels in scrape(the_lab) for k, v in labels if k == "credential"}
+    assert credentials <= {"regcache", "anonymous", "clients"}, credentials
+    methods = {v for name, labels in scrape(the_lab) for k, v in labels if k == "method"}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}
+
+
 def test_the_admin_listener_refuses_clients_outside_its_allow_list(the_lab: Lab) -> None:
     the_lab.ns.run("ip", "addr", "add", "10.99.0.1/32", "dev", "lo")
     outside = the_lab.ns.run("curl", "-s", "-w", "%{http_code}", "--interface", "10.99.0.1",
