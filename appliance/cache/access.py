@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.ports import (
@@ -70,12 +71,18 @@ _ALL_MANIFEST_TYPES = ", ".join(MANIFEST_TYPES)
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Upstream's no for a manifest or blob, as the client will get it: the status and
-    its challenge (`WWW-Authenticate`), nothing else, so a refusal looks the same whether
-    the content is in the store or not (THREAT_MODEL.md)."""
+    """Upstream's no (or its trouble: 5xx, 429) for a manifest or blob, as the client will
+    get it: the status, its challenge and Retry-After, nothing else, so the answer looks
+    the same whether the content is in the store or not (THREAT_MODEL.md)."""
 
     status: int
     challenge: str | None = None
+    retry_after: str | None = None
+    """Upstream's Retry-After, for its 429 and 503."""
+
+
+_Verdict = Literal[True] | Refused | UpstreamUnavailable
+"""Upstream's yes; its refusal or trouble; or the error met asking."""
 
 
 def _in_trouble(status: int) -> bool:
@@ -134,11 +141,14 @@ class AccessGate:
         self._children = Children(_MAX_MANIFESTS)
         # (host, repository) → (when checked, on the monotonic clock; anonymously readable)
         self._public: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
-        self._public_looked_up: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Repositories whose kept public status was read from the index (once each; the
+        # future lets concurrent checks wait for the one read rather than skip it).
+        self._public_looked_up: OrderedDict[tuple[str, str], asyncio.Future[None]]
+        self._public_looked_up = OrderedDict()
         # Hosts that just failed to answer: not asked again for a while, so an outage
         # with connect timeouts does not cost every request one.
-        self._down_until: OrderedDict[str, float] = OrderedDict()
-        self._checks: dict[tuple[str, str, str, Digest], asyncio.Future[bool | Refused | None]]
+        self._down_until: OrderedDict[str, tuple[float, UpstreamUnavailable]] = OrderedDict()
+        self._checks: dict[tuple[str, str, str, Digest], asyncio.Future[_Verdict]]
         self._checks = {}
         self._probes: set[tuple[str, str]] = set()
         self._refusal_log = LogThrottle(log, interval_s=10.0)
@@ -210,21 +220,27 @@ class AccessGate:
             return None
         if await self._public_member(repo, digest, now, self._public_ttl_s):
             return None
-        if not self._offline() and self._down_until.get(host, 0.0) <= now:
-            key = (*client, digest)
-            verdict = await self._shared_check(key, url, authorization, manifest, size)
+        failure: Refused | UpstreamUnavailable
+        down = self._down_until.get(host)
+        if self._offline():
+            failure = UpstreamUnavailable(f"{host}: offline mode, upstream is never contacted")
+        elif down is not None and down[0] > now:
+            failure = down[1]  # failed moments ago: not asked again (connect timeouts)
+        else:
+            verdict = await self._shared_check((*client, digest), url, authorization,
+                                               manifest, size)  # fmt: skip
             if verdict is True:
                 self.grant(host, repository, digest, authorization)
                 return None
-            if isinstance(verdict, Refused):
+            if isinstance(verdict, Refused) and not _in_trouble(verdict.status):
                 self._refusal_log.info(
                     f"{host} {verdict.status}",
                     "access refused host=%s repository=%s status=%d credential=%s",
                     host, repository, verdict.status, client[2][:8] or "none",
                 )  # fmt: skip
                 return verdict
-        await self._not_known(client, repo, digest, now)  # raises unless allowed
-        return None
+            failure = verdict
+        return await self._not_known(client, repo, digest, now, failure)
 
     def learn_public_soon(self, host: str, repository: str, tag_url: str) -> None:
         """A client was just given a tag of this repository: find out in the background,
@@ -307,15 +323,24 @@ class AccessGate:
         return True
 
     async def _public_within(self, repo: tuple[str, str], now: float, within_s: float) -> bool:
+        if self._public.get(repo) is None and self._records is not None:
+            lookup = self._public_looked_up.get(repo)
+            if lookup is None:
+                lookup = asyncio.get_running_loop().create_future()
+                self._public_looked_up[repo] = lookup
+                if len(self._public_looked_up) > _MAX_PUBLIC:
+                    self._public_looked_up.popitem(last=False)
+                try:
+                    row = await self._records.public_status(*repo)
+                    if row is not None and row[0] and self._public.get(repo) is None:
+                        # its age, moved to the monotonic clock
+                        age_s = max(0.0, self._wall_clock() - row[1])
+                        self._remember_public(repo, (now - age_s, True))
+                finally:
+                    lookup.set_result(None)
+            else:
+                await asyncio.shield(lookup)
         known = self._public.get(repo)
-        if known is None and self._records is not None and repo not in self._public_looked_up:
-            self._public_looked_up[repo] = None
-            if len(self._public_looked_up) > _MAX_PUBLIC:
-                self._public_looked_up.popitem(last=False)
-            row = await self._records.public_status(*repo)
-            if row is not None and row[0]:  # its age, moved to the monotonic clock
-                known = (now - max(0.0, self._wall_clock() - row[1]), True)
-                self._remember_public(repo, known)
         return known is not None and known[1] and now - known[0] < within_s
 
     def _remember_public(self, repo: tuple[str, str], entry: tuple[float, bool]) -> None:
@@ -325,21 +350,31 @@ class AccessGate:
             self._public.popitem(last=False)
 
     async def _not_known(
-        self, client: tuple[str, str, str], repo: tuple[str, str], digest: Digest, now: float
-    ) -> None:
-        """Upstream cannot be asked: what it confirmed within the grace period decides;
-        offline, public content is served for as long as offline lasts."""
+        self,
+        client: tuple[str, str, str],
+        repo: tuple[str, str],
+        digest: Digest,
+        now: float,
+        failure: Refused | UpstreamUnavailable,
+    ) -> Refused | None:
+        """Upstream cannot say: what it confirmed within the grace period decides;
+        offline, public content is served for as long as offline lasts. Otherwise the
+        client gets what upstream's trouble was (its 5xx or 429, or the error raised),
+        exactly as it would for content regcache does not hold."""
         offline = self._offline()
         allowed = await self._granted(client, digest, now - self._grace_s) or (
             await self._public_member(repo, digest, now, math.inf if offline else self._grace_s)
         )
         self._outage_log.warning(
-            f"{repo[0]}/{repo[1]}/{allowed}",
+            f"{repo[0]}/{allowed}",
             "access upstream-unavailable host=%s repository=%s offline=%s allowed=%s",
             repo[0], repo[1], offline, allowed,
         )  # fmt: skip
-        if not allowed:
-            raise UpstreamUnavailable(f"{repo[0]} cannot confirm access to {digest}")
+        if allowed:
+            return None
+        if isinstance(failure, Refused):
+            return failure
+        raise failure
 
     async def _shared_check(
         self,
@@ -348,14 +383,15 @@ class AccessGate:
         authorization: str | None,
         manifest: bool,
         size: int | None,
-    ) -> bool | Refused | None:
+    ) -> _Verdict:
         """One upstream check per (host, repository, credential, digest) at a time."""
         running = self._checks.get(key)
         if running is not None:
             return await asyncio.shield(running)
-        future: asyncio.Future[bool | Refused | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Verdict]
+        future = asyncio.get_running_loop().create_future()
         self._checks[key] = future
-        verdict: bool | Refused | None = None
+        verdict: _Verdict = UpstreamUnavailable("check cancelled")
         try:
             verdict = await self._ask(key[0], url, authorization, key[3], manifest, size)
         finally:
@@ -371,8 +407,8 @@ class AccessGate:
         digest: Digest,
         manifest: bool,
         size: int | None,
-    ) -> bool | Refused | None:
-        """True, upstream's refusal, or None when upstream cannot say."""
+    ) -> _Verdict:
+        """True; upstream's refusal (or its trouble: 5xx, 429); or the error met asking."""
         headers = {"Accept": _ALL_MANIFEST_TYPES} if manifest else {}
         if authorization:
             headers["Authorization"] = authorization
@@ -380,22 +416,25 @@ class AccessGate:
             reply = await self._upstream.fetch("HEAD", url, headers)
         except UpstreamUnsafe as e:
             self._refusal_log.warning(f"unsafe {host}", "access check-refused-target error=%s", e)
-            return None  # not known; the host is not down
+            return e  # not known; the registry is not down for it
         except UpstreamUnavailable as e:
             self._outage_log.warning(
                 f"ask {host}", "access check-failed host=%s error=%.200s", host, e
             )
-            self._down_until[host] = self._clock() + _RETRY_DOWN_HOST_S
+            self._down_until[host] = (self._clock() + _RETRY_DOWN_HOST_S, e)
             self._down_until.move_to_end(host)
             if len(self._down_until) > _MAX_DOWN_HOSTS:
                 self._down_until.popitem(last=False)
-            return None
+            return e
         try:
-            if _in_trouble(reply.status) or 300 <= reply.status < 400:
-                return None
-            if 200 <= reply.status < 300:
-                return True if shows(reply.headers, digest, size) else Refused(404)
-            return Refused(reply.status, reply.headers.get("WWW-Authenticate"))
+            status, headers_in = reply.status, reply.headers
+            if 200 <= status < 300:
+                return True if shows(headers_in, digest, size) else Refused(404)
+            if 300 <= status < 400:
+                return UpstreamUnavailable(f"{url}: answered {status} without a usable Location")
+            return Refused(
+                status, headers_in.get("WWW-Authenticate"), headers_in.get("Retry-After")
+            )
         finally:
             reply.close()
 

@@ -57,8 +57,16 @@ class NegativeCache:
         finally:
             reply.close()
         memory = MemoryReply(reply.status, dict(reply.headers), body)
+        self._keep(key, memory)
+        return memory
+
+    def remember_refusal(self, key: tuple[str, ...]) -> None:
+        """The access gate's 404 for content regcache holds, kept like upstream's own."""
+        if self._ttl_s > 0:
+            self._keep(key, MemoryReply(404, {}, b""))
+
+    def _keep(self, key: tuple[str, ...], memory: MemoryReply) -> None:
         self._entries.pop(key, None)
         self._entries[key] = (self._clock() + self._ttl_s, memory)
         if len(self._entries) > _MAX_ENTRIES:
             self._entries.popitem(last=False)
-        return memory

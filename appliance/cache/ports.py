@@ -14,6 +14,10 @@ class UpstreamUnavailable(RuntimeError):
     """Upstream could not be reached, timed out, or failed TLS: raised by the adapter."""
 
 
+class UpstreamUntrusted(UpstreamUnavailable):
+    """Upstream's TLS certificate did not verify: nothing from it may be cached."""
+
+
 class UpstreamUnsafe(UpstreamUnavailable):
     """Upstream sent regcache where it must not go (plain HTTP, loopback, a metadata
     service): nothing is known from it, but the registry is not down."""

@@ -308,7 +308,17 @@ class RegistryCache:
             return await _refusal_or_relayed(answer.reply)
         if isinstance(answer, Refused | Filling):
             return answer
+        # A manifest 404 is replayed from memory when the digest is absent (see
+        # `_fetch_as_client`); a refusal of a stored one is remembered and replayed the
+        # same way, so neither differs from the other, also while upstream is down.
+        url = target.url("manifests", answer.digest)
+        key = ("HEAD" if head else "GET", url, self._gate.fingerprint(
+            target.headers.get("Authorization")), accept_key(target.accept))  # fmt: skip
+        if self._negative.get(key) is not None:
+            return Refused(404)
         gated = await self._gated(target, answer, answer.size, manifest=True)
+        if isinstance(gated, Refused) and gated.status == 404:
+            self._negative.remember_refusal(key)
         if isinstance(gated, Stored):  # only now: nothing is recorded for a refused client
             self._index.note_source(target.host, target.repository, gated.digest)
         return gated
@@ -540,12 +550,14 @@ def _manifest_type(content_type: str, body: bytes) -> str:
 
 
 async def _refusal_or_relayed(reply: UpstreamReply) -> Refused | Relayed:
-    """Upstream's 401, 403 or 404 as a `Refused` (rendered the same way as the gate's,
-    so the answer does not tell whether the content is stored); anything else as is."""
-    if reply.status not in (401, 403, 404):
+    """Upstream's 401, 403, 404, 429 and 5xx as a `Refused` (rendered the same way as the
+    gate's, so the answer does not tell whether the content is stored); others as is."""
+    if reply.status not in (401, 403, 404, 429) and reply.status < 500:
         return Relayed(reply)
     # Read to the end so the connection can be reused; if that fails, it is closed.
     with contextlib.suppress(UpstreamUnavailable):
         await reply.read(_REFUSAL_BODY_BYTES)
     reply.close()
-    return Refused(reply.status, reply.headers.get("WWW-Authenticate"))
+    return Refused(
+        reply.status, reply.headers.get("WWW-Authenticate"), reply.headers.get("Retry-After")
+    )

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from appliance.cache.access import Refused
 from appliance.cache.fill import FillFailed, FillState, TooManyFills
-from appliance.cache.ports import UpstreamReply, UpstreamUnavailable
+from appliance.cache.ports import UpstreamReply, UpstreamUnavailable, UpstreamUntrusted
 from appliance.cache.reading import CHUNK_BYTES, read_file
 from appliance.cache.service import (
     Answer,
@@ -189,10 +189,16 @@ def create_app(
             log.warning("upstream mismatch host=%s path=%s error=%s", request.host, request.path, e)
             return registry_error(502, "UNKNOWN", f"upstream sent inconsistent content: {e}")
         except UpstreamUnavailable as e:
-            log.warning(
-                "upstream unavailable host=%s path=%s error=%s", request.host, request.path, e
-            )
-            return registry_error(502, "UNAVAILABLE", f"upstream unavailable: {e}")
+            _outage_log.warning(
+                f"unavailable {request.host}",
+                "upstream unavailable host=%.100s path=%.200s error=%s",
+                request.host, request.path, e,
+            )  # fmt: skip
+            # The details stay in the log: the answer must not differ between content
+            # regcache holds and content it does not (THREAT_MODEL.md).
+            untrusted = isinstance(e, UpstreamUntrusted)
+            what = "its TLS certificate was not accepted" if untrusted else "unavailable"
+            return registry_error(502, "UNAVAILABLE", f"upstream {request.host:.100} {what}")
 
     async def handle(request: web.Request) -> web.StreamResponse:
         host = (request.url.host or "").lower().rstrip(".")
@@ -310,6 +316,7 @@ def _forwarded(request: web.Request, drop: frozenset[str] = frozenset()) -> CIMu
 _REFUSALS = {
     401: ("UNAUTHORIZED", "authentication required"),
     403: ("DENIED", "requested access to the resource is denied"),
+    429: ("TOOMANYREQUESTS", "upstream rate limit reached"),
 }
 
 
@@ -321,11 +328,15 @@ def _refusal(refused: Refused, *, manifest: bool) -> web.Response:
             if manifest
             else ("BLOB_UNKNOWN", "blob unknown to registry")
         )
+    elif refused.status >= 500:
+        code, message = "UNAVAILABLE", f"upstream answered {refused.status}"
     else:
         code, message = _REFUSALS.get(refused.status, _REFUSALS[403])
     response = registry_error(refused.status, code, message)
     if refused.challenge:
         response.headers["WWW-Authenticate"] = refused.challenge
+    if refused.retry_after:
+        response.headers["Retry-After"] = refused.retry_after
     return response
 
 

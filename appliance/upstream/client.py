@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
-from appliance.cache.ports import UpstreamUnavailable, UpstreamUnsafe
+from appliance.cache.ports import UpstreamUnavailable, UpstreamUnsafe, UpstreamUntrusted
 from appliance.config import IPAddress
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.challenge import bearer
@@ -50,7 +50,7 @@ class UpstreamError(UpstreamUnavailable):
     """Upstream could not be reached or answered with something unusable."""
 
 
-class UpstreamTlsError(UpstreamError):
+class UpstreamTlsError(UpstreamError, UpstreamUntrusted):
     """Upstream's certificate did not verify: nothing from it may be cached."""
 
 

@@ -128,9 +128,11 @@ async def test_upstream_refusals_are_passed_on_as_status_and_challenge(parts) ->
     upstream.add("GET", url, 401, b'{"errors":[]}', WWW_Authenticate='Bearer realm="x"')
     answer = await cache.manifest(target(), "3", head=False)
     assert answer == Refused(401, 'Bearer realm="x"')
-    upstream.add("GET", url, 502, b"bad gateway")  # not a refusal: relayed as it is
+    upstream.add("GET", url, 429, b"slow down", Retry_After="60")  # trouble: the same way
+    assert await cache.manifest(target(), "3", head=False) == Refused(429, None, "60")
+    upstream.add("GET", url, 400, b"odd")  # anything else: relayed as it is
     answer = await cache.manifest(target(), "3", head=False)
-    assert isinstance(answer, Relayed) and await answer.reply.read(100) == b"bad gateway"
+    assert isinstance(answer, Relayed) and await answer.reply.read(100) == b"odd"
 
 
 async def test_concurrent_blob_requests_share_one_fetch_and_stream_early(parts) -> None:  # type: ignore[no-untyped-def]

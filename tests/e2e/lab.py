@@ -33,12 +33,18 @@ UPSTREAMS = {
     # public.ecr.aws the token flow with alice's password for everything under private/.
     "gcr.io": "127.0.0.11",
     "public.ecr.aws": "127.0.0.12",
+    # Where the registry.k8s.io twin (below) redirects every manifest and blob request:
+    # a registry with its own anonymous token step, as Artifact Registry has.
+    "us-docker.pkg.dev": "127.0.0.14",
 }
 BOB_PASSWORD = "bob-Basic-pa55"
 ALICE_PASSWORD = "Wonder-1and"
+DAVE_PASSWORD = "dave-Pa55word"
 TOKEN_HOST, TOKEN_IP = "auth.docker.io", "127.0.0.5"
 CDN_HOST, CDN_IP = "cdn.quay.io", "127.0.0.9"
 CDN_RATE_BYTES_S = 16 << 20
+# Answers every manifest and blob request with a 307 to us-docker.pkg.dev, unconditionally.
+K8S_HOST, K8S_IP = "registry.k8s.io", "127.0.0.13"
 # An upstream whose certificate comes from a CA regcache does not trust.
 ROGUE_HOST, ROGUE_IP = "mcr.microsoft.com", "127.0.0.10"
 _ACCESS = re.compile(
@@ -89,6 +95,7 @@ class Lab:
     registries: dict[str, Registry] = field(default_factory=dict)
     token_log: Path | None = None
     token_proc: subprocess.Popen[bytes] | None = None
+    redirector_proc: subprocess.Popen[bytes] | None = None
     upstream_ca: TestCa | None = None
     config_path: Path | None = None
     regcache_proc: subprocess.Popen[bytes] | None = None
@@ -108,8 +115,9 @@ class Lab:
         for reg in self.registries.values():
             if reg.proc is not None:
                 self.ns.stop(reg.proc)
-        if self.token_proc is not None:
-            self.ns.stop(self.token_proc)
+        for proc in (self.token_proc, self.redirector_proc):
+            if proc is not None:
+                self.ns.stop(proc)
 
     def fault(self, host: str, status: int) -> subprocess.Popen[bytes]:
         """`host`'s address answers every request with `status` (stop its registry first)."""
@@ -252,6 +260,9 @@ def lab(tmp: Path) -> Iterator[Lab]:
             "public.ecr.aws": {"auth": {"token": {
                 "realm": f"https://{TOKEN_HOST}/token", "service": "ecr-twin",
                 "issuer": "regcache-test-issuer", "rootcertbundle": str(ca.pem)}}},
+            "us-docker.pkg.dev": {"auth": {"token": {
+                "realm": f"https://{TOKEN_HOST}/token", "service": "pkgdev-twin",
+                "issuer": "regcache-test-issuer", "rootcertbundle": str(ca.pem)}}},
         }  # fmt: skip
         htpasswd = subprocess.run(  # bcrypt, as distribution requires
             ["htpasswd", "-nbB", "bob", BOB_PASSWORD], capture_output=True, text=True, check=True
@@ -287,6 +298,12 @@ def lab(tmp: Path) -> Iterator[Lab]:
             "--rate", str(CDN_RATE_BYTES_S), "--corrupt", str(the_lab.cdn_corrupt),
         )  # fmt: skip
         _wait_port(ns, CDN_IP, 443, proc, tmp / "cdn.log")
+        cert, key = ca.issue(K8S_HOST, K8S_HOST)
+        proc = the_lab.redirector_proc = _python_server(
+            ns, tmp / "redirector.log", "redirector", "--listen", f"{K8S_IP}:443", "--cert",
+            str(cert), "--key", str(key), "--target", "https://us-docker.pkg.dev",
+        )  # fmt: skip
+        _wait_port(ns, K8S_IP, 443, proc, tmp / "redirector.log")
         (tmp / "rogue").mkdir()
         cert, key = TestCa(tmp / "rogue").issue(ROGUE_HOST, ROGUE_HOST)
         proc = _python_server(
@@ -308,6 +325,7 @@ def lab(tmp: Path) -> Iterator[Lab]:
                     *UPSTREAMS.items(),
                     (TOKEN_HOST, TOKEN_IP),
                     (CDN_HOST, CDN_IP),
+                    (K8S_HOST, K8S_IP),
                     (ROGUE_HOST, ROGUE_IP),
                 ]
             },

@@ -27,6 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 ISSUER = "regcache-test-issuer"
 ALICE = "Basic " + base64.b64encode(b"alice:Wonder-1and").decode()
+DAVE = "Basic " + base64.b64encode(b"dave:dave-Pa55word").decode()
+USERS = {ALICE: "alice", DAVE: "dave"}
+# Repositories under private/ are alice's alone, under dave/ dave's; the rest is public.
+OWNERS = {"private/": "alice", "dave/": "dave"}
+
+
+def _may(user: str | None, repository: str) -> bool:
+    owner = next((o for prefix, o in OWNERS.items() if repository.startswith(prefix)), None)
+    return owner is None or owner == user
 
 
 def _b64(data: bytes) -> str:
@@ -49,22 +58,20 @@ def token_app(
     async def token(request: web.Request) -> web.Response:
         service = request.query.get("service", "")
         basic = request.headers.get("Authorization", "")
-        if basic and basic != ALICE:
+        if basic and basic not in USERS:
             return web.json_response({"details": "incorrect username or password"}, status=401)
+        user = USERS.get(basic)
         access = []
         for scope in request.query.getall("scope", []):
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            # Repositories under private/ are alice's alone; the rest is public.
-            granted = (
-                actions.split(",") if basic == ALICE or not name.startswith("private/") else []
-            )
+            granted = actions.split(",") if _may(user, name) else []
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         claims = {"iss": ISSUER, "sub": "", "aud": service, "exp": now + 300, "nbf": now - 10,
                   "iat": now, "jti": secrets.token_hex(8), "access": access}  # fmt: skip
         seen = {"service": service, "scopes": request.query.getall("scope", []),
-                "user": "alice" if basic == ALICE else None}  # fmt: skip
+                "user": user}  # fmt: skip
         with log.open("a") as f:
             f.write(json.dumps(seen) + "\n")
         return web.json_response({"token": make_jwt(key, cert, claims), "expires_in": 300})
@@ -102,6 +109,25 @@ def cdn_app(root: Path, rate_bytes_s: int, corrupt: Path) -> web.Application:
     return app
 
 
+def redirector_app(target: str) -> web.Application:
+    """A registry front that answers every manifest and blob request with a 307 before
+    knowing whether the content exists, as registry.k8s.io does: to `target` (a registry
+    origin) under `k8s-artifacts-prod/images/`."""
+
+    async def ping(_request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def redirect(request: web.Request) -> web.Response:
+        name, kind, reference = (request.match_info[k] for k in ("name", "kind", "reference"))
+        location = f"{target}/v2/k8s-artifacts-prod/images/{name}/{kind}/{reference}"
+        return web.Response(status=307, headers={"Location": location})
+
+    app = web.Application()
+    app.router.add_get("/v2/", ping)
+    app.router.add_route("*", r"/v2/{name:.+}/{kind:manifests|blobs}/{reference:[^/]+}", redirect)
+    return app
+
+
 def fault_app(status: int) -> web.Application:
     """Every request answered with `status` (an upstream in trouble: 503, 429)."""
 
@@ -117,7 +143,8 @@ def fault_app(status: int) -> web.Application:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["token", "cdn", "fault"])
+    parser.add_argument("role", choices=["token", "cdn", "fault", "redirector"])
+    parser.add_argument("--target")
     parser.add_argument("--listen", required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
@@ -138,6 +165,8 @@ def main() -> None:
         app = token_app(key, cert, Path(args.log))
     elif args.role == "fault":
         app = fault_app(args.status)
+    elif args.role == "redirector":
+        app = redirector_app(args.target)
     else:
         app = cdn_app(Path(args.root), args.rate, Path(args.corrupt))
     host, port = args.listen.rsplit(":", 1)
