@@ -1,8 +1,13 @@
 """Randomised interleaving of clients with and without access, run inside the lab's
 namespace: `python -m tests.e2e.leakcheck SPEC.json`. Prints a JSON summary.
 
-SPEC: {"ca": path, "host": ..., "repositories": {repo: {digest: sha256-of-bytes}},
-       "alice": "user:password", "requests": N, "seed": S}
+SPEC: {"ca": path, "host": ..., "repositories": {repo: [[digest, hex, kind]]},
+       "elsewhere": [[host, repository]], "alice": "user:password", "dave": "user:password",
+       "requests": N, "seed": S}
+
+alice asks for her digests under her repository (fills start cold, strangers join them);
+strangers ask for them there and under every name in "elsewhere" (a public repository,
+dave's own, other registries, a redirecting one), dave with his own token.
 """
 
 from __future__ import annotations
@@ -35,21 +40,29 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
     host = spec["host"]
     summary = {"ok": 0, "refused": 0, "leaks": [], "errors": [], "wrong_bytes": []}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=64)) as s:
-        creds: dict[tuple[str, str], str | None] = {}
-        for repo in spec["repositories"]:
-            creds[("alice", repo)] = "Bearer " + await token(s, host, repo, spec["alice"])
-            creds[("anonymous", repo)] = "Bearer " + await token(s, host, repo, None)
-            creds[("nobody", repo)] = None
-            creds[("forger", repo)] = (
+        creds: dict[tuple[str, str, str], str | None] = {}
+        names = [(host, repo) for repo in spec["repositories"]]
+        names += [(h, r) for h, r in spec["elsewhere"]]
+        for where, repo in names:
+            hub = where == host
+            creds[("alice", where, repo)] = "Bearer " + await token(s, host, repo, spec["alice"])
+            creds[("anonymous", where, repo)] = (
+                "Bearer " + await token(s, host, repo, None) if hub else None
+            )
+            creds[("dave", where, repo)] = (
+                "Bearer " + await token(s, host, repo, spec["dave"]) if hub else None
+            )
+            creds[("nobody", where, repo)] = None
+            creds[("forger", where, repo)] = (
                 "Bearer forged." + base64.b64encode(rng.randbytes(12)).decode()
             )
 
-        async def one(who: str, repo: str, digest: str, want: str, kind: str) -> None:
+        async def one(who: str, where: str, repo: str, digest: str, want: str, kind: str) -> None:
             headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-            auth = creds[(who, repo)]
+            auth = creds[(who, where, repo)]
             if auth:
                 headers["Authorization"] = auth
-            url = f"https://{host}/v2/{repo}/{kind}/{digest}"
+            url = f"https://{where}/v2/{repo}/{kind}/{digest}"
             try:
                 async with s.get(url, headers=headers) as response:
                     body = await response.read()
@@ -71,11 +84,11 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(spec["requests"]):
             repo = rng.choice(list(spec["repositories"]))
             digest, want, kind = rng.choice(spec["repositories"][repo])
-            jobs.append(
-                one(
-                    rng.choice(["alice", "anonymous", "nobody", "forger"]), repo, digest, want, kind
-                )
-            )
+            who = rng.choice(["alice", "anonymous", "nobody", "forger", "dave"])
+            where, name = (host, repo) if who == "alice" else rng.choice(
+                [(host, repo), *map(tuple, spec["elsewhere"])]
+            )  # fmt: skip
+            jobs.append(one(who, where, name, digest, want, kind))
         await asyncio.gather(*jobs)
     return summary
 
