@@ -48,12 +48,12 @@ from appliance.cache.ports import (
     UpstreamUnavailable,
     UpstreamUnsafe,
 )
+from appliance.cache.public import PublicStatus
 from appliance.cache.verdicts import NO_REFS, Children, Grants, Refs, unknown_children, vouched
 from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.manifest import vouched_references
 from appliance.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
-from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ _MAX_PER_CLIENT = 32
 _MAX_REPOSITORY_KEYS = 16384
 _MAX_PER_REPOSITORY = 64
 _MAX_MANIFESTS = 16384
-_MAX_PUBLIC = 65536
-_MAX_PROBES = 64
 _ALL_MANIFEST_TYPES = ", ".join(MANIFEST_TYPES)
 
 
@@ -139,18 +137,12 @@ class AccessGate:
         self._grants = Grants(_MAX_CLIENT_KEYS, _MAX_PER_CLIENT)
         self._members = Grants(_MAX_REPOSITORY_KEYS, _MAX_PER_REPOSITORY)
         self._children = Children(_MAX_MANIFESTS)
-        # (host, repository) → (when checked, on the monotonic clock; anonymously readable)
-        self._public: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
-        # Repositories whose kept public status was read from the index (once each; the
-        # future lets concurrent checks wait for the one read rather than skip it).
-        self._public_looked_up: OrderedDict[tuple[str, str], asyncio.Future[None]]
-        self._public_looked_up = OrderedDict()
+        self._public = PublicStatus(upstream, records, public_ttl_s, offline, clock, wall_clock)
         # Hosts that just failed to answer: not asked again for a while, so an outage
         # with connect timeouts does not cost every request one.
         self._down_until: OrderedDict[str, tuple[float, UpstreamUnavailable]] = OrderedDict()
         self._checks: dict[tuple[str, str, str, Digest], asyncio.Future[_Verdict]]
         self._checks = {}
-        self._probes: set[tuple[str, str]] = set()
         self._refusal_log = LogThrottle(log, interval_s=10.0)
         self._outage_log = LogThrottle(log, interval_s=600.0)
 
@@ -167,12 +159,8 @@ class AccessGate:
         if vouched(self._grants.get(client), digest, self._children, now - self._verified_ttl_s):
             return True
         repo = (host, repository)
-        public = self._public.get(repo)
-        return (
-            public is not None
-            and public[1]
-            and now - public[0] < self._public_ttl_s
-            and vouched(self._members.get(repo), digest, self._children, -math.inf)
+        return self._public.now_public(repo, now) and vouched(
+            self._members.get(repo), digest, self._children, -math.inf
         )
 
     # On the cache's loop
@@ -243,17 +231,10 @@ class AccessGate:
         return await self._not_known(client, repo, digest, now, failure)
 
     def learn_public_soon(self, host: str, repository: str, tag_url: str) -> None:
-        """A client was just given a tag of this repository: find out in the background,
-        once per `public_ttl_s`, whether anyone may read the repository (so that new
-        clients get its public content while upstream is down)."""
-        repo = (host, repository)
-        known = self._public.get(repo)
-        fresh = known is not None and self._clock() - known[0] < self._public_ttl_s
-        if fresh or repo in self._probes or len(self._probes) >= _MAX_PROBES or self._offline():
-            return
-        self._probes.add(repo)
-        task = spawn(self._probe(repo, tag_url), name=f"access-probe {host}/{repository}")
-        task.add_done_callback(lambda _t: self._probes.discard(repo))
+        """A client was just given a tag of this repository: learn in the background
+        whether anyone may read it (so that new clients get its public content while
+        upstream is down)."""
+        self._public.learn_soon((host, repository), tag_url)
 
     # Internals
 
@@ -299,7 +280,7 @@ class AccessGate:
         self, repo: tuple[str, str], digest: Digest, now: float, within_s: float
     ) -> bool:
         """Public within `within_s` and `digest` known to be in the repository."""
-        if not await self._public_within(repo, now, within_s):
+        if not await self._public.public_within(repo, now, within_s):
             return False
         if await self._vouched_loading(self._members.get(repo), digest, -math.inf):
             return True
@@ -321,33 +302,6 @@ class AccessGate:
             if refs is None or child not in refs.digests:
                 return False
         return True
-
-    async def _public_within(self, repo: tuple[str, str], now: float, within_s: float) -> bool:
-        if self._public.get(repo) is None and self._records is not None:
-            lookup = self._public_looked_up.get(repo)
-            if lookup is None:
-                lookup = asyncio.get_running_loop().create_future()
-                self._public_looked_up[repo] = lookup
-                if len(self._public_looked_up) > _MAX_PUBLIC:
-                    self._public_looked_up.popitem(last=False)
-                try:
-                    row = await self._records.public_status(*repo)
-                    if row is not None and row[0] and self._public.get(repo) is None:
-                        # its age, moved to the monotonic clock
-                        age_s = max(0.0, self._wall_clock() - row[1])
-                        self._remember_public(repo, (now - age_s, True))
-                finally:
-                    lookup.set_result(None)
-            else:
-                await asyncio.shield(lookup)
-        known = self._public.get(repo)
-        return known is not None and known[1] and now - known[0] < within_s
-
-    def _remember_public(self, repo: tuple[str, str], entry: tuple[float, bool]) -> None:
-        self._public[repo] = entry
-        self._public.move_to_end(repo)
-        if len(self._public) > _MAX_PUBLIC:
-            self._public.popitem(last=False)
 
     async def _not_known(
         self,
@@ -437,31 +391,6 @@ class AccessGate:
             )
         finally:
             reply.close()
-
-    async def _probe(self, repo: tuple[str, str], tag_url: str) -> None:
-        """Whether regcache itself, without credentials, can pull the tag a client was
-        just given; upstream's trouble decides nothing."""
-        now = self._clock()
-        if await self._public_within(repo, now, self._public_ttl_s):
-            return  # known from before a restart
-        try:
-            reply = await self._upstream.fetch_anonymous("HEAD", tag_url)
-        except UpstreamUnavailable:
-            return
-        reply.close()
-        if 200 <= reply.status < 300:
-            public = True
-        elif reply.status in (401, 403, 404):
-            public = False  # the client just got this tag: anonymous is refused it
-        else:
-            return
-        self._remember_public(repo, (now, public))
-        log.info("access probed host=%s repository=%s anonymous_status=%d", *repo, reply.status)
-        if self._records is not None:
-            try:
-                await self._records.set_public_status(*repo, public, self._wall_clock())
-            except Exception as e:  # noqa: BLE001 - a full disk: kept in memory meanwhile
-                log.warning("access public-status-not-saved host=%s error=%s", repo[0], e)
 
 
 def _refs(body: bytes, media_type: str | None) -> Refs:

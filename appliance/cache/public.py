@@ -1,0 +1,115 @@
+"""Which repositories anyone may read: learnt from an anonymous request for a tag a
+client was just given (never from an arbitrary digest's 404, issue #13), once per
+`public_ttl_s`, and kept in the index so that public images still pull after a restart
+during an outage. Only public repositories are kept; what is not known to be public is
+not. Memory is bounded; `now_public` is safe from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+from appliance.cache.ports import AccessRecords, Upstream, UpstreamUnavailable
+from appliance.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+_MAX_REPOSITORIES = 65536
+_MAX_PROBES = 64
+Repo = tuple[str, str]
+"""(registry host, repository)."""
+
+
+class PublicStatus:
+    def __init__(
+        self,
+        upstream: Upstream,
+        records: AccessRecords | None,
+        ttl_s: float,
+        offline: Callable[[], bool],
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._upstream = upstream
+        self._records = records
+        self._ttl_s = ttl_s
+        self._offline = offline
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # repo → (when checked, on the monotonic clock; anonymously readable)
+        self._known: OrderedDict[Repo, tuple[float, bool]] = OrderedDict()
+        # Repositories whose kept status was read from the index (once each; the future
+        # lets concurrent checks wait for that one read rather than skip it).
+        self._looked_up: OrderedDict[Repo, asyncio.Future[None]] = OrderedDict()
+        self._probes: set[Repo] = set()
+
+    def now_public(self, repo: Repo, now: float) -> bool:
+        """Known public within the TTL, from memory only."""
+        known = self._known.get(repo)
+        return known is not None and known[1] and now - known[0] < self._ttl_s
+
+    async def public_within(self, repo: Repo, now: float, within_s: float) -> bool:
+        """Known public, checked at most `within_s` ago (memory, else the index)."""
+        if self._known.get(repo) is None and self._records is not None:
+            lookup = self._looked_up.get(repo)
+            if lookup is None:
+                lookup = asyncio.get_running_loop().create_future()
+                self._looked_up[repo] = lookup
+                if len(self._looked_up) > _MAX_REPOSITORIES:
+                    self._looked_up.popitem(last=False)
+                try:
+                    row = await self._records.public_status(*repo)
+                    if row is not None and row[0] and self._known.get(repo) is None:
+                        age_s = max(0.0, self._wall_clock() - row[1])  # to the monotonic clock
+                        self._remember(repo, (now - age_s, True))
+                finally:
+                    lookup.set_result(None)
+            else:
+                await asyncio.shield(lookup)
+        known = self._known.get(repo)
+        return known is not None and known[1] and now - known[0] < within_s
+
+    def learn_soon(self, repo: Repo, tag_url: str) -> None:
+        """A client was just given a tag of `repo`: find out in the background whether
+        anyone may read it, unless that is known from the last `ttl_s`."""
+        known = self._known.get(repo)
+        fresh = known is not None and self._clock() - known[0] < self._ttl_s
+        if fresh or repo in self._probes or len(self._probes) >= _MAX_PROBES or self._offline():
+            return
+        self._probes.add(repo)
+        task = spawn(self._probe(repo, tag_url), name=f"access-probe {repo[0]}/{repo[1]}")
+        task.add_done_callback(lambda _t: self._probes.discard(repo))
+
+    def _remember(self, repo: Repo, entry: tuple[float, bool]) -> None:
+        self._known[repo] = entry
+        self._known.move_to_end(repo)
+        if len(self._known) > _MAX_REPOSITORIES:
+            self._known.popitem(last=False)
+
+    async def _probe(self, repo: Repo, tag_url: str) -> None:
+        """Whether regcache itself, without credentials, can pull the tag; upstream's
+        trouble decides nothing."""
+        now = self._clock()
+        if await self.public_within(repo, now, self._ttl_s):
+            return  # known from before a restart
+        try:
+            reply = await self._upstream.fetch_anonymous("HEAD", tag_url)
+        except UpstreamUnavailable:
+            return
+        reply.close()
+        if 200 <= reply.status < 300:
+            public = True
+        elif reply.status in (401, 403, 404):
+            public = False  # the client just got this tag: anonymous is refused it
+        else:
+            return
+        self._remember(repo, (now, public))
+        log.info("access probed host=%s repository=%s anonymous_status=%d", *repo, reply.status)
+        if self._records is not None:
+            try:
+                await self._records.set_public_status(*repo, public, self._wall_clock())
+            except Exception as e:  # noqa: BLE001 - a full disk: kept in memory meanwhile
+                log.warning("access public-status-not-saved host=%s error=%s", repo[0], e)
