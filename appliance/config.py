@@ -308,12 +308,13 @@ class AccessConfig:
     """Who may be served cached content (see THREAT_MODEL.md, private content)."""
 
     verified_ttl_s: int = field(default=300, metadata=check(_between(1, 86400)))
-    """How long upstream's acceptance of a credential for a repository is trusted."""
+    """How long upstream's yes to a credential for a digest in a repository is trusted."""
     public_ttl_s: int = field(default=3600, metadata=check(_between(1, 7 * 86400)))
-    """How long a repository found anonymously pullable is served to anyone."""
+    """How long a repository found anonymously pullable (by its tags) is served to anyone,
+    for the digests known to be in it."""
     outage_grace_s: int = field(default=86400, metadata=check(_between(0, 30 * 86400)))
-    """While upstream is down, credentials (and public status) verified this recently
-    still open the store; others get upstream's error."""
+    """While upstream is down, yeses (and public status) this recent still open the store;
+    offline mode serves public content however old its status."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,43 +105,6 @@ def pull(lab: Lab, ref: str, name: str, creds: str | None = None) -> None:
     assert out.returncode == 0, (ref, out.stderr)
 
 
-def test_warm_pulls_add_no_upstream_request(the_lab: Lab) -> None:
-    """100 warm pulls of a tagged public image: one upstream HEAD each (the tag's
-    revalidation) and no GET; the gate adds nothing to the warm path."""
-    img = image([layer(100_000, "warm-a"), layer(50_000, "warm-b")])
-    the_lab.push(HUB, "library/warm", "v1", img)
-    pull(the_lab, f"{HUB}/library/warm:v1", "warm-cold")
-    hub = the_lab.registries[HUB]
-
-    def counts() -> Counter[tuple[str, str]]:
-        return Counter(
-            (method, "manifests" if "/manifests/" in path else "blobs")
-            for method, path, _, _ in hub.requests()
-            if "/library/warm/" in path
-        )
-
-    before = counts()
-    pulls = 100
-    for batch in range(0, pulls, 4):  # four build hosts at a time
-        procs = [
-            subprocess.Popen(the_lab.pull_argv(f"{HUB}/library/warm:v1",
-                                               the_lab.tmp / f"warm-{batch + i}"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for i in range(4)
-        ]  # fmt: skip
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-    added = counts() - before
-    report = {"pulls": pulls, "upstream": {f"{m} {k}": n for (m, k), n in added.items()}}
-    ARTIFACT.parent.mkdir(exist_ok=True)
-    ARTIFACT.with_name("warm-path.json").write_text(json.dumps(report))
-    assert added[("HEAD", "manifests")] <= pulls, report
-    assert added[("GET", "manifests")] == 0 and added[("GET", "blobs")] == 0, report
-    assert added[("HEAD", "blobs")] == 0, report
-
-
-# Last in this module: it takes the upstreams away for good.
 def test_no_client_gets_private_content_by_any_name_in_any_state(the_lab: Lab) -> None:
     shared = layer(300_000, "matrix-shared")
     private = index({"amd64": image([shared, layer(200_000, "matrix-private")]),
