@@ -130,6 +130,16 @@ def test_no_client_gets_private_content_by_any_name_in_any_state(the_lab: Lab) -
     assert not allowed[("dave", HUB, "private/app", private.top.digest)]
     report = {"online": judge(results, allowed)}
 
+    # Referrers are never answered from the store: each request is upstream's to answer.
+    hub = the_lab.registries[HUB]
+    seen = len(hub.requests())
+    for repository in ("private/app", "library/pub"):
+        url = f"https://{HUB}/v2/{repository}/referrers/{private.top.digest}"
+        out = the_lab.ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                             str(the_lab.ca_dir / "ca.crt"), url)  # fmt: skip
+        assert not out.stdout.startswith("2"), (repository, out.stdout)
+    assert sum("/referrers/" in path for _, path, _, _ in hub.requests()[seen:]) == 2
+
     def phase(name: str, check_pulls: bool = True) -> None:
         report[name] = judge(run_probes(the_lab, digests, oracle=False), allowed)
         if check_pulls:  # public images still pull for a client never seen before
