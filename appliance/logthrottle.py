@@ -8,6 +8,7 @@ at most `max_keys` are tracked, the least recently logged forgotten first.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +28,7 @@ class LogThrottle:
         self._max_keys = max_keys
         # key → (next time it may log, repeats suppressed since it last did)
         self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def warning(self, key: str, message: str, *args: object) -> None:
         self.log(logging.WARNING, key, message, *args)
@@ -35,13 +37,14 @@ class LogThrottle:
         self.log(logging.INFO, key, message, *args)
 
     def log(self, level: int, key: str, message: str, *args: object) -> None:
-        now = self._clock()
-        next_s, suppressed = self._keys.get(key, (0.0, 0))
-        if now < next_s:
-            self._keys[key] = (next_s, suppressed + 1)
-            return
-        self._keys[key] = (now + self._interval_s, 0)
-        self._keys.move_to_end(key)
-        if len(self._keys) > self._max_keys:
-            self._keys.popitem(last=False)
+        with self._lock:  # the serving loops' threads share module-level throttles
+            now = self._clock()
+            next_s, suppressed = self._keys.get(key, (0.0, 0))
+            if now < next_s:
+                self._keys[key] = (next_s, suppressed + 1)
+                return
+            self._keys[key] = (now + self._interval_s, 0)
+            self._keys.move_to_end(key)
+            if len(self._keys) > self._max_keys:
+                self._keys.popitem(last=False)
         self._logger.log(level, message + " suppressed_since_last=%d", *args, suppressed)

@@ -46,12 +46,21 @@ from appliance.cache.ports import (
     BlobFiles,
     Upstream,
     UpstreamUnavailable,
+    UpstreamUnreachable,
     UpstreamUnsafe,
 )
 from appliance.cache.public import PublicStatus
-from appliance.cache.verdicts import NO_REFS, Children, Grants, Refs, unknown_children, vouched
+from appliance.cache.verdicts import (
+    NO_REFS,
+    Children,
+    Grants,
+    Refs,
+    shows,
+    unknown_children,
+    vouched,
+)
 from appliance.logthrottle import LogThrottle
-from appliance.oci.digest import Digest, DigestError
+from appliance.oci.digest import Digest
 from appliance.oci.manifest import vouched_references
 from appliance.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 
@@ -88,27 +97,6 @@ def _in_trouble(status: int) -> bool:
     return status >= 500 or status == 429
 
 
-def shows(headers: Mapping[str, str], digest: Digest, size: int | None) -> bool:
-    """Whether a 2xx answer is about `digest`: its Docker-Content-Digest (if sent) is the
-    digest, its Content-Length (if sent, and the size is known) the size, and it sent at
-    least one of them that matched."""
-    evidence = False
-    announced = headers.get("Docker-Content-Digest")
-    if announced:
-        try:
-            if Digest.parse(announced.strip()) != digest:
-                return False
-        except DigestError:
-            return False
-        evidence = True
-    length = headers.get("Content-Length", "")
-    if size is not None and length.isdigit():
-        if int(length) != size:
-            return False
-        evidence = True
-    return evidence
-
-
 class AccessGate:
     def __init__(
         self,
@@ -130,7 +118,9 @@ class AccessGate:
         self.fingerprint = fingerprints or Fingerprints(secrets.token_bytes(32))
         self._verified_ttl_s = verified_ttl_s
         self._public_ttl_s = public_ttl_s
-        self._grace_s = max(outage_grace_s, verified_ttl_s, public_ttl_s)
+        # In an outage, neither counts for less than it would with upstream up.
+        self._grant_grace_s = max(outage_grace_s, verified_ttl_s)
+        self._public_grace_s = max(outage_grace_s, public_ttl_s)
         self._offline = offline
         self._clock = clock
         self._wall_clock = wall_clock
@@ -140,7 +130,7 @@ class AccessGate:
         self._public = PublicStatus(upstream, records, public_ttl_s, offline, clock, wall_clock)
         # Hosts that just failed to answer: not asked again for a while, so an outage
         # with connect timeouts does not cost every request one.
-        self._down_until: OrderedDict[str, tuple[float, UpstreamUnavailable]] = OrderedDict()
+        self._down_until: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._checks: dict[tuple[str, str, str, Digest], asyncio.Future[_Verdict]]
         self._checks = {}
         self._refusal_log = LogThrottle(log, interval_s=10.0)
@@ -181,7 +171,8 @@ class AccessGate:
         now = self._clock()
         client = (host, repository, self.fingerprint(authorization))
         # Covered already by a manifest granted with it: no entry (they are bounded).
-        if not vouched(self._grants.get(client), digest, self._children, now):
+        covered_since = now - self._verified_ttl_s
+        if not vouched(self._grants.get(client), digest, self._children, covered_since):
             self._grants.put(client, digest, now)
         repo = (host, repository)
         if not vouched(self._members.get(repo), digest, self._children, -math.inf):
@@ -208,13 +199,10 @@ class AccessGate:
             return None
         if await self._public_member(repo, digest, now, self._public_ttl_s):
             return None
-        failure: Refused | UpstreamUnavailable
-        down = self._down_until.get(host)
+        failure: Refused | UpstreamUnavailable | None = self.down(host)
         if self._offline():
             failure = UpstreamUnavailable(f"{host}: offline mode, upstream is never contacted")
-        elif down is not None and down[0] > now:
-            failure = down[1]  # failed moments ago: not asked again (connect timeouts)
-        else:
+        elif failure is None:
             verdict = await self._shared_check((*client, digest), url, authorization,
                                                manifest, size)  # fmt: skip
             if verdict is True:
@@ -230,11 +218,31 @@ class AccessGate:
             failure = verdict
         return await self._not_known(client, repo, digest, now, failure)
 
-    def learn_public_soon(self, host: str, repository: str, tag_url: str) -> None:
-        """A client was just given a tag of this repository: learn in the background
-        whether anyone may read it (so that new clients get its public content while
-        upstream is down)."""
-        self._public.learn_soon((host, repository), tag_url)
+    def note_down(self, host: str, error: UpstreamUnavailable) -> None:
+        """A request to `host` failed: if no connection to it could be made, it is not
+        asked again for a few seconds (an outage with connect timeouts must not cost
+        every request one), by the gate or by fills (`down`), alike."""
+        if not isinstance(error, UpstreamUnreachable) or error.host != host:
+            return  # one request went wrong (or a CDN did): the registry is not down
+        self._down_until[host] = (self._clock() + _RETRY_DOWN_HOST_S, str(error))
+        self._down_until.move_to_end(host)
+        if len(self._down_until) > _MAX_DOWN_HOSTS:
+            self._down_until.popitem(last=False)
+
+    def down(self, host: str) -> UpstreamUnreachable | None:
+        """The error to give for `host` now, if it could not be reached moments ago."""
+        down = self._down_until.get(host)
+        if down is None or down[0] <= self._clock():
+            return None
+        return UpstreamUnreachable(down[1], host)
+
+    def learn_public_soon(
+        self, host: str, repository: str, tag_url: str, digest: Digest, accept: str
+    ) -> None:
+        """A client was just given `digest` for a tag of this repository: learn in the
+        background whether anyone may read it (so that new clients get its public content
+        while upstream is down)."""
+        self._public.learn_soon((host, repository), tag_url, digest, accept)
 
     # Internals
 
@@ -295,11 +303,13 @@ class AccessGate:
     async def _path_holds(self, path: tuple[Digest, ...], digest: Digest) -> bool:
         """Whether each manifest on `path` vouches for the next, and the last for `digest`."""
         chain = (*path, digest)
-        for parent, child in itertools.pairwise(chain):
+        for hop, (parent, child) in enumerate(itertools.pairwise(chain)):
             refs = self._children.get(parent)
             if refs is None and await self._load_refs(parent):
                 refs = self._children.get(parent)
             if refs is None or child not in refs.digests:
+                return False
+            if hop < len(path) - 1 and not refs.manifests:  # only an index names manifests
                 return False
         return True
 
@@ -316,8 +326,9 @@ class AccessGate:
         client gets what upstream's trouble was (its 5xx or 429, or the error raised),
         exactly as it would for content regcache does not hold."""
         offline = self._offline()
-        allowed = await self._granted(client, digest, now - self._grace_s) or (
-            await self._public_member(repo, digest, now, math.inf if offline else self._grace_s)
+        public_s = math.inf if offline else self._public_grace_s
+        allowed = await self._granted(client, digest, now - self._grant_grace_s) or (
+            await self._public_member(repo, digest, now, public_s)
         )
         self._outage_log.warning(
             f"{repo[0]}/{allowed}",
@@ -341,16 +352,23 @@ class AccessGate:
         """One upstream check per (host, repository, credential, digest) at a time."""
         running = self._checks.get(key)
         if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[_Verdict]
-        future = asyncio.get_running_loop().create_future()
+            try:
+                return await asyncio.shield(running)
+            except Exception:  # noqa: BLE001, S110 - the leader failed or was cancelled:
+                pass  # that says nothing about this client; it asks for itself
+        future: asyncio.Future[_Verdict] = asyncio.get_running_loop().create_future()
         self._checks[key] = future
-        verdict: _Verdict = UpstreamUnavailable("check cancelled")
         try:
             verdict = await self._ask(key[0], url, authorization, key[3], manifest, size)
-        finally:
+        except BaseException as e:
+            future.set_exception(RuntimeError(f"check failed: {type(e).__name__}"))
+            future.exception()  # followers may be none: mark it retrieved
+            raise
+        else:
             future.set_result(verdict)
-            del self._checks[key]
+        finally:
+            if self._checks.get(key) is future:
+                del self._checks[key]
         return verdict
 
     async def _ask(
@@ -375,10 +393,7 @@ class AccessGate:
             self._outage_log.warning(
                 f"ask {host}", "access check-failed host=%s error=%.200s", host, e
             )
-            self._down_until[host] = (self._clock() + _RETRY_DOWN_HOST_S, e)
-            self._down_until.move_to_end(host)
-            if len(self._down_until) > _MAX_DOWN_HOSTS:
-                self._down_until.popitem(last=False)
+            self.note_down(host, e)
             return e
         try:
             status, headers_in = reply.status, reply.headers
@@ -394,4 +409,5 @@ class AccessGate:
 
 
 def _refs(body: bytes, media_type: str | None) -> Refs:
-    return Refs(frozenset(vouched_references(body)), manifests=media_type in INDEX_TYPES)
+    media_type = media_type or ""
+    return Refs(frozenset(vouched_references(body, media_type)), media_type in INDEX_TYPES)

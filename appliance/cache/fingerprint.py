@@ -29,7 +29,9 @@ class Fingerprints:
     def __call__(self, authorization: str | None) -> str:
         if not authorization:
             return ""
-        return hmac.new(self._key, authorization.encode(), hashlib.sha256).hexdigest()[:32]
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates: keep them.
+        value = authorization.encode("utf-8", "surrogateescape")
+        return hmac.new(self._key, value, hashlib.sha256).hexdigest()[:32]
 
     @classmethod
     def for_install(cls, state_dir: Path) -> Fingerprints:
@@ -39,12 +41,12 @@ class Fingerprints:
 
 def _install_key(path: Path) -> bytes:
     try:
-        key = path.read_bytes()
+        key: bytes | None = path.read_bytes()
     except FileNotFoundError:
-        key = b""
-    if len(key) == _KEY_BYTES:
+        key = None
+    if key is not None and len(key) == _KEY_BYTES:
         return key
-    if key:
+    if key is not None:  # empty or damaged: a weak key is worse than a new one
         log.warning("fingerprint key-replaced path=%s reason=wrong-length", path)
     fresh = secrets.token_bytes(_KEY_BYTES)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
@@ -54,7 +56,7 @@ def _install_key(path: Path) -> bytes:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if key:
+    if key is not None:
         os.replace(temp, path)
         return fresh
     try:

@@ -56,17 +56,27 @@ class NegativeCache:
             body = await reply.read(MAX_BODY_BYTES)
         finally:
             reply.close()
-        memory = MemoryReply(reply.status, dict(reply.headers), body)
+        memory = MemoryReply(reply.status, _kept(reply.headers), body)
         self._keep(key, memory)
         return memory
 
-    def remember_refusal(self, key: tuple[str, ...]) -> None:
+    def remember_refusal(self, key: tuple[str, ...], headers: Mapping[str, str]) -> None:
         """The access gate's 404 for content regcache holds, kept like upstream's own."""
         if self._ttl_s > 0:
-            self._keep(key, MemoryReply(404, {}, b""))
+            self._keep(key, MemoryReply(404, _kept(headers), b""))
 
     def _keep(self, key: tuple[str, ...], memory: MemoryReply) -> None:
         self._entries.pop(key, None)
         self._entries[key] = (self._clock() + self._ttl_s, memory)
         if len(self._entries) > _MAX_ENTRIES:
             self._entries.popitem(last=False)
+
+
+def _kept(headers: Mapping[str, str]) -> dict[str, str]:
+    """What a replayed refusal is made of (`headers` may match names case-insensitively;
+    the copy uses these spellings, whatever upstream's were)."""
+    return {
+        name: value
+        for name in ("WWW-Authenticate", "Retry-After")
+        if (value := headers.get(name)) is not None
+    }

@@ -14,6 +14,15 @@ class UpstreamUnavailable(RuntimeError):
     """Upstream could not be reached, timed out, or failed TLS: raised by the adapter."""
 
 
+class UpstreamUnreachable(UpstreamUnavailable):
+    """No connection to `host` could be made (DNS, refused, connect timeout): the kind of
+    failure that says a registry is down, not that one request went wrong."""
+
+    def __init__(self, message: str, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
 class UpstreamUntrusted(UpstreamUnavailable):
     """Upstream's TLS certificate did not verify: nothing from it may be cached."""
 
@@ -54,9 +63,12 @@ class Upstream(Protocol):
         transport or TLS failure."""
         ...
 
-    async def fetch_anonymous(self, method: str, url: str) -> UpstreamReply:
+    async def fetch_anonymous(
+        self, method: str, url: str, accept: str | None = None
+    ) -> UpstreamReply:
         """As a client without credentials would: through an anonymous token if asked,
-        never with regcache's own credentials; redirects followed."""
+        never with regcache's own credentials; redirects followed. `accept`: the Accept
+        header (default: every manifest type)."""
         ...
 
 

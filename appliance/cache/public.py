@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from appliance.cache.ports import AccessRecords, Upstream, UpstreamUnavailable
+from appliance.cache.verdicts import shows
+from appliance.oci.digest import Digest
 from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,10 @@ class PublicStatus:
         self._wall_clock = wall_clock
         # repo → (when checked, on the monotonic clock; anonymously readable)
         self._known: OrderedDict[Repo, tuple[float, bool]] = OrderedDict()
-        # Repositories whose kept status was read from the index (once each; the future
-        # lets concurrent checks wait for that one read rather than skip it).
-        self._looked_up: OrderedDict[Repo, asyncio.Future[None]] = OrderedDict()
+        # Repositories the index has no public status for (not read again), and reads
+        # in flight (concurrent checks wait for the one read rather than skip it).
+        self._absent: OrderedDict[Repo, None] = OrderedDict()
+        self._reading: dict[Repo, asyncio.Future[None]] = {}
         self._probes: set[Repo] = set()
 
     def now_public(self, repo: Repo, now: float) -> bool:
@@ -54,53 +57,66 @@ class PublicStatus:
     async def public_within(self, repo: Repo, now: float, within_s: float) -> bool:
         """Known public, checked at most `within_s` ago (memory, else the index)."""
         if self._known.get(repo) is None and self._records is not None:
-            lookup = self._looked_up.get(repo)
-            if lookup is None:
-                lookup = asyncio.get_running_loop().create_future()
-                self._looked_up[repo] = lookup
-                if len(self._looked_up) > _MAX_REPOSITORIES:
-                    self._looked_up.popitem(last=False)
-                try:
-                    row = await self._records.public_status(*repo)
-                    if row is not None and row[0] and self._known.get(repo) is None:
-                        age_s = max(0.0, self._wall_clock() - row[1])  # to the monotonic clock
-                        self._remember(repo, (now - age_s, True))
-                finally:
-                    lookup.set_result(None)
-            else:
-                await asyncio.shield(lookup)
+            if (reading := self._reading.get(repo)) is not None:
+                await asyncio.shield(reading)
+            elif repo not in self._absent:
+                await self._read(repo, now)
         known = self._known.get(repo)
         return known is not None and known[1] and now - known[0] < within_s
 
-    def learn_soon(self, repo: Repo, tag_url: str) -> None:
-        """A client was just given a tag of `repo`: find out in the background whether
-        anyone may read it, unless that is known from the last `ttl_s`."""
+    async def _read(self, repo: Repo, now: float) -> None:
+        assert self._records is not None
+        reading = self._reading[repo] = asyncio.get_running_loop().create_future()
+        try:
+            row = await self._records.public_status(*repo)
+            if row is not None and row[0]:
+                if self._known.get(repo) is None:
+                    age_s = max(0.0, self._wall_clock() - row[1])  # to the monotonic clock
+                    self._remember(repo, (now - age_s, True))
+            else:
+                self._absent[repo] = None
+                if len(self._absent) > _MAX_REPOSITORIES:
+                    self._absent.popitem(last=False)
+        finally:
+            reading.set_result(None)
+            del self._reading[repo]
+
+    def learn_soon(self, repo: Repo, tag_url: str, digest: Digest, accept: str) -> None:
+        """A client was just given `digest` for a tag of `repo`: find out in the
+        background whether anyone may read it, unless that is known from the last
+        `ttl_s`. `accept`: the client's, so that the same manifest is negotiated."""
         known = self._known.get(repo)
         fresh = known is not None and self._clock() - known[0] < self._ttl_s
         if fresh or repo in self._probes or len(self._probes) >= _MAX_PROBES or self._offline():
             return
         self._probes.add(repo)
-        task = spawn(self._probe(repo, tag_url), name=f"access-probe {repo[0]}/{repo[1]}")
+        task = spawn(
+            self._probe(repo, tag_url, digest, accept), name=f"access-probe {repo[0]}/{repo[1]}"
+        )
         task.add_done_callback(lambda _t: self._probes.discard(repo))
 
     def _remember(self, repo: Repo, entry: tuple[float, bool]) -> None:
+        self._absent.pop(repo, None)
         self._known[repo] = entry
         self._known.move_to_end(repo)
         if len(self._known) > _MAX_REPOSITORIES:
             self._known.popitem(last=False)
 
-    async def _probe(self, repo: Repo, tag_url: str) -> None:
-        """Whether regcache itself, without credentials, can pull the tag; upstream's
-        trouble decides nothing."""
+    async def _probe(self, repo: Repo, tag_url: str, digest: Digest, accept: str) -> None:
+        """Whether regcache itself, without credentials, is given the same digest for the
+        tag (a login page's 200 after a redirect is not that); upstream's trouble
+        decides nothing."""
         now = self._clock()
         if await self.public_within(repo, now, self._ttl_s):
             return  # known from before a restart
         try:
-            reply = await self._upstream.fetch_anonymous("HEAD", tag_url)
+            reply = await self._upstream.fetch_anonymous("HEAD", tag_url, accept or None)
         except UpstreamUnavailable:
             return
         reply.close()
         if 200 <= reply.status < 300:
+            if not shows(reply.headers, digest, None):
+                return
             public = True
         elif reply.status in (401, 403, 404):
             public = False  # the client just got this tag: anonymous is refused it

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from appliance.cache.access import AccessGate, Refused, shows
+from appliance.cache.access import AccessGate, Refused
 from appliance.cache.fill import NO_SPACE, Fill, Fills
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import (
@@ -31,6 +31,7 @@ from appliance.cache.ports import (
     UpstreamReply,
     UpstreamUnavailable,
 )
+from appliance.cache.verdicts import shows
 from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.manifest import references
@@ -169,7 +170,10 @@ class RegistryCache:
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
         stored = await self._stored(digest, OCTET_STREAM)
         if stored is not None:
-            return await self._gated(target, stored, stored.size, manifest=False)
+            answer = await self._gated(target, stored, stored.size, manifest=False)
+            if isinstance(answer, Stored):  # only now: nothing is recorded for a refusal
+                self._index.touch(digest)
+            return answer
         running = self._fills.active(digest)
         url = target.url("blobs", digest)
         if head:
@@ -213,7 +217,13 @@ class RegistryCache:
         remembered = self._negative.get(key)
         if remembered is not None:
             return remembered
-        reply = await self._upstream.fetch(method, url, target.headers)
+        if (down := self._gate.down(target.host)) is not None:
+            raise down  # unreachable moments ago, for the gate as for this
+        try:
+            reply = await self._upstream.fetch(method, url, target.headers)
+        except UpstreamUnavailable as e:
+            self._gate.note_down(target.host, e)
+            raise
         if manifest:
             reply = await self._negative.remember(key, reply)
         if (
@@ -244,10 +254,7 @@ class RegistryCache:
         return answer if refusal is None else refusal
 
     async def _stored(self, digest: Digest, default_type: str) -> Stored | None:
-        stored = self._stored_now(digest, await self._index.blob(digest), default_type)
-        if stored is not None:
-            self._index.touch(digest)
-        return stored
+        return self._stored_now(digest, await self._index.blob(digest), default_type)
 
     # Hits from memory, for other threads
 
@@ -314,12 +321,16 @@ class RegistryCache:
         url = target.url("manifests", answer.digest)
         key = ("HEAD" if head else "GET", url, self._gate.fingerprint(
             target.headers.get("Authorization")), accept_key(target.accept))  # fmt: skip
-        if self._negative.get(key) is not None:
-            return Refused(404)
+        if (remembered := self._negative.get(key)) is not None:
+            return await _refusal_or_relayed(remembered)
         gated = await self._gated(target, answer, answer.size, manifest=True)
         if isinstance(gated, Refused) and gated.status == 404:
-            self._negative.remember_refusal(key)
+            refusal = {"WWW-Authenticate": gated.challenge, "Retry-After": gated.retry_after}
+            self._negative.remember_refusal(
+                key, {k: v for k, v in refusal.items() if v is not None}
+            )
         if isinstance(gated, Stored):  # only now: nothing is recorded for a refused client
+            self._index.touch(gated.digest)
             self._index.note_source(target.host, target.repository, gated.digest)
         return gated
 
@@ -345,7 +356,12 @@ class RegistryCache:
         row = await self._index.tag(target.host, target.repository, tag, key)
         if row is not None and now - row.validated_s < target.tag_ttl_s:
             stored = await self._stored_manifest(row.digest)
-            if stored is not None and accepts(target.accept, stored.media_type):
+            authorization = target.headers.get("Authorization")
+            # Only for a client already vouched for: any other is asked about the tag
+            # itself, as it would be for a tag regcache does not hold.
+            vouched = self._gate.vouches(target.host, target.repository, row.digest,
+                                         authorization)  # fmt: skip
+            if vouched and stored is not None and accepts(target.accept, stored.media_type):
                 return stored
         url = target.url("manifests", tag)
         try:
@@ -367,7 +383,8 @@ class RegistryCache:
             # Upstream just resolved the tag for this client: the digest is theirs here.
             authorization = target.headers.get("Authorization")
             self._gate.grant(target.host, target.repository, digest, authorization)
-            self._gate.learn_public_soon(target.host, target.repository, url)
+            accept = ", ".join(v for k, v in target.headers.items() if k.lower() == "accept")
+            self._gate.learn_public_soon(target.host, target.repository, url, digest, accept)
             stored = await self._stored_manifest(digest)
             if stored is not None and accepts(target.accept, stored.media_type):
                 await self._record(
@@ -544,15 +561,15 @@ def _manifest_type(content_type: str, body: bytes) -> str:
         return media_type
     try:
         declared = json.loads(body).get("mediaType")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         declared = None
     return str(declared) if declared else media_type or "application/json"
 
 
 async def _refusal_or_relayed(reply: UpstreamReply) -> Refused | Relayed:
-    """Upstream's 401, 403, 404, 429 and 5xx as a `Refused` (rendered the same way as the
-    gate's, so the answer does not tell whether the content is stored); others as is."""
-    if reply.status not in (401, 403, 404, 429) and reply.status < 500:
+    """Upstream's 4xx and 5xx as a `Refused` (rendered the same way as the gate's, so the
+    answer does not tell whether the content is stored); others as they are."""
+    if reply.status < 400:
         return Relayed(reply)
     # Read to the end so the connection can be reused; if that fails, it is closed.
     with contextlib.suppress(UpstreamUnavailable):

@@ -6,10 +6,11 @@ and when. `Children` holds what each manifest vouches for. A manifest granted to
 covers what it references, two levels deep (an index, its manifests, their config and
 layers), so a normal pull adds no upstream request per layer.
 
-Safe from any thread: only the cache's loop writes, and it never changes a per-key map
-in place — it publishes a new one — so a reader on another loop sees an old or a new
-snapshot, never one being changed. Everything is bounded: the oldest keys and, within a
-key, the oldest digests go first.
+Safe from any thread: only the cache's loop writes. It never changes a per-key map in
+place — it publishes a new one — so a reader on another loop iterates an old or a new
+snapshot, never one being changed; the outer maps are only read there with single dict
+lookups, which the GIL makes atomic. Everything is bounded: the oldest keys and, within
+a key, the oldest digests go first.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
-from appliance.oci.digest import Digest
+from appliance.oci.digest import Digest, DigestError
 
 _EMPTY: Mapping[Digest, float] = {}
 
@@ -115,3 +116,24 @@ def unknown_children(
         elif refs.manifests:
             missing.extend(c for c in refs.digests if children.get(c) is None)
     return missing
+
+
+def shows(headers: Mapping[str, str], digest: Digest, size: int | None) -> bool:
+    """Whether a 2xx answer is about `digest`: its Docker-Content-Digest (if sent) is the
+    digest, its Content-Length (if sent, and the size is known) the size, and it sent at
+    least one of them that matched."""
+    evidence = False
+    announced = headers.get("Docker-Content-Digest")
+    if announced:
+        try:
+            if Digest.parse(announced.strip()) != digest:
+                return False
+        except DigestError:
+            return False
+        evidence = True
+    length = headers.get("Content-Length", "")
+    if size is not None and length.isdigit():
+        if int(length) != size:
+            return False
+        evidence = True
+    return evidence

@@ -5,10 +5,13 @@ references its child manifests. A referrer's `subject` points the other way (the
 does not need its referrers), so it is not a reference here. Schema 1 manifests name
 layers as `fsLayers[].blobSum`.
 
-What a manifest vouches for is narrower (`vouched_references`): a registry checks, when a
-manifest is pushed, that what it references is in the repository, except descriptors
-with `urls` (foreign and non-distributable layers, fetched from elsewhere): a manifest
-pushed to one's own repository could otherwise name anyone's digest that way.
+What a manifest vouches for is narrower (`vouched_references`): only the fields a
+registry checks, when a manifest of that type is pushed, to name content already in the
+repository — `config` and `layers` of an image manifest, `manifests` of an index,
+`fsLayers` of schema 1 — and never a descriptor with `urls` (foreign and
+non-distributable layers, fetched from elsewhere, which registries do not check).
+Anything else a manifest pushed to one's own repository carries (`blobs`, a field of
+another type) could name anyone's digest (issue #13).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.mediatypes import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     DOCKER_SCHEMA1,
     DOCKER_SCHEMA1_SIGNED,
     MANIFEST_TYPES,
@@ -26,24 +31,19 @@ from appliance.oci.mediatypes import (
     OCI_MANIFEST,
 )
 
+# What a registry checks at push, by the manifest's media type.
+_CHECKED_FIELDS = {
+    OCI_MANIFEST: ("config", "layers"),
+    DOCKER_MANIFEST: ("config", "layers"),
+    OCI_INDEX: ("manifests",),
+    DOCKER_MANIFEST_LIST: ("manifests",),
+}
+
 
 def references(body: bytes) -> list[Digest]:
     """Digests `body` references, in order, without repeats; [] if it is not a manifest."""
-    return _references(body, vouched_only=False)
-
-
-def vouched_references(body: bytes) -> list[Digest]:
-    """The references a registry made sure are in the manifest's own repository: all but
-    descriptors that carry `urls` or a foreign/non-distributable media type."""
-    return _references(body, vouched_only=True)
-
-
-def _references(body: bytes, *, vouched_only: bool) -> list[Digest]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return []
-    if not isinstance(doc, dict):
+    doc = _document(body)
+    if doc is None:
         return []
     found: dict[Digest, None] = {}
     descriptors: list[Any] = [doc.get("config")]
@@ -52,14 +52,47 @@ def _references(body: bytes, *, vouched_only: bool) -> list[Digest]:
         if isinstance(value, list):
             descriptors.extend(value)
     for descriptor in descriptors:
-        if isinstance(descriptor, dict) and not (vouched_only and _external(descriptor)):
+        if isinstance(descriptor, dict):
             _add(found, descriptor.get("digest"))
+    _add_fs_layers(found, doc)
+    return list(found)
+
+
+def vouched_references(body: bytes, media_type: str) -> list[Digest]:
+    """The references a registry made sure are in the manifest's own repository, for a
+    manifest of `media_type` (the body's own `mediaType`, if it has one, must agree)."""
+    doc = _document(body)
+    if doc is None:
+        return []
+    declared = doc.get("mediaType")
+    if declared is not None and declared != media_type:
+        return []
+    found: dict[Digest, None] = {}
+    if media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
+        _add_fs_layers(found, doc)
+        return list(found)
+    for key in _CHECKED_FIELDS.get(media_type, ()):
+        value = doc.get(key)
+        for descriptor in value if isinstance(value, list) else [value]:
+            if isinstance(descriptor, dict) and not _external(descriptor):
+                _add(found, descriptor.get("digest"))
+    return list(found)
+
+
+def _document(body: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _add_fs_layers(found: dict[Digest, None], doc: dict[str, Any]) -> None:
     fs_layers = doc.get("fsLayers")
     if isinstance(fs_layers, list):
         for layer in fs_layers:
             if isinstance(layer, dict):
                 _add(found, layer.get("blobSum"))
-    return list(found)
 
 
 def sniff_manifest_type(body: bytes) -> str | None:
@@ -67,11 +100,8 @@ def sniff_manifest_type(body: bytes) -> str | None:
     store from its files, where the type upstream sent is not recorded)."""
     if not body.lstrip().startswith(b"{"):
         return None
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(doc, dict) or doc.get("schemaVersion") not in (1, 2):
+    doc = _document(body)
+    if doc is None or doc.get("schemaVersion") not in (1, 2):
         return None
     declared = doc.get("mediaType")
     if isinstance(declared, str) and declared in MANIFEST_TYPES:

@@ -53,12 +53,11 @@ STREAM_CHUNK_BYTES = 256 * 1024
 WRITE_TIMEOUT_S = 120.0
 # Request headers that describe the client's connection to us, not its request upstream.
 _NOT_FORWARDED = frozenset({"host", "content-length", "transfer-encoding", "expect"})
-# What the cache fetches is the whole, unencoded body (digests cover exactly those bytes);
+# All a manifest or blob request carries upstream: the access gate keys on
+# `Authorization` alone, so no other header may vouch for a client (a Cookie would make
+# a private answer look anonymous). What the cache fetches is the whole, unencoded body;
 # ranges and conditionals are answered from the store.
-_NOT_FOR_CACHE = frozenset(
-    {"range", "if-range", "accept-encoding", "if-match", "if-none-match", "if-modified-since",
-     "if-unmodified-since"}
-)  # fmt: skip
+_FOR_CACHE = frozenset({"authorization", "accept", "user-agent"})
 
 
 class PassThrough(Protocol):
@@ -221,7 +220,9 @@ def create_app(
         target = Target(
             origin=origin,
             repository=route.repository,
-            headers=_forwarded(request, _NOT_FOR_CACHE),
+            headers=CIMultiDict(
+                (k, v) for k, v in request.headers.items() if k.lower() in _FOR_CACHE
+            ),
             accept=parse_accept(request.headers.getall("Accept", [])),
             tag_ttl_s=site.tag_ttl_s,
             max_stale_s=site.max_stale_s,
@@ -304,12 +305,10 @@ def _outcome(answer: Answer) -> str:
     return "relayed" if isinstance(answer, Relayed | Refused) else "miss"
 
 
-def _forwarded(request: web.Request, drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+def _forwarded(request: web.Request) -> CIMultiDict[str]:
     """The client's headers for upstream; repeated ones (Accept!) stay repeated."""
     return CIMultiDict(
-        (k, v)
-        for k, v in request.headers.items()
-        if k.lower() not in _NOT_FORWARDED and k.lower() not in drop
+        (k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED
     )
 
 
@@ -331,7 +330,9 @@ def _refusal(refused: Refused, *, manifest: bool) -> web.Response:
     elif refused.status >= 500:
         code, message = "UNAVAILABLE", f"upstream answered {refused.status}"
     else:
-        code, message = _REFUSALS.get(refused.status, _REFUSALS[403])
+        code, message = _REFUSALS.get(
+            refused.status, ("UNKNOWN", f"upstream answered {refused.status}")
+        )
     response = registry_error(refused.status, code, message)
     if refused.challenge:
         response.headers["WWW-Authenticate"] = refused.challenge

@@ -125,15 +125,12 @@ _MIGRATIONS: tuple[str, ...] = (
     # 4: the access gate decides per digest (issue #13) and trusts `sources` and
     # `repository_access`; rows written before it may name a digest under a repository
     # upstream never confirmed it in, or a repository as public on a redirect's say-so.
-    # Keep sources a tag in the same repository vouches for; learn public status anew.
+    # Keep the sources a tag in the same repository names (what those manifests vouch
+    # for is found through them, checked); learn public status anew.
     """
     DELETE FROM sources WHERE NOT EXISTS (
         SELECT 1 FROM tags t WHERE t.registry = sources.registry
         AND t.repository = sources.repository AND t.digest = sources.digest
-    ) AND NOT EXISTS (
-        SELECT 1 FROM tags t JOIN refs r ON r.parent = t.digest
-        WHERE t.registry = sources.registry AND t.repository = sources.repository
-        AND r.child = sources.digest
     );
     DELETE FROM repository_access;
     """,

@@ -26,7 +26,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
-from appliance.cache.ports import UpstreamUnavailable, UpstreamUnsafe, UpstreamUntrusted
+from appliance.cache.ports import (
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+    UpstreamUnsafe,
+    UpstreamUntrusted,
+)
 from appliance.config import IPAddress
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.challenge import bearer
@@ -48,6 +53,13 @@ HOP_BY_HOP = frozenset(
 
 class UpstreamError(UpstreamUnavailable):
     """Upstream could not be reached or answered with something unusable."""
+
+
+class UpstreamUnreachableError(UpstreamError, UpstreamUnreachable):
+    """No connection could be made."""
+
+    def __init__(self, message: str, host: str) -> None:
+        UpstreamUnreachable.__init__(self, message, host)
 
 
 class UpstreamTlsError(UpstreamError, UpstreamUntrusted):
@@ -291,6 +303,9 @@ class UpstreamClient:
             raise UpstreamTlsError(f"{url}: certificate rejected: {e.certificate_error}") from e
         except aiohttp.ClientSSLError as e:
             raise UpstreamTlsError(f"{url}: TLS failed: {e}") from e
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+            message = f"{method} {url}: {type(e).__name__} {e}"
+            raise UpstreamUnreachableError(message, URL(url).host or "") from e
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise UpstreamError(f"{method} {url}: {type(e).__name__} {e}") from e
         self._on_reply(method, url, response.status, whose, response.headers)
@@ -300,11 +315,11 @@ class UpstreamClient:
         """GET/HEAD of a manifest or blob, following redirects server-side."""
         return await self._follow(method, url, CIMultiDict(headers), anonymous=False)
 
-    async def fetch_anonymous(self, method: str, url: str) -> Reply:
+    async def fetch_anonymous(self, method: str, url: str, accept: str | None = None) -> Reply:
         """Without credentials, through the registry's anonymous token step if it has one,
-        following redirects. Every manifest type is accepted: distribution answers 404 to
-        a HEAD for an OCI manifest that does not say it takes one."""
-        headers = CIMultiDict({"Accept": ", ".join(MANIFEST_TYPES)})
+        following redirects. `accept` defaults to every manifest type: distribution
+        answers 404 to a HEAD for an OCI manifest that does not say it takes one."""
+        headers = CIMultiDict({"Accept": accept or ", ".join(MANIFEST_TYPES)})
         return await self._follow(method, url, headers, anonymous=True)
 
     async def _follow(

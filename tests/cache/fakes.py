@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
+from appliance.cache.ports import UpstreamUnreachable
+
 
 @dataclass
 class FakeReply:
@@ -38,6 +40,8 @@ class FakeUpstream:
     calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     answer_gate: asyncio.Event | None = None
     """When set, every fetch waits for it before answering."""
+    unreachable: set[str] = field(default_factory=set)
+    """Hosts no connection can be made to."""
 
     def add(
         self,
@@ -56,12 +60,15 @@ class FakeUpstream:
         self.routes[(method, url, auth)] = reply
         return reply
 
-    async def fetch_anonymous(self, method: str, url: str) -> FakeReply:
+    async def fetch_anonymous(self, method: str, url: str, accept: str | None = None) -> FakeReply:
         return await self.fetch(method, url, {})
 
     async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> FakeReply:
         self.calls.append((method, url, dict(headers)))
         await asyncio.sleep(0)
+        host = url.split("/")[2]
+        if host in self.unreachable:
+            raise UpstreamUnreachable(f"{method} {url}: connection refused", host)
         if self.answer_gate is not None:
             await self.answer_gate.wait()
         template = self.routes.get((method, url, headers.get("Authorization") or ""))

@@ -14,6 +14,7 @@ import pytest
 
 from appliance.cache.access import AccessGate, Refused
 from appliance.cache.fingerprint import Fingerprints
+from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.cache.service import Filling, RegistryCache, Stored, Target
 from appliance.oci.digest import Digest
@@ -203,16 +204,33 @@ async def test_a_private_digest_is_refused_under_any_other_repository_or_host(la
             assert isinstance(answer, Refused) and answer.status == 404, (target, kind, answer)
 
 
-async def test_a_manifest_vouches_for_its_layers_but_not_for_urls_descriptors(lab: Lab) -> None:
+def _smuggled(how: str) -> bytes:
+    """Mallory's own manifest, naming the secret where a registry does not check it."""
+    doc = json.loads(manifest_of(LAYER))
+    secret = {"mediaType": "application/octet-stream", "digest": str(SECRET),
+              "size": len(SECRET_LAYER)}  # fmt: skip
+    if how == "urls":
+        return manifest_of(LAYER, foreign=SECRET_LAYER)
+    if how == "blobs":  # an artifact field, unchecked in an image manifest
+        doc["blobs"] = [secret]
+    elif how == "fsLayers":  # schema 1's field, in a schema 2 manifest
+        doc["fsLayers"] = [{"blobSum": str(SECRET)}]
+    elif how == "manifests":  # an index's field, in an image manifest
+        doc["manifests"] = [secret]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("how", ["urls", "blobs", "fsLayers", "manifests"])
+async def test_a_manifest_vouches_only_for_what_its_registry_checked(lab: Lab, how: str) -> None:
     """The warm path: a tag revalidated for a client covers what it lists, without a
-    request per layer; a non-distributable descriptor in someone's own public manifest
-    does not open another image's digest."""
+    request per layer; but a descriptor a registry does not check at push, in someone's
+    own public manifest, does not open another image's digest."""
     await fill_privately(lab)  # DIGEST is in the store (alice's)
     lab.upstream.add("GET", f"{HUB}/v2/acme/secret/blobs/{SECRET}", 200, SECRET_LAYER,
                      auth="Bearer alice", Content_Length=str(len(SECRET_LAYER)))  # fmt: skip
     await drain(await lab.cache.blob(as_("acme/secret", "Bearer alice"), SECRET, head=False))
     await stored(lab, as_("acme/secret", "Bearer alice"), SECRET)
-    body = manifest_of(LAYER, foreign=SECRET_LAYER)  # mallory's image "uses" the secret
+    body = _smuggled(how)
     digest = Digest.of(body)
     base = f"{HUB}/v2/mallory/app"
     serve(lab.upstream, f"{base}/manifests/v1", body)
@@ -349,3 +367,79 @@ def test_fingerprints_are_keyed_per_install(tmp_path: Path) -> None:
     assert one("Basic x") != hashlib.sha256(b"Basic x").hexdigest()[:32]  # no bare hash
     assert one(None) == "" == one("")
     assert (tmp_path / "fingerprint.key").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_login_page_after_a_redirect_does_not_make_a_repository_public(lab: Lab) -> None:
+    """Only an anonymous answer naming the digest the client was given counts."""
+    manifest = manifest_of(LAYER)
+    tag = f"{HUB}/v2/corp/app/manifests/v1"
+    serve(lab.upstream, tag, manifest, auth="Bearer employee")
+    lab.upstream.add("HEAD", tag, 200, auth="", Content_Type="text/html")  # an SSO page
+    employee = as_("corp/app", "Bearer employee")
+    assert isinstance(await lab.cache.manifest(employee, "v1", head=False), Stored | Refused)
+    await asyncio.sleep(0.05)  # the background probe
+    assert not await lab.gate()._public.public_within(
+        ("registry-1.docker.io", "corp/app"), lab.now[0], 3600
+    )
+    assert await lab.index.public_status("registry-1.docker.io", "corp/app") is None
+
+
+async def test_a_stored_manifests_refusal_is_replayed_like_an_absent_ones(lab: Lab) -> None:
+    lab.cache = RegistryCache(lab.files, lab.index, lab.upstream, lab.gate(),  # type: ignore[arg-type]
+                              NegativeCache(30, clock=lambda: lab.now[0]))  # fmt: skip
+    manifest = manifest_of(LAYER)
+    digest = Digest.of(manifest)
+    serve(lab.upstream, f"{HUB}/v2/acme/secret/manifests/{digest}", manifest, auth="Bearer alice")
+    await lab.cache.manifest(as_("acme/secret", "Bearer alice"), digest, head=False)
+    refuse(lab.upstream, f"{HUB}/v2/other/repo/manifests/{digest}", 404)
+    first = await lab.cache.manifest(as_("other/repo", "Bearer x"), digest, head=False)
+    calls = len(lab.upstream.calls)
+    again = await lab.cache.manifest(as_("other/repo", "Bearer x"), digest, head=False)
+    assert first == again == Refused(404, CHALLENGE)  # challenge kept, whatever its spelling
+    assert len(lab.upstream.calls) == calls  # from memory, as an absent manifest's 404
+
+
+async def test_within_a_tag_ttl_only_a_vouched_client_skips_upstream(lab: Lab) -> None:
+    manifest = manifest_of(LAYER)
+    tag = f"{HUB}/v2/acme/secret/manifests/v1"
+    serve(lab.upstream, tag, manifest, auth="Bearer alice")
+    serve(lab.upstream, f"{HUB}/v2/acme/secret/manifests/{Digest.of(manifest)}", manifest,
+          auth="Bearer alice")  # fmt: skip
+    refuse(lab.upstream, tag)
+    ttl = {"tag_ttl_s": 300.0}
+    alice = Target(
+        HUB, "acme/secret", {"Authorization": "Bearer alice"}, frozenset({OCI_MANIFEST}), **ttl
+    )  # type: ignore[arg-type]
+    bob = Target(
+        HUB, "acme/secret", {"Authorization": "Bearer bob"}, frozenset({OCI_MANIFEST}), **ttl
+    )  # type: ignore[arg-type]
+    assert isinstance(await lab.cache.manifest(alice, "v1", head=False), Stored)
+    calls = len(lab.upstream.calls)
+    assert isinstance(await lab.cache.manifest(alice, "v1", head=False), Stored)
+    assert len(lab.upstream.calls) == calls  # vouched: the TTL holds
+    assert await lab.cache.manifest(bob, "v1", head=False) == Refused(401, CHALLENGE)
+    assert [c[1] for c in lab.upstream.calls[calls:]] == [tag, tag]  # asked about the tag
+
+
+async def test_an_unreachable_registry_is_not_asked_again_by_the_gate_or_by_fills(lab: Lab) -> None:
+    await fill_privately(lab)
+    lab.upstream.unreachable.add("registry-1.docker.io")
+    with pytest.raises(UpstreamUnavailable):
+        await lab.cache.blob(as_("acme/secret", "Bearer bob"), DIGEST, head=False)
+    calls = len(lab.upstream.calls)
+    absent = Digest.of(b"not here")
+    for digest in (DIGEST, absent):  # stored or not: the same answer, no request
+        with pytest.raises(UpstreamUnavailable, match="connection refused"):
+            await lab.cache.blob(as_("acme/secret", "Bearer bob"), digest, head=False)
+    assert len(lab.upstream.calls) == calls
+    lab.now[0] += 11  # a few seconds later it is asked again
+    with pytest.raises(UpstreamUnavailable):
+        await lab.cache.blob(as_("acme/secret", "Bearer bob"), absent, head=False)
+    assert len(lab.upstream.calls) == calls + 1
+
+
+def test_fingerprints_take_any_header_bytes_and_replace_an_empty_key(tmp_path: Path) -> None:
+    (tmp_path / "fingerprint.key").write_bytes(b"")
+    fingerprints = Fingerprints.for_install(tmp_path)
+    assert len((tmp_path / "fingerprint.key").read_bytes()) == 32
+    assert len(fingerprints(b"Basic \xff\xfe".decode("utf-8", "surrogateescape"))) == 32

@@ -16,7 +16,6 @@ from appliance.cache.service import (
     Described,
     Filling,
     RegistryCache,
-    Relayed,
     Stored,
     Target,
     UpstreamMismatch,
@@ -130,9 +129,8 @@ async def test_upstream_refusals_are_passed_on_as_status_and_challenge(parts) ->
     assert answer == Refused(401, 'Bearer realm="x"')
     upstream.add("GET", url, 429, b"slow down", Retry_After="60")  # trouble: the same way
     assert await cache.manifest(target(), "3", head=False) == Refused(429, None, "60")
-    upstream.add("GET", url, 400, b"odd")  # anything else: relayed as it is
-    answer = await cache.manifest(target(), "3", head=False)
-    assert isinstance(answer, Relayed) and await answer.reply.read(100) == b"odd"
+    upstream.add("GET", url, 410, b"odd")  # any other error: the same way too
+    assert await cache.manifest(target(), "3", head=False) == Refused(410)
 
 
 async def test_concurrent_blob_requests_share_one_fetch_and_stream_early(parts) -> None:  # type: ignore[no-untyped-def]
