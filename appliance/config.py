@@ -349,6 +349,10 @@ class RegistryConfig:
     def intercepted_patterns(self) -> tuple[HostPattern, ...]:
         return self.hosts + (self.auth_hosts if self.intercept_auth_hosts else ())
 
+    def all_patterns(self) -> tuple[HostPattern, ...]:
+        """API, auth and redirect hosts: every host regcache talks to for this registry."""
+        return self.hosts + self.auth_hosts + self.redirect_hosts
+
 
 @dataclass(frozen=True, slots=True)
 class Config:

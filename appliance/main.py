@@ -141,12 +141,7 @@ def credential_sources(config: Config) -> Callable[[str], CredentialSource | Non
 
 def target_policy(config: Config) -> TargetPolicy:
     """Where redirects and token realms may lead (see `allow_unsafe_targets`)."""
-    allowed = [
-        p
-        for r in config.registries
-        if r.allow_unsafe_targets
-        for p in (*r.hosts, *r.auth_hosts, *r.redirect_hosts)
-    ]
+    allowed = (p for r in config.registries if r.allow_unsafe_targets for p in r.all_patterns())
     return TargetPolicy(HostSet.of(allowed), frozenset(config.resolve))
 
 
@@ -175,9 +170,7 @@ def site_resolver(config: Config) -> Callable[[str], Site | None]:
 def host_labels(config: Config) -> Callable[[str], str]:
     """Upstream host → its metric label: the configured host or pattern it matches (API,
     auth or redirect host), else `other`. Redirects decide hosts: labels must not."""
-    every = HostSet.of(
-        p for r in config.registries for p in (*r.hosts, *r.auth_hosts, *r.redirect_hosts)
-    )
+    every = HostSet.of(p for r in config.registries for p in r.all_patterns())
 
     @functools.lru_cache(maxsize=4096)
     def label(host: str) -> str:

@@ -120,8 +120,7 @@ class Metrics:
         self, method: str, url: str, status: int, whose: str, got: Mapping[str, str]
     ) -> None:
         host = self._host_label(URL(url).host or "")
-        method = method if method in _METHODS else "OTHER"
-        self.upstream.labels(host, method, str(status)).inc()
+        self.upstream.labels(host, method_label(method), str(status)).inc()
         remaining = got.get("ratelimit-remaining")
         if remaining:
             value = remaining.split(";", 1)[0].strip()
@@ -130,6 +129,11 @@ class Metrics:
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """A method as a label value: any other token a client sends counts as OTHER."""
+    return method if method in _METHODS else "OTHER"
 
 
 class _StateCollector(Collector):

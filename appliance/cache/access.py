@@ -87,6 +87,17 @@ class Refused:
     retry_after: str | None = None
     """Upstream's Retry-After, for its 429 and 503."""
 
+    @classmethod
+    def of(cls, status: int, headers: Mapping[str, str]) -> Refused:
+        """From upstream's answer (`headers` matching names case-insensitively)."""
+        return cls(status, headers.get("WWW-Authenticate"), headers.get("Retry-After"))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What goes to the client besides the status and the error body."""
+        fields = {"WWW-Authenticate": self.challenge, "Retry-After": self.retry_after}
+        return {name: value for name, value in fields.items() if value is not None}
+
 
 _Verdict = Literal[True] | Refused | UpstreamUnavailable
 """Upstream's yes; its refusal or trouble; or the error met asking."""
@@ -401,9 +412,7 @@ class AccessGate:
                 return True if shows(headers_in, digest, size) else Refused(404)
             if 300 <= status < 400:
                 return UpstreamUnavailable(f"{url}: answered {status} without a usable Location")
-            return Refused(
-                status, headers_in.get("WWW-Authenticate"), headers_in.get("Retry-After")
-            )
+            return Refused.of(status, headers_in)
         finally:
             reply.close()
 

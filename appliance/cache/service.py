@@ -62,6 +62,10 @@ class Target:
     """How old a tag mapping may be to answer while upstream is down (stale-if-error)."""
 
     @property
+    def authorization(self) -> str | None:
+        return self.headers.get("Authorization")
+
+    @property
     def host(self) -> str:
         """Keys every cache and check: `eu.gcr.io/x` and `gcr.io/x` are different images."""
         return self.origin.removeprefix("https://")
@@ -199,9 +203,8 @@ class RegistryCache:
             return await self._gated(target, filling, result.size, manifest=False)
         # Upstream's answer to this very request: it needs no gate. Once its bytes check
         # out, the digest is this client's through this repository.
-        authorization = target.headers.get("Authorization")
         result.when_verified(
-            lambda: self._gate.grant(target.host, target.repository, digest, authorization)
+            lambda: self._gate.grant(target.host, target.repository, digest, target.authorization)
         )
         return filling
 
@@ -212,8 +215,7 @@ class RegistryCache:
         the digest confirms it for the client. A manifest 404 is remembered for a short
         while (per credential) and replayed; blob 404s are not, since pushes ask for
         blobs just before uploading them."""
-        authorization = target.headers.get("Authorization")
-        key = (method, url, self._gate.fingerprint(authorization), accept_key(target.accept))
+        key = self._negative_key(target, method, url)
         remembered = self._negative.get(key)
         if remembered is not None:
             return remembered
@@ -232,8 +234,13 @@ class RegistryCache:
             and digest is not None
             and shows(reply.headers, digest, None)
         ):
-            self._gate.grant(target.host, target.repository, digest, authorization)
+            self._gate.grant(target.host, target.repository, digest, target.authorization)
         return reply
+
+    def _negative_key(self, target: Target, method: str, url: str) -> tuple[str, ...]:
+        """Remembered 404s are per request, credential and Accept set."""
+        fingerprint = self._gate.fingerprint(target.authorization)
+        return (method, url, fingerprint, accept_key(target.accept))
 
     async def _gated(
         self,
@@ -248,7 +255,7 @@ class RegistryCache:
         refusal = await self._gate.check(
             target.host, target.repository, answer.digest,
             url=target.url(kind, answer.digest),
-            authorization=target.headers.get("Authorization"),
+            authorization=target.authorization,
             manifest=manifest, size=size,
         )  # fmt: skip
         return answer if refusal is None else refusal
@@ -268,8 +275,9 @@ class RegistryCache:
         stored = self._known(target, reference, manifest=manifest)
         if stored is None:
             return None
-        authorization = target.headers.get("Authorization")
-        if not self._gate.vouches(target.host, target.repository, stored.digest, authorization):
+        if not self._gate.vouches(
+            target.host, target.repository, stored.digest, target.authorization
+        ):
             return None
         return stored
 
@@ -318,17 +326,14 @@ class RegistryCache:
         # A manifest 404 is replayed from memory when the digest is absent (see
         # `_fetch_as_client`); a refusal of a stored one is remembered and replayed the
         # same way, so neither differs from the other, also while upstream is down.
-        url = target.url("manifests", answer.digest)
-        key = ("HEAD" if head else "GET", url, self._gate.fingerprint(
-            target.headers.get("Authorization")), accept_key(target.accept))  # fmt: skip
+        key = self._negative_key(
+            target, "HEAD" if head else "GET", target.url("manifests", answer.digest)
+        )
         if (remembered := self._negative.get(key)) is not None:
             return await _refusal_or_relayed(remembered)
         gated = await self._gated(target, answer, answer.size, manifest=True)
         if isinstance(gated, Refused) and gated.status == 404:
-            refusal = {"WWW-Authenticate": gated.challenge, "Retry-After": gated.retry_after}
-            self._negative.remember_refusal(
-                key, {k: v for k, v in refusal.items() if v is not None}
-            )
+            self._negative.remember_refusal(key, gated.headers)
         if isinstance(gated, Stored):  # only now: nothing is recorded for a refused client
             self._index.touch(gated.digest)
             self._index.note_source(target.host, target.repository, gated.digest)
@@ -356,11 +361,11 @@ class RegistryCache:
         row = await self._index.tag(target.host, target.repository, tag, key)
         if row is not None and now - row.validated_s < target.tag_ttl_s:
             stored = await self._stored_manifest(row.digest)
-            authorization = target.headers.get("Authorization")
             # Only for a client already vouched for: any other is asked about the tag
             # itself, as it would be for a tag regcache does not hold.
-            vouched = self._gate.vouches(target.host, target.repository, row.digest,
-                                         authorization)  # fmt: skip
+            vouched = self._gate.vouches(
+                target.host, target.repository, row.digest, target.authorization
+            )
             if vouched and stored is not None and accepts(target.accept, stored.media_type):
                 return stored
         url = target.url("manifests", tag)
@@ -381,8 +386,7 @@ class RegistryCache:
             size, media_type = _length(reply.headers), reply.headers.get("Content-Type", "")
             reply.close()
             # Upstream just resolved the tag for this client: the digest is theirs here.
-            authorization = target.headers.get("Authorization")
-            self._gate.grant(target.host, target.repository, digest, authorization)
+            self._gate.grant(target.host, target.repository, digest, target.authorization)
             accept = ", ".join(v for k, v in target.headers.items() if k.lower() == "accept")
             self._gate.learn_public_soon(target.host, target.repository, url, digest, accept)
             stored = await self._stored_manifest(digest)
@@ -485,8 +489,9 @@ class RegistryCache:
             and announced.algorithm == digest.algorithm
         ):
             raise UpstreamMismatch(f"{url}: Docker-Content-Digest {announced} but body is {digest}")
-        authorization = target.headers.get("Authorization")
-        self._gate.grant(target.host, target.repository, digest, authorization, body, media_type)
+        self._gate.grant(
+            target.host, target.repository, digest, target.authorization, body, media_type
+        )
         try:
             path = await self._write(digest, body)
         except OSError as e:
@@ -575,6 +580,4 @@ async def _refusal_or_relayed(reply: UpstreamReply) -> Refused | Relayed:
     with contextlib.suppress(UpstreamUnavailable):
         await reply.read(_REFUSAL_BODY_BYTES)
     reply.close()
-    return Refused(
-        reply.status, reply.headers.get("WWW-Authenticate"), reply.headers.get("Retry-After")
-    )
+    return Refused.of(reply.status, reply.headers)

@@ -37,7 +37,7 @@ from appliance.cache.service import (
     UpstreamMismatch,
 )
 from appliance.logthrottle import LogThrottle
-from appliance.metrics import Metrics
+from appliance.metrics import Metrics, method_label
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.routes import Kind, RouteError, check_path, parse_route
 from appliance.proxy.loops import Bridge
@@ -46,7 +46,6 @@ from appliance.proxy.ranges import RangeError, parse_range
 log = logging.getLogger(__name__)
 _outage_log = LogThrottle(log, interval_s=300.0)
 _refused_log = LogThrottle(log, interval_s=60.0)
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 STREAM_CHUNK_BYTES = 256 * 1024
@@ -159,9 +158,9 @@ def create_app(
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)
         site = site_for((request.url.host or "").lower().rstrip("."))
-        method = request.method if request.method in _METHODS else "OTHER"
-        metrics.requests.labels(site.label if site else "unknown", _route_label(request.path),
-                                method, str(response.status)).inc()  # fmt: skip
+        label = site.label if site else "unknown"
+        metrics.requests.labels(label, _route_label(request.path), method_label(request.method),
+                                str(response.status)).inc()  # fmt: skip
         return response
 
     @web.middleware
@@ -334,10 +333,7 @@ def _refusal(refused: Refused, *, manifest: bool) -> web.Response:
             refused.status, ("UNKNOWN", f"upstream answered {refused.status}")
         )
     response = registry_error(refused.status, code, message)
-    if refused.challenge:
-        response.headers["WWW-Authenticate"] = refused.challenge
-    if refused.retry_after:
-        response.headers["Retry-After"] = refused.retry_after
+    response.headers.update(refused.headers)
     return response
 
 

@@ -131,13 +131,11 @@ class OwnResolver(AbstractResolver):
             addresses = await self._resolve(host)
         except Exception as e:
             raise OSError(f"cannot resolve {host}: {e}") from e
+        allowed = [a for a in addresses if self._targets.address_ok(host, a)]
+        if addresses and not allowed:
+            raise OSError(f"{host} resolves only to addresses regcache must not reach")
         results: list[ResolveResult] = []
-        refused = [a for a in addresses if not self._targets.address_ok(host, a)]
-        if refused and len(refused) == len(addresses):
-            raise OSError(f"{host} resolves only to addresses regcache must not reach: {refused}")
-        for address in addresses:
-            if address in refused:
-                continue
+        for address in allowed:
             fam = socket.AF_INET6 if address.version == 6 else socket.AF_INET
             if family not in (socket.AF_UNSPEC, fam):
                 continue
@@ -269,11 +267,7 @@ class UpstreamClient:
         challenge = reply.headers.get("WWW-Authenticate", "")
         if not pull_only(challenge):  # a token for more than reading: not with ours
             return reply
-        try:
-            self._check_realm(challenge, url)
-        except UpstreamUnsafe:
-            reply.close()
-            raise
+        self._check_realm(reply, challenge, url)
         token = await self._tokens.for_challenge(challenge, (await source.secret()).basic())
         if token is None:
             return reply
@@ -353,11 +347,7 @@ class UpstreamClient:
     ) -> Reply:
         """A redirect led to another registry that wants a token: get an anonymous one."""
         challenge = reply.headers.get("WWW-Authenticate", "")
-        try:
-            self._check_realm(challenge, url)
-        except UpstreamUnsafe:
-            reply.close()
-            raise
+        self._check_realm(reply, challenge, url)
         token = await self._tokens.for_challenge(challenge)
         if token is None:
             return reply
@@ -366,11 +356,17 @@ class UpstreamClient:
         retry["Authorization"] = f"Bearer {token}"
         return await self.send(method, url, retry, anonymous=True)
 
-    def _check_realm(self, challenge: str, url: str) -> None:
-        """A token realm is a URL upstream chose: the target policy applies to it."""
+    def _check_realm(self, reply: Reply, challenge: str, url: str) -> None:
+        """A token realm is a URL upstream chose: the target policy applies to it (if
+        it refuses, `reply`, the challenge's, is closed)."""
         found = bearer(challenge)
-        if found is not None:
+        if found is None:
+            return
+        try:
             self._targets.check(found.params["realm"], URL(url).host or "")
+        except UpstreamUnsafe:
+            reply.close()
+            raise
 
     async def _get_json(self, url: str, authorization: str | None) -> tuple[int, bytes]:
         headers = {"Accept": "application/json"}
