@@ -104,14 +104,17 @@ def test_metric_labels_are_bounded_whatever_hosts_and_tokens_clients_send(the_la
         the_lab.ns.run("curl", "-s", "-o", "/dev/null", "--cacert", ca, "--connect-to",
                        f"region-{i}.gcr.io:443:ghcr.io:443", "-H", f"Authorization: Bearer t{i}",
                        f"https://region-{i}.gcr.io/v2/x/manifests/v{i}")  # fmt: skip
+        # Methods the HTTP parser knows but registries do not use: one label value.
+        the_lab.ns.run("curl", "-s", "-o", "/dev/null", "--cacert", ca, "-X",
+                       ("PROPFIND", "MKCOL", "LOCK")[i % 3], "https://ghcr.io/v2/")  # fmt: skip
     new = {key for key in scrape(the_lab)} - before
     hosts = {v for _, labels in new for k, v in labels if k in ("registry", "host")}
     assert not any("random-" in h or "region-" in h for h in hosts), hosts
     assert "unknown" in hosts and "*.gcr.io" in hosts
-    credentials = {v for name, labels in scrape(the_lab) for k, v in labels if k == "credential"}
-    assert credentials <= {"regcache", "anonymous", "clients"}, credentials
     methods = {v for name, labels in scrape(the_lab) for k, v in labels if k == "method"}
-    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}
+    assert "OTHER" in methods and not methods & {"PROPFIND", "MKCOL", "LOCK"}, methods
+    # (credential= of the rate-limit gauge: the lab's registries send no ratelimit
+    # headers; tests/test_admin.py covers it.)
 
 
 def test_the_admin_listener_refuses_clients_outside_its_allow_list(the_lab: Lab) -> None:
