@@ -35,11 +35,10 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Literal
 
+from appliance.cache.answers import Refused
 from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.ports import (
     AccessRecords,
@@ -48,6 +47,7 @@ from appliance.cache.ports import (
     UpstreamUnavailable,
     UpstreamUnreachable,
     UpstreamUnsafe,
+    in_trouble,
 )
 from appliance.cache.public import PublicStatus
 from appliance.cache.verdicts import (
@@ -59,6 +59,8 @@ from appliance.cache.verdicts import (
     unknown_children,
     vouched,
 )
+from appliance.kit.bounded import BoundedMap
+from appliance.kit.singleflight import SingleFlight
 from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import vouched_references
@@ -76,36 +78,8 @@ _MAX_MANIFESTS = 16384
 _ALL_MANIFEST_TYPES = ", ".join(MANIFEST_TYPES)
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """Upstream's no (or its trouble: 5xx, 429) for a manifest or blob, as the client will
-    get it: the status, its challenge and Retry-After, nothing else, so the answer looks
-    the same whether the content is in the store or not (THREAT_MODEL.md)."""
-
-    status: int
-    challenge: str | None = None
-    retry_after: str | None = None
-    """Upstream's Retry-After, for its 429 and 503."""
-
-    @classmethod
-    def of(cls, status: int, headers: Mapping[str, str]) -> Refused:
-        """From upstream's answer (`headers` matching names case-insensitively)."""
-        return cls(status, headers.get("WWW-Authenticate"), headers.get("Retry-After"))
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """What goes to the client besides the status and the error body."""
-        fields = {"WWW-Authenticate": self.challenge, "Retry-After": self.retry_after}
-        return {name: value for name, value in fields.items() if value is not None}
-
-
 _Verdict = Literal[True] | Refused | UpstreamUnavailable
 """Upstream's yes; its refusal or trouble; or the error met asking."""
-
-
-def _in_trouble(status: int) -> bool:
-    """5xx and 429: upstream is there but cannot say yes or no right now."""
-    return status >= 500 or status == 429
 
 
 class AccessGate:
@@ -141,9 +115,8 @@ class AccessGate:
         self._public = PublicStatus(upstream, records, public_ttl_s, offline, clock, wall_clock)
         # Hosts that just failed to answer: not asked again for a while, so an outage
         # with connect timeouts does not cost every request one.
-        self._down_until: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self._checks: dict[tuple[str, str, str, Digest], asyncio.Future[_Verdict]]
-        self._checks = {}
+        self._down: BoundedMap[str, str] = BoundedMap(_MAX_DOWN_HOSTS, _RETRY_DOWN_HOST_S, clock)
+        self._checks: SingleFlight[_Verdict] = SingleFlight()
         self._refusal_log = LogThrottle(log, interval_s=10.0)
         self._outage_log = LogThrottle(log, interval_s=600.0)
 
@@ -219,7 +192,7 @@ class AccessGate:
             if verdict is True:
                 self.grant(host, repository, digest, authorization)
                 return None
-            if isinstance(verdict, Refused) and not _in_trouble(verdict.status):
+            if isinstance(verdict, Refused) and not in_trouble(verdict.status):
                 self._refusal_log.info(
                     f"{host} {verdict.status}",
                     "access refused host=%s repository=%s status=%d credential=%s",
@@ -235,17 +208,12 @@ class AccessGate:
         every request one), by the gate or by fills (`down`), alike."""
         if not isinstance(error, UpstreamUnreachable) or error.host != host:
             return  # one request went wrong (or a CDN did): the registry is not down
-        self._down_until[host] = (self._clock() + _RETRY_DOWN_HOST_S, str(error))
-        self._down_until.move_to_end(host)
-        if len(self._down_until) > _MAX_DOWN_HOSTS:
-            self._down_until.popitem(last=False)
+        self._down.set(host, str(error))
 
     def down(self, host: str) -> UpstreamUnreachable | None:
         """The error to give for `host` now, if it could not be reached moments ago."""
-        down = self._down_until.get(host)
-        if down is None or down[0] <= self._clock():
-            return None
-        return UpstreamUnreachable(down[1], host)
+        down = self._down.get(host)
+        return None if down is None else UpstreamUnreachable(down, host)
 
     def learn_public_soon(
         self, host: str, repository: str, tag_url: str, digest: Digest, accept: str
@@ -360,27 +328,14 @@ class AccessGate:
         manifest: bool,
         size: int | None,
     ) -> _Verdict:
-        """One upstream check per (host, repository, credential, digest) at a time."""
-        running = self._checks.get(key)
-        if running is not None:
-            try:
-                return await asyncio.shield(running)
-            except Exception:  # noqa: BLE001, S110 - the leader failed or was cancelled:
-                pass  # that says nothing about this client; it asks for itself
-        future: asyncio.Future[_Verdict] = asyncio.get_running_loop().create_future()
-        self._checks[key] = future
-        try:
-            verdict = await self._ask(key[0], url, authorization, key[3], manifest, size)
-        except BaseException as e:
-            future.set_exception(RuntimeError(f"check failed: {type(e).__name__}"))
-            future.exception()  # followers may be none: mark it retrieved
-            raise
-        else:
-            future.set_result(verdict)
-        finally:
-            if self._checks.get(key) is future:
-                del self._checks[key]
-        return verdict
+        """One upstream check per (host, repository, credential, digest) at a time. A
+        leader that failed or was cancelled says nothing about a follower: it asks."""
+        shared = await self._checks.join(key)
+        if shared is not None:
+            return shared
+        return await self._checks.lead(
+            key, lambda: self._ask(key[0], url, authorization, key[3], manifest, size), _same
+        )
 
     async def _ask(
         self,
@@ -407,14 +362,18 @@ class AccessGate:
             self.note_down(host, e)
             return e
         try:
-            status, headers_in = reply.status, reply.headers
+            status = reply.status
             if 200 <= status < 300:
-                return True if shows(headers_in, digest, size) else Refused(404)
+                return True if shows(reply, digest, size) else Refused(404)
             if 300 <= status < 400:
                 return UpstreamUnavailable(f"{url}: answered {status} without a usable Location")
-            return Refused.of(status, headers_in)
+            return Refused.of(status, reply.headers)
         finally:
             reply.close()
+
+
+def _same(verdict: _Verdict) -> _Verdict:
+    return verdict
 
 
 def _refs(body: bytes, media_type: str | None) -> Refs:

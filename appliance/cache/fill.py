@@ -21,12 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from appliance.cache.ports import BlobFiles, TempFile, UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_at
 from appliance.oci.digest import Digest, DigestVerifier
-from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 
-_KEEP_FINISHED_S = 10.0
 _INLINE_BYTES = 64 << 10  # hashed and written on the loop: ~60 us, less than a thread hop
 _GATHER_BYTES = CHUNK_BYTES  # what a reader waits to collect from a slow upstream...
 _GATHER_S = 0.01  # ...for at most this long
@@ -114,64 +112,20 @@ class Fill:
         on_commit: Callable[[Fill], Awaitable[None]],
         on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
     ) -> None:
-        started = self.started
-        verifier = self.digest.verifier()
+        """Take the body in, verify it, then commit it (or, after the disk filled, let
+        the readers finish); a failure is kept in `error` for the readers."""
         try:
+            verifier = self.digest.verifier()
             async for chunk in reply.chunks():
-                if self.on_disk is None:
-                    try:
-                        # Disk write and hash off the event loop (both release the GIL),
-                        # so the loop keeps moving TLS bytes to clients meanwhile; a small
-                        # chunk (a slow upstream's) costs less than the thread hop would.
-                        if len(chunk) > _INLINE_BYTES:
-                            await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
-                        else:
-                            _absorb(self._temp, verifier, chunk)
-                    except OSError as e:
-                        if e.errno not in NO_SPACE:
-                            raise
-                        self.on_disk = self.written
-                        on_disk_full(self, e)
-                if self.on_disk is not None:
-                    verifier.update(chunk)
-                # Readers keeping up take the newest chunk from here, not from the file.
-                self._window = (self.written, chunk)
-                self.written += len(chunk)
-                if self.size is not None and self.written > self.size:
-                    raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
-                self._notify()
-                if self.on_disk is not None:
-                    await self._wait_for_readers()
-            if self.size is not None and self.written != self.size:
-                raise FillFailed(
-                    f"{self.digest}: upstream body ended at {self.written} of {self.size} bytes"
-                )
-            if not verifier.matches():
-                raise FillFailed(f"{self.digest}: upstream body hashes to {verifier.actual()}")
-            self.size = self.written
-            self.state = FillState.VERIFIED
-            self._notify()
-            for callback in self._on_verified:
-                callback()
-            self._on_verified.clear()
+                await self._take_in(chunk, verifier, on_disk_full)
+            self._verify(verifier)
             if self.on_disk is not None:
                 await self._wait_for_readers(last=True)
                 self.state = FillState.PASSED
                 files.discard(self._temp)
                 log.info("fill passed-through digest=%s bytes=%d", self.digest, self.written)
                 return
-            self._final = str(await files.commit(self._temp, self.digest))
-            self.state = FillState.DONE
-            try:
-                await on_commit(self)
-            except Exception as e:  # noqa: BLE001 - the verified file stays; reconciled at start
-                log.warning("fill index-write-failed digest=%s error=%s", self.digest, e)
-            log.info(
-                "fill committed digest=%s bytes=%d s=%.3f",
-                self.digest,
-                self.written,
-                time.monotonic() - started,
-            )
+            await self._commit(files, on_commit)
         except BaseException as e:
             if self._final is None:
                 files.discard(self._temp)
@@ -185,6 +139,65 @@ class Fill:
             reply.close()
             self._window = (0, b"")  # a finished fill stays joinable a while: not its chunk
             self._notify()
+
+    async def _take_in(
+        self,
+        chunk: bytes,
+        verifier: DigestVerifier,
+        on_disk_full: Callable[[Fill | None, OSError], None],
+    ) -> None:
+        """One chunk of the body: into the file and the hash, and to the readers."""
+        if self.on_disk is None:
+            try:
+                # Disk write and hash off the event loop (both release the GIL), so the
+                # loop keeps moving TLS bytes to clients meanwhile; a small chunk (a slow
+                # upstream's) costs less than the thread hop would.
+                if len(chunk) > _INLINE_BYTES:
+                    await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
+                else:
+                    _absorb(self._temp, verifier, chunk)
+            except OSError as e:
+                if e.errno not in NO_SPACE:
+                    raise
+                self.on_disk = self.written
+                on_disk_full(self, e)
+        if self.on_disk is not None:
+            verifier.update(chunk)
+        # Readers keeping up take the newest chunk from here, not from the file.
+        self._window = (self.written, chunk)
+        self.written += len(chunk)
+        if self.size is not None and self.written > self.size:
+            raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
+        self._notify()
+        if self.on_disk is not None:
+            await self._wait_for_readers()
+
+    def _verify(self, verifier: DigestVerifier) -> None:
+        """The whole body is in: it must be as long as announced and hash to the digest."""
+        if self.size is not None and self.written != self.size:
+            raise FillFailed(
+                f"{self.digest}: upstream body ended at {self.written} of {self.size} bytes"
+            )
+        if not verifier.matches():
+            raise FillFailed(f"{self.digest}: upstream body hashes to {verifier.actual()}")
+        self.size = self.written
+        self.state = FillState.VERIFIED
+        self._notify()
+        for callback in self._on_verified:
+            callback()
+        self._on_verified.clear()
+
+    async def _commit(self, files: BlobFiles, on_commit: Callable[[Fill], Awaitable[None]]) -> None:
+        self._final = str(await files.commit(self._temp, self.digest))
+        self.state = FillState.DONE
+        try:
+            await on_commit(self)
+        except Exception as e:  # noqa: BLE001 - the verified file stays; reconciled at start
+            log.warning("fill index-write-failed digest=%s error=%s", self.digest, e)
+        log.info(
+            "fill committed digest=%s bytes=%d s=%.3f",
+            self.digest, self.written, time.monotonic() - self.started,
+        )  # fmt: skip
 
     async def _wait_for_readers(self, *, last: bool = False) -> None:
         """Pass-through: until every reader has taken what is readable of the window, so
@@ -289,119 +302,3 @@ class Fill:
 def _absorb(temp: TempFile, verifier: DigestVerifier, chunk: bytes) -> None:
     temp.write(chunk)
     verifier.update(chunk)
-
-
-class Fills:
-    """The fills in flight, by digest: a second request for a digest joins the first."""
-
-    def __init__(
-        self,
-        files: BlobFiles,
-        on_commit: Callable[[Fill], Awaitable[None]],
-        max_running: int = 256,
-        on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
-        on_finished: Callable[[Fill, float], None] = lambda _f, _s: None,
-    ) -> None:
-        self._files = files
-        self._on_commit = on_commit
-        self._on_finished = on_finished
-        self.joined = 0
-        """Requests that joined a fill another request started (coalesced)."""
-        self._on_disk_full = on_disk_full
-        self._active: dict[Digest, asyncio.Future[Fill]] = {}
-        self._max_running = max_running
-        self._running = 0
-
-    def active(self, digest: Digest) -> asyncio.Future[Fill] | None:
-        return self._active.get(digest)
-
-    def running(self) -> set[str]:
-        """Digests of fills in flight (a finished one kept joinable is not: its file is
-        in the store like any other)."""
-        return {
-            str(digest)
-            for digest, future in self._active.items()
-            if not future.done()
-            or (future.exception() is None and future.result().state is not FillState.DONE)
-        }
-
-    async def join_or_start(
-        self,
-        digest: Digest,
-        fetch: Callable[[], Awaitable[UpstreamReply]],
-        media_type: str | None,
-    ) -> Fill | UpstreamReply:
-        """The fill for `digest` (joined or started), or the leader's non-200 reply."""
-        for _ in range(3):
-            running = self._active.get(digest)
-            if running is None:
-                return await self._lead(digest, fetch, media_type)
-            try:
-                fill = await asyncio.shield(running)
-            except LeaderGotNoBody:
-                continue  # the leader's credentials or luck failed; try with ours
-            if not fill.passing:
-                self.joined += 1
-                return fill
-            return await self._lead(digest, fetch, media_type)  # the disk filled under it
-        return await self._lead(digest, fetch, media_type)
-
-    async def _lead(
-        self,
-        digest: Digest,
-        fetch: Callable[[], Awaitable[UpstreamReply]],
-        media_type: str | None,
-    ) -> Fill | UpstreamReply:
-        if self._running >= self._max_running:
-            raise TooManyFills(f"{self._running} upstream transfers running; retry shortly")
-        future: asyncio.Future[Fill] = asyncio.get_running_loop().create_future()
-        self._active[digest] = future
-        try:
-            reply = await fetch()
-        except BaseException as e:
-            # Followers must not inherit the leader's failure (or cancellation): they retry.
-            self._end(digest, future, LeaderGotNoBody(f"{type(e).__name__}: {e}"))
-            raise
-        if reply.status != 200:
-            self._end(digest, future, LeaderGotNoBody(f"upstream answered {reply.status}"))
-            return reply
-        length = reply.headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() else None
-        try:
-            temp = self._files.create_temp()
-        except OSError as e:
-            if e.errno not in NO_SPACE:
-                reply.close()
-                raise
-            # Not even an empty file fits: this client gets upstream's body as it is.
-            self._end(digest, future, LeaderGotNoBody("disk full"))
-            self._on_disk_full(None, e)
-            return reply
-        fill = Fill(digest, size, media_type, temp)
-        future.set_result(fill)
-        self._running += 1
-        task = spawn(
-            fill.run(reply, self._files, self._on_commit, self._on_disk_full),
-            name=f"fill {digest}",
-        )
-        # A finished fill stays joinable a little longer: a request that missed the store
-        # moments before the commit would otherwise start a second upstream fetch.
-        task.add_done_callback(lambda _t: self._finished(digest, future, fill))
-        return fill
-
-    def _end(self, digest: Digest, future: asyncio.Future[Fill], error: BaseException) -> None:
-        future.set_exception(error)
-        future.exception()  # followers may be none: mark it retrieved
-        self._forget(digest, future)
-
-    def _finished(self, digest: Digest, future: asyncio.Future[Fill], fill: Fill) -> None:
-        self._running -= 1
-        self._on_finished(fill, time.monotonic() - fill.started)
-        if fill.state is FillState.DONE:
-            asyncio.get_running_loop().call_later(_KEEP_FINISHED_S, self._forget, digest, future)
-        else:  # a failed fill must not be joined: the next request fetches afresh
-            self._forget(digest, future)
-
-    def _forget(self, digest: Digest, future: asyncio.Future[Fill]) -> None:
-        if self._active.get(digest) is future:
-            del self._active[digest]

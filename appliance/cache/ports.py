@@ -47,11 +47,34 @@ class TagRow:
     validated_s: float
 
 
+def in_trouble(status: int) -> bool:
+    """5xx and 429: upstream is there but cannot say yes or no right now."""
+    return status >= 500 or status == 429
+
+
 class UpstreamReply(Protocol):
     @property
     def status(self) -> int: ...
     @property
-    def headers(self) -> Mapping[str, str]: ...
+    def headers(self) -> Mapping[str, str]:
+        """All of upstream's end-to-end headers, for relaying to the client as they are."""
+        ...
+
+    @property
+    def digest(self) -> Digest | None:
+        """The digest upstream announced (Docker-Content-Digest), if a valid one."""
+        ...
+
+    @property
+    def length(self) -> int | None:
+        """The body's announced length (Content-Length), if any."""
+        ...
+
+    @property
+    def content_type(self) -> str:
+        """As upstream sent it, "" if it did not."""
+        ...
+
     def chunks(self) -> AsyncIterator[bytes]: ...
     async def read(self, limit: int) -> bytes: ...
     def close(self) -> None: ...

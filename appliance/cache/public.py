@@ -7,13 +7,13 @@ not. Memory is bounded; `now_public` is safe from any thread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 
 from appliance.cache.ports import AccessRecords, Upstream, UpstreamUnavailable
 from appliance.cache.verdicts import shows
+from appliance.kit.bounded import BoundedMap
+from appliance.kit.singleflight import SingleFlight
 from appliance.oci.digest import Digest
 from appliance.tasks import spawn
 
@@ -42,11 +42,11 @@ class PublicStatus:
         self._clock = clock
         self._wall_clock = wall_clock
         # repo → (when checked, on the monotonic clock; anonymously readable)
-        self._known: OrderedDict[Repo, tuple[float, bool]] = OrderedDict()
+        self._known: BoundedMap[Repo, tuple[float, bool]] = BoundedMap(_MAX_REPOSITORIES)
         # Repositories the index has no public status for (not read again), and reads
         # in flight (concurrent checks wait for the one read rather than skip it).
-        self._absent: OrderedDict[Repo, None] = OrderedDict()
-        self._reading: dict[Repo, asyncio.Future[None]] = {}
+        self._absent: BoundedMap[Repo, bool] = BoundedMap(_MAX_REPOSITORIES)
+        self._reading: SingleFlight[None] = SingleFlight()
         self._probes: set[Repo] = set()
 
     def now_public(self, repo: Repo, now: float) -> bool:
@@ -57,29 +57,22 @@ class PublicStatus:
     async def public_within(self, repo: Repo, now: float, within_s: float) -> bool:
         """Known public, checked at most `within_s` ago (memory, else the index)."""
         if self._known.get(repo) is None and self._records is not None:
-            if (reading := self._reading.get(repo)) is not None:
-                await asyncio.shield(reading)
+            if repo in self._reading:
+                await self._reading.join(repo)
             elif repo not in self._absent:
-                await self._read(repo, now)
+                await self._reading.lead(repo, lambda: self._read(repo, now), _nothing)
         known = self._known.get(repo)
         return known is not None and known[1] and now - known[0] < within_s
 
     async def _read(self, repo: Repo, now: float) -> None:
         assert self._records is not None
-        reading = self._reading[repo] = asyncio.get_running_loop().create_future()
-        try:
-            row = await self._records.public_status(*repo)
-            if row is not None and row[0]:
-                if self._known.get(repo) is None:
-                    age_s = max(0.0, self._wall_clock() - row[1])  # to the monotonic clock
-                    self._remember(repo, (now - age_s, True))
-            else:
-                self._absent[repo] = None
-                if len(self._absent) > _MAX_REPOSITORIES:
-                    self._absent.popitem(last=False)
-        finally:
-            reading.set_result(None)
-            del self._reading[repo]
+        row = await self._records.public_status(*repo)
+        if row is not None and row[0]:
+            if self._known.get(repo) is None:
+                age_s = max(0.0, self._wall_clock() - row[1])  # to the monotonic clock
+                self._remember(repo, (now - age_s, True))
+        else:
+            self._absent.set(repo, True)
 
     def learn_soon(self, repo: Repo, tag_url: str, digest: Digest, accept: str) -> None:
         """A client was just given `digest` for a tag of `repo`: find out in the
@@ -96,11 +89,8 @@ class PublicStatus:
         task.add_done_callback(lambda _t: self._probes.discard(repo))
 
     def _remember(self, repo: Repo, entry: tuple[float, bool]) -> None:
-        self._absent.pop(repo, None)
-        self._known[repo] = entry
-        self._known.move_to_end(repo)
-        if len(self._known) > _MAX_REPOSITORIES:
-            self._known.popitem(last=False)
+        self._absent.pop(repo)
+        self._known.set(repo, entry)
 
     async def _probe(self, repo: Repo, tag_url: str, digest: Digest, accept: str) -> None:
         """Whether regcache itself, without credentials, is given the same digest for the
@@ -115,7 +105,7 @@ class PublicStatus:
             return
         reply.close()
         if 200 <= reply.status < 300:
-            if not shows(reply.headers, digest, None):
+            if not shows(reply, digest, None):
                 return
             public = True
         elif reply.status in (401, 403, 404):
@@ -129,3 +119,7 @@ class PublicStatus:
                 await self._records.set_public_status(*repo, public, self._wall_clock())
             except Exception as e:  # noqa: BLE001 - a full disk: kept in memory meanwhile
                 log.warning("access public-status-not-saved host=%s error=%s", repo[0], e)
+
+
+def _nothing(_result: None) -> None:
+    return None

@@ -15,11 +15,12 @@ a key, the oldest digests go first.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
-from appliance.oci.digest import Digest, DigestError
+from appliance.cache.ports import UpstreamReply
+from appliance.kit.bounded import BoundedMap
+from appliance.oci.digest import Digest
 
 _EMPTY: Mapping[Digest, float] = {}
 
@@ -39,41 +40,34 @@ NO_REFS = Refs(frozenset(), manifests=False)
 
 class Grants:
     def __init__(self, max_keys: int, max_per_key: int) -> None:
-        self._max_keys = max_keys
         self._max_per_key = max_per_key
-        self._by_key: OrderedDict[Hashable, Mapping[Digest, float]] = OrderedDict()
+        self._by_key: BoundedMap[Hashable, Mapping[Digest, float]] = BoundedMap(max_keys)
 
     def get(self, key: Hashable) -> Mapping[Digest, float]:
         """A snapshot: never changed after it is returned."""
-        return self._by_key.get(key, _EMPTY)
+        granted = self._by_key.get(key)
+        return _EMPTY if granted is None else granted
 
     def put(self, key: Hashable, digest: Digest, now: float) -> None:
-        fresh = dict(self._by_key.get(key, _EMPTY))
+        fresh = dict(self.get(key))
         fresh.pop(digest, None)
         fresh[digest] = now
         if len(fresh) > self._max_per_key:
             del fresh[next(iter(fresh))]  # insertion order is age order
-        self._by_key[key] = fresh
-        self._by_key.move_to_end(key)
-        if len(self._by_key) > self._max_keys:
-            self._by_key.popitem(last=False)
+        self._by_key.set(key, fresh)
 
 
 class Children:
     """Manifest digest → `Refs`. Manifests are immutable: an entry is never stale."""
 
     def __init__(self, max_entries: int) -> None:
-        self._max_entries = max_entries
-        self._entries: OrderedDict[Digest, Refs] = OrderedDict()
+        self._entries: BoundedMap[Digest, Refs] = BoundedMap(max_entries)
 
     def get(self, digest: Digest) -> Refs | None:
         return self._entries.get(digest)
 
     def put(self, digest: Digest, refs: Refs) -> None:
-        self._entries[digest] = refs
-        self._entries.move_to_end(digest)
-        if len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._entries.set(digest, refs)
 
 
 def vouched(
@@ -118,22 +112,17 @@ def unknown_children(
     return missing
 
 
-def shows(headers: Mapping[str, str], digest: Digest, size: int | None) -> bool:
-    """Whether a 2xx answer is about `digest`: its Docker-Content-Digest (if sent) is the
-    digest, its Content-Length (if sent, and the size is known) the size, and it sent at
-    least one of them that matched."""
+def shows(reply: UpstreamReply, digest: Digest, size: int | None) -> bool:
+    """Whether a 2xx answer is about `digest`: the digest it announced (if any) is the
+    digest, its length (if sent, and the size is known) the size, and it sent at least
+    one of them that matched."""
     evidence = False
-    announced = headers.get("Docker-Content-Digest")
-    if announced:
-        try:
-            if Digest.parse(announced.strip()) != digest:
-                return False
-        except DigestError:
+    if reply.digest is not None:
+        if reply.digest != digest:
             return False
         evidence = True
-    length = headers.get("Content-Length", "")
-    if size is not None and length.isdigit():
-        if int(length) != size:
+    if size is not None and reply.length is not None:
+        if reply.length != size:
             return False
         evidence = True
     return evidence

@@ -22,20 +22,20 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
-from appliance.cache.access import Refused
-from appliance.cache.fill import FillFailed, FillState, TooManyFills
-from appliance.cache.ports import UpstreamReply, UpstreamUnavailable, UpstreamUntrusted
-from appliance.cache.reading import CHUNK_BYTES, read_file
-from appliance.cache.service import (
+from appliance.cache.answers import (
     Answer,
     Described,
     Filling,
-    RegistryCache,
+    Refused,
     Relayed,
     Stored,
     Target,
     UpstreamMismatch,
 )
+from appliance.cache.fill import FillFailed, FillState, TooManyFills
+from appliance.cache.ports import UpstreamReply, UpstreamUnavailable, UpstreamUntrusted
+from appliance.cache.reading import CHUNK_BYTES, read_file
+from appliance.cache.service import RegistryCache
 from appliance.logthrottle import LogThrottle
 from appliance.metrics import Metrics, method_label
 from appliance.oci.mediatypes import parse_accept

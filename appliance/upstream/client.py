@@ -33,6 +33,8 @@ from appliance.cache.ports import (
     UpstreamUntrusted,
 )
 from appliance.config import IPAddress
+from appliance.oci.digest import Digest
+from appliance.oci.headers import announced_digest, announced_length, content_type
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.challenge import bearer
 from appliance.upstream.credentials import CredentialError, CredentialSource
@@ -159,6 +161,18 @@ class Reply:
     headers: CIMultiDict[str]
     url: str
     _response: aiohttp.ClientResponse
+
+    @property
+    def digest(self) -> Digest | None:
+        return announced_digest(self.headers)
+
+    @property
+    def length(self) -> int | None:
+        return announced_length(self.headers)
+
+    @property
+    def content_type(self) -> str:
+        return content_type(self.headers)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:

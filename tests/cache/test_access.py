@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cache.access import AccessGate, Refused
+from appliance.cache.access import AccessGate
+from appliance.cache.answers import Filling, Refused, Stored, Target
 from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import UpstreamUnavailable
-from appliance.cache.service import Filling, RegistryCache, Stored, Target
+from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST
 from appliance.store.files import FileBlobStore

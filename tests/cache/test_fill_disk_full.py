@@ -12,7 +12,8 @@ from pathlib import Path
 
 from multidict import CIMultiDict
 
-from appliance.cache.fill import Fill, Fills, FillState
+from appliance.cache.fill import Fill, FillState
+from appliance.cache.fills import Fills
 from appliance.oci.digest import Digest
 from appliance.store.files import FileBlobStore, TempBlob
 
@@ -22,9 +23,12 @@ BODY = os.urandom(40 * CHUNK + 123)
 
 class ChunkedReply:
     status = 200
+    digest = None
+    content_type = ""
 
     def __init__(self, body: bytes) -> None:
         self.headers = CIMultiDict({"Content-Length": str(len(body))})
+        self.length = len(body)
         self._body = body
         self.closed = False
 

@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cache.access import AccessGate, Refused
+from appliance.cache.access import AccessGate
+from appliance.cache.answers import Described, Filling, Refused, Stored, Target, UpstreamMismatch
 from appliance.cache.fill import FillFailed, FillState
-from appliance.cache.service import (
-    Described,
-    Filling,
-    RegistryCache,
-    Stored,
-    Target,
-    UpstreamMismatch,
-)
+from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from appliance.store.files import FileBlobStore

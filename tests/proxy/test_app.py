@@ -7,8 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from appliance.cache.access import Refused
-from appliance.cache.service import Target
+from appliance.cache.answers import Refused, Target
 from appliance.proxy.app import Site, create_app
 
 

@@ -1,0 +1,67 @@
+"""Blob answers: from the store when whole there, else over one fill per digest shared
+by every client that asks meanwhile (see fill.py), each of them let through the gate."""
+
+from __future__ import annotations
+
+from appliance.cache.access import AccessGate
+from appliance.cache.answers import Answer, Described, Filling, Stored, Target, refusal_or_relayed
+from appliance.cache.calls import ClientCalls
+from appliance.cache.fill import Fill
+from appliance.cache.fills import Fills
+from appliance.cache.ports import Index, UpstreamReply
+from appliance.cache.shelf import Shelf
+from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import OCTET_STREAM
+from appliance.oci.routes import Kind
+
+
+class Blobs:
+    def __init__(
+        self, shelf: Shelf, index: Index, calls: ClientCalls, gate: AccessGate, fills: Fills
+    ) -> None:
+        self._shelf = shelf
+        self._index = index
+        self._calls = calls
+        self._gate = gate
+        self._fills = fills
+
+    async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
+        stored = await self._shelf.stored(digest, OCTET_STREAM)
+        if stored is not None:
+            answer = await self._calls.gated(target, stored, stored.size, Kind.BLOB)
+            if isinstance(answer, Stored):  # only now: nothing is recorded for a refusal
+                self._index.touch(digest)
+            return answer
+        if head:
+            return await self._describe(target, digest)
+        led = False
+
+        async def fetch() -> UpstreamReply:
+            nonlocal led
+            led = True
+            return await self._calls.fetch(target, "GET", Kind.BLOB, digest)
+
+        result = await self._fills.join_or_start(digest, fetch, media_type=None)
+        if not isinstance(result, Fill):
+            return await refusal_or_relayed(result)
+        filling = Filling(digest, OCTET_STREAM, result)
+        if not led:  # another client's fill: this one must be entitled to it too
+            return await self._calls.gated(target, filling, result.size, Kind.BLOB)
+        # Upstream's answer to this very request: it needs no gate. Once its bytes check
+        # out, the digest is this client's through this repository.
+        result.when_verified(
+            lambda: self._gate.grant(target.host, target.repository, digest, target.authorization)
+        )
+        return filling
+
+    async def _describe(self, target: Target, digest: Digest) -> Answer:
+        """A HEAD for a blob not stored: from a fill that knows its size, else upstream
+        (never a GET)."""
+        running = self._fills.active(digest)
+        if running is not None and running.done() and not running.exception():
+            fill = running.result()
+            if fill.size is not None:
+                described = Described(digest, fill.size, OCTET_STREAM)
+                return await self._calls.gated(target, described, fill.size, Kind.BLOB)
+        reply = await self._calls.fetch(target, "HEAD", Kind.BLOB, digest)
+        return await refusal_or_relayed(reply)

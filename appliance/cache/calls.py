@@ -1,0 +1,73 @@
+"""Upstream asked as the client (its own credentials), with remembered 404s, and the
+access gate asked for content that came from anywhere else."""
+
+from __future__ import annotations
+
+from appliance.cache.access import AccessGate
+from appliance.cache.answers import Answer, Described, Filling, Stored, Target
+from appliance.cache.negative import NegativeCache
+from appliance.cache.ports import Upstream, UpstreamReply, UpstreamUnavailable
+from appliance.cache.verdicts import shows
+from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import accept_key
+from appliance.oci.routes import Kind
+
+
+class ClientCalls:
+    def __init__(self, upstream: Upstream, gate: AccessGate, negative: NegativeCache) -> None:
+        self._upstream = upstream
+        self._gate = gate
+        self._negative = negative
+
+    async def fetch(
+        self, target: Target, method: str, kind: Kind, reference: str | Digest
+    ) -> UpstreamReply:
+        """Upstream with the client's credentials. A 200 to a HEAD by digest that shows
+        the digest confirms it for the client. A manifest 404 is remembered for a short
+        while (per credential) and replayed; blob 404s are not, since pushes ask for
+        blobs just before uploading them."""
+        url = target.url(kind, reference)
+        key = self.negative_key(target, method, url)
+        remembered = self._negative.get(key)
+        if remembered is not None:
+            return remembered
+        if (down := self._gate.down(target.host)) is not None:
+            raise down  # unreachable moments ago, for the gate as for this
+        try:
+            reply = await self._upstream.fetch(method, url, target.headers)
+        except UpstreamUnavailable as e:
+            self._gate.note_down(target.host, e)
+            raise
+        if kind is Kind.MANIFEST:
+            reply = await self._negative.remember(key, reply)
+        if (
+            reply.status == 200
+            and method == "HEAD"
+            and isinstance(reference, Digest)
+            and shows(reply, reference, None)
+        ):
+            self._gate.grant(target.host, target.repository, reference, target.authorization)
+        return reply
+
+    def negative_key(self, target: Target, method: str, url: str) -> tuple[str, ...]:
+        """Remembered 404s are per request, credential and Accept set."""
+        fingerprint = self._gate.fingerprint(target.authorization)
+        return (method, url, fingerprint, accept_key(target.accept))
+
+    def remembered(self, key: tuple[str, ...]) -> UpstreamReply | None:
+        return self._negative.get(key)
+
+    def remember_refusal(self, key: tuple[str, ...], refused_headers: dict[str, str]) -> None:
+        self._negative.remember_refusal(key, refused_headers)
+
+    async def gated(
+        self, target: Target, answer: Stored | Filling | Described, size: int | None, kind: Kind
+    ) -> Answer:
+        """`answer` if the client may have it, else upstream's refusal."""
+        refusal = await self._gate.check(
+            target.host, target.repository, answer.digest,
+            url=target.url(kind, answer.digest),
+            authorization=target.authorization,
+            manifest=kind is Kind.MANIFEST, size=size,
+        )  # fmt: skip
+        return answer if refusal is None else refusal

@@ -1,0 +1,130 @@
+"""The fills in flight, by digest: the first request for a missing blob leads a fill
+(fill.py), later ones join it, and a finished fill stays joinable a little longer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from appliance.cache.fill import NO_SPACE, Fill, FillState, LeaderGotNoBody, TooManyFills
+from appliance.cache.ports import BlobFiles, UpstreamReply
+from appliance.oci.digest import Digest
+from appliance.tasks import spawn
+
+_KEEP_FINISHED_S = 10.0
+
+
+class Fills:
+    """The fills in flight, by digest: a second request for a digest joins the first."""
+
+    def __init__(
+        self,
+        files: BlobFiles,
+        on_commit: Callable[[Fill], Awaitable[None]],
+        max_running: int = 256,
+        on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
+        on_finished: Callable[[Fill, float], None] = lambda _f, _s: None,
+    ) -> None:
+        self._files = files
+        self._on_commit = on_commit
+        self._on_finished = on_finished
+        self.joined = 0
+        """Requests that joined a fill another request started (coalesced)."""
+        self._on_disk_full = on_disk_full
+        self._active: dict[Digest, asyncio.Future[Fill]] = {}
+        self._max_running = max_running
+        self._running = 0
+
+    def active(self, digest: Digest) -> asyncio.Future[Fill] | None:
+        return self._active.get(digest)
+
+    def running(self) -> set[str]:
+        """Digests of fills in flight (a finished one kept joinable is not: its file is
+        in the store like any other)."""
+        return {
+            str(digest)
+            for digest, future in self._active.items()
+            if not future.done()
+            or (future.exception() is None and future.result().state is not FillState.DONE)
+        }
+
+    async def join_or_start(
+        self,
+        digest: Digest,
+        fetch: Callable[[], Awaitable[UpstreamReply]],
+        media_type: str | None,
+    ) -> Fill | UpstreamReply:
+        """The fill for `digest` (joined or started), or the leader's non-200 reply."""
+        for _ in range(3):
+            running = self._active.get(digest)
+            if running is None:
+                return await self._lead(digest, fetch, media_type)
+            try:
+                fill = await asyncio.shield(running)
+            except LeaderGotNoBody:
+                continue  # the leader's credentials or luck failed; try with ours
+            if not fill.passing:
+                self.joined += 1
+                return fill
+            return await self._lead(digest, fetch, media_type)  # the disk filled under it
+        return await self._lead(digest, fetch, media_type)
+
+    async def _lead(
+        self,
+        digest: Digest,
+        fetch: Callable[[], Awaitable[UpstreamReply]],
+        media_type: str | None,
+    ) -> Fill | UpstreamReply:
+        if self._running >= self._max_running:
+            raise TooManyFills(f"{self._running} upstream transfers running; retry shortly")
+        future: asyncio.Future[Fill] = asyncio.get_running_loop().create_future()
+        self._active[digest] = future
+        try:
+            reply = await fetch()
+        except BaseException as e:
+            # Followers must not inherit the leader's failure (or cancellation): they retry.
+            self._end(digest, future, LeaderGotNoBody(f"{type(e).__name__}: {e}"))
+            raise
+        if reply.status != 200:
+            self._end(digest, future, LeaderGotNoBody(f"upstream answered {reply.status}"))
+            return reply
+        size = reply.length
+        try:
+            temp = self._files.create_temp()
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                reply.close()
+                raise
+            # Not even an empty file fits: this client gets upstream's body as it is.
+            self._end(digest, future, LeaderGotNoBody("disk full"))
+            self._on_disk_full(None, e)
+            return reply
+        fill = Fill(digest, size, media_type, temp)
+        future.set_result(fill)
+        self._running += 1
+        task = spawn(
+            fill.run(reply, self._files, self._on_commit, self._on_disk_full),
+            name=f"fill {digest}",
+        )
+        # A finished fill stays joinable a little longer: a request that missed the store
+        # moments before the commit would otherwise start a second upstream fetch.
+        task.add_done_callback(lambda _t: self._finished(digest, future, fill))
+        return fill
+
+    def _end(self, digest: Digest, future: asyncio.Future[Fill], error: BaseException) -> None:
+        future.set_exception(error)
+        future.exception()  # followers may be none: mark it retrieved
+        self._forget(digest, future)
+
+    def _finished(self, digest: Digest, future: asyncio.Future[Fill], fill: Fill) -> None:
+        self._running -= 1
+        self._on_finished(fill, time.monotonic() - fill.started)
+        if fill.state is FillState.DONE:
+            asyncio.get_running_loop().call_later(_KEEP_FINISHED_S, self._forget, digest, future)
+        else:  # a failed fill must not be joined: the next request fetches afresh
+            self._forget(digest, future)
+
+    def _forget(self, digest: Digest, future: asyncio.Future[Fill]) -> None:
+        if self._active.get(digest) is future:
+            del self._active[digest]

@@ -1,0 +1,122 @@
+"""Manifests fetched upstream: verified against the digest asked for (or announced),
+stored, indexed with what they reference; concurrent GETs of one digest share one."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from appliance.cache.access import AccessGate
+from appliance.cache.answers import (
+    Answer,
+    MemoryReply,
+    Relayed,
+    Stored,
+    Target,
+    UpstreamMismatch,
+)
+from appliance.cache.calls import ClientCalls
+from appliance.cache.fill import NO_SPACE
+from appliance.cache.ports import BlobFiles, Index
+from appliance.cache.shelf import Shelf
+from appliance.kit.singleflight import SingleFlight
+from appliance.oci.digest import Digest
+from appliance.oci.manifest import references
+from appliance.oci.mediatypes import OCTET_STREAM
+from appliance.oci.routes import Kind
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 4 << 20  # distribution's own limit
+
+
+class Manifests:
+    def __init__(
+        self, shelf: Shelf, files: BlobFiles, index: Index, calls: ClientCalls, gate: AccessGate
+    ) -> None:
+        self._shelf = shelf
+        self._files = files
+        self._index = index
+        self._calls = calls
+        self._gate = gate
+        self._fetches: SingleFlight[Stored] = SingleFlight()
+
+    async def fetch(self, target: Target, reference: str | Digest) -> Answer:
+        """GET a manifest upstream and keep it. A GET by digest joins one in flight for
+        the same URL; if that one got no manifest (its credentials?), this one asks with
+        its own."""
+        if not isinstance(reference, Digest):
+            return await self._get(target, reference)
+        key = target.url(Kind.MANIFEST, reference)
+        shared = await self._fetches.join(key)
+        if shared is not None:
+            return shared
+        return await self._fetches.lead(
+            key,
+            lambda: self._get(target, reference),
+            lambda answer: answer if isinstance(answer, Stored) else None,
+        )
+
+    async def _get(self, target: Target, reference: str | Digest) -> Answer:
+        reply = await self._calls.fetch(target, "GET", Kind.MANIFEST, reference)
+        if reply.status != 200:
+            return Relayed(reply)
+        try:
+            body = await reply.read(MAX_MANIFEST_BYTES)
+            announced = reply.digest
+            media_type = _manifest_type(reply.content_type, body)
+        finally:
+            reply.close()
+        digest = _verified(target.url(Kind.MANIFEST, reference), reference, announced, body)
+        self._gate.grant(
+            target.host, target.repository, digest, target.authorization, body, media_type
+        )
+        try:
+            path = await self._write(digest, body)
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            self._shelf.disk_full(None, e)
+            return Relayed(MemoryReply.manifest(body, digest, media_type))
+        await self._shelf.record(
+            "manifest",
+            self._index.add_manifest(
+                digest, len(body), media_type, references(body), (target.host, target.repository)
+            ),
+        )
+        self._shelf.added(len(body))
+        log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
+        return Stored(digest, len(body), media_type, path)
+
+    async def _write(self, digest: Digest, body: bytes) -> Path:
+        temp = self._files.create_temp()
+        try:
+            temp.write(body)
+        except BaseException:
+            self._files.discard(temp)
+            raise
+        return await self._files.commit(temp, digest)
+
+
+def _verified(url: str, reference: str | Digest, announced: Digest | None, body: bytes) -> Digest:
+    """The body's digest, if it is the one asked for and the one upstream announced."""
+    expected = reference if isinstance(reference, Digest) else announced
+    digest = Digest.of(body, expected.algorithm if expected else "sha256")
+    if expected is not None and digest != expected:
+        raise UpstreamMismatch(f"{url}: manifest hashes to {digest}, expected {expected}")
+    if announced is not None and announced != digest and announced.algorithm == digest.algorithm:
+        raise UpstreamMismatch(f"{url}: Docker-Content-Digest {announced} but body is {digest}")
+    return digest
+
+
+def _manifest_type(content_type: str, body: bytes) -> str:
+    """The Content-Type upstream sent, else the manifest's own `mediaType` field."""
+    media_type = content_type.split(";", 1)[0].strip()
+    if media_type and media_type not in ("application/json", OCTET_STREAM):
+        return media_type
+    try:
+        declared = json.loads(body).get("mediaType")
+    except (ValueError, AttributeError, RecursionError):
+        declared = None
+    return str(declared) if declared else media_type or "application/json"

@@ -1,0 +1,137 @@
+"""Tags: answered from the store within their TTL for a client already vouched for,
+else revalidated with an upstream HEAD (free on Docker Hub; a client HEAD never becomes
+an upstream GET), and answered from their last mapping while upstream is in trouble
+(stale-if-error, up to `max_stale_s`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from appliance.cache.access import AccessGate
+from appliance.cache.answers import Answer, Described, Relayed, Stored, Target
+from appliance.cache.calls import ClientCalls
+from appliance.cache.manifests import Manifests
+from appliance.cache.ports import Index, TagRow, UpstreamReply, UpstreamUnavailable, in_trouble
+from appliance.cache.shelf import Shelf
+from appliance.logthrottle import LogThrottle
+from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import accept_key, accepts
+from appliance.oci.routes import Kind
+
+log = logging.getLogger(__name__)
+
+
+class Tags:
+    def __init__(
+        self,
+        shelf: Shelf,
+        index: Index,
+        calls: ClientCalls,
+        gate: AccessGate,
+        manifests: Manifests,
+        clock: Callable[[], float],
+    ) -> None:
+        self._shelf = shelf
+        self._index = index
+        self._calls = calls
+        self._gate = gate
+        self._manifests = manifests
+        self._clock = clock
+        self._stale_log = LogThrottle(log, interval_s=3600.0)
+
+    async def resolve(self, target: Target, tag: str, *, head: bool) -> Answer:
+        now = self._clock()
+        fresh = await self._fresh(target, tag, now)
+        if fresh is not None:
+            return fresh
+        try:
+            reply = await self._calls.fetch(target, "HEAD", Kind.MANIFEST, tag)
+        except UpstreamUnavailable as e:
+            stale = await self._stale(target, tag, now, str(e))
+            if stale is None:
+                raise
+            return stale
+        if in_trouble(reply.status):
+            stale = await self._stale(target, tag, now, f"HEAD answered {reply.status}")
+            if stale is not None:
+                reply.close()
+                return stale
+        if reply.status == 200 and (digest := reply.digest) is not None:
+            return await self._resolved(target, tag, reply, digest, now, head=head)
+        if head:
+            return Relayed(reply)
+        reply.close()
+        # No usable HEAD (an auth challenge, an error, no digest): the GET tells the client.
+        return await self._tagged(target, tag, await self._manifests.fetch(target, tag))
+
+    async def _fresh(self, target: Target, tag: str, now: float) -> Stored | None:
+        """The tag's mapping within its TTL, only for a client already vouched for: any
+        other is asked about the tag itself, as it would be for a tag not held."""
+        key = accept_key(target.accept)
+        row = await self._index.tag(target.host, target.repository, tag, key)
+        if row is None or now - row.validated_s >= target.tag_ttl_s:
+            return None
+        stored = await self._shelf.stored_manifest(row.digest)
+        vouched = self._gate.vouches(
+            target.host, target.repository, row.digest, target.authorization
+        )
+        if vouched and stored is not None and accepts(target.accept, stored.media_type):
+            return stored
+        return None
+
+    async def _resolved(
+        self,
+        target: Target,
+        tag: str,
+        reply: UpstreamReply,
+        digest: Digest,
+        now: float,
+        *,
+        head: bool,
+    ) -> Answer:
+        """Upstream named the tag's digest: the stored manifest, or what it would be."""
+        size, media_type = reply.length or 0, reply.content_type
+        reply.close()
+        # Upstream just resolved the tag for this client: the digest is theirs here.
+        self._gate.grant(target.host, target.repository, digest, target.authorization)
+        accept = ", ".join(v for k, v in target.headers.items() if k.lower() == "accept")
+        url = target.url(Kind.MANIFEST, tag)
+        self._gate.learn_public_soon(target.host, target.repository, url, digest, accept)
+        stored = await self._shelf.stored_manifest(digest)
+        if stored is not None and accepts(target.accept, stored.media_type):
+            await self._record(target, tag, stored, now)
+            return stored
+        if head:
+            return Described(digest, size, media_type)
+        return await self._tagged(target, tag, await self._manifests.fetch(target, digest))
+
+    async def _tagged(self, target: Target, tag: str, answer: Answer) -> Answer:
+        """Record the tag → the manifest just stored (other answers pass unchanged)."""
+        if isinstance(answer, Stored):
+            await self._record(target, tag, answer, self._clock())
+        return answer
+
+    async def _record(self, target: Target, tag: str, stored: Stored, now: float) -> None:
+        row = TagRow(stored.digest, stored.media_type, stored.size, now)
+        key = accept_key(target.accept)
+        write = self._index.set_tag(target.host, target.repository, tag, key, row)
+        await self._shelf.record("tag", write)
+
+    async def _stale(self, target: Target, tag: str, now: float, why: str) -> Stored | None:
+        """The tag's last validated manifest this client accepts, if upstream being down
+        allows it (whatever Accept set it was first fetched for)."""
+        for row in await self._index.tag_rows(target.host, target.repository, tag):
+            if now - row.validated_s > target.max_stale_s:
+                break
+            stored = await self._shelf.stored_manifest(row.digest)
+            if stored is None or not accepts(target.accept, stored.media_type):
+                continue
+            self._stale_log.warning(
+                f"{target.host}/{target.repository}",
+                "tag serving-stale host=%s repository=%s age_s=%d reason=%s",
+                target.host, target.repository, now - row.validated_s, why,
+            )  # fmt: skip
+            return replace(stored, stale=True)
+        return None

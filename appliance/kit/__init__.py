@@ -1,0 +1,1 @@
+"""Small building blocks that know nothing of registries: bounded maps, single-flight."""

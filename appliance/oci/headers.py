@@ -1,0 +1,31 @@
+"""The registry's response headers the cache reads, parsed once at the adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from appliance.oci.digest import Digest, DigestError
+
+DIGEST = "Docker-Content-Digest"
+
+
+def announced_digest(headers: Mapping[str, str]) -> Digest | None:
+    """The `Docker-Content-Digest` sent, None if none or not a digest."""
+    value = headers.get(DIGEST)
+    if not value:
+        return None
+    try:
+        return Digest.parse(value.strip())
+    except DigestError:
+        return None
+
+
+def announced_length(headers: Mapping[str, str]) -> int | None:
+    """The `Content-Length` sent, None if none or not a number."""
+    value = headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
+
+
+def content_type(headers: Mapping[str, str]) -> str:
+    """The `Content-Type` sent, as sent ("" if none)."""
+    return headers.get("Content-Type", "")
