@@ -110,9 +110,12 @@ class ErrorRule:
 ERRORS: Mapping[type[Exception], ErrorRule] = {
     UnknownHost: ErrorRule(421, "DENIED"),
     RouteError: ErrorRule(400, None, log=_log_refused),
-    RangeError: ErrorRule(416, "BLOB_UNKNOWN"),
+    RangeError: ErrorRule(416, "RANGE_INVALID"),
     FillFailed: ErrorRule(502, "UNKNOWN", _transfer_failed),
-    TooManyFills: ErrorRule(503, "TOOMANYREQUESTS", retry_after="1"),
+    # 503, not 429: regcache is busy for a moment, not the client over a quota. Docker
+    # retries a layer download that got a 5xx, never one refused with TOOMANYREQUESTS
+    # (moby distribution/errors.go, retryOnError).
+    TooManyFills: ErrorRule(503, "UNAVAILABLE", retry_after="1"),
     Evicted: ErrorRule(503, "UNAVAILABLE"),
     UpstreamMismatch: ErrorRule(502, "UNKNOWN", _inconsistent, _log_mismatch),
     UpstreamUntrusted: ErrorRule(502, "UNAVAILABLE", _untrusted, _log_unavailable),
