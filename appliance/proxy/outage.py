@@ -1,0 +1,97 @@
+"""What the proxy answers itself while upstream is down or in trouble, and the `/v2/` ping
+cache that spares upstream one request per pull.
+
+The `/v2/` ping gets 200 (no challenge, so clients go straight to the pull) and a token
+realm gets a token that proves nothing: the access gate still serves only repositories
+it knows to be public, or credentials verified before the outage (THREAT_MODEL.md,
+upstream outages).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from appliance.cache.ports import UpstreamUnavailable, in_trouble
+from appliance.logthrottle import LogThrottle
+from appliance.proxy.errors import API_VERSION
+from appliance.proxy.passthrough import PassThrough, forwarded
+from appliance.proxy.site import Site
+
+log = logging.getLogger(__name__)
+_outage_log = LogThrottle(log, interval_s=300.0)
+
+_OUTAGE_TOKEN = "regcache-outage-token"  # noqa: S105 - not a credential: it opens nothing
+
+
+def outage_answer(request: web.Request, site: Site, why: str) -> web.Response | None:
+    """Upstream is down: answer the steps before a pull so clients get to what is cached
+    (the ping of an API host, any GET/HEAD of a token-realm host); None for the rest."""
+    if request.method not in ("GET", "HEAD"):
+        return None
+    if site.api and request.path == "/v2/":
+        return ping_answer(request, why)
+    if not site.api:
+        _outage_log.warning(
+            f"token {request.host}", "upstream down: answering the token step host=%s reason=%s",
+            request.host, why,
+        )  # fmt: skip
+        return web.json_response(
+            {"token": _OUTAGE_TOKEN, "access_token": _OUTAGE_TOKEN, "expires_in": 60}
+        )
+    return None
+
+
+def ping_answer(request: web.Request, why: str) -> web.Response:
+    """The `/v2/` ping answered while upstream cannot be: 200, no challenge."""
+    _outage_log.warning(
+        f"ping {request.host}", "upstream down: answering the ping host=%s reason=%s",
+        request.host, why,
+    )  # fmt: skip
+    return web.json_response({}, headers=API_VERSION)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ping:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    until: float
+
+
+class PingCache:
+    """Upstream's answer to an anonymous `/v2/` ping (200, or 401 naming the token realm)
+    is the same for every client: kept for a minute instead of asked per pull."""
+
+    TTL_S = 60.0
+    MAX_BODY_BYTES = 64 * 1024
+    MAX_ORIGINS = 4096
+
+    def __init__(self, upstream: PassThrough) -> None:
+        self._upstream = upstream
+        self._answers: dict[str, _Ping] = {}
+
+    async def answer(self, request: web.Request, origin: str) -> web.Response:
+        """The ping answer for `origin`: remembered, asked, or the outage answer."""
+        now = time.monotonic()
+        ping = self._answers.get(origin)
+        if ping is None or ping.until <= now:
+            try:
+                reply = await self._upstream.send("GET", origin + "/v2/", forwarded(request))
+            except UpstreamUnavailable as e:
+                return ping_answer(request, str(e))
+            try:
+                body = await reply.read(self.MAX_BODY_BYTES)
+            finally:
+                reply.close()
+            if in_trouble(reply.status):
+                return ping_answer(request, str(reply.status))
+            ping = _Ping(reply.status, CIMultiDict(reply.headers), body, now + self.TTL_S)
+            if len(self._answers) > self.MAX_ORIGINS:
+                self._answers.clear()
+            self._answers[origin] = ping
+        return web.Response(status=ping.status, headers=ping.headers, body=ping.body)

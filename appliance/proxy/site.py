@@ -1,0 +1,20 @@
+"""What the config says about a request's Host: how the proxy treats that registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What the config says about a request's Host: its tag TTL and role."""
+
+    tag_ttl_s: float
+    max_stale_s: float
+    api: bool
+    """False for token-realm hosts, whose traffic always passes through."""
+    own_credentials: bool = False
+    """regcache has credentials for this registry: clients are told no login is needed."""
+    label: str = ""
+    """The configured host or `*.` pattern the Host matched: metrics and statistics use it
+    (a wildcard admits unboundedly many names)."""

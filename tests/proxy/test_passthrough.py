@@ -1,0 +1,63 @@
+"""Requests the cache does not answer go to upstream as they came, bodies streamed both
+ways."""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict
+
+from appliance.oci.digest import Digest
+from tests.proxy.conftest import REGISTRY, Proxy
+
+UPLOAD = f"https://{REGISTRY}/v2/team/app/blobs/uploads/abc?digest=sha256:ff"
+
+
+async def test_a_push_passes_through_with_its_body_and_headers(proxy: Proxy) -> None:
+    proxy.upstream.add("PUT", UPLOAD, 201, b"", Location="/v2/team/app/blobs/sha256:ff")
+    response = await proxy.client.put(
+        "/v2/team/app/blobs/uploads/abc?digest=sha256:ff",
+        data=b"x" * 300_000,
+        headers={"Host": REGISTRY, "Authorization": "Bearer t", "Expect": "100-continue"},
+    )
+    assert response.status == 201
+    assert response.headers["Location"] == "/v2/team/app/blobs/sha256:ff"
+    (sent,) = proxy.upstream.sent
+    assert (sent.method, sent.url, sent.body) == ("PUT", UPLOAD, b"x" * 300_000)
+    assert sent.headers["Authorization"] == "Bearer t"
+    assert sent.headers["Content-Length"] == "300000"
+    assert "Host" not in sent.headers and "Expect" not in sent.headers
+    assert proxy.cache.asked == []
+
+
+async def test_repeated_request_headers_stay_repeated(proxy: Proxy) -> None:
+    url = f"https://{REGISTRY}/v2/team/app/tags/list"
+    proxy.upstream.add("GET", url, 200, b'{"tags": ["v1"]}')
+    headers = CIMultiDict([("Host", REGISTRY), ("Accept", "a/b"), ("Accept", "c/d")])
+    response = await proxy.client.get("/v2/team/app/tags/list", headers=headers)
+    assert response.status == 200 and await response.read() == b'{"tags": ["v1"]}'
+    assert proxy.upstream.sent[0].headers.getall("Accept") == ["a/b", "c/d"]
+    assert proxy.upstream.given[0].closed
+
+
+async def test_referrers_are_always_asked_upstream(proxy: Proxy) -> None:
+    digest = Digest.of(b"subject")
+    url = f"https://{REGISTRY}/v2/team/app/referrers/{digest}"
+    proxy.upstream.add("GET", url, 200, b'{"manifests": []}')
+    response = await proxy.ask(f"/v2/team/app/referrers/{digest}")
+    assert response.status == 200 and await response.read() == b'{"manifests": []}'
+    assert proxy.cache.asked == []
+    assert proxy.requests_counted(REGISTRY, "referrers", "GET", 200) == 1
+
+
+async def test_a_manifest_push_is_not_answered_by_the_cache(proxy: Proxy) -> None:
+    url = f"https://{REGISTRY}/v2/team/app/manifests/v1"
+    proxy.upstream.add("PUT", url, 201)
+    response = await proxy.ask("/v2/team/app/manifests/v1", method="PUT")
+    assert response.status == 201
+    assert proxy.cache.asked == [] and [s.method for s in proxy.upstream.sent] == ["PUT"]
+
+
+async def test_a_head_passed_through_gets_no_body(proxy: Proxy) -> None:
+    url = f"https://{REGISTRY}/v2/team/app/tags/list"
+    proxy.upstream.add("HEAD", url, 200, b"not sent", Content_Type="application/json")
+    response = await proxy.ask("/v2/team/app/tags/list", method="HEAD")
+    assert response.status == 200 and await response.read() == b""

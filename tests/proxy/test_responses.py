@@ -1,0 +1,203 @@
+"""How the cache's answers go out: ranges (RFC 9110 14), HEAD headers, bodies from the
+store, from a fill in progress and from upstream, and what each answer is counted as."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from multidict import CIMultiDict
+
+from appliance.cache.answers import Described, Filling, Relayed, Stored
+from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import OCI_MANIFEST, OCTET_STREAM
+from tests.cache.fakes import FakeReply
+from tests.proxy.conftest import REGISTRY, Proxy, registry_error
+from tests.proxy.fakes import FakeFill, stored
+
+DATA = b"0123456789"
+DIGEST = Digest.of(DATA)
+BLOB = f"/v2/team/app/blobs/{DIGEST}"
+
+
+@pytest.fixture
+def blob(proxy: Proxy, tmp_path: Path) -> Stored:
+    """DATA in the store: the cache answers every request with it."""
+    answer = stored(tmp_path, DATA)
+    proxy.cache.answers(answer)
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("header", "first", "last"),
+    [
+        ("bytes=2-5", 2, 5),
+        ("bytes=4-", 4, 9),  # open-ended
+        ("bytes=8-100", 8, 9),  # past the end: cut at the end
+        ("bytes=-3", 7, 9),  # suffix: the last three bytes
+        ("bytes=-100", 0, 9),  # a suffix longer than the blob: all of it
+        (" bytes=0-0 ", 0, 0),
+    ],
+)
+async def test_a_satisfiable_range_gets_206_with_just_those_bytes(
+    proxy: Proxy, blob: Stored, header: str, first: int, last: int
+) -> None:
+    response = await proxy.ask(BLOB, Range=header)
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes {first}-{last}/{len(DATA)}"
+    assert response.headers["Content-Length"] == str(last - first + 1)
+    assert response.headers["Docker-Content-Digest"] == str(DIGEST)
+    assert await response.read() == DATA[first : last + 1]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=0-1,4-5",  # several ranges: registry clients never ask for them
+        "bytes=5-2",  # last before first
+        "bytes=10-",  # starts past the end
+        "bytes=-0",  # an empty suffix
+        "bytes=-",
+        "items=0-1",  # not bytes
+    ],
+)
+async def test_an_unsatisfiable_or_multiple_range_gets_416_range_invalid(
+    proxy: Proxy, blob: Stored, header: str
+) -> None:
+    response = await proxy.ask(BLOB, Range=header)
+    await registry_error(response, 416, "RANGE_INVALID")
+    assert "Content-Range" not in response.headers
+
+
+async def test_a_request_without_range_gets_the_whole_blob_and_is_told_ranges_work(
+    proxy: Proxy, blob: Stored
+) -> None:
+    response = await proxy.ask(BLOB)
+    assert response.status == 200 and "Content-Range" not in response.headers
+    assert response.headers["Accept-Ranges"] == "bytes"
+    assert response.headers["Content-Length"] == str(len(DATA))
+    assert await response.read() == DATA
+
+
+async def test_head_of_a_stored_blob_has_its_headers_and_no_body(
+    proxy: Proxy, blob: Stored
+) -> None:
+    response = await proxy.ask(BLOB, method="HEAD")
+    assert response.status == 200
+    assert response.headers["Content-Length"] == str(len(DATA))
+    assert response.headers["Docker-Content-Digest"] == str(DIGEST)
+    assert response.headers["Content-Type"] == OCTET_STREAM
+    assert response.headers["Accept-Ranges"] == "bytes"
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert await response.read() == b""
+    assert proxy.cache.asked[0].head is True
+
+
+async def test_head_with_a_range_gets_the_ranges_headers_and_no_body(
+    proxy: Proxy, blob: Stored
+) -> None:
+    response = await proxy.ask(BLOB, method="HEAD", Range="bytes=-4")
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes 6-9/{len(DATA)}"
+    assert response.headers["Content-Length"] == "4"
+    assert await response.read() == b""
+
+
+async def test_head_answered_by_a_description_has_the_headers_of_the_body_it_would_send(
+    proxy: Proxy,
+) -> None:
+    digest = Digest.of(b"{}")
+    proxy.cache.answers(Described(digest, 1234, OCI_MANIFEST))
+    response = await proxy.ask("/v2/team/app/manifests/v1", method="HEAD")
+    assert response.status == 200
+    assert response.headers["Content-Length"] == "1234"
+    assert response.headers["Docker-Content-Digest"] == str(digest)
+    assert response.headers["Content-Type"] == OCI_MANIFEST
+    assert await response.read() == b""
+    (asked,) = proxy.cache.asked
+    assert (asked.what, asked.reference, asked.head) == ("manifest", "v1", True)
+
+
+async def test_a_stored_manifest_goes_out_with_its_media_type_and_digest(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    manifest = stored(tmp_path, b'{"schemaVersion": 2}', OCI_MANIFEST)
+    proxy.cache.answers(manifest)
+    response = await proxy.ask(f"/v2/team/app/manifests/{manifest.digest}")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == OCI_MANIFEST
+    assert response.headers["Docker-Content-Digest"] == str(manifest.digest)
+    assert await response.read() == b'{"schemaVersion": 2}'
+    (asked,) = proxy.cache.asked
+    assert asked.what == "manifest" and asked.reference == manifest.digest
+
+
+async def test_a_hit_known_in_memory_is_served_without_asking_the_cache(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    proxy.cache.hit = stored(tmp_path, DATA)
+    response = await proxy.ask(BLOB)
+    assert response.status == 200 and await response.read() == DATA
+    assert proxy.cache.asked == []
+    assert proxy.cache.noted_hits == [proxy.cache.hit]
+
+
+async def test_a_range_of_a_fill_in_progress_is_answered_from_it(proxy: Proxy) -> None:
+    fill = FakeFill(DATA, size=len(DATA))
+    proxy.cache.answers(Filling(DIGEST, OCTET_STREAM, fill))  # type: ignore[arg-type]
+    response = await proxy.ask(BLOB, Range="bytes=3-6")
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes 3-6/{len(DATA)}"
+    assert await response.read() == DATA[3:7]
+
+
+async def test_a_fill_of_unknown_length_is_streamed_whole_but_refuses_ranges(
+    proxy: Proxy,
+) -> None:
+    fill = FakeFill(DATA, size=None)
+    proxy.cache.answers(Filling(DIGEST, OCTET_STREAM, fill))  # type: ignore[arg-type]
+    whole = await proxy.ask(BLOB)
+    assert whole.status == 200 and "Content-Length" not in whole.headers
+    assert await whole.read() == DATA
+    ranged = await proxy.ask(BLOB, Range="bytes=0-3")
+    await registry_error(ranged, 416, "RANGE_INVALID")
+
+
+async def test_a_relayed_answer_goes_out_as_upstream_sent_it(proxy: Proxy) -> None:
+    reply = FakeReply(307, CIMultiDict({"Location": "https://cdn.example/x"}), b"moved")
+    proxy.cache.answers(Relayed(reply))
+    response = await proxy.client.get(BLOB, headers={"Host": REGISTRY}, allow_redirects=False)
+    assert response.status == 307
+    assert response.headers["Location"] == "https://cdn.example/x"
+    assert await response.read() == b"moved"
+    assert reply.closed
+    assert proxy.audit[0]["outcome"] == "relayed" and proxy.audit[0]["digest"] is None
+
+
+async def test_a_store_hit_is_counted_audited_and_timed_as_a_hit(
+    proxy: Proxy, blob: Stored
+) -> None:
+    response = await proxy.ask(BLOB, Range="bytes=0-3")
+    assert await response.read() == DATA[:4]
+    assert proxy.cache.served == [(REGISTRY, 4, 0)]  # from the store, none from upstream
+    (entry,) = proxy.audit
+    assert {k: entry[k] for k in ("registry", "repository", "reference", "digest")} == {
+        "registry": REGISTRY, "repository": "team/app", "reference": str(DIGEST),
+        "digest": str(DIGEST),
+    }  # fmt: skip
+    assert (entry["kind"], entry["method"], entry["status"]) == ("blob", "GET", 206)
+    assert (entry["bytes"], entry["outcome"]) == (4, "hit")
+    sample = proxy.metrics.registry.get_sample_value
+    assert sample("regcache_served_bytes_total", {"registry": REGISTRY, "source": "store"}) == 4
+    answers = {"registry": REGISTRY, "kind": "blob", "outcome": "hit"}
+    assert sample("regcache_cache_answers_total", answers) == 1
+    assert sample("regcache_time_to_first_byte_seconds_count", {"outcome": "hit"}) == 1
+    assert proxy.requests_counted(REGISTRY, "blob", "GET", 206) == 1
+
+
+async def test_bytes_from_a_fill_are_counted_as_fetched(proxy: Proxy) -> None:
+    fill = FakeFill(DATA, size=len(DATA))
+    proxy.cache.answers(Filling(DIGEST, OCTET_STREAM, fill))  # type: ignore[arg-type]
+    assert await (await proxy.ask(BLOB)).read() == DATA
+    assert proxy.cache.served == [(REGISTRY, 0, len(DATA))]
+    assert proxy.audit[0]["outcome"] == "miss"
