@@ -2,7 +2,8 @@
 
 Every map keyed by something a client or upstream chooses (hosts, repositories, digests,
 credentials) is one of these. Reads do not reorder, so a read from another thread (the
-serving loops' hit path) never races a write's reordering on the owning loop.
+serving loops' hit path) never races a write's reordering on the owning loop; `use`
+reads and reorders, for least-recently-used order on the owning loop.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ class BoundedMap(Generic[K, V]):
         if entry is None or entry[0] <= self._clock():
             return None
         return entry[1]
+
+    def use(self, key: K) -> V | None:
+        """`get`, and the entry counts as newest (least-recently-used order; from the
+        owning thread only)."""
+        value = self.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
 
     def __contains__(self, key: object) -> bool:
         return self.get(key) is not None  # type: ignore[arg-type]
