@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+
+from appliance.kit.bounded import BoundedMap
 
 
 class LogThrottle:
@@ -25,9 +26,8 @@ class LogThrottle:
         self._logger = logger
         self._interval_s = interval_s
         self._clock = clock
-        self._max_keys = max_keys
         # key → (next time it may log, repeats suppressed since it last did)
-        self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._keys: BoundedMap[str, tuple[float, int]] = BoundedMap(max_keys)
         self._lock = threading.Lock()
 
     def warning(self, key: str, message: str, *args: object) -> None:
@@ -39,12 +39,9 @@ class LogThrottle:
     def log(self, level: int, key: str, message: str, *args: object) -> None:
         with self._lock:  # the serving loops' threads share module-level throttles
             now = self._clock()
-            next_s, suppressed = self._keys.get(key, (0.0, 0))
+            next_s, suppressed = self._keys.get(key) or (0.0, 0)
             if now < next_s:
-                self._keys[key] = (next_s, suppressed + 1)
+                self._keys.set(key, (next_s, suppressed + 1))
                 return
-            self._keys[key] = (now + self._interval_s, 0)
-            self._keys.move_to_end(key)
-            if len(self._keys) > self._max_keys:
-                self._keys.popitem(last=False)
+            self._keys.set(key, (now + self._interval_s, 0))
         self._logger.log(level, message + " suppressed_since_last=%d", *args, suppressed)

@@ -17,8 +17,6 @@ import logging
 import secrets
 import socket
 import struct
-import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSQuestion, DNSRecord
 from appliance.config import Endpoint, IPAddress
 from appliance.dns.message import EDNS_UDP_BYTES, MalformedMessage, edns_of, is_response, parse
 from appliance.hostnames import Hostname, normalise
+from appliance.kit.bounded import BoundedMap
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class UpstreamResolver:
         self.servers = tuple(servers)
         self._timeout_s = timeout_s
         self._overrides = {normalise(k): v for k, v in (overrides or {}).items()}
-        self._cache: OrderedDict[str, tuple[float, tuple[IPAddress, ...]]] = OrderedDict()
+        self._cache: BoundedMap[str, tuple[IPAddress, ...]] = BoundedMap(_RESOLVE_CACHE_ENTRIES)
 
     async def exchange(
         self, question: DNSQuestion, *, dnssec_ok: bool = False, checking_disabled: bool = False
@@ -170,10 +169,9 @@ class UpstreamResolver:
         name = normalise(host)
         if name in self._overrides:
             return self._overrides[name]
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] > time.monotonic():
-            self._cache.move_to_end(name)
-            return cached[1]
+        cached = self._cache.use(name)
+        if cached is not None:
+            return cached
         replies = await asyncio.gather(
             *(self.exchange(DNSQuestion(name, qtype)) for qtype in (QTYPE.A, QTYPE.AAAA)),
             return_exceptions=True,
@@ -193,7 +191,5 @@ class UpstreamResolver:
             errors = [str(r) for r in replies if isinstance(r, BaseException)]
             raise ResolverError(f"no address for {name}: {'; '.join(errors) or 'empty answer'}")
         result = tuple(sorted(set(addresses), key=lambda a: (a.version, a.packed)))
-        self._cache[name] = (time.monotonic() + max(ttl, _MIN_CACHE_TTL_S), result)
-        if len(self._cache) > _RESOLVE_CACHE_ENTRIES:
-            self._cache.popitem(last=False)
+        self._cache.set(name, result, ttl_s=max(ttl, _MIN_CACHE_TTL_S))
         return result

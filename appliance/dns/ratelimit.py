@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+
+from appliance.kit.bounded import BoundedMap
 
 
 class RateLimiter:
@@ -17,19 +18,17 @@ class RateLimiter:
     ) -> None:
         self._rate = rate_per_s
         self._burst = float(burst)
-        self._max_clients = max_clients
         self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # The least recently seen clients are forgotten first.
+        self._buckets: BoundedMap[str, tuple[float, float]] = BoundedMap(max_clients)
 
     def allow(self, client: str) -> bool:
         """Take one token for `client`; always True when the rate is 0 (disabled)."""
         if self._rate <= 0:
             return True
         now = self._clock()
-        tokens, last = self._buckets.pop(client, (self._burst, now))
+        tokens, last = self._buckets.get(client) or (self._burst, now)
         tokens = min(self._burst, tokens + (now - last) * self._rate)
         allowed = tokens >= 1.0
-        self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)  # forget the least recently seen client
+        self._buckets.set(client, (tokens - 1.0 if allowed else tokens, now))
         return allowed

@@ -32,6 +32,7 @@ from appliance.dns.message import (
     reply_limit,
 )
 from appliance.hostnames import HostSet
+from appliance.kit.bounded import BoundedMap
 from appliance.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,16 @@ class Responder:
         self._max_inflight = max_inflight_forwards
         self._inflight = 0
         self._failures = LogThrottle(log, interval_s=30.0)
-        self._intercepted: dict[tuple[bool, bytes], tuple[str, bytes]] = {}
-        self._allowed: dict[str, bool] = {}
+        self._intercepted: BoundedMap[tuple[bool, bytes], tuple[str, bytes]] = BoundedMap(
+            _KNOWN_QUERIES
+        )
+        self._allowed: BoundedMap[str, bool] = BoundedMap(_KNOWN_CLIENTS)
 
     def allowed(self, client: str) -> bool:
         allowed = self._allowed.get(client)
         if allowed is None:
-            if len(self._allowed) >= _KNOWN_CLIENTS:
-                self._allowed.clear()
-            allowed = self._allowed[client] = self._in_allow_list(client)
+            allowed = self._in_allow_list(client)
+            self._allowed.set(client, allowed)
         return allowed
 
     def _in_allow_list(self, client: str) -> bool:
@@ -137,9 +139,7 @@ class Responder:
             self._count(qtype, outcome)
             packed = pack_for_client(reply, query, edns, limit)
             if outcome == "intercepted" and self._interception.healthy():
-                if len(self._intercepted) >= _KNOWN_QUERIES:
-                    self._intercepted.clear()
-                self._intercepted[key] = (qtype, packed[2:])
+                self._intercepted.set(key, (qtype, packed[2:]))
             return packed
         if self._inflight >= self._max_inflight:
             self._failures.warning("shed", "dns forward shed reason=too-many-in-flight")

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+_NEVER = float("inf")
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -32,7 +33,7 @@ class BoundedMap(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
-        if entry is None or entry[0] <= self._clock():
+        if entry is None or (entry[0] != _NEVER and entry[0] <= self._clock()):
             return None
         return entry[1]
 
@@ -56,7 +57,7 @@ class BoundedMap(Generic[K, V]):
     def set(self, key: K, value: V, ttl_s: float | None = None) -> None:
         """Keep `value` (newest); `ttl_s` overrides the map's for this entry."""
         ttl = ttl_s if ttl_s is not None else self._ttl_s
-        expires = self._clock() + ttl if ttl is not None else float("inf")
+        expires = self._clock() + ttl if ttl is not None else _NEVER
         self._entries[key] = (expires, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:

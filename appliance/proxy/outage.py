@@ -10,13 +10,13 @@ upstream outages).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
+from appliance.kit.bounded import BoundedMap
 from appliance.logthrottle import LogThrottle
 from appliance.proxy.errors import API_VERSION
 from appliance.proxy.passthrough import PassThrough, forwarded
@@ -60,7 +60,6 @@ class _Ping:
     status: int
     headers: CIMultiDict[str]
     body: bytes
-    until: float
 
 
 class PingCache:
@@ -73,13 +72,12 @@ class PingCache:
 
     def __init__(self, upstream: PassThrough) -> None:
         self._upstream = upstream
-        self._answers: dict[str, _Ping] = {}
+        self._answers: BoundedMap[str, _Ping] = BoundedMap(self.MAX_ORIGINS, self.TTL_S)
 
     async def answer(self, request: web.Request, origin: str) -> web.Response:
         """The ping answer for `origin`: remembered, asked, or the outage answer."""
-        now = time.monotonic()
         ping = self._answers.get(origin)
-        if ping is None or ping.until <= now:
+        if ping is None:
             try:
                 reply = await self._upstream.send("GET", origin + "/v2/", forwarded(request))
             except UpstreamUnavailable as e:
@@ -90,8 +88,6 @@ class PingCache:
                 reply.close()
             if in_trouble(reply.status):
                 return ping_answer(request, str(reply.status))
-            ping = _Ping(reply.status, CIMultiDict(reply.headers), body, now + self.TTL_S)
-            if len(self._answers) > self.MAX_ORIGINS:
-                self._answers.clear()
-            self._answers[origin] = ping
+            ping = _Ping(reply.status, CIMultiDict(reply.headers), body)
+            self._answers.set(origin, ping)
         return web.Response(status=ping.status, headers=ping.headers, body=ping.body)

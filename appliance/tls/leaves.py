@@ -13,7 +13,6 @@ import logging
 import os
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.hostnames import HostSet, is_ip_literal, normalise
+from appliance.kit.bounded import BoundedMap
 from appliance.tls.ca import CertificateAuthority, to_pem
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ class LeafStore:
             serialization.NoEncryption(),
         )
         # Wildcard patterns (`*.pkg.dev`) admit unboundedly many names: keep an LRU.
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._max_entries = max_entries
+        self._entries: BoundedMap[str, _Entry] = BoundedMap(max_entries)
         self.mint_count = 0
 
     @property
@@ -125,13 +124,10 @@ class LeafStore:
         if not self._allowed.match(server_name):
             return None
         name = normalise(server_name)
-        entry = self._entries.get(name)
+        entry = self._entries.use(name)
         if entry is None or self._clock() >= entry.renew_after:
             entry = self._mint(name)
-            self._entries[name] = entry
-            if len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
-        self._entries.move_to_end(name)
+            self._entries.set(name, entry)
         return entry.context
 
     def _mint(self, name: str) -> _Entry:

@@ -33,6 +33,7 @@ from appliance.cache.ports import (
     UpstreamUntrusted,
 )
 from appliance.config import IPAddress
+from appliance.kit.bounded import BoundedMap
 from appliance.oci.digest import Digest
 from appliance.oci.headers import announced_digest, announced_length, content_type
 from appliance.oci.mediatypes import MANIFEST_TYPES
@@ -229,7 +230,7 @@ class UpstreamClient:
         self._credentials = credentials or (lambda _host: None)
         # The last Bearer challenge per (host, repository) a configured credential met:
         # later requests present its cached token up front instead of meeting it again.
-        self._challenges: dict[tuple[str, str], str] = {}
+        self._challenges: BoundedMap[tuple[str, str], str] = BoundedMap(4096)
 
     async def close(self) -> None:
         await self._session.close()
@@ -268,10 +269,11 @@ class UpstreamClient:
         outgoing = CIMultiDict(headers)
         key = (URL(url).host or "", _repository_of(URL(url).path))
         upfront = await source.authorization()
-        if upfront is None and key in self._challenges:  # token flow, challenge known
+        known = self._challenges.get(key)
+        if upfront is None and known is not None:  # token flow, challenge known
             # Only pull challenges are ever kept (below).
             basic = (await source.secret()).basic()
-            token = await self._tokens.for_challenge(self._challenges[key], basic)
+            token = await self._tokens.for_challenge(known, basic)
             upfront = f"Bearer {token}" if token else None
         if upfront is not None:
             outgoing["Authorization"] = upfront
@@ -286,9 +288,7 @@ class UpstreamClient:
         if token is None:
             return reply
         reply.close()
-        self._challenges[key] = challenge
-        if len(self._challenges) > 4096:
-            self._challenges.clear()
+        self._challenges.set(key, challenge)
         outgoing["Authorization"] = f"Bearer {token}"
         return await self._send(method, url, outgoing, None, "regcache")
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
+from appliance.kit.bounded import BoundedMap
 from appliance.upstream.challenge import bearer
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ class Tokens:
     def __init__(self, get_json: GetJson, clock: Callable[[], float] = time.monotonic) -> None:
         self._get_json = get_json
         self._clock = clock
-        self._cache: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+        self._cache: BoundedMap[tuple[str, str, str, str], str] = BoundedMap(
+            _MAX_ENTRIES, clock=clock
+        )
 
     async def for_challenge(self, header: str, basic: str | None = None) -> str | None:
         """A token answering the Bearer challenge in `header`, fetched with `basic`
@@ -44,8 +47,8 @@ class Tokens:
         who = hashlib.sha256(basic.encode()).hexdigest()[:16] if basic else ""
         key = (who, realm, service, scope)
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > self._clock():
-            return cached[1]
+        if cached is not None:
+            return cached
         query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
         url = f"{realm}?{urlencode(query)}" if query else realm
         status, body = await self._get_json(url, basic)
@@ -59,7 +62,5 @@ class Tokens:
         except (ValueError, KeyError, TypeError) as e:
             log.info("upstream token unusable realm=%s error=%s", realm, e)
             return None
-        if len(self._cache) >= _MAX_ENTRIES:
-            self._cache.clear()
-        self._cache[key] = (self._clock() + max(expires_s - _MARGIN_S, 1), token)
+        self._cache.set(key, token, ttl_s=max(expires_s - _MARGIN_S, 1))
         return token
