@@ -26,7 +26,8 @@ from appliance.config_values import IPAddress as IPAddress
 from appliance.config_values import IPNetwork as IPNetwork
 from appliance.config_values import SecretRef as SecretRef
 from appliance.config_values import Size as Size
-from appliance.hostnames import Hostname, HostPattern, HostSet, is_within, too_broad
+from appliance.hostnames import Hostname, HostPattern, too_broad
+from appliance.registries import Registries
 from appliance.strict_yaml import check
 
 DEFAULT_PATH = Path("/etc/regcache/config.yaml")
@@ -40,6 +41,10 @@ _PRIVATE_CLIENTS = (
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the file, line and dotted key."""
+
+
+class StartupError(RuntimeError):
+    """regcache cannot start with this config; the message says how to fix it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +219,6 @@ class RegistryConfig:
     on the gateway itself). Off: that is how a hostile redirect reaches the admin listener
     or a cloud metadata service. Names in `resolve` are always allowed."""
 
-    def intercepted_patterns(self) -> tuple[HostPattern, ...]:
-        return self.hosts + (self.auth_hosts if self.intercept_auth_hosts else ())
-
-    def all_patterns(self) -> tuple[HostPattern, ...]:
-        """API, auth and redirect hosts: every host regcache talks to for this registry."""
-        return self.hosts + self.auth_hosts + self.redirect_hosts
-
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -247,35 +245,6 @@ class Config:
 
     def audit_path(self) -> Path:
         return self.audit.path or self.state_dir / "audit.jsonl"
-
-    def intercepted(self) -> HostSet:
-        """The one host set behind DNS interception, the TLS allow-list and routing."""
-        return HostSet.of(p for r in self.registries for p in r.intercepted_patterns())
-
-    def fail_open_hosts(self) -> HostSet:
-        return HostSet.of(
-            p for r in self.registries if r.fail_open for p in r.intercepted_patterns()
-        )
-
-    def permitted_domains(self) -> tuple[Hostname, ...]:
-        """The CA's DNS subtrees: as configured, else exactly what is intercepted (a
-        host, or the suffix of a `*.` pattern), without names another entry covers."""
-        if self.tls.permitted_domains:
-            return self.tls.permitted_domains
-        domains = {p.removeprefix("*.") for p in self.intercepted().patterns()}
-        return tuple(
-            Hostname(d)
-            for d in sorted(domains)
-            if not any(other != d and is_within(d, other) for other in domains)
-        )
-
-    def hosts_outside(self, permitted: tuple[str, ...]) -> list[str]:
-        """Intercepted patterns a CA constrained to `permitted` cannot sign for."""
-        return [
-            p
-            for p in self.intercepted().patterns()
-            if not any(is_within(p.removeprefix("*."), d) for d in permitted)
-        ]
 
 
 def load_config(path: Path | str) -> Config:
@@ -359,7 +328,7 @@ def _check_tls(config: Config, fail: _Fail) -> None:
         if problem:
             fail(f"tls.permitted_domains[{i}]", problem)
     if config.tls.name_constraints and config.tls.permitted_domains:
-        outside = config.hosts_outside(config.tls.permitted_domains)
+        outside = Registries.of(config).hosts_outside(config.tls.permitted_domains)
         if outside:
             fail(
                 "tls.permitted_domains",
