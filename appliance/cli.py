@@ -22,7 +22,7 @@ from appliance.config import (
     default_config_path,
     load_config,
 )
-from appliance.main import run
+from appliance.main import serve
 from appliance.offline import offline_flag
 from appliance.outbound import upstream_client, upstream_resolver
 from appliance.registries import Registries
@@ -120,11 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     except (CaError, StartupError, OSError) as e:
         print(f"regcache: {e}", file=sys.stderr)
         return 1
-
-
-def _serve(_args: argparse.Namespace, config: Config, path: Path) -> int:
-    run(config, path)
-    return 0
 
 
 def _offline(args: argparse.Namespace, config: Config, _path: Path) -> int:
@@ -265,7 +260,7 @@ def _show(cert: x509.Certificate, permitted: tuple[str, ...] | None) -> None:
 
 
 _COMMANDS: dict[str, Command] = {
-    "serve": _serve,
+    "serve": lambda _args, config, path: serve(config, path),
     "check-config": _check_config,
     "cache": lambda args, config, _path: cli_cache.run(args, config),
     "audit": lambda args, config, _path: cli_cache.run_audit(args, config),

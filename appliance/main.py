@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -10,6 +11,7 @@ import os
 import resource
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +23,7 @@ from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
 from appliance.config import Config, ConfigError, Endpoint, StartupError, load_config
+from appliance.dns.client import UpstreamResolver
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
@@ -35,13 +38,227 @@ from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.registries import Registries
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import open_index, reconcile
-from appliance.tasks import spawn
-from appliance.tls.ca import CaError, fingerprint, to_pem
+from appliance.tasks import Job, supervise
+from appliance.tls.ca import CaError, CertificateAuthority, fingerprint, to_pem
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
+from appliance.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Everything wired from the config alone. Nothing here holds a socket, thread or
+    open file yet: `run` acquires those, each paired with its release."""
+
+    config: Config
+    path: Path
+    """The config file SIGHUP re-reads."""
+    registries: Registries
+    ca: CertificateAuthority
+    leaves: LeafStore
+    resolver: UpstreamResolver
+    metrics: Metrics
+    files: FileBlobStore
+    offline: OfflineSwitch
+    admin_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """What `run` opens before the rest can be wired; each already has its release."""
+
+    index: SqliteIndex
+    upstream: UpstreamClient
+    audit: AuditLog | None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """The parts wired around the open index and upstream session (`wire`)."""
+
+    proxy_app: Callable[[Bridge | None], web.Application]
+    loops: ServingLoops
+    dns: DnsServer
+    admin_app: web.Application
+    background: dict[str, Job]
+    """Run under `supervise` for as long as regcache serves."""
+
+
+def build(config: Config, path: Path) -> Parts:
+    """Wire the config-only parts (creating the CA on first start); StartupError naming
+    the key when the config cannot work."""
+    registries = Registries.of(config)
+    ca = ensure_ca(config, registries, dt.datetime.now(dt.UTC))
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Parts(
+        config=config,
+        path=path,
+        registries=registries,
+        ca=ca,
+        leaves=LeafStore(
+            ca, registries.intercepted, dt.timedelta(days=config.tls.leaf_lifetime_days)
+        ),
+        resolver=upstream_resolver(config),
+        metrics=Metrics(registries.label),
+        files=FileBlobStore(config.state_dir),
+        offline=OfflineSwitch(config),
+        admin_token=_admin_token(config),
+    )
+
+
+async def run(parts: Parts) -> int:
+    """Acquire every resource, each paired with its release at once; serve until SIGTERM
+    or SIGINT; release in reverse. 0 after a signal, 1 when a background task ended."""
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(log.info, "regcache stopped")
+        stop = _handle_signals(stack, parts)
+        service = wire(parts, await _acquire(stack, parts))
+        await _start(stack, parts, service)
+        notify("READY=1\nSTATUS=serving")
+        log.info(
+            "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
+            len(parts.config.registries),
+            len(parts.registries.intercepted.patterns()),
+            ",".join(str(s) for s in parts.resolver.servers) or "none",
+        )
+        failed = await supervise(service.background, stop)
+        notify("STOPPING=1")
+        if failed is None:
+            log.info("regcache stopping reason=signal")
+        else:
+            log.error(
+                "regcache stopping reason=task-failed task=%s",
+                failed.name,
+                exc_info=failed.__cause__,
+            )
+    return 0 if failed is None else 1
+
+
+def serve(config: Config, path: Path) -> int:
+    """`regcache serve`: its exit status; StartupError when regcache cannot start."""
+    _raise_fd_limit()
+    try:
+        return asyncio.run(run(build(config, path)))
+    except (CaError, OSError) as e:
+        raise StartupError(str(e)) from e
+
+
+async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
+    """The index, the upstream session and the audit log, each with its release."""
+    index, _ = await open_index(parts.config.state_dir)
+    stack.push_async_callback(index.close)
+    await reconcile(index, parts.files, at_start=True)
+    upstream = upstream_client(
+        parts.config,
+        parts.registries,
+        parts.resolver,
+        offline=parts.offline,
+        credentials=credential_sources(parts.registries),
+        on_reply=parts.metrics.upstream_reply,
+    )
+    stack.push_async_callback(upstream.close)
+    audit = _audit_log(parts.config)
+    if audit is not None:
+        stack.callback(audit.close)
+    return Acquired(index, upstream, audit)
+
+
+async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Service) -> None:
+    """Start the servers and listeners. Each release is registered before its start
+    where a start can fail half way (several loops or endpoints)."""
+    config = parts.config
+    runner = await start_runner(service.proxy_app(None))
+    stack.push_async_callback(runner.cleanup)
+    admin = web.AppRunner(service.admin_app, access_log=None, handle_signals=False)
+    await admin.setup()
+    stack.push_async_callback(admin.cleanup)  # also stops the admin sites bound below
+    stack.push_async_callback(service.loops.close)
+    await service.loops.start(start_runner)
+    assert runner.server is not None
+    https = TlsListener(
+        parts.leaves.context_for, runner.server, other_loops=service.loops.targets()
+    )
+    stack.push_async_callback(service.dns.close)
+    await service.dns.start(config.listen.dns)
+    stack.push_async_callback(https.close)
+    await https.start(config.listen.https)
+    for endpoint in config.admin.listen:
+        await bind_admin(admin, endpoint)
+
+
+def wire(parts: Parts, acquired: Acquired) -> Service:
+    """The parts that need the open index and upstream session; wiring only."""
+    cache, evictor = _cache(parts, acquired)
+    write_audit = acquired.audit.write if acquired.audit else None
+
+    def proxy_app(bridge: Bridge | None) -> web.Application:
+        sites = site_resolver(parts.registries)  # one cache per serving loop
+        return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge)
+
+    loops = ServingLoops(_https_loops(parts.config) - 1, proxy_app)
+    health = HealthMonitor(
+        [
+            NamedCheck("https listener", lambda: listening(parts.config.listen.https)),
+            NamedCheck("store", lambda: asyncio.to_thread(parts.files.check_writable)),
+            NamedCheck("https loops", loops.stalled),
+        ]
+    )
+    dns = dns_server(parts, lambda: health.healthy)
+
+    async def ready() -> list[str]:
+        problems = [] if dns.listening else ["dns listener: not listening"]
+        return problems + list(await health.check_once())
+
+    ca = parts.ca
+    admin_app = create_admin_app(
+        parts.metrics,
+        ready,
+        parts.config.admin.allow_clients,
+        parts.admin_token,
+        ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
+        ca_fingerprint=lambda: fingerprint(ca.cert),
+    )
+    background: dict[str, Job] = {
+        "health": health.run,
+        "eviction": evictor.run,
+        "savings-history": functools.partial(_sample_savings, parts.metrics),
+    }
+    return Service(proxy_app, loops, dns, admin_app, background)
+
+
+def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
+    config, metrics, files = parts.config, parts.metrics, parts.files
+    index, upstream = acquired.index, acquired.upstream
+    gate = AccessGate(
+        upstream,
+        index,
+        files,
+        fingerprints=Fingerprints.for_install(config.state_dir),
+        verified_ttl_s=config.access.verified_ttl_s,
+        public_ttl_s=config.access.public_ttl_s,
+        outage_grace_s=config.access.outage_grace_s,
+        offline=parts.offline,
+    )
+    evictor = Evictor(
+        index, files, config.store, on_evicted=functools.partial(_count_eviction, metrics)
+    )
+    cache = RegistryCache(
+        files,
+        index,
+        upstream,
+        gate,
+        NegativeCache(config.upstream.negative_ttl_s),
+        max_fills=config.upstream.max_fills,
+        space=evictor,
+        on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
+    )
+    evictor.busy = cache.filling
+    metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
+    return cache, evictor
 
 
 def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
@@ -63,6 +280,49 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
     return site_for
 
 
+def dns_server(parts: Parts, healthy: Callable[[], bool]) -> DnsServer:
+    """The responder over the intercepted names; fails open for the registries that do
+    while `healthy()` says no."""
+    config, metrics, registries = parts.config, parts.metrics, parts.registries
+    interception = Interception(
+        registries.intercepted,
+        config.appliance.ipv4,
+        config.appliance.ipv6,
+        config.dns.ttl_s,
+        fail_open=registries.fail_open,
+        healthy=healthy,
+        real_addresses={str(host): addresses for host, addresses in config.resolve.items()},
+    )
+    responder = Responder(
+        interception,
+        parts.resolver,
+        config.dns.allow_clients,
+        config.dns.max_inflight_forwards,
+        count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
+    )
+    return DnsServer(
+        responder,
+        RateLimiter(config.dns.rate_limit_qps, config.dns.rate_limit_burst),
+        ServerLimits(
+            max_pending_udp=4 * config.dns.max_inflight_forwards,
+            max_connections=config.dns.tcp_max_connections,
+            idle_timeout_s=config.dns.tcp_idle_timeout_s,
+        ),
+    )
+
+
+def _handle_signals(stack: contextlib.AsyncExitStack, parts: Parts) -> asyncio.Event:
+    """SIGTERM and SIGINT set the returned event, SIGHUP reloads; undone on exit."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+        stack.callback(loop.remove_signal_handler, sig)
+    loop.add_signal_handler(signal.SIGHUP, reload, parts.path, parts.offline)
+    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+    return stop
+
+
 def reload(path: Path, offline: OfflineSwitch) -> None:
     """SIGHUP: re-read the config and apply what is safe at run time (log level, offline).
     Everything else needs a restart; an invalid file changes nothing."""
@@ -82,6 +342,28 @@ def reload(path: Path, offline: OfflineSwitch) -> None:
     notify("READY=1")
 
 
+def _admin_token(config: Config) -> str | None:
+    """Read once at start; a missing file or variable is a StartupError naming it."""
+    ref = config.admin.token
+    if ref is None:
+        return None
+    try:
+        return ref.read()
+    except OSError as e:
+        where = ref.file or f"${ref.env}"
+        raise StartupError(f"admin.token {where}: cannot read: {e.strerror or e}") from e
+
+
+def _audit_log(config: Config) -> AuditLog | None:
+    if not config.audit.enabled:
+        return None
+    path = config.audit_path()
+    try:
+        return AuditLog(path, config.audit.max_bytes.bytes, config.audit.keep)
+    except OSError as e:  # raised before its writer thread starts
+        raise StartupError(f"audit.path {path}: cannot open: {e}") from e
+
+
 def _raise_fd_limit() -> None:
     """Up to the hard limit (systemd's LimitNOFILE sets both; a sandbox may forbid it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -92,167 +374,13 @@ def _raise_fd_limit() -> None:
             log.warning("fd-limit unchanged soft=%d hard=%d error=%s", soft, hard, e)
 
 
-async def serve(config: Config, path: Path) -> None:
-    """Run DNS and HTTPS until SIGTERM or SIGINT; SIGHUP re-reads `path`."""
-    _raise_fd_limit()
-    now = dt.datetime.now(dt.UTC)
-    registries = Registries.of(config)
-    ca = ensure_ca(config, registries, now)
-    intercepted = registries.intercepted
-    resolver = upstream_resolver(config)
-    metrics = Metrics(registries.label)
-    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files = FileBlobStore(config.state_dir)
-    health = HealthMonitor(
-        [
-            NamedCheck("https listener", lambda: listening(config.listen.https)),
-            NamedCheck("store", lambda: asyncio.to_thread(files.check_writable)),
-            NamedCheck("https loops", lambda: loops.stalled()),
-        ]
-    )
-    responder = Responder(
-        Interception(
-            intercepted,
-            config.appliance.ipv4,
-            config.appliance.ipv6,
-            config.dns.ttl_s,
-            fail_open=registries.fail_open,
-            healthy=lambda: health.healthy,
-            real_addresses={str(host): addresses for host, addresses in config.resolve.items()},
-        ),
-        resolver,
-        config.dns.allow_clients,
-        config.dns.max_inflight_forwards,
-        count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
-    )
-    dns = DnsServer(
-        responder,
-        RateLimiter(config.dns.rate_limit_qps, config.dns.rate_limit_burst),
-        ServerLimits(
-            max_pending_udp=4 * config.dns.max_inflight_forwards,
-            max_connections=config.dns.tcp_max_connections,
-            idle_timeout_s=config.dns.tcp_idle_timeout_s,
-        ),
-    )
-    leaves = LeafStore(ca, intercepted, dt.timedelta(days=config.tls.leaf_lifetime_days))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    index, _ = await open_index(config.state_dir)
-    await reconcile(index, files, at_start=True)
-    offline_switch = OfflineSwitch(config)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload(path, offline_switch))
-    upstream = upstream_client(
-        config,
-        registries,
-        resolver,
-        offline=offline_switch,
-        credentials=credential_sources(registries),
-        on_reply=metrics.upstream_reply,
-    )
-    gate = AccessGate(
-        upstream,
-        index,
-        files,
-        fingerprints=Fingerprints.for_install(config.state_dir),
-        verified_ttl_s=config.access.verified_ttl_s,
-        public_ttl_s=config.access.public_ttl_s,
-        outage_grace_s=config.access.outage_grace_s,
-        offline=offline_switch,
-    )
-
-    def evicted(eviction: Eviction) -> None:
-        metrics.evicted_rows.inc(eviction.rows)
-        metrics.evicted_bytes.inc(eviction.bytes)
-
-    evictor = Evictor(index, files, config.store, on_evicted=evicted)
-
-    cache = RegistryCache(
-        files,
-        index,
-        upstream,
-        gate,
-        NegativeCache(config.upstream.negative_ttl_s),
-        max_fills=config.upstream.max_fills,
-        space=evictor,
-        on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
-    )
-    evictor.busy = cache.filling
-    metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
-    audit = (
-        AuditLog(config.audit_path(), config.audit.max_bytes.bytes, config.audit.keep)
-        if config.audit.enabled
-        else None
-    )
-
-    def proxy_app(bridge: Bridge | None) -> web.Application:
-        sites, write_audit = site_resolver(registries), audit.write if audit else None
-        return create_app(cache, upstream, sites, metrics, write_audit, bridge)
-
-    runner = await start_runner(proxy_app(None))
-    loops = ServingLoops(_https_loops(config) - 1, proxy_app)
-
-    async def ready() -> list[str]:
-        problems = [] if dns.listening else ["dns listener: not listening"]
-        return problems + list(await health.check_once())
-
-    token = config.admin.token.read() if config.admin.token else None
-    admin = web.AppRunner(
-        create_admin_app(
-            metrics,
-            ready,
-            config.admin.allow_clients,
-            token,
-            ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
-            ca_fingerprint=lambda: fingerprint(ca.cert),
-        ),
-        access_log=None,
-        handle_signals=False,
-    )
-    await admin.setup()
-    assert runner.server is not None
-    background: list[asyncio.Task[None]] = []
-    https: TlsListener | None = None
-    try:
-        await loops.start(start_runner)
-        https = TlsListener(leaves.context_for, runner.server, other_loops=loops.targets())
-        await dns.start(config.listen.dns)
-        await https.start(config.listen.https)
-        for endpoint in config.admin.listen:
-            await bind_admin(admin, endpoint)
-        background.append(spawn(health.run(), name="health"))
-        background.append(spawn(evictor.run(), name="eviction"))
-        background.append(spawn(_sample_savings(metrics), name="savings-history"))
-        notify("READY=1\nSTATUS=serving")
-        log.info(
-            "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
-            len(config.registries),
-            len(intercepted.patterns()),
-            ",".join(str(s) for s in resolver.servers) or "none",
-        )
-        await stop.wait()
-        notify("STOPPING=1")
-        log.info("regcache stopping reason=signal")
-    finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        if https is not None:
-            await https.close()
-        await dns.close()
-        await loops.close()
-        await runner.cleanup()
-        await admin.cleanup()
-        if audit is not None:
-            audit.close()
-        await upstream.close()
-        await index.close()
-        log.info("regcache stopped")
-
-
 def _https_loops(config: Config) -> int:
     return config.listen.https_loops or min(os.cpu_count() or 1, 8)
+
+
+def _count_eviction(metrics: Metrics, eviction: Eviction) -> None:
+    metrics.evicted_rows.inc(eviction.rows)
+    metrics.evicted_bytes.inc(eviction.bytes)
 
 
 async def _sample_savings(metrics: Metrics) -> None:
@@ -266,10 +394,3 @@ async def bind_admin(runner: web.AppRunner, endpoint: Endpoint) -> None:
         await web.TCPSite(runner, str(endpoint.address), endpoint.port).start()
     except OSError as e:
         raise StartupError(f"admin listener {endpoint}: {e.strerror or e}") from e
-
-
-def run(config: Config, path: Path) -> None:
-    try:
-        asyncio.run(serve(config, path))
-    except (CaError, OSError) as e:
-        raise StartupError(str(e)) from e
