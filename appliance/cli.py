@@ -7,22 +7,25 @@ import asyncio
 import datetime as dt
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
 
 from appliance import cli_cache, doctor, redact
+from appliance.ca_policy import ca_constraints, ca_mismatch, constraints_warning
 from appliance.cache.ports import UpstreamUnavailable
-from appliance.config import Config, ConfigError, default_config_path, load_config
-from appliance.main import (
+from appliance.config import (
+    Config,
+    ConfigError,
     StartupError,
-    ca_mismatch,
-    constraints_warning,
-    offline_flag,
-    run,
-    target_policy,
-    upstream_resolver,
+    default_config_path,
+    load_config,
 )
+from appliance.main import serve
+from appliance.offline import offline_flag
+from appliance.outbound import upstream_client, upstream_resolver
+from appliance.registries import Registries
 from appliance.tls.ca import (
     CaError,
     create_ca,
@@ -32,7 +35,6 @@ from appliance.tls.ca import (
     rotate_ca,
     to_pem,
 )
-from appliance.upstream.client import UpstreamClient
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+Command = Callable[[argparse.Namespace, Config, Path], int]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = getattr(args, "path", None) or getattr(args, "config", None) or default_config_path()
@@ -110,33 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         redact.install(handler)
-    now = dt.datetime.now(dt.UTC)
     try:
-        if args.command == "serve":
-            run(config, Path(path))
-            return 0
-        if args.command == "check-config":
-            return _check_config(config, path, now)
-        if args.command == "cache":
-            return cli_cache.run(args, config)
-        if args.command == "audit":
-            return cli_cache.run_audit(args, config)
-        if args.command == "status":
-            return cli_cache.run_status(args, config)
-        if args.command == "doctor":
-            return _doctor(args, config)
-        if args.command == "offline":
-            flag = offline_flag(config)
-            if args.state == "on":
-                flag.touch()
-            else:
-                flag.unlink(missing_ok=True)
-            print(f"offline {args.state} (a running regcache notices within a second)")
-            return 0
-        return _ca(args, config, now)
+        return _COMMANDS[args.command](args, config, Path(path))
     except (CaError, StartupError, OSError) as e:
         print(f"regcache: {e}", file=sys.stderr)
         return 1
+
+
+def _offline(args: argparse.Namespace, config: Config, _path: Path) -> int:
+    flag = offline_flag(config)
+    if args.state == "on":
+        flag.touch()
+    else:
+        flag.unlink(missing_ok=True)
+    print(f"offline {args.state} (a running regcache notices within a second)")
+    return 0
 
 
 def _doctor(args: argparse.Namespace, config: Config | None) -> int:
@@ -146,9 +139,7 @@ def _doctor(args: argparse.Namespace, config: Config | None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     hosts = args.host or (
-        [str(h) for r in config.registries for h in r.hosts if not h.startswith("*")]
-        if config
-        else list(doctor.DEFAULT_HOSTS)
+        list(Registries.of(config).api_names) if config else list(doctor.DEFAULT_HOSTS)
     )
     upstream = None
     if config is not None and config.state_dir.exists():  # the gateway: check its way out
@@ -165,13 +156,7 @@ def _doctor(args: argparse.Namespace, config: Config | None) -> int:
 
 async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, doctor.Result]:
     """Each host's real upstream `/v2/`, asked as regcache asks (its resolver, its CAs)."""
-    client = UpstreamClient(
-        upstream_resolver(config).resolve,
-        config.upstream.ca_bundle,
-        config.upstream.connect_timeout_s,
-        config.upstream.read_timeout_s,
-        targets=target_policy(config),
-    )
+    client = upstream_client(config, Registries.of(config), upstream_resolver(config))
     results = {}
     try:
         for host in hosts:
@@ -191,23 +176,26 @@ async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, doctor.
     return results
 
 
-def _check_config(config: Config, path: Path, now: dt.datetime) -> int:
+def _check_config(_args: argparse.Namespace, config: Config, path: Path) -> int:
+    now = dt.datetime.now(dt.UTC)
+    registries = Registries.of(config)
     ca = load_ca(config.state_dir)
     if ca is not None:
-        problem = ca_mismatch(config, ca)
+        problem = ca_mismatch(registries, ca)
         if problem:
             print(f"regcache: {path}: {problem}", file=sys.stderr)
             return 1
         for warning in (expiry_warning(ca, now), constraints_warning(ca)):
             if warning:
                 print(f"regcache: warning: {warning}", file=sys.stderr)
-    hosts = config.intercepted().patterns()
+    hosts = registries.intercepted.patterns()
     print(f"{path}: ok ({len(config.registries)} registries, {len(hosts)} intercepted names)")
     return 0
 
 
-def _ca(args: argparse.Namespace, config: Config, now: dt.datetime) -> int:
-    permitted = config.permitted_domains() if config.tls.name_constraints else None
+def _ca(args: argparse.Namespace, config: Config, _path: Path) -> int:
+    now = dt.datetime.now(dt.UTC)
+    permitted = ca_constraints(config, Registries.of(config))
     lifetime = dt.timedelta(days=config.tls.ca_lifetime_days)
     if args.ca_command == "init":
         existing = load_ca(config.state_dir)
@@ -269,6 +257,18 @@ def _show(cert: x509.Certificate, permitted: tuple[str, ...] | None) -> None:
         print("constraints:  NONE (this CA can vouch for any site: see THREAT_MODEL.md)")
     else:
         print(f"constraints:  DNS names under {', '.join(permitted)}; no IP addresses")
+
+
+_COMMANDS: dict[str, Command] = {
+    "serve": lambda _args, config, path: serve(config, path),
+    "check-config": _check_config,
+    "cache": lambda args, config, _path: cli_cache.run(args, config),
+    "audit": lambda args, config, _path: cli_cache.run_audit(args, config),
+    "status": lambda args, config, _path: cli_cache.run_status(args, config),
+    "doctor": lambda args, config, _path: _doctor(args, config),
+    "offline": _offline,
+    "ca": _ca,
+}
 
 
 if __name__ == "__main__":

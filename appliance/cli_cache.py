@@ -15,8 +15,8 @@ from typing import Any
 
 from appliance import audit, status
 from appliance.config import Config
-from appliance.hostnames import HostSet
 from appliance.oci.digest import Digest, DigestError
+from appliance.registries import Registries
 from appliance.store import admin
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
@@ -202,10 +202,9 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
 async def _hosts(config: Config, index: SqliteIndex, name: str) -> frozenset[str]:
     """Stored registry hosts that `name` (a host, or a configured registry) stands for."""
     stored = {r for r, _, _ in await index.sources()} | {r for r, *_ in await index.tags()}
-    for registry in config.registries:
-        if registry.name == name:
-            hosts = HostSet.of(registry.hosts)
-            return frozenset(h for h in stored if hosts.match(h))
+    hosts = Registries.of(config).api_hosts(name)
+    if hosts is not None:
+        return frozenset(h for h in stored if hosts.match(h))
     return frozenset({name.lower()})
 
 

@@ -1,14 +1,16 @@
-"""Is the proxy able to serve? Checked in the background, read by the DNS responder,
-which stops intercepting while the answer is no (fail-open), so builds fall back to
-pulling directly instead of failing."""
+"""Whether the proxy can serve, checked in the background and read by the DNS responder,
+which stops intercepting while the answer is no (fail-open) so builds pull directly."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
+from appliance.config import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +68,17 @@ class HealthMonitor:
                 else:
                     log.warning("health healthy again")
             self.problems = problems
+
+
+async def listening(endpoints: tuple[Endpoint, ...]) -> str | None:
+    """None if every HTTPS listener accepts a TCP connection."""
+    for endpoint in endpoints:
+        address = endpoint.address
+        if address.is_unspecified:
+            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        try:
+            _, writer = await asyncio.open_connection(str(address), endpoint.port)
+        except OSError as e:
+            return f"{endpoint}: {e.strerror or e}"
+        writer.close()
+    return None

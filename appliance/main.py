@@ -3,185 +3,324 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
-import ipaddress
 import logging
 import os
 import resource
 import signal
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from appliance.audit import AuditLog
+from appliance.ca_policy import ensure_ca
 from appliance.cache.access import AccessGate
 from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
-from appliance.config import Config, ConfigError, Endpoint, load_config
-from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
+from appliance.config import Config, ConfigError, Endpoint, StartupError, load_config
+from appliance.dns.client import UpstreamResolver
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
-from appliance.health import HealthMonitor, NamedCheck
-from appliance.hostnames import HostSet, too_broad
+from appliance.health import HealthMonitor, NamedCheck, listening
 from appliance.metrics import Metrics
 from appliance.notify import notify
+from appliance.offline import OfflineSwitch
+from appliance.outbound import credential_sources, upstream_client, upstream_resolver
 from appliance.proxy.admin import create_admin_app
 from appliance.proxy.app import Site, create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
+from appliance.registries import Registries
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import open_index, reconcile
-from appliance.tasks import spawn
-from appliance.tls.ca import (
-    CaError,
-    CertificateAuthority,
-    create_ca,
-    expiry_warning,
-    fingerprint,
-    load_ca,
-    to_pem,
-)
+from appliance.tasks import Job, supervise
+from appliance.tls.ca import CaError, CertificateAuthority, fingerprint, to_pem
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
 from appliance.upstream.client import UpstreamClient
-from appliance.upstream.credentials import CredentialSource
-from appliance.upstream.targets import TargetPolicy
 
 log = logging.getLogger(__name__)
 
 
-class StartupError(RuntimeError):
-    """regcache cannot start with this config; the message says how to fix it."""
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Everything wired from the config alone. Nothing here holds a socket, thread or
+    open file yet: `run` acquires those, each paired with its release."""
+
+    config: Config
+    path: Path
+    """The config file SIGHUP re-reads."""
+    registries: Registries
+    ca: CertificateAuthority
+    leaves: LeafStore
+    resolver: UpstreamResolver
+    metrics: Metrics
+    files: FileBlobStore
+    offline: OfflineSwitch
+    admin_token: str | None
 
 
-def ensure_ca(config: Config, now: dt.datetime) -> CertificateAuthority:
-    """Load the CA, creating it on first start; refuse one that cannot sign our hosts."""
-    ca = load_ca(config.state_dir)
-    if ca is None:
-        ca = create_ca(
-            config.state_dir,
-            permitted_domains=config.permitted_domains() if config.tls.name_constraints else None,
-            lifetime=dt.timedelta(days=config.tls.ca_lifetime_days),
-            now=now,
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """What `run` opens before the rest can be wired; each already has its release."""
+
+    index: SqliteIndex
+    upstream: UpstreamClient
+    audit: AuditLog | None
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """The parts wired around the open index and upstream session (`wire`)."""
+
+    proxy_app: Callable[[Bridge | None], web.Application]
+    loops: ServingLoops
+    dns: DnsServer
+    admin_app: web.Application
+    background: dict[str, Job]
+    """Run under `supervise` for as long as regcache serves."""
+
+
+def build(config: Config, path: Path) -> Parts:
+    """Wire the config-only parts (creating the CA on first start); StartupError naming
+    the key when the config cannot work."""
+    registries = Registries.of(config)
+    ca = ensure_ca(config, registries, dt.datetime.now(dt.UTC))
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Parts(
+        config=config,
+        path=path,
+        registries=registries,
+        ca=ca,
+        leaves=LeafStore(
+            ca, registries.intercepted, dt.timedelta(days=config.tls.leaf_lifetime_days)
+        ),
+        resolver=upstream_resolver(config),
+        metrics=Metrics(registries.label),
+        files=FileBlobStore(config.state_dir),
+        offline=OfflineSwitch(config),
+        admin_token=_admin_token(config),
+    )
+
+
+async def run(parts: Parts) -> int:
+    """Acquire every resource, each paired with its release at once; serve until SIGTERM
+    or SIGINT; release in reverse. 0 after a signal, 1 when a background task ended."""
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(log.info, "regcache stopped")
+        stop = _handle_signals(stack, parts)
+        service = wire(parts, await _acquire(stack, parts))
+        await _start(stack, parts, service)
+        notify("READY=1\nSTATUS=serving")
+        log.info(
+            "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
+            len(parts.config.registries),
+            len(parts.registries.intercepted.patterns()),
+            ",".join(str(s) for s in parts.resolver.servers) or "none",
         )
-    problem = ca_mismatch(config, ca)
-    if problem:
-        raise StartupError(problem)
-    warning = expiry_warning(ca, now)
-    if warning:
-        log.warning("ca expiring %s", warning)
-    broad = constraints_warning(ca)
-    if broad:
-        log.warning("ca constraints-too-broad %s", broad)
-    return ca
-
-
-def constraints_warning(ca: CertificateAuthority) -> str | None:
-    """A CA made before public suffixes were refused may be constrained to one."""
-    broad = [d for d in ca.permitted_domains() or () if too_broad(d)]
-    if not broad:
-        return None
-    return (
-        f"domains={','.join(broad)}: the CA may sign for names anyone can register under "
-        "them; set tls.permitted_domains (or leave it unset) and run `regcache ca rotate`"
-    )
-
-
-def ca_mismatch(config: Config, ca: CertificateAuthority) -> str | None:
-    """Why the CA cannot serve the configured hosts (clients would reject it), or None."""
-    permitted = ca.permitted_domains()
-    if permitted is None:
-        return None
-    outside = config.hosts_outside(permitted)
-    if not outside:
-        return None
-    return (
-        f"intercepted hosts {', '.join(outside)} lie outside the CA's name constraints "
-        f"({', '.join(permitted)}); clients would reject their certificates. Add their "
-        "domain to tls.permitted_domains and run `regcache ca rotate`, or remove the hosts."
-    )
-
-
-def upstream_resolver(config: Config) -> UpstreamResolver:
-    servers = list(config.dns.upstreams)
-    if not servers:
-        try:
-            servers = nameservers_from(config.dns.resolv_conf, exclude=config.listen.dns)
-        except ResolverError as e:
-            log.warning("dns no-upstreams error=%s", e)
-        if not servers:
-            log.warning(
-                "dns no-upstreams source=%s effect=non-registry-names-get-SERVFAIL",
-                config.dns.resolv_conf,
+        failed = await supervise(service.background, stop)
+        notify("STOPPING=1")
+        if failed is None:
+            log.info("regcache stopping reason=signal")
+        else:
+            log.error(
+                "regcache stopping reason=task-failed task=%s",
+                failed.name,
+                exc_info=failed.__cause__,
             )
-    return UpstreamResolver(servers, config.dns.upstream_timeout_s, config.resolve)
+    return 0 if failed is None else 1
 
 
-def credential_sources(config: Config) -> Callable[[str], CredentialSource | None]:
-    """API host → regcache's own credentials for that registry, if configured."""
-    table = [
-        (HostSet.of(r.hosts), CredentialSource(r.credentials))
-        for r in config.registries
-        if r.credentials is not None
-    ]
-
-    def lookup(host: str) -> CredentialSource | None:
-        for hosts, source in table:
-            if hosts.match(host):
-                return source
-        return None
-
-    return lookup
+def serve(config: Config, path: Path) -> int:
+    """`regcache serve`: its exit status; StartupError when regcache cannot start."""
+    _raise_fd_limit()
+    try:
+        return asyncio.run(run(build(config, path)))
+    except (CaError, OSError) as e:
+        raise StartupError(str(e)) from e
 
 
-def target_policy(config: Config) -> TargetPolicy:
-    """Where redirects and token realms may lead (see `allow_unsafe_targets`)."""
-    allowed = (p for r in config.registries if r.allow_unsafe_targets for p in r.all_patterns())
-    return TargetPolicy(HostSet.of(allowed), frozenset(config.resolve))
+async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
+    """The index, the upstream session and the audit log, each with its release."""
+    index, _ = await open_index(parts.config.state_dir)
+    stack.push_async_callback(index.close)
+    await reconcile(index, parts.files, at_start=True)
+    upstream = upstream_client(
+        parts.config,
+        parts.registries,
+        parts.resolver,
+        offline=parts.offline,
+        credentials=credential_sources(parts.registries),
+        on_reply=parts.metrics.upstream_reply,
+    )
+    stack.push_async_callback(upstream.close)
+    audit = _audit_log(parts.config)
+    if audit is not None:
+        stack.callback(audit.close)
+    return Acquired(index, upstream, audit)
 
 
-def site_resolver(config: Config) -> Callable[[str], Site | None]:
-    """Host → the registry it belongs to, precomputed from the one `registries` list."""
-    table = [
-        (HostSet.of(r.hosts), HostSet.of(r.intercepted_patterns()), r) for r in config.registries
-    ]
+async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Service) -> None:
+    """Start the servers and listeners. Each release is registered before its start
+    where a start can fail half way (several loops or endpoints)."""
+    config = parts.config
+    runner = await start_runner(service.proxy_app(None))
+    stack.push_async_callback(runner.cleanup)
+    admin = web.AppRunner(service.admin_app, access_log=None, handle_signals=False)
+    await admin.setup()
+    stack.push_async_callback(admin.cleanup)  # also stops the admin sites bound below
+    stack.push_async_callback(service.loops.close)
+    await service.loops.start(start_runner)
+    assert runner.server is not None
+    https = TlsListener(
+        parts.leaves.context_for, runner.server, other_loops=service.loops.targets()
+    )
+    stack.push_async_callback(service.dns.close)
+    await service.dns.start(config.listen.dns)
+    stack.push_async_callback(https.close)
+    await https.start(config.listen.https)
+    for endpoint in config.admin.listen:
+        await bind_admin(admin, endpoint)
+
+
+def wire(parts: Parts, acquired: Acquired) -> Service:
+    """The parts that need the open index and upstream session; wiring only."""
+    cache, evictor = _cache(parts, acquired)
+    write_audit = acquired.audit.write if acquired.audit else None
+
+    def proxy_app(bridge: Bridge | None) -> web.Application:
+        sites = site_resolver(parts.registries)  # one cache per serving loop
+        return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge)
+
+    loops = ServingLoops(_https_loops(parts.config) - 1, proxy_app)
+    health = HealthMonitor(
+        [
+            NamedCheck("https listener", lambda: listening(parts.config.listen.https)),
+            NamedCheck("store", lambda: asyncio.to_thread(parts.files.check_writable)),
+            NamedCheck("https loops", loops.stalled),
+        ]
+    )
+    dns = dns_server(parts, lambda: health.healthy)
+
+    async def ready() -> list[str]:
+        problems = [] if dns.listening else ["dns listener: not listening"]
+        return problems + list(await health.check_once())
+
+    ca = parts.ca
+    admin_app = create_admin_app(
+        parts.metrics,
+        ready,
+        parts.config.admin.allow_clients,
+        parts.admin_token,
+        ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
+        ca_fingerprint=lambda: fingerprint(ca.cert),
+    )
+    background: dict[str, Job] = {
+        "health": health.run,
+        "eviction": evictor.run,
+        "savings-history": functools.partial(_sample_savings, parts.metrics),
+    }
+    return Service(proxy_app, loops, dns, admin_app, background)
+
+
+def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
+    config, metrics, files = parts.config, parts.metrics, parts.files
+    index, upstream = acquired.index, acquired.upstream
+    gate = AccessGate(
+        upstream,
+        index,
+        files,
+        fingerprints=Fingerprints.for_install(config.state_dir),
+        verified_ttl_s=config.access.verified_ttl_s,
+        public_ttl_s=config.access.public_ttl_s,
+        outage_grace_s=config.access.outage_grace_s,
+        offline=parts.offline,
+    )
+    evictor = Evictor(
+        index, files, config.store, on_evicted=functools.partial(_count_eviction, metrics)
+    )
+    cache = RegistryCache(
+        files,
+        index,
+        upstream,
+        gate,
+        NegativeCache(config.upstream.negative_ttl_s),
+        max_fills=config.upstream.max_fills,
+        space=evictor,
+        on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
+    )
+    evictor.busy = cache.filling
+    metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
+    return cache, evictor
+
+
+def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
+    """Host → what the proxy needs to know of its registry (cached: asked per request)."""
 
     @functools.lru_cache(maxsize=4096)
     def site_for(host: str) -> Site | None:
-        for api_hosts, all_hosts, registry in table:
-            if all_hosts.match(host):
-                return Site(
-                    registry.tag_ttl_s,
-                    registry.max_stale_s,
-                    api=api_hosts.match(host),
-                    own_credentials=registry.credentials is not None,
-                    label=all_hosts.pattern_for(host) or host,
-                )
-        return None
+        route = registries.route(host)
+        if route is None:
+            return None
+        return Site(
+            route.registry.tag_ttl_s,
+            route.registry.max_stale_s,
+            api=route.api,
+            own_credentials=route.registry.credentials is not None,
+            label=route.label,
+        )
 
     return site_for
 
 
-def host_labels(config: Config) -> Callable[[str], str]:
-    """Upstream host → its metric label: the configured host or pattern it matches (API,
-    auth or redirect host), else `other`. Redirects decide hosts: labels must not."""
-    every = HostSet.of(p for r in config.registries for p in r.all_patterns())
+def dns_server(parts: Parts, healthy: Callable[[], bool]) -> DnsServer:
+    """The responder over the intercepted names; fails open for the registries that do
+    while `healthy()` says no."""
+    config, metrics, registries = parts.config, parts.metrics, parts.registries
+    interception = Interception(
+        registries.intercepted,
+        config.appliance.ipv4,
+        config.appliance.ipv6,
+        config.dns.ttl_s,
+        fail_open=registries.fail_open,
+        healthy=healthy,
+        real_addresses={str(host): addresses for host, addresses in config.resolve.items()},
+    )
+    responder = Responder(
+        interception,
+        parts.resolver,
+        config.dns.allow_clients,
+        config.dns.max_inflight_forwards,
+        count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
+    )
+    return DnsServer(
+        responder,
+        RateLimiter(config.dns.rate_limit_qps, config.dns.rate_limit_burst),
+        ServerLimits(
+            max_pending_udp=4 * config.dns.max_inflight_forwards,
+            max_connections=config.dns.tcp_max_connections,
+            idle_timeout_s=config.dns.tcp_idle_timeout_s,
+        ),
+    )
 
-    @functools.lru_cache(maxsize=4096)
-    def label(host: str) -> str:
-        return every.pattern_for(host) or "other"
 
-    return label
-
-
-def offline_flag(config: Config) -> Path:
-    """The file `regcache offline on` creates: its presence means offline."""
-    return config.state_dir / "offline"
+def _handle_signals(stack: contextlib.AsyncExitStack, parts: Parts) -> asyncio.Event:
+    """SIGTERM and SIGINT set the returned event, SIGHUP reloads; undone on exit."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+        stack.callback(loop.remove_signal_handler, sig)
+    loop.add_signal_handler(signal.SIGHUP, reload, parts.path, parts.offline)
+    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+    return stop
 
 
 def reload(path: Path, offline: OfflineSwitch) -> None:
@@ -203,40 +342,26 @@ def reload(path: Path, offline: OfflineSwitch) -> None:
     notify("READY=1")
 
 
-class OfflineSwitch:
-    """Offline by config, or by the flag file (checked at most once a second)."""
-
-    def __init__(self, config: Config) -> None:
-        self.always = config.offline
-        self._flag = offline_flag(config)
-        self._checked = 0.0
-        self._value = False
-
-    def __call__(self) -> bool:
-        if self.always:
-            return True
-        now = time.monotonic()
-        if now - self._checked >= 1.0:
-            self._checked = now
-            value = self._flag.exists()
-            if value != self._value:
-                log.warning("offline mode %s", "on" if value else "off")
-            self._value = value
-        return self._value
+def _admin_token(config: Config) -> str | None:
+    """Read once at start; a missing file or variable is a StartupError naming it."""
+    ref = config.admin.token
+    if ref is None:
+        return None
+    try:
+        return ref.read()
+    except OSError as e:
+        where = ref.file or f"${ref.env}"
+        raise StartupError(f"admin.token {where}: cannot read: {e.strerror or e}") from e
 
 
-async def _listening(endpoints: tuple[Endpoint, ...]) -> str | None:
-    """None if every HTTPS listener accepts a TCP connection."""
-    for endpoint in endpoints:
-        address = endpoint.address
-        if address.is_unspecified:
-            address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-        try:
-            _, writer = await asyncio.open_connection(str(address), endpoint.port)
-        except OSError as e:
-            return f"{endpoint}: {e.strerror or e}"
-        writer.close()
-    return None
+def _audit_log(config: Config) -> AuditLog | None:
+    if not config.audit.enabled:
+        return None
+    path = config.audit_path()
+    try:
+        return AuditLog(path, config.audit.max_bytes.bytes, config.audit.keep)
+    except OSError as e:  # raised before its writer thread starts
+        raise StartupError(f"audit.path {path}: cannot open: {e}") from e
 
 
 def _raise_fd_limit() -> None:
@@ -249,168 +374,13 @@ def _raise_fd_limit() -> None:
             log.warning("fd-limit unchanged soft=%d hard=%d error=%s", soft, hard, e)
 
 
-async def serve(config: Config, path: Path) -> None:
-    """Run DNS and HTTPS until SIGTERM or SIGINT; SIGHUP re-reads `path`."""
-    _raise_fd_limit()
-    now = dt.datetime.now(dt.UTC)
-    ca = ensure_ca(config, now)
-    intercepted = config.intercepted()
-    resolver = upstream_resolver(config)
-    metrics = Metrics(host_labels(config))
-    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files = FileBlobStore(config.state_dir)
-    health = HealthMonitor(
-        [
-            NamedCheck("https listener", lambda: _listening(config.listen.https)),
-            NamedCheck("store", lambda: asyncio.to_thread(files.check_writable)),
-            NamedCheck("https loops", lambda: loops.stalled()),
-        ]
-    )
-    responder = Responder(
-        Interception(
-            intercepted,
-            config.appliance.ipv4,
-            config.appliance.ipv6,
-            config.dns.ttl_s,
-            fail_open=config.fail_open_hosts(),
-            healthy=lambda: health.healthy,
-            real_addresses={str(host): addresses for host, addresses in config.resolve.items()},
-        ),
-        resolver,
-        config.dns.allow_clients,
-        config.dns.max_inflight_forwards,
-        count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
-    )
-    dns = DnsServer(
-        responder,
-        RateLimiter(config.dns.rate_limit_qps, config.dns.rate_limit_burst),
-        ServerLimits(
-            max_pending_udp=4 * config.dns.max_inflight_forwards,
-            max_connections=config.dns.tcp_max_connections,
-            idle_timeout_s=config.dns.tcp_idle_timeout_s,
-        ),
-    )
-    leaves = LeafStore(ca, intercepted, dt.timedelta(days=config.tls.leaf_lifetime_days))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    index, _ = await open_index(config.state_dir)
-    await reconcile(index, files, at_start=True)
-    offline_switch = OfflineSwitch(config)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload(path, offline_switch))
-    upstream = UpstreamClient(
-        resolver.resolve,
-        config.upstream.ca_bundle,
-        config.upstream.connect_timeout_s,
-        config.upstream.read_timeout_s,
-        offline=offline_switch,
-        credentials=credential_sources(config),
-        on_reply=metrics.upstream_reply,
-        targets=target_policy(config),
-    )
-    gate = AccessGate(
-        upstream,
-        index,
-        files,
-        fingerprints=Fingerprints.for_install(config.state_dir),
-        verified_ttl_s=config.access.verified_ttl_s,
-        public_ttl_s=config.access.public_ttl_s,
-        outage_grace_s=config.access.outage_grace_s,
-        offline=offline_switch,
-    )
-
-    def evicted(eviction: Eviction) -> None:
-        metrics.evicted_rows.inc(eviction.rows)
-        metrics.evicted_bytes.inc(eviction.bytes)
-
-    evictor = Evictor(index, files, config.store, on_evicted=evicted)
-
-    cache = RegistryCache(
-        files,
-        index,
-        upstream,
-        gate,
-        NegativeCache(config.upstream.negative_ttl_s),
-        max_fills=config.upstream.max_fills,
-        space=evictor,
-        on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
-    )
-    evictor.busy = cache.filling
-    metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
-    audit = (
-        AuditLog(config.audit_path(), config.audit.max_bytes.bytes, config.audit.keep)
-        if config.audit.enabled
-        else None
-    )
-
-    def proxy_app(bridge: Bridge | None) -> web.Application:
-        sites, write_audit = site_resolver(config), audit.write if audit else None
-        return create_app(cache, upstream, sites, metrics, write_audit, bridge)
-
-    runner = await start_runner(proxy_app(None))
-    loops = ServingLoops(_https_loops(config) - 1, proxy_app)
-
-    async def ready() -> list[str]:
-        problems = [] if dns.listening else ["dns listener: not listening"]
-        return problems + list(await health.check_once())
-
-    token = config.admin.token.read() if config.admin.token else None
-    admin = web.AppRunner(
-        create_admin_app(
-            metrics,
-            ready,
-            config.admin.allow_clients,
-            token,
-            ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
-            ca_fingerprint=lambda: fingerprint(ca.cert),
-        ),
-        access_log=None,
-        handle_signals=False,
-    )
-    await admin.setup()
-    assert runner.server is not None
-    background: list[asyncio.Task[None]] = []
-    https: TlsListener | None = None
-    try:
-        await loops.start(start_runner)
-        https = TlsListener(leaves.context_for, runner.server, other_loops=loops.targets())
-        await dns.start(config.listen.dns)
-        await https.start(config.listen.https)
-        for endpoint in config.admin.listen:
-            await bind_admin(admin, endpoint)
-        background.append(spawn(health.run(), name="health"))
-        background.append(spawn(evictor.run(), name="eviction"))
-        background.append(spawn(_sample_savings(metrics), name="savings-history"))
-        notify("READY=1\nSTATUS=serving")
-        log.info(
-            "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
-            len(config.registries),
-            len(intercepted.patterns()),
-            ",".join(str(s) for s in resolver.servers) or "none",
-        )
-        await stop.wait()
-        notify("STOPPING=1")
-        log.info("regcache stopping reason=signal")
-    finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        if https is not None:
-            await https.close()
-        await dns.close()
-        await loops.close()
-        await runner.cleanup()
-        await admin.cleanup()
-        if audit is not None:
-            audit.close()
-        await upstream.close()
-        await index.close()
-        log.info("regcache stopped")
-
-
 def _https_loops(config: Config) -> int:
     return config.listen.https_loops or min(os.cpu_count() or 1, 8)
+
+
+def _count_eviction(metrics: Metrics, eviction: Eviction) -> None:
+    metrics.evicted_rows.inc(eviction.rows)
+    metrics.evicted_bytes.inc(eviction.bytes)
 
 
 async def _sample_savings(metrics: Metrics) -> None:
@@ -424,10 +394,3 @@ async def bind_admin(runner: web.AppRunner, endpoint: Endpoint) -> None:
         await web.TCPSite(runner, str(endpoint.address), endpoint.port).start()
     except OSError as e:
         raise StartupError(f"admin listener {endpoint}: {e.strerror or e}") from e
-
-
-def run(config: Config, path: Path) -> None:
-    try:
-        asyncio.run(serve(config, path))
-    except (CaError, OSError) as e:
-        raise StartupError(str(e)) from e

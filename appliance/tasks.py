@@ -1,14 +1,18 @@
-"""`spawn()`: the one way to start background work, with a name and a strong reference."""
+"""Background work: `spawn()` for tasks that may end, with a name and a strong reference,
+and `supervise()` for the few that must run as long as regcache does."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+Job = Callable[[], Awaitable[None]]
+"""Background work that runs until cancelled."""
 
 # The event loop keeps only weak references to tasks; this set keeps them alive.
 _running: set[asyncio.Task[Any]] = set()
@@ -25,3 +29,42 @@ def _finished(task: asyncio.Task[Any]) -> None:
     _running.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("task failed name=%s", task.get_name(), exc_info=task.exception())
+
+
+class TaskEnded(Exception):
+    """A supervised job raised (the cause) or returned, though it should run until
+    cancelled."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"background task {name} ended")
+        self.name = name
+
+
+async def supervise(jobs: Mapping[str, Job], stop: asyncio.Event) -> TaskEnded | None:
+    """Run `jobs` in one TaskGroup until `stop` is set, then cancel them: None.
+
+    Restart policy: none. A job that raises or returns cancels the others and is returned
+    (its exception as `__cause__`); the caller logs it and exits 1, and systemd
+    (Restart=on-failure) starts regcache afresh. Serving on without, say, the health
+    monitor would keep DNS intercepting for a proxy nobody watches.
+    """
+    failed: TaskEnded | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_forever(n, j), name=n) for n, j in jobs.items()]
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+    except* TaskEnded as ended:
+        first = ended.exceptions[0]
+        assert isinstance(first, TaskEnded)
+        failed = first
+    return failed
+
+
+async def _forever(name: str, job: Job) -> None:
+    try:
+        await job()
+    except Exception as e:
+        raise TaskEnded(name) from e
+    raise TaskEnded(name)

@@ -67,14 +67,14 @@ def test_rate_limit_headers_become_a_gauge_per_host_and_whose_credentials() -> N
 
 def test_upstream_hosts_are_labelled_by_the_configured_name_they_match(tmp_path: Path) -> None:
     from appliance.config import parse_config
-    from appliance.main import host_labels
+    from appliance.registries import Registries
 
     config = parse_config(
         "appliance: {ipv4: 192.0.2.1}\nregistries:\n  - name: docker.io\n"
         "    hosts: [registry-1.docker.io]\n    redirect_hosts: ['*.r2.cloudflarestorage.com']\n",
         tmp_path / "c.yaml",
     )
-    metrics = Metrics(host_labels(config))
+    metrics = Metrics(Registries.of(config).label)
     r2 = ("a1.r2.cloudflarestorage.com", "b2.r2.cloudflarestorage.com")
     for host in ("registry-1.docker.io", *r2, "evil.example", "other.example"):
         metrics.upstream_reply("GET", f"https://{host}/x", 200, "anonymous", {})

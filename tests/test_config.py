@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from appliance.config import ConfigError, load_config, parse_config
+from appliance.registries import Registries
 from tests.harness import REGCACHE, REPO
 
 BASE = """\
@@ -27,7 +28,7 @@ def test_example_config_loads_with_every_registry() -> None:
         "docker.io", "ghcr.io", "quay.io", "gcr.io", "pkg.dev",
         "registry.k8s.io", "public.ecr.aws", "mcr.microsoft.com",
     ]  # fmt: skip
-    hosts = config.intercepted()
+    hosts = Registries.of(config).intercepted
     for host in ("registry-1.docker.io", "index.docker.io", "auth.docker.io", "eu.gcr.io",
                  "europe-west1-docker.pkg.dev", "mcr.microsoft.com", "public.ecr.aws"):  # fmt: skip
         assert hosts.match(host), host
@@ -50,7 +51,8 @@ def test_defaults_fill_in_what_is_omitted(tmp_path: Path) -> None:
     config = parse_config(BASE, tmp_path / "c.yaml")
     assert config.dns.ttl_s == 60 and config.tls.name_constraints
     assert str(config.listen.dns[0]) == "0.0.0.0:53"
-    assert config.permitted_domains() == ("registry-1.docker.io",)  # exactly what is served
+    # exactly what is served
+    assert Registries.of(config).permitted_domains == ("registry-1.docker.io",)
 
 
 def test_default_ca_constraints_are_the_served_names_never_their_parents(
@@ -66,7 +68,7 @@ def test_default_ca_constraints_are_the_served_names_never_their_parents(
         "  - name: gcr\n    hosts: [gcr.io, '*.gcr.io']\n",
     )
     config = parse_config(text, tmp_path / "c.yaml")
-    assert config.permitted_domains() == (
+    assert Registries.of(config).permitted_domains == (
         "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "auth.docker.io", "gcr.io",
         "harbor.corp.co.uk", "index.docker.io", "mcr.microsoft.com", "registry-1.docker.io",
     )  # fmt: skip

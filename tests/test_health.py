@@ -7,7 +7,7 @@ import ipaddress
 
 from appliance.config import Endpoint
 from appliance.health import HealthMonitor, NamedCheck
-from appliance.main import _listening
+from appliance.health import listening as _listening
 
 
 async def test_a_closed_listener_is_a_health_problem() -> None:

@@ -293,7 +293,7 @@ def test_show_warns_when_the_ca_is_about_to_expire(stopped: Regcache) -> None:
 def test_a_ca_constrained_to_a_public_suffix_is_warned_about(tmp_path: Path) -> None:
     """CAs made before public suffixes were refused (`microsoft.com` was fine, `co.uk`
     and `amazonaws.com`'s siblings were not) are named at start and by check-config."""
-    from appliance.main import constraints_warning
+    from appliance.ca_policy import constraints_warning
 
     broad = create_ca(tmp_path / "a", permitted_domains=("docker.io", "co.uk"), lifetime=YEAR,
                       now=NOW)  # fmt: skip

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.config import load_config
+from appliance.registries import Registries
 from tests.harness import Regcache
 from tests.tls.clients import curl, python_handshake, s_client
 
@@ -25,7 +26,7 @@ HOSTS = [
 
 def test_hosts_cover_the_example_config() -> None:
     config = load_config(Path(__file__).parents[2] / "config.example.yaml")
-    intercepted = config.intercepted()
+    intercepted = Registries.of(config).intercepted
     assert all(intercepted.match(h) for h in HOSTS)
     assert set(intercepted.exact) <= set(HOSTS)
 

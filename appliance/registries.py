@@ -1,0 +1,132 @@
+"""The config's one `registries` list as every part asks about it: which names DNS
+intercepts and TLS serves, where a host routes, whose credentials and metric label it gets."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from appliance.hostnames import Hostname, HostPattern, HostSet, is_within
+
+if TYPE_CHECKING:  # config imports this module to validate; types only here
+    from appliance.config import Config, CredentialsConfig, RegistryConfig
+
+_LABELS = 4096  # cached labels: wildcard patterns admit unboundedly many hosts
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The registry a request's Host belongs to."""
+
+    registry: RegistryConfig
+    api: bool
+    """An API host; False for a token-realm host, whose traffic always passes through."""
+    label: str
+    """The configured host or `*.` pattern it matched: bounded, for metrics and statistics."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    registry: RegistryConfig
+    api: HostSet
+    served: HostSet
+
+
+def _served(registry: RegistryConfig) -> tuple[HostPattern, ...]:
+    """Intercepted, given a leaf and routed: API hosts, and token-realm hosts unless
+    `intercept_auth_hosts` is off."""
+    return registry.hosts + (registry.auth_hosts if registry.intercept_auth_hosts else ())
+
+
+def _contacted(registry: RegistryConfig) -> tuple[HostPattern, ...]:
+    """API, auth and redirect hosts: every host regcache talks to for this registry."""
+    return registry.hosts + registry.auth_hosts + registry.redirect_hosts
+
+
+class Registries:
+    """Built once from the config; every host set derived from `registries` lives here,
+    so DNS interception, leaf minting and routing cannot drift apart."""
+
+    __slots__ = (
+        "_contacted", "_entries", "api_names", "credentials_configured", "fail_open",
+        "intercepted", "label", "permitted_domains", "unsafe_targets",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        registries: Sequence[RegistryConfig],
+        permitted_domains: tuple[Hostname, ...] = (),
+    ) -> None:
+        self._entries = tuple(
+            _Entry(r, HostSet.of(r.hosts), HostSet.of(_served(r))) for r in registries
+        )
+        self.intercepted = HostSet.of(p for r in registries for p in _served(r))
+        """The names DNS answers with the appliance, TLS mints leaves for and `route` finds."""
+        self.fail_open = HostSet.of(p for r in registries if r.fail_open for p in _served(r))
+        """Names DNS answers with their real addresses while the proxy is unhealthy."""
+        self.unsafe_targets = HostSet.of(
+            p for r in registries if r.allow_unsafe_targets for p in _contacted(r)
+        )
+        """The target policy's allowed hosts (`allow_unsafe_targets`)."""
+        self.permitted_domains = permitted_domains or _own_domains(self.intercepted)
+        """The CA's DNS subtrees: as configured, else exactly what is intercepted."""
+        self.api_names = tuple(h for r in registries for h in r.hosts if not h.startswith("*"))
+        """Exact API host names in config order (what `regcache doctor` checks)."""
+        self.credentials_configured = tuple(
+            r.credentials for r in registries if r.credentials is not None
+        )
+        self._contacted = HostSet.of(p for r in registries for p in _contacted(r))
+        self.label: Callable[[str], str] = functools.lru_cache(maxsize=_LABELS)(self._label)
+        """Upstream host → its metric label: the configured host or pattern it matches
+        (API, auth or redirect host), else `other`. Redirects decide hosts: labels must not."""
+
+    @classmethod
+    def of(cls, config: Config) -> Registries:
+        return cls(config.registries, config.tls.permitted_domains)
+
+    def hosts_outside(self, permitted: Iterable[str]) -> list[str]:
+        """Intercepted patterns a CA constrained to `permitted` cannot sign for."""
+        domains = tuple(permitted)
+        return [
+            p
+            for p in self.intercepted.patterns()
+            if not any(is_within(p.removeprefix("*."), d) for d in domains)
+        ]
+
+    def route(self, host: str) -> Route | None:
+        """The registry an intercepted `host` (API or token-realm host) belongs to."""
+        for entry in self._entries:
+            if entry.served.match(host):
+                label = entry.served.pattern_for(host) or host
+                return Route(entry.registry, entry.api.match(host), label)
+        return None
+
+    def credentials(self, host: str) -> CredentialsConfig | None:
+        """regcache's own credentials for an API host of a registry that has them."""
+        for entry in self._entries:
+            if entry.registry.credentials is not None and entry.api.match(host):
+                return entry.registry.credentials
+        return None
+
+    def api_hosts(self, name: str) -> HostSet | None:
+        """The API hosts of the registry called `name`, if one is."""
+        for entry in self._entries:
+            if entry.registry.name == name:
+                return entry.api
+        return None
+
+    def _label(self, host: str) -> str:
+        return self._contacted.pattern_for(host) or "other"
+
+
+def _own_domains(intercepted: HostSet) -> tuple[Hostname, ...]:
+    """Each intercepted host, or the suffix of a `*.` pattern, without names another entry
+    covers."""
+    domains = {p.removeprefix("*.") for p in intercepted.patterns()}
+    return tuple(
+        Hostname(d)
+        for d in sorted(domains)
+        if not any(other != d and is_within(d, other) for other in domains)
+    )
