@@ -16,31 +16,31 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance.audit import AuditLog
-from appliance.ca_policy import ensure_ca
+from appliance.admin.app import create_admin_app
+from appliance.admin.audit import AuditLog
+from appliance.admin.health import HealthMonitor, NamedCheck, listening
+from appliance.admin.metrics import Metrics
 from appliance.cache.access import AccessGate
 from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
-from appliance.config import Config, ConfigError, Endpoint, StartupError, load_config
+from appliance.config.model import Config, ConfigError, Endpoint, StartupError, load_config
+from appliance.config.registries import Registries
 from appliance.dns.client import UpstreamResolver
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
-from appliance.health import HealthMonitor, NamedCheck, listening
-from appliance.metrics import Metrics
-from appliance.notify import notify
-from appliance.offline import OfflineSwitch
-from appliance.outbound import credential_sources, upstream_client, upstream_resolver
-from appliance.proxy.admin import create_admin_app
+from appliance.kit.tasks import Job, supervise
 from appliance.proxy.app import Site, create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
-from appliance.registries import Registries
+from appliance.runtime.ca_policy import ensure_ca
+from appliance.runtime.notify import notify
+from appliance.runtime.offline import OfflineSwitch
+from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import open_index, reconcile
-from appliance.tasks import Job, supervise
 from appliance.tls.ca import CaError, CertificateAuthority, fingerprint, to_pem
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener

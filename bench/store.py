@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.config import Size, StoreConfig
+from appliance.config.model import Size, StoreConfig
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import references
 from appliance.oci.mediatypes import OCI_MANIFEST
-from appliance.store import admin
+from appliance.store import maintenance
 from appliance.store.eviction import Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.reconcile import INDEX_NAME, open_index, reconcile
@@ -93,7 +93,7 @@ async def _measure(root: Path, total: int) -> list[tuple[str, str]]:
         subprocess.run, ["sha256sum", *blob_paths], stdout=subprocess.DEVNULL, check=True
     )
     sha = time.monotonic() - started
-    verified = await admin.verify(index, files, None)
+    verified = await maintenance.verify(index, files, None)
     rows.append(
         (
             "verify (page cache warm)",

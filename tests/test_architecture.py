@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 ADAPTERS = {"store", "upstream", "tls", "dns", "proxy"}
-CORE = {"oci", "cache"}
+CORE = {"oci", "cache", "kit"}
 THIRD_PARTY_IO = {"aiohttp", "dnslib", "aiosqlite", "cryptography", "ssl"}
 
 
@@ -28,7 +28,7 @@ def adapter_of(name: str) -> str | None:
 
 def modules() -> list[tuple[str, Path]]:
     return [
-        (path.relative_to(PACKAGE).parts[0] if path.parent != PACKAGE else "", path)
+        (path.relative_to(PACKAGE).parts[0] if path.parent != PACKAGE else path.stem, path)
         for path in sorted(PACKAGE.rglob("*.py"))
     ]
 
@@ -55,7 +55,64 @@ def test_core_imports_no_io_library() -> None:
     assert found == []
 
 
+def _ours(path: Path) -> set[str]:
+    """The appliance packages or top-level modules `path` imports (`appliance.x.y` → x)."""
+    return {
+        name.split(".")[1]
+        for name in imports(path)
+        if name.startswith("appliance.") and len(name.split(".")) > 1
+    }
+
+
+def _values(name: str) -> bool:
+    return name == "appliance.config.values"
+
+
+def test_kit_and_config_stand_on_their_own() -> None:
+    """kit/ (small building blocks) imports only itself and config's value types; config/
+    only itself and kit/: every other room may use them without a cycle."""
+    found = [
+        (str(path.relative_to(PACKAGE)), name)
+        for part, path in modules()
+        if part in ("kit", "config")
+        for name in imports(path)
+        if (name.startswith("appliance.") and name.split(".")[1] not in ("kit", "config"))
+        or (
+            part == "kit"
+            and name.startswith("appliance.config")
+            and name != "appliance.config.values"
+        )
+    ]
+    assert found == []
+
+
+def test_admin_reads_figures_and_imports_no_adapter() -> None:
+    found = [
+        (str(path.relative_to(PACKAGE)), name)
+        for part, path in modules()
+        if part == "admin"
+        for name in _ours(path)
+        if name in ADAPTERS | {"runtime", "cli", "main"}
+    ]
+    assert found == []
+
+
+def test_only_the_composition_root_and_the_cli_wire_parts() -> None:
+    """runtime/ builds parts from the config for main.py and cli/; nothing else imports
+    it, main.py or cli/."""
+    found = [
+        (str(path.relative_to(PACKAGE)), name)
+        for part, path in modules()
+        if part not in ("cli", "runtime", "main")
+        for name in _ours(path)
+        if name in ("runtime", "cli", "main")
+    ]
+    assert found == []
+    assert not any("main" in _ours(path) for part, path in modules() if part == "runtime")
+
+
 def test_rules_see_the_package() -> None:
     parts = {part for part, _ in modules()}
-    assert {"dns", "tls", "proxy"} <= parts  # the walk above is not vacuous
+    assert {"dns", "tls", "proxy", "kit", "config", "admin", "runtime", "cli"} <= parts
     assert any("appliance.dns" in name for name in imports(PACKAGE / "main.py"))
+    assert "runtime" in _ours(PACKAGE / "cli" / "__init__.py")  # the walk sees cli/

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from appliance import main
-from appliance.config import load_config
-from appliance.tasks import supervise
+from appliance.config.model import load_config
+from appliance.kit.tasks import supervise
 from tests.harness import REGCACHE, REPO, Regcache, free_port, write_config
 
 DEADLINE_S = 30.0  # start-up takes well under a second; a hang never ends

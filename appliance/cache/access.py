@@ -60,8 +60,8 @@ from appliance.cache.verdicts import (
     vouched,
 )
 from appliance.kit.bounded import BoundedMap
+from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.singleflight import SingleFlight
-from appliance.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import vouched_references
 from appliance.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES

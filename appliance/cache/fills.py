@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 from appliance.cache.fill import NO_SPACE, Fill, FillState, LeaderGotNoBody, TooManyFills
 from appliance.cache.ports import BlobFiles, UpstreamReply
+from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
-from appliance.tasks import spawn
 
 _KEEP_FINISHED_S = 10.0
 

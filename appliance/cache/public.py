@@ -14,8 +14,8 @@ from appliance.cache.ports import AccessRecords, Upstream, UpstreamUnavailable
 from appliance.cache.verdicts import shows
 from appliance.kit.bounded import BoundedMap
 from appliance.kit.singleflight import SingleFlight
+from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
-from appliance.tasks import spawn
 
 log = logging.getLogger(__name__)
 

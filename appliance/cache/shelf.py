@@ -9,7 +9,7 @@ from collections.abc import Awaitable
 from appliance.cache.answers import Stored
 from appliance.cache.fill import Fill
 from appliance.cache.ports import BlobFiles, BlobRow, Index, SpaceKeeper
-from appliance.logthrottle import LogThrottle
+from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from appliance.cache.calls import ClientCalls
 from appliance.cache.manifests import Manifests
 from appliance.cache.ports import Index, TagRow, UpstreamReply, UpstreamUnavailable, in_trouble
 from appliance.cache.shelf import Shelf
-from appliance.logthrottle import LogThrottle
+from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import accept_key, accepts
 from appliance.oci.routes import Kind

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSQuestion, DNSRecord
 
-from appliance.config import Endpoint, IPAddress
+from appliance.config.hostnames import Hostname, normalise
+from appliance.config.model import Endpoint, IPAddress
 from appliance.dns.message import EDNS_UDP_BYTES, MalformedMessage, edns_of, is_response, parse
-from appliance.hostnames import Hostname, normalise
 from appliance.kit.bounded import BoundedMap
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
-from appliance.hostnames import normalise
+from appliance.config.hostnames import normalise
 
 # RFC 1035 4.2.1 without EDNS; RFC 6891 + DNS Flag Day 2020 advise 1232 with it.
 PLAIN_UDP_BYTES = 512

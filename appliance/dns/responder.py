@@ -14,7 +14,8 @@ from typing import Protocol
 
 from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSQuestion, DNSRecord
 
-from appliance.config import IPAddress, IPNetwork
+from appliance.config.hostnames import HostSet
+from appliance.config.model import IPAddress, IPNetwork
 from appliance.dns.message import (
     BADVERS,
     EDNS_UDP_BYTES,
@@ -31,9 +32,8 @@ from appliance.dns.message import (
     qname_of,
     reply_limit,
 )
-from appliance.hostnames import HostSet
 from appliance.kit.bounded import BoundedMap
-from appliance.logthrottle import LogThrottle
+from appliance.kit.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import struct
 from dataclasses import dataclass
 from typing import cast
 
-from appliance.config import Endpoint
+from appliance.config.model import Endpoint
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Forward, Responder
-from appliance.listen import BACKLOG, bind
-from appliance.tasks import spawn
+from appliance.kit.listen import BACKLOG, bind
+from appliance.kit.tasks import spawn
 
 log = logging.getLogger(__name__)
 

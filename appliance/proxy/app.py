@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
+from appliance.admin.metrics import Metrics, method_label
 from appliance.cache.answers import Answer, Refused, Relayed, Stored, Target
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
-from appliance.metrics import Metrics, method_label
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.routes import check_path

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 from appliance.cache.answers import Refused, UpstreamMismatch
 from appliance.cache.fill import FillFailed, TooManyFills
 from appliance.cache.ports import UpstreamUnavailable, UpstreamUntrusted
-from appliance.logthrottle import LogThrottle
+from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.routes import RouteError
 from appliance.proxy.ranges import RangeError
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from appliance.listen import ServingLoop
+from appliance.kit.listen import ServingLoop
 
 log = logging.getLogger(__name__)
 

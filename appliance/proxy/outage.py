@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
 from appliance.kit.bounded import BoundedMap
-from appliance.logthrottle import LogThrottle
+from appliance.kit.logthrottle import LogThrottle
 from appliance.proxy.errors import API_VERSION
 from appliance.proxy.passthrough import PassThrough, forwarded
 from appliance.proxy.site import Site

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from appliance.config import StoreConfig
-from appliance.logthrottle import LogThrottle
+from appliance.config.model import StoreConfig
+from appliance.kit.logthrottle import LogThrottle
 from appliance.store.files import FileBlobStore
 from appliance.store.index import Snapshot, SqliteIndex
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.cache.ports import TempFile
-from appliance.durable import fsync_dir
+from appliance.kit.durable import fsync_dir
 from appliance.oci.digest import Digest, DigestError
 
 

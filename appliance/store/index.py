@@ -22,11 +22,11 @@ import aiosqlite
 
 from appliance.cache.ports import BlobRow, TagRow
 from appliance.kit.bounded import BoundedMap
-from appliance.logthrottle import LogThrottle
+from appliance.kit.logthrottle import LogThrottle
+from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
 from appliance.store.lifecycle import Entry, Lifecycle, Snapshot
 from appliance.store.schema import insert_blob, insert_manifest, migrate, schema_version
-from appliance.tasks import spawn
 
 __all__ = ["Entry", "Snapshot", "SqliteIndex"]
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.durable import fsync_dir
+from appliance.kit.durable import fsync_dir
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import references, sniff_manifest_type
 from appliance.store.files import FileBlobStore

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from appliance.durable import fsync_dir
+from appliance.kit.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

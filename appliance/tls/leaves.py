@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from appliance.hostnames import HostSet, is_ip_literal, normalise
+from appliance.config.hostnames import HostSet, is_ip_literal, normalise
 from appliance.kit.bounded import BoundedMap
 from appliance.tls.ca import CertificateAuthority, to_pem
 

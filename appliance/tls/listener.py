@@ -15,10 +15,10 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 
-from appliance.config import Endpoint
-from appliance.listen import ServingLoop, bind
-from appliance.logthrottle import LogThrottle
-from appliance.tasks import spawn
+from appliance.config.model import Endpoint
+from appliance.kit.listen import ServingLoop, bind
+from appliance.kit.logthrottle import LogThrottle
+from appliance.kit.tasks import spawn
 from appliance.tls.clienthello import (
     ALERT_DECODE_ERROR,
     ALERT_INTERNAL_ERROR,

@@ -32,7 +32,7 @@ from appliance.cache.ports import (
     UpstreamUnsafe,
     UpstreamUntrusted,
 )
-from appliance.config import IPAddress
+from appliance.config.model import IPAddress
 from appliance.kit.bounded import BoundedMap
 from appliance.oci.digest import Digest
 from appliance.oci.headers import announced_digest, announced_length, content_type

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.config import CredentialsConfig
+from appliance.config.model import CredentialsConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from yarl import URL
 
 from appliance.cache.ports import UpstreamUnsafe
-from appliance.config import IPAddress
-from appliance.hostnames import HostSet
+from appliance.config.hostnames import HostSet
+from appliance.config.model import IPAddress
 
 # Metadata services outside the link-local range: AWS over IPv6, Alibaba Cloud.
 _METADATA = frozenset(ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Endpoint
+from appliance.config.model import Endpoint
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
 from tests.dns.fake_upstream import FakeUpstream
 

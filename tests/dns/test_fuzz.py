@@ -13,9 +13,9 @@ from dnslib import RCODE, DNSQuestion, DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.config.hostnames import HostSet
 from appliance.dns.message import MalformedMessage, parse
 from appliance.dns.responder import Interception, Responder
-from appliance.hostnames import HostSet
 from tests.dns.packets import caa_non_utf8, mutate, pointer_chain, seeds
 from tests.harness import Regcache, query, udp_query
 

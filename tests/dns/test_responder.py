@@ -8,9 +8,9 @@ import struct
 
 from dnslib import QTYPE, RCODE, DNSQuestion, DNSRecord
 
+from appliance.config.hostnames import HostSet
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
-from appliance.hostnames import HostSet
 
 
 class BlockingForwarder:

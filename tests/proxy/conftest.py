@@ -11,7 +11,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from appliance.metrics import Metrics
+from appliance.admin.metrics import Metrics
 from appliance.proxy.app import Site, create_app
 from tests.proxy.fakes import FakeCache, FakePassThrough
 

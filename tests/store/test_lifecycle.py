@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Size, StoreConfig
+from appliance.config.model import Size, StoreConfig
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import references, sniff_manifest_type
 from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
-from appliance.store import admin
+from appliance.store import maintenance
 from appliance.store.eviction import Evictor, Usage, bytes_to_free, plan
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
@@ -255,18 +255,20 @@ async def test_remove_refuses_to_break_references_and_pins(store: Store) -> None
     shared = await store.blob(b"shared")
     one = await store.manifest([await store.blob(b"c1"), shared], repo="one")
     two = await store.manifest([await store.blob(b"c2"), shared], repo="two")
-    with pytest.raises(admin.Refused, match="referenced by"):
-        await admin.remove(store.index, store.files, admin.Selection(digest=shared), force=False)
+    with pytest.raises(maintenance.Refused, match="referenced by"):
+        await maintenance.remove(
+            store.index, store.files, maintenance.Selection(digest=shared), force=False
+        )
     await store.index.set_pin("ghcr.io", "one", one, True)
-    select_one = admin.Selection(frozenset({"ghcr.io"}), "one")
-    with pytest.raises(admin.Refused, match="pinned"):
-        await admin.remove(store.index, store.files, select_one, force=False)
+    select_one = maintenance.Selection(frozenset({"ghcr.io"}), "one")
+    with pytest.raises(maintenance.Refused, match="pinned"):
+        await maintenance.remove(store.index, store.files, select_one, force=False)
     assert await store.index.set_pin("ghcr.io", "one", one, False)
-    removal = await admin.remove(store.index, store.files, select_one, force=False)
+    removal = await maintenance.remove(store.index, store.files, select_one, force=False)
     assert removal.rows == 2 and one not in store.rows() and shared in store.rows()
     assert two in store.rows() and store.on_disk() == store.rows()
-    forced = await admin.remove(
-        store.index, store.files, admin.Selection(digest=shared), force=True
+    forced = await maintenance.remove(
+        store.index, store.files, maintenance.Selection(digest=shared), force=True
     )
     assert forced.rows == 1 and shared not in store.on_disk()
 
@@ -275,11 +277,11 @@ async def test_a_manifest_two_repositories_pulled_stays_for_the_other(store: Sto
     image = await store.manifest([await store.blob(b"cfg")], repo="one")
     store.index.note_source("ghcr.io", "two", Digest.parse(image))
     await store.index.flush()
-    removal = await admin.remove(
-        store.index, store.files, admin.Selection(frozenset({"ghcr.io"}), "one"), force=False
+    removal = await maintenance.remove(
+        store.index, store.files, maintenance.Selection(frozenset({"ghcr.io"}), "one"), force=False
     )
     assert removal.rows == 0 and removal.kept and image in store.rows()
-    listed = await admin.images(store.index, admin.Selection())
+    listed = await maintenance.images(store.index, maintenance.Selection())
     assert [(i.repository, i.digest) for i in listed] == [("two", image)]
 
 
@@ -289,7 +291,9 @@ async def test_verify_quarantines_a_damaged_blob_and_drops_its_row(store: Store)
     path = store.files.path_for(Digest.parse(bad))
     path.write_bytes(b"bit rot" + path.read_bytes()[7:])
     seen: list[int] = []
-    report = await admin.verify(store.index, store.files, None, lambda i, _n, _b: seen.append(i))
+    report = await maintenance.verify(
+        store.index, store.files, None, lambda i, _n, _b: seen.append(i)
+    )
     assert report.bad == [bad] and report.checked == 2 and seen == [1, 2]
     assert store.rows() == {good} and not path.exists()
     assert len(list(store.files.quarantine.glob("*.why"))) == 1
@@ -299,6 +303,6 @@ async def test_gc_removes_only_old_unreferenced_blobs(store: Store) -> None:
     old_loose = await store.blob(b"old", when=1)
     new_loose = await store.blob(b"new", when=4e9)  # the future: recently used
     image = await store.manifest([await store.blob(b"cfg", when=1)], when=1)
-    result = await admin.gc(store.index, store.files, StoreConfig(), min_age_s=3600)
+    result = await maintenance.gc(store.index, store.files, StoreConfig(), min_age_s=3600)
     assert result.unreferenced_rows == 1 and old_loose not in store.rows()
     assert {new_loose, image} <= store.rows()

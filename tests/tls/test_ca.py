@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.hostnames import HostSet
+from appliance.config.hostnames import HostSet
 from appliance.tls.ca import create_ca, load_ca, rotate_ca, to_pem
 from appliance.tls.leaves import LeafStore, load_chain, mint_leaf
 from tests.harness import Regcache, free_port, running, write_config
@@ -293,7 +293,7 @@ def test_show_warns_when_the_ca_is_about_to_expire(stopped: Regcache) -> None:
 def test_a_ca_constrained_to_a_public_suffix_is_warned_about(tmp_path: Path) -> None:
     """CAs made before public suffixes were refused (`microsoft.com` was fine, `co.uk`
     and `amazonaws.com`'s siblings were not) are named at start and by check-config."""
-    from appliance.ca_policy import constraints_warning
+    from appliance.runtime.ca_policy import constraints_warning
 
     broad = create_ca(tmp_path / "a", permitted_domains=("docker.io", "co.uk"), lifetime=YEAR,
                       now=NOW)  # fmt: skip

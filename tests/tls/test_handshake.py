@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from appliance.config import load_config
-from appliance.registries import Registries
+from appliance.config.model import load_config
+from appliance.config.registries import Registries
 from tests.harness import Regcache
 from tests.tls.clients import curl, python_handshake, s_client
 

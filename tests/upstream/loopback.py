@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from appliance.hostnames import HostSet
+from appliance.config.hostnames import HostSet
 from appliance.upstream.targets import TargetPolicy
 
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"),)

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from appliance.cache.ports import UpstreamUnsafe
-from appliance.hostnames import HostSet
+from appliance.config.hostnames import HostSet
 from appliance.upstream.client import UpstreamClient, UpstreamError, end_to_end
 from appliance.upstream.targets import TargetPolicy
 from tests.upstream.loopback import LAB, loopback, serving

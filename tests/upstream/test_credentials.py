@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from appliance.config import CredentialsConfig, SecretRef
+from appliance.config.model import CredentialsConfig, SecretRef
 from appliance.upstream.client import UpstreamClient
 from appliance.upstream.credentials import CredentialSource
 from tests.upstream.loopback import LAB, loopback, serving

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliance.config import ConfigError, load_config, parse_config
-from appliance.registries import Registries
+from appliance.config.model import ConfigError, load_config, parse_config
+from appliance.config.registries import Registries
 from tests.harness import REGCACHE, REPO
 
 BASE = """\

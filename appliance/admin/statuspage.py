@@ -1,5 +1,5 @@
 """The status page: one HTML page, no scripts, the chart drawn as inline SVG. It shows
-what `/metrics` says (parsed by `appliance.status`), plus two things Prometheus labels
+what `/metrics` says (parsed by `appliance.admin.status`), plus two things Prometheus labels
 should not carry: bytes saved over time and the busiest repositories."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import datetime as dt
 import html
 import time
 
-from appliance.metrics import Savings
-from appliance.status import Status
-from appliance.units import human_size
+from appliance.admin.metrics import Savings
+from appliance.admin.status import Status
+from appliance.kit.units import human_size
 
 
 def render(status: Status, savings: Savings, ca_fingerprint: str) -> str:

@@ -13,15 +13,15 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from appliance import audit, status
-from appliance.config import Config
+from appliance.admin import audit, status
+from appliance.config.model import Config
+from appliance.config.registries import Registries
+from appliance.kit.units import human_size
 from appliance.oci.digest import Digest, DigestError
-from appliance.registries import Registries
-from appliance.store import admin
+from appliance.store import maintenance
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
-from appliance.units import human_size
 
 
 class UsageError(Exception):
@@ -114,7 +114,10 @@ def run_audit(args: argparse.Namespace, config: Config) -> int:
 
 def run_status(args: argparse.Namespace, config: Config) -> int:
     if not config.admin.listen:
-        print("regcache: status needs the admin listener (admin.listen is empty)", file=sys.stderr)
+        print(
+            "regcache: status needs the admin listener (admin.listen is empty)",
+            file=sys.stderr,
+        )
         return 2
     endpoint = config.admin.listen[0]
     address = endpoint.address
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 1
     try:
         return asyncio.run(_run(args, config))
-    except (UsageError, admin.Refused) as e:
+    except (UsageError, maintenance.Refused) as e:
         print(f"regcache: {e}", file=sys.stderr)
         return 2
 
@@ -181,10 +184,10 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     try:
         command: Callable[[], Awaitable[Any]] = {
             "ls": lambda: _ls(args, config, index),
-            "du": lambda: admin.usage(index),
+            "du": lambda: maintenance.usage(index),
             "rm": lambda: _rm(args, config, index, files),
-            "gc": lambda: admin.gc(index, files, config.store, args.min_age_s),
-            "verify": lambda: admin.verify(index, files, args.sample, _progress),
+            "gc": lambda: maintenance.gc(index, files, config.store, args.min_age_s),
+            "verify": lambda: maintenance.verify(index, files, args.sample, _progress),
             "pin": lambda: _pin(args, config, index, pinned=True),
             "unpin": lambda: _pin(args, config, index, pinned=False),
         }[args.cache_command]
@@ -195,7 +198,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(_plain(result), indent=2))
     else:
         _print(args.cache_command, result)
-    failed = isinstance(result, admin.Verification) and (result.bad or result.missing)
+    failed = isinstance(result, maintenance.Verification) and (result.bad or result.missing)
     return 1 if failed else 0
 
 
@@ -208,7 +211,7 @@ async def _hosts(config: Config, index: SqliteIndex, name: str) -> frozenset[str
     return frozenset({name.lower()})
 
 
-async def _selection(config: Config, index: SqliteIndex, target: str) -> admin.Selection:
+async def _selection(config: Config, index: SqliteIndex, target: str) -> maintenance.Selection:
     """`REGISTRY/REPOSITORY[:TAG|@DIGEST]` → a selection."""
     registry, slash, rest = target.partition("/")
     if not slash or not rest:
@@ -219,7 +222,7 @@ async def _selection(config: Config, index: SqliteIndex, target: str) -> admin.S
         _digest(digest)
     elif ":" in rest.rsplit("/", 1)[-1]:
         rest, _, tag = rest.rpartition(":")
-    return admin.Selection(await _hosts(config, index, registry), rest, tag, digest)
+    return maintenance.Selection(await _hosts(config, index, registry), rest, tag, digest)
 
 
 def _digest(text: str) -> str:
@@ -229,27 +232,31 @@ def _digest(text: str) -> str:
         raise UsageError(str(e)) from e
 
 
-async def _ls(args: argparse.Namespace, config: Config, index: SqliteIndex) -> list[admin.Image]:
+async def _ls(
+    args: argparse.Namespace, config: Config, index: SqliteIndex
+) -> list[maintenance.Image]:
     registries = None if args.registry is None else await _hosts(config, index, args.registry)
-    selection = admin.Selection(registries, args.repository, args.tag)
-    return await admin.images(index, selection, nested=args.all)
+    selection = maintenance.Selection(registries, args.repository, args.tag)
+    return await maintenance.images(index, selection, nested=args.all)
 
 
 async def _rm(
     args: argparse.Namespace, config: Config, index: SqliteIndex, files: FileBlobStore
-) -> admin.Removal:
+) -> maintenance.Removal:
     if args.registry is not None and args.target is None:
-        selection = admin.Selection(await _hosts(config, index, args.registry))
+        selection = maintenance.Selection(await _hosts(config, index, args.registry))
     elif args.target is not None and args.registry is None:
         if "/" in args.target:
             selection = await _selection(config, index, args.target)
         else:
-            selection = admin.Selection(digest=_digest(args.target))
+            selection = maintenance.Selection(digest=_digest(args.target))
     else:
         raise UsageError("rm takes an image, a digest, or --registry (one of them)")
-    if selection.registries is not None and not await admin.images(index, selection, nested=True):
+    if selection.registries is not None and not await maintenance.images(
+        index, selection, nested=True
+    ):
         raise UsageError(f"nothing in the store matches {args.target or args.registry}")
-    return await admin.remove(index, files, selection, force=args.force)
+    return await maintenance.remove(index, files, selection, force=args.force)
 
 
 async def _pin(

@@ -12,10 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from appliance import status
-from appliance.config import IPNetwork
-from appliance.metrics import Metrics
-from appliance.proxy import statuspage
+from appliance.admin import status, statuspage
+from appliance.admin.metrics import Metrics
+from appliance.config.model import IPNetwork
 
 
 def create_admin_app(

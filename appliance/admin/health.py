@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from appliance.config import Endpoint
+from appliance.config.model import Endpoint
 
 log = logging.getLogger(__name__)
 

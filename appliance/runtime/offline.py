@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from appliance.config import Config
+from appliance.config.model import Config
 
 log = logging.getLogger(__name__)
 

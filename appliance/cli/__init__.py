@@ -12,20 +12,22 @@ from pathlib import Path
 
 from cryptography import x509
 
-from appliance import cli_cache, doctor, redact
-from appliance.ca_policy import ca_constraints, ca_mismatch, constraints_warning
 from appliance.cache.ports import UpstreamUnavailable
-from appliance.config import (
+from appliance.cli import cache as cli_cache
+from appliance.cli import doctor
+from appliance.config.model import (
     Config,
     ConfigError,
     StartupError,
     default_config_path,
     load_config,
 )
+from appliance.config.registries import Registries
+from appliance.kit import redact
 from appliance.main import serve
-from appliance.offline import offline_flag
-from appliance.outbound import upstream_client, upstream_resolver
-from appliance.registries import Registries
+from appliance.runtime.ca_policy import ca_constraints, ca_mismatch, constraints_warning
+from appliance.runtime.offline import offline_flag
+from appliance.runtime.outbound import upstream_client, upstream_resolver
 from appliance.tls.ca import (
     CaError,
     create_ca,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from appliance.redact import RedactingFilter, redact
+from appliance.kit.redact import RedactingFilter, redact
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from appliance.config import Config, StartupError
+from appliance.config.model import Config, StartupError
+from appliance.config.registries import Registries
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
-from appliance.registries import Registries
 from appliance.upstream.client import UpstreamClient
 from appliance.upstream.credentials import CredentialSource
 from appliance.upstream.targets import TargetPolicy

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from appliance.logthrottle import LogThrottle
+from appliance.kit.logthrottle import LogThrottle
 
 
 def test_repeats_within_the_interval_are_counted_not_logged(

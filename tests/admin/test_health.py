@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-from appliance.config import Endpoint
-from appliance.health import HealthMonitor, NamedCheck
-from appliance.health import listening as _listening
+from appliance.admin.health import HealthMonitor, NamedCheck
+from appliance.admin.health import listening as _listening
+from appliance.config.model import Endpoint
 
 
 async def test_a_closed_listener_is_a_health_problem() -> None:

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from appliance.hostnames import Hostname, HostPattern, HostSet, is_within
+from appliance.config.hostnames import Hostname, HostPattern, HostSet, is_within
 
 if TYPE_CHECKING:  # config imports this module to validate; types only here
-    from appliance.config import Config, CredentialsConfig, RegistryConfig
+    from appliance.config.model import Config, CredentialsConfig, RegistryConfig
 
 _LABELS = 4096  # cached labels: wildcard patterns admit unboundedly many hosts
 

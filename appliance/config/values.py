@@ -10,8 +10,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from appliance import strict_yaml
-from appliance.hostnames import Hostname, HostPattern, check_hostname, check_pattern
+from appliance.config import strict_yaml
+from appliance.config.hostnames import Hostname, HostPattern, check_hostname, check_pattern
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network

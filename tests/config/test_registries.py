@@ -7,10 +7,10 @@ from pathlib import Path
 
 from dnslib import QTYPE, DNSRecord
 
-from appliance.config import parse_config
+from appliance.config.model import parse_config
 from appliance.dns.responder import Forward
 from appliance.main import Parts, build, dns_server, site_resolver
-from appliance.outbound import credential_sources, target_policy
+from appliance.runtime.outbound import credential_sources, target_policy
 from appliance.upstream.credentials import CredentialSource
 
 CONFIG = """\

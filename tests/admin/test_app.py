@@ -9,8 +9,8 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
-from appliance.metrics import Metrics
-from appliance.proxy.admin import create_admin_app
+from appliance.admin.app import create_admin_app
+from appliance.admin.metrics import Metrics
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 
@@ -66,8 +66,8 @@ def test_rate_limit_headers_become_a_gauge_per_host_and_whose_credentials() -> N
 
 
 def test_upstream_hosts_are_labelled_by_the_configured_name_they_match(tmp_path: Path) -> None:
-    from appliance.config import parse_config
-    from appliance.registries import Registries
+    from appliance.config.model import parse_config
+    from appliance.config.registries import Registries
 
     config = parse_config(
         "appliance: {ipv4: 192.0.2.1}\nregistries:\n  - name: docker.io\n"

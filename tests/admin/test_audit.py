@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.audit import AuditLog, read
+from appliance.admin.audit import AuditLog, read
 
 
 def test_entries_rotate_by_size_and_read_back_oldest_first(tmp_path: Path) -> None:

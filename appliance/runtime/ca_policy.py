@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from appliance.config import Config, StartupError
-from appliance.hostnames import Hostname, too_broad
-from appliance.registries import Registries
+from appliance.config.hostnames import Hostname, too_broad
+from appliance.config.model import Config, StartupError
+from appliance.config.registries import Registries
 from appliance.tls.ca import CertificateAuthority, create_ca, expiry_warning, load_ca
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from appliance.config import StoreConfig
+from appliance.config.model import StoreConfig
 from appliance.oci.digest import Digest
 from appliance.store.eviction import (
     Eviction,

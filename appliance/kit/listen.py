@@ -6,7 +6,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from appliance.config import Endpoint
+from appliance.config.values import Endpoint
 
 BACKLOG = 1024
 

@@ -11,8 +11,11 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import NoReturn
 
-from appliance import strict_yaml
-from appliance.config_values import (
+from appliance.config import strict_yaml
+from appliance.config.hostnames import Hostname, HostPattern, too_broad
+from appliance.config.registries import Registries
+from appliance.config.strict_yaml import check
+from appliance.config.values import (
     SCALARS,
     between,
     non_empty,
@@ -21,14 +24,11 @@ from appliance.config_values import (
     one_source,
     positive,
 )
-from appliance.config_values import Endpoint as Endpoint
-from appliance.config_values import IPAddress as IPAddress
-from appliance.config_values import IPNetwork as IPNetwork
-from appliance.config_values import SecretRef as SecretRef
-from appliance.config_values import Size as Size
-from appliance.hostnames import Hostname, HostPattern, too_broad
-from appliance.registries import Registries
-from appliance.strict_yaml import check
+from appliance.config.values import Endpoint as Endpoint
+from appliance.config.values import IPAddress as IPAddress
+from appliance.config.values import IPNetwork as IPNetwork
+from appliance.config.values import SecretRef as SecretRef
+from appliance.config.values import Size as Size
 
 DEFAULT_PATH = Path("/etc/regcache/config.yaml")
 
