@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from appliance.admin import status, statuspage
@@ -26,27 +27,6 @@ def create_admin_app(
     ca_fingerprint: Callable[[], str] = lambda: "",
 ) -> web.Application:
     """`ready()` returns the problems keeping regcache from serving (none: ready)."""
-
-    @web.middleware
-    async def guard(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        peer = request.remote or ""
-        try:
-            address = ipaddress.ip_address(peer.split("%", 1)[0])
-        except ValueError:
-            address = None
-        if address is None or not any(address in network for network in allow):
-            return web.json_response({"error": f"client {peer} is not allowed"}, status=403)
-        if token is not None:
-            offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(offered.encode(), token.encode()):
-                return web.json_response(
-                    {"error": "bearer token required"},
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="regcache admin"'},
-                )
-        return await handler(request)
 
     async def scrape(_request: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -76,10 +56,37 @@ def create_admin_app(
             headers={"Content-Disposition": 'attachment; filename="regcache-ca.crt"'},
         )
 
-    app = web.Application(middlewares=[guard])
+    app = web.Application(middlewares=[_guard(allow, token)])
     app.router.add_get("/", page)
     app.router.add_get("/ca.crt", ca)
     app.router.add_get("/metrics", scrape)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _guard(allow: Sequence[IPNetwork], token: str | None) -> Middleware:
+    """Every path: the client must be in `allow`, and bring `token` if one is set."""
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        peer = request.remote or ""
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            address = None
+        if address is None or not any(address in network for network in allow):
+            return web.json_response({"error": f"client {peer} is not allowed"}, status=403)
+        if token is not None:
+            offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(offered.encode(), token.encode()):
+                return web.json_response(
+                    {"error": "bearer token required"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="regcache admin"'},
+                )
+        return await handler(request)
+
+    return guard

@@ -63,32 +63,43 @@ def fetch(base: str, token: str | None, timeout_s: float = 5.0) -> Status:
 def parse(text: str, ready: bool, problems: list[str]) -> Status:
     """The summary of a `/metrics` text (also what the status page shows)."""
     figures: dict[str, RegistryFigures] = defaultdict(RegistryFigures)
-    store = free = 0.0
+    store: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            labels, value = sample.labels, sample.value
-            if sample.name == "regcache_cache_answers_total":
-                target = figures[labels["registry"]]
-                outcome = labels["outcome"]
-                if outcome == "hit":
-                    target.hits += value
-                elif outcome == "miss":
-                    target.misses += value
-                elif outcome == "stale":
-                    target.stale += value
-            elif sample.name == "regcache_served_bytes_total":
-                target = figures[labels["registry"]]
-                if labels["source"] == "store":
-                    target.from_store += value
-                else:
-                    target.fetched += value
-            elif sample.name == "regcache_upstream_requests_total":
-                if labels["status"].startswith("5") or labels["status"] == "429":
-                    figures[labels["host"]].upstream_errors += value
-            elif sample.name == "regcache_upstream_ratelimit_remaining":
-                figures[labels["host"]].ratelimit[labels["credential"]] = value
-            elif sample.name == "regcache_store_bytes":
-                store = value
-            elif sample.name == "regcache_store_free_bytes":
-                free = value
-    return Status(ready, problems, store, free, dict(figures))
+            if sample.name in ("regcache_store_bytes", "regcache_store_free_bytes"):
+                store[sample.name] = sample.value
+            else:
+                _add(figures, sample.name, sample.labels, sample.value)
+    return Status(
+        ready,
+        problems,
+        store.get("regcache_store_bytes", 0.0),
+        store.get("regcache_store_free_bytes", 0.0),
+        dict(figures),
+    )
+
+
+def _add(
+    figures: dict[str, RegistryFigures], name: str, labels: dict[str, str], value: float
+) -> None:
+    """One sample of a per-registry family into that registry's figures."""
+    if name == "regcache_cache_answers_total":
+        target = figures[labels["registry"]]
+        outcome = labels["outcome"]
+        if outcome == "hit":
+            target.hits += value
+        elif outcome == "miss":
+            target.misses += value
+        elif outcome == "stale":
+            target.stale += value
+    elif name == "regcache_served_bytes_total":
+        target = figures[labels["registry"]]
+        if labels["source"] == "store":
+            target.from_store += value
+        else:
+            target.fetched += value
+    elif name == "regcache_upstream_requests_total":
+        if labels["status"].startswith("5") or labels["status"] == "429":
+            figures[labels["host"]].upstream_errors += value
+    elif name == "regcache_upstream_ratelimit_remaining":
+        figures[labels["host"]].ratelimit[labels["credential"]] = value

@@ -76,26 +76,29 @@ class Builder:
         if dataclasses.is_dataclass(tp):
             return self._dataclass(typing.cast(type[Any], tp), node, key)
         if origin is tuple:
-            item_tp = typing.get_args(tp)[0]
-            if not isinstance(node, yaml.SequenceNode):
-                raise SchemaError(key, _line(node), f"expected a list, got {_kind(node)}")
-            return tuple(
-                self.build(item_tp, item, f"{key}[{i}]") for i, item in enumerate(node.value)
-            )
+            return self._tuple(typing.get_args(tp)[0], node, key)
         if origin is dict:
             key_tp, value_tp = typing.get_args(tp)
-            if not isinstance(node, yaml.MappingNode):
-                raise SchemaError(key, _line(node), f"expected a mapping, got {_kind(node)}")
-            out: dict[Any, Any] = {}
-            for k_node, v_node in node.value:
-                name = self._key_text(k_node, key)
-                sub = f"{key}.{name}" if key else name
-                k = self._scalar(key_tp, k_node, sub)
-                if k in out:
-                    raise SchemaError(sub, _line(k_node), "duplicate key")
-                out[k] = self.build(value_tp, v_node, sub)
-            return out
+            return self._dict(key_tp, value_tp, node, key)
         raise TypeError(f"no YAML conversion for {tp!r} at {key}")  # a bug in the schema
+
+    def _tuple(self, item_tp: Any, node: yaml.Node, key: str) -> tuple[Any, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise SchemaError(key, _line(node), f"expected a list, got {_kind(node)}")
+        return tuple(self.build(item_tp, item, f"{key}[{i}]") for i, item in enumerate(node.value))
+
+    def _dict(self, key_tp: Any, value_tp: Any, node: yaml.Node, key: str) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            raise SchemaError(key, _line(node), f"expected a mapping, got {_kind(node)}")
+        out: dict[Any, Any] = {}
+        for k_node, v_node in node.value:
+            name = self._key_text(k_node, key)
+            sub = f"{key}.{name}" if key else name
+            k = self._scalar(key_tp, k_node, sub)
+            if k in out:
+                raise SchemaError(sub, _line(k_node), "duplicate key")
+            out[k] = self.build(value_tp, v_node, sub)
+        return out
 
     def _is_null(self, node: yaml.Node) -> bool:
         return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
