@@ -115,4 +115,4 @@ def test_rules_see_the_package() -> None:
     parts = {part for part, _ in modules()}
     assert {"dns", "tls", "proxy", "kit", "config", "admin", "runtime", "cli"} <= parts
     assert any("appliance.dns" in name for name in imports(PACKAGE / "main.py"))
-    assert "runtime" in _ours(PACKAGE / "cli" / "__init__.py")  # the walk sees cli/
+    assert "runtime" in _ours(PACKAGE / "cli" / "serve.py")  # the walk sees cli/

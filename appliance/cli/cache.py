@@ -1,19 +1,17 @@
-"""`regcache cache ls|du|rm|gc|verify|pin|unpin` and `regcache audit`: tables by default,
-JSON with --json."""
+"""`regcache cache ls|du|rm|gc|verify|pin|unpin`: the store, inspected and managed (also
+while regcache serves). Tables by default, JSON with --json."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import datetime as dt
-import ipaddress
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from appliance.admin import audit, status
+from appliance.cli import output
 from appliance.config.model import Config
 from appliance.config.registries import Registries
 from appliance.kit.units import human_size
@@ -28,7 +26,7 @@ class UsageError(Exception):
     """A command line that names nothing in the store, or names it wrongly."""
 
 
-def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     cache = sub.add_parser(
         "cache", parents=[common], help="inspect and manage the store (works while serving)"
     ).add_subparsers(dest="cache_command", required=True)
@@ -57,116 +55,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         pin.add_argument("target", help=f"{image} (a tag pin follows the tag)")
 
 
-def add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    audit = sub.add_parser(
-        "audit", parents=[common], help="what the build network pulled (the audit log)"
-    )
-    audit.add_argument("--image", help="REGISTRY/REPOSITORY[:TAG|@DIGEST] (REGISTRY: a host)")
-    audit.add_argument("--client", help="client IP address")
-    audit.add_argument("--since", help="ISO time or an age: 90m, 12h, 7d")
-    audit.add_argument("--until", help="ISO time or an age")
-    audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-
-
-def run_audit(args: argparse.Namespace, config: Config) -> int:
-    try:
-        since = _moment(args.since)
-        until = _moment(args.until)
-    except ValueError as e:
-        print(f"regcache: {e}", file=sys.stderr)
-        return 2
-    registry = repository = reference = None
-    if args.image:
-        registry, _, rest = args.image.partition("/")
-        repository, reference = rest, None
-        if "@" in rest:
-            repository, _, reference = rest.partition("@")
-        elif ":" in rest.rsplit("/", 1)[-1]:
-            repository, _, reference = rest.rpartition(":")
-    rows = []
-    for entry in audit.read(config.audit_path()):
-        when = str(entry.get("time", ""))
-        if (since and when < since) or (until and when > until):
-            continue
-        if args.client and entry.get("client") != args.client:
-            continue
-        if registry and (entry.get("registry"), entry.get("repository")) != (registry, repository):
-            continue
-        if reference and reference not in (entry.get("reference"), entry.get("digest")):
-            continue
-        rows.append(entry)
-    if args.json:
-        for entry in rows:
-            print(json.dumps(entry))
-        return 0
-    _table(
-        ("TIME (UTC)", "CLIENT", "IMAGE", "REFERENCE", "METHOD", "STATUS", "BYTES", "OUTCOME"),
-        [
-            (str(e.get("time", ""))[:19].replace("T", " "), e.get("client"),
-             f"{e.get('registry')}/{e.get('repository')}", str(e.get("reference"))[:24],
-             e.get("method"), e.get("status"), human_size(float(e.get("bytes") or 0)),
-             e.get("outcome"))
-            for e in rows
-        ],
-    )  # fmt: skip
-    return 0
-
-
-def run_status(args: argparse.Namespace, config: Config) -> int:
-    if not config.admin.listen:
-        print(
-            "regcache: status needs the admin listener (admin.listen is empty)",
-            file=sys.stderr,
-        )
-        return 2
-    endpoint = config.admin.listen[0]
-    address = endpoint.address
-    if address.is_unspecified:
-        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-    base = f"http://{f'[{address}]' if address.version == 6 else address}:{endpoint.port}"
-    token = config.admin.token.read() if config.admin.token else None
-    try:
-        figures = status.fetch(base, token)
-    except OSError as e:
-        print(f"regcache: cannot read {base}: {e} (is regcache running?)", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(_plain(figures), indent=2))
-        return 0 if figures.ready else 1
-    print(f"ready: {'yes' if figures.ready else 'NO: ' + '; '.join(figures.problems)}")
-    print(f"store: {human_size(figures.store_bytes)} used, {human_size(figures.free_bytes)} free")
-    _table(
-        ("REGISTRY", "HITS", "MISSES", "STALE", "HIT RATIO", "SAVED (FROM STORE)",
-         "FETCHED", "UPSTREAM 5xx/429", "RATE LIMIT LEFT"),
-        [
-            (name, f"{r.hits:.0f}", f"{r.misses:.0f}", f"{r.stale:.0f}",
-             "-" if r.hit_ratio is None else f"{r.hit_ratio:.0%}", human_size(r.from_store),
-             human_size(r.fetched), f"{r.upstream_errors:.0f}",
-             ",".join(f"{v:.0f}" for v in r.ratelimit.values()) or "-")
-            for name, r in sorted(figures.registries.items())
-        ],
-    )  # fmt: skip
-    return 0 if figures.ready else 1
-
-
-def _moment(text: str | None) -> str | None:
-    """An ISO time, or an age (`90m`, `12h`, `7d`) before now, as a comparable ISO string."""
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].isdigit():
-        moment = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(text[:-1]) * units[text[-1]])
-    else:
-        try:
-            moment = dt.datetime.fromisoformat(text)
-        except ValueError as e:
-            raise ValueError(f"{text!r}: expected an ISO time or an age like 12h") from e
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def run(args: argparse.Namespace, config: Config) -> int:
+def run(args: argparse.Namespace, config: Config, _path: Path) -> int:
     index_path = config.state_dir / INDEX_NAME
     if not index_path.exists():
         print(f"regcache: no store at {config.state_dir} (start regcache first)", file=sys.stderr)
@@ -195,7 +84,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     finally:
         await index.close()
     if args.json:
-        print(json.dumps(_plain(result), indent=2))
+        print(json.dumps(output.plain(result), indent=2))
     else:
         _print(args.cache_command, result)
     failed = isinstance(result, maintenance.Verification) and (result.bad or result.missing)
@@ -285,39 +174,18 @@ def _progress(done: int, total: int, hashed: int) -> None:
             print(file=sys.stderr)
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _when(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [list(map(str, header)), *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _print(command: str, result: Any) -> None:
     if command == "ls":
-        _table(
+        output.table(
             ("REGISTRY", "REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST ACCESS (UTC)", "PINNED"),
             [
                 (i.registry, i.repository, ",".join(i.tags) or "-", i.digest[:19],
-                 human_size(i.size), _when(i.last_access_s), "yes" if i.pinned else "")
+                 human_size(i.size), output.when(i.last_access_s), "yes" if i.pinned else "")
                 for i in result
             ],
         )  # fmt: skip
     elif command == "du":
-        _table(
+        output.table(
             ("REGISTRY", "IMAGES", "BLOBS", "STORED", "SERVED FROM STORE", "FETCHED UPSTREAM"),
             [
                 (r.registry, r.images, r.blobs, human_size(r.bytes),

@@ -10,13 +10,22 @@ on the gateway, that the real upstream is reachable from it.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import socket
 import ssl
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from appliance.cache.ports import UpstreamUnavailable
+from appliance.config.model import Config
+from appliance.config.registries import Registries
+from appliance.runtime.outbound import upstream_client, upstream_resolver
 
 DEFAULT_HOSTS = (
     "registry-1.docker.io", "ghcr.io", "quay.io", "gcr.io", "registry.k8s.io",
@@ -135,4 +144,65 @@ def run_checks(
         results.append(registry_answers(host, port, cafile))
         if upstream is not None:
             results.append(upstream(host))
+    return results
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    doctor = sub.add_parser(
+        "doctor", parents=[common], help="check this host's path to the registries via regcache"
+    )
+    doctor.add_argument("--gateway", help="regcache's address (default: appliance.ipv4)")
+    doctor.add_argument("--port", type=int, default=443)
+    doctor.add_argument("--ca", type=Path, help="verify with this CA instead of the system store")
+    doctor.add_argument(
+        "--host", action="append", help="registry host to check (default: the config's)"
+    )
+    doctor.add_argument(
+        "--cert-dir",
+        action="append",
+        type=Path,
+        help="per-registry CA directory to check (default: /etc/docker/certs.d and "
+        "/etc/containers/certs.d, where present)",
+    )
+
+
+def run(args: argparse.Namespace, config: Config | None) -> int:
+    gateway = args.gateway or (str(config.appliance.ipv4) if config else None)
+    if gateway is None:
+        print(
+            "regcache: doctor needs --gateway ADDR on a host without regcache's config",
+            file=sys.stderr,
+        )
+        return 2
+    hosts = args.host or (list(Registries.of(config).api_names) if config else list(DEFAULT_HOSTS))
+    upstream = None
+    if config is not None and config.state_dir.exists():  # the gateway: check its way out
+        reached = asyncio.run(_reach_upstream(config, hosts))
+        upstream = reached.__getitem__
+    cert_dirs = args.cert_dir or CERT_DIRS
+    results = run_checks(hosts, gateway, args.port, args.ca, cert_dirs, upstream)
+    for result in results:
+        print(result.line())
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, Result]:
+    """Each host's real upstream `/v2/`, asked as regcache asks (its resolver, its CAs)."""
+    client = upstream_client(config, Registries.of(config), upstream_resolver(config))
+    results = {}
+    try:
+        for host in hosts:
+            check = f"upstream {host}"
+            try:
+                reply = await client.send("GET", f"https://{host}/v2/", {}, None)
+            except UpstreamUnavailable as e:
+                fix = "check the gateway's route and firewall to the internet, dns.upstreams"
+                results[host] = Result(check, False, str(e), fix)
+                continue
+            reply.close()
+            results[host] = Result(check, True, f"reachable from the gateway ({reply.status})")
+    finally:
+        await client.close()
     return results
