@@ -60,6 +60,7 @@ from appliance.cache.verdicts import (
     vouched,
 )
 from appliance.kit.bounded import BoundedMap
+from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.singleflight import SingleFlight
 from appliance.oci.digest import Digest
@@ -195,9 +196,14 @@ class AccessGate:
             if isinstance(verdict, Refused) and not in_trouble(verdict.status):
                 self._refusal_log.info(
                     f"{host} {verdict.status}",
-                    "access refused host=%s repository=%s status=%d credential=%s",
-                    host, repository, verdict.status, client[2][:8] or "none",
-                )  # fmt: skip
+                    "access refused %s",
+                    fields(
+                        host=host,
+                        repository=repository,
+                        status=verdict.status,
+                        credential=client[2][:8] or "none",
+                    ),
+                )
                 return verdict
             failure = verdict
         return await self._not_known(client, repo, digest, now, failure)
@@ -311,9 +317,9 @@ class AccessGate:
         )
         self._outage_log.warning(
             f"{repo[0]}/{allowed}",
-            "access upstream-unavailable host=%s repository=%s offline=%s allowed=%s",
-            repo[0], repo[1], offline, allowed,
-        )  # fmt: skip
+            "access upstream-unavailable %s",
+            fields(host=repo[0], repository=repo[1], offline=offline, allowed=allowed),
+        )
         if allowed:
             return None
         if isinstance(failure, Refused):

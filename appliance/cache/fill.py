@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from appliance.cache.ports import BlobFiles, TempFile, UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_at
+from appliance.kit.logfields import fields
 from appliance.oci.digest import Digest, DigestVerifier
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,11 @@ class Fill:
             await on_commit(self)
         except Exception as e:  # noqa: BLE001 - the verified file stays; reconciled at start
             log.warning("fill index-write-failed digest=%s error=%s", self.digest, e)
+        seconds = time.monotonic() - self.started
         log.info(
-            "fill committed digest=%s bytes=%d s=%.3f",
-            self.digest, self.written, time.monotonic() - self.started,
-        )  # fmt: skip
+            "fill committed %s",
+            fields(digest=self.digest, bytes=self.written, s=f"{seconds:.3f}"),
+        )
 
     async def _wait_for_readers(self, *, last: bool = False) -> None:
         """Pass-through: until every reader has taken what is readable of the window, so

@@ -15,6 +15,7 @@ from appliance.cache.calls import ClientCalls
 from appliance.cache.manifests import Manifests
 from appliance.cache.ports import Index, TagRow, UpstreamReply, UpstreamUnavailable, in_trouble
 from appliance.cache.shelf import Shelf
+from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import accept_key, accepts
@@ -130,8 +131,13 @@ class Tags:
                 continue
             self._stale_log.warning(
                 f"{target.host}/{target.repository}",
-                "tag serving-stale host=%s repository=%s age_s=%d reason=%s",
-                target.host, target.repository, now - row.validated_s, why,
-            )  # fmt: skip
+                "tag serving-stale %s",
+                fields(
+                    host=target.host,
+                    repository=target.repository,
+                    age_s=int(now - row.validated_s),
+                    reason=why,
+                ),
+            )
             return replace(stored, stale=True)
         return None
