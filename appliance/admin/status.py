@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.cache.ports import in_trouble
+
 
 @dataclass
 class RegistryFigures:
@@ -99,7 +101,7 @@ def _add(
         else:
             target.fetched += value
     elif name == "regcache_upstream_requests_total":
-        if labels["status"].startswith("5") or labels["status"] == "429":
+        if labels["status"].isdigit() and in_trouble(int(labels["status"])):
             figures[labels["host"]].upstream_errors += value
     elif name == "regcache_upstream_ratelimit_remaining":
         figures[labels["host"]].ratelimit[labels["credential"]] = value
