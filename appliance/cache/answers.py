@@ -11,7 +11,7 @@ from pathlib import Path
 from appliance.cache.fill import Fill
 from appliance.cache.ports import UpstreamReply, UpstreamUnavailable
 from appliance.oci.digest import Digest
-from appliance.oci.headers import announced_digest, announced_length, content_type
+from appliance.oci.headers import Announced
 from appliance.oci.routes import Kind
 
 _REFUSAL_BODY_BYTES = 64 * 1024
@@ -108,7 +108,7 @@ Answer = Stored | Filling | Described | Relayed | Refused
 
 
 @dataclass(frozen=True, slots=True)
-class MemoryReply:
+class MemoryReply(Announced):
     """An upstream response held in memory, replayable any number of times: a remembered
     404, or a manifest fetched but not kept (the disk is full)."""
 
@@ -125,18 +125,6 @@ class MemoryReply:
             "Docker-Distribution-API-Version": "registry/2.0",
         }
         return cls(200, headers, body)
-
-    @property
-    def digest(self) -> Digest | None:
-        return announced_digest(self.headers)
-
-    @property
-    def length(self) -> int | None:
-        return announced_length(self.headers)
-
-    @property
-    def content_type(self) -> str:
-        return content_type(self.headers)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self.body

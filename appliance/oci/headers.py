@@ -29,3 +29,22 @@ def announced_length(headers: Mapping[str, str]) -> int | None:
 def content_type(headers: Mapping[str, str]) -> str:
     """The `Content-Type` sent, as sent ("" if none)."""
     return headers.get("Content-Type", "")
+
+
+class Announced:
+    """What a response's headers announce, typed: for any reply with `headers`."""
+
+    __slots__ = ()
+    headers: Mapping[str, str]
+
+    @property
+    def digest(self) -> Digest | None:
+        return announced_digest(self.headers)
+
+    @property
+    def length(self) -> int | None:
+        return announced_length(self.headers)
+
+    @property
+    def content_type(self) -> str:
+        return content_type(self.headers)

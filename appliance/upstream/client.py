@@ -34,8 +34,7 @@ from appliance.cache.ports import (
 )
 from appliance.config.model import IPAddress
 from appliance.kit.bounded import BoundedMap
-from appliance.oci.digest import Digest
-from appliance.oci.headers import announced_digest, announced_length, content_type
+from appliance.oci.headers import Announced
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.challenge import bearer
 from appliance.upstream.credentials import CredentialError, CredentialSource
@@ -155,25 +154,13 @@ class OwnResolver(AbstractResolver):
 
 
 @dataclass(slots=True)
-class Reply:
+class Reply(Announced):
     """An upstream response whose body has not been read yet."""
 
     status: int
     headers: CIMultiDict[str]
     url: str
     _response: aiohttp.ClientResponse
-
-    @property
-    def digest(self) -> Digest | None:
-        return announced_digest(self.headers)
-
-    @property
-    def length(self) -> int | None:
-        return announced_length(self.headers)
-
-    @property
-    def content_type(self) -> str:
-        return content_type(self.headers)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:

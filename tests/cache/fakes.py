@@ -9,30 +9,17 @@ from dataclasses import dataclass, field
 from multidict import CIMultiDict
 
 from appliance.cache.ports import UpstreamUnreachable
-from appliance.oci.digest import Digest
-from appliance.oci.headers import announced_digest, announced_length, content_type
+from appliance.oci.headers import Announced
 
 
 @dataclass
-class FakeReply:
+class FakeReply(Announced):
     status: int
     headers: CIMultiDict[str]
     body: bytes = b""
     gate: asyncio.Event | None = None
     """When set, the body stops after its first chunk until the gate opens."""
     closed: bool = False
-
-    @property
-    def digest(self) -> Digest | None:
-        return announced_digest(self.headers)
-
-    @property
-    def length(self) -> int | None:
-        return announced_length(self.headers)
-
-    @property
-    def content_type(self) -> str:
-        return content_type(self.headers)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         half = len(self.body) // 2
