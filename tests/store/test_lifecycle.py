@@ -15,7 +15,7 @@ import pytest
 
 from appliance.config.model import Size, StoreConfig
 from appliance.oci.digest import Digest
-from appliance.oci.manifest import references, sniff_manifest_type
+from appliance.oci.manifest import references
 from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from appliance.store import maintenance
 from appliance.store.eviction import Evictor, Usage, bytes_to_free, plan
@@ -108,22 +108,6 @@ def test_watermarks_and_free_space_decide_what_to_free() -> None:
     assert bytes_to_free(limits, Usage(stored=500, filesystem=10_000, free=50)) == 250
     assert bytes_to_free(limits, Usage(stored=100, filesystem=10_000, free=50)) == 100
     assert bytes_to_free(limits, Usage(stored=500, filesystem=10_000, free=5000), urgent=True) > 0
-
-
-def test_manifest_references_and_sniffing() -> None:
-    a, b, c = (str(Digest.of(x)) for x in (b"a", b"b", b"c"))
-    image = {"schemaVersion": 2, "config": {"digest": a}, "layers": [{"digest": b}, {"digest": b}],
-             "subject": {"digest": c}}  # fmt: skip
-    body = json.dumps(image).encode()
-    assert [str(d) for d in references(body)] == [a, b]  # no repeats; subject is not needed
-    assert sniff_manifest_type(body) == OCI_MANIFEST
-    schema1 = {"schemaVersion": 1, "fsLayers": [{"blobSum": c}], "signatures": []}
-    assert [str(d) for d in references(json.dumps(schema1).encode())] == [c]
-    assert sniff_manifest_type(json.dumps({"schemaVersion": 2, "manifests": []}).encode()) == (
-        OCI_INDEX
-    )
-    for other in (b'{"architecture": "amd64"}', b"\x1f\x8b binary", b"[1, 2]", b"{bad json"):
-        assert sniff_manifest_type(other) is None and references(other) == []
 
 
 async def test_eviction_takes_least_recent_images_whole_and_keeps_shared_layers(
