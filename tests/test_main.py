@@ -13,7 +13,6 @@ import pytest
 
 from appliance import main
 from appliance.config.model import load_config
-from appliance.kit.tasks import supervise
 from tests.harness import REGCACHE, REPO, Regcache, free_port, write_config
 
 DEADLINE_S = 30.0  # start-up takes well under a second; a hang never ends
@@ -70,47 +69,6 @@ def test_an_unwritable_audit_path_exits_1_naming_it(tmp_path: Path) -> None:
     audit = tmp_path / "a-file" / "audit.jsonl"  # its folder is a file: even root cannot
     rc = write_config(tmp_path, audit={"path": str(audit)})
     assert_clear_failure(rc, "audit.path", str(audit))
-
-
-async def test_supervised_jobs_run_until_stop_and_are_then_cancelled() -> None:
-    stop, cancelled = asyncio.Event(), []
-
-    async def job() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.05, stop.set)
-    assert await supervise({"a": job, "b": job}, stop) is None
-    assert cancelled == [True, True]
-
-
-async def test_a_supervised_job_that_fails_stops_the_others_and_is_named() -> None:
-    cancelled = []
-
-    async def crash() -> None:
-        await asyncio.sleep(0.01)
-        raise KeyError("bug")
-
-    async def steady() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
-    async def quits() -> None:
-        return None
-
-    async with asyncio.timeout(5):  # never waits for `stop`
-        failed = await supervise({"health": steady, "eviction": crash}, asyncio.Event())
-        assert failed is not None and failed.name == "eviction"
-        assert isinstance(failed.__cause__, KeyError) and cancelled == [True]
-        ended = await supervise({"savings-history": quits}, asyncio.Event())
-        assert ended is not None and ended.name == "savings-history" and ended.__cause__ is None
 
 
 async def test_a_background_task_that_dies_stops_regcache_with_exit_status_1(

@@ -4,7 +4,6 @@ credential, against a real store and index with the upstream port faked."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ import pytest
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Filling, Refused, Stored, Target
-from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.cache.service import RegistryCache
@@ -360,16 +358,6 @@ async def test_in_an_outage_recent_verdicts_count_and_nothing_else(lab: Lab) -> 
         await lab.cache.blob(bob, DIGEST, head=False)
 
 
-def test_fingerprints_are_keyed_per_install(tmp_path: Path) -> None:
-    one = Fingerprints.for_install(tmp_path)
-    assert Fingerprints.for_install(tmp_path)("Basic x") == one("Basic x")  # kept
-    (tmp_path / "other").mkdir()
-    assert Fingerprints.for_install(tmp_path / "other")("Basic x") != one("Basic x")
-    assert one("Basic x") != hashlib.sha256(b"Basic x").hexdigest()[:32]  # no bare hash
-    assert one(None) == "" == one("")
-    assert (tmp_path / "fingerprint.key").stat().st_mode & 0o777 == 0o600
-
-
 async def test_a_login_page_after_a_redirect_does_not_make_a_repository_public(lab: Lab) -> None:
     """Only an anonymous answer naming the digest the client was given counts."""
     manifest = manifest_of(LAYER)
@@ -437,10 +425,3 @@ async def test_an_unreachable_registry_is_not_asked_again_by_the_gate_or_by_fill
     with pytest.raises(UpstreamUnavailable):
         await lab.cache.blob(as_("acme/secret", "Bearer bob"), absent, head=False)
     assert len(lab.upstream.calls) == calls + 1
-
-
-def test_fingerprints_take_any_header_bytes_and_replace_an_empty_key(tmp_path: Path) -> None:
-    (tmp_path / "fingerprint.key").write_bytes(b"")
-    fingerprints = Fingerprints.for_install(tmp_path)
-    assert len((tmp_path / "fingerprint.key").read_bytes()) == 32
-    assert len(fingerprints(b"Basic \xff\xfe".decode("utf-8", "surrogateescape"))) == 32

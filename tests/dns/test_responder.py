@@ -9,7 +9,6 @@ import struct
 from dnslib import QTYPE, RCODE, DNSQuestion, DNSRecord
 
 from appliance.config.hostnames import HostSet
-from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 
 
@@ -96,16 +95,6 @@ async def test_forwards_beyond_the_inflight_bound_get_servfail_at_once() -> None
     assert shed.header.rcode == RCODE.SERVFAIL and forwarder.calls == 2
     forwarder.release.set()
     assert all(x is not None for x in await asyncio.gather(*pending))
-
-
-def test_rate_limiter_allows_burst_then_rate() -> None:
-    now = [0.0]
-    limiter = RateLimiter(rate_per_s=10, burst=5, clock=lambda: now[0])
-    assert [limiter.allow("a") for _ in range(6)] == [True] * 5 + [False]
-    assert limiter.allow("b")  # per client
-    now[0] += 0.1  # one token back
-    assert limiter.allow("a") and not limiter.allow("a")
-    assert all(RateLimiter(0, 1).allow("c") for _ in range(100))  # 0 disables
 
 
 async def test_fail_open_answers_real_addresses_while_unhealthy() -> None:

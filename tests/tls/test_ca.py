@@ -18,18 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.config.hostnames import HostSet
-from appliance.tls.ca import create_ca, load_ca, rotate_ca, to_pem
-from appliance.tls.leaves import LeafStore, load_chain, mint_leaf
+from appliance.tls.ca import load_ca, rotate_ca, to_pem
+from appliance.tls.leaves import load_chain
 from tests.harness import Regcache, free_port, running, write_config
+from tests.tls.cas import NOW, YEAR, new_ca
 from tests.tls.clients import python_handshake, s_client
-
-NOW = dt.datetime.now(dt.UTC)
-YEAR = dt.timedelta(days=365)
-
-
-def new_ca(tmp: Path, domains: tuple[str, ...] | None = ("docker.io", "ghcr.io")):  # type: ignore[no-untyped-def]
-    return create_ca(tmp, permitted_domains=domains, lifetime=YEAR, now=NOW)
 
 
 def test_ca_is_p256_with_critical_name_constraints(tmp_path: Path) -> None:
@@ -144,61 +137,6 @@ def test_unconstrained_ca_when_turned_off(tmp_path: Path) -> None:
     assert ca.permitted_domains() is None
 
 
-def test_leaf_store_mints_once_per_name_and_again_before_expiry(tmp_path: Path) -> None:
-    now = [NOW.timestamp()]
-    store = LeafStore(
-        new_ca(tmp_path),
-        HostSet.of(["ghcr.io", "*.docker.io"]),
-        dt.timedelta(days=30),
-        clock=lambda: now[0],
-    )
-    first = store.context_for("GHCR.io.")
-    assert first is not None and store.context_for("ghcr.io") is first
-    assert store.context_for("example.com") is None and store.context_for("::1") is None
-    assert store.context_for(None) is None and store.context_for("docker.io") is None
-    assert store.minted_names == {"ghcr.io"} and store.mint_count == 1
-    now[0] += dt.timedelta(days=19).total_seconds()  # < 2/3 of 30 days: still fresh
-    assert store.context_for("ghcr.io") is first
-    now[0] += dt.timedelta(days=2).total_seconds()  # past 2/3: re-minted
-    assert store.context_for("ghcr.io") is not first and store.mint_count == 2
-
-
-def test_leaf_store_is_bounded_for_wildcard_names(tmp_path: Path) -> None:
-    store = LeafStore(
-        new_ca(tmp_path), HostSet.of(["*.docker.io"]), dt.timedelta(days=30), max_entries=2
-    )
-    a = store.context_for("a.docker.io")
-    store.context_for("b.docker.io")
-    assert store.context_for("a.docker.io") is a  # a is now the most recently used
-    store.context_for("c.docker.io")
-    assert store.minted_names == {"a.docker.io", "c.docker.io"}
-
-
-@pytest.mark.parametrize(
-    "sni", ["a b.pkg.dev", "a/b.pkg.dev", "-a.pkg.dev", "a..pkg.dev", "a\x00.pkg.dev",
-            "x" * 64 + ".pkg.dev", ".pkg.dev", "a.pkg.dev\n"],
-)  # fmt: skip
-def test_no_leaf_for_a_malformed_name_under_a_wildcard(tmp_path: Path, sni: str) -> None:
-    ca = create_ca(tmp_path, permitted_domains=("pkg.dev",), lifetime=dt.timedelta(days=5), now=NOW)
-    store = LeafStore(ca, HostSet.of(["*.pkg.dev"]), dt.timedelta(days=30))
-    assert store.context_for(sni) is None and store.mint_count == 0
-    assert store.context_for("us-docker.pkg.dev") is not None  # a real one still works
-
-
-def test_leaf_never_outlives_the_ca(tmp_path: Path) -> None:
-    ca = create_ca(
-        tmp_path, permitted_domains=("docker.io",), lifetime=dt.timedelta(days=5), now=NOW
-    )
-    leaf = mint_leaf(
-        ca,
-        "registry-1.docker.io",
-        ec.generate_private_key(ec.SECP256R1()).public_key(),
-        dt.timedelta(days=30),
-        NOW,
-    )
-    assert leaf.not_valid_after_utc == ca.cert.not_valid_after_utc
-
-
 def test_interrupted_rotation_is_completed_on_load(tmp_path: Path) -> None:
     new_ca(tmp_path)
     rotated = rotate_ca(
@@ -288,15 +226,3 @@ def test_show_warns_when_the_ca_is_about_to_expire(stopped: Regcache) -> None:
     assert "constraints:  DNS names under docker.io" in shown
     assert "warning: the regcache CA expires on" in shown and "ca rotate" in shown
     assert "expires on" in rc.cli("check-config").stderr
-
-
-def test_a_ca_constrained_to_a_public_suffix_is_warned_about(tmp_path: Path) -> None:
-    """CAs made before public suffixes were refused (`microsoft.com` was fine, `co.uk`
-    and `amazonaws.com`'s siblings were not) are named at start and by check-config."""
-    from appliance.runtime.ca_policy import constraints_warning
-
-    broad = create_ca(tmp_path / "a", permitted_domains=("docker.io", "co.uk"), lifetime=YEAR,
-                      now=NOW)  # fmt: skip
-    warning = constraints_warning(broad)
-    assert warning is not None and "co.uk" in warning and "docker.io" not in warning
-    assert constraints_warning(new_ca(tmp_path / "b")) is None

@@ -1,4 +1,5 @@
-"""The content-addressed files and the SQLite index, on a real filesystem and database."""
+"""The SQLite index on the pull hot path: tags, batched revalidations, public status,
+what was pulled where; on a real database."""
 
 from __future__ import annotations
 
@@ -7,40 +8,7 @@ from pathlib import Path
 
 from appliance.cache.ports import TagRow
 from appliance.oci.digest import Digest
-from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
-
-
-async def test_commit_places_the_file_under_its_digest(tmp_path: Path) -> None:
-    files = FileBlobStore(tmp_path)
-    files.prepare()
-    data = b"hello"
-    temp = files.create_temp()
-    temp.write(data)
-    digest = Digest.of(data)
-    path = await files.commit(temp, digest)
-    assert path == tmp_path / "blobs" / "sha256" / digest.hex[:2] / digest.hex
-    assert path.read_bytes() == data and files.size_of(digest) == 5
-    assert list((tmp_path / "tmp").iterdir()) == []
-
-
-def test_leftover_temp_files_are_removed_at_start(tmp_path: Path) -> None:
-    files = FileBlobStore(tmp_path)
-    files.prepare()
-    files.create_temp().write(b"partial")
-    assert FileBlobStore(tmp_path).prepare() == 1
-    assert list((tmp_path / "tmp").iterdir()) == []
-
-
-async def test_index_schema_is_migrated_once_and_in_wal(tmp_path: Path) -> None:
-    index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    assert await index.schema_version() == 4
-    await index.close()
-    index = await SqliteIndex.open(tmp_path / "index.sqlite")  # reopening migrates nothing
-    assert await index.schema_version() == 4
-    await index.close()
-    mode = sqlite3.connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()
-    assert mode == ("wal",)
 
 
 async def test_tag_history_keeps_replaced_digests(tmp_path: Path) -> None:
@@ -113,26 +81,4 @@ async def test_member_paths_follow_references_from_what_was_pulled_there(tmp_pat
     assert await index.member_paths("ghcr.io", "org/x", other) == []
     assert await index.member_paths("ghcr.io", "org/y", layer) == []
     assert await index.member_paths("quay.io", "org/x", top) == []
-    await index.close()
-
-
-async def test_migration_4_drops_sources_no_tag_vouches_for(tmp_path: Path) -> None:
-    """Before the per-digest gate a refused or foreign request could add a source row."""
-    path = tmp_path / "index.sqlite"
-    index = await SqliteIndex.open(path)
-    tagged, child, stray = (Digest.of(x) for x in (b"tagged", b"child", b"stray"))
-    await index.add_manifest(child, 1, "m", [], ("docker.io", "library/x"))
-    await index.add_manifest(tagged, 1, "i", [child], ("docker.io", "library/x"))
-    await index.add_manifest(stray, 1, "m", [], ("docker.io", "library/x"))
-    await index.set_tag("docker.io", "library/x", "v1", "k", TagRow(tagged, "i", 1, 1.0))
-    await index.set_public_status("docker.io", "library/x", True, 1.0)
-    await index.close()
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 3")
-    db.commit()
-    db.close()
-    index = await SqliteIndex.open(path)
-    assert [d for _, _, d in await index.sources()] == [str(tagged)]
-    assert await index.member_paths("docker.io", "library/x", child) == [(tagged,)]  # checked
-    assert await index.public_status("docker.io", "library/x") is None  # learnt anew
     await index.close()

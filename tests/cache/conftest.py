@@ -1,0 +1,25 @@
+"""`parts`: a `RegistryCache` over a real store and index, with the upstream port faked."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from appliance.cache.access import AccessGate
+from appliance.cache.service import RegistryCache
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
+from tests.cache.fakes import FakeUpstream
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[RegistryCache, FakeUpstream, FileBlobStore]]:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    upstream = FakeUpstream()
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
+    yield cache, upstream, files
+    await index.close()

@@ -1,0 +1,44 @@
+"""Tags against a real store and index, with the upstream port faked: revalidated with a
+HEAD, answered within their TTL, only in a media type the client takes."""
+
+from __future__ import annotations
+
+from appliance.cache.answers import Stored, Target
+from appliance.oci.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
+from tests.cache.alpine import MANIFEST, ORIGIN, tag_routes, target
+
+
+async def test_tag_is_revalidated_with_head_and_served_from_the_store(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    first = await cache.manifest(target(), "3", head=False)
+    assert isinstance(first, Stored) and first.path.read_bytes() == MANIFEST
+    assert first.media_type == OCI_MANIFEST
+    second = await cache.manifest(target(), "3", head=False)
+    assert isinstance(second, Stored)
+    as_client = [c for c in upstream.calls if c[2].get("Authorization") == "Bearer t"]
+    assert [c[0] for c in as_client] == ["HEAD", "GET", "HEAD"]  # one GET, HEADs revalidate
+    anonymous = [c for c in upstream.calls if "Authorization" not in c[2]]
+    assert [c[0] for c in anonymous] == ["HEAD"]  # the access gate's one public probe
+
+
+async def test_cached_manifest_only_for_clients_accepting_its_type(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    await cache.manifest(target(), "3", head=False)
+    # With tag_ttl a fresh tag row may skip upstream, but not for a client that cannot take
+    # the type: that one is asked upstream with its own Accept.
+    docker_only = Target(ORIGIN, "library/alpine", {}, frozenset({DOCKER_MANIFEST}), 3600)
+    gets = upstream.count("HEAD")
+    await cache.manifest(docker_only, "3", head=False)
+    assert upstream.count("HEAD") == gets + 1
+
+
+async def test_tag_ttl_skips_revalidation(parts) -> None:  # type: ignore[no-untyped-def]
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    ttl = Target(ORIGIN, "library/alpine", {}, frozenset({OCI_MANIFEST}), 3600)
+    await cache.manifest(ttl, "3", head=False)
+    calls = len(upstream.calls)
+    assert isinstance(await cache.manifest(ttl, "3", head=False), Stored)
+    assert len(upstream.calls) == calls

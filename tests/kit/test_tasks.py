@@ -1,0 +1,83 @@
+"""Background work: supervised jobs run until stopped, and one that ends stops the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+
+import pytest
+
+from appliance.kit.tasks import spawn, supervise
+
+
+async def test_supervised_jobs_run_until_stop_and_are_then_cancelled() -> None:
+    stop, cancelled = asyncio.Event(), []
+
+    async def job() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, stop.set)
+    assert await supervise({"a": job, "b": job}, stop) is None
+    assert cancelled == [True, True]
+
+
+async def test_a_supervised_job_that_fails_stops_the_others_and_is_named() -> None:
+    cancelled = []
+
+    async def crash() -> None:
+        await asyncio.sleep(0.01)
+        raise KeyError("bug")
+
+    async def steady() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def quits() -> None:
+        return None
+
+    async with asyncio.timeout(5):  # never waits for `stop`
+        failed = await supervise({"health": steady, "eviction": crash}, asyncio.Event())
+        assert failed is not None and failed.name == "eviction"
+        assert isinstance(failed.__cause__, KeyError) and cancelled == [True]
+        ended = await supervise({"savings-history": quits}, asyncio.Event())
+        assert ended is not None and ended.name == "savings-history" and ended.__cause__ is None
+
+
+async def test_a_spawned_task_nothing_else_refers_to_is_kept_until_it_ends() -> None:
+    async def forgotten() -> None:
+        await asyncio.get_running_loop().create_future()  # referred to by this task only
+
+    spawn(forgotten(), name="forgotten-job")
+    gc.collect()
+    kept = [t for t in asyncio.all_tasks() if t.get_name() == "forgotten-job"]
+    assert len(kept) == 1
+    kept[0].cancel()
+    await asyncio.sleep(0)
+
+
+async def test_a_spawned_task_that_fails_is_logged_by_name_and_a_cancelled_one_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken() -> None:
+        raise KeyError("bug")
+
+    failing = spawn(broken(), name="fill sha256:abc")
+    with contextlib.suppress(KeyError):
+        await failing
+    cancelled = spawn(asyncio.sleep(3600), name="index-flush")
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cancelled
+    await asyncio.sleep(0)  # done callbacks
+    assert "task failed name=fill sha256:abc" in caplog.text and "KeyError: 'bug'" in caplog.text
+    assert "index-flush" not in caplog.text

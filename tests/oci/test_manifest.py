@@ -1,0 +1,45 @@
+"""What a manifest references and vouches for, and its type sniffed from its bytes."""
+
+from __future__ import annotations
+
+import json
+
+from appliance.oci.digest import Digest
+from appliance.oci.manifest import references, sniff_manifest_type, vouched_references
+from appliance.oci.mediatypes import DOCKER_SCHEMA1_SIGNED, OCI_INDEX, OCI_MANIFEST
+
+
+def test_manifest_references_and_sniffing() -> None:
+    a, b, c = (str(Digest.of(x)) for x in (b"a", b"b", b"c"))
+    image = {"schemaVersion": 2, "config": {"digest": a}, "layers": [{"digest": b}, {"digest": b}],
+             "subject": {"digest": c}}  # fmt: skip
+    body = json.dumps(image).encode()
+    assert [str(d) for d in references(body)] == [a, b]  # no repeats; subject is not needed
+    assert sniff_manifest_type(body) == OCI_MANIFEST
+    schema1 = {"schemaVersion": 1, "fsLayers": [{"blobSum": c}], "signatures": []}
+    assert [str(d) for d in references(json.dumps(schema1).encode())] == [c]
+    assert sniff_manifest_type(json.dumps({"schemaVersion": 2, "manifests": []}).encode()) == (
+        OCI_INDEX
+    )
+    for other in (b'{"architecture": "amd64"}', b"\x1f\x8b binary", b"[1, 2]", b"{bad json"):
+        assert sniff_manifest_type(other) is None and references(other) == []
+
+
+def test_a_manifest_vouches_only_for_the_fields_its_registry_checks() -> None:
+    a, b, c, d, e = (Digest.of(x) for x in (b"a", b"b", b"c", b"d", b"e"))
+    foreign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+    image = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"digest": str(a)},
+        "layers": [{"digest": str(b)}, {"digest": str(c), "urls": ["https://example.com/c"]},
+                   {"digest": str(d), "mediaType": foreign}],
+        "blobs": [{"digest": str(e)}],
+    }  # fmt: skip
+    body = json.dumps(image).encode()
+    assert vouched_references(body, OCI_MANIFEST) == [a, b]  # no urls, no foreign, no blobs
+    assert vouched_references(body, OCI_INDEX) == []  # its own mediaType says otherwise
+    assert references(body) == [a, b, c, d, e]  # all of them are kept with it, though
+    index = json.dumps({"manifests": [{"digest": str(a)}], "layers": [{"digest": str(b)}]})
+    assert vouched_references(index.encode(), OCI_INDEX) == [a]
+    assert vouched_references(index.encode(), "application/vnd.example+json") == []
+    schema1 = json.dumps({"schemaVersion": 1, "fsLayers": [{"blobSum": str(c)}]}).encode()
+    assert vouched_references(schema1, DOCKER_SCHEMA1_SIGNED) == [c]

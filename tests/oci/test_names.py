@@ -1,0 +1,46 @@
+"""Repository names and references, with the grammar of the OCI distribution spec."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.oci.digest import Digest
+from appliance.oci.names import InvalidName, check_repository, parse_reference
+
+HEX = "a" * 64
+
+
+@pytest.mark.parametrize(
+    "name", ["alpine", "library/alpine", "a/b/c", "my-org/my_repo", "a.b/c__d", "a--b", "0/1"]
+)
+def test_names_of_the_spec_grammar_are_accepted(name: str) -> None:
+    assert check_repository(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "Alpine", "a//b", "/a", "a/", "-a", "a_", "a___b", "a/.b", "a b", "a\n"]
+)
+def test_names_outside_the_grammar_are_refused(name: str) -> None:
+    with pytest.raises(InvalidName):
+        check_repository(name)
+
+
+def test_a_repository_name_is_at_most_255_characters() -> None:
+    assert check_repository("a" * 255) == "a" * 255
+    with pytest.raises(InvalidName):
+        check_repository("a" * 256)
+
+
+def test_a_reference_is_a_tag_or_a_digest() -> None:
+    assert parse_reference("3.20") == "3.20"
+    assert parse_reference("_private") == "_private"
+    assert parse_reference("t" * 128) == "t" * 128
+    assert parse_reference(f"sha256:{HEX}") == Digest("sha256", HEX)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "-latest", ".hidden", "t" * 129, "v1/x", "latest\n", "sha256:abc", "md5:" + HEX]
+)
+def test_references_that_are_neither_a_tag_nor_a_digest_are_refused(text: str) -> None:
+    with pytest.raises(InvalidName):
+        parse_reference(text)

@@ -1,0 +1,43 @@
+"""The index schema and its migrations, on a real database."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from appliance.cache.ports import TagRow
+from appliance.oci.digest import Digest
+from appliance.store.index import SqliteIndex
+
+
+async def test_index_schema_is_migrated_once_and_in_wal(tmp_path: Path) -> None:
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    assert await index.schema_version() == 4
+    await index.close()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")  # reopening migrates nothing
+    assert await index.schema_version() == 4
+    await index.close()
+    mode = sqlite3.connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()
+    assert mode == ("wal",)
+
+
+async def test_migration_4_drops_sources_no_tag_vouches_for(tmp_path: Path) -> None:
+    """Before the per-digest gate a refused or foreign request could add a source row."""
+    path = tmp_path / "index.sqlite"
+    index = await SqliteIndex.open(path)
+    tagged, child, stray = (Digest.of(x) for x in (b"tagged", b"child", b"stray"))
+    await index.add_manifest(child, 1, "m", [], ("docker.io", "library/x"))
+    await index.add_manifest(tagged, 1, "i", [child], ("docker.io", "library/x"))
+    await index.add_manifest(stray, 1, "m", [], ("docker.io", "library/x"))
+    await index.set_tag("docker.io", "library/x", "v1", "k", TagRow(tagged, "i", 1, 1.0))
+    await index.set_public_status("docker.io", "library/x", True, 1.0)
+    await index.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    index = await SqliteIndex.open(path)
+    assert [d for _, _, d in await index.sources()] == [str(tagged)]
+    assert await index.member_paths("docker.io", "library/x", child) == [(tagged,)]  # checked
+    assert await index.public_status("docker.io", "library/x") is None  # learnt anew
+    await index.close()
