@@ -59,7 +59,7 @@ class Tokens:
             data = json.loads(body)
             token = str(data.get("token") or data["access_token"])
             expires_s = int(data.get("expires_in") or _DEFAULT_EXPIRES_S)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # not a JSON object
             log.info("upstream token unusable realm=%s error=%s", realm, e)
             return None
         self._cache.set(key, token, ttl_s=max(expires_s - _MARGIN_S, 1))
