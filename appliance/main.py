@@ -118,6 +118,7 @@ async def run(parts: Parts) -> int:
         stop = _handle_signals(stack, parts)
         service = wire(parts, await _acquire(stack, parts))
         await _start(stack, parts, service)
+        _handle_reload(stack, parts)
         notify("READY=1\nSTATUS=serving")
         log.info(
             "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
@@ -312,15 +313,21 @@ def dns_server(parts: Parts, healthy: Callable[[], bool]) -> DnsServer:
 
 
 def _handle_signals(stack: contextlib.AsyncExitStack, parts: Parts) -> asyncio.Event:
-    """SIGTERM and SIGINT set the returned event, SIGHUP reloads; undone on exit."""
+    """SIGTERM and SIGINT set the returned event; undone on exit."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
         stack.callback(loop.remove_signal_handler, sig)
+    return stop
+
+
+def _handle_reload(stack: contextlib.AsyncExitStack, parts: Parts) -> None:
+    """SIGHUP reloads, from when regcache serves: a reload ends with READY=1, which must
+    not reach systemd while the index is still being reconciled; undone on exit."""
+    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, parts.path, parts.offline)
     stack.callback(loop.remove_signal_handler, signal.SIGHUP)
-    return stop
 
 
 def reload(path: Path, offline: OfflineSwitch) -> None:

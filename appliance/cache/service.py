@@ -14,7 +14,15 @@ import time
 from collections.abc import Callable
 
 from appliance.cache.access import AccessGate
-from appliance.cache.answers import Answer, Refused, Relayed, Stored, Target, refusal_or_relayed
+from appliance.cache.answers import (
+    Answer,
+    Filling,
+    Refused,
+    Relayed,
+    Stored,
+    Target,
+    refusal_or_relayed,
+)
 from appliance.cache.blobs import Blobs
 from appliance.cache.calls import ClientCalls
 from appliance.cache.fill import Fill
@@ -83,8 +91,8 @@ class RegistryCache:
         answer = await self._manifest(target, reference, head=head)
         if isinstance(answer, Relayed):
             return await refusal_or_relayed(answer.reply)
-        if not isinstance(answer, Stored):
-            return answer  # a refusal, or a manifest not kept (a full disk)
+        if isinstance(answer, Refused | Filling):
+            return answer
         # A manifest 404 is replayed from memory when the digest is absent (see
         # `ClientCalls.fetch`); a refusal of a stored one is remembered and replayed the
         # same way, so neither differs from the other, also while upstream is down.

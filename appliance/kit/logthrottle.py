@@ -2,7 +2,7 @@
 
 An upstream outage turns every query into the same failure; one line per 30 s says so
 without drowning the journal. Keys often carry client-chosen parts (a repository name):
-at most `max_keys` are tracked, the least recently logged forgotten first.
+at most `max_keys` are tracked, the least recently seen forgotten first.
 """
 
 from __future__ import annotations
