@@ -9,7 +9,6 @@ import functools
 import logging
 import os
 import resource
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from appliance.cache.access import AccessGate
 from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
-from appliance.config.model import Config, ConfigError, Endpoint, StartupError, load_config
+from appliance.config.model import Config, Endpoint, StartupError
 from appliance.config.registries import Registries
 from appliance.dns.client import UpstreamResolver
 from appliance.dns.ratelimit import RateLimiter
@@ -37,6 +36,7 @@ from appliance.runtime.ca_policy import ensure_ca
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
+from appliance.runtime.signals import on_reload, on_stop
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
@@ -115,10 +115,10 @@ async def run(parts: Parts) -> int:
     or SIGINT; release in reverse. 0 after a signal, 1 when a background task ended."""
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(log.info, "regcache stopped")
-        stop = _handle_signals(stack, parts)
+        stop = on_stop(stack)
         service = wire(parts, await _acquire(stack, parts))
         await _start(stack, parts, service)
-        _handle_reload(stack, parts)
+        on_reload(stack, parts.path, parts.offline)
         notify("READY=1\nSTATUS=serving")
         log.info(
             "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
@@ -310,43 +310,6 @@ def dns_server(parts: Parts, healthy: Callable[[], bool]) -> DnsServer:
             idle_timeout_s=config.dns.tcp_idle_timeout_s,
         ),
     )
-
-
-def _handle_signals(stack: contextlib.AsyncExitStack, parts: Parts) -> asyncio.Event:
-    """SIGTERM and SIGINT set the returned event; undone on exit."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-        stack.callback(loop.remove_signal_handler, sig)
-    return stop
-
-
-def _handle_reload(stack: contextlib.AsyncExitStack, parts: Parts) -> None:
-    """SIGHUP reloads, from when regcache serves: a reload ends with READY=1, which must
-    not reach systemd while the index is still being reconciled; undone on exit."""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reload, parts.path, parts.offline)
-    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
-
-
-def reload(path: Path, offline: OfflineSwitch) -> None:
-    """SIGHUP: re-read the config and apply what is safe at run time (log level, offline).
-    Everything else needs a restart; an invalid file changes nothing."""
-    notify("RELOADING=1")
-    try:
-        fresh = load_config(path)
-    except ConfigError as e:
-        log.error("config reload refused error=%s", e)
-    else:
-        logging.getLogger().setLevel(fresh.log_level)
-        offline.always = fresh.offline
-        log.warning(
-            "config reloaded log_level=%s offline=%s (other changes need a restart)",
-            fresh.log_level,
-            fresh.offline,
-        )
-    notify("READY=1")
 
 
 def _admin_token(config: Config) -> str | None:
