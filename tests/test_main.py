@@ -4,9 +4,11 @@ background task stops the process instead of vanishing."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,24 @@ async def test_a_background_task_that_dies_stops_regcache_with_exit_status_1(
     assert "regcache ready" in caplog.text
     assert "regcache stopping reason=task-failed task=savings-history" in caplog.text
     assert "RuntimeError: sampling bug" in caplog.text and "regcache stopped" in caplog.text
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen() -> Iterator[None]:
+    """`run` freezes the objects start-up made; in this test process, undo that after."""
+    yield
+    gc.unfreeze()
+
+
+async def test_what_start_up_made_is_frozen_out_of_the_collectors_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def stop_at_once(_metrics: object) -> None:
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(main, "_sample_savings", stop_at_once)
+    rc = write_config(tmp_path)
+    gc.unfreeze()
+    async with asyncio.timeout(20):
+        assert await main.run(main.build(load_config(rc.config_path), rc.config_path)) == 1
+    assert gc.get_freeze_count() > 0
