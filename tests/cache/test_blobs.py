@@ -39,6 +39,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
     yield Lab(cache, upstream, index)
     await index.close()
+    await index.close()
 
 
 async def test_a_stored_blob_is_answered_for_get_and_head_without_upstream_and_counted(
