@@ -128,12 +128,14 @@ class Fill:
                 return
             await self._commit(files, on_commit)
         except BaseException as e:
-            if self._final is None:
-                files.discard(self._temp)
+            # Failed first, then clean up: readers and joiners hear of it even if the
+            # clean-up fails too.
             self.state = FillState.FAILED
             self._on_verified.clear()
             self.error = e
             log.warning("fill failed digest=%s bytes=%d error=%s", self.digest, self.written, e)
+            if self._final is None:
+                self._discard(files)
             if not isinstance(e, Exception):
                 raise
         finally:
@@ -188,8 +190,17 @@ class Fill:
             callback()
         self._on_verified.clear()
 
+    def _discard(self, files: BlobFiles) -> None:
+        try:
+            files.discard(self._temp)
+        except OSError as e:  # removed at the next start (`FileBlobStore.prepare`)
+            log.warning("fill temp-not-removed digest=%s error=%s", self.digest, e)
+
     async def _commit(self, files: BlobFiles, on_commit: Callable[[Fill], Awaitable[None]]) -> None:
-        self._final = str(await files.commit(self._temp, self.digest))
+        try:
+            self._final = str(await files.commit(self._temp, self.digest))
+        except OSError as e:  # fsync, rename: EIO, ENOSPC… the bytes were right, not kept
+            raise FillFailed(f"{self.digest}: verified but could not be stored: {e}") from e
         self.state = FillState.DONE
         try:
             await on_commit(self)

@@ -8,11 +8,13 @@ file under `blobs/` always hashes to its name, across crashes and power loss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.cache.ports import TempFile
@@ -27,6 +29,8 @@ class TempBlob:
     path: Path
     fd: int
     written: int = 0
+    closed: bool = False
+    _closing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -34,6 +38,16 @@ class TempBlob:
             n = os.write(self.fd, view)
             view = view[n:]
         self.written += len(chunk)
+
+    def close(self) -> None:
+        """Close the file, once: the moment it is closed its number may be handed to
+        another open (another fill's file, a client's socket), which a second close would
+        close instead. A commit in a thread and a cancelled fill may both get here."""
+        with self._closing:
+            if self.closed:
+                return
+            self.closed = True
+        os.close(self.fd)
 
 
 class FileBlobStore:
@@ -115,13 +129,22 @@ class FileBlobStore:
         return await asyncio.to_thread(self._commit, temp, digest)
 
     def _commit(self, temp: TempBlob, digest: Digest) -> Path:
+        """On failure (EIO, ENOSPC…) the temp file is closed and gone, and nothing is
+        under `blobs/` that was not there before; `discard` after it is harmless."""
         final = self.path_for(digest)
         try:
-            os.fsync(temp.fd)
-        finally:
-            os.close(temp.fd)
-        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.replace(temp.path, final)
+            try:
+                os.fsync(temp.fd)
+            finally:
+                temp.close()
+            final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.replace(temp.path, final)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that matters is the one raised
+                temp.path.unlink(missing_ok=True)
+            raise
+        # A failure from here on leaves a file that hashes to its name, unindexed:
+        # reconciliation indexes it at the next start.
         fsync_dir(final.parent)
         return final
 
@@ -168,6 +191,7 @@ class FileBlobStore:
         return target
 
     def discard(self, temp: TempFile) -> None:
+        """Close and remove a temp file; safe after a failed commit (already done)."""
         assert isinstance(temp, TempBlob)
-        os.close(temp.fd)
+        temp.close()
         temp.path.unlink(missing_ok=True)
