@@ -88,6 +88,8 @@ class Fill:
         self._readers: set[_Reader] = set()
         self._had_readers = False
         self.started = time.monotonic()
+        self.ended = False
+        """`run` has returned: committed and indexed, or failed, or passed through."""
         self._on_verified: list[Callable[[], None]] = []
 
     def when_verified(self, callback: Callable[[], None]) -> None:
@@ -141,6 +143,7 @@ class Fill:
         finally:
             reply.close()
             self._window = (0, b"")  # a finished fill stays joinable a while: not its chunk
+            self.ended = True
             self._notify()
 
     async def _take_in(
@@ -237,6 +240,14 @@ class Fill:
         # Hold back the last byte until the digest is verified.
         last = self.size if self.size is not None else self.written
         return min(self.written, last - 1)
+
+    async def wait_stored(self) -> None:
+        """Until every byte is in, verified and committed; FillFailed if the fill fails
+        or is not kept (the disk filled). For answers that must not start before that."""
+        while not self.ended:
+            await self._changed.wait()
+        if self.state is not FillState.DONE:
+            raise FillFailed(str(self.error or "the disk filled: not kept"))
 
     async def _open(self) -> int:
         while True:

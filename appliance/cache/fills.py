@@ -40,13 +40,14 @@ class Fills:
         return self._active.get(digest)
 
     def running(self) -> set[str]:
-        """Digests of fills in flight (a finished one kept joinable is not: its file is
-        in the store like any other)."""
+        """Digests of fills in flight, until their row is written (a finished one kept
+        joinable is not: its file is in the store like any other). Eviction must not
+        choose a digest whose file is renamed into place but not yet indexed: the files
+        it removes after the rows could be that new file."""
         return {
             str(digest)
             for digest, future in self._active.items()
-            if not future.done()
-            or (future.exception() is None and future.result().state is not FillState.DONE)
+            if not future.done() or (future.exception() is None and not future.result().ended)
         }
 
     async def join_or_start(

@@ -147,11 +147,23 @@ async def _stream_fill(
     fill = answer.fill
     if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
         raise FillFailed(str(fill.error))
+    if _stops_short(request, fill.size):
+        # A fill's bytes go out as they arrive and only its last byte waits for the
+        # digest: a range that ends before it would be sent unverified, and complete.
+        # It waits for the fill to be verified and stored (FillFailed: a 502).
+        await bridge.run(fill.wait_stored())
     response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
     # Across loops every piece costs a round trip between threads: take bigger ones.
     take = CHUNK_BYTES * (2 if bridge.crosses else 1)
     body = bridge.iterate(fill.stream(start, stop if stop is not None else 1 << 62, take))
     return await _send_body(request, response, body, answer.digest, sent)
+
+
+def _stops_short(request: web.Request, size: int | None) -> bool:
+    """Whether the request asks for a range that ends before the blob's last byte."""
+    if "Range" not in request.headers or size is None:
+        return False  # no range, or one refused for want of a length (416)
+    return parse_range(request.headers["Range"], size)[1] < size
 
 
 async def relay(request: web.Request, reply: UpstreamReply, bridge: Bridge) -> web.StreamResponse:

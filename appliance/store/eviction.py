@@ -216,13 +216,17 @@ class Evictor:
 
     async def _evict(self, need: int, reason: str) -> Eviction:
         started = time.monotonic()
-        snapshot = await self._index.snapshot()
-        chosen = await asyncio.to_thread(plan, snapshot, need, self.busy())
-        removed = await self._index.delete(chosen)
+        # Watched from before the index is read: a digest committed again after that
+        # keeps its file (its new row is written after the rename). One being committed
+        # before is busy (a fill is, until its row is written) and not chosen.
+        with self._files.watch_commits() as recommitted:
+            snapshot = await self._index.snapshot()
+            chosen = await asyncio.to_thread(plan, snapshot, need, self.busy())
+            removed = await self._index.delete(chosen)
+            if removed:
+                await asyncio.sleep(self._grace_s)
+                await asyncio.to_thread(self._files.remove, [d for d, _ in removed], recommitted)
         freed = sum(size for _, size in removed)
-        if removed:
-            await asyncio.sleep(self._grace_s)
-            await asyncio.to_thread(self._files.remove, [d for d, _ in removed])
         result = Eviction(len(removed), freed, time.monotonic() - started)
         self.stored -= freed
         self._on_evicted(result)

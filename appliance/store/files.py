@@ -56,6 +56,9 @@ class FileBlobStore:
         self._blobs = root / "blobs"
         self._tmp = root / "tmp"
         self.quarantine = root / "quarantine"
+        self._placing = threading.Lock()
+        """Held to rename a file into place and to remove one: see `watch_commits`."""
+        self._watches: list[set[str]] = []
 
     def prepare(self) -> int:
         """Create the folders and remove temp files of fills a previous run left behind
@@ -138,7 +141,10 @@ class FileBlobStore:
             finally:
                 temp.close()
             final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.replace(temp.path, final)
+            with self._placing:
+                os.replace(temp.path, final)
+                for seen in self._watches:
+                    seen.add(str(digest))
         except BaseException:
             with contextlib.suppress(OSError):  # the error that matters is the one raised
                 temp.path.unlink(missing_ok=True)
@@ -148,15 +154,35 @@ class FileBlobStore:
         fsync_dir(final.parent)
         return final
 
-    def remove(self, digests: list[str]) -> None:
-        """Unlink blob files (their rows are gone); missing ones are fine."""
+    @contextlib.contextmanager
+    def watch_commits(self) -> Iterator[set[str]]:
+        """The digests committed from now until the block ends. Eviction deletes rows,
+        then files: a fill may commit a digest again in between (its client missed the
+        deleted row), and its file must stay. So eviction watches from before it reads
+        the index, and `remove(…, keep=watched)` skips those, under the lock the rename
+        takes (a commit is either seen or its file is not yet there)."""
+        seen: set[str] = set()
+        with self._placing:
+            self._watches.append(seen)
+        try:
+            yield seen
+        finally:
+            with self._placing:
+                self._watches.remove(seen)
+
+    def remove(self, digests: list[str], keep: set[str] | None = None) -> None:
+        """Unlink blob files (their rows are gone), except those in `keep` (see
+        `watch_commits`); missing ones are fine."""
         folders: set[Path] = set()
         for text in digests:
             path = self.path_for(Digest.parse(text))
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
+            with self._placing:
+                if keep is not None and text in keep:
+                    continue
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
             folders.add(path.parent)
         for folder in folders:
             fsync_dir(folder)

@@ -7,16 +7,18 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Filling, Refused, Stored, Target
-from appliance.cache.fill import FillState
+from appliance.cache.fill import Fill, FillState
+from appliance.cache.fills import Fills
 from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.alpine import B_DIGEST, BLOB, ORIGIN, target
-from tests.cache.fakes import FakeUpstream
+from tests.cache.fakes import FakeReply, FakeUpstream
 
 
 async def test_concurrent_blob_requests_share_one_fetch_and_stream_early(parts) -> None:  # type: ignore[no-untyped-def]
@@ -85,3 +87,32 @@ async def test_fills_beyond_the_bound_are_refused_not_queued(tmp_path: Path) -> 
     first.gate.set()
     _ = [c async for c in running.fill.stream(0, len(BLOB))]
     await index.close()
+
+
+async def test_a_fill_stays_busy_for_eviction_until_its_row_is_written(tmp_path: Path) -> None:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    indexing = asyncio.Event()
+    indexed = asyncio.Event()
+
+    async def on_commit(_fill: Fill) -> None:
+        indexing.set()
+        await indexed.wait()  # the index write, slow
+
+    fills = Fills(files, on_commit)
+
+    async def fetch() -> FakeReply:
+        return FakeReply(200, CIMultiDict({"Content-Length": str(len(BLOB))}), BLOB)
+
+    fill = await fills.join_or_start(B_DIGEST, fetch, None)
+    assert isinstance(fill, Fill) and fills.running() == {str(B_DIGEST)}
+    async with asyncio.timeout(5):
+        await indexing.wait()
+    # The file is in place, its row not yet: eviction must not choose the digest (the
+    # files it removes after deleting rows could be this new one).
+    assert files.size_of(B_DIGEST) == len(BLOB)
+    assert fills.running() == {str(B_DIGEST)}
+    indexed.set()
+    async with asyncio.timeout(5):
+        await fill.wait_stored()
+    assert fills.running() == set() and fills.active(B_DIGEST) is not None  # still joinable

@@ -11,7 +11,7 @@ from pathlib import Path
 from multidict import CIMultiDict
 
 from appliance.cache.answers import Answer, Stored, Target
-from appliance.cache.fill import FillState
+from appliance.cache.fill import FillFailed, FillState
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCTET_STREAM
 from tests.cache.fakes import FakeReply
@@ -91,6 +91,15 @@ class FakeFill:
         self.size = size
         self.state = state
         self.error = error
+        self.waited = False
+        """Whether an answer waited for it to be stored (`wait_stored`)."""
+
+    async def wait_stored(self) -> None:
+        """As if the fill completed meanwhile (unless it is scripted as failed)."""
+        self.waited = True
+        if self.state is FillState.FAILED:
+            raise FillFailed(str(self.error))
+        self.state = FillState.DONE
 
     async def stream(self, start: int, stop: int, take: int) -> AsyncIterator[bytes]:
         for pos in range(start, min(stop, len(self.data)), take):

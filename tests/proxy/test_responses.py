@@ -3,17 +3,27 @@ store, from a fill in progress and from upstream, and what each answer is counte
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
+from appliance.cache.access import AccessGate
 from appliance.cache.answers import Described, Filling, Relayed, Stored
+from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST, OCTET_STREAM
-from tests.cache.fakes import FakeReply
-from tests.proxy.conftest import REGISTRY, Proxy, registry_error
-from tests.proxy.fakes import FakeFill, stored
+from appliance.proxy.app import create_app
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
+from tests.cache.fakes import FakeReply, FakeUpstream
+from tests.proxy.conftest import REGISTRY, Proxy, registry_error, site_for
+from tests.proxy.fakes import FakeFill, FakePassThrough, stored
 
 DATA = b"0123456789"
 DIGEST = Digest.of(DATA)
@@ -142,13 +152,22 @@ async def test_a_hit_known_in_memory_is_served_without_asking_the_cache(
     assert proxy.cache.noted_hits == [proxy.cache.hit]
 
 
-async def test_a_range_of_a_fill_in_progress_is_answered_from_it(proxy: Proxy) -> None:
+async def test_a_range_of_a_fill_is_answered_from_it_once_stored_unless_it_runs_to_the_end(
+    proxy: Proxy,
+) -> None:
     fill = FakeFill(DATA, size=len(DATA))
     proxy.cache.answers(Filling(DIGEST, OCTET_STREAM, fill))  # type: ignore[arg-type]
     response = await proxy.ask(BLOB, Range="bytes=3-6")
-    assert response.status == 206
+    assert response.status == 206 and fill.waited
     assert response.headers["Content-Range"] == f"bytes 3-6/{len(DATA)}"
     assert await response.read() == DATA[3:7]
+    # To the last byte: streamed as it arrives, that byte held back until verified.
+    for header, first in (("bytes=4-", 4), ("bytes=-3", 7), ("bytes=2-100", 2)):
+        fill = FakeFill(DATA, size=len(DATA))
+        proxy.cache.answers(Filling(DIGEST, OCTET_STREAM, fill))  # type: ignore[arg-type]
+        response = await proxy.ask(BLOB, Range=header)
+        assert response.status == 206 and not fill.waited, header
+        assert await response.read() == DATA[first:]
 
 
 async def test_a_fill_of_unknown_length_is_streamed_whole_but_refuses_ranges(
@@ -201,3 +220,49 @@ async def test_bytes_from_a_fill_are_counted_as_fetched(proxy: Proxy) -> None:
     assert await (await proxy.ask(BLOB)).read() == DATA
     assert proxy.cache.served == [(REGISTRY, 0, len(DATA))]
     assert proxy.audit[0]["outcome"] == "miss"
+
+
+@pytest.fixture
+async def cached(
+    aiohttp_client: Callable[[Any], Awaitable[TestClient[web.Request, web.Application]]],
+    tmp_path: Path,
+) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], FakeUpstream]]:
+    """The proxy over a real cache (real fills, store and index), upstream faked."""
+    files = FileBlobStore(tmp_path / "store")
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    upstream = FakeUpstream()
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
+    yield await aiohttp_client(create_app(cache, FakePassThrough(), site_for)), upstream
+    await index.close()
+
+
+@pytest.mark.parametrize("wrong", [True, False], ids=["wrong-body", "right-body"])
+async def test_a_range_short_of_the_end_is_never_sent_from_an_unverified_fill(
+    cached: tuple[TestClient[web.Request, web.Application], FakeUpstream], wrong: bool
+) -> None:
+    client, upstream = cached
+    body = bytes(range(256)) * 64
+    digest = Digest.of(body)
+    sent = bytearray(body)
+    if wrong:
+        sent[-1] ^= 1  # only the end is wrong: the first 100 bytes are upstream's as sent
+    reply = upstream.add("GET", f"https://{REGISTRY}/v2/team/app/blobs/{digest}", 200,
+                         bytes(sent), Content_Length=str(len(body)))  # fmt: skip
+    reply.gate = asyncio.Event()  # the first half arrives, the rest waits
+    headers = {"Host": REGISTRY, "Range": "bytes=0-99"}
+    asking = asyncio.ensure_future(client.get(f"/v2/team/app/blobs/{digest}", headers=headers))
+    await asyncio.sleep(0.1)
+    early = asking.done()
+    reply.gate.set()
+    async with asyncio.timeout(10):
+        response = await asking
+        if wrong:
+            message = await registry_error(response, 502, "UNKNOWN")
+            assert "hashes to" in message
+        else:
+            assert response.status == 206
+            assert response.headers["Content-Range"] == f"bytes 0-99/{len(body)}"
+            assert await response.read() == body[:100]
+    assert not early  # nothing was sent while the fill was unverified
+    assert upstream.count("GET") == 1

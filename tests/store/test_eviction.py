@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import pytest
+
 from appliance.config.model import Size, StoreConfig
+from appliance.oci.digest import Digest
 from appliance.store.eviction import Evictor, Usage, bytes_to_free, plan
 from tests.store.stock import Store
 
@@ -73,3 +78,30 @@ async def test_evictor_brings_the_store_from_high_to_low_watermark(store: Store)
     assert set(images[7:]) <= kept and not set(images[:7]) & kept
     assert store.on_disk() == kept  # files gone with their rows, no more, no less
     assert await Evictor(store.index, store.files, limits, grace_s=0).check() is None
+
+
+async def test_a_digest_committed_again_while_it_is_evicted_keeps_its_file(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"d" * MiB
+    digest = await store.blob(data, when=10)
+    kept = await store.blob(b"k", when=20)
+    deleting = store.index.delete
+
+    async def delete_then_commit_again(
+        victims: Sequence[tuple[str, float]], *, referenced: bool = False
+    ) -> list[tuple[str, int]]:
+        removed = await deleting(victims, referenced=referenced)
+        # A client missed the row just deleted and its fill commits the digest again,
+        # before eviction removes the files of the rows it deleted.
+        await store.blob(data, when=30)
+        return removed
+
+    monkeypatch.setattr(store.index, "delete", delete_then_commit_again)
+    limits = StoreConfig(max_size=Size(2 * MiB), high_watermark_pct=40, low_watermark_pct=10,
+                         min_free=Size(0))  # fmt: skip
+    result = await Evictor(store.index, store.files, limits, grace_s=0).check()
+    assert result is not None and result.rows == 1  # the first row went
+    assert store.rows() == {digest, kept}  # the new row is there…
+    assert store.files.path_for(Digest.parse(digest)).read_bytes() == data  # …and its file
+    assert store.on_disk() == store.rows()
