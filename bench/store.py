@@ -103,7 +103,7 @@ async def _measure(root: Path, total: int) -> list[tuple[str, str]]:
     )
     limits = StoreConfig(max_size=Size(1), high_watermark_pct=2, low_watermark_pct=1)
     before = await index.total_size()
-    result = await Evictor(index, files, limits, grace_s=0).evict(before, reason="bench")
+    result = await Evictor(index, files, limits).evict(before, reason="bench")
     rows.append(
         (
             f"evict everything ({result.rows} rows, {result.bytes / 1e9:.2f} GB)",

@@ -18,17 +18,20 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from appliance.cache.ports import BlobFiles, TempFile, UpstreamReply
+from appliance.cache.ports import BlobFiles, SpaceKeeper, TempFile, Unbounded, UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_at
 from appliance.kit.logfields import fields
+from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest, DigestVerifier
 
 log = logging.getLogger(__name__)
+_bound_log = LogThrottle(log, interval_s=60.0)
 
 
 _INLINE_BYTES = 64 << 10  # hashed and written on the loop: ~60 us, less than a thread hop
 _GATHER_BYTES = CHUNK_BYTES  # what a reader waits to collect from a slow upstream...
 _GATHER_S = 0.01  # ...for at most this long
+_HOLD_STEP = 8 << 20  # room held at a time for a body of unknown length
 
 
 class FillState(enum.Enum):
@@ -36,7 +39,7 @@ class FillState(enum.Enum):
     VERIFIED = "verified"  # every byte in and checked; being committed
     DONE = "done"
     FAILED = "failed"
-    PASSED = "passed"  # the disk filled: streamed through to its readers, not kept
+    PASSED = "passed"  # no room (disk full, store at its bound): streamed through, not kept
 
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -70,6 +73,7 @@ class Fill:
         size: int | None,
         media_type: str | None,
         temp: TempFile,
+        space: SpaceKeeper | None = None,
     ) -> None:
         self.digest = digest
         self.size = size
@@ -79,6 +83,9 @@ class Fill:
         self.state = FillState.FILLING
         self.error: BaseException | None = None
         self._temp = temp
+        self._space = space or Unbounded()
+        self._held = 0
+        """Bytes held under the store's bound for this body (see `_hold_room`)."""
         self._final: str | None = None
         self._changed = asyncio.Event()
         # Pass-through after the disk filled: bytes [on_disk, …) are not in the file; the
@@ -105,7 +112,8 @@ class Fill:
 
     @property
     def passing(self) -> bool:
-        """The disk filled: readers that have joined get the bytes, nobody else joins."""
+        """No room (the disk filled, or the store is at its bound): readers that have
+        joined get the bytes, nobody else joins."""
         return self.on_disk is not None
 
     async def run(
@@ -144,6 +152,8 @@ class Fill:
             reply.close()
             self._window = (0, b"")  # a finished fill stays joinable a while: not its chunk
             self.ended = True
+            self._space.release(self._held)  # indexed by now, or gone
+            self._held = 0
             self._notify()
 
     async def _take_in(
@@ -153,6 +163,8 @@ class Fill:
         on_disk_full: Callable[[Fill | None, OSError], None],
     ) -> None:
         """One chunk of the body: into the file and the hash, and to the readers."""
+        if self.on_disk is None and self.written + len(chunk) > self._held:
+            await self._hold_room(len(chunk))
         if self.on_disk is None:
             try:
                 # Disk write and hash off the event loop (both release the GIL), so the
@@ -177,6 +189,22 @@ class Fill:
         self._notify()
         if self.on_disk is not None:
             await self._wait_for_readers()
+
+    async def _hold_room(self, coming: int) -> None:
+        """Room under the store's bound before the bytes go to disk: the whole body at
+        once when its length is known, else a step at a time. None to be had: the fill
+        streams through to its readers uncached, as on a full disk."""
+        rest = _HOLD_STEP if self.size is None else self.size - self._held
+        want = max(self.written + coming - self._held, rest)
+        if await self._space.hold(want):
+            self._held += want
+            return
+        self.on_disk = self.written
+        _bound_log.warning(
+            "bound",
+            "store over-bound %s",
+            fields(digest=self.digest, bytes=want, action="streaming-through-uncached"),
+        )
 
     def _verify(self, verifier: DigestVerifier) -> None:
         """The whole body is in: it must be as long as announced and hash to the digest."""

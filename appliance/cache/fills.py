@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from appliance.cache.fill import NO_SPACE, Fill, FillState, LeaderGotNoBody, TooManyFills
-from appliance.cache.ports import BlobFiles, UpstreamReply
+from appliance.cache.ports import BlobFiles, SpaceKeeper, UpstreamReply
 from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
 
@@ -25,8 +25,11 @@ class Fills:
         max_running: int = 256,
         on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
         on_finished: Callable[[Fill, float], None] = lambda _f, _s: None,
+        space: SpaceKeeper | None = None,
     ) -> None:
         self._files = files
+        self._space = space
+        """Holds room under the store's bound for each fill's body (none: unbounded)."""
         self._on_commit = on_commit
         self._on_finished = on_finished
         self.joined = 0
@@ -101,7 +104,7 @@ class Fills:
             self._end(digest, future, LeaderGotNoBody("disk full"))
             self._on_disk_full(None, e)
             return reply
-        fill = Fill(digest, size, media_type, temp)
+        fill = Fill(digest, size, media_type, temp, self._space)
         future.set_result(fill)
         self._running += 1
         task = spawn(

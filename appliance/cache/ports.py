@@ -117,6 +117,28 @@ class SpaceKeeper(Protocol):
         failed for lack of space."""
         ...
 
+    async def hold(self, size: int) -> bool:
+        """Room under the bound for `size` more bytes a fill is about to write: True once
+        held (eviction may make room first), False if there is none to be had."""
+        ...
+
+    def release(self, size: int) -> None:
+        """A fill's held bytes are indexed (counted as stored) or gone."""
+        ...
+
+
+class Unbounded:
+    """A `SpaceKeeper` with no bound (tests, tools): every hold granted."""
+
+    def nudge(self, *, added: int = 0, urgent: bool = False) -> None:
+        pass
+
+    async def hold(self, size: int) -> bool:
+        return True
+
+    def release(self, size: int) -> None:
+        pass
+
 
 class AccessRecords(Protocol):
     """What the index knows that the access gate needs after a restart."""

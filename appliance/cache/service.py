@@ -64,6 +64,7 @@ class RegistryCache:
             max_fills,
             shelf.disk_full,
             lambda fill, seconds: on_fill_finished(fill.state.value, seconds),
+            space,
         )
         self._calls = ClientCalls(upstream, gate, negative or NegativeCache(0))
         self._blobs = Blobs(shelf, index, self._calls, gate, self._fills)

@@ -9,13 +9,27 @@ images is counted, and freed, once. Pinned digests, what they reference, and fil
 flight are never chosen.
 
 Rows go in short transactions (see `SqliteIndex.delete`, which re-checks references and
-access times); files are unlinked after a grace period, so a request that looked a blob
-up just before it was evicted still opens it.
+access times); files are unlinked right after, with no grace period. That is safe:
+every reader opens a stored file before it sends a byte and then reads through its
+descriptor (`proxy/responses.render`, `Fill._open`, `cache/reading.py`), and an unlinked
+file stays readable through an open descriptor (POSIX; the blocks are freed at the last
+close). A request that looked a blob up and lost the race gets FileNotFoundError before
+its status line and asks again (`RegistryProxy._serve`: now a miss, i.e. a fill); the
+access gate's manifest read treats it as "not stored". A grace period would only have
+saved that second ask, at the price of bytes on disk that no figure counted: during a
+burst of pulls the store went far past its bound.
+
+The bound counts fills in flight: a fill holds room for its body (`hold`) before it
+writes, and gives it back when it ends (`release`, by then indexed, or gone). One that
+does not fit waits for eviction to make room, or streams through uncached. So the files
+under `blobs/` and `tmp/` stay within `max_size`, give or take a manifest being stored
+and what still-open readers keep of evicted files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import os
@@ -31,8 +45,9 @@ from appliance.store.index import Snapshot, SqliteIndex
 
 log = logging.getLogger(__name__)
 
-UNLINK_GRACE_S = 5.0
 _MIN_CHECK_GAP_S = 1.0
+ROOM_WAIT_S = 5.0
+"""How long a fill that would pass the bound waits for room before it streams through."""
 RESERVE_BYTES = 4 << 20
 """Ballast kept on the store's filesystem: a full disk cannot take SQLite's room to
 commit the very eviction that would free space."""
@@ -146,7 +161,8 @@ class Eviction:
 
 
 class Evictor:
-    """Keeps the store within its bounds; runs every `check_interval_s` and when nudged."""
+    """Keeps the store within its bounds; runs every `check_interval_s` and when nudged.
+    It is the cache's `SpaceKeeper`: fills hold room under the bound through it."""
 
     def __init__(
         self,
@@ -154,7 +170,6 @@ class Evictor:
         files: FileBlobStore,
         limits: StoreConfig,
         busy: Callable[[], set[str]] = set,
-        grace_s: float = UNLINK_GRACE_S,
         on_evicted: Callable[[Eviction], None] = lambda _e: None,
     ) -> None:
         self._index = index
@@ -162,46 +177,137 @@ class Evictor:
         self._limits = limits
         self.busy = busy
         """Digests not to evict now (fills in flight): set once the cache exists."""
-        self._grace_s = grace_s
         self._on_evicted = on_evicted
         self.stored = 0
         """Bytes in the store at the last check (for metrics)."""
+        self._added = 0  # bytes ever nudged in: see `_measure`
+        self._bound: int | None = None
+        self.held = 0
+        """Bytes fills in flight hold under the bound (written or about to be)."""
+        self._waiting = 0
+        self._room = asyncio.Event()  # replaced on each change: see `_room_changed`
+        self._begun = self._passes = self._releases = self._last_freed = 0
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # a fill waits for room: no pause between checks
         self._urgent = False
         self._failure_log = LogThrottle(log, interval_s=300.0)
 
     def nudge(self, *, added: int = 0, urgent: bool = False) -> None:
         """`added` bytes were stored: check soon; `urgent` when a write found no space."""
         self.stored += added  # exact again at the next check
+        self._added += added
         self._urgent = self._urgent or urgent
         self._wake.set()
+
+    async def hold(self, size: int) -> bool:
+        """Room for `size` more bytes of a fill: True once they fit under the bound with
+        everything stored and held (waiting up to `ROOM_WAIT_S` for eviction), False if
+        they cannot (the fill streams through uncached instead)."""
+        if self._bound is None:
+            try:
+                await self._measure()
+            except Exception as e:  # noqa: BLE001 - no figure, no room: stream through
+                self._failure_log.warning("measure", "store usage-unknown error=%s", e)
+                return False
+        assert self._bound is not None
+        if size > self._bound:
+            return False
+        deadline = asyncio.get_running_loop().time() + ROOM_WAIT_S
+        self._waiting += size  # counted by the passes it asks for
+        try:
+            if not await self._wait_for_room(size, deadline):
+                return False
+        finally:
+            self._waiting -= size
+        self.held += size
+        return True
+
+    async def _wait_for_room(self, size: int, deadline: float) -> bool:
+        assert self._bound is not None
+        asked: int | None = None
+        while self.stored + self.held + size > self._bound:
+            if asked is None:  # a pass begun after this counts `size` as wanted
+                asked = self._begun
+                self._hurry.set()
+                self._wake.set()
+            releases, changed = self._releases, self._room
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await changed.wait()
+            except TimeoutError:
+                return False
+            judged = self._passes > asked  # a pass that knew of this want has ended
+            # A release may make room, or make a fill's bytes evictable (busy until it
+            # ends); a pass that freed bytes may free more: ask again. A pass that freed
+            # nothing with nothing in flight: no room is coming.
+            if self._releases != releases or (judged and self._last_freed > 0):
+                asked = None
+            elif judged and self.held == 0:
+                return False
+        return True
+
+    def release(self, size: int) -> None:
+        """A fill no longer holds `size` bytes: they are indexed (counted as stored
+        since its row was written) or gone."""
+        if not size:
+            return
+        self.held -= size
+        self._releases += 1
+        self._room_changed()
+
+    def _room_changed(self) -> None:
+        self._room.set()
+        self._room = asyncio.Event()
 
     async def run(self) -> None:
         await asyncio.to_thread(self._files.keep_reserve, RESERVE_BYTES)
         while True:
+            self._begun += 1
             try:
                 await self.check()
             except Exception as e:  # noqa: BLE001 - the next round tries again
                 self._failure_log.warning("evict", "eviction failed error=%s", e)
+            finally:
+                self._passes += 1
+                self._room_changed()
             try:
                 async with asyncio.timeout(self._limits.check_interval_s):
                     await self._wake.wait()
             except TimeoutError:
                 pass
-            if not self._urgent:  # nudged by commits: at most one usage query a second
-                await asyncio.sleep(_MIN_CHECK_GAP_S)
+            # Nudged by commits: at most one usage query a second; a write that found no
+            # space or a fill waiting for room is not kept waiting.
+            if not self._urgent:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_MIN_CHECK_GAP_S):
+                        await self._hurry.wait()
             self._wake.clear()
+            self._hurry.clear()
 
-    async def check(self) -> Eviction | None:
-        urgent, self._urgent = self._urgent, False
+    async def _measure(self) -> Usage:
+        added = self._added
         usage = await asyncio.to_thread(
             Usage.measure, await self._index.total_size(), str(self._files.root)
         )
-        self.stored = usage.stored
-        need = bytes_to_free(self._limits, usage, urgent=urgent)
+        # Rows written while the sum was taken may be missing from it: count them (an
+        # over-estimate until the next check, never an under-estimate).
+        self.stored = usage.stored + (self._added - added)
+        self._bound = self._limits.max_size.of(usage.filesystem)
+        return usage
+
+    async def check(self) -> Eviction | None:
+        """Evict what the bounds ask for, counting bytes held and waited for by fills as
+        stored (they are, or are about to be); only stored bytes can be freed."""
+        urgent, self._urgent = self._urgent, False
+        self._last_freed = 0
+        usage = await self._measure()
+        demand = Usage(self.stored + self.held + self._waiting, usage.filesystem, usage.free)
+        need = min(bytes_to_free(self._limits, demand, urgent=urgent), self.stored)
         if need <= 0:
             return None
-        return await self.evict(need, reason="disk-full" if urgent else "over-bound")
+        evicted = await self.evict(need, reason="disk-full" if urgent else "over-bound")
+        self._last_freed = evicted.bytes
+        return evicted
 
     async def evict(self, need: int, reason: str) -> Eviction:
         try:
@@ -223,8 +329,7 @@ class Evictor:
             snapshot = await self._index.snapshot()
             chosen = await asyncio.to_thread(plan, snapshot, need, self.busy())
             removed = await self._index.delete(chosen)
-            if removed:
-                await asyncio.sleep(self._grace_s)
+            if removed:  # at once: see the module's docstring
                 await asyncio.to_thread(self._files.remove, [d for d, _ in removed], recommitted)
         freed = sum(size for _, size in removed)
         result = Eviction(len(removed), freed, time.monotonic() - started)

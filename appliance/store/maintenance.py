@@ -239,7 +239,7 @@ async def gc(
     ]
     removed = await index.delete(loose)
     await asyncio.to_thread(files.remove, [d for d, _ in removed])
-    eviction = await Evictor(index, files, limits, grace_s=0).check()
+    eviction = await Evictor(index, files, limits).check()
     return Collection(report, len(removed), sum(n for _, n in removed), eviction)
 
 

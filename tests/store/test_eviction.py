@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -70,14 +71,14 @@ async def test_evictor_brings_the_store_from_high_to_low_watermark(store: Store)
                                            when=100 + i))  # fmt: skip
     limits = StoreConfig(max_size=Size(8 * MiB), high_watermark_pct=90, low_watermark_pct=50,
                          min_free=Size(0))  # fmt: skip
-    result = await Evictor(store.index, store.files, limits, grace_s=0).check()
+    result = await Evictor(store.index, store.files, limits).check()
     # 10 MiB and a bit, down to 4 MiB: the 7 least recent images go, 3 rows each.
     assert result is not None and result.rows == 21
     assert await store.index.total_size() <= 4 * MiB
     kept = store.rows()
     assert set(images[7:]) <= kept and not set(images[:7]) & kept
     assert store.on_disk() == kept  # files gone with their rows, no more, no less
-    assert await Evictor(store.index, store.files, limits, grace_s=0).check() is None
+    assert await Evictor(store.index, store.files, limits).check() is None
 
 
 async def test_a_digest_committed_again_while_it_is_evicted_keeps_its_file(
@@ -100,8 +101,36 @@ async def test_a_digest_committed_again_while_it_is_evicted_keeps_its_file(
     monkeypatch.setattr(store.index, "delete", delete_then_commit_again)
     limits = StoreConfig(max_size=Size(2 * MiB), high_watermark_pct=40, low_watermark_pct=10,
                          min_free=Size(0))  # fmt: skip
-    result = await Evictor(store.index, store.files, limits, grace_s=0).check()
+    result = await Evictor(store.index, store.files, limits).check()
     assert result is not None and result.rows == 1  # the first row went
     assert store.rows() == {digest, kept}  # the new row is there…
     assert store.files.path_for(Digest.parse(digest)).read_bytes() == data  # …and its file
     assert store.on_disk() == store.rows()
+
+
+async def test_room_held_for_fills_is_made_by_eviction_or_refused(store: Store) -> None:
+    old = await store.blob(b"o" * MiB, when=10)
+    pinned = await store.blob(b"p" * MiB, when=20)
+    await store.index.set_pin("ghcr.io", "a", pinned, True)
+    limits = StoreConfig(max_size=Size(3 * MiB), high_watermark_pct=100, low_watermark_pct=50,
+                         min_free=Size(0))  # fmt: skip
+    evictor = Evictor(store.index, store.files, limits)
+    running = asyncio.create_task(evictor.run())
+    try:
+        async with asyncio.timeout(10):  # a safety net: each answer comes after one pass
+            assert await evictor.hold(MiB)  # 2 MiB stored + 1 MiB: fits
+            assert evictor.held == MiB
+            # Another MiB does not fit: the least recent content goes to make room.
+            assert await evictor.hold(MiB)
+            assert store.rows() == {pinned} and store.on_disk() == {pinned}
+            assert evictor.held == 2 * MiB
+            # Nothing more can go (pinned, or held by fills in flight): refused once a
+            # pass has shown it, not after a wait, as soon as nothing is in flight.
+            evictor.release(2 * MiB)
+            assert not await evictor.hold(3 * MiB)
+            assert not await evictor.hold(4 * MiB)  # more than the bound: never
+            assert evictor.held == 0 and store.rows() == {pinned}
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert old not in store.rows()
