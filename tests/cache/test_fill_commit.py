@@ -67,10 +67,9 @@ async def test_a_failed_commit_fails_the_fill_and_leaves_nothing(  # type: ignor
     first = await anext(reader)  # a client part-way through when the commit fails
     reply.gate.set()
     try:
-        for _ in range(200):
-            if fill.state not in (FillState.FILLING, FillState.VERIFIED):
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):  # a safety net
+            with pytest.raises(FillFailed):
+                await fill.wait_stored()
         monkeypatch.undo()
         if reused:  # the socket that took the number is still open
             assert stat.S_ISSOCK(os.fstat(number).st_mode)
@@ -100,3 +99,6 @@ async def test_a_failed_commit_fails_the_fill_and_leaves_nothing(  # type: ignor
     again = await cache.blob(target(), B_DIGEST, head=False)
     assert isinstance(again, Filling) and again.fill is not fill
     assert b"".join([c async for c in again.fill.stream(0, len(BLOB))]) == BLOB
+    async with asyncio.timeout(10):
+        await again.fill.wait_stored()
+    assert files.path_for(B_DIGEST).read_bytes() == BLOB
