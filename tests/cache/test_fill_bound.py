@@ -108,3 +108,30 @@ async def test_a_burst_of_fills_keeps_the_store_within_its_bound(tmp_path: Path)
     assert len(kept) > len(bodies) // 2, [f.state for f in fills]
     assert total <= MAX and list((tmp_path / "tmp").iterdir()) == []
     assert {str(d) for _, d in files.walk()} == rows and on_disk(tmp_path) == total
+
+
+async def test_a_fill_that_finds_no_room_streams_through_uncached(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    limits = StoreConfig(max_size=Size(MAX), min_free=Size(0))
+    evictor = Evictor(index, files, limits)
+    upstream = PacedUpstream()
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream), space=evictor)  # type: ignore[arg-type]
+    body = os.urandom(MAX + PIECE)  # more than the whole bound
+    digest = Digest.of(body)
+    upstream.add("GET", f"{ORIGIN}/v2/library/alpine/blobs/{digest}", 200, body,
+                 Content_Length=str(len(body)))  # fmt: skip
+    try:
+        async with asyncio.timeout(10):  # a safety net
+            answer = await cache.blob(target(), digest, head=False)
+            assert isinstance(answer, Filling)
+            got = b"".join([bytes(c) async for c in answer.fill.stream(0, len(body))])
+            while not answer.fill.ended:
+                await asyncio.sleep(0.01)
+        assert got == body and answer.fill.state is FillState.PASSED
+        assert await index.blob(digest) is None and evictor.held == 0
+    finally:
+        await index.close()
+    assert list((tmp_path / "tmp").iterdir()) == [] and files.size_of(digest) is None
+    assert any("store over-bound" in r.getMessage() for r in caplog.records)
