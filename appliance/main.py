@@ -38,10 +38,11 @@ from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
 from appliance.runtime.signals import on_reload, on_stop
+from appliance.runtime.startup import StoreStartup
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
-from appliance.store.reconcile import open_index, reconcile
+from appliance.store.reconcile import open_index
 from appliance.tls.ca import CaError, CertificateAuthority, fingerprint, to_pem
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
@@ -85,6 +86,8 @@ class Service:
     loops: ServingLoops
     dns: DnsServer
     admin_app: web.Application
+    startup: StoreStartup
+    """The store's reconciliation: the cache serves once it is done."""
     background: dict[str, Job]
     """Run under `supervise` for as long as regcache serves."""
 
@@ -118,6 +121,11 @@ async def run(parts: Parts) -> int:
         stack.callback(log.info, "regcache stopped")
         stop = on_stop(stack)
         service = wire(parts, await _acquire(stack, parts))
+        # The store is reconciled in the background: after an index rebuild that re-hashes
+        # every file, far longer than systemd waits for READY=1 (runtime/startup.py).
+        service.startup.start()
+        stack.push_async_callback(service.startup.stop)
+        await service.startup.head_start()
         await _start(stack, parts, service)
         on_reload(stack, parts.path, parts.offline)
         # What start-up made (config, CA, modules, wiring) lives as long as the process:
@@ -126,12 +134,13 @@ async def run(parts: Parts) -> int:
         # byte).
         gc.collect()
         gc.freeze()
-        notify("READY=1\nSTATUS=serving")
+        notify(f"READY=1\nSTATUS={service.startup.status()}")
         log.info(
-            "regcache ready registries=%d intercepted=%d upstream_resolvers=%s",
+            "regcache ready registries=%d intercepted=%d upstream_resolvers=%s cache=%s",
             len(parts.config.registries),
             len(parts.registries.intercepted.patterns()),
             ",".join(str(s) for s in parts.resolver.servers) or "none",
+            "ready" if service.startup.ready else "reconciling",
         )
         failed = await supervise(service.background, stop)
         notify("STOPPING=1")
@@ -159,7 +168,6 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
     """The index, the upstream session and the audit log, each with its release."""
     index, _ = await open_index(parts.config.state_dir)
     stack.push_async_callback(index.close)
-    await reconcile(index, parts.files, at_start=True)
     upstream = upstream_client(
         parts.config,
         parts.registries,
@@ -202,10 +210,12 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     """The parts that need the open index and upstream session; wiring only."""
     cache, evictor = _cache(parts, acquired)
     write_audit = acquired.audit.write if acquired.audit else None
+    startup = StoreStartup(acquired.index, parts.files)
 
     def proxy_app(bridge: Bridge | None) -> web.Application:
         sites = site_resolver(parts.registries)  # one cache per serving loop
-        return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge)
+        return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge,
+                          caching=lambda: startup.ready)  # fmt: skip
 
     loops = ServingLoops(_https_loops(parts.config) - 1, proxy_app)
     health = HealthMonitor(
@@ -215,10 +225,11 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
             NamedCheck("https loops", loops.stalled),
         ]
     )
-    dns = dns_server(parts, lambda: health.healthy)
+    dns = dns_server(parts, lambda: startup.ready and health.healthy)
 
     async def ready() -> list[str]:
         problems = [] if dns.listening else ["dns listener: not listening"]
+        problems += [p] if (p := startup.problem()) else []
         return problems + list(await health.check_once())
 
     ca = parts.ca
@@ -232,10 +243,10 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     )
     background: dict[str, Job] = {
         "health": health.run,
-        "eviction": evictor.run,
+        "store": functools.partial(startup.run, evictor.run),  # reconcile, then evict
         "savings-history": functools.partial(_sample_savings, parts.metrics),
     }
-    return Service(proxy_app, loops, dns, admin_app, background)
+    return Service(proxy_app, loops, dns, admin_app, startup, background)
 
 
 def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
@@ -290,7 +301,7 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
 
 def dns_server(parts: Parts, healthy: Callable[[], bool]) -> DnsServer:
     """The responder over the intercepted names; fails open for the registries that do
-    while `healthy()` says no."""
+    while `healthy()` says no (the proxy is unhealthy, or the store still reconciling)."""
     config, metrics, registries = parts.config, parts.metrics, parts.registries
     interception = Interception(
         registries.intercepted,

@@ -1,9 +1,12 @@
-"""Test harness: free loopback ports, a `regcache serve` subprocess, DNS wire helpers."""
+"""Test harness: free loopback ports, a `regcache serve` subprocess, DNS wire helpers, a
+notify socket standing in for systemd's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import struct
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 from dnslib import DNSRecord
 
@@ -169,3 +173,19 @@ def dig(*args: str) -> str:
 def kill_quietly(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A socket standing in for systemd's (NOTIFY_SOCKET names it); receives time out."""
+    name = f"regcache-test-{os.getpid()}-{secrets.token_hex(4)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(10)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        yield sock
+
+
+async def received(sock: socket.socket) -> str:
+    """The next notification (TimeoutError after the socket's timeout)."""
+    return (await asyncio.to_thread(sock.recv, 4096)).decode()

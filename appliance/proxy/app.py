@@ -2,7 +2,9 @@
 
 Manifest and blob GET/HEAD go through the cache; everything else — the `/v2/` ping,
 tags, catalog, referrers, pushes, token realms, other paths — streams through to the real
-upstream unchanged in both directions. Errors are rendered in one place (errors.py).
+upstream unchanged in both directions, and so do manifests and blobs while the cache is
+not `caching` yet (start-up reconciles the store). Errors are rendered in one place
+(errors.py).
 """
 
 from __future__ import annotations
@@ -64,10 +66,14 @@ def create_app(
     metrics: Metrics | None = None,
     audit: Audit | None = None,
     bridge: Bridge | None = None,
+    *,
+    caching: Callable[[], bool] = lambda: True,
 ) -> web.Application:
     """The proxy application; with a `bridge`, for a loop other than the cache's (every
-    call into the cache, upstream and index crosses it)."""
-    return RegistryProxy(cache, upstream, site_for, metrics, audit, bridge).application()
+    call into the cache, upstream and index crosses it). While `caching()` says no,
+    manifests and blobs pass through uncached too (asked from any loop's thread)."""
+    proxy = RegistryProxy(cache, upstream, site_for, metrics, audit, bridge, caching=caching)
+    return proxy.application()
 
 
 class RegistryProxy:
@@ -81,8 +87,11 @@ class RegistryProxy:
         metrics: Metrics | None = None,
         audit: Audit | None = None,
         bridge: Bridge | None = None,
+        *,
+        caching: Callable[[], bool] = lambda: True,
     ) -> None:
         self._cache = cache
+        self._caching = caching
         self._upstream = upstream
         self._site_for = site_for
         self._metrics = metrics or Metrics()
@@ -126,7 +135,7 @@ class RegistryProxy:
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):
             return await self._ping(request, origin, site)
-        if route is None or request.method not in ("GET", "HEAD"):
+        if route is None or request.method not in ("GET", "HEAD") or not self._caching():
             return await self._pass_through(request, origin, site)
         return await self._serve(request, origin, site, route)
 

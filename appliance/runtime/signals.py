@@ -27,9 +27,8 @@ def on_stop(stack: contextlib.AsyncExitStack) -> asyncio.Event:
 
 
 def on_reload(stack: contextlib.AsyncExitStack, path: Path, offline: OfflineSwitch) -> None:
-    """SIGHUP reloads `path`, from when regcache serves: a reload ends with READY=1, which
-    must not reach systemd while the index is still being reconciled; undone when `stack`
-    closes."""
+    """SIGHUP reloads `path`, from when regcache listens: a reload ends with READY=1, which
+    must not reach systemd before the listeners are up; undone when `stack` closes."""
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, path, offline)
     stack.callback(loop.remove_signal_handler, signal.SIGHUP)

@@ -138,13 +138,18 @@ class Lifecycle:
 
     async def restore(
         self, digest: Digest, size: int, manifest: tuple[str, Sequence[Digest]] | None
-    ) -> None:
-        """Re-index a verified file found without a row (manifest: type and references)."""
+    ) -> bool:
+        """Re-index a verified file found without a row (manifest: type and references);
+        False if it has one by now (a fill committed it meanwhile: its row stands)."""
         now = time.time()
         async with self._transaction() as db:
             await insert_blob(db, digest, size, None if manifest is None else manifest[0], now)
+            rows = await db.execute_fetchall("SELECT changes()")
+            if not next(iter(rows))[0]:
+                return False
             if manifest is not None:
                 await insert_manifest(db, digest, *manifest)
+        return True
 
     async def set_references(self, digest: Digest, references: Sequence[Digest]) -> None:
         """What a manifest stored before schema 3 references (backfilled at start)."""

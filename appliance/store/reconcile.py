@@ -9,6 +9,9 @@
 - An index that cannot be opened or fails `PRAGMA integrity_check` is moved aside and
   rebuilt from the files. Tag mappings are not in the files: those tags are simply
   revalidated upstream on their next pull.
+
+At start it runs in the background while regcache already serves (runtime/startup.py),
+reporting its `Progress`; `regcache cache gc` runs it beside a serving regcache.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import math
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.kit.durable import fsync_dir
+from appliance.kit.logfields import Fields, fields
+from appliance.kit.units import human_size
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import references, sniff_manifest_type
 from appliance.store.files import FileBlobStore
@@ -32,6 +37,30 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.sqlite"
 _MAX_MANIFEST_BYTES = 4 << 20
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far a reconciliation has come, kept current by `reconcile` and read while it
+    runs (start-up reports it in the log, `/readyz`, the status page and systemd)."""
+
+    of: int | None = None
+    """Files under `blobs/`; None until they are listed."""
+    checked: int = 0
+    """Files settled: found to agree with their row, re-indexed or quarantined."""
+    bytes: int = 0
+    """Bytes re-hashed."""
+    started: float = field(default_factory=time.monotonic)
+
+    def fields(self) -> Fields:
+        """`checked=N of=M bytes=B rate=R` (`of=?` while listing; rate of re-hashing)."""
+        rate = self.bytes / max(time.monotonic() - self.started, 1e-3)
+        return fields(
+            checked=self.checked,
+            of="?" if self.of is None else self.of,
+            bytes=self.bytes,
+            rate=human_size(rate).replace(" ", "") + "/s",
+        )
 
 
 @dataclass(slots=True)
@@ -83,47 +112,47 @@ async def open_index(root: Path) -> tuple[SqliteIndex, bool]:
     return await SqliteIndex.open(path), True
 
 
-async def reconcile(index: SqliteIndex, files: FileBlobStore, *, at_start: bool) -> Reconciliation:
+async def reconcile(
+    index: SqliteIndex,
+    files: FileBlobStore,
+    *,
+    at_start: bool,
+    progress: Progress | None = None,
+) -> Reconciliation:
     """Make the index agree with the files. `at_start`: also remove fill temp files
-    (never while a service runs fills)."""
+    (never while a service runs fills). `progress` is kept current as files are checked.
+
+    Every step runs off the event loop (listing, hashing, renames in threads; rows through
+    the index's own thread), so it can run while regcache serves. It is safe beside fills
+    committing (`regcache cache gc` next to a serving regcache, or two reconciliations at
+    once): a fill only ever places a verified file, and renames it into place before it
+    adds its row. So a file is quarantined only while it is still the very file found
+    damaged, a row is dropped only while its file is still absent, and a file a fill
+    indexed meanwhile is not counted as re-indexed."""
+    progress = progress if progress is not None else Progress()
     started = time.monotonic()
     report = Reconciliation()
     if at_start:
-        report.temp_removed = files.prepare()
+        report.temp_removed = await asyncio.to_thread(files.prepare)
     rows = await index.sizes()
-    found = await asyncio.to_thread(_scan, files)
-    report.files = len(found)
-    missing = [d for d in rows if d not in found]
-    for path, digest, size in found.values():
-        if digest is None:
-            await asyncio.to_thread(files.move_to_quarantine, path, "not a digest path")
-            report.quarantined += 1
-            continue
-        expected = rows.get(str(digest))
-        if expected is not None:
-            if size != expected:
-                missing.append(str(digest))
-                why = f"size {size} but indexed as {expected}"
-                await asyncio.to_thread(files.move_to_quarantine, path, why)
-                report.quarantined += 1
-            continue
-        if not await asyncio.to_thread(files.hashes_to_name, path, digest):
-            await asyncio.to_thread(files.move_to_quarantine, path, "content does not hash to name")
-            report.quarantined += 1
-            continue
-        await index.restore(digest, size, await asyncio.to_thread(_manifest, path, size))
-        report.reindexed += 1
-    removed = await index.delete([(d, math.inf) for d in missing], referenced=True)
-    report.rows_removed = len(removed)
-    for text in await index.manifests_without_refs():
-        digest = Digest.parse(text)
-        path = files.path_for(digest)
-        try:
-            body = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            continue
-        await index.set_references(digest, references(body))
-        report.backfilled += 1
+    plan = await asyncio.to_thread(_plan, files, rows)
+    report.files = progress.of = plan.files
+    progress.checked = plan.agreed
+    if plan.damaged:  # their rows before their files, like every removal
+        damaged = [(str(digest), math.inf) for _, digest, _ in plan.damaged]
+        report.rows_removed += len(await index.delete(damaged, referenced=True))
+    for path, _, (inode, why) in [*plan.strays, *plan.damaged]:
+        report.quarantined += await asyncio.to_thread(_quarantine, files, path, inode, why)
+        progress.checked += 1
+    for path, digest, size in plan.unindexed:
+        await _reindex(index, files, path, digest, size, report)
+        progress.checked += 1
+        progress.bytes += size
+    missing = await asyncio.to_thread(_still_missing, files, plan.missing)
+    report.rows_removed += len(
+        await index.delete([(d, math.inf) for d in missing], referenced=True)
+    )
+    report.backfilled = await _backfill(index, files)
     report.seconds = time.monotonic() - started
     if report.temp_removed or report.rows_removed or report.reindexed or report.quarantined:
         log.warning(
@@ -135,15 +164,115 @@ async def reconcile(index: SqliteIndex, files: FileBlobStore, *, at_start: bool)
     return report
 
 
-def _scan(files: FileBlobStore) -> dict[str, tuple[Path, Digest | None, int]]:
-    found: dict[str, tuple[Path, Digest | None, int]] = {}
+@dataclass(slots=True)
+class _Plan:
+    """What the files say, against the rows read before the listing."""
+
+    files: int = 0
+    agreed: int = 0
+    """Files whose row agrees: nothing to do."""
+    strays: list[tuple[Path, None, tuple[int, str]]] = field(default_factory=list)
+    """Files that name no digest: (path, None, (inode, why))."""
+    damaged: list[tuple[Path, Digest, tuple[int, str]]] = field(default_factory=list)
+    """Files whose size is not their row's: (path, digest, (inode, why))."""
+    unindexed: list[tuple[Path, Digest, int]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    """Rows whose file was not found."""
+
+
+def _plan(files: FileBlobStore, rows: dict[str, int]) -> _Plan:
+    """List `blobs/` and sort every file into what must be done with it (in a thread:
+    a store holds many files)."""
+    plan = _Plan()
+    found: set[str] = set()
     for path, digest in files.walk():
         try:
-            size = path.stat().st_size
+            stat = path.stat()
         except FileNotFoundError:
             continue
-        found[str(digest) if digest is not None else str(path)] = (path, digest, size)
-    return found
+        plan.files += 1
+        if digest is None:
+            plan.strays.append((path, None, (stat.st_ino, "not a digest path")))
+            continue
+        found.add(str(digest))
+        expected = rows.get(str(digest))
+        if expected is None:
+            plan.unindexed.append((path, digest, stat.st_size))
+        elif stat.st_size != expected:
+            why = f"size {stat.st_size} but indexed as {expected}"
+            plan.damaged.append((path, digest, (stat.st_ino, why)))
+        else:
+            plan.agreed += 1
+    plan.missing = [d for d in rows if d not in found]
+    return plan
+
+
+async def _reindex(
+    index: SqliteIndex,
+    files: FileBlobStore,
+    path: Path,
+    digest: Digest,
+    size: int,
+    report: Reconciliation,
+) -> None:
+    """Re-hash a file found without a row: indexed if it matches its name, else moved to
+    quarantine (unless a fill replaced it meanwhile)."""
+    examined = await asyncio.to_thread(_examine, files, path, digest, size)
+    if examined is None:
+        return  # gone meanwhile (another reconciliation, `regcache cache rm`)
+    inode, good, manifest = examined
+    if not good:
+        why = "content does not hash to name"
+        report.quarantined += await asyncio.to_thread(_quarantine, files, path, inode, why)
+    elif await index.restore(digest, size, manifest):
+        report.reindexed += 1
+
+
+def _examine(
+    files: FileBlobStore, path: Path, digest: Digest, size: int
+) -> tuple[int, bool, tuple[str, list[Digest]] | None] | None:
+    """(inode, whether it hashes to its name, manifest) of a file, streamed; None if it
+    is gone. A file that hashes wrong is the one `inode` names: whatever replaced it in
+    between was a verified fill."""
+    try:
+        inode = path.stat().st_ino
+        if not files.hashes_to_name(path, digest):
+            return inode, False, None
+        return inode, True, _manifest(path, size)
+    except FileNotFoundError:
+        return None
+
+
+def _quarantine(files: FileBlobStore, path: Path, inode: int, why: str) -> int:
+    """1 if the file at `path` was still the one examined (`inode`) and is now in
+    quarantine; 0 if a fill replaced it (a verified file: it stays) or it is gone."""
+    try:
+        if path.stat().st_ino != inode:
+            return 0
+        files.move_to_quarantine(path, why)
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _still_missing(files: FileBlobStore, digests: list[str]) -> list[str]:
+    """Those of `digests` whose file is still absent: one committed since the listing
+    keeps its row."""
+    return [d for d in digests if files.size_of(Digest.parse(d)) is None]
+
+
+async def _backfill(index: SqliteIndex, files: FileBlobStore) -> int:
+    """References of manifests stored before schema 3; how many were backfilled."""
+    backfilled = 0
+    for text in await index.manifests_without_refs():
+        digest = Digest.parse(text)
+        try:
+            body = await asyncio.to_thread(files.path_for(digest).read_bytes)
+        except FileNotFoundError:
+            continue
+        await index.set_references(digest, references(body))
+        backfilled += 1
+    return backfilled
 
 
 def _manifest(path: Path, size: int) -> tuple[str, list[Digest]] | None:

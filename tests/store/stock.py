@@ -1,13 +1,18 @@
 """A real store for the store tests: files on disk and the SQLite index, with ways to
-stock it with blobs and manifests of a given age and to read back what it holds."""
+stock it with blobs and manifests of a given age (or files without rows) and to read back
+what it holds; `Walk` holds a reconciliation inside one re-hash."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import references
@@ -71,3 +76,40 @@ class Store:
 
     def on_disk(self) -> set[str]:
         return {str(d) for _, d in self.files.walk() if d is not None}
+
+
+def unindexed(files: FileBlobStore, data: bytes) -> Digest:
+    """A blob file without a row (the index was lost)."""
+    digest = Digest.of(data)
+    path = files.path_for(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+class Walk:
+    """Holds reconciliation inside its re-hash of one digest (`at`, or the first it
+    hashes), after hashing it, in its thread, until the test has done what happens
+    meanwhile (`go_on`): deterministic, no sleeps."""
+
+    def __init__(
+        self, files: FileBlobStore, monkeypatch: pytest.MonkeyPatch, at: Digest | None = None
+    ) -> None:
+        self.at = at
+        self.hashed: list[Digest] = []
+        self.inside = threading.Event()
+        self.go_on = threading.Event()
+        real = files.hashes_to_name
+
+        def hashes_to_name(path: Path, digest: Digest) -> bool:
+            good = real(path, digest)
+            self.hashed.append(digest)
+            if at in (digest, None) and not self.inside.is_set():
+                self.inside.set()
+                assert self.go_on.wait(30), "the test never let reconciliation go on"
+            return good
+
+        monkeypatch.setattr(files, "hashes_to_name", hashes_to_name)
+
+    async def held(self) -> None:
+        assert await asyncio.to_thread(self.inside.wait, 30), "reconciliation never got there"

@@ -1,0 +1,120 @@
+"""The store's start-up reconciliation, in the background while regcache already serves.
+
+After an index rebuild every blob file is re-hashed, which on a large store takes far
+longer than systemd's start timeout: DNS and HTTPS must not wait for it. So the listeners
+open first, and until the store agrees with its index:
+
+- HTTPS passes manifest and blob requests through to upstream uncached (the proxy asks
+  `ready`): no hit trusts an index that may lack rows, no fill commits beside the walk,
+  no access verdict reads it;
+- DNS fails open for the registries that do (their clients go to the real registry);
+- eviction does not run (`run` starts it once done): it would plan over an index that
+  does not count every file;
+- `/readyz` and the status page say why they are not ready (`problem`), the log and
+  systemd's STATUS= how far it has come, at most every `report_every_s`.
+
+A store quick to reconcile (an intact index) is given `head_start` before the listeners
+open, so an ordinary restart serves cached at once rather than failing open for a
+moment: clients would keep the real registry's addresses for their DNS TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from appliance.kit.logfields import fields
+from appliance.kit.tasks import Job
+from appliance.runtime.notify import notify
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
+from appliance.store.reconcile import Progress, Reconciliation, reconcile
+
+log = logging.getLogger(__name__)
+
+HEAD_START_S = 2.0
+"""How long start-up waits for reconciliation before opening the listeners anyway."""
+REPORT_EVERY_S = 10.0
+
+
+class StoreStartup:
+    """Reconciles the store once (`start`), then lets the cache serve (`ready`)."""
+
+    def __init__(
+        self,
+        index: SqliteIndex,
+        files: FileBlobStore,
+        report_every_s: float = REPORT_EVERY_S,
+    ) -> None:
+        self._index = index
+        self._files = files
+        self._report_every_s = report_every_s
+        self.progress = Progress()
+        self.ready = False
+        """Whether the cache may serve: read from every serving loop's thread."""
+        self._task: asyncio.Task[Reconciliation] | None = None
+
+    def start(self) -> None:
+        """Begin reconciling (a task of its own, so the listeners can open beside it)."""
+        coro = reconcile(self._index, self._files, at_start=True, progress=self.progress)
+        self._task = asyncio.get_running_loop().create_task(coro, name="store-reconcile")
+
+    async def head_start(self, seconds: float = HEAD_START_S) -> None:
+        """Wait up to `seconds` for reconciliation; ready at once if it finished."""
+        assert self._task is not None
+        await asyncio.wait([self._task], timeout=seconds)
+        if self._task.done():
+            self._open(self._task.result())  # or raise what made it fail: regcache does not start
+
+    def status(self) -> str:
+        """systemd's STATUS= line."""
+        if self.ready:
+            return "serving"
+        return f"reconciling the store, passing through uncached: {self.progress.fields()}"
+
+    def problem(self) -> str | None:
+        """Why regcache is not ready yet (`/readyz`, the status page), None once it is."""
+        if self.ready:
+            return None
+        return (
+            f"store: reconciling {self.progress.fields()}; until done, manifests and blobs"
+            " pass through uncached"
+        )
+
+    async def run(self, then: Job) -> None:
+        """The supervised job: wait for reconciliation (reporting its progress), let the
+        cache serve, then run `then` (eviction) for as long as regcache serves. A failed
+        reconciliation fails the job, so regcache exits 1 and systemd restarts it."""
+        assert self._task is not None
+        if not self.ready:
+            reporter = asyncio.get_running_loop().create_task(self._report())
+            try:
+                report = await self._task
+            finally:
+                reporter.cancel()
+            self._open(report)
+            notify(f"STATUS={self.status()}")
+        await then()
+
+    async def stop(self) -> None:
+        """Cancel a reconciliation still running (regcache stops before it is done): its
+        steps are atomic, the next start goes on from where it got."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task  # its failure, if any, was met by `run` or `head_start`
+
+    def _open(self, report: Reconciliation) -> None:
+        self.ready = True
+        log.info(
+            "cache ready %s",
+            fields(files=report.files, reindexed=report.reindexed, s=f"{report.seconds:.2f}"),
+        )
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self._report_every_s)
+            log.info("store reconcile progress %s", self.progress.fields())
+            notify(f"STATUS={self.status()}")
