@@ -142,7 +142,7 @@ async def _peek_hello(conn: socket.socket) -> ClientHello:
     loop = asyncio.get_running_loop()
     while True:
         readable = loop.create_future()
-        loop.add_reader(conn.fileno(), readable.set_result, None)
+        loop.add_reader(conn.fileno(), _wake, readable)
         try:
             await readable
         finally:
@@ -157,6 +157,13 @@ async def _peek_hello(conn: socket.socket) -> ClientHello:
             raise MalformedHello("no complete ClientHello in the first 64 KiB")
         # A partial hello leaves the socket readable: poll instead of spinning.
         await asyncio.sleep(_PARTIAL_HELLO_POLL_S)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    # The wait may have been cancelled (timeout, close) in this same loop iteration,
+    # after the selector queued this call: setting its result would raise.
+    if not ready.done():
+        ready.set_result(None)
 
 
 def _send(conn: socket.socket, alert: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -133,3 +134,32 @@ async def test_plain_http_is_closed_and_a_malformed_hello_gets_a_decode_error(
     assert listening.select.asked == []  # neither got as far as choosing a leaf
     greeting, _ = await asyncio.to_thread(handshake, listening, "ghcr.io")
     assert greeting == b"hello\n"
+
+
+async def test_a_hello_that_times_out_or_is_cancelled_logs_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wait cut by its time-out or by the listener closing used to be woken anyway
+    when its bytes arrived in the same loop iteration: an InvalidStateError traceback."""
+    caplog.set_level(logging.DEBUG)
+    ca = new_ca(tmp_path)
+    select = Selector(LeafStore(ca, HostSet.of(["ghcr.io"]), dt.timedelta(days=30)))
+    port = free_port()
+    listener = TlsListener(select, Hello, handshake_timeout_s=0.5)
+    await listener.start((Endpoint.parse(f"127.0.0.1:{port}"),))
+    at = Listening(port, tmp_path / "ca.pem", select)
+    socks: list[socket.socket] = []
+    try:
+        # 9 bytes of a 517-byte ClientHello: closed after the time-out
+        assert await asyncio.to_thread(send_raw, at, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc") == b""
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+        await asyncio.sleep(0.2)  # every connection waits for its hello
+        for sock in socks:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01")
+        await asyncio.sleep(0)  # their bytes are in; the next iteration closes
+    finally:
+        await listener.close()
+        for sock in socks:
+            sock.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
