@@ -43,6 +43,7 @@ from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import open_index
+from appliance.tls.admission import Admission
 from appliance.tls.ca import CaError, CertificateAuthority, fingerprint, to_pem
 from appliance.tls.leaves import LeafStore
 from appliance.tls.listener import TlsListener
@@ -196,7 +197,10 @@ async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Servic
     await service.loops.start(start_runner)
     assert runner.server is not None
     https = TlsListener(
-        parts.leaves.context_for, runner.server, other_loops=service.loops.targets()
+        parts.leaves.context,
+        runner.server,
+        other_loops=service.loops.targets(),
+        admission=Admission(config.tls.allow_clients, config.tls.max_connections_per_client),
     )
     stack.push_async_callback(service.dns.close)
     await service.dns.start(config.listen.dns)

@@ -105,6 +105,15 @@ class TlsConfig:
     """Leaf validity; with the 1-hour backdate it stays within 90 days."""
     rotate_overlap_days: int = field(default=30, metadata=check(between(0, 3650)))
     """After `ca rotate`, how long clients that trust only the old CA keep working."""
+    allow_clients: tuple[IPNetwork, ...] = field(
+        default=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+        metadata=check(non_empty),
+    )
+    """Clients that may connect to the HTTPS listener; others are closed before a byte
+    is read. Default: everyone who can reach it (`dns.allow_clients` does not apply)."""
+    max_connections_per_client: int = field(default=256, metadata=check(between(1, 65536)))
+    """Connections one client address may hold open at once (ClientHellos pending, TLS
+    handshakes and served connections alike); more are closed at once."""
 
 
 @dataclass(frozen=True, slots=True)

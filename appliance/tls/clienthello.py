@@ -14,7 +14,11 @@ CONTENT_HANDSHAKE = 0x16
 HANDSHAKE_CLIENT_HELLO = 0x01
 EXT_SERVER_NAME = 0x0000
 NAME_TYPE_HOST = 0x00
+RECORD_HEADER_BYTES = 5  # content type, version, length
 MAX_HELLO_BYTES = 1 << 16  # far above real ClientHellos (~2 KiB with post-quantum shares)
+# Clients send a ClientHello in one record, or a few small ones (max_fragment_length);
+# a bound keeps a hello trickled in tiny records from costing a re-parse per record.
+MAX_HELLO_RECORDS = 64
 
 
 class NotTls(ValueError):
@@ -42,11 +46,19 @@ ALERT_INTERNAL_ERROR = _alert(80)
 
 def parse_client_hello(data: bytes) -> ClientHello | None:
     """The ClientHello in `data`, or None when more bytes are needed to read it whole."""
+    found = hello_or_need(data)
+    return found if isinstance(found, ClientHello) else None
+
+
+def hello_or_need(data: bytes) -> ClientHello | int:
+    """The ClientHello in `data`, or how many bytes (counted from the start of `data`)
+    must have arrived before it can say more: always more than `len(data)`, so a reader
+    that waits for that many bytes makes progress with every wait (listener.py)."""
     handshake = bytearray()
     offset = 0
-    while True:
-        if len(data) - offset < 5:
-            return None
+    for _record in range(MAX_HELLO_RECORDS):
+        if len(data) - offset < RECORD_HEADER_BYTES:
+            return offset + RECORD_HEADER_BYTES
         content_type, _version, length = struct.unpack_from("!BHH", data, offset)
         if content_type != CONTENT_HANDSHAKE:
             if offset == 0:
@@ -54,10 +66,11 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
             raise MalformedHello("ClientHello interleaved with another record type")
         if length == 0 or length > (1 << 14):
             raise MalformedHello(f"record length {length} out of range")
-        if len(data) - offset - 5 < length:
-            return None
-        handshake += data[offset + 5 : offset + 5 + length]
-        offset += 5 + length
+        end: int = offset + RECORD_HEADER_BYTES + length
+        if len(data) < end:
+            return end
+        handshake += data[offset + RECORD_HEADER_BYTES : end]
+        offset = end
         if len(handshake) >= 4:
             msg_type = handshake[0]
             hs_length = int.from_bytes(handshake[1:4], "big")
@@ -67,6 +80,7 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
                 raise MalformedHello(f"ClientHello of {hs_length} bytes is too large")
             if len(handshake) >= hs_length + 4:
                 return ClientHello(_server_name(bytes(handshake[4 : 4 + hs_length])))
+    raise MalformedHello(f"ClientHello spread over more than {MAX_HELLO_RECORDS} records")
 
 
 class _Reader:

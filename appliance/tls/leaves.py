@@ -8,6 +8,7 @@ missing or IP-literal SNI gets no context and mints nothing (the listener then s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -23,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.config.hostnames import HostSet, is_ip_literal, normalise
 from appliance.kit.bounded import BoundedMap
+from appliance.kit.singleflight import SingleFlight
 from appliance.tls.ca import CertificateAuthority, to_pem
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ class _Entry:
 
 
 class LeafStore:
-    """Per-name SSLContexts, minted on first use; one entry per normalised name."""
+    """Per-name SSLContexts, minted on first use; one entry per normalised name. Used
+    from one event loop (the listener's front door), or synchronously (`context_for`)."""
 
     def __init__(
         self,
@@ -111,6 +114,7 @@ class LeafStore:
         )
         # Wildcard patterns (`*.pkg.dev`) admit unboundedly many names: keep an LRU.
         self._entries: BoundedMap[str, _Entry] = BoundedMap(max_entries)
+        self._minting: SingleFlight[_Entry] = SingleFlight()
         self.mint_count = 0
 
     @property
@@ -118,25 +122,56 @@ class LeafStore:
         return frozenset(self._entries)
 
     def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
-        """The leaf context for an allowed name (minting if needed), else None."""
+        """The leaf context for an allowed name (minting here if needed), else None."""
+        name = self._served(server_name)
+        if name is None:
+            return None
+        entry = self._fresh(name)
+        if entry is None:
+            entry = self._store(name, self._mint(name))
+        return entry.context
+
+    async def context(self, server_name: str | None) -> ssl.SSLContext | None:
+        """`context_for` for the listener's loop: a leaf is minted in a worker thread
+        (key signing must not stall the connections the loop carries), and callers that
+        ask for the same new name meanwhile share that one mint."""
+        name = self._served(server_name)
+        if name is None:
+            return None
+        entry = self._fresh(name)
+        if entry is None and name in self._minting:
+            entry = await self._minting.join(name)
+        if entry is None:
+            minted = await self._minting.lead(
+                name, lambda: asyncio.to_thread(self._mint, name), share=lambda e: e
+            )
+            entry = self._store(name, minted)
+        return entry.context
+
+    def _served(self, server_name: str | None) -> str | None:
+        """The normalised name if a leaf may be minted for it."""
         if not server_name or is_ip_literal(server_name):
             return None
         if not self._allowed.match(server_name):
             return None
-        name = normalise(server_name)
+        return normalise(server_name)
+
+    def _fresh(self, name: str) -> _Entry | None:
         entry = self._entries.use(name)
-        if entry is None or self._clock() >= entry.renew_after:
-            entry = self._mint(name)
-            self._entries.set(name, entry)
-        return entry.context
+        return None if entry is None or self._clock() >= entry.renew_after else entry
+
+    def _store(self, name: str, entry: _Entry) -> _Entry:
+        self._entries.set(name, entry)
+        self.mint_count += 1
+        return entry
 
     def _mint(self, name: str) -> _Entry:
+        """Sign a leaf for `name` (thread-safe: reads only what never changes)."""
         started = time.perf_counter()
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         leaf = mint_leaf(self._ca, name, self._key.public_key(), self._lifetime, now)
         ctx = _base_context()
         load_chain(ctx, to_pem([leaf, *self._ca.chain(now)]), self._key_pem)
-        self.mint_count += 1
         lifetime_s = (leaf.not_valid_after_utc - now).total_seconds()
         log.info(
             "tls minted sni=%s serial=%x not_after=%s ms=%.2f",

@@ -3,6 +3,12 @@
 Refused names get a real `unrecognized_name` alert (see clienthello.py for why this is
 not left to an SNI callback); accepted connections are handed, TLS-wrapped, to the HTTP
 protocol factory (aiohttp's server), which knows nothing about certificates.
+
+The front door (accept, admission, the ClientHello wait, the choice of leaf) runs on an
+event loop of its own, in its own thread, never on the loop that runs the cache: a crowd
+of clients that connect and stall, or ask for many new names under a wildcard, then
+costs that thread, not every pull. The TLS handshake and HTTP run on the serving loops
+(the caller's loop and `other_loops`, in turn).
 """
 
 from __future__ import annotations
@@ -11,30 +17,37 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import select
 import socket
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any
 
 from appliance.config.model import Endpoint
 from appliance.kit.listen import ServingLoop, bind
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
+from appliance.tls.admission import Admission, Slot, counted
 from appliance.tls.clienthello import (
     ALERT_DECODE_ERROR,
     ALERT_INTERNAL_ERROR,
     ALERT_UNRECOGNIZED_NAME,
     MAX_HELLO_BYTES,
+    RECORD_HEADER_BYTES,
     ClientHello,
     MalformedHello,
     NotTls,
-    parse_client_hello,
+    hello_or_need,
 )
 
 log = logging.getLogger(__name__)
 
-ContextSelector = Callable[[str | None], ssl.SSLContext | None]
-_PARTIAL_HELLO_POLL_S = 0.01
+ContextSelector = Callable[[str | None], Awaitable[ssl.SSLContext | None]]
 _ACCEPT_BACKOFF_S = 0.1
+_BELOW_MARK_BACKOFF_S = 0.1
+_STOP_TIMEOUT_S = 10.0
+_PEER_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class TlsListener:
@@ -45,18 +58,33 @@ class TlsListener:
         handshake_timeout_s: float = 10.0,
         max_handshakes: int = 1024,
         other_loops: Sequence[ServingLoop] = (),
+        admission: Admission | None = None,
     ) -> None:
         self._select = select
         self._factory = protocol_factory
-        # Connections are spread round-robin over this loop and `other_loops`.
-        self._targets: Iterator[ServingLoop | None] = itertools.cycle([None, *other_loops])
+        self._other_loops = other_loops
+        self._targets: Iterator[ServingLoop] = iter(())
         self._timeout_s = handshake_timeout_s
         self._handshakes = asyncio.Semaphore(max_handshakes)
+        self._admission = admission or Admission()
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._door: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._accept_errors = LogThrottle(log, interval_s=30.0)
+        self._refusals = LogThrottle(log, interval_s=30.0)
 
     async def start(self, endpoints: tuple[Endpoint, ...]) -> None:
+        """Listen on `endpoints`; connections are served on the calling loop (with
+        `protocol_factory`) and on `other_loops`, spread round-robin."""
+        if self._door is None:
+            home: ServingLoop = (asyncio.get_running_loop(), self._factory)
+            self._targets = itertools.cycle([home, *self._other_loops])
+            self._door = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._door.run_forever, name="https-front-door", daemon=True
+            )
+            self._thread.start()
         for endpoint in endpoints:
             try:
                 sock = bind(endpoint, socket.SOCK_STREAM)
@@ -65,15 +93,34 @@ class TlsListener:
                     e.errno, f"cannot listen for HTTPS on {endpoint}: {e.strerror}"
                 ) from e
             self._sockets.append(sock)
-            self._track(spawn(self._accept(sock), name=f"https-accept {endpoint}"))
+            await self._on_door(self._open(sock, endpoint))
             log.info("https listening endpoint=%s", endpoint)
 
     async def close(self) -> None:
+        door, thread = self._door, self._thread
+        if door is not None and thread is not None:
+            await self._on_door(self._stop_tasks())
+            door.call_soon_threadsafe(door.stop)
+            await asyncio.to_thread(thread.join, _STOP_TIMEOUT_S)
+            if not thread.is_alive():
+                door.close()
+            self._door = self._thread = None
+        for sock in self._sockets:  # after the accept loops stopped watching them
+            sock.close()
+        self._sockets.clear()
+
+    async def _on_door(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self._door is not None
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._door))
+
+    async def _open(self, sock: socket.socket, endpoint: Endpoint) -> None:
+        self._track(spawn(self._accept(sock), name=f"https-accept {endpoint}"))
+
+    async def _stop_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sock in self._sockets:  # after the accept loops stopped watching them
-            sock.close()
+        await asyncio.get_running_loop().shutdown_default_executor()  # leaves being minted
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -83,41 +130,70 @@ class TlsListener:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _addr = await loop.sock_accept(listener)
+                conn, addr = await loop.sock_accept(listener)
             except OSError as e:  # EMFILE and friends: back off, never stop listening
                 self._accept_errors.warning("accept", "https accept failed error=%s", e)
                 await asyncio.sleep(_ACCEPT_BACKOFF_S)
                 continue
-            if self._handshakes.locked():
-                conn.close()  # shed load before TLS costs us anything
+            slot = self._admit(str(addr[0]))
+            if slot is None:
+                conn.close()  # before reading a byte: TLS has cost us nothing yet
                 continue
-            self._track(spawn(self._serve(conn), name="https-handshake"))
+            self._track(spawn(self._serve(conn, slot), name="https-handshake"))
 
-    async def _serve(self, conn: socket.socket) -> None:
+    def _admit(self, client: str) -> Slot | None:
+        """A slot for the connection, or None (after saying why) to close it at once."""
+        if not self._admission.allowed(client):
+            log.debug("https refused reason=not-allowed client=%s", client)
+            return None
+        slot = self._admission.take(client)
+        if slot is None:
+            self._refusals.warning(
+                f"per-client {client}",
+                "https refused reason=too-many-connections client=%s limit=%d",
+                client,
+                self._admission.max_per_client,
+            )
+            return None
+        if self._handshakes.locked():  # shed load before TLS costs us anything
+            slot.release()
+            self._refusals.warning(
+                "handshakes", "https refused reason=too-many-handshakes client=%s", client
+            )
+            return None
+        return slot
+
+    async def _serve(self, conn: socket.socket, slot: Slot) -> None:
+        handed = served = False
         async with self._handshakes:
             try:
                 context = await self._choose(conn)
                 if context is None:
-                    conn.close()
                     return
-                target = next(self._targets)
-                loop, factory = target or (asyncio.get_running_loop(), self._factory)
-                handshake = loop.connect_accepted_socket(
-                    factory, conn, ssl=context, ssl_handshake_timeout=self._timeout_s
-                )
-                if target is None:
-                    await handshake
-                else:
-                    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handshake, loop))
+                handed = True  # from here the transport owns (and closes) the socket
+                await self._hand_over(conn, context, slot)
+                served = True  # the slot is given back when the connection ends
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 log.debug("tls handshake failed error=%s", e)
-                conn.close()
+            finally:
+                if not handed:
+                    conn.close()
+                if not served:
+                    slot.release()
+
+    async def _hand_over(self, conn: socket.socket, context: ssl.SSLContext, slot: Slot) -> None:
+        """Run the TLS handshake on the next serving loop; returns once TLS is up."""
+        loop, factory = next(self._targets)
+        handshake = loop.connect_accepted_socket(
+            counted(factory, slot), conn, ssl=context, ssl_handshake_timeout=self._timeout_s
+        )
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handshake, loop))
 
     async def _choose(self, conn: socket.socket) -> ssl.SSLContext | None:
         """The leaf context for this connection, or None after telling the client why."""
         try:
             async with asyncio.timeout(self._timeout_s):
-                hello = await _peek_hello(conn)
+                hello = await read_hello(conn)
         except NotTls as e:
             log.info("tls refused reason=not-tls error=%s", e)
             return None
@@ -126,7 +202,7 @@ class TlsListener:
             _send(conn, ALERT_DECODE_ERROR)
             return None
         try:
-            context = self._select(hello.server_name)
+            context = await self._select(hello.server_name)
         except Exception:  # a failed mint must cost one connection, not the listener
             log.exception("tls mint failed sni=%r", hello.server_name)
             _send(conn, ALERT_INTERNAL_ERROR)
@@ -137,26 +213,73 @@ class TlsListener:
         return context
 
 
-async def _peek_hello(conn: socket.socket) -> ClientHello:
-    """Wait until the whole ClientHello has arrived, leaving it unread in the socket."""
+async def read_hello(conn: socket.socket) -> ClientHello:
+    """Wait until the whole ClientHello has arrived, leaving it unread in the socket.
+
+    Without polling: the hello's own lengths say how many bytes it needs next (a record
+    header, then the rest of that record, then the next header if the hello spans more
+    records), and SO_RCVLOWAT set to that count makes Linux report the socket readable
+    only once that many bytes are queued, or the peer closed or reset. A level-triggered
+    wait on the loop then wakes once per record header and record, however the client
+    trickles its bytes; a client that sends 9 bytes and stops costs nothing until the
+    timeout. (An edge-triggered epoll would also not poll, but wakes per segment and
+    needs a poller of its own beside the loop's.) The mark is reset to 1 before TLS
+    takes the socket. Nothing is read beyond `MAX_HELLO_BYTES`.
+    """
     loop = asyncio.get_running_loop()
-    while True:
-        readable = loop.create_future()
-        loop.add_reader(conn.fileno(), readable.set_result, None)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(conn.fileno())
-        data = conn.recv(MAX_HELLO_BYTES, socket.MSG_PEEK)
-        if not data:
-            raise ConnectionResetError("connection closed before the ClientHello")
-        hello = parse_client_hello(data)
-        if hello is not None:
-            return hello
-        if len(data) >= MAX_HELLO_BYTES:
-            raise MalformedHello("no complete ClientHello in the first 64 KiB")
-        # A partial hello leaves the socket readable: poll instead of spinning.
-        await asyncio.sleep(_PARTIAL_HELLO_POLL_S)
+    need = RECORD_HEADER_BYTES
+    try:
+        while True:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+            await _readable(loop, conn)
+            try:
+                data = conn.recv(MAX_HELLO_BYTES, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise ConnectionResetError("connection closed before the ClientHello")
+            if len(data) < need:
+                await _below_the_mark(conn, len(data), need)
+                continue
+            found = hello_or_need(data)
+            if isinstance(found, ClientHello):
+                return found
+            if found > MAX_HELLO_BYTES:
+                raise MalformedHello("no complete ClientHello in the first 64 KiB")
+            need = found
+    finally:
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    fd = conn.fileno()
+    ready = loop.create_future()
+    loop.add_reader(fd, _wake, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    # The wait may have been cancelled (timeout, close) in this same loop iteration,
+    # after the selector queued this call: setting its result would raise.
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def _below_the_mark(conn: socket.socket, have: int, need: int) -> None:
+    """Woken with fewer bytes than the mark: the peer closed (or reset) after a partial
+    hello, or Linux reports readable early under memory pressure. Raise in the first
+    case; back off in the second rather than spin."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN | select.POLLRDHUP)
+    if any(events & _PEER_GONE for _fd, events in poller.poll(0)):
+        raise ConnectionResetError(
+            f"connection closed after {have} of the ClientHello's first {need} bytes"
+        )
+    await asyncio.sleep(_BELOW_MARK_BACKOFF_S)
 
 
 def _send(conn: socket.socket, alert: bytes) -> None:

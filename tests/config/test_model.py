@@ -50,6 +50,9 @@ def test_dev_config_has_the_example_registries_and_local_state() -> None:
 def test_defaults_fill_in_what_is_omitted(tmp_path: Path) -> None:
     config = parse_config(BASE, tmp_path / "c.yaml")
     assert config.dns.ttl_s == 60 and config.tls.name_constraints
+    # the HTTPS port: open to everyone who can reach it, 256 connections per client
+    assert [str(n) for n in config.tls.allow_clients] == ["0.0.0.0/0", "::/0"]
+    assert config.tls.max_connections_per_client == 256
     assert str(config.listen.dns[0]) == "0.0.0.0:53"
     # exactly what is served
     assert Registries.of(config).permitted_domains == ("registry-1.docker.io",)
@@ -107,6 +110,20 @@ MALFORMED = [
     (BASE + "listen:\n  https: ['127.0.0.1:99999']\n", "listen.https[0]", 7, "1..65535"),
     (BASE + "listen:\n  dns: []\n", "listen.dns", 7, "must not be empty"),
     (BASE + "dns:\n  allow_clients: [10.0.0.1/8]\n", "dns.allow_clients[0]", 7, "CIDR"),
+    (BASE + "tls:\n  allow_clients: [10.0.0.0/8, 10.0.0.1/8]\n", "tls.allow_clients[1]", 7, "CIDR"),
+    (BASE + "tls:\n  allow_clients: []\n", "tls.allow_clients", 7, "must not be empty"),
+    (
+        BASE + "tls:\n  max_connections_per_client: 0\n",
+        "tls.max_connections_per_client",
+        7,
+        "between 1 and 65536",
+    ),
+    (
+        BASE + "tls:\n  max_connection_per_client: 10\n",
+        "tls.max_connection_per_client",
+        7,
+        "did you mean 'max_connections_per_client'",
+    ),
     (BASE.replace("192.0.2.10", "not-an-ip"), "appliance.ipv4", 2, "IPv4"),
     (
         BASE + "  - name: docker.io\n    hosts: [x.docker.io]\n",

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.tls.clienthello import MalformedHello, NotTls, parse_client_hello
+from appliance.tls.clienthello import (
+    MAX_HELLO_RECORDS,
+    ClientHello,
+    MalformedHello,
+    NotTls,
+    hello_or_need,
+    parse_client_hello,
+)
 from tests.harness import Regcache
 from tests.tls.clients import python_handshake
 
@@ -50,6 +57,31 @@ def test_every_prefix_asks_for_more_and_records_may_be_split() -> None:
     split = split_records(hello, 100)
     assert parse_client_hello(split).server_name == "ghcr.io"  # type: ignore[union-attr]
     assert all(parse_client_hello(split[:n]) is None for n in range(0, len(split), 7))
+
+
+@pytest.mark.parametrize("size", [10_000, 100, 9])
+def test_each_prefix_names_the_bytes_it_needs_and_waiting_for_them_makes_progress(
+    size: int,
+) -> None:
+    """What the listener sets SO_RCVLOWAT to: more than it has, and never beyond the
+    next record header or record end, so a hello needs one wait per header and record."""
+    wire = split_records(real_hello("ghcr.io"), size)
+    for n in range(len(wire)):
+        need = hello_or_need(wire[:n])
+        assert isinstance(need, int) and n < need <= len(wire)
+    waits, have = 0, 0
+    while not isinstance(found := hello_or_need(wire[:have]), ClientHello):
+        have, waits = found, waits + 1
+    records = -(-len(real_hello("ghcr.io")[5:]) // size)
+    assert found.server_name == "ghcr.io" and waits == 2 * records
+
+
+def test_a_hello_in_more_records_than_the_bound_is_malformed() -> None:
+    body = real_hello("ghcr.io")[5:]
+    size = len(body) // MAX_HELLO_RECORDS
+    assert isinstance(hello_or_need(split_records(real_hello("ghcr.io"), size + 1)), ClientHello)
+    with pytest.raises(MalformedHello, match="more than 64 records"):
+        hello_or_need(split_records(real_hello("ghcr.io"), size - 1))
 
 
 def test_plain_http_is_not_tls_and_bad_lengths_are_malformed() -> None:

@@ -3,13 +3,19 @@ malformed name, never outliving the CA."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.config.hostnames import HostSet
+from appliance.tls import leaves as leaves_module
 from appliance.tls.ca import create_ca
 from appliance.tls.leaves import LeafStore, mint_leaf
 from tests.tls.cas import NOW, new_ca
@@ -43,6 +49,38 @@ def test_leaf_store_is_bounded_for_wildcard_names(tmp_path: Path) -> None:
     assert store.context_for("a.docker.io") is a  # a is now the most recently used
     store.context_for("c.docker.io")
     assert store.minted_names == {"a.docker.io", "c.docker.io"}
+
+
+async def test_a_new_name_asked_for_at_once_is_minted_once_in_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener's path: signing happens off the asking loop's thread, and callers
+    that ask for the same new name meanwhile share it; a failed mint is retried."""
+    store = LeafStore(new_ca(tmp_path), HostSet.of(["*.docker.io"]), dt.timedelta(days=30))
+    threads: list[str] = []
+    fail = [True]
+    real = leaves_module.mint_leaf
+
+    def recording(*args: Any) -> x509.Certificate:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for every caller below to be waiting
+        if fail[0]:
+            raise RuntimeError("signing failed")
+        return real(*args)
+
+    monkeypatch.setattr(leaves_module, "mint_leaf", recording)
+    results = await asyncio.gather(
+        *(store.context("x.docker.io") for _ in range(2)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results) and store.mint_count == 0
+    fail[0] = False
+    threads.clear()
+    contexts = await asyncio.gather(*(store.context("X.docker.io") for _ in range(5)))
+    assert len({id(c) for c in contexts}) == 1 and contexts[0] is not None
+    assert store.mint_count == 1 and len(threads) == 1
+    assert threads[0] != threading.current_thread().name
+    assert await store.context("x.docker.io") is contexts[0] and store.mint_count == 1
+    assert await store.context("docker.io") is None and await store.context(None) is None
 
 
 @pytest.mark.parametrize(

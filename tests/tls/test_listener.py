@@ -1,135 +1,159 @@
 """The HTTPS listener in process, on loopback: real TLS handshakes with Python's ssl, the
-leaf chosen by SNI, refusals as real alerts, and a listener that outlives bad clients."""
+leaf chosen by SNI, refusals as real alerts, ClientHellos however they arrive, the front
+door off the caller's loop, and a listener that outlives bad clients."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import socket
-import ssl
+import struct
+import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 
-from appliance.config.hostnames import HostSet
-from appliance.config.values import Endpoint
-from appliance.tls.ca import to_pem
-from appliance.tls.clienthello import ALERT_DECODE_ERROR
-from appliance.tls.leaves import LeafStore
-from appliance.tls.listener import TlsListener
-from tests.harness import free_port
-from tests.tls.cas import new_ca
-
-
-class Hello(asyncio.Protocol):
-    """What the HTTP server would be: greets each connection that got through TLS."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(b"hello\n")
-        transport.close()
-
-
-@dataclass
-class Selector:
-    """The leaf store, with a switch to make minting fail."""
-
-    leaves: LeafStore
-    fail: bool = False
-    asked: list[str | None] = field(default_factory=list)
-
-    def __call__(self, name: str | None) -> ssl.SSLContext | None:
-        self.asked.append(name)
-        if self.fail:
-            raise RuntimeError("mint failed")
-        return self.leaves.context_for(name)
-
-
-@dataclass
-class Listening:
-    port: int
-    ca_pem: Path
-    select: Selector
+from appliance.tls import leaves as leaves_module
+from appliance.tls.clienthello import ALERT_DECODE_ERROR, MAX_HELLO_BYTES, MAX_HELLO_RECORDS
+from tests.tls.listening import Listening, handshake, listening, send_raw, trickled_handshake
 
 
 @pytest.fixture
-async def listening(tmp_path: Path) -> AsyncIterator[Listening]:
-    ca = new_ca(tmp_path)
-    (tmp_path / "ca.pem").write_bytes(to_pem([ca.cert]))
-    select = Selector(LeafStore(ca, HostSet.of(["ghcr.io"]), dt.timedelta(days=30)))
-    port = free_port()
-    listener = TlsListener(select, Hello, handshake_timeout_s=5)
-    await listener.start((Endpoint.parse(f"127.0.0.1:{port}"),))
-    yield Listening(port, tmp_path / "ca.pem", select)
-    await listener.close()
+async def at(tmp_path: Path) -> AsyncIterator[Listening]:
+    async with listening(tmp_path, handshake_timeout_s=5) as listener:
+        yield listener
 
 
-def handshake(at: Listening, sni: str | None) -> tuple[bytes, x509.Certificate]:
-    """Verify against the CA, then read what the protocol sent."""
-    ctx = ssl.create_default_context(cafile=str(at.ca_pem))
-    ctx.check_hostname = sni is not None
-    with (
-        socket.create_connection(("127.0.0.1", at.port), timeout=10) as sock,
-        ctx.wrap_socket(sock, server_hostname=sni) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return tls.recv(100), x509.load_der_x509_certificate(der)
-
-
-def send_raw(at: Listening, data: bytes) -> bytes:
-    """Send `data`; everything received before the listener closed the connection."""
-    with socket.create_connection(("127.0.0.1", at.port), timeout=10) as sock:
-        sock.sendall(data)
-        got = b""
-        try:
-            while chunk := sock.recv(100):
-                got += chunk
-        except ConnectionResetError:  # closed with our bytes unread: a reset, not a FIN
-            pass
-        return got
-
-
-async def test_a_configured_name_gets_its_leaf_and_reaches_the_protocol(
-    listening: Listening,
-) -> None:
-    greeting, leaf = await asyncio.to_thread(handshake, listening, "GHCR.io")
+async def test_a_configured_name_gets_its_leaf_and_reaches_the_protocol(at: Listening) -> None:
+    greeting, leaf = await asyncio.to_thread(handshake, at, "GHCR.io")
     assert greeting == b"hello\n"
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["ghcr.io"]
-    assert listening.select.asked == ["GHCR.io"]
+    assert at.select.asked == ["GHCR.io"]
 
 
 @pytest.mark.parametrize("sni", ["registry.example", "docker.io", None])
 async def test_a_name_not_served_gets_an_unrecognized_name_alert_and_mints_nothing(
-    listening: Listening, sni: str | None
+    at: Listening, sni: str | None
 ) -> None:
-    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
-        await asyncio.to_thread(handshake, listening, sni)
-    assert listening.select.leaves.mint_count == 0
+    with pytest.raises(OSError, match="UNRECOGNIZED_NAME"):
+        await asyncio.to_thread(handshake, at, sni)
+    assert at.select.leaves.mint_count == 0
 
 
 async def test_a_failed_mint_costs_one_connection_not_the_listener(
-    listening: Listening, caplog: pytest.LogCaptureFixture
+    at: Listening, caplog: pytest.LogCaptureFixture
 ) -> None:
-    listening.select.fail = True
-    with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
-        await asyncio.to_thread(handshake, listening, "ghcr.io")
+    at.select.fail = True
+    with pytest.raises(OSError, match="INTERNAL_ERROR"):
+        await asyncio.to_thread(handshake, at, "ghcr.io")
     assert "tls mint failed sni='ghcr.io'" in caplog.text
-    listening.select.fail = False
-    greeting, _ = await asyncio.to_thread(handshake, listening, "ghcr.io")
+    at.select.fail = False
+    greeting, _ = await asyncio.to_thread(handshake, at, "ghcr.io")
     assert greeting == b"hello\n"
 
 
 async def test_plain_http_is_closed_and_a_malformed_hello_gets_a_decode_error(
-    listening: Listening,
+    at: Listening,
 ) -> None:
-    assert await asyncio.to_thread(send_raw, listening, b"GET / HTTP/1.1\r\n\r\n") == b""
+    assert await asyncio.to_thread(send_raw, at, b"GET / HTTP/1.1\r\n\r\n") == b""
     empty_record = b"\x16\x03\x01\x00\x00"
-    assert await asyncio.to_thread(send_raw, listening, empty_record) == ALERT_DECODE_ERROR
-    assert listening.select.asked == []  # neither got as far as choosing a leaf
-    greeting, _ = await asyncio.to_thread(handshake, listening, "ghcr.io")
+    assert await asyncio.to_thread(send_raw, at, empty_record) == ALERT_DECODE_ERROR
+    assert at.select.asked == []  # neither got as far as choosing a leaf
+    greeting, _ = await asyncio.to_thread(handshake, at, "ghcr.io")
     assert greeting == b"hello\n"
+
+
+def one_byte_each(hello: bytes) -> list[bytes]:
+    return [hello[i : i + 1] for i in range(len(hello))]
+
+
+def two_records(hello: bytes) -> list[bytes]:
+    """The handshake message split over two records, each sent in two segments (one
+    ending inside the second record's header)."""
+    body = hello[5:]
+    half = len(body) // 2
+    wire = b"".join(
+        struct.pack("!BHH", 0x16, 0x0301, len(part)) + part for part in (body[:half], body[half:])
+    )
+    cut = 5 + half + 2
+    return [wire[:cut], wire[cut:]]
+
+
+@pytest.mark.parametrize("chunks", [one_byte_each, two_records])
+async def test_a_hello_however_it_arrives_gets_its_certificate(at: Listening, chunks: Any) -> None:
+    greeting = await asyncio.to_thread(trickled_handshake, at, "ghcr.io", chunks)
+    assert greeting == b"hello\n"
+    assert at.select.asked == ["ghcr.io"]
+
+
+def big_hello(sni: str, size: int, record: int = 1 << 14) -> bytes:
+    """A ClientHello padded to about `size` bytes, in records of at most `record`."""
+    name = sni.encode()
+    sni_ext = struct.pack("!HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
+    padding = struct.pack("!HH", 21, size) + bytes(size)
+    extensions = sni_ext + padding
+    body = (
+        b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+        + struct.pack("!H", len(extensions)) + extensions
+    )  # fmt: skip
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"".join(
+        struct.pack("!BHH", 0x16, 0x0301, len(message[i : i + record])) + message[i : i + record]
+        for i in range(0, len(message), record)
+    )
+
+
+async def test_a_hello_over_several_full_records_is_read_whole_and_a_too_big_one_refused(
+    at: Listening,
+) -> None:
+    # ~48 KiB over four records: read whole, the name chosen (then TLS fails: it is fake).
+    wire = big_hello("ghcr.io", 48 << 10)
+    assert len(wire) < MAX_HELLO_BYTES
+    await asyncio.to_thread(send_raw, at, wire)
+    assert at.select.asked == ["ghcr.io"]
+    # One whose length says more than 64 KiB: a decode error after its first record.
+    first_record = big_hello("ghcr.io", 60 << 10)[: 5 + (1 << 14)]
+    too_big = first_record[:6] + (MAX_HELLO_BYTES).to_bytes(3, "big") + first_record[9:]
+    assert await asyncio.to_thread(send_raw, at, too_big) == ALERT_DECODE_ERROR
+    # One trickled in tiny records: refused after 64 of them, not re-read for each.
+    tiny = big_hello("ghcr.io", 1 << 10, record=8)
+    assert len(tiny) // 13 > MAX_HELLO_RECORDS
+    assert await asyncio.to_thread(send_raw, at, tiny) == ALERT_DECODE_ERROR
+    assert at.select.asked == ["ghcr.io"]
+
+
+async def test_the_front_door_and_minting_run_off_the_callers_loop(
+    at: Listening, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a leaf for a new name is being signed, the caller's loop (the cache's, in
+    regcache) goes on serving: here it completes another client's handshake."""
+    entered, release = threading.Event(), threading.Event()
+    mint_threads: list[str] = []
+    waited: list[bool] = []
+    real_mint = leaves_module.mint_leaf
+
+    def slow_mint(ca: Any, name: str, *args: Any) -> x509.Certificate:
+        mint_threads.append(threading.current_thread().name)
+        if name == "new.docker.io":
+            entered.set()
+            waited.append(release.wait(10))
+        return real_mint(ca, name, *args)
+
+    monkeypatch.setattr(leaves_module, "mint_leaf", slow_mint)
+    first = asyncio.ensure_future(asyncio.to_thread(handshake, at, "new.docker.io"))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        # Same name meanwhile: waits for that one mint rather than minting again.
+        second = asyncio.ensure_future(asyncio.to_thread(handshake, at, "new.docker.io"))
+        greeting, _ = await asyncio.to_thread(handshake, at, "ghcr.io")
+        assert greeting == b"hello\n"
+    finally:
+        release.set()
+    assert (await first)[0] == b"hello\n" and (await second)[0] == b"hello\n"
+    assert waited == [True]  # released by the test, not by the time-out
+    assert at.select.leaves.mint_count == 2  # new.docker.io once, ghcr.io once
+    main = threading.current_thread().name
+    assert main not in mint_threads and main not in at.select.threads
+    assert at.select.threads == {"https-front-door"}
