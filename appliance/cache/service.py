@@ -119,7 +119,10 @@ class RegistryCache:
         if stored is not None:
             return stored
         if head:
-            return Relayed(await self._calls.fetch(target, "HEAD", Kind.MANIFEST, reference))
+            reply = await self._calls.fetch(target, "HEAD", Kind.MANIFEST, reference)
+            if reply.status != 200 or reply.length is not None:
+                return Relayed(reply)
+            reply.close()  # a HEAD with no length: the manifest stored says it (tags.py)
         return await self._manifests.fetch(target, reference)
 
     async def written(self, places: Sequence[tuple[str, str]]) -> None:

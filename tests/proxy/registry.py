@@ -5,6 +5,7 @@ it: `https://<host>/…` becomes `http://<host>:<its port>/…`, resolved to 127
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -67,6 +68,8 @@ class FakeRegistry:
     manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)
     head_length: bool = True
     """False: a manifest HEAD says no Content-Length (some registries, some proxies)."""
+    head_digest: bool = True
+    """False: a manifest HEAD says no Docker-Content-Digest."""
     seen: list[tuple[str, str, str]] = field(default_factory=list)
     """(method, host, path) of every request."""
 
@@ -98,6 +101,8 @@ class FakeRegistry:
             error = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
             return web.json_response(error, status=404)
         headers = {"Content-Type": found.media_type, "Docker-Content-Digest": str(found.digest)}
+        if request.method == "HEAD" and not self.head_digest:
+            del headers["Docker-Content-Digest"]
         if request.method == "HEAD" and not self.head_length:
             response = web.StreamResponse(headers=headers)  # aiohttp then sends no length
             await response.prepare(request)
@@ -196,6 +201,18 @@ async def stack(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Stack]:
         client = await aiohttp_client(make_app(None))
         yield Stack(client, registry, files, index, metrics, audit, make_app)
     finally:
+        await _probes_done()
         await index.close()
         await session.close()
         await server.close()
+
+
+async def _probes_done() -> None:
+    """The access gate's probes the requests started end (or are cut after 5 s) before
+    the index they write to closes, also when a test failed half way."""
+    probes = [t for t in asyncio.all_tasks() if t.get_name().startswith("access-probe")]
+    if probes:
+        _, late = await asyncio.wait(probes, timeout=5)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
