@@ -97,7 +97,7 @@ class Manifests:
         )
         self._shelf.added(len(body))
         log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
-        return Stored(digest, len(body), media_type, path)
+        return Stored(digest, len(body), media_type, path, fetched=True)
 
     async def _write(self, digest: Digest, body: bytes) -> Path:
         temp = self._files.create_temp()

@@ -108,7 +108,8 @@ class RegistryCache:
         gated = await self._calls.gated(target, answer, answer.size, Kind.MANIFEST)
         if isinstance(gated, Refused) and gated.status == 404:
             self._calls.remember_refusal(key, gated.headers, epoch)
-        if isinstance(gated, Stored):  # only now: nothing is recorded for a refused client
+        # Only now: nothing is recorded for a refused client, nor a hit for a fetch.
+        if isinstance(gated, Stored) and not gated.fetched:
             self._hits.note_hit(target, gated, manifest=True)
         return gated
 

@@ -247,7 +247,10 @@ def _target(request: web.Request, origin: str, site: Site, route: CacheRoute) ->
 
 
 def _outcome(answer: Answer) -> str:
-    if isinstance(answer, Stored):
+    """hit: the bytes came from the store; miss: from upstream (a fill, a manifest
+    fetched and stored, a HEAD described from upstream's); stale: from the store while
+    upstream was down; relayed: upstream's own answer."""
+    if isinstance(answer, Stored) and not answer.fetched:
         return "stale" if answer.stale else "hit"
     return "relayed" if isinstance(answer, Relayed | Refused) else "miss"
 

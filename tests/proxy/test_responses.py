@@ -3,6 +3,7 @@ store, from a fill in progress and from upstream, and what each answer is counte
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,20 @@ async def test_bytes_from_a_fill_are_counted_as_fetched(proxy: Proxy) -> None:
     assert await (await proxy.ask(BLOB)).read() == DATA
     assert proxy.cache.served == [(REGISTRY, 0, len(DATA))]
     assert proxy.audit[0]["outcome"] == "miss"
+
+
+async def test_a_manifest_fetched_for_this_answer_is_a_miss_though_sent_from_its_file(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    body = b'{"schemaVersion": 2}'
+    fetched = replace(stored(tmp_path, body, OCI_MANIFEST), fetched=True)
+    proxy.cache.answers(fetched)
+    response = await proxy.ask(f"/v2/team/app/manifests/{fetched.digest}")
+    assert response.status == 200 and await response.read() == body
+    assert proxy.cache.served == [(REGISTRY, 0, len(body))]
+    assert proxy.audit[0]["outcome"] == "miss"
+    sample = proxy.metrics.registry.get_sample_value
+    answers = {"registry": REGISTRY, "kind": "manifest", "outcome": "miss"}
+    assert sample("regcache_cache_answers_total", answers) == 1
+    upstream = {"registry": REGISTRY, "source": "upstream"}
+    assert sample("regcache_served_bytes_total", upstream) == len(body)
