@@ -292,12 +292,14 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
         route = registries.route(host)
         if route is None:
             return None
+        named = tuple(str(h) for h in route.registry.hosts if not h.startswith("*"))
         return Site(
             route.registry.tag_ttl_s,
             route.registry.max_stale_s,
             api=route.api,
             own_credentials=route.registry.credentials is not None,
             label=route.label,
+            aliases=named if host in named else (),
         )
 
     return site_for

@@ -56,6 +56,10 @@ class Stored:
     path: Path
     stale: bool = False
     """A tag answered from its last mapping because upstream could not be asked."""
+    fetched: bool = False
+    """Its bytes were fetched from upstream for this answer (and stored on the way): a
+    miss, though sent from the file. Every count of hits (metrics, bytes from the
+    store, the audit log, the index's hit counts) reads it from here."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@ access gate asked for content that came from anywhere else."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Answer, Described, Filling, Stored, Target
 from appliance.cache.negative import NegativeCache
@@ -31,6 +33,7 @@ class ClientCalls:
         remembered = self._negative.get(key)
         if remembered is not None:
             return remembered
+        epoch = self._negative.epoch
         if (down := self._gate.down(target.host)) is not None:
             raise down  # unreachable moments ago, for the gate as for this
         try:
@@ -39,7 +42,7 @@ class ClientCalls:
             self._gate.note_down(target.host, e)
             raise
         if kind is Kind.MANIFEST:
-            reply = await self._negative.remember(key, reply)
+            reply = await self._negative.remember(key, reply, epoch)
         if (
             reply.status == 200
             and method == "HEAD"
@@ -50,15 +53,28 @@ class ClientCalls:
         return reply
 
     def negative_key(self, target: Target, method: str, url: str) -> tuple[str, ...]:
-        """Remembered 404s are per request, credential and Accept set."""
+        """Remembered 404s are per request, credential and Accept set, under the (host,
+        repository) a write there forgets."""
         fingerprint = self._gate.fingerprint(target.authorization)
-        return (method, url, fingerprint, accept_key(target.accept))
+        return (target.host, target.repository, method, url, fingerprint,
+                accept_key(target.accept))  # fmt: skip
 
     def remembered(self, key: tuple[str, ...]) -> UpstreamReply | None:
         return self._negative.get(key)
 
-    def remember_refusal(self, key: tuple[str, ...], refused_headers: dict[str, str]) -> None:
-        self._negative.remember_refusal(key, refused_headers)
+    @property
+    def epoch(self) -> int:
+        """See `NegativeCache.epoch`: read before asking what may be remembered."""
+        return self._negative.epoch
+
+    def remember_refusal(
+        self, key: tuple[str, ...], refused_headers: dict[str, str], epoch: int
+    ) -> None:
+        self._negative.remember_refusal(key, refused_headers, epoch)
+
+    def forget_missing(self, places: Collection[tuple[str, str]]) -> int:
+        """See `NegativeCache.forget`."""
+        return self._negative.forget(places)
 
     async def gated(
         self, target: Target, answer: Stored | Filling | Described, size: int | None, kind: Kind

@@ -20,9 +20,10 @@ from appliance.cache.calls import ClientCalls
 from appliance.cache.fill import NO_SPACE
 from appliance.cache.ports import BlobFiles, Index
 from appliance.cache.shelf import Shelf
+from appliance.kit.logfields import fields
 from appliance.kit.singleflight import SingleFlight
 from appliance.oci.digest import Digest
-from appliance.oci.manifest import references
+from appliance.oci.manifest import references, signed_schema1
 from appliance.oci.mediatypes import OCTET_STREAM
 from appliance.oci.routes import Kind
 
@@ -68,6 +69,15 @@ class Manifests:
             media_type = _manifest_type(reply.content_type, body)
         finally:
             reply.close()
+        if signed_schema1(media_type, body):
+            # No digest of its bytes is the one it goes by: nothing to verify it against,
+            # so it is not kept; the client gets upstream's answer as it came.
+            log.info(
+                "manifest passed-through %s",
+                fields(registry=target.host, repository=target.repository,
+                       reference=reference, reason="signed-schema1"),
+            )  # fmt: skip
+            return Relayed(MemoryReply(reply.status, reply.headers, body))
         digest = _verified(target.url(Kind.MANIFEST, reference), reference, announced, body)
         self._gate.grant(
             target.host, target.repository, digest, target.authorization, body, media_type
@@ -87,7 +97,7 @@ class Manifests:
         )
         self._shelf.added(len(body))
         log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
-        return Stored(digest, len(body), media_type, path)
+        return Stored(digest, len(body), media_type, path, fetched=True)
 
     async def _write(self, digest: Digest, body: bytes) -> Path:
         temp = self._files.create_temp()

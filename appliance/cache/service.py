@@ -10,8 +10,9 @@ blob request, and from where.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import (
@@ -33,8 +34,11 @@ from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import BlobFiles, Index, SpaceKeeper, Upstream
 from appliance.cache.shelf import Shelf
 from appliance.cache.tags import Tags
+from appliance.kit.logfields import fields
 from appliance.oci.digest import Digest
 from appliance.oci.routes import Kind
+
+log = logging.getLogger(__name__)
 
 
 class RegistryCache:
@@ -101,10 +105,12 @@ class RegistryCache:
         key = self._calls.negative_key(target, "HEAD" if head else "GET", url)
         if (remembered := self._calls.remembered(key)) is not None:
             return await refusal_or_relayed(remembered)
+        epoch = self._calls.epoch
         gated = await self._calls.gated(target, answer, answer.size, Kind.MANIFEST)
         if isinstance(gated, Refused) and gated.status == 404:
-            self._calls.remember_refusal(key, gated.headers)
-        if isinstance(gated, Stored):  # only now: nothing is recorded for a refused client
+            self._calls.remember_refusal(key, gated.headers, epoch)
+        # Only now: nothing is recorded for a refused client, nor a hit for a fetch.
+        if isinstance(gated, Stored) and not gated.fetched:
             self._hits.note_hit(target, gated, manifest=True)
         return gated
 
@@ -115,8 +121,24 @@ class RegistryCache:
         if stored is not None:
             return stored
         if head:
-            return Relayed(await self._calls.fetch(target, "HEAD", Kind.MANIFEST, reference))
+            reply = await self._calls.fetch(target, "HEAD", Kind.MANIFEST, reference)
+            if reply.status != 200 or reply.length is not None:
+                return Relayed(reply)
+            reply.close()  # a HEAD with no length: the manifest stored says it (tags.py)
         return await self._manifests.fetch(target, reference)
+
+    async def written(self, places: Sequence[tuple[str, str]]) -> None:
+        """A client's write succeeded upstream at the first of these (host, repository)
+        places; the others are that repository by its other names. The 404s remembered
+        there are wrong now (a push, then a pull; cosign's sign, then verify). Awaited
+        before the client hears of its write, so its next request cannot meet one."""
+        dropped = self._calls.forget_missing(frozenset(places))
+        if dropped and places:
+            host, repository = places[0]
+            log.info(
+                "negative forgotten %s",
+                fields(registry=host, repository=repository, entries=dropped),
+            )
 
     def stored_now(
         self, target: Target, reference: str | Digest, *, manifest: bool

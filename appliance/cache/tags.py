@@ -1,6 +1,7 @@
 """Tags: answered from the store within their TTL for a client already vouched for,
-else revalidated with an upstream HEAD (free on Docker Hub; a client HEAD never becomes
-an upstream GET), and answered from their last mapping while upstream is in trouble
+else revalidated with an upstream HEAD (free on Docker Hub; a client HEAD becomes an
+upstream GET only when upstream's HEAD does not say the digest, length and type a HEAD
+answer must carry), and answered from their last mapping while upstream is in trouble
 (stale-if-error, up to `max_stale_s`)."""
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class Tags:
                 return stale
         if reply.status == 200 and (digest := reply.digest) is not None:
             return await self._resolved(target, tag, reply, digest, now, head=head)
-        if head:
+        if head and reply.status != 200:
             return Relayed(reply)
         reply.close()
-        # No usable HEAD (an auth challenge, an error, no digest): the GET tells the client.
+        # No usable HEAD (an auth challenge, an error, no digest): the GET tells the
+        # client; for a client HEAD, what to describe (the stored manifest).
         return await self._tagged(target, tag, await self._manifests.fetch(target, tag))
 
     async def _fresh(self, target: Target, tag: str, now: float) -> Stored | None:
@@ -92,8 +94,11 @@ class Tags:
         *,
         head: bool,
     ) -> Answer:
-        """Upstream named the tag's digest: the stored manifest, or what it would be."""
-        size, media_type = reply.length or 0, reply.content_type
+        """Upstream named the tag's digest: the stored manifest, or what it would be.
+        A HEAD answer describes it only with upstream's length and type: containerd
+        takes a HEAD's Content-Length as the manifest's size, so without one the
+        manifest is fetched (and stored) to learn it; it is never guessed."""
+        size, media_type = reply.length, reply.content_type
         reply.close()
         # Upstream just resolved the tag for this client: the digest is theirs here.
         self._gate.grant(target.host, target.repository, digest, target.authorization)
@@ -104,7 +109,7 @@ class Tags:
         if stored is not None and accepts(target.accept, stored.media_type):
             await self._record(target, tag, stored, now)
             return stored
-        if head:
+        if head and size is not None and media_type:
             return Described(digest, size, media_type)
         return await self._tagged(target, tag, await self._manifests.fetch(target, digest))
 

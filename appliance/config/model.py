@@ -126,7 +126,8 @@ class UpstreamConfig:
     max_fills: int = field(default=256, metadata=check(between(1, 65536)))
     """Blob transfers from upstream at once; beyond it clients get 503 and retry."""
     negative_ttl_s: float = field(default=30.0, metadata=check(between(0, 3600)))
-    """Upstream 404s for manifests and blobs are replayed (per credential) this long."""
+    """Upstream 404s for manifests are replayed (per credential) this long; a write to
+    the repository through regcache (a push, a signature) forgets them at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,19 @@ def sniff_manifest_type(body: bytes) -> str | None:
     return None
 
 
+def signed_schema1(media_type: str, body: bytes) -> bool:
+    """Whether `body` is a signed schema 1 manifest (a JWS, `…v1+prettyjws`, whatever
+    Content-Type it came with). Its digest covers the payload without the signatures
+    (the protected header's `formatLength` bytes, then its `formatTail`), so its bytes
+    never hash to the digest a registry names them by."""
+    if media_type == DOCKER_SCHEMA1_SIGNED:
+        return True
+    if b'"signatures"' not in body:
+        return False
+    doc = _document(body)
+    return doc is not None and doc.get("schemaVersion") == 1 and "signatures" in doc
+
+
 def _external(descriptor: dict[str, Any]) -> bool:
     media_type = str(descriptor.get("mediaType", ""))
     external_type = "foreign" in media_type or "nondistributable" in media_type

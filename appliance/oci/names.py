@@ -11,6 +11,11 @@ from appliance.oci.digest import Digest, DigestError
 _NAME = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
 _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 MAX_NAME_LENGTH = 255
+DOCKER_HUB_HOSTS = frozenset(
+    {"registry-1.docker.io", "index.docker.io", "registry.hub.docker.com", "docker.io"}
+)
+"""Docker Hub's API hosts, where an official image goes by two names (`same_repository`)."""
+_OFFICIAL = "library/"
 
 
 class InvalidName(ValueError):
@@ -33,3 +38,17 @@ def parse_reference(text: str) -> str | Digest:
     if not _TAG.fullmatch(text):
         raise InvalidName(f"invalid tag {text[:80]!r}")
     return text
+
+
+def same_repository(host: str, repository: str) -> tuple[str, ...]:
+    """The names `repository` goes by on `host`: itself, and on Docker Hub, where official
+    images live under `library/`, its other form (`library/alpine` and `alpine`: clients
+    add the prefix, but Hub answers, and takes pushes to, the bare name too)."""
+    if host not in DOCKER_HUB_HOSTS:
+        return (repository,)
+    if "/" not in repository:
+        return (repository, _OFFICIAL + repository)
+    bare = repository.removeprefix(_OFFICIAL)
+    if bare != repository and "/" not in bare:
+        return (repository, bare)
+    return (repository,)

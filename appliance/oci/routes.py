@@ -10,6 +10,9 @@ from appliance.oci.digest import Digest, DigestError
 from appliance.oci.names import InvalidName, check_repository, parse_reference
 
 _ROUTE = re.compile(r"/v2/(?P<name>.+)/(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)", re.S)
+# Writes: a manifest put or deleted; a blob upload started, continued, finished or
+# cancelled (a mount is a start); a blob deleted.
+_WRITE = re.compile(r"/v2/(?P<name>.+)/(?:manifests/[^/]+|blobs/uploads/[^/]*|blobs/[^/]+)", re.S)
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -82,3 +85,15 @@ def parse_route(path: str) -> Route | None:
         return Route(kind, repository, Digest.parse(ref))
     except DigestError as e:
         raise RouteError("DIGEST_INVALID", str(e)) from e
+
+
+def written_repository(path: str) -> str | None:
+    """The repository a write (PUT, POST, PATCH, DELETE) to `path` (decoded, after
+    `check_path`) may change, or None: a path of no repository's, or no valid name."""
+    match = _WRITE.fullmatch(path)
+    if match is None:
+        return None
+    try:
+        return check_repository(match.group("name"))
+    except InvalidName:
+        return None

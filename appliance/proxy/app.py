@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
 
@@ -24,7 +24,8 @@ from appliance.cache.answers import Answer, Refused, Relayed, Stored, Target
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import parse_accept
-from appliance.oci.routes import check_path
+from appliance.oci.names import same_repository
+from appliance.oci.routes import check_path, written_repository
 from appliance.proxy.errors import API_VERSION, Evicted, UnknownHost, render_errors
 from appliance.proxy.loops import Bridge
 from appliance.proxy.outage import PingCache, outage_answer
@@ -45,6 +46,7 @@ OUTCOME = web.RequestKey("outcome", str)
 _FOR_CACHE = frozenset({"authorization", "accept", "user-agent"})
 
 Audit = Callable[[dict[str, object]], None]
+_WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 
 
 class Cache(Protocol):
@@ -57,6 +59,7 @@ class Cache(Protocol):
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer: ...
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer: ...
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None: ...
+    async def written(self, places: Sequence[tuple[str, str]]) -> None: ...
 
 
 def create_app(
@@ -159,7 +162,20 @@ class RegistryProxy:
         ):
             self._bridge.call(reply.close)
             return fallback
+        if site.api and request.method in _WRITES and 200 <= reply.status < 300:
+            await self._written(request.path, origin.removeprefix("https://"), site)
         return await relay(request, reply, self._bridge)
+
+    async def _written(self, path: str, host: str, site: Site) -> None:
+        """A write to `path` through `host` succeeded: the cache forgets what it
+        remembered missing in that repository, by every name it goes by, before the
+        client hears of it."""
+        repository = written_repository(path)
+        if repository is None:
+            return
+        hosts = (host, *(alias for alias in site.aliases if alias != host))
+        places = [(h, name) for h in hosts for name in same_repository(h, repository)]
+        await self._bridge.run(self._cache.written(places))
 
     async def _serve(
         self, request: web.Request, origin: str, site: Site, route: CacheRoute
@@ -240,7 +256,10 @@ def _target(request: web.Request, origin: str, site: Site, route: CacheRoute) ->
 
 
 def _outcome(answer: Answer) -> str:
-    if isinstance(answer, Stored):
+    """hit: the bytes came from the store; miss: from upstream (a fill, a manifest
+    fetched and stored, a HEAD described from upstream's); stale: from the store while
+    upstream was down; relayed: upstream's own answer."""
+    if isinstance(answer, Stored) and not answer.fetched:
         return "stale" if answer.stale else "hit"
     return "relayed" if isinstance(answer, Relayed | Refused) else "miss"
 

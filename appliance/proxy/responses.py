@@ -39,7 +39,8 @@ async def render(
     if isinstance(answer, Stored):
         fd = os.open(answer.path, os.O_RDONLY | os.O_CLOEXEC)  # before any byte is sent
         try:
-            return await _stream_stored(request, answer, fd, lambda n: count(n, True))
+            from_store = not answer.fetched  # a manifest just fetched came from upstream
+            return await _stream_stored(request, answer, fd, lambda n: count(n, from_store))
         finally:
             os.close(fd)
     if isinstance(answer, Described):

@@ -18,3 +18,7 @@ class Site:
     label: str = ""
     """The configured host or `*.` pattern the Host matched: metrics and statistics use it
     (a wildcard admits unboundedly many names)."""
+    aliases: tuple[str, ...] = ()
+    """Every configured host name of this Host's registry (`registry-1.docker.io`,
+    `index.docker.io`) when the Host is one of them: a write through one changes what
+    the others answer. Empty for a name under a wildcard: each is a registry of its own."""

@@ -3,9 +3,10 @@ HEAD, answered within their TTL, only in a media type the client takes."""
 
 from __future__ import annotations
 
-from appliance.cache.answers import Stored, Target
+from appliance.cache.answers import Described, Stored, Target
+from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
-from tests.cache.alpine import MANIFEST, ORIGIN, tag_routes, target
+from tests.cache.alpine import M_DIGEST, MANIFEST, ORIGIN, tag_routes, target
 
 
 async def test_tag_is_revalidated_with_head_and_served_from_the_store(parts) -> None:  # type: ignore[no-untyped-def]
@@ -42,3 +43,20 @@ async def test_tag_ttl_skips_revalidation(parts) -> None:  # type: ignore[no-unt
     calls = len(upstream.calls)
     assert isinstance(await cache.manifest(ttl, "3", head=False), Stored)
     assert len(upstream.calls) == calls
+
+
+async def test_a_tag_head_is_described_from_upstreams_head_only_if_it_says_the_length(
+    parts,  # type: ignore[no-untyped-def]
+) -> None:
+    """containerd takes a HEAD's Content-Length as the size: a HEAD without one is
+    answered from the manifest, fetched and stored to learn it (never with 0)."""
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    described = await cache.manifest(target(), "3", head=True)
+    assert described == Described(Digest.parse(M_DIGEST), len(MANIFEST), OCI_MANIFEST)
+    assert upstream.count("GET") == 0  # upstream's HEAD said it all
+    head = upstream.routes[("HEAD", f"{ORIGIN}/v2/library/alpine/manifests/3", None)]
+    del head.headers["Content-Length"]
+    stored = await cache.manifest(target(), "3", head=True)
+    assert isinstance(stored, Stored) and stored.size == len(MANIFEST)
+    assert upstream.count("GET") == 1

@@ -79,6 +79,8 @@ def test_every_configured_host_is_intercepted_served_routed_and_lent_credentials
             site = sites(host)
             assert site is not None, host
             assert (site.api, site.label) == (pattern in registry.hosts, pattern), host
+            named = tuple(h for h in registry.hosts if not h.startswith("*"))
+            assert site.aliases == (named if host in named else ()), host  # one registry
             assert site.own_credentials == (registry.credentials is not None)
             lent = credentials(host)
             if registry.credentials is not None and pattern in registry.hosts:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from appliance.oci.digest import Digest
-from appliance.oci.manifest import references, sniff_manifest_type, vouched_references
-from appliance.oci.mediatypes import DOCKER_SCHEMA1_SIGNED, OCI_INDEX, OCI_MANIFEST
+from appliance.oci.manifest import (
+    references,
+    signed_schema1,
+    sniff_manifest_type,
+    vouched_references,
+)
+from appliance.oci.mediatypes import DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED, OCI_INDEX, OCI_MANIFEST
 
 
 def test_manifest_references_and_sniffing() -> None:
@@ -43,3 +50,19 @@ def test_a_manifest_vouches_only_for_the_fields_its_registry_checks() -> None:
     assert vouched_references(index.encode(), "application/vnd.example+json") == []
     schema1 = json.dumps({"schemaVersion": 1, "fsLayers": [{"blobSum": str(c)}]}).encode()
     assert vouched_references(schema1, DOCKER_SCHEMA1_SIGNED) == [c]
+
+
+@pytest.mark.parametrize(
+    ("media_type", "body", "signed"),
+    [
+        (DOCKER_SCHEMA1_SIGNED, b"{}", True),  # as labelled
+        ("application/json", b'{"schemaVersion": 1, "fsLayers": [], "signatures": []}', True),
+        (DOCKER_SCHEMA1, b'{"schemaVersion": 1, "fsLayers": []}', False),
+        (OCI_MANIFEST, b'{"schemaVersion": 2, "annotations": {"signatures": "x"}}', False),
+        ("application/json", b'"signatures"', False),
+    ],
+)
+def test_signed_schema1_is_told_by_its_type_or_its_body(
+    media_type: str, body: bytes, signed: bool
+) -> None:
+    assert signed_schema1(media_type, body) is signed

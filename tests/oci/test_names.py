@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.oci.digest import Digest
-from appliance.oci.names import InvalidName, check_repository, parse_reference
+from appliance.oci.names import InvalidName, check_repository, parse_reference, same_repository
 
 HEX = "a" * 64
 
@@ -44,3 +44,20 @@ def test_a_reference_is_a_tag_or_a_digest() -> None:
 def test_references_that_are_neither_a_tag_nor_a_digest_are_refused(text: str) -> None:
     with pytest.raises(InvalidName):
         parse_reference(text)
+
+
+@pytest.mark.parametrize(
+    ("host", "repository", "names"),
+    [
+        ("registry-1.docker.io", "alpine", ("alpine", "library/alpine")),
+        ("index.docker.io", "library/alpine", ("library/alpine", "alpine")),
+        ("registry-1.docker.io", "library/a/b", ("library/a/b",)),  # not an official image
+        ("registry-1.docker.io", "team/app", ("team/app",)),
+        ("ghcr.io", "alpine", ("alpine",)),  # only Docker Hub adds `library/`
+        ("ghcr.io", "library/alpine", ("library/alpine",)),
+    ],
+)
+def test_docker_hub_official_images_go_by_two_names(
+    host: str, repository: str, names: tuple[str, ...]
+) -> None:
+    assert same_repository(host, repository) == names

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.oci.digest import Digest, DigestError
-from appliance.oci.routes import Kind, RouteError, check_path, parse_route
+from appliance.oci.routes import Kind, RouteError, check_path, parse_route, written_repository
 
 HEX = "a" * 64
 
@@ -104,3 +104,24 @@ def test_grammars_match_whole_strings_never_up_to_a_newline(path: str) -> None:
         parse_route(path)
     with pytest.raises(DigestError):
         Digest.parse(f"sha256:{HEX}\n")
+
+
+@pytest.mark.parametrize(
+    ("path", "repository"),
+    [
+        ("/v2/team/app/manifests/v1", "team/app"),
+        (f"/v2/team/app/manifests/sha256-{HEX}.sig", "team/app"),
+        (f"/v2/team/app/manifests/sha256:{HEX}", "team/app"),
+        ("/v2/team/app/blobs/uploads/", "team/app"),
+        ("/v2/a/blobs/uploads/8f1c", "a"),
+        (f"/v2/org/blobs/blobs/sha256:{HEX}", "org/blobs"),
+        ("/v2/x/manifests/y/manifests/v1", "x/manifests/y"),
+        ("/v2/_catalog", None),
+        ("/v2/x/tags/list", None),
+        ("/v2/", None),
+        ("/token", None),
+        ("/v2/UPPER/manifests/v1", None),  # no valid name
+    ],
+)
+def test_the_repository_a_write_changes(path: str, repository: str | None) -> None:
+    assert written_repository(path) == repository

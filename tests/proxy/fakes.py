@@ -4,7 +4,7 @@ asked."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,8 @@ class FakeCache:
     asked: list[Asked] = field(default_factory=list)
     noted_hits: list[Stored] = field(default_factory=list)
     served: list[tuple[str, int, int]] = field(default_factory=list)
+    writes: list[list[tuple[str, str]]] = field(default_factory=list)
+    """The places of each write the proxy reported (`RegistryCache.written`)."""
 
     def answers(self, *script: Answer | Exception) -> None:
         self.script = list(script)
@@ -67,6 +69,9 @@ class FakeCache:
 
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None:
         self.served.append((host, from_store, from_upstream))
+
+    async def written(self, places: Sequence[tuple[str, str]]) -> None:
+        self.writes.append(list(places))
 
     def _next(self, asked: Asked) -> Answer:
         self.asked.append(asked)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from multidict import CIMultiDict
 
 from appliance.oci.digest import Digest
-from tests.proxy.conftest import REGISTRY, Proxy
+from tests.proxy.conftest import REALM, REGISTRY, Proxy
 
 UPLOAD = f"https://{REGISTRY}/v2/team/app/blobs/uploads/abc?digest=sha256:ff"
 
@@ -61,3 +61,20 @@ async def test_a_head_passed_through_gets_no_body(proxy: Proxy) -> None:
     proxy.upstream.add("HEAD", url, 200, b"not sent", Content_Type="application/json")
     response = await proxy.ask("/v2/team/app/tags/list", method="HEAD")
     assert response.status == 200 and await response.read() == b""
+
+
+async def test_a_successful_write_is_reported_to_the_cache_before_it_is_answered(
+    proxy: Proxy,
+) -> None:
+    base = f"https://{REGISTRY}/v2/team/app"
+    proxy.upstream.add("PATCH", f"{base}/blobs/uploads/abc", 202)
+    proxy.upstream.add("DELETE", f"{base}/manifests/v1", 202)
+    proxy.upstream.add("PUT", f"{base}/manifests/v2", 400)
+    proxy.upstream.add("PUT", f"https://{REALM}/v2/team/app/manifests/v1", 201)
+    assert (await proxy.ask("/v2/team/app/blobs/uploads/abc", method="PATCH")).status == 202
+    assert (await proxy.ask("/v2/team/app/manifests/v1", method="DELETE")).status == 202
+    assert proxy.cache.writes == [[(REGISTRY, "team/app")]] * 2
+    assert (await proxy.ask("/v2/team/app/manifests/v2", method="PUT")).status == 400
+    assert (await proxy.ask("/v2/team/app/manifests/v1", "PUT", host=REALM)).status == 201
+    assert (await proxy.ask("/v2/team/app/tags/list", method="GET")).status == 404
+    assert len(proxy.cache.writes) == 2  # a refused write, a token realm's, a read: none

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,20 @@ async def test_a_range_short_of_the_end_is_never_sent_from_an_unverified_fill(
             assert await response.read() == body[:100]
     assert not early  # nothing was sent while the fill was unverified
     assert upstream.count("GET") == 1
+
+
+async def test_a_manifest_fetched_for_this_answer_is_a_miss_though_sent_from_its_file(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    body = b'{"schemaVersion": 2}'
+    fetched = replace(stored(tmp_path, body, OCI_MANIFEST), fetched=True)
+    proxy.cache.answers(fetched)
+    response = await proxy.ask(f"/v2/team/app/manifests/{fetched.digest}")
+    assert response.status == 200 and await response.read() == body
+    assert proxy.cache.served == [(REGISTRY, 0, len(body))]
+    assert proxy.audit[0]["outcome"] == "miss"
+    sample = proxy.metrics.registry.get_sample_value
+    answers = {"registry": REGISTRY, "kind": "manifest", "outcome": "miss"}
+    assert sample("regcache_cache_answers_total", answers) == 1
+    upstream = {"registry": REGISTRY, "source": "upstream"}
+    assert sample("regcache_served_bytes_total", upstream) == len(body)

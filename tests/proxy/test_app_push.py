@@ -1,0 +1,133 @@
+"""A write through regcache drops the 404s it remembered for that repository, by every
+name the repository goes by, before the writer hears of its write: push then pull, and
+cosign's sign then verify, see what was pushed (issue #15, defect 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+
+from appliance.oci.mediatypes import DOCKER_MANIFEST
+from appliance.proxy.app import start_runner
+from appliance.proxy.loops import ServingLoops
+from tests.proxy.registry import HOST, HUB, HUB_ALIAS, Stack, manifest, stack
+
+PUSHED = manifest("pushed")
+
+
+async def push(
+    s: Stack, path: str, host: str = HOST, status: int = 201, body: bytes = PUSHED.body
+) -> None:
+    response = await s.ask(
+        path, "PUT", host, body, Content_Type=DOCKER_MANIFEST, Authorization="Bearer t"
+    )
+    assert response.status == status, await response.text()
+
+
+async def pull_fails_and_is_remembered(s: Stack, path: str, host: str = HOST) -> None:
+    """Two 404s, the second from memory (upstream is not asked again)."""
+    for _ in range(2):
+        response = await s.ask(path, host=host)
+        assert response.status == 404, await response.text()
+    assert s.registry.asked("GET", path) == 1  # the first pull's, nothing more
+
+
+async def test_a_tag_pushed_through_regcache_is_pulled_at_once(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    async with stack(tmp_path, aiohttp_client) as s:
+        path = "/v2/team/app/manifests/v2"
+        await pull_fails_and_is_remembered(s, path)
+        await push(s, path)
+        response = await s.ask(path)
+        assert response.status == 200, await response.text()
+        assert await response.read() == PUSHED.body
+        assert response.headers["Docker-Content-Digest"] == str(PUSHED.digest)
+
+
+async def test_a_digest_and_a_cosign_tag_are_forgotten_too_head_and_get(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """The gate's and upstream's 404s by digest, and a signature tag's HEAD."""
+    async with stack(tmp_path, aiohttp_client) as s:
+        by_digest = f"/v2/team/app/manifests/{PUSHED.digest}"
+        sig = f"/v2/team/app/manifests/sha256-{PUSHED.digest.hex}.sig"
+        await pull_fails_and_is_remembered(s, by_digest)
+        for _ in range(2):
+            assert (await s.ask(sig, "HEAD")).status == 404
+        assert s.registry.asked("HEAD", sig) == 1
+        await push(s, sig)
+        head = await s.ask(sig, "HEAD")
+        assert head.status == 200
+        assert head.headers["Content-Length"] == str(len(PUSHED.body))
+        response = await s.ask(by_digest)
+        assert response.status == 200 and await response.read() == PUSHED.body
+
+
+@pytest.mark.parametrize(
+    ("pulled_host", "pulled", "pushed_host", "pushed"),
+    [
+        (HUB, "alpine", HUB, "library/alpine"),  # Docker Hub's official-image names
+        (HUB, "library/alpine", HUB, "alpine"),
+        (HUB, "library/alpine", HUB_ALIAS, "library/alpine"),  # one registry, two hosts
+        (HUB_ALIAS, "alpine", HUB, "library/alpine"),
+    ],
+)
+async def test_a_push_by_another_name_of_the_repository_is_seen(
+    tmp_path: Path, aiohttp_client: Any, pulled_host: str, pulled: str, pushed_host: str,
+    pushed: str,
+) -> None:  # fmt: skip
+    async with stack(tmp_path, aiohttp_client) as s:
+        await pull_fails_and_is_remembered(s, f"/v2/{pulled}/manifests/v9", pulled_host)
+        await push(s, f"/v2/{pushed}/manifests/v9", pushed_host)
+        response = await s.ask(f"/v2/{pulled}/manifests/v9", host=pulled_host)
+        assert response.status == 200 and await response.read() == PUSHED.body
+
+
+async def test_a_failed_write_or_one_elsewhere_keeps_what_is_remembered(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    async with stack(tmp_path, aiohttp_client) as s:
+        path = "/v2/team/app/manifests/v2"
+        await pull_fails_and_is_remembered(s, path)
+        await push(s, path, status=400, body=b"not a manifest")  # refused upstream
+        await push(s, "/v2/team/other/manifests/v2")
+        await push(s, "/v2/library/app/manifests/v2")  # not an alias off Docker Hub
+        assert (await s.ask(path)).status == 404
+        assert s.registry.asked("GET", path) == 1
+
+
+async def test_a_push_through_another_serving_loop_is_seen_by_the_next_pull(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """The remembered 404s live on the cache's loop; a push served on another loop drops
+    them before its 201 goes out (not in a batch sent later)."""
+    async with stack(tmp_path, aiohttp_client) as s:
+        path = "/v2/team/app/manifests/v2"
+        await pull_fails_and_is_remembered(s, path)
+        loops = ServingLoops(1, s.make_app)
+        await loops.start(start_runner)
+        try:
+            ((loop, protocol),) = loops.targets()
+            listening = asyncio.run_coroutine_threadsafe(
+                loop.create_server(protocol, "127.0.0.1", 0), loop
+            )
+            server = await asyncio.wrap_future(listening)
+            port = server.sockets[0].getsockname()[1]
+            async with ClientSession() as client:
+                pushed = await client.put(
+                    f"http://127.0.0.1:{port}{path}", data=PUSHED.body,
+                    headers={"Host": HOST, "Content-Type": DOCKER_MANIFEST},
+                )  # fmt: skip
+                assert pushed.status == 201
+            response = await s.ask(path)
+            assert response.status == 200 and await response.read() == PUSHED.body
+            loop.call_soon_threadsafe(server.close)
+        finally:
+            await loops.close()
+        assert not [t for t in threading.enumerate() if t.name.startswith("https-loop")]
