@@ -309,6 +309,8 @@ class Fill:
                     if self.on_disk is not None:
                         self._notify()  # a pass-through fill waits for its slowest reader
                     yield chunk
+                elif self.state is FillState.FAILED:  # it failed while this reader gathered
+                    raise FillFailed(str(self.error))
                 else:
                     await self._changed.wait()
         finally:

@@ -19,6 +19,8 @@ class FakeReply(Announced):
     body: bytes = b""
     gate: asyncio.Event | None = None
     """When set, the body stops after its first chunk until the gate opens."""
+    fails: BaseException | None = None
+    """When set, raised where the second chunk would come (a connection reset)."""
     closed: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -26,6 +28,8 @@ class FakeReply(Announced):
         yield self.body[:half]
         if self.gate is not None:
             await self.gate.wait()
+        if self.fails is not None:
+            raise self.fails
         yield self.body[half:]
 
     async def read(self, limit: int) -> bytes:
@@ -77,7 +81,9 @@ class FakeUpstream:
             template = self.routes.get((method, url, None))
         if template is None:
             return FakeReply(404, CIMultiDict())
-        return FakeReply(template.status, template.headers, template.body, template.gate)
+        return FakeReply(
+            template.status, template.headers, template.body, template.gate, template.fails
+        )
 
     def count(self, method: str) -> int:
         return sum(1 for m, _, _ in self.calls if m == method)
