@@ -34,6 +34,7 @@ from appliance.cache.ports import (
 )
 from appliance.config.model import IPAddress
 from appliance.kit.bounded import BoundedMap
+from appliance.kit.redact import redact
 from appliance.oci.headers import Announced
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.challenge import bearer
@@ -54,14 +55,20 @@ HOP_BY_HOP = frozenset(
 
 
 class UpstreamError(UpstreamUnavailable):
-    """Upstream could not be reached or answered with something unusable."""
+    """Upstream could not be reached or answered with something unusable.
+
+    Its message names the URL asked, which after a redirect is a signed CDN URL: the
+    signature is redacted here, once, for every log line and answer the error reaches."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class UpstreamUnreachableError(UpstreamError, UpstreamUnreachable):
     """No connection could be made."""
 
     def __init__(self, message: str, host: str) -> None:
-        UpstreamUnreachable.__init__(self, message, host)
+        UpstreamUnreachable.__init__(self, redact(message), host)
 
 
 class UpstreamTlsError(UpstreamError, UpstreamUntrusted):
