@@ -4,30 +4,23 @@ a loopback registry that redirects blob reads to a loopback CDN."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import ClientPayloadError, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from appliance.cache.access import AccessGate
-from appliance.cache.ports import UpstreamReply
-from appliance.cache.service import RegistryCache
-from appliance.proxy.app import create_app
 from appliance.proxy.site import Site
-from appliance.store.files import FileBlobStore
-from appliance.store.index import SqliteIndex
 from appliance.upstream.client import UpstreamClient
 from tests.harness import free_port
 from tests.upstream.loopback import LAB, loopback, serving
+from tests.upstream.proxied import PlainHttp, proxied
 
 BLOB = bytes(range(256)) * 400
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -73,30 +66,6 @@ class Lab:
         return response
 
 
-class PlainHttp:
-    """The cache asks `https://reg.test/…`; the loopback registry speaks plain HTTP on its
-    own port. Only the registry's URL is rewritten: its redirect is followed as sent."""
-
-    def __init__(self, client: UpstreamClient, port: int) -> None:
-        self._client, self._port = client, port
-
-    def _plain(self, url: str) -> str:
-        return url.replace("https://reg.test/", f"http://reg.test:{self._port}/", 1)
-
-    async def fetch(self, method: str, url: str, headers: Mapping[str, str]) -> UpstreamReply:
-        return await self._client.fetch(method, self._plain(url), headers)
-
-    async def fetch_anonymous(
-        self, method: str, url: str, accept: str | None = None
-    ) -> UpstreamReply:
-        return await self._client.fetch_anonymous(method, self._plain(url), accept)
-
-    async def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: Any = None
-    ) -> UpstreamReply:
-        return await self._client.send(method, self._plain(url), headers, body)
-
-
 @dataclass
 class Stack:
     lab: Lab
@@ -107,26 +76,14 @@ class Stack:
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     lab = Lab()
-    files = FileBlobStore(tmp_path / "store")
-    files.prepare()
-    index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    upstream = UpstreamClient(loopback, None, 5, 5, targets=LAB)
     audit: list[dict[str, object]] = []
-    async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(index.close)
-        stack.push_async_callback(upstream.close)
-        server = await stack.enter_async_context(serving(lab.handle))
+    async with serving(lab.handle) as server:
         assert server.port is not None
         lab.port = server.port
-        port = PlainHttp(upstream, server.port)
-        cache = RegistryCache(files, index, port, AccessGate(port, index, files))
+        upstream = PlainHttp(UpstreamClient(loopback, None, 5, 5, targets=LAB), server.port)
         site = Site(tag_ttl_s=60, max_stale_s=3600, api=True, label="reg.test")
-        app = create_app(cache, port, lambda host: site if host == "reg.test" else None,
-                         audit=audit.append)  # fmt: skip
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        stack.push_async_callback(client.close)
-        yield Stack(lab, client, audit)
+        async with proxied(tmp_path, upstream, site, audit.append) as client:
+            yield Stack(lab, client, audit)
 
 
 async def pull(stack: Stack, method: str = "GET", **headers: str) -> tuple[int, bytes]:
