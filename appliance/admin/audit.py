@@ -4,6 +4,9 @@ loop (a queue drained by a thread) and rotated by size. `regcache audit` reads i
 Each line: time (UTC, ISO 8601), client, registry, repository, reference (tag or digest
 asked for), digest, kind, method, status, bytes (body bytes sent), outcome (hit, miss,
 stale, relayed), ms (time to the last byte).
+
+A line that cannot be written (a full disk) is dropped: the pull it records was served
+all the same, and regcache's log says so once a minute (`audit write-failed`).
 """
 
 from __future__ import annotations
@@ -12,17 +15,39 @@ import json
 import logging
 import logging.handlers
 import queue
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from appliance.kit.logthrottle import LogThrottle
+
+log = logging.getLogger(__name__)
+
+
+class _AuditFile(logging.handlers.RotatingFileHandler):
+    """The rotating file, whose write failures are logged throttled instead of as a
+    traceback on stderr for every line (logging's default)."""
+
+    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=keep, encoding="utf-8")
+        self.failures = LogThrottle(log, interval_s=60.0)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        self.failures.warning("write", "audit write-failed error=%s (lines dropped)", error)
+
+    def close(self) -> None:
+        try:
+            super().close()  # the file is closed even when its last lines cannot be
+        except OSError as e:
+            self.failures.warning("close", "audit write-failed error=%s (lines dropped)", e)
 
 
 class AuditLog:
     def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=keep, encoding="utf-8"
-        )
+        handler = _AuditFile(path, max_bytes, keep)
         handler.setFormatter(logging.Formatter("%(message)s"))
         self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self._listener = logging.handlers.QueueListener(self._queue, handler)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from appliance.cache.ports import AccessRecords, Upstream, UpstreamUnavailable
 from appliance.cache.verdicts import shows
 from appliance.kit.bounded import BoundedMap
+from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.singleflight import SingleFlight
 from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
@@ -48,6 +49,7 @@ class PublicStatus:
         self._absent: BoundedMap[Repo, bool] = BoundedMap(_MAX_REPOSITORIES)
         self._reading: SingleFlight[None] = SingleFlight()
         self._probes: set[Repo] = set()
+        self._not_saved_log = LogThrottle(log, interval_s=60.0)
 
     def now_public(self, repo: Repo, now: float) -> bool:
         """Known public within the TTL, from memory only."""
@@ -118,7 +120,11 @@ class PublicStatus:
             try:
                 await self._records.set_public_status(*repo, public, self._wall_clock())
             except Exception as e:  # noqa: BLE001 - a full disk: kept in memory meanwhile
-                log.warning("access public-status-not-saved host=%s error=%s", repo[0], e)
+                # Never the request's failure (this runs beside it); once a minute, not
+                # once per repository, while the disk stays full.
+                self._not_saved_log.warning(
+                    "not-saved", "access public-status-not-saved host=%s error=%s", repo[0], e
+                )
 
 
 def _nothing(_result: None) -> None:

@@ -3,7 +3,8 @@
 UDP: local answers (intercepted names, refusals, errors) are sent from the datagram
 callback itself; only forwards get a task, at most `max_pending_udp` at once (excess is
 dropped, as a loaded resolver would). TCP (RFC 7766): at most `max_connections`
-connections, each closed after `idle_timeout_s` without a query; pipelined queries on a
+connections from clients in `allow_clients` (others are closed at once, before they
+take a slot), each closed after `idle_timeout_s` without a query; pipelined queries on a
 connection are answered concurrently, up to 16 in flight per connection.
 """
 
@@ -122,6 +123,11 @@ class DnsServer:
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else "?"
+        if not self._tcp_allowed(client):
+            # Before the slot and before any read: hosts outside `allow_clients` must
+            # not be able to hold the connections allowed clients need.
+            writer.transport.abort()
+            return
         if self._connections >= self.limits.max_connections:
             writer.transport.abort()  # full: refuse fast so clients retry elsewhere
             return
@@ -153,6 +159,13 @@ class DnsServer:
             for answer in answers:
                 answer.cancel()
             writer.close()
+
+    def _tcp_allowed(self, client: str) -> bool:
+        """Whether a TCP peer is in `allow_clients`; a peer without an address is not."""
+        try:
+            return self.responder.allowed(client)
+        except ValueError:
+            return False
 
     async def _answer_tcp(
         self,

@@ -1,7 +1,11 @@
 """A logging filter that scrubs secrets from every line, whatever logger wrote it.
 
 Code never logs credentials on purpose; this is the backstop for what libraries and
-exception messages carry: Authorization values, tokens, signed-URL query strings.
+exception messages carry: Authorization values, tokens, signed-URL query strings (S3 and
+GCS `X-Amz-*`/`X-Goog-*`, Azure SAS `sig`/`se`/`sp`, CloudFront `Signature`/`Policy`/
+`Key-Pair-Id`/`Expires`, Docker Hub's Cloudflare `verify=<expiry>-<signature>`). Messages
+that carry upstream URLs are also built redacted (`redact`), so that no handler, however
+installed, ever sees a signature.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ _PATTERNS = (
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE), r"\1 [redacted]"),
     (
         re.compile(
-            r"([?&;](?:[a-z_-]*token|password|passwd|secret|sig|signature|"
+            r"([?&;](?:[a-z_-]*token|password|passwd|secret|sig|signature|verify|"
             r"x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
-            r"x-goog-credential|se|sp|sv|skoid)=)[^&\s\"'#]+",
+            r"x-goog-credential|se|sp|sv|skoid|key-pair-id|policy|expires)=)[^&\s\"'#]+",
             re.IGNORECASE,
         ),
         r"\1[redacted]",

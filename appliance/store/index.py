@@ -111,8 +111,10 @@ class SqliteIndex(Lifecycle):
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        await self.flush()
-        await self._db.close()
+        try:
+            await self._flush_or_drop()
+        finally:
+            await self._db.close()  # its worker thread would keep the process alive
 
     async def schema_version(self) -> int:
         return await schema_version(self._db)
@@ -197,9 +199,14 @@ class SqliteIndex(Lifecycle):
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(_TOUCH_FLUSH_S)
+        await self._flush_or_drop()
+
+    async def _flush_or_drop(self) -> None:
+        """`flush`, letting a batch go when it cannot be written (a full disk): these are
+        statistics, never worth failing a request or a shutdown for."""
         try:
             await self.flush()
-        except sqlite3.OperationalError as e:  # a full disk: these are statistics, let go
+        except sqlite3.OperationalError as e:
             self._flush_log.warning("flush", "index flush-failed error=%s (batch dropped)", e)
 
     async def flush(self) -> None:

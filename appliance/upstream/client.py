@@ -34,10 +34,12 @@ from appliance.cache.ports import (
 )
 from appliance.config.model import IPAddress
 from appliance.kit.bounded import BoundedMap
+from appliance.kit.redact import redact
 from appliance.oci.headers import Announced
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.upstream.challenge import bearer
 from appliance.upstream.credentials import CredentialError, CredentialSource
+from appliance.upstream.outages import RETRY_S, Outages
 from appliance.upstream.targets import STRICT, TargetPolicy
 from appliance.upstream.tokens import Tokens
 
@@ -54,14 +56,18 @@ HOP_BY_HOP = frozenset(
 
 
 class UpstreamError(UpstreamUnavailable):
-    """Upstream could not be reached or answered with something unusable."""
+    """Upstream could not be reached or answered with something unusable. Its message
+    names the URL asked (after a redirect, a signed CDN URL): redacted here, once."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class UpstreamUnreachableError(UpstreamError, UpstreamUnreachable):
     """No connection could be made."""
 
     def __init__(self, message: str, host: str) -> None:
-        UpstreamUnreachable.__init__(self, message, host)
+        UpstreamUnreachable.__init__(self, redact(message), host)
 
 
 class UpstreamTlsError(UpstreamError, UpstreamUntrusted):
@@ -192,8 +198,10 @@ class UpstreamClient:
         credentials: Callable[[str], CredentialSource | None] | None = None,
         on_reply: Callable[[str, str, int, str, Mapping[str, str]], None] = lambda *_: None,
         targets: TargetPolicy = STRICT,
+        outage_retry_s: float = RETRY_S,
     ) -> None:
         self._offline = offline
+        self._outages = Outages(connect_timeout_s, outage_retry_s)
         self._targets = targets
         self._on_reply = on_reply
         """(method, url, status, whose credentials, headers received) of every upstream
@@ -289,20 +297,28 @@ class UpstreamClient:
     ) -> Reply:
         if self._offline():
             raise UpstreamError(f"{method} {url}: offline mode, upstream is never contacted")
+        target = URL(url, encoded=True)
+        host, authority = target.host or "", f"{target.host}:{target.port}"
+        if (failure := self._outages.refusal(authority)) is not None:
+            message = f"{method} {url}: not tried, unreachable moments ago: {failure}"
+            raise UpstreamUnreachableError(message, host)
         try:
             response = await self._session.request(
-                method, URL(url, encoded=True), headers=end_to_end(headers), data=body,
-                allow_redirects=False,
-            )  # fmt: skip
-        except aiohttp.ClientConnectorCertificateError as e:
-            raise UpstreamTlsError(f"{url}: certificate rejected: {e.certificate_error}") from e
-        except aiohttp.ClientSSLError as e:
-            raise UpstreamTlsError(f"{url}: TLS failed: {e}") from e
+                method, target, headers=end_to_end(headers), data=body, allow_redirects=False
+            )
+        except aiohttp.ClientSSLError as e:  # reached: its TLS failed
+            self._outages.connected(authority)
+            cert = getattr(e, "certificate_error", None)
+            why = f"certificate rejected: {cert}" if cert else f"TLS failed: {e}"
+            raise UpstreamTlsError(f"{url}: {why}") from e
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
-            message = f"{method} {url}: {type(e).__name__} {e}"
-            raise UpstreamUnreachableError(message, URL(url).host or "") from e
+            failure = f"{type(e).__name__} {e}"
+            self._outages.failed(authority, failure)
+            raise UpstreamUnreachableError(f"{method} {url}: {failure}", host) from e
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self._outages.connected(authority)
             raise UpstreamError(f"{method} {url}: {type(e).__name__} {e}") from e
+        self._outages.connected(authority)
         self._on_reply(method, url, response.status, whose, response.headers)
         return Reply(response.status, end_to_end(response.headers), url, response)
 

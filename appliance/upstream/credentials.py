@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,13 +45,20 @@ class Secret:
 
 class CredentialSource:
     def __init__(
-        self, config: CredentialsConfig, clock: Callable[[], float] = time.monotonic
+        self,
+        config: CredentialsConfig,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        helper_timeout_s: float = _HELPER_TIMEOUT_S,
     ) -> None:
         self.method = config.method
         self._config = config
         self._clock = clock
         self._helper_secret: Secret | None = None
         self._helper_until = 0.0
+        self._helper_failure: str | None = None
+        self._helper_failed_at = 0.0
+        self._helper_timeout_s = helper_timeout_s
         self._lock = asyncio.Lock()
         self.helper_runs = 0
 
@@ -77,33 +87,54 @@ class CredentialSource:
         return None
 
     async def _from_helper(self) -> Secret:
+        asked = self._clock()
         async with self._lock:
             if self._helper_secret is not None and self._clock() < self._helper_until:
                 return self._helper_secret
-            secret, lifetime_s = await self._run_helper()
-            self._helper_secret = secret
+            if self._helper_failure is not None and self._helper_failed_at >= asked:
+                # The run this caller waited behind failed: share its answer rather than
+                # queue one more run (a stuck helper would cost each waiter the timeout).
+                raise CredentialError(self._helper_failure)
+            try:
+                secret, lifetime_s = await self._run_helper()
+            except CredentialError as e:
+                self._helper_failure, self._helper_failed_at = str(e), self._clock()
+                raise
+            self._helper_secret, self._helper_failure = secret, None
             self._helper_until = self._clock() + lifetime_s
             return secret
 
     async def _run_helper(self) -> tuple[Secret, float]:
         self.helper_runs += 1
+        command = self._config.helper[0]
         try:
+            # Its own session: on a timeout its whole process group (whatever it forked)
+            # is killed, not only the process regcache started.
             proc = await asyncio.create_subprocess_exec(
                 *self._config.helper,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
                 stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
-            async with asyncio.timeout(_HELPER_TIMEOUT_S):
+        except OSError as e:
+            raise CredentialError(f"credential helper {command!r} failed: {e}") from e
+        try:
+            async with asyncio.timeout(self._helper_timeout_s):
                 out, _ = await proc.communicate()
-        except (OSError, TimeoutError) as e:
-            raise CredentialError(
-                f"credential helper {self._config.helper[0]!r} failed: {e}"
-            ) from e
-        if proc.returncode != 0:
-            raise CredentialError(
-                f"credential helper {self._config.helper[0]!r} exited {proc.returncode}"
+        except TimeoutError as e:
+            log.error(
+                "credentials helper-timeout command=%s timeout_s=%g action=killed",
+                command,
+                self._helper_timeout_s,
             )
+            raise CredentialError(
+                f"credential helper {command!r} gave no answer in {self._helper_timeout_s:g} s"
+            ) from e
+        finally:
+            await _end(proc)
+        if proc.returncode != 0:
+            raise CredentialError(f"credential helper {command!r} exited {proc.returncode}")
         try:
             data = json.loads(out)
             secret = Secret(data.get("username"), data.get("password"), data.get("token"))
@@ -115,5 +146,14 @@ class CredentialSource:
             if isinstance(expires, int | float)
             else float(self._config.helper_refresh_s)
         )
-        log.info("credentials helper-ran command=%s valid_s=%d", self._config.helper[0], lifetime)
+        log.info("credentials helper-ran command=%s valid_s=%d", command, lifetime)
         return secret, max(lifetime, 1.0)
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """Kill a helper still running (timed out, or its caller cancelled) with everything in
+    its process group, and reap it: no stuck helper, child or zombie is left behind."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await asyncio.shield(proc.wait())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -167,9 +169,45 @@ def test_client_outside_acl_is_refused_and_nothing_forwarded(
         raw = udp_query(regcache.dns_port, query(name).pack(), source="127.0.0.2")
         reply = DNSRecord.parse(raw)
         assert reply.header.rcode == RCODE.REFUSED and not reply.rr
-    out = dig("@127.0.0.1", "-p", str(regcache.dns_port), "-b", "127.0.0.2", "+tcp", "x.fwd.test")
-    assert "status: REFUSED" in out
+    # Over TCP the connection is closed at once, before any query is read.
+    with outside_tcp(regcache, "127.0.0.2") as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(framed(query("x.fwd.test").pack()))
+        assert closed_by_server(sock)
     assert not [n for n in upstream.names() if n in ("outside.fwd.test.", "x.fwd.test.")]
+
+
+def test_clients_outside_acl_cannot_take_the_tcp_slots(regcache: Regcache) -> None:
+    with contextlib.ExitStack() as stack:
+        # More connections than `tcp_max_connections` (256) from a refused source,
+        # each of which would hold a slot for the 2 s idle timeout were it admitted.
+        socks = [stack.enter_context(outside_tcp(regcache, "127.0.0.66")) for _ in range(300)]
+        # The server takes connections in order: once the last is closed, every one
+        # before it has been seen (and, before the fix, 256 of them held the slots).
+        assert closed_by_server(socks[-1])
+        (raw,) = tcp_exchange(regcache.dns_port, [query("ghcr.io").pack()])
+        assert [str(rr.rdata) for rr in DNSRecord.parse(raw).rr] == ["192.0.2.53"]
+
+
+@contextlib.contextmanager
+def outside_tcp(rc: Regcache, source: str) -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(10)  # a safety net: the server closes a refused client at once
+        sock.connect(("127.0.0.1", rc.dns_port))
+        yield sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed `sock` (EOF or reset) with no reply sent."""
+    try:
+        return sock.recv(512) == b""
+    except ConnectionResetError:
+        return True
+
+
+def framed(packet: bytes) -> bytes:
+    return struct.pack("!H", len(packet)) + packet
 
 
 def test_pipelined_tcp_queries_are_all_answered(regcache: Regcache) -> None:

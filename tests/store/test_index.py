@@ -4,11 +4,15 @@ what was pulled where; on a real database."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
+
+import pytest
 
 from appliance.cache.ports import TagRow
 from appliance.oci.digest import Digest
 from appliance.store.index import SqliteIndex
+from tests.store.full import FullDiskIndex
 
 
 async def test_tag_history_keeps_replaced_digests(tmp_path: Path) -> None:
@@ -82,3 +86,26 @@ async def test_member_paths_follow_references_from_what_was_pulled_there(tmp_pat
     assert await index.member_paths("ghcr.io", "org/y", layer) == []
     assert await index.member_paths("quay.io", "org/x", top) == []
     await index.close()
+
+
+async def test_a_batch_that_cannot_be_written_does_not_stop_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = set(threading.enumerate())
+    index = await FullDiskIndex.open(tmp_path / "index.sqlite")
+    digest = Digest.of(b"a")
+    await index.add_blob(digest, 1, None)
+    index.touch(digest)
+    index.count_served("docker.io", 1, 0)
+    index.full = True
+    await index.close()  # a shutdown on a full disk: the batch is let go, the file closed
+    assert index.failed == 1
+    assert any("index flush-failed" in r.getMessage() for r in caplog.records)
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=10)  # the connection's worker thread ends (or hangs a stop)
+        assert not thread.is_alive(), thread
+    check = sqlite3.connect(tmp_path / "index.sqlite")
+    try:  # nothing half-written: the row as added, the access not counted
+        assert check.execute("SELECT hits FROM blobs").fetchall() == [(0,)]
+    finally:
+        check.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from appliance.config.model import CredentialsConfig, SecretRef
 from appliance.upstream.client import UpstreamClient
-from appliance.upstream.credentials import CredentialSource
+from appliance.upstream.credentials import CredentialError, CredentialSource
 from tests.upstream.loopback import LAB, loopback, serving
 
 ALICE = "Basic " + base64.b64encode(b"alice:s3cret-pass").decode()
@@ -198,3 +202,104 @@ async def test_no_token_for_more_than_pull_is_fetched_with_configured_credential
     status, _ = await text(client, f"http://pushy.test:{srv.port}/v2/x/manifests/a")
     assert status == 401  # upstream's challenge, passed on
     assert not any(p == "/token" for _, p, _ in seen)
+
+
+def stuck_helper(tmp_path: Path) -> tuple[Path, Path]:
+    """A helper that never answers: it forks a `sleep` and then becomes one, noting both
+    process ids (helper first, then its child) in a file."""
+    pids = tmp_path / "pids"
+    script = tmp_path / "docker-credential-stuck"
+    script.write_text(f"#!/bin/sh\nsleep 60 &\necho $$ $! >> {pids}\nexec sleep 60\n")
+    script.chmod(0o755)
+    return script, pids
+
+
+def noted(pids: Path) -> list[tuple[int, int]]:
+    lines = pids.read_text().split("\n") if pids.exists() else []
+    return [(int(a), int(b)) for a, b in (line.split() for line in lines if line)]
+
+
+def process(pid: int) -> tuple[str, int] | None:
+    """(state, parent) of a process, None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    state, parent = stat.rsplit(")", 1)[1].split()[:2]
+    return state, int(parent)
+
+
+def left_behind(helper: int, child: int) -> list[str]:
+    """What a helper run left: running processes, or a zombie regcache did not reap (an
+    orphaned child's zombie belongs to whoever adopted it)."""
+    found = []
+    for pid in (helper, child):
+        seen = process(pid)
+        if seen is not None and seen[0] != "Z":
+            found.append(f"{pid} running")
+    seen = process(helper)
+    if seen is not None and seen[1] == os.getpid():
+        found.append(f"{helper} unreaped")
+    return found
+
+
+@pytest.fixture
+def reap_leftovers() -> Iterator[list[Path]]:
+    """Kills whatever a failing test's stuck helpers left running."""
+    files: list[Path] = []
+    yield files
+    for pids in files:
+        for pair in noted(pids):
+            for pid in pair:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_stuck_helper_is_killed_with_its_child_and_reaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reap_leftovers: list[Path]
+) -> None:
+    script, pids = stuck_helper(tmp_path)
+    reap_leftovers.append(pids)
+    config = CredentialsConfig("basic", helper=(str(script),))
+    source = CredentialSource(config, helper_timeout_s=0.5)
+    for _ in range(3):  # one after another: each run is cleaned up, none piles up
+        with pytest.raises(CredentialError, match="docker-credential-stuck"):
+            await source.secret()
+    assert source.helper_runs == 3 and len(noted(pids)) == 3
+    for helper, child in noted(pids):
+        assert left_behind(helper, child) == []
+    errors = [r for r in caplog.records if "helper-timeout" in r.getMessage()]
+    assert len(errors) == 3 and all(r.levelno == logging.ERROR for r in errors)
+    assert str(script) in errors[0].getMessage()
+
+
+async def test_callers_waiting_on_a_stuck_helper_share_its_failure(
+    tmp_path: Path, reap_leftovers: list[Path]
+) -> None:
+    script, pids = stuck_helper(tmp_path)
+    reap_leftovers.append(pids)
+    config = CredentialsConfig("basic", helper=(str(script),))
+    source = CredentialSource(config, helper_timeout_s=0.5)
+    results = await asyncio.gather(*(source.secret() for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, CredentialError) for r in results)
+    assert source.helper_runs == 1  # not five runs of the timeout, one after another
+    ((helper, child),) = noted(pids)
+    assert left_behind(helper, child) == []
+
+
+async def test_a_helper_whose_caller_is_cancelled_is_killed(
+    tmp_path: Path, reap_leftovers: list[Path]
+) -> None:
+    script, pids = stuck_helper(tmp_path)
+    reap_leftovers.append(pids)
+    config = CredentialsConfig("basic", helper=(str(script),))
+    source = CredentialSource(config, helper_timeout_s=30)
+    asking = asyncio.create_task(source.secret())
+    async with asyncio.timeout(10):
+        while not noted(pids):
+            await asyncio.sleep(0.01)
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    ((helper, child),) = noted(pids)
+    assert left_behind(helper, child) == []
