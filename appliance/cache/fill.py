@@ -298,8 +298,7 @@ class Fill:
         self._had_readers = True
         try:
             while reader.pos < (stop if self.size is None else min(stop, self.size)):
-                if self.state is FillState.FAILED:
-                    raise FillFailed(str(self.error))
+                self._raise_if_failed()
                 if self.on_disk is None:
                     await self._gather(reader.pos, stop)
                 limit = min(self._readable_until(), stop)
@@ -309,14 +308,17 @@ class Fill:
                     if self.on_disk is not None:
                         self._notify()  # a pass-through fill waits for its slowest reader
                     yield chunk
-                elif self.state is FillState.FAILED:  # it failed while this reader gathered
-                    raise FillFailed(str(self.error))
                 else:
+                    self._raise_if_failed()  # it may have failed while this reader gathered
                     await self._changed.wait()
         finally:
             self._readers.discard(reader)
             self._notify()
             os.close(fd)
+
+    def _raise_if_failed(self) -> None:
+        if self.state is FillState.FAILED:
+            raise FillFailed(str(self.error))
 
     async def _gather(self, pos: int, stop: int) -> None:
         """A slow upstream arrives a TLS record at a time: let up to `_GATHER_BYTES`
