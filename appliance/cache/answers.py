@@ -34,6 +34,9 @@ class Target:
     tag_ttl_s: float = 0.0
     max_stale_s: float = 0.0
     """How old a tag mapping may be to answer while upstream is down (stale-if-error)."""
+    realm_down: bool = False
+    """The client's token step was answered by regcache (its realm did not answer): it
+    comes as an anonymous client, and upstream's 401 to it is trouble, not a no."""
 
     @property
     def authorization(self) -> str | None:

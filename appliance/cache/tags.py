@@ -55,11 +55,15 @@ class Tags:
             if stale is None:
                 raise
             return stale
-        if in_trouble(reply.status):
+        realm_down = reply.status == 401 and target.realm_down
+        if in_trouble(reply.status) or realm_down:
             stale = await self._stale(target, tag, now, f"HEAD answered {reply.status}")
             if stale is not None:
                 reply.close()
                 return stale
+        if realm_down:  # a 401 would send the client to a token step that cannot work
+            reply.close()
+            raise UpstreamUnavailable(f"{target.host}: its token realm did not answer")
         if reply.status == 200 and (digest := reply.digest) is not None:
             return await self._resolved(target, tag, reply, digest, now, head=head)
         if head and reply.status != 200:

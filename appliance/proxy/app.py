@@ -28,7 +28,7 @@ from appliance.oci.names import same_repository
 from appliance.oci.routes import check_path, written_repository
 from appliance.proxy.errors import API_VERSION, Evicted, UnknownHost, render_errors
 from appliance.proxy.loops import Bridge
-from appliance.proxy.outage import PingCache, outage_answer
+from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, outage_answer
 from appliance.proxy.passthrough import PassThrough, forward
 from appliance.proxy.responses import relay, render
 from appliance.proxy.routing import BlobRoute, CacheRoute, ManifestRoute, cache_route, route_label
@@ -248,10 +248,15 @@ def _target(request: web.Request, origin: str, site: Site, route: CacheRoute) ->
     return Target(
         origin=origin,
         repository=route.repository,
-        headers=CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() in _FOR_CACHE),
+        headers=CIMultiDict(
+            (k, v)
+            for k, v in request.headers.items()
+            if k.lower() in _FOR_CACHE and v != OUTAGE_AUTHORIZATION
+        ),
         accept=parse_accept(request.headers.getall("Accept", [])),
         tag_ttl_s=site.tag_ttl_s,
         max_stale_s=site.max_stale_s,
+        realm_down=request.headers.get("Authorization") == OUTAGE_AUTHORIZATION,
     )
 
 

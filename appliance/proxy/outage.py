@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 _outage_log = LogThrottle(log, interval_s=300.0)
 
 _OUTAGE_TOKEN = "regcache-outage-token"  # noqa: S105 - not a credential: it opens nothing
+OUTAGE_AUTHORIZATION = f"Bearer {_OUTAGE_TOKEN}"
+"""What a client sends after the token step was answered here: the cache takes it for
+no credentials at all, as it proves nothing (sent upstream it would only get a 401,
+though upstream's registry may be up and only its token realm down)."""
 
 
 def outage_answer(request: web.Request, site: Site, why: str) -> web.Response | None:

@@ -3,7 +3,12 @@ HEAD, answered within their TTL, only in a media type the client takes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from appliance.cache.answers import Described, Stored, Target
+from appliance.cache.ports import UpstreamUnavailable
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from tests.cache.alpine import M_DIGEST, MANIFEST, ORIGIN, tag_routes, target
@@ -60,3 +65,23 @@ async def test_a_tag_head_is_described_from_upstreams_head_only_if_it_says_the_l
     stored = await cache.manifest(target(), "3", head=True)
     assert isinstance(stored, Stored) and stored.size == len(MANIFEST)
     assert upstream.count("GET") == 1
+
+
+async def test_a_401_to_a_client_whose_token_realm_was_down_serves_the_tag_stale(parts) -> None:  # type: ignore[no-untyped-def]
+    """The realm hangs while the registry is up: the client comes with regcache's outage
+    token (seen as anonymous), upstream answers its HEAD 401. That is upstream in
+    trouble, as a 503 would be: the public tag is served stale. Any other client's 401
+    stays upstream's answer."""
+    cache, upstream, _ = parts
+    tag_routes(upstream)
+    anonymous = Target(ORIGIN, "library/alpine", {}, frozenset({OCI_MANIFEST}), 0, 3600)
+    assert isinstance(await cache.manifest(anonymous, "3", head=False), Stored)
+    for tag in ("3", "4"):
+        upstream.add("HEAD", f"{ORIGIN}/v2/library/alpine/manifests/{tag}", 401,
+                     Www_Authenticate='Bearer realm="https://auth.example/token"')  # fmt: skip
+    stale = await cache.manifest(replace(anonymous, realm_down=True), "3", head=False)
+    assert isinstance(stale, Stored) and stale.stale and stale.path.read_bytes() == MANIFEST
+    refused = await cache.manifest(anonymous, "3", head=False)
+    assert not isinstance(refused, Stored)
+    with pytest.raises(UpstreamUnavailable, match="token realm"):  # nothing to serve: 502
+        await cache.manifest(replace(anonymous, realm_down=True), "4", head=False)

@@ -140,3 +140,19 @@ async def test_an_uncached_manifest_gets_upstreams_trouble_status_and_retry_afte
     response = await proxy.ask("/v2/team/nothere/manifests/v1")
     await registry_error(response, status, code)
     assert response.headers["Retry-After"] == "30"
+
+
+async def test_the_outage_token_counts_as_no_credentials_at_all(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    """The token realm hung while upstream's registry was up: the client holds the token
+    regcache gave it. Sent upstream it would get a 401 for a public image that is
+    cached; the cache must see an anonymous client instead."""
+    proxy.cache.answers(stored(tmp_path, b"{}", OCI_MANIFEST))
+    response = await proxy.ask(
+        "/v2/team/app/manifests/v1", Authorization="Bearer regcache-outage-token"
+    )
+    assert response.status == 200
+    assert proxy.cache.asked[0].target.authorization is None
+    response = await proxy.ask("/v2/team/app/manifests/v1", Authorization="Bearer real")
+    assert proxy.cache.asked[1].target.authorization == "Bearer real"
