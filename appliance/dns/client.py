@@ -17,7 +17,8 @@ import logging
 import secrets
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSQuestion, DNSRecord
@@ -26,15 +27,24 @@ from appliance.config.hostnames import Hostname, normalise
 from appliance.config.model import Endpoint, IPAddress
 from appliance.dns.message import EDNS_UDP_BYTES, MalformedMessage, edns_of, is_response, parse
 from appliance.kit.bounded import BoundedMap
+from appliance.kit.logfields import fields
+from appliance.kit.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
 _RESOLVE_CACHE_ENTRIES = 4096
 _MIN_CACHE_TTL_S = 5
+_STALE_S = 86400.0
+"""How long past its TTL an answer may stand in while no resolver answers (RFC 8767
+serve-stale; it suggests 1 to 3 days)."""
 
 
 class ResolverError(RuntimeError):
     """No usable answer from any upstream resolver."""
+
+
+class _NoAnswer(ResolverError):
+    """Not one resolver answered (as opposed to answering that there is no address)."""
 
 
 def nameservers_from(resolv_conf: Path, exclude: Sequence[Endpoint]) -> list[Endpoint]:
@@ -76,11 +86,18 @@ class UpstreamResolver:
         servers: Sequence[Endpoint],
         timeout_s: float,
         overrides: Mapping[Hostname, tuple[IPAddress, ...]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.servers = tuple(servers)
         self._timeout_s = timeout_s
         self._overrides = {normalise(k): v for k, v in (overrides or {}).items()}
-        self._cache: BoundedMap[str, tuple[IPAddress, ...]] = BoundedMap(_RESOLVE_CACHE_ENTRIES)
+        self._cache: BoundedMap[str, tuple[IPAddress, ...]] = BoundedMap(
+            _RESOLVE_CACHE_ENTRIES, clock=clock
+        )
+        self._last_known: BoundedMap[str, tuple[IPAddress, ...]] = BoundedMap(
+            _RESOLVE_CACHE_ENTRIES, _STALE_S, clock=clock
+        )
+        self._stale_log = LogThrottle(log, interval_s=60.0)
 
     async def exchange(
         self, question: DNSQuestion, *, dnssec_ok: bool = False, checking_disabled: bool = False
@@ -165,13 +182,31 @@ class UpstreamResolver:
             writer.close()
 
     async def resolve(self, host: str) -> tuple[IPAddress, ...]:
-        """Addresses of `host` (IPv4 first) from overrides, cache or upstream; never ourselves."""
+        """Addresses of `host` (IPv4 first) from overrides, cache or upstream; never
+        ourselves. While no resolver answers at all, the last answer stands in for up to
+        a day past its TTL (serve-stale): a build network keeps reaching its registries
+        through a resolver outage. A resolver's "no such name" is believed at once."""
         name = normalise(host)
         if name in self._overrides:
             return self._overrides[name]
         cached = self._cache.use(name)
         if cached is not None:
             return cached
+        try:
+            result, ttl = await self._lookup(name)
+        except _NoAnswer as e:
+            stale = self._last_known.get(name)
+            if stale is None:
+                raise ResolverError(str(e)) from None
+            self._stale_log.warning(name, "dns serving-stale %s", fields(name=name, error=e))
+            return stale
+        self._cache.set(name, result, ttl_s=max(ttl, _MIN_CACHE_TTL_S))
+        self._last_known.set(name, result)
+        return result
+
+    async def _lookup(self, name: str) -> tuple[tuple[IPAddress, ...], int]:
+        """(addresses, their smallest TTL); ResolverError for a name that has none,
+        _NoAnswer when no resolver answered."""
         replies = await asyncio.gather(
             *(self.exchange(DNSQuestion(name, qtype)) for qtype in (QTYPE.A, QTYPE.AAAA)),
             return_exceptions=True,
@@ -189,7 +224,8 @@ class UpstreamResolver:
                     ttl = min(ttl, rr.ttl)
         if not addresses:
             errors = [str(r) for r in replies if isinstance(r, BaseException)]
-            raise ResolverError(f"no address for {name}: {'; '.join(errors) or 'empty answer'}")
-        result = tuple(sorted(set(addresses), key=lambda a: (a.version, a.packed)))
-        self._cache.set(name, result, ttl_s=max(ttl, _MIN_CACHE_TTL_S))
-        return result
+            text = f"no address for {name}: {'; '.join(errors) or 'empty answer'}"
+            if len(errors) == len(replies):
+                raise _NoAnswer(text)
+            raise ResolverError(text)
+        return tuple(sorted(set(addresses), key=lambda a: (a.version, a.packed))), ttl

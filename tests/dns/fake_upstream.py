@@ -26,6 +26,8 @@ class Seen:
 class FakeUpstream:
     port: int
     seen: list[Seen] = field(default_factory=list)
+    nxdomain: set[str] = field(default_factory=set)
+    """Names answered NXDOMAIN whatever they would get otherwise."""
 
     def names(self) -> list[str]:
         return [s.name for s in self.seen]
@@ -34,6 +36,9 @@ class FakeUpstream:
         """The datagrams to send back, in order (none = stay silent)."""
         name = str(query.q.qname).lower()
         reply = query.reply()
+        if name in self.nxdomain:
+            reply.header.rcode = RCODE.NXDOMAIN
+            return [reply.pack()]
         if name == "noedns.test.":
             if any(rr.rtype == QTYPE.OPT for rr in query.ar):
                 reply.header.rcode = RCODE.FORMERR

@@ -60,3 +60,35 @@ async def test_next_upstream_is_tried_after_a_dead_one(upstream: FakeUpstream) -
     dead = ep(f"127.0.0.1:{free_port()}")
     resolver = UpstreamResolver([dead, ep(f"127.0.0.1:{upstream.port}")], 0.5)
     assert await resolver.resolve("two.fwd.test") == (ipaddress.ip_address("192.0.2.7"),)
+
+
+async def test_the_last_answer_stands_in_while_no_resolver_answers(
+    upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 8767 serve-stale: past its TTL, while the resolvers are silent, a name keeps
+    its last addresses (for a day); a name never resolved, or past the day, fails."""
+    from tests.harness import free_port
+
+    now = [1000.0]
+    resolver = UpstreamResolver([ep(f"127.0.0.1:{upstream.port}")], 0.2, clock=lambda: now[0])
+    address = ipaddress.ip_address("192.0.2.7")
+    assert await resolver.resolve("stale.fwd.test") == (address,)
+    resolver.servers = (ep(f"127.0.0.1:{free_port()}"),)  # the resolver stops answering
+    now[0] += 31  # past the answer's 30 s TTL
+    assert await resolver.resolve("stale.fwd.test") == (address,)
+    assert "dns serving-stale name=stale.fwd.test" in caplog.text
+    with pytest.raises(ResolverError):
+        await resolver.resolve("never.fwd.test")
+    now[0] += 86400
+    with pytest.raises(ResolverError):
+        await resolver.resolve("stale.fwd.test")
+
+
+async def test_a_resolver_saying_no_such_name_is_believed_at_once(upstream: FakeUpstream) -> None:
+    now = [1000.0]
+    resolver = UpstreamResolver([ep(f"127.0.0.1:{upstream.port}")], 0.5, clock=lambda: now[0])
+    assert await resolver.resolve("gone.fwd.test")
+    now[0] += 31
+    upstream.nxdomain.add("gone.fwd.test.")
+    with pytest.raises(ResolverError, match="gone"):
+        await resolver.resolve("gone.fwd.test")
