@@ -10,9 +10,10 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -101,12 +102,16 @@ class Lab:
     regcache_proc: subprocess.Popen[bytes] | None = None
     cdn_corrupt: Path | None = None
     """Digests listed here (one per line) are served with a flipped first byte by the CDN."""
+    cdn_faults: Path | None = None
+    """JSON {digest: fault} the CDN obeys (see servers.cdn_app)."""
+    command: tuple[str, ...] = (str(REPO / ".venv" / "bin" / "regcache"),)
+    """How regcache is started (a test may wrap it, e.g. to move its clock)."""
 
     def start_regcache(self) -> None:
         assert self.config_path is not None
         self.regcache_proc = self.ns.start(
-            str(REPO / ".venv" / "bin" / "regcache"), "serve", "--config", str(self.config_path),
-            log=self.regcache_log,
+            *self.command, "serve", "--config", str(self.config_path), log=self.regcache_log,
+            cwd=REPO,
         )  # fmt: skip
         _wait_port(self.ns, REGCACHE_IP, 443, self.regcache_proc, self.regcache_log)
 
@@ -245,11 +250,19 @@ def _python_server(ns: Netns, log: Path, *args: str) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def lab(tmp: Path) -> Iterator[Lab]:
+def lab(
+    tmp: Path,
+    tweak: Callable[[dict[str, Any]], None] | None = None,
+    command: tuple[str, ...] | None = None,
+) -> Iterator[Lab]:
+    """The lab; `tweak` may change regcache's config before its first start, `command`
+    replaces how regcache is started."""
     ca = TestCa(tmp)
     signing_cert, signing_key = ca.issue("token-signing", "token-signing")
     with Netns(REGCACHE_IP) as ns:
         the_lab = Lab(ns, tmp, tmp / "regcache-ca", tmp / "state", tmp / "regcache.log")
+        if command is not None:
+            the_lab.command = command
         extras: dict[str, dict[str, object]] = {
             "registry-1.docker.io": {"auth": {"token": {
                 "realm": f"https://{TOKEN_HOST}/token", "service": "registry.docker.io",
@@ -292,10 +305,12 @@ def lab(tmp: Path) -> Iterator[Lab]:
         _wait_port(ns, TOKEN_IP, 443, proc, tmp / "token.log")
         cert, key = ca.issue(CDN_HOST, CDN_HOST)
         the_lab.cdn_corrupt = tmp / "cdn-corrupt.txt"
+        the_lab.cdn_faults = tmp / "cdn-faults.json"
         proc = _python_server(
             ns, tmp / "cdn.log", "cdn", "--listen", f"{CDN_IP}:443", "--cert", str(cert),
             "--key", str(key), "--root", str(the_lab.registries["quay.io"].folder / "data"),
             "--rate", str(CDN_RATE_BYTES_S), "--corrupt", str(the_lab.cdn_corrupt),
+            "--faults", str(the_lab.cdn_faults),
         )  # fmt: skip
         _wait_port(ns, CDN_IP, 443, proc, tmp / "cdn.log")
         cert, key = ca.issue(K8S_HOST, K8S_HOST)
@@ -312,7 +327,7 @@ def lab(tmp: Path) -> Iterator[Lab]:
             "--corrupt", str(tmp / "none"),
         )  # fmt: skip
         _wait_port(ns, ROGUE_IP, 443, proc, tmp / "rogue.log")
-        config = {
+        config: dict[str, Any] = {
             "state_dir": str(the_lab.state_dir),
             "listen": {"dns": [f"{REGCACHE_IP}:53"], "https": [f"{REGCACHE_IP}:443"]},
             "appliance": {"ipv4": REGCACHE_IP},
@@ -332,6 +347,8 @@ def lab(tmp: Path) -> Iterator[Lab]:
             "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
             "registries": [_lab_registry(r, tmp) for r in example_registries()],
         }
+        if tweak is not None:
+            tweak(config)
         config_path = tmp / "regcache.yaml"
         config_path.write_text(yaml.safe_dump(config))
         the_lab.config_path = config_path

@@ -3,7 +3,8 @@
 - `token`: a registry token realm (docker/distribution token spec). Grants every scope
   asked for, anonymously, as an ES256 JWT whose x5c chains to the upstream test CA.
 - `cdn`: serves a registry's storage folder over TLS, where distribution's `redirect`
-  middleware sends blob GETs; it can be throttled and told to corrupt given blobs.
+  middleware sends blob GETs; it can be throttled, told to corrupt given blobs, or to
+  reset, cut or stall them mid-body.
 
 Run inside the lab's namespace: `python -m tests.e2e.servers token|cdn ...`.
 """
@@ -15,7 +16,9 @@ import asyncio
 import base64
 import json
 import secrets
+import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 
@@ -81,7 +84,13 @@ def token_app(
     return app
 
 
-def cdn_app(root: Path, rate_bytes_s: int, corrupt: Path) -> web.Application:
+def cdn_app(
+    root: Path, rate_bytes_s: int, corrupt: Path, faults: Path | None = None
+) -> web.Application:
+    """Serves blob files; `corrupt` lists digests to serve with a flipped first byte, and
+    `faults` (JSON, re-read per request) maps a digest to what goes wrong mid-body:
+    {"mode": "reset" | "truncate" | "stall", "at": byte, "seconds": stall}."""
+
     async def serve(request: web.Request) -> web.StreamResponse:
         path = (root / request.match_info["tail"]).resolve()
         if not path.is_relative_to(root.resolve()) or not path.is_file():
@@ -90,23 +99,49 @@ def cdn_app(root: Path, rate_bytes_s: int, corrupt: Path) -> web.Application:
         bad = corrupt.read_text().split() if corrupt.exists() else []
         if any(digest.split(":")[1] in str(path) for digest in bad):
             data = bytes([data[0] ^ 0xFF]) + data[1:]  # same length, wrong bytes
+        table = json.loads(faults.read_text()) if faults and faults.exists() else {}
+        fault = next((f for d, f in table.items() if d.split(":")[1] in str(path)), None)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = len(data)
         await response.prepare(request)
         if request.method == "HEAD":  # headers only, as a CDN answers
             await response.write_eof()
             return response
-        step = 64 * 1024
-        for i in range(0, len(data), step):
-            await response.write(data[i : i + step])
-            if rate_bytes_s:
-                await asyncio.sleep(step / rate_bytes_s)
+        at = len(data) if fault is None else int(fault["at"])
+        await _send(response, data[:at], rate_bytes_s)
+        if fault is not None:
+            if fault["mode"] == "stall":
+                await asyncio.sleep(float(fault["seconds"]))
+            else:
+                _hang_up(request, reset=fault["mode"] == "reset")
+                return response
+        await _send(response, data[at:], rate_bytes_s)
         await response.write_eof()
         return response
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", serve)
     return app
+
+
+async def _send(response: web.StreamResponse, data: bytes, rate_bytes_s: int) -> None:
+    step = 64 * 1024
+    for i in range(0, len(data), step):
+        await response.write(data[i : i + step])
+        if rate_bytes_s:
+            await asyncio.sleep(step / rate_bytes_s)
+
+
+def _hang_up(request: web.Request, *, reset: bool) -> None:
+    """End the connection mid-body: a TCP reset (SO_LINGER 0), or a clean close."""
+    transport = request.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
 
 
 def redirector_app(target: str) -> web.Application:
@@ -154,6 +189,7 @@ def main() -> None:
     parser.add_argument("--root")
     parser.add_argument("--rate", type=int, default=0)
     parser.add_argument("--corrupt")
+    parser.add_argument("--faults")
     parser.add_argument("--status", type=int, default=503)
     args = parser.parse_args()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -168,7 +204,8 @@ def main() -> None:
     elif args.role == "redirector":
         app = redirector_app(args.target)
     else:
-        app = cdn_app(Path(args.root), args.rate, Path(args.corrupt))
+        faults = Path(args.faults) if args.faults else None
+        app = cdn_app(Path(args.root), args.rate, Path(args.corrupt), faults)
     host, port = args.listen.rsplit(":", 1)
     web.run_app(app, host=host, port=int(port), ssl_context=context, print=None)
 
