@@ -212,9 +212,11 @@ class UpstreamClient:
         context.set_alpn_protocols(["http/1.1"])
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                # aiohttp's own DNS cache would keep an address for ever: every new
-                # connection asks `resolve`, which honours TTLs (and serves stale).
-                resolver=OwnResolver(resolve, targets), ssl=context, limit=0, use_dns_cache=False
+                # New connections ask `resolve` (it honours TTLs): aiohttp's cache never expires.
+                resolver=OwnResolver(resolve, targets),
+                ssl=context,
+                limit=0,
+                use_dns_cache=False,
             ),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
