@@ -9,24 +9,21 @@ and what a hit records (`note_hit`) is done on that loop too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Stored, Target
 from appliance.cache.ports import Index
 from appliance.cache.shelf import Shelf
+from appliance.cache.tags import Freshness
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCTET_STREAM, accept_key, accepts
 
 
 class Hits:
-    def __init__(
-        self, shelf: Shelf, index: Index, gate: AccessGate, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, shelf: Shelf, index: Index, gate: AccessGate, freshness: Freshness) -> None:
         self._shelf = shelf
         self._index = index
         self._gate = gate
-        self._clock = clock
+        self._freshness = freshness
 
     def stored_now(
         self, target: Target, reference: str | Digest, *, manifest: bool
@@ -54,7 +51,7 @@ class Hits:
         else:
             key = accept_key(target.accept)
             row = self._index.known_tag(target.host, target.repository, reference, key)
-            if row is None or self._clock() - row.validated_s >= target.tag_ttl_s:
+            if row is None or not self._freshness.fresh(target, row):
                 return None
             digest = row.digest
         media_type = self._index.known_manifest_type(digest)

@@ -33,7 +33,7 @@ from appliance.cache.manifests import Manifests
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import BlobFiles, Index, SpaceKeeper, Upstream
 from appliance.cache.shelf import Shelf
-from appliance.cache.tags import Tags
+from appliance.cache.tags import Freshness, Tags
 from appliance.kit.logfields import fields
 from appliance.oci.digest import Digest
 from appliance.oci.routes import Kind
@@ -73,8 +73,9 @@ class RegistryCache:
         self._calls = ClientCalls(upstream, gate, negative or NegativeCache(0))
         self._blobs = Blobs(shelf, index, self._calls, gate, self._fills)
         self._manifests = Manifests(shelf, files, index, self._calls, gate)
-        self._tags = Tags(shelf, index, self._calls, gate, self._manifests, clock)
-        self._hits = Hits(shelf, index, gate, clock)
+        self._freshness = Freshness(clock)
+        self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)
+        self._hits = Hits(shelf, index, gate, self._freshness)
         self._shelf = shelf
 
     @property
@@ -132,6 +133,7 @@ class RegistryCache:
         places; the others are that repository by its other names. The 404s remembered
         there are wrong now (a push, then a pull; cosign's sign, then verify). Awaited
         before the client hears of its write, so its next request cannot meet one."""
+        self._freshness.written(places)  # tags there may have moved: ask before answering
         dropped = self._calls.forget_missing(frozenset(places))
         if dropped and places:
             host, repository = places[0]

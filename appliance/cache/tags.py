@@ -7,7 +7,7 @@ answer must carry), and answered from their last mapping while upstream is in tr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from appliance.cache.access import AccessGate
@@ -16,6 +16,7 @@ from appliance.cache.calls import ClientCalls
 from appliance.cache.manifests import Manifests
 from appliance.cache.ports import Index, TagRow, UpstreamReply, UpstreamUnavailable, in_trouble
 from appliance.cache.shelf import Shelf
+from appliance.kit.bounded import BoundedMap
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
@@ -23,6 +24,29 @@ from appliance.oci.mediatypes import accept_key, accepts
 from appliance.oci.routes import Kind
 
 log = logging.getLogger(__name__)
+_WRITTEN_REPOSITORIES = 4096
+
+
+class Freshness:
+    """Whether a tag's mapping may answer without asking upstream: within the registry's
+    `tag_ttl_s`, and validated after the last write to its repository through regcache
+    (a push moves tags: push, then pull, must see the push). Safe from any thread."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._written: BoundedMap[tuple[str, str], float] = BoundedMap(_WRITTEN_REPOSITORIES)
+
+    def fresh(self, target: Target, row: TagRow | None) -> bool:
+        if row is None or self.clock() - row.validated_s >= target.tag_ttl_s:
+            return False
+        written = self._written.get((target.host, target.repository))
+        return written is None or row.validated_s > written
+
+    def written(self, places: Iterable[tuple[str, str]]) -> None:
+        """(host, repository) places a client just wrote to (on the cache's loop)."""
+        now = self.clock()
+        for place in places:
+            self._written.set(place, now)
 
 
 class Tags:
@@ -33,14 +57,15 @@ class Tags:
         calls: ClientCalls,
         gate: AccessGate,
         manifests: Manifests,
-        clock: Callable[[], float],
+        freshness: Freshness,
     ) -> None:
         self._shelf = shelf
         self._index = index
         self._calls = calls
         self._gate = gate
         self._manifests = manifests
-        self._clock = clock
+        self._freshness = freshness
+        self._clock = freshness.clock
         self._stale_log = LogThrottle(log, interval_s=3600.0)
 
     async def resolve(self, target: Target, tag: str, *, head: bool) -> Answer:
@@ -78,7 +103,7 @@ class Tags:
         other is asked about the tag itself, as it would be for a tag not held."""
         key = accept_key(target.accept)
         row = await self._index.tag(target.host, target.repository, tag, key)
-        if row is None or now - row.validated_s >= target.tag_ttl_s:
+        if row is None or not self._freshness.fresh(target, row):
             return None
         stored = await self._shelf.stored_manifest(row.digest)
         vouched = self._gate.vouches(

@@ -38,6 +38,8 @@ from tests.upstream.loopback import loopback
 HOST = "reg.test"
 HUB = "registry-1.docker.io"
 HUB_ALIAS = "index.docker.io"
+TTL_HOST = "ttl.test"
+"""Its tags are answered from the store for 5 minutes between checks."""
 _ROUTE = re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)")
 
 
@@ -172,6 +174,7 @@ class Stack:
 REGISTRIES = Registries([
     RegistryConfig("reg.test", (HostPattern(HOST),)),
     RegistryConfig("docker.io", (HostPattern(HUB), HostPattern(HUB_ALIAS))),
+    RegistryConfig("ttl.test", (HostPattern(TTL_HOST),), tag_ttl_s=300),
 ])  # fmt: skip
 
 
@@ -183,7 +186,7 @@ async def stack(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Stack]:
     app.router.add_route("*", "/{tail:.*}", registry.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    policy = TargetPolicy(HostSet.of([HOST, HUB, HUB_ALIAS]))
+    policy = TargetPolicy(HostSet.of([HOST, HUB, HUB_ALIAS, TTL_HOST]))
     session = UpstreamClient(loopback, None, connect_timeout_s=5, read_timeout_s=5, targets=policy)
     files = FileBlobStore(tmp_path / "store")
     files.prepare()

@@ -15,7 +15,7 @@ from aiohttp import ClientSession
 from appliance.oci.mediatypes import DOCKER_MANIFEST
 from appliance.proxy.app import start_runner
 from appliance.proxy.loops import ServingLoops
-from tests.proxy.registry import HOST, HUB, HUB_ALIAS, Stack, manifest, stack
+from tests.proxy.registry import HOST, HUB, HUB_ALIAS, TTL_HOST, Stack, manifest, stack
 
 PUSHED = manifest("pushed")
 
@@ -131,3 +131,23 @@ async def test_a_push_through_another_serving_loop_is_seen_by_the_next_pull(
         finally:
             await loops.close()
         assert not [t for t in threading.enumerate() if t.name.startswith("https-loop")]
+
+
+async def test_a_tag_moved_by_a_push_is_asked_again_within_its_ttl(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """With `tag_ttl_s`, a tag is answered from the store between checks; a push through
+    regcache may move it, so the next pull asks upstream (by this name or another)."""
+    async with stack(tmp_path, aiohttp_client) as s:
+        before = manifest("before")
+        s.registry.put("team/app", "v1", before)
+        path = "/v2/team/app/manifests/v1"
+        for _ in range(2):  # the second from the store, within the TTL
+            response = await s.ask(path, host=TTL_HOST)
+            assert await response.read() == before.body
+        assert s.registry.asked("HEAD", path) + s.registry.asked("GET", path) == 2
+        await push(s, path, TTL_HOST)
+        response = await s.ask(path, host=TTL_HOST)
+        assert response.status == 200 and await response.read() == PUSHED.body
+        response = await s.ask(path, host=TTL_HOST)  # validated after the push: fresh again
+        assert await response.read() == PUSHED.body
