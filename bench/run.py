@@ -37,6 +37,8 @@ from bench.peers import (  # noqa: E402
     Bench,
     Server,
 )
+from bench.soak import measure_soak  # noqa: E402
+from bench.soakreport import SoakReport  # noqa: E402
 from tests.e2e.netns import Netns  # noqa: E402
 from tests.e2e.pki import TestCa  # noqa: E402
 
@@ -202,11 +204,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="manifest requests per case")
     parser.add_argument("--dns-seconds", type=int, default=10)
     parser.add_argument("--wan-mbit", type=int, default=800, help="the WAN link's rate")
-    parser.add_argument("--only", default="pulls,wan,serving,crowds,dns", help="parts to run")
+    parser.add_argument("--only", default="pulls,wan,serving,crowds,dns",
+                        help="parts to run (and soak, not run unless named)")  # fmt: skip
     parser.add_argument("--profile", type=Path, help="py-spy profiles of each phase, to here")
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch folder (default: /var/tmp)"
     )
+    add_soak_arguments(parser)
     args = parser.parse_args()
     # /var/tmp: on disk (not tmpfs), as a gateway's store would be.
     work = args.work or Path("/var/tmp")  # noqa: S108 - a private mkdtemp below it
@@ -215,6 +219,52 @@ def main() -> None:
         run(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
+    soak = parser.add_argument_group("soak (--only soak)")
+    soak.add_argument("--soak-seconds", type=int, default=600, help="length of each phase")
+    soak.add_argument("--soak-clients", type=int, default=300, help="keep-alive HTTPS clients")
+    soak.add_argument("--soak-rate", type=float, default=300.0,
+                      help="steps a second the clients offer together")  # fmt: skip
+    soak.add_argument("--soak-slow", type=int, default=16, help="of the clients, slow readers")
+    soak.add_argument("--soak-slow-kib-s", type=float, default=8.0, help="their read rate")
+    soak.add_argument("--soak-procs", type=int, default=2, help="HTTP load processes")
+    soak.add_argument("--soak-sources", type=int, default=16,
+                      help="source addresses the clients spread over (build hosts)")  # fmt: skip
+    soak.add_argument("--soak-images", type=int, default=16, help="warm images")
+    soak.add_argument("--soak-mix", default="",
+                      help="step weights replacing the defaults (bench/soakload.py MIX), "
+                           "e.g. cold=1,blob=60")  # fmt: skip
+    soak.add_argument("--soak-dns-qps", type=float, default=200.0, help="DNS queries/s (UDP)")
+    soak.add_argument("--soak-hostile", action="store_true",
+                      help="a second phase with the hostile mixes alongside")  # fmt: skip
+    soak.add_argument("--soak-hellos", type=int, default=300,
+                      help="hostile: connections sitting on a partial ClientHello "
+                           "(0: none)")  # fmt: skip
+    soak.add_argument("--soak-dns-tcp-max", type=int, default=256,
+                      help="regcache's dns.tcp_max_connections in the soak")  # fmt: skip
+    soak.add_argument("--soak-dns-holds", type=int, default=None,
+                      help="hostile: DNS TCP connections held from outside allow_clients "
+                           "(default: tcp_max + 64; 0: none)")  # fmt: skip
+    soak.add_argument("--soak-sample-s", type=float, default=5.0, help="RSS/fd sampling")
+    soak.add_argument("--soak-bucket-s", type=int, default=60, help="latency table rows")
+    soak.add_argument("--soak-warmup-s", type=float, default=15.0,
+                      help="left out of the latency summaries (clients connecting)")  # fmt: skip
+    soak.add_argument("--keep", action="store_true",
+                      help="keep the soak's logs and raw answers (kept on failure)")  # fmt: skip
+
+
+def image_sizes(args: argparse.Namespace, parts: list[str]) -> dict[str, list[int]]:
+    """The generated images the chosen parts pull (the soak pushes its own)."""
+    sizes = {}
+    if {"pulls", "wan", "serving"} & set(parts):
+        sizes["big"] = [int(x) * MiB for x in args.layers_mib.split(",")]
+    if "crowds" in parts:
+        sizes["crowd"] = [int(x) * MiB for x in args.crowd_layers_mib.split(",")]
+        for mib in args.rss_layers_mib.split(","):
+            sizes[f"layer{mib}"] = [int(mib) * MiB]
+    return sizes
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
@@ -227,20 +277,15 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         )
         bench = Bench(ns, tmp, ca, args.profile)
         upstream = bench.upstream()
-        sizes = {
-            "big": [int(x) * MiB for x in args.layers_mib.split(",")],
-            "crowd": [int(x) * MiB for x in args.crowd_layers_mib.split(",")],
-        }
-        for mib in args.rss_layers_mib.split(","):
-            sizes[f"layer{mib}"] = [int(mib) * MiB]
+        parts = args.only.split(",")
         images = {}
-        for name, layer_sizes in sizes.items():
+        for name, layer_sizes in image_sizes(args, parts).items():
             layout = tmp / f"image-{name}"
             images[name] = write_image(layout, layer_sizes)
             bench.copy(f"oci:{layout}:v1", f"docker://{UPSTREAM}/bench/{name}:v1")
             shutil.rmtree(layout)
         r = Results()
-        parts = args.only.split(",")
+        soak: SoakReport | None = None
         if "pulls" in parts:
             measure_pulls(bench, r, upstream, images["big"], args.reps)
         if "wan" in parts:
@@ -251,7 +296,12 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             measure_crowds(bench, r, upstream, images, args.crowd)
         if "dns" in parts:
             measure_dns(bench, r, args.dns_seconds)
-    report(r, images, args)
+        if "soak" in parts:
+            soak = measure_soak(bench, upstream, args)
+    if r.samples:
+        report(r, images, args)
+    if soak is not None:
+        soak.print()
     print(f"\n(bench took {time.monotonic() - started:.0f} s)")
 
 
