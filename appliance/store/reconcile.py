@@ -75,10 +75,6 @@ class Reconciliation:
     seconds: float = 0.0
 
 
-class _Corrupt(Exception):
-    pass
-
-
 async def open_index(root: Path) -> tuple[SqliteIndex, bool]:
     """The index under `root`; (index, True) if it had to be moved aside and recreated."""
     path = root / INDEX_NAME
