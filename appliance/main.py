@@ -89,6 +89,7 @@ class Service:
     admin_app: web.Application
     startup: StoreStartup
     """The store's reconciliation: the cache serves once it is done."""
+    health: HealthMonitor
     background: dict[str, Job]
     """Run under `supervise` for as long as regcache serves."""
 
@@ -206,6 +207,7 @@ async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Servic
     await service.dns.start(config.listen.dns)
     stack.push_async_callback(https.close)
     await https.start(config.listen.https)
+    service.health.watch(NamedCheck("https front door", https.stalled))
     for endpoint in config.admin.listen:
         await bind_admin(admin, endpoint)
 
@@ -250,7 +252,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "store": functools.partial(startup.run, evictor.run),  # reconcile, then evict
         "savings-history": functools.partial(_sample_savings, parts.metrics),
     }
-    return Service(proxy_app, loops, dns, admin_app, startup, background)
+    return Service(proxy_app, loops, dns, admin_app, startup, health, background)
 
 
 def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:

@@ -38,6 +38,10 @@ class HealthMonitor:
         self._max_lag_s = max_lag_s
         self.problems: tuple[str, ...] = ()
 
+    def watch(self, check: NamedCheck) -> None:
+        """One more check, for a part started after the monitor was made."""
+        self._checks += (check,)
+
     @property
     def healthy(self) -> bool:
         return not self.problems

@@ -96,6 +96,15 @@ class TlsListener:
             await self._on_door(self._open(sock, endpoint))
             log.info("https listening endpoint=%s", endpoint)
 
+    async def stalled(self) -> str | None:
+        """None if the front door's loop runs a callback (the health monitor's deadline
+        applies: a door stuck in a callback never answers), else why not."""
+        door = self._door
+        if door is None or door.is_closed() or not door.is_running():
+            return "the front door's loop is not running"
+        await self._on_door(asyncio.sleep(0))
+        return None
+
     async def close(self) -> None:
         door, thread = self._door, self._thread
         if door is not None and thread is not None:

@@ -29,3 +29,13 @@ async def test_a_check_that_hangs_counts_as_a_problem() -> None:
 
     monitor = HealthMonitor([NamedCheck("slow", hang)], timeout_s=0.1)
     assert await monitor.check_once() == ("slow: no answer within 0 s",)
+
+
+async def test_a_check_watched_later_counts_like_the_others() -> None:
+    async def door_stuck() -> str | None:
+        return "stuck"
+
+    monitor = HealthMonitor([])
+    assert await monitor.check_once() == ()
+    monitor.watch(NamedCheck("https front door", door_stuck))
+    assert await monitor.check_once() == ("https front door: stuck",)

@@ -157,3 +157,22 @@ async def test_the_front_door_and_minting_run_off_the_callers_loop(
     main = threading.current_thread().name
     assert main not in mint_threads and main not in at.select.threads
     assert at.select.threads == {"https-front-door"}
+
+
+async def test_a_stuck_front_door_is_seen_by_the_health_check(tmp_path: Path) -> None:
+    """The front door has its own loop: the health monitor must notice when it stops
+    running callbacks (the cache's loop lag says nothing about it)."""
+    async with listening(tmp_path) as at:
+        assert await at.listener.stalled() is None
+        door = at.listener._door
+        assert door is not None
+        released = threading.Event()
+        door.call_soon_threadsafe(released.wait, 10)  # a callback that does not return
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):  # the monitor's deadline, shortened
+                    await at.listener.stalled()
+        finally:
+            released.set()
+        assert await at.listener.stalled() is None
+    assert await at.listener.stalled() == "the front door's loop is not running"
