@@ -36,8 +36,8 @@ class Freshness:
         self.clock = clock
         self._written: BoundedMap[tuple[str, str], float] = BoundedMap(_WRITTEN_REPOSITORIES)
 
-    def fresh(self, target: Target, row: TagRow | None) -> bool:
-        if row is None or self.clock() - row.validated_s >= target.tag_ttl_s:
+    def fresh(self, target: Target, row: TagRow) -> bool:
+        if self.clock() - row.validated_s >= target.tag_ttl_s:
             return False
         written = self._written.get((target.host, target.repository))
         return written is None or row.validated_s > written
@@ -70,7 +70,7 @@ class Tags:
 
     async def resolve(self, target: Target, tag: str, *, head: bool) -> Answer:
         now = self._clock()
-        fresh = await self._fresh(target, tag, now)
+        fresh = await self._fresh(target, tag)
         if fresh is not None:
             return fresh
         try:
@@ -96,9 +96,9 @@ class Tags:
         reply.close()
         # No usable HEAD (an auth challenge, an error, no digest): the GET tells the
         # client; for a client HEAD, what to describe (the stored manifest).
-        return await self._tagged(target, tag, await self._manifests.fetch(target, tag))
+        return await self._tagged(target, tag, await self._manifests.fetch(target, tag), now)
 
-    async def _fresh(self, target: Target, tag: str, now: float) -> Stored | None:
+    async def _fresh(self, target: Target, tag: str) -> Stored | None:
         """The tag's mapping within its TTL, only for a client already vouched for: any
         other is asked about the tag itself, as it would be for a tag not held."""
         key = accept_key(target.accept)
@@ -140,12 +140,14 @@ class Tags:
             return stored
         if head and size is not None and media_type:
             return Described(digest, size, media_type)
-        return await self._tagged(target, tag, await self._manifests.fetch(target, digest))
+        answer = await self._manifests.fetch(target, digest)
+        return await self._tagged(target, tag, answer, now)
 
-    async def _tagged(self, target: Target, tag: str, answer: Answer) -> Answer:
-        """Record the tag → the manifest just stored (other answers pass unchanged)."""
+    async def _tagged(self, target: Target, tag: str, answer: Answer, now: float) -> Answer:
+        """Record the tag → the manifest just stored (other answers pass unchanged), as
+        validated when it was asked (`now`): a push landing meanwhile is after it."""
         if isinstance(answer, Stored):
-            await self._record(target, tag, answer, self._clock())
+            await self._record(target, tag, answer, now)
         return answer
 
     async def _record(self, target: Target, tag: str, stored: Stored, now: float) -> None:
