@@ -29,6 +29,7 @@ from appliance.dns.message import EDNS_UDP_BYTES, MalformedMessage, edns_of, is_
 from appliance.kit.bounded import BoundedMap
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
+from appliance.kit.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ _MIN_CACHE_TTL_S = 5
 _STALE_S = 86400.0
 """How long past its TTL an answer may stand in while no resolver answers (RFC 8767
 serve-stale; it suggests 1 to 3 days)."""
+_STALE_ANSWER_TTL_S = 30.0
+"""How long a stale answer is used before the resolvers are asked again (RFC 8767: 30 s)."""
 
 
 class ResolverError(RuntimeError):
@@ -98,6 +101,7 @@ class UpstreamResolver:
             _RESOLVE_CACHE_ENTRIES, _STALE_S, clock=clock
         )
         self._stale_log = LogThrottle(log, interval_s=60.0)
+        self._lookups: SingleFlight[tuple[IPAddress, ...]] = SingleFlight()
 
     async def exchange(
         self, question: DNSQuestion, *, dnssec_ok: bool = False, checking_disabled: bool = False
@@ -192,6 +196,12 @@ class UpstreamResolver:
         cached = self._cache.use(name)
         if cached is not None:
             return cached
+        shared = await self._lookups.join(name)  # one lookup per name, however many ask
+        if shared is not None:
+            return shared
+        return await self._lookups.lead(name, lambda: self._fresh_or_stale(name), lambda r: r)
+
+    async def _fresh_or_stale(self, name: str) -> tuple[IPAddress, ...]:
         try:
             result, ttl = await self._lookup(name)
         except _NoAnswer as e:
@@ -199,6 +209,8 @@ class UpstreamResolver:
             if stale is None:
                 raise ResolverError(str(e)) from None
             self._stale_log.warning(name, "dns serving-stale %s", fields(name=name, error=e))
+            # Not asked again for a while: each new connection would wait the timeouts.
+            self._cache.set(name, stale, ttl_s=_STALE_ANSWER_TTL_S)
             return stale
         self._cache.set(name, result, ttl_s=max(ttl, _MIN_CACHE_TTL_S))
         self._last_known.set(name, result)

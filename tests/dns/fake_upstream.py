@@ -28,6 +28,8 @@ class FakeUpstream:
     seen: list[Seen] = field(default_factory=list)
     nxdomain: set[str] = field(default_factory=set)
     """Names answered NXDOMAIN whatever they would get otherwise."""
+    silent: set[str] = field(default_factory=set)
+    """Names never answered (a resolver that stopped answering, as far as they go)."""
 
     def names(self) -> list[str]:
         return [s.name for s in self.seen]
@@ -36,6 +38,8 @@ class FakeUpstream:
         """The datagrams to send back, in order (none = stay silent)."""
         name = str(query.q.qname).lower()
         reply = query.reply()
+        if name in self.silent:
+            return []
         if name in self.nxdomain:
             reply.header.rcode = RCODE.NXDOMAIN
             return [reply.pack()]
