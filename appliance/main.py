@@ -33,6 +33,7 @@ from appliance.dns.server import DnsServer, ServerLimits
 from appliance.kit.tasks import Job, supervise
 from appliance.proxy.app import Site, create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
+from appliance.proxy.outage import TokensGiven
 from appliance.runtime.ca_policy import ensure_ca
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
@@ -218,10 +219,12 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     write_audit = acquired.audit.write if acquired.audit else None
     startup = StoreStartup(acquired.index, parts.files)
 
+    tokens = TokensGiven()  # one for every serving loop
+
     def proxy_app(bridge: Bridge | None) -> web.Application:
         sites = site_resolver(parts.registries)  # one cache per serving loop
         return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge,
-                          caching=lambda: startup.ready)  # fmt: skip
+                          caching=lambda: startup.ready, tokens=tokens)  # fmt: skip
 
     loops = ServingLoops(_https_loops(parts.config) - 1, proxy_app)
     health = HealthMonitor(
@@ -301,6 +304,7 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
             api=route.api,
             own_credentials=route.registry.credentials is not None,
             label=route.label,
+            registry=route.registry.name,
             aliases=named if host in named else (),
         )
 

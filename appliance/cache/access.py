@@ -173,10 +173,13 @@ class AccessGate:
         authorization: str | None,
         manifest: bool,
         size: int | None,
+        realm_down: bool = False,
     ) -> Refused | None:
         """None when the client may have `digest` from the store (or another client's
         fill) through `url`, else upstream's refusal. Raises UpstreamUnavailable when
-        upstream cannot say and nothing confirmed recently enough opens it."""
+        upstream cannot say and nothing confirmed recently enough opens it; a 401 to an
+        anonymous client whose token realm is down (`realm_down`) is upstream unable to
+        say, as a 503 would be."""
         now = self._clock()
         client = (host, repository, self.fingerprint(authorization))
         repo = (host, repository)
@@ -193,6 +196,8 @@ class AccessGate:
             if verdict is True:
                 self.grant(host, repository, digest, authorization)
                 return None
+            if realm_down and isinstance(verdict, Refused) and verdict.status == 401:
+                verdict = UpstreamUnavailable(f"{host}: its token realm did not answer")
             if isinstance(verdict, Refused) and not in_trouble(verdict.status):
                 self._refusal_log.info(
                     f"{host} {verdict.status}",
@@ -214,6 +219,8 @@ class AccessGate:
         every request one), by the gate or by fills (`down`), alike."""
         if not isinstance(error, UpstreamUnreachable) or error.host != host:
             return  # one request went wrong (or a CDN did): the registry is not down
+        if not error.tried:
+            return  # the client's own memory refused it: no news (and it may be back)
         self._down.set(host, str(error))
 
     def down(self, host: str) -> UpstreamUnreachable | None:

@@ -84,6 +84,6 @@ class ClientCalls:
             target.host, target.repository, answer.digest,
             url=target.url(kind, answer.digest),
             authorization=target.authorization,
-            manifest=kind is Kind.MANIFEST, size=size,
+            manifest=kind is Kind.MANIFEST, size=size, realm_down=target.realm_down,
         )  # fmt: skip
         return answer if refusal is None else refusal

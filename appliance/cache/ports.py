@@ -18,9 +18,11 @@ class UpstreamUnreachable(UpstreamUnavailable):
     """No connection to `host` could be made (DNS, refused, connect timeout): the kind of
     failure that says a registry is down, not that one request went wrong."""
 
-    def __init__(self, message: str, host: str) -> None:
+    def __init__(self, message: str, host: str, *, tried: bool = True) -> None:
         super().__init__(message)
         self.host = host
+        self.tried = tried
+        """False: not even tried, as the host failed moments ago (no new evidence)."""
 
 
 class UpstreamUntrusted(UpstreamUnavailable):

@@ -88,7 +88,7 @@ def parse_route(path: str) -> Route | None:
 
 
 def written_repository(path: str) -> str | None:
-    """The repository a write (PUT, POST, PATCH, DELETE) to `path` (decoded, after
+    """The repository a write (PUT, POST, DELETE) to `path` (decoded, after
     `check_path`) may change, or None: a path of no repository's, or no valid name."""
     match = _WRITE.fullmatch(path)
     if match is None:

@@ -28,7 +28,7 @@ from appliance.oci.names import same_repository
 from appliance.oci.routes import check_path, written_repository
 from appliance.proxy.errors import API_VERSION, Evicted, UnknownHost, render_errors
 from appliance.proxy.loops import Bridge
-from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, outage_answer
+from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, TokensGiven, outage_answer
 from appliance.proxy.passthrough import PassThrough, forward
 from appliance.proxy.responses import relay, render
 from appliance.proxy.routing import BlobRoute, CacheRoute, ManifestRoute, cache_route, route_label
@@ -46,7 +46,9 @@ OUTCOME = web.RequestKey("outcome", str)
 _FOR_CACHE = frozenset({"authorization", "accept", "user-agent"})
 
 Audit = Callable[[dict[str, object]], None]
-_WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
+# What can make a 404 or a tag wrong: a PATCH only adds to an upload that its PUT ends
+# (and each of an upload's many chunks would void every 404 remembered meanwhile).
+_WRITES = frozenset({"PUT", "POST", "DELETE"})
 
 
 class Cache(Protocol):
@@ -71,11 +73,15 @@ def create_app(
     bridge: Bridge | None = None,
     *,
     caching: Callable[[], bool] = lambda: True,
+    tokens: TokensGiven | None = None,
 ) -> web.Application:
     """The proxy application; with a `bridge`, for a loop other than the cache's (every
     call into the cache, upstream and index crosses it). While `caching()` says no,
-    manifests and blobs pass through uncached too (asked from any loop's thread)."""
-    proxy = RegistryProxy(cache, upstream, site_for, metrics, audit, bridge, caching=caching)
+    manifests and blobs pass through uncached too (asked from any loop's thread).
+    `tokens` is shared by every loop's application."""
+    proxy = RegistryProxy(
+        cache, upstream, site_for, metrics, audit, bridge, caching=caching, tokens=tokens
+    )
     return proxy.application()
 
 
@@ -92,8 +98,10 @@ class RegistryProxy:
         bridge: Bridge | None = None,
         *,
         caching: Callable[[], bool] = lambda: True,
+        tokens: TokensGiven | None = None,
     ) -> None:
         self._cache = cache
+        self._tokens = tokens or TokensGiven()
         self._caching = caching
         self._upstream = upstream
         self._site_for = site_for
@@ -153,12 +161,12 @@ class RegistryProxy:
         try:
             reply = await forward(request, self._upstream, origin, self._bridge)
         except UpstreamUnavailable as e:
-            fallback = outage_answer(request, site, str(e))
+            fallback = outage_answer(request, site, str(e), self._tokens)
             if fallback is None:
                 raise
             return fallback
         if in_trouble(reply.status) and (
-            fallback := outage_answer(request, site, f"{reply.status}")
+            fallback := outage_answer(request, site, f"{reply.status}", self._tokens)
         ):
             self._bridge.call(reply.close)
             return fallback
@@ -181,7 +189,7 @@ class RegistryProxy:
         self, request: web.Request, origin: str, site: Site, route: CacheRoute
     ) -> web.StreamResponse:
         """A manifest or blob GET/HEAD, answered by the cache."""
-        target = _target(request, origin, site, route)
+        target = _target(request, origin, site, route, self._tokens)
         tally = _Tally(self._cache, self._metrics, self._bridge, site.label, route.repository)
         started = time.monotonic()
         for _ in range(2):
@@ -243,7 +251,9 @@ def _host(request: web.Request) -> str:
     return (request.url.host or "").lower().rstrip(".")
 
 
-def _target(request: web.Request, origin: str, site: Site, route: CacheRoute) -> Target:
+def _target(
+    request: web.Request, origin: str, site: Site, route: CacheRoute, tokens: TokensGiven
+) -> Target:
     """The request as the cache sees it."""
     return Target(
         origin=origin,
@@ -256,7 +266,7 @@ def _target(request: web.Request, origin: str, site: Site, route: CacheRoute) ->
         accept=parse_accept(request.headers.getall("Accept", [])),
         tag_ttl_s=site.tag_ttl_s,
         max_stale_s=site.max_stale_s,
-        realm_down=request.headers.get("Authorization") == OUTAGE_AUTHORIZATION,
+        realm_down=tokens.realm_down(site, request.headers.get("Authorization")),
     )
 
 

@@ -10,6 +10,8 @@ upstream outages).
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -32,7 +34,33 @@ no credentials at all, as it proves nothing (sent upstream it would only get a 4
 though upstream's registry may be up and only its token realm down)."""
 
 
-def outage_answer(request: web.Request, site: Site, why: str) -> web.Response | None:
+class TokensGiven:
+    """When regcache last gave its outage token for each registry's realm. One for the
+    process (shared by every serving loop's application): a plain dict keyed by the
+    configured registries' names, whose item reads and writes are atomic across threads."""
+
+    TRUST_S = 300.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._given: dict[str, float] = {}
+
+    def gave(self, site: Site) -> None:
+        self._given[site.registry] = self._clock()
+
+    def realm_down(self, site: Site, authorization: str | None) -> bool:
+        """The client holds the outage token, and regcache gave it for this registry
+        within the last minutes: its realm is down. A client sending the token at any
+        other time is only anonymous; upstream's 401 to it stays a 401."""
+        if authorization != OUTAGE_AUTHORIZATION:
+            return False
+        given = self._given.get(site.registry)
+        return given is not None and self._clock() - given < self.TRUST_S
+
+
+def outage_answer(
+    request: web.Request, site: Site, why: str, tokens: TokensGiven
+) -> web.Response | None:
     """Upstream is down: answer the steps before a pull so clients get to what is cached
     (the ping of an API host, any GET/HEAD of a token-realm host); None for the rest."""
     if request.method not in ("GET", "HEAD"):
@@ -44,6 +72,7 @@ def outage_answer(request: web.Request, site: Site, why: str) -> web.Response | 
             f"token {request.host}", "upstream down: answering the token step host=%s reason=%s",
             request.host, why,
         )  # fmt: skip
+        tokens.gave(site)
         return web.json_response(
             {"token": _OUTAGE_TOKEN, "access_token": _OUTAGE_TOKEN, "expires_in": 60}
         )

@@ -18,6 +18,8 @@ class Site:
     label: str = ""
     """The configured host or `*.` pattern the Host matched: metrics and statistics use it
     (a wildcard admits unboundedly many names)."""
+    registry: str = ""
+    """The configured registry's name (its API hosts and token realm hosts share it)."""
     aliases: tuple[str, ...] = ()
     """Every configured host name of this Host's registry (`registry-1.docker.io`,
     `index.docker.io`) when the Host is one of them: a write through one changes what

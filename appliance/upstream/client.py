@@ -66,8 +66,8 @@ class UpstreamError(UpstreamUnavailable):
 class UpstreamUnreachableError(UpstreamError, UpstreamUnreachable):
     """No connection could be made."""
 
-    def __init__(self, message: str, host: str) -> None:
-        UpstreamUnreachable.__init__(self, redact(message), host)
+    def __init__(self, message: str, host: str, *, tried: bool = True) -> None:
+        UpstreamUnreachable.__init__(self, redact(message), host, tried=tried)
 
 
 class UpstreamTlsError(UpstreamError, UpstreamUntrusted):
@@ -305,7 +305,7 @@ class UpstreamClient:
         host, authority = target.host or "", f"{target.host}:{target.port}"
         if (failure := self._outages.refusal(authority)) is not None:
             message = f"{method} {url}: not tried, unreachable moments ago: {failure}"
-            raise UpstreamUnreachableError(message, host)
+            raise UpstreamUnreachableError(message, host, tried=False)
         try:
             response = await self._session.request(
                 method, target, headers=end_to_end(headers), data=body, allow_redirects=False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Filling, Refused, Stored, Target
 from appliance.cache.negative import NegativeCache
-from appliance.cache.ports import UpstreamUnavailable
+from appliance.cache.ports import UpstreamUnavailable, UpstreamUnreachable
 from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST
@@ -425,3 +425,41 @@ async def test_an_unreachable_registry_is_not_asked_again_by_the_gate_or_by_fill
     with pytest.raises(UpstreamUnavailable):
         await lab.cache.blob(as_("acme/secret", "Bearer bob"), absent, head=False)
     assert len(lab.upstream.calls) == calls + 1
+
+
+def test_a_refusal_not_even_tried_does_not_extend_the_gates_memory() -> None:
+    """The upstream client refuses at once while a host failed moments ago: that is no
+    news. Taking it for a new failure kept the gate's "down" alive for another 10 s after
+    the one request the client let through had reconnected."""
+    gate = AccessGate(FakeUpstream())  # type: ignore[arg-type]
+    host = "registry-1.docker.io"
+    gate.note_down(host, UpstreamUnreachable("not tried, unreachable moments ago", host,
+                                             tried=False))  # fmt: skip
+    assert gate.down(host) is None
+    gate.note_down(host, UpstreamUnreachable("connection refused", host))
+    assert gate.down(host) is not None
+
+
+async def test_a_401_while_the_realm_is_down_is_an_outage_for_the_gate(lab: Lab) -> None:
+    """The realm hung for hours while the registry is up: every anonymous check gets a
+    401 (no token to be had). For a client whose token step regcache answered itself
+    (`realm_down`) that is upstream unable to say, as a 503: public content confirmed
+    within the outage grace is served, a private digest still is not."""
+    await fill_privately(lab)
+    tag = f"{HUB}/v2/library/base/manifests/latest"
+    base_manifest = manifest_of(LAYER)
+    serve(lab.upstream, tag, base_manifest)
+    serve(lab.upstream, f"{HUB}/v2/library/base/manifests/{Digest.of(base_manifest)}",
+          base_manifest)  # fmt: skip
+    assert isinstance(await lab.cache.manifest(as_("library/base", None), "latest", head=False),
+                      Stored)  # fmt: skip
+    await asyncio.sleep(0.05)  # the background public probe
+    refuse(lab.upstream, PUBLIC)  # the realm is down: no anonymous token, every answer 401
+    lab.now[0] += 2 * 3600  # past public_ttl_s, within outage_grace_s
+    anonymous = as_("library/base", None)
+    assert await lab.cache.blob(anonymous, DIGEST, head=False) == Refused(401, CHALLENGE)
+    down = replace(anonymous, realm_down=True)
+    assert isinstance(await lab.cache.blob(down, DIGEST, head=False), Stored)
+    with pytest.raises(UpstreamUnavailable, match="token realm"):
+        await lab.cache.blob(replace(as_("acme/secret", None), realm_down=True), DIGEST,
+                             head=False)  # fmt: skip

@@ -20,9 +20,11 @@ REALM = "auth.example"
 OWN = "own.example"
 """A registry regcache has its own credentials for."""
 SITES = {
-    REGISTRY: Site(tag_ttl_s=60, max_stale_s=3600, api=True, label=REGISTRY),
-    REALM: Site(tag_ttl_s=0, max_stale_s=0, api=False, label=REALM),
-    OWN: Site(tag_ttl_s=60, max_stale_s=3600, api=True, own_credentials=True, label=OWN),
+    REGISTRY: Site(tag_ttl_s=60, max_stale_s=3600, api=True, label=REGISTRY, registry="reg"),
+    REALM: Site(tag_ttl_s=0, max_stale_s=0, api=False, label=REALM, registry="reg"),
+    OWN: Site(
+        tag_ttl_s=60, max_stale_s=3600, api=True, own_credentials=True, label=OWN, registry="own"
+    ),
 }
 
 

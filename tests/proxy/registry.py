@@ -86,6 +86,9 @@ class FakeRegistry:
         self.seen.append((request.method, request.host.split(":")[0], request.path))
         if request.path == "/v2/":
             return web.json_response({})
+        if request.method == "PATCH" and "/blobs/uploads/" in request.path:
+            await request.read()  # a chunk of an upload: taken, nothing pullable yet
+            return web.Response(status=202, headers={"Range": "0-0"})
         route = _ROUTE.fullmatch(request.path)
         if route is None:
             return web.json_response({"errors": [{"code": "UNSUPPORTED"}]}, status=404)

@@ -98,6 +98,8 @@ async def test_a_failed_write_or_one_elsewhere_keeps_what_is_remembered(
         await push(s, path, status=400, body=b"not a manifest")  # refused upstream
         await push(s, "/v2/team/other/manifests/v2")
         await push(s, "/v2/library/app/manifests/v2")  # not an alias off Docker Hub
+        chunk = await s.ask("/v2/team/app/blobs/uploads/u1", "PATCH", HOST, b"x" * 10)
+        assert chunk.status == 202  # a chunk of an upload: nothing pullable changed
         assert (await s.ask(path)).status == 404
         assert s.registry.asked("GET", path) == 1
 

@@ -142,17 +142,24 @@ async def test_an_uncached_manifest_gets_upstreams_trouble_status_and_retry_afte
     assert response.headers["Retry-After"] == "30"
 
 
-async def test_the_outage_token_counts_as_no_credentials_at_all(
+async def test_the_outage_token_is_no_credential_and_says_the_realm_is_down_if_given(
     proxy: Proxy, tmp_path: Path
 ) -> None:
     """The token realm hung while upstream's registry was up: the client holds the token
-    regcache gave it. Sent upstream it would get a 401 for a public image that is
-    cached; the cache must see an anonymous client instead."""
+    regcache gave it. The cache sees an anonymous client, told that its realm is down
+    (upstream's 401 to it is then trouble, not a no) only if regcache did give that token
+    for this registry moments ago: sent at any other time it is just anonymous."""
     proxy.cache.answers(stored(tmp_path, b"{}", OCI_MANIFEST))
-    response = await proxy.ask(
-        "/v2/team/app/manifests/v1", Authorization="Bearer regcache-outage-token"
-    )
-    assert response.status == 200
+    path, token = "/v2/team/app/manifests/v1", "Bearer regcache-outage-token"
+    assert (await proxy.ask(path, Authorization=token)).status == 200
     assert proxy.cache.asked[0].target.authorization is None
-    response = await proxy.ask("/v2/team/app/manifests/v1", Authorization="Bearer real")
-    assert proxy.cache.asked[1].target.authorization == "Bearer real"
+    assert not proxy.cache.asked[0].target.realm_down  # never given: a client's guess
+    proxy.upstream.fail("GET", f"https://{REALM}{TOKEN}", DOWN)
+    assert (await proxy.ask(TOKEN, host=REALM)).status == 200  # the outage token, given
+    await proxy.ask(path, Authorization=token)
+    assert proxy.cache.asked[1].target.realm_down
+    await proxy.ask(path, host=OWN, Authorization=token)  # another registry: not its realm
+    assert not proxy.cache.asked[2].target.realm_down
+    await proxy.ask(path, Authorization="Bearer real")
+    assert proxy.cache.asked[3].target.authorization == "Bearer real"
+    assert not proxy.cache.asked[3].target.realm_down
