@@ -21,7 +21,8 @@ from typing import cast
 from appliance.config.model import Endpoint
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Forward, Responder
-from appliance.kit.listen import BACKLOG, bind
+from appliance.kit.listen import bind
+from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,15 @@ class DnsServer:
         self.limits = limits
         self._rate_limiter = rate_limiter
         self._connections = 0
-        self._closers: list[asyncio.BaseTransport | asyncio.Server] = []
+        self._udp: list[asyncio.BaseTransport] = []
+        self._tcp: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._accept_errors = LogThrottle(log, interval_s=30.0)
 
     @property
     def listening(self) -> bool:
-        return bool(self._closers)
+        return bool(self._udp)
 
     def admit(self, client: str) -> bool:
         return self._rate_limiter.allow(client)
@@ -102,39 +106,53 @@ class DnsServer:
         with contextlib.suppress(OSError):
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF_BYTES)
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
-        self._closers.append(transport)
-        self._closers.append(
-            await asyncio.start_server(
-                self._serve_tcp, sock=bind(endpoint, socket.SOCK_STREAM), backlog=BACKLOG
-            )
-        )
+        self._udp.append(transport)
+        tcp = bind(endpoint, socket.SOCK_STREAM)
+        self._tcp.append(tcp)
+        self._accepting.append(spawn(self._accept(tcp), name=f"dns-tcp-accept {endpoint}"))
 
     async def close(self) -> None:
-        for closer in self._closers:
-            closer.close()
-        for task in list(self._conn_tasks):
+        for transport in self._udp:
+            transport.close()
+        for task in [*self._accepting, *self._conn_tasks]:
             task.cancel()
-        await asyncio.gather(*self._conn_tasks, return_exceptions=True)
-        for closer in self._closers:
-            if isinstance(closer, asyncio.Server):
-                await closer.wait_closed()
-        self._closers.clear()
+        await asyncio.gather(*self._accepting, *self._conn_tasks, return_exceptions=True)
+        for sock in self._tcp:  # after the accept loops stopped watching them
+            sock.close()
+        self._udp.clear()
+        self._tcp.clear()
+        self._accepting.clear()
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if peer else "?"
-        if not self._tcp_allowed(client):
-            # Before the slot and before any read: hosts outside `allow_clients` must
-            # not be able to hold the connections allowed clients need.
-            writer.transport.abort()
+    async def _accept(self, listener: socket.socket) -> None:
+        """TCP intake. A client outside `allow_clients`, or one beyond the slots, is closed
+        as accepted, before a transport, stream or task exists for it: an outsider that
+        reconnects as fast as it can costs an accept and a close, and can never hold the
+        slots allowed clients need."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listener)
+            except OSError as e:  # EMFILE and friends: back off, never stop listening
+                self._accept_errors.warning("accept", "dns tcp accept failed error=%s", e)
+                await asyncio.sleep(0.1)
+                continue
+            client = str(peer[0]) if peer else "?"
+            if not self._tcp_allowed(client) or self._connections >= self.limits.max_connections:
+                conn.close()
+                continue
+            self._connections += 1
+            task = spawn(self._serve_tcp(conn, client), name="dns-tcp")
+            self._conn_tasks.add(task)
+            task.add_done_callback(self._conn_tasks.discard)
+
+    async def _serve_tcp(self, conn: socket.socket, client: str) -> None:
+        """One allowed client's connection (its slot already taken by `_accept`)."""
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError:
+            self._connections -= 1
+            conn.close()
             return
-        if self._connections >= self.limits.max_connections:
-            writer.transport.abort()  # full: refuse fast so clients retry elsewhere
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._conn_tasks.add(task)
-        self._connections += 1
         inflight = asyncio.Semaphore(_PER_CONNECTION_INFLIGHT)
         answers: set[asyncio.Task[None]] = set()
         try:
@@ -155,7 +173,6 @@ class DnsServer:
                 await asyncio.wait(answers, timeout=self.limits.idle_timeout_s)
         finally:
             self._connections -= 1
-            self._conn_tasks.discard(task)
             for answer in answers:
                 answer.cancel()
             writer.close()
