@@ -110,7 +110,12 @@ class StoreStartup:
         self.ready = True
         log.info(
             "cache ready %s",
-            fields(files=report.files, reindexed=report.reindexed, s=f"{report.seconds:.2f}"),
+            fields(
+                files=report.files,
+                reindexed=report.reindexed,
+                skipped=report.skipped,
+                s=f"{report.seconds:.2f}",
+            ),
         )
 
     async def _report(self) -> None:
