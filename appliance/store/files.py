@@ -194,10 +194,12 @@ class FileBlobStore:
 
     def walk(self) -> Iterator[tuple[Path, Digest | None]]:
         """Every file under `blobs/`, with the digest its place names (None: not a digest
-        path, e.g. a stray file)."""
+        path, e.g. a stray file). One that cannot be stat'ed (EIO) is yielded all the same:
+        the caller's own stat meets the error for that one file, and the walk goes on."""
         for path in sorted(self._blobs.rglob("*")):
-            if path.is_dir():
-                continue
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    continue
             try:
                 digest = Digest.parse(f"{path.parent.parent.name}:{path.name}")
             except DigestError:
@@ -207,11 +209,19 @@ class FileBlobStore:
             yield path, digest
 
     def move_to_quarantine(self, path: Path, why: str) -> Path:
-        """Keep a bad file for inspection, out of the blob tree (it is never served)."""
+        """Keep a bad file for inspection, out of the blob tree (it is never served). Its
+        note (`.why`) is written first: if that fails (ENOSPC, EIO) the file is where it
+        was, for the next reconciliation to try again, not moved without its reason."""
         self.quarantine.mkdir(mode=0o700, exist_ok=True)
         target = self.quarantine / f"{path.name}.{secrets.token_hex(4)}"
-        os.replace(path, target)
-        (target.parent / f"{target.name}.why").write_text(why + "\n", encoding="utf-8")
+        note = target.parent / f"{target.name}.why"
+        try:
+            note.write_text(why + "\n", encoding="utf-8")
+            os.replace(path, target)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the error that matters is the one raised
+                note.unlink(missing_ok=True)
+            raise
         fsync_dir(path.parent)
         fsync_dir(self.quarantine)
         return target
