@@ -28,7 +28,7 @@ from appliance.config.model import Endpoint
 from appliance.kit.listen import ServingLoop, bind
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
-from appliance.tls.admission import Admission, Slot, counted
+from appliance.tls.admission import Admission, Refused, Slot, counted
 from appliance.tls.clienthello import (
     ALERT_DECODE_ERROR,
     ALERT_INTERNAL_ERROR,
@@ -156,12 +156,13 @@ class TlsListener:
             log.debug("https refused reason=not-allowed client=%s", client)
             return None
         slot = self._admission.take(client)
-        if slot is None:
+        if isinstance(slot, Refused):  # per address (or /64): the others are unaffected
             self._refusals.warning(
-                f"per-client {client}",
-                "https refused reason=too-many-connections client=%s limit=%d",
+                f"{slot.reason} {slot.counted}",
+                "https refused reason=%s client=%s limit=%d",
+                slot.reason,
                 client,
-                self._admission.max_per_client,
+                slot.limit,
             )
             return None
         if self._handshakes.locked():  # shed load before TLS costs us anything
@@ -187,6 +188,7 @@ class TlsListener:
             finally:
                 if not handed:
                     conn.close()
+                slot.handshake_done()
                 if not served:
                     slot.release()
 
