@@ -202,7 +202,7 @@ async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Servic
         parts.leaves.context,
         runner.server,
         other_loops=service.loops.targets(),
-        admission=Admission(config.tls.allow_clients, config.tls.max_connections_per_client),
+        admission=Admission.configured(config.tls),
     )
     stack.push_async_callback(service.dns.close)
     await service.dns.start(config.listen.dns)

@@ -44,12 +44,6 @@ ALERT_DECODE_ERROR = _alert(50)
 ALERT_INTERNAL_ERROR = _alert(80)
 
 
-def parse_client_hello(data: bytes) -> ClientHello | None:
-    """The ClientHello in `data`, or None when more bytes are needed to read it whole."""
-    found = hello_or_need(data)
-    return found if isinstance(found, ClientHello) else None
-
-
 def hello_or_need(data: bytes) -> ClientHello | int:
     """The ClientHello in `data`, or how many bytes (counted from the start of `data`)
     must have arrived before it can say more: always more than `len(data)`, so a reader

@@ -92,7 +92,7 @@ class _Entry:
 
 class LeafStore:
     """Per-name SSLContexts, minted on first use; one entry per normalised name. Used
-    from one event loop (the listener's front door), or synchronously (`context_for`)."""
+    from one event loop (the listener's front door)."""
 
     def __init__(
         self,
@@ -121,20 +121,10 @@ class LeafStore:
     def minted_names(self) -> frozenset[str]:
         return frozenset(self._entries)
 
-    def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
-        """The leaf context for an allowed name (minting here if needed), else None."""
-        name = self._served(server_name)
-        if name is None:
-            return None
-        entry = self._fresh(name)
-        if entry is None:
-            entry = self._store(name, self._mint(name))
-        return entry.context
-
     async def context(self, server_name: str | None) -> ssl.SSLContext | None:
-        """`context_for` for the listener's loop: a leaf is minted in a worker thread
-        (key signing must not stall the connections the loop carries), and callers that
-        ask for the same new name meanwhile share that one mint."""
+        """The leaf context for an allowed name, else None. A new leaf is minted in a
+        worker thread (key signing must not stall the connections the loop carries), and
+        callers that ask for the same new name meanwhile share that one mint."""
         name = self._served(server_name)
         if name is None:
             return None

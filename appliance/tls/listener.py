@@ -9,6 +9,9 @@ event loop of its own, in its own thread, never on the loop that runs the cache:
 of clients that connect and stall, or ask for many new names under a wildcard, then
 costs that thread, not every pull. The TLS handshake and HTTP run on the serving loops
 (the caller's loop and `other_loops`, in turn).
+
+Who closes an accepted socket is settled by `_Handoff`: the front door, until a serving
+loop starts the TLS handshake on it; from then on asyncio's transport.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
@@ -28,7 +32,7 @@ from appliance.config.model import Endpoint
 from appliance.kit.listen import ServingLoop, bind
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
-from appliance.tls.admission import Admission, Slot, counted
+from appliance.tls.admission import Admission, Refused, Slot, counted
 from appliance.tls.clienthello import (
     ALERT_DECODE_ERROR,
     ALERT_INTERNAL_ERROR,
@@ -59,12 +63,14 @@ class TlsListener:
         max_handshakes: int = 1024,
         other_loops: Sequence[ServingLoop] = (),
         admission: Admission | None = None,
+        stop_timeout_s: float = _STOP_TIMEOUT_S,
     ) -> None:
         self._select = select
         self._factory = protocol_factory
         self._other_loops = other_loops
         self._targets: Iterator[ServingLoop] = iter(())
         self._timeout_s = handshake_timeout_s
+        self._stop_timeout_s = stop_timeout_s
         self._handshakes = asyncio.Semaphore(max_handshakes)
         self._admission = admission or Admission()
         self._sockets: list[socket.socket] = []
@@ -108,15 +114,34 @@ class TlsListener:
     async def close(self) -> None:
         door, thread = self._door, self._thread
         if door is not None and thread is not None:
-            await self._on_door(self._stop_tasks())
-            door.call_soon_threadsafe(door.stop)
-            await asyncio.to_thread(thread.join, _STOP_TIMEOUT_S)
-            if not thread.is_alive():
-                door.close()
+            await self._stop_door(door, thread)
             self._door = self._thread = None
         for sock in self._sockets:  # after the accept loops stopped watching them
             sock.close()
         self._sockets.clear()
+
+    async def _stop_door(self, door: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        """Cancel the door's tasks and end its thread, within `stop_timeout_s` in all: a
+        door stuck in a callback (what `stalled` reports) must not hang shutdown. A
+        thread that does not end is a daemon, left to end with the process."""
+        deadline = time.monotonic() + self._stop_timeout_s
+        try:
+            async with asyncio.timeout(self._stop_timeout_s):
+                await self._on_door(self._stop_tasks())
+        except TimeoutError:
+            log.warning(
+                "https close timed-out waiting=front-door-tasks timeout_s=%g",
+                self._stop_timeout_s,
+            )
+        door.call_soon_threadsafe(door.stop)
+        await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning(
+                "https close timed-out waiting=front-door-thread timeout_s=%g",
+                self._stop_timeout_s,
+            )
+        else:
+            door.close()
 
     async def _on_door(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._door is not None
@@ -156,12 +181,13 @@ class TlsListener:
             log.debug("https refused reason=not-allowed client=%s", client)
             return None
         slot = self._admission.take(client)
-        if slot is None:
+        if isinstance(slot, Refused):  # per address (or /64): the others are unaffected
             self._refusals.warning(
-                f"per-client {client}",
-                "https refused reason=too-many-connections client=%s limit=%d",
+                f"{slot.reason} {slot.counted}",
+                "https refused reason=%s client=%s limit=%d",
+                slot.reason,
                 client,
-                self._admission.max_per_client,
+                slot.limit,
             )
             return None
         if self._handshakes.locked():  # shed load before TLS costs us anything
@@ -173,29 +199,26 @@ class TlsListener:
         return slot
 
     async def _serve(self, conn: socket.socket, slot: Slot) -> None:
-        handed = served = False
+        handoff = _Handoff(conn)
+        served = False
         async with self._handshakes:
             try:
                 context = await self._choose(conn)
-                if context is None:
-                    return
-                handed = True  # from here the transport owns (and closes) the socket
-                await self._hand_over(conn, context, slot)
-                served = True  # the slot is given back when the connection ends
+                if context is not None:
+                    await self._hand_over(handoff, context, slot)
+                    served = True  # the slot is given back when the connection ends
             except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
                 log.debug("tls handshake failed error=%s", e)
-            finally:
-                if not handed:
-                    conn.close()
+            finally:  # also when cancelled, or when the serving loop is gone
+                handoff.abandon()
+                slot.handshake_done()
                 if not served:
                     slot.release()
 
-    async def _hand_over(self, conn: socket.socket, context: ssl.SSLContext, slot: Slot) -> None:
+    async def _hand_over(self, handoff: _Handoff, context: ssl.SSLContext, slot: Slot) -> None:
         """Run the TLS handshake on the next serving loop; returns once TLS is up."""
         loop, factory = next(self._targets)
-        handshake = loop.connect_accepted_socket(
-            counted(factory, slot), conn, ssl=context, ssl_handshake_timeout=self._timeout_s
-        )
+        handshake = handoff.handshake(counted(factory, slot), context, self._timeout_s)
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handshake, loop))
 
     async def _choose(self, conn: socket.socket) -> ssl.SSLContext | None:
@@ -220,6 +243,42 @@ class TlsListener:
             log.info("tls refused sni=%r reason=not-intercepted", hello.server_name)
             _send(conn, ALERT_UNRECOGNIZED_NAME)
         return context
+
+
+class _Handoff:
+    """Who closes an accepted socket. The front door hands it to a serving loop by
+    scheduling `handshake` there; if the door gives up first (cancelled at close, or the
+    loop never runs it), the socket is closed by `abandon` rather than left open until
+    garbage collection, and `handshake` then does nothing. Once `handshake` has begun,
+    the socket is asyncio's: its transport closes it, however the handshake ends."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn: socket.socket | None = conn
+        self._lock = threading.Lock()  # the door's thread and a serving loop's
+
+    def abandon(self) -> None:
+        """On the door: close the socket unless a serving loop has taken it."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def handshake(
+        self, factory: Callable[[], asyncio.Protocol], context: ssl.SSLContext, timeout_s: float
+    ) -> None:
+        """On the serving loop: TLS on the socket, unless the door gave up on it."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            protocol = factory()  # before the transport exists, the socket is still ours
+        except BaseException:
+            conn.close()
+            raise
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: protocol, conn, ssl=context, ssl_handshake_timeout=timeout_s
+        )
 
 
 async def read_hello(conn: socket.socket) -> ClientHello:

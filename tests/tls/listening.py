@@ -111,6 +111,17 @@ def handshake(
         return tls.recv(100), x509.load_der_x509_certificate(der)
 
 
+def client_hello(sni: str) -> bytes:
+    """The ClientHello Python's ssl sends for `sni`."""
+    out = ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname=sni)
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        return out.read()
+    raise AssertionError("a handshake finished with nobody to talk to")
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything received until the listener closed the connection."""
     got = b""

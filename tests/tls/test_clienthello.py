@@ -18,7 +18,6 @@ from appliance.tls.clienthello import (
     MalformedHello,
     NotTls,
     hello_or_need,
-    parse_client_hello,
 )
 from tests.harness import Regcache
 from tests.tls.clients import python_handshake
@@ -47,16 +46,22 @@ def split_records(hello: bytes, size: int) -> bytes:
 
 def test_reads_sni_from_a_real_client_hello() -> None:
     hello = real_hello("registry-1.docker.io")
-    assert parse_client_hello(hello).server_name == "registry-1.docker.io"  # type: ignore[union-attr]
-    assert parse_client_hello(real_hello(None)).server_name is None  # type: ignore[union-attr]
+    assert hello_or_need(hello) == ClientHello("registry-1.docker.io")
+    assert hello_or_need(real_hello(None)) == ClientHello(None)
+
+
+def asks_for_more(data: bytes) -> bool:
+    """Whether `data` is too short to say, and the count asked for grows with it."""
+    need = hello_or_need(data)
+    return isinstance(need, int) and need > len(data)
 
 
 def test_every_prefix_asks_for_more_and_records_may_be_split() -> None:
     hello = real_hello("ghcr.io")
-    assert all(parse_client_hello(hello[:n]) is None for n in range(len(hello)))
+    assert all(asks_for_more(hello[:n]) for n in range(len(hello)))
     split = split_records(hello, 100)
-    assert parse_client_hello(split).server_name == "ghcr.io"  # type: ignore[union-attr]
-    assert all(parse_client_hello(split[:n]) is None for n in range(0, len(split), 7))
+    assert hello_or_need(split) == ClientHello("ghcr.io")
+    assert all(asks_for_more(split[:n]) for n in range(0, len(split), 7))
 
 
 @pytest.mark.parametrize("size", [10_000, 100, 9])
@@ -86,15 +91,15 @@ def test_a_hello_in_more_records_than_the_bound_is_malformed() -> None:
 
 def test_plain_http_is_not_tls_and_bad_lengths_are_malformed() -> None:
     with pytest.raises(NotTls):
-        parse_client_hello(b"GET /v2/ HTTP/1.1\r\n")
+        hello_or_need(b"GET /v2/ HTTP/1.1\r\n")
     hello = bytearray(real_hello("quay.io"))
     hello[5] = 0x02  # ServerHello, not ClientHello
     with pytest.raises(MalformedHello):
-        parse_client_hello(bytes(hello))
+        hello_or_need(bytes(hello))
     bad = bytearray(real_hello("quay.io"))
     bad[6:9] = (len(bad) - 9 - 1).to_bytes(3, "big")  # handshake claims one byte too few
     with pytest.raises(MalformedHello):
-        parse_client_hello(bytes(bad))
+        hello_or_need(bytes(bad))
 
 
 HELLO = real_hello("auth.docker.io")
@@ -107,7 +112,7 @@ def test_hostile_bytes_only_raise_our_errors(noise: bytes, cut: int, patch: byte
     hello[cut : cut + len(patch)] = patch
     for data in (bytes(hello), noise, b"\x16\x03\x01" + noise):
         with contextlib.suppress(NotTls, MalformedHello):
-            parse_client_hello(data)
+            hello_or_need(data)
 
 
 def test_a_client_hello_trickling_in_still_gets_its_certificate(regcache: Regcache, ca_pem) -> None:  # type: ignore[no-untyped-def]

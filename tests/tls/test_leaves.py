@@ -21,7 +21,7 @@ from appliance.tls.leaves import LeafStore, mint_leaf
 from tests.tls.cas import NOW, new_ca
 
 
-def test_leaf_store_mints_once_per_name_and_again_before_expiry(tmp_path: Path) -> None:
+async def test_leaf_store_mints_once_per_name_and_again_before_expiry(tmp_path: Path) -> None:
     now = [NOW.timestamp()]
     store = LeafStore(
         new_ca(tmp_path),
@@ -29,25 +29,25 @@ def test_leaf_store_mints_once_per_name_and_again_before_expiry(tmp_path: Path) 
         dt.timedelta(days=30),
         clock=lambda: now[0],
     )
-    first = store.context_for("GHCR.io.")
-    assert first is not None and store.context_for("ghcr.io") is first
-    assert store.context_for("example.com") is None and store.context_for("::1") is None
-    assert store.context_for(None) is None and store.context_for("docker.io") is None
+    first = await store.context("GHCR.io.")
+    assert first is not None and await store.context("ghcr.io") is first
+    assert await store.context("example.com") is None and await store.context("::1") is None
+    assert await store.context(None) is None and await store.context("docker.io") is None
     assert store.minted_names == {"ghcr.io"} and store.mint_count == 1
     now[0] += dt.timedelta(days=19).total_seconds()  # < 2/3 of 30 days: still fresh
-    assert store.context_for("ghcr.io") is first
+    assert await store.context("ghcr.io") is first
     now[0] += dt.timedelta(days=2).total_seconds()  # past 2/3: re-minted
-    assert store.context_for("ghcr.io") is not first and store.mint_count == 2
+    assert await store.context("ghcr.io") is not first and store.mint_count == 2
 
 
-def test_leaf_store_is_bounded_for_wildcard_names(tmp_path: Path) -> None:
+async def test_leaf_store_is_bounded_for_wildcard_names(tmp_path: Path) -> None:
     store = LeafStore(
         new_ca(tmp_path), HostSet.of(["*.docker.io"]), dt.timedelta(days=30), max_entries=2
     )
-    a = store.context_for("a.docker.io")
-    store.context_for("b.docker.io")
-    assert store.context_for("a.docker.io") is a  # a is now the most recently used
-    store.context_for("c.docker.io")
+    a = await store.context("a.docker.io")
+    await store.context("b.docker.io")
+    assert await store.context("a.docker.io") is a  # a is now the most recently used
+    await store.context("c.docker.io")
     assert store.minted_names == {"a.docker.io", "c.docker.io"}
 
 
@@ -87,11 +87,11 @@ async def test_a_new_name_asked_for_at_once_is_minted_once_in_a_worker_thread(
     "sni", ["a b.pkg.dev", "a/b.pkg.dev", "-a.pkg.dev", "a..pkg.dev", "a\x00.pkg.dev",
             "x" * 64 + ".pkg.dev", ".pkg.dev", "a.pkg.dev\n"],
 )  # fmt: skip
-def test_no_leaf_for_a_malformed_name_under_a_wildcard(tmp_path: Path, sni: str) -> None:
+async def test_no_leaf_for_a_malformed_name_under_a_wildcard(tmp_path: Path, sni: str) -> None:
     ca = create_ca(tmp_path, permitted_domains=("pkg.dev",), lifetime=dt.timedelta(days=5), now=NOW)
     store = LeafStore(ca, HostSet.of(["*.pkg.dev"]), dt.timedelta(days=30))
-    assert store.context_for(sni) is None and store.mint_count == 0
-    assert store.context_for("us-docker.pkg.dev") is not None  # a real one still works
+    assert await store.context(sni) is None and store.mint_count == 0
+    assert await store.context("us-docker.pkg.dev") is not None  # a real one still works
 
 
 def test_leaf_never_outlives_the_ca(tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
 """The HTTPS listener in process, on loopback: real TLS handshakes with Python's ssl, the
 leaf chosen by SNI, refusals as real alerts, ClientHellos however they arrive, the front
-door off the caller's loop, and a listener that outlives bad clients."""
+door off the caller's loop, a listener that outlives bad clients, and one that closes
+(and closes its sockets) even when a loop is stuck."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import struct
 import threading
 from collections.abc import AsyncIterator
@@ -15,8 +18,20 @@ import pytest
 from cryptography import x509
 
 from appliance.tls import leaves as leaves_module
+from appliance.tls.admission import Admission
 from appliance.tls.clienthello import ALERT_DECODE_ERROR, MAX_HELLO_BYTES, MAX_HELLO_RECORDS
-from tests.tls.listening import Listening, handshake, listening, send_raw, trickled_handshake
+from tests.tls.listening import (
+    Hello,
+    Listening,
+    client_hello,
+    connect,
+    eventually,
+    handshake,
+    listening,
+    read_all,
+    send_raw,
+    trickled_handshake,
+)
 
 
 @pytest.fixture
@@ -176,3 +191,79 @@ async def test_a_stuck_front_door_is_seen_by_the_health_check(tmp_path: Path) ->
             released.set()
         assert await at.listener.stalled() is None
     assert await at.listener.stalled() == "the front door's loop is not running"
+
+
+def finish(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what a stopped loop left pending, let it end, close the loop (from a
+    thread that runs no loop)."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.close()
+
+
+@contextlib.asynccontextmanager
+async def stuck_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
+    """An event loop in a thread of its own, stuck in a callback until the test ends."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    released = threading.Event()
+    loop.call_soon_threadsafe(released.wait, 30)
+    try:
+        yield loop
+    finally:
+        released.set()
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 10)
+        await asyncio.to_thread(finish, loop)
+
+
+async def test_close_is_bounded_when_the_front_door_is_stuck(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A front door stuck in a callback (what `stalled` reports) used to hang `close`,
+    and with it regcache's shutdown."""
+    async with listening(tmp_path, stop_timeout_s=0.5) as at:
+        door, thread = at.listener._door, at.listener._thread
+        assert door is not None and thread is not None
+        released = threading.Event()
+        door.call_soon_threadsafe(released.wait, 30)
+        try:
+            async with asyncio.timeout(5):  # a safety net: the bound is 0.5 s
+                await at.listener.close()
+        finally:
+            released.set()
+        await asyncio.to_thread(thread.join, 10)  # the door ends once it is free
+        assert not thread.is_alive()
+        await asyncio.to_thread(finish, door)
+        assert await at.listener.stalled() == "the front door's loop is not running"
+    assert "https close timed-out waiting=front-door-tasks timeout_s=0.5" in caplog.text
+    assert "https close timed-out waiting=front-door-thread timeout_s=0.5" in caplog.text
+
+
+async def test_a_hand_over_given_up_before_its_loop_ran_it_closes_the_socket(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection handed to a serving loop that has not got to it (stuck, here) and
+    then given up (the listener closes) used to stay open, unanswered, until garbage
+    collection; now the front door closes it and gives its slot back."""
+    caplog.set_level(logging.DEBUG)
+    admission = Admission()
+    async with (
+        stuck_loop() as loop,
+        listening(tmp_path, admission=admission, other_loops=[(loop, Hello)]) as at,
+    ):
+        # in turn: the first connection to the caller's loop, the second to the stuck one
+        greeting, _ = await asyncio.to_thread(handshake, at, "ghcr.io")
+        assert greeting == b"hello\n"
+        with connect(at, "127.0.0.7", timeout=5) as sock:
+            sock.sendall(client_hello("ghcr.io"))
+            await eventually(lambda: at.select.asked == ["ghcr.io", "ghcr.io"])
+            await at.listener.close()  # the leaf is chosen: the hand-over is under way
+            assert await asyncio.to_thread(read_all, sock) == b""  # closed, not a time-out
+        assert admission.held("127.0.0.7") == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
