@@ -16,7 +16,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from appliance.cache.ports import BlobFiles, SpaceKeeper, TempFile, Unbounded, UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_at
@@ -287,16 +287,30 @@ class Fill:
                 return os.open(self._final, os.O_RDONLY | os.O_CLOEXEC)
             await self._changed.wait()  # being renamed into place: open it there
 
-    async def stream(
+    async def opened(
         self, start: int, stop: int, take: int = CHUNK_BYTES
-    ) -> AsyncIterator[bytes | bytearray]:
+    ) -> AsyncGenerator[bytes | bytearray, None]:
+        """`stream`, its file open already: for an answer that must not send its status
+        line before it knows it can send the body. FileNotFoundError here if the file
+        was evicted after the commit (a finished fill stays joinable a while: `Fills`),
+        FillFailed if the fill failed or is not kept. Read it to its end or close it
+        (`aclose`): it counts as a reader from now on."""
+        chunks = self.stream(start, stop, take, primed=True)
+        await anext(chunks)  # b"": the file is open
+        return chunks
+
+    async def stream(
+        self, start: int, stop: int, take: int = CHUNK_BYTES, *, primed: bool = False
+    ) -> AsyncGenerator[bytes | bytearray, None]:
         """Bytes [start, stop) as they arrive, at most `take` at a time; FillFailed if the
-        fill fails meanwhile."""
+        fill fails meanwhile. `primed`: an empty chunk first, once the file is open."""
         fd = await self._open()
         reader = _Reader(start, stop)
         self._readers.add(reader)
         self._had_readers = True
         try:
+            if primed:
+                yield b""
             while reader.pos < (stop if self.size is None else min(stop, self.size)):
                 self._raise_if_failed()
                 if self.on_disk is None:

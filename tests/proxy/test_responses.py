@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,13 @@ from multidict import CIMultiDict
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Described, Filling, Relayed, Stored
+from appliance.cache.fill import Fill, FillState
 from appliance.cache.service import RegistryCache
+from appliance.config.model import Size, StoreConfig
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST, OCTET_STREAM
 from appliance.proxy.app import create_app
+from appliance.store.eviction import Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.fakes import FakeReply, FakeUpstream
@@ -223,26 +226,51 @@ async def test_bytes_from_a_fill_are_counted_as_fetched(proxy: Proxy) -> None:
     assert proxy.audit[0]["outcome"] == "miss"
 
 
+@dataclass
+class Real:
+    """The proxy over a real cache (real fills, store and index), upstream faked."""
+
+    client: TestClient[web.Request, web.Application]
+    upstream: FakeUpstream
+    cache: RegistryCache
+    files: FileBlobStore
+    index: SqliteIndex
+
+    def url(self, digest: Digest) -> str:
+        return f"https://{REGISTRY}/v2/team/app/blobs/{digest}"
+
+    async def evict(self) -> int:
+        """What eviction would remove now (all but fills in flight): rows removed."""
+        limits = StoreConfig(max_size=Size(1 << 30), min_free=Size(0))
+        evictor = Evictor(self.index, self.files, limits, busy=self.cache.filling)
+        return (await evictor.evict(1 << 30, reason="test")).rows
+
+    async def indexed(self, digest: Digest) -> None:
+        """Until `digest`'s fill has committed and written its row."""
+        while await self.index.blob(digest) is None:
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def cached(
     aiohttp_client: Callable[[Any], Awaitable[TestClient[web.Request, web.Application]]],
     tmp_path: Path,
-) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], FakeUpstream]]:
-    """The proxy over a real cache (real fills, store and index), upstream faked."""
+) -> AsyncIterator[Real]:
     files = FileBlobStore(tmp_path / "store")
     files.prepare()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
     upstream = FakeUpstream()
     cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
-    yield await aiohttp_client(create_app(cache, FakePassThrough(), site_for)), upstream
+    client = await aiohttp_client(create_app(cache, FakePassThrough(), site_for))
+    yield Real(client, upstream, cache, files, index)
     await index.close()
 
 
 @pytest.mark.parametrize("wrong", [True, False], ids=["wrong-body", "right-body"])
 async def test_a_range_short_of_the_end_is_never_sent_from_an_unverified_fill(
-    cached: tuple[TestClient[web.Request, web.Application], FakeUpstream], wrong: bool
+    cached: Real, wrong: bool
 ) -> None:
-    client, upstream = cached
+    client, upstream = cached.client, cached.upstream
     body = bytes(range(256)) * 64
     digest = Digest.of(body)
     sent = bytearray(body)
@@ -284,3 +312,76 @@ async def test_a_manifest_fetched_for_this_answer_is_a_miss_though_sent_from_its
     assert sample("regcache_cache_answers_total", answers) == 1
     upstream = {"registry": REGISTRY, "source": "upstream"}
     assert sample("regcache_served_bytes_total", upstream) == len(body)
+
+
+async def test_a_fill_whose_file_is_gone_when_opened_is_asked_for_again_before_any_byte(
+    proxy: Proxy,
+) -> None:
+    gone = FakeFill(DATA, size=len(DATA), state=FillState.DONE, gone=True)
+    fresh = FakeFill(DATA, size=len(DATA))
+    proxy.cache.answers(
+        Filling(DIGEST, OCTET_STREAM, gone),  # type: ignore[arg-type]
+        Filling(DIGEST, OCTET_STREAM, fresh),  # type: ignore[arg-type]
+    )
+    response = await proxy.ask(BLOB)
+    assert response.status == 200 and await response.read() == DATA  # not cut short
+    assert len(proxy.cache.asked) == 2
+
+
+BODY = bytes(range(256)) * 64
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "stop"), [(None, 0, len(BODY)), ("bytes=0-99", 0, 100),
+                                  ("bytes=100-", 100, len(BODY))],
+)  # fmt: skip
+async def test_a_blob_evicted_after_its_fill_committed_is_fetched_afresh_not_cut(
+    cached: Real, header: str | None, start: int, stop: int
+) -> None:
+    """A finished fill stays joinable a while after its commit, but its file is in the
+    store like any other and may be evicted: a request for it then is a fresh fill."""
+    digest = Digest.of(BODY)
+    cached.upstream.add("GET", cached.url(digest), 200, BODY, Content_Length=str(len(BODY)))
+    path = f"/v2/team/app/blobs/{digest}"
+    headers = {"Host": REGISTRY} | ({"Range": header} if header else {})
+    async with asyncio.timeout(10):  # a safety net
+        first = await cached.client.get(path, headers={"Host": REGISTRY})
+        assert await first.read() == BODY
+        await cached.indexed(digest)
+        assert await cached.evict() == 1 and cached.files.size_of(digest) is None
+        again = await cached.client.get(path, headers=headers)  # well within 10 s
+        assert again.status == (200 if header is None else 206)
+        assert await again.read() == BODY[start:stop]
+        await cached.indexed(digest)
+    assert cached.upstream.count("GET") == 2
+    assert cached.files.path_for(digest).read_bytes() == BODY
+
+
+async def test_a_range_whose_fill_is_evicted_before_it_is_sent_is_fetched_afresh(
+    cached: Real, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range short of the end waits for the fill to be stored; eviction may strike
+    between that and the open: the client still gets its bytes, never a cut 206."""
+    digest = Digest.of(BODY)
+    reply = cached.upstream.add("GET", cached.url(digest), 200, BODY,
+                                Content_Length=str(len(BODY)))  # fmt: skip
+    reply.gate = asyncio.Event()
+    waiting = Fill.wait_stored
+    evicted: list[int] = []
+
+    async def wait_stored_then_evicted(fill: Fill) -> None:
+        await waiting(fill)
+        if not evicted:  # once: the fresh fill's answer goes out
+            evicted.append(await cached.evict())
+
+    monkeypatch.setattr(Fill, "wait_stored", wait_stored_then_evicted)
+    headers = {"Host": REGISTRY, "Range": "bytes=0-99"}
+    async with asyncio.timeout(10):  # a safety net
+        asking = asyncio.ensure_future(
+            cached.client.get(f"/v2/team/app/blobs/{digest}", headers=headers)
+        )
+        await asyncio.sleep(0.05)
+        reply.gate.set()
+        response = await asking
+        assert response.status == 206 and await response.read() == BODY[:100]
+    assert evicted == [1] and cached.upstream.count("GET") == 2
