@@ -177,7 +177,7 @@ class Fill:
             except OSError as e:
                 if e.errno not in NO_SPACE:
                     raise
-                self.on_disk = self.written
+                self._stop_writing()
                 on_disk_full(self, e)
         if self.on_disk is not None:
             verifier.update(chunk)
@@ -199,12 +199,22 @@ class Fill:
         if await self._space.hold(want):
             self._held += want
             return
-        self.on_disk = self.written
+        self._stop_writing()
         _bound_log.warning(
             "bound",
             "store over-bound %s",
             fields(digest=self.digest, bytes=want, action="streaming-through-uncached"),
         )
+
+    def _stop_writing(self) -> None:
+        """Pass-through from here: the room held for bytes that will not be written goes
+        back at once, not when the slowest reader is done (eviction would free stored
+        content for it meanwhile, and other fills wait for it); the bytes on disk stay
+        held until the temp file goes."""
+        self.on_disk = self.written
+        if self._held > self.written:
+            self._space.release(self._held - self.written)
+            self._held = self.written
 
     def _verify(self, verifier: DigestVerifier) -> None:
         """The whole body is in: it must be as long as announced and hash to the digest."""

@@ -23,8 +23,9 @@ at the price of bytes on disk that no figure counted: during a burst of pulls th
 went far past its bound.
 
 The bound counts fills in flight: a fill holds room for its body (`hold`) before it
-writes, and gives it back when it ends (`release`, by then indexed, or gone). One that
-does not fit waits for eviction to make room, or streams through uncached. So the files
+writes, and gives it back when it ends (`release`, by then indexed, or gone) — what it
+will not write as soon as it stops writing (the disk filled: it streams through). One
+that does not fit waits for eviction to make room, or streams through uncached. So the files
 under `blobs/` and `tmp/` stay within `max_size`, give or take a manifest being stored
 and what still-open readers keep of evicted files.
 """

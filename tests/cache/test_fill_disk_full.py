@@ -10,12 +10,16 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from multidict import CIMultiDict
 
-from appliance.cache.fill import Fill, FillState
+from appliance.cache.fill import _HOLD_STEP, Fill, FillState
 from appliance.cache.fills import Fills
+from appliance.config.model import Size, StoreConfig
 from appliance.oci.digest import Digest
+from appliance.store.eviction import Evictor
 from appliance.store.files import FileBlobStore, TempBlob
+from appliance.store.index import SqliteIndex
 
 CHUNK = 64 << 10
 BODY = os.urandom(40 * CHUNK + 123)
@@ -123,3 +127,48 @@ async def test_a_pass_through_with_nobody_reading_stops(tmp_path: Path) -> None:
         await asyncio.sleep(0.01)
     assert fill.state is FillState.FAILED and "no client left" in str(fill.error)
     assert reply.closed and list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("known", [True], ids=["length-known"])
+async def test_a_fill_that_stops_writing_gives_back_the_room_it_will_not_use(
+    tmp_path: Path, known: bool
+) -> None:
+    """Held room is room eviction makes and other fills wait for: once the disk has
+    filled, the rest of the body will not be written, however slowly it is read."""
+    files = SmallDisk(tmp_path, room=4 * CHUNK)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    held = len(BODY) if known else _HOLD_STEP  # what the fill holds before it writes
+    limits = StoreConfig(max_size=Size(held + len(BODY) // 2), min_free=Size(0))
+    evictor = Evictor(index, files, limits)
+
+    async def on_commit(_fill: Fill) -> None:
+        raise AssertionError("nothing may be committed")
+
+    fills = Fills(files, on_commit, space=evictor)
+    reply = ChunkedReply(BODY)
+    if not known:
+        reply.length = None  # type: ignore[assignment]
+        del reply.headers["Content-Length"]
+
+    async def fetch() -> ChunkedReply:
+        return reply
+
+    try:
+        async with asyncio.timeout(10):  # a safety net
+            fill = await fills.join_or_start(Digest.of(BODY), fetch, None)
+            assert isinstance(fill, Fill)
+            stream = fill.stream(0, 1 << 62)
+            got = bytearray()
+            while not fill.passing:
+                got += await anext(stream)
+            # The one reader pauses: the fill waits for it, and holds just what is on disk.
+            assert not fill.ended and evictor.held == fill.on_disk == 4 * CHUNK
+            assert await evictor.hold(len(BODY))  # another fill gets the room at once
+            evictor.release(len(BODY))
+            got += b"".join([bytes(c) async for c in stream])
+            while not fill.ended:
+                await asyncio.sleep(0.01)
+    finally:
+        await index.close()
+    assert got == BODY and fill.state is FillState.PASSED and evictor.held == 0
