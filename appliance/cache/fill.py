@@ -58,6 +58,11 @@ class FillFailed(RuntimeError):
     """The upstream body was cut short or did not match its digest or length."""
 
 
+class NotKept(FillFailed):
+    """The fill streams through uncached (no room): an answer that needs the verified,
+    stored copy cannot have it now; asked again, it may."""
+
+
 class TooManyFills(RuntimeError):
     """More upstream transfers at once than the configured bound: ask again shortly."""
 
@@ -91,6 +96,8 @@ class Fill:
         # Pass-through after the disk filled: bytes [on_disk, …) are not in the file; the
         # current chunk is held in `window` until every reader has taken it.
         self.on_disk: int | None = None
+        self._not_kept = ""
+        """Why it streams through (see `passing`): for the readers' and the log's sake."""
         self._window: tuple[int, bytes] = (0, b"")
         self._readers: set[_Reader] = set()
         self._had_readers = False
@@ -177,7 +184,7 @@ class Fill:
             except OSError as e:
                 if e.errno not in NO_SPACE:
                     raise
-                self._stop_writing()
+                self._stop_writing(f"the store's disk is full ({e.strerror or e})")
                 on_disk_full(self, e)
         if self.on_disk is not None:
             verifier.update(chunk)
@@ -199,19 +206,20 @@ class Fill:
         if await self._space.hold(want):
             self._held += want
             return
-        self._stop_writing()
+        self._stop_writing("the store is at its bound, store.max_size")
         _bound_log.warning(
             "bound",
             "store over-bound %s",
             fields(digest=self.digest, bytes=want, action="streaming-through-uncached"),
         )
 
-    def _stop_writing(self) -> None:
+    def _stop_writing(self, cause: str) -> None:
         """Pass-through from here: the room held for bytes that will not be written goes
         back at once, not when the slowest reader is done (eviction would free stored
         content for it meanwhile, and other fills wait for it); the bytes on disk stay
         held until the temp file goes."""
         self.on_disk = self.written
+        self._not_kept = f"{self.digest} is not kept: {cause}"
         if self._held > self.written:
             self._space.release(self._held - self.written)
             self._held = self.written
@@ -262,7 +270,7 @@ class Fill:
             if last and self._had_readers and not self._readers:
                 return
             if not self._readers and (self._had_readers or time.monotonic() > deadline):
-                raise FillFailed(f"{self.digest}: disk full and no client left to stream to")
+                raise FillFailed(f"{self._not_kept}, and no client is left to stream it to")
             until = self._readable_until()
             if self._readers and all(min(r.stop, until) <= r.pos for r in self._readers):
                 return
@@ -280,17 +288,21 @@ class Fill:
         return min(self.written, last - 1)
 
     async def wait_stored(self) -> None:
-        """Until every byte is in, verified and committed; FillFailed if the fill fails
-        or is not kept (the disk filled). For answers that must not start before that."""
-        while not self.ended:
+        """Until every byte is in, verified and committed; FillFailed if the fill fails,
+        NotKept as soon as it streams through uncached. For answers that must not start
+        before that: a pass-through keeps one chunk, none can wait for its verdict."""
+        while not self.ended and self.on_disk is None:
             await self._changed.wait()
+        if self.on_disk is not None:
+            raise NotKept(self._not_kept)
         if self.state is not FillState.DONE:
-            raise FillFailed(str(self.error or "the disk filled: not kept"))
+            raise FillFailed(str(self.error))
 
     async def _open(self) -> int:
         while True:
-            if self.state in (FillState.FAILED, FillState.PASSED):
-                raise FillFailed(str(self.error or "the disk filled: not kept"))
+            self._raise_if_failed()
+            if self.state is FillState.PASSED:
+                raise NotKept(self._not_kept)
             if self.state is FillState.FILLING or self.on_disk is not None:
                 return os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
             if self.state is FillState.DONE and self._final is not None:

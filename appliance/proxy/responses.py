@@ -161,7 +161,8 @@ async def _stream_fill(
     if stop is not None and size is not None and stop < size:
         # A fill's bytes go out as they arrive and only its last byte waits for the
         # digest: a range that ends before it would be sent unverified, and complete.
-        # It waits for the fill to be verified and stored (FillFailed: a 502).
+        # It waits for the fill to be verified and stored (FillFailed: a 502; NotKept,
+        # at once when the fill streams through uncached: a 503).
         await bridge.run(fill.wait_stored())
     # Across loops every piece costs a round trip between threads: take bigger ones.
     take = CHUNK_BYTES * (2 if bridge.crosses else 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from appliance.cache.fill import _HOLD_STEP, Fill, FillState
+from appliance.cache.fill import _HOLD_STEP, Fill, FillState, NotKept
 from appliance.cache.fills import Fills
 from appliance.config.model import Size, StoreConfig
 from appliance.oci.digest import Digest
@@ -125,7 +125,10 @@ async def test_a_pass_through_with_nobody_reading_stops(tmp_path: Path) -> None:
         if fill.state is FillState.FAILED:
             break
         await asyncio.sleep(0.01)
-    assert fill.state is FillState.FAILED and "no client left" in str(fill.error)
+    assert fill.state is FillState.FAILED
+    full = "the store's disk is full (No space left on device)"
+    left = "and no client is left to stream it to"
+    assert str(fill.error) == f"{fill.digest} is not kept: {full}, {left}"
     assert reply.closed and list((tmp_path / "tmp").iterdir()) == []
 
 
@@ -172,3 +175,40 @@ async def test_a_fill_that_stops_writing_gives_back_the_room_it_will_not_use(
     finally:
         await index.close()
     assert got == BODY and fill.state is FillState.PASSED and evictor.held == 0
+
+
+async def test_a_range_waiting_for_the_stored_copy_is_told_at_once_that_it_is_not_kept(
+    tmp_path: Path,
+) -> None:
+    """An answer waiting for the verified, stored copy (a range short of the end) is not
+    a reader of the pass-through: it hears so as the fill stops writing, while a reader
+    of the whole body still gets every byte."""
+    files = SmallDisk(tmp_path, room=10 * CHUNK)
+    files.prepare()
+
+    async def on_commit(_fill: Fill) -> None:
+        raise AssertionError("nothing may be committed")
+
+    fills = Fills(files, on_commit)
+    reply = ChunkedReply(BODY)
+
+    async def fetch() -> ChunkedReply:
+        return reply
+
+    fill = await fills.join_or_start(Digest.of(BODY), fetch, None)
+    assert isinstance(fill, Fill)
+    waiting = asyncio.ensure_future(fill.wait_stored())
+    stream = fill.stream(0, 1 << 62)
+    got = bytearray()
+    async with asyncio.timeout(10):  # a safety net
+        while not fill.passing:
+            got += await anext(stream)
+        # The reader pauses, so the fill cannot end; the waiting answer is told anyway.
+        await asyncio.wait([waiting], timeout=5)
+        assert waiting.done() and not fill.ended
+        with pytest.raises(NotKept, match="is not kept: the store's disk is full"):
+            waiting.result()
+        got += b"".join([bytes(c) async for c in stream])
+        while not fill.ended:
+            await asyncio.sleep(0.01)
+    assert got == BODY and fill.state is FillState.PASSED

@@ -108,6 +108,8 @@ class FakeFill:
         self.waited = True
         if self.state is FillState.FAILED:
             raise FillFailed(str(self.error))
+        if self.error is not None:  # scripted for the wait alone (NotKept)
+            raise self.error
         self.state = FillState.DONE
 
     async def opened(self, start: int, stop: int, take: int) -> AsyncGenerator[bytes, None]:

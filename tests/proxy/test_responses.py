@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
+from appliance.cache import fill as fill_module
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Described, Filling, Relayed, Stored
 from appliance.cache.fill import Fill, FillState
@@ -26,6 +27,7 @@ from appliance.store.eviction import Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.fakes import FakeReply, FakeUpstream
+from tests.cache.test_fill_disk_full import SmallDisk
 from tests.proxy.conftest import REGISTRY, Proxy, registry_error, site_for
 from tests.proxy.fakes import FakeFill, FakePassThrough, stored
 
@@ -251,19 +253,27 @@ class Real:
             await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def cached(
-    aiohttp_client: Callable[[Any], Awaitable[TestClient[web.Request, web.Application]]],
-    tmp_path: Path,
-) -> AsyncIterator[Real]:
-    files = FileBlobStore(tmp_path / "store")
+Client = Callable[[Any], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+async def _real(
+    aiohttp_client: Client, files: FileBlobStore, limits: StoreConfig | None = None
+) -> Real:
+    """`files` (prepared here) behind a real cache, its bound `limits` if given."""
     files.prepare()
-    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    index = await SqliteIndex.open(files.root / "index.sqlite")
     upstream = FakeUpstream()
-    cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
+    space = None if limits is None else Evictor(index, files, limits)
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream), space=space)  # type: ignore[arg-type]
     client = await aiohttp_client(create_app(cache, FakePassThrough(), site_for))
-    yield Real(client, upstream, cache, files, index)
-    await index.close()
+    return Real(client, upstream, cache, files, index)
+
+
+@pytest.fixture
+async def cached(aiohttp_client: Client, tmp_path: Path) -> AsyncIterator[Real]:
+    real = await _real(aiohttp_client, FileBlobStore(tmp_path / "store"))
+    yield real
+    await real.index.close()
 
 
 @pytest.mark.parametrize("wrong", [True, False], ids=["wrong-body", "right-body"])
@@ -385,3 +395,37 @@ async def test_a_range_whose_fill_is_evicted_before_it_is_sent_is_fetched_afresh
         response = await asking
         assert response.status == 206 and await response.read() == BODY[:100]
     assert evicted == [1] and cached.upstream.count("GET") == 2
+
+
+@pytest.mark.parametrize("cause", ["bound", "disk-full"])
+async def test_a_range_short_of_the_end_of_a_fill_not_kept_is_told_at_once_to_ask_again(
+    aiohttp_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    """A pass-through keeps no stored copy for such a range to wait for: it gets a 503
+    that says why as the fill stops writing (upstream's body still held back here), not
+    a 502 blaming a full disk after the fill has given up waiting for a reader."""
+    monkeypatch.setattr(fill_module, "_FIRST_READER_WAIT_S", 0.2)  # the fill's own end
+    if cause == "bound":  # the body does not fit under the store's bound
+        limits = StoreConfig(max_size=Size(len(BODY) // 2), min_free=Size(0))
+        real = await _real(aiohttp_client, FileBlobStore(tmp_path), limits)
+    else:
+        real = await _real(aiohttp_client, SmallDisk(tmp_path, room=0))
+    digest = Digest.of(BODY)
+    reply = real.upstream.add("GET", real.url(digest), 200, BODY, Content_Length=str(len(BODY)))
+    reply.gate = asyncio.Event()  # the first half arrives, the rest waits
+    headers = {"Host": REGISTRY, "Range": "bytes=0-99"}
+    try:
+        async with asyncio.timeout(20):  # a safety net
+            response = await real.client.get(f"/v2/team/app/blobs/{digest}", headers=headers)
+            message = await registry_error(response, 503, "UNAVAILABLE")
+    finally:
+        reply.gate.set()
+        async with asyncio.timeout(10):  # the fill gives up: nobody to stream to
+            while real.cache.filling():
+                await asyncio.sleep(0.01)
+        await real.index.close()
+    assert response.headers["Retry-After"] == "5"
+    why = {"bound": "the store is at its bound, store.max_size",
+           "disk-full": "the store's disk is full (No space left on device)"}  # fmt: skip
+    assert message == f"{digest} is not kept: {why[cause]}"
+    assert real.files.size_of(digest) is None
