@@ -17,11 +17,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 
 from appliance.cache.ports import BlobFiles, SpaceKeeper, TempFile, Unbounded, UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_at
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
+from appliance.kit.tasks import to_thread_to_end
 from appliance.oci.digest import Digest, DigestVerifier
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,10 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FIRST_READER_WAIT_S = 10.0
 
 
+@dataclass(slots=True, eq=False)  # readers are kept in a set: by identity
 class _Reader:
-    __slots__ = ("pos", "stop")
-
-    def __init__(self, pos: int, stop: int) -> None:
-        self.pos = pos
-        self.stop = stop
+    pos: int
+    stop: int
 
 
 class FillFailed(RuntimeError):
@@ -93,11 +93,10 @@ class Fill:
         """Bytes held under the store's bound for this body (see `_hold_room`)."""
         self._final: str | None = None
         self._changed = asyncio.Event()
-        # Pass-through after the disk filled: bytes [on_disk, …) are not in the file; the
-        # current chunk is held in `window` until every reader has taken it.
+        # Pass-through (no room; `_not_kept` says why): bytes [on_disk, …) are not in the
+        # file; the current chunk is held in `window` until every reader has taken it.
         self.on_disk: int | None = None
         self._not_kept = ""
-        """Why it streams through (see `passing`): for the readers' and the log's sake."""
         self._window: tuple[int, bytes] = (0, b"")
         self._readers: set[_Reader] = set()
         self._had_readers = False
@@ -176,9 +175,10 @@ class Fill:
             try:
                 # Disk write and hash off the event loop (both release the GIL), so the
                 # loop keeps moving TLS bytes to clients meanwhile; a small chunk (a slow
-                # upstream's) costs less than the thread hop would.
+                # upstream's) costs less than the thread hop would. Cancelled, the fill
+                # waits for the write before it closes the file (`_discard`).
                 if len(chunk) > _INLINE_BYTES:
-                    await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
+                    await to_thread_to_end(_absorb, self._temp, verifier, chunk)
                 else:
                     _absorb(self._temp, verifier, chunk)
             except OSError as e:
