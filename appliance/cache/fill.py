@@ -174,9 +174,8 @@ class Fill:
         if self.on_disk is None:
             try:
                 # Disk write and hash off the event loop (both release the GIL), so the
-                # loop keeps moving TLS bytes to clients meanwhile; a small chunk (a slow
-                # upstream's) costs less than the thread hop would. Cancelled, the fill
-                # waits for the write before it closes the file (`_discard`).
+                # loop keeps moving TLS bytes to clients meanwhile (a cancelled fill waits
+                # for the write); a small chunk (a slow upstream's) costs less than a hop.
                 if len(chunk) > _INLINE_BYTES:
                     await to_thread_to_end(_absorb, self._temp, verifier, chunk)
                 else:
@@ -188,8 +187,12 @@ class Fill:
                 on_disk_full(self, e)
         if self.on_disk is not None:
             verifier.update(chunk)
-        # Readers keeping up take the newest chunk from here, not from the file.
-        self._window = (self.written, chunk)
+        # Readers keeping up take the newest chunk from here, not from the file; passing
+        # through a body of unknown length, with the byte held back (`_readable_until`)
+        # of the chunk before, which is in memory only.
+        held = self.size is None and self.on_disk is not None and self.written > self.on_disk
+        tail = self._window[1][-1:] if held else b""
+        self._window = (self.written - len(tail), tail + chunk)
         self.written += len(chunk)
         if self.size is not None and self.written > self.size:
             raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
@@ -214,10 +217,9 @@ class Fill:
         )
 
     def _stop_writing(self, cause: str) -> None:
-        """Pass-through from here: the room held for bytes that will not be written goes
-        back at once, not when the slowest reader is done (eviction would free stored
-        content for it meanwhile, and other fills wait for it); the bytes on disk stay
-        held until the temp file goes."""
+        """Pass-through from here. The room held for bytes that will not be written goes
+        back now, not when the slowest reader is done (eviction would free stored content
+        for it, other fills would wait for it); what is on disk stays held until it goes."""
         self.on_disk = self.written
         self._not_kept = f"{self.digest} is not kept: {cause}"
         if self._held > self.written:
@@ -312,11 +314,10 @@ class Fill:
     async def opened(
         self, start: int, stop: int, take: int = CHUNK_BYTES
     ) -> AsyncGenerator[bytes | bytearray, None]:
-        """`stream`, its file open already: for an answer that must not send its status
-        line before it knows it can send the body. FileNotFoundError here if the file
-        was evicted after the commit (a finished fill stays joinable a while: `Fills`),
-        FillFailed if the fill failed or is not kept. Read it to its end or close it
-        (`aclose`): it counts as a reader from now on."""
+        """`stream`, its file open already, for an answer that must know before its status
+        line: FileNotFoundError here if the file was evicted after the commit (a finished
+        fill stays joinable a while: `Fills`), FillFailed if it failed or is not kept.
+        Read it to its end or close it (`aclose`): it counts as a reader from now on."""
         chunks = self.stream(start, stop, take, primed=True)
         await anext(chunks)  # b"": the file is open
         return chunks

@@ -30,9 +30,10 @@ class ChunkedReply:
     digest = None
     content_type = ""
 
-    def __init__(self, body: bytes) -> None:
-        self.headers = CIMultiDict({"Content-Length": str(len(body))})
-        self.length = len(body)
+    def __init__(self, body: bytes, *, known: bool = True) -> None:
+        """`known`: upstream says how long the body is."""
+        self.headers = CIMultiDict({"Content-Length": str(len(body))} if known else {})
+        self.length = len(body) if known else None
         self._body = body
         self.closed = False
 
@@ -72,7 +73,10 @@ async def _read(fill: Fill) -> bytes:
     return b"".join([bytes(c) async for c in fill.stream(0, 1 << 62)])
 
 
-async def test_readers_get_every_byte_when_the_disk_fills_mid_fill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("known", [True, False], ids=["length-known", "length-unknown"])
+async def test_readers_get_every_byte_when_the_disk_fills_mid_fill(
+    tmp_path: Path, known: bool
+) -> None:
     files = SmallDisk(tmp_path, room=10 * CHUNK)
     files.prepare()
     committed: list[Fill] = []
@@ -83,7 +87,7 @@ async def test_readers_get_every_byte_when_the_disk_fills_mid_fill(tmp_path: Pat
 
     fills = Fills(files, on_commit, on_disk_full=lambda _f, e: full.append(e))
     digest = Digest.of(BODY)
-    reply = ChunkedReply(BODY)
+    reply = ChunkedReply(BODY, known=known)  # unknown: each chunk's last byte held back
 
     async def fetch() -> ChunkedReply:
         return reply
@@ -132,7 +136,7 @@ async def test_a_pass_through_with_nobody_reading_stops(tmp_path: Path) -> None:
     assert reply.closed and list((tmp_path / "tmp").iterdir()) == []
 
 
-@pytest.mark.parametrize("known", [True], ids=["length-known"])
+@pytest.mark.parametrize("known", [True, False], ids=["length-known", "length-unknown"])
 async def test_a_fill_that_stops_writing_gives_back_the_room_it_will_not_use(
     tmp_path: Path, known: bool
 ) -> None:
@@ -149,10 +153,7 @@ async def test_a_fill_that_stops_writing_gives_back_the_room_it_will_not_use(
         raise AssertionError("nothing may be committed")
 
     fills = Fills(files, on_commit, space=evictor)
-    reply = ChunkedReply(BODY)
-    if not known:
-        reply.length = None  # type: ignore[assignment]
-        del reply.headers["Content-Length"]
+    reply = ChunkedReply(BODY, known=known)
 
     async def fetch() -> ChunkedReply:
         return reply
