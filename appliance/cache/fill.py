@@ -16,12 +16,14 @@ import errno
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 
 from appliance.cache.ports import BlobFiles, SpaceKeeper, TempFile, Unbounded, UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_at
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
+from appliance.kit.tasks import to_thread_to_end
 from appliance.oci.digest import Digest, DigestVerifier
 
 log = logging.getLogger(__name__)
@@ -46,16 +48,19 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FIRST_READER_WAIT_S = 10.0
 
 
+@dataclass(slots=True, eq=False)  # readers are kept in a set: by identity
 class _Reader:
-    __slots__ = ("pos", "stop")
-
-    def __init__(self, pos: int, stop: int) -> None:
-        self.pos = pos
-        self.stop = stop
+    pos: int
+    stop: int
 
 
 class FillFailed(RuntimeError):
     """The upstream body was cut short or did not match its digest or length."""
+
+
+class NotKept(FillFailed):
+    """The fill streams through uncached (no room): an answer that needs the verified,
+    stored copy cannot have it now; asked again, it may."""
 
 
 class TooManyFills(RuntimeError):
@@ -88,9 +93,10 @@ class Fill:
         """Bytes held under the store's bound for this body (see `_hold_room`)."""
         self._final: str | None = None
         self._changed = asyncio.Event()
-        # Pass-through after the disk filled: bytes [on_disk, …) are not in the file; the
-        # current chunk is held in `window` until every reader has taken it.
+        # Pass-through (no room; `_not_kept` says why): bytes [on_disk, …) are not in the
+        # file; the current chunk is held in `window` until every reader has taken it.
         self.on_disk: int | None = None
+        self._not_kept = ""
         self._window: tuple[int, bytes] = (0, b"")
         self._readers: set[_Reader] = set()
         self._had_readers = False
@@ -168,21 +174,25 @@ class Fill:
         if self.on_disk is None:
             try:
                 # Disk write and hash off the event loop (both release the GIL), so the
-                # loop keeps moving TLS bytes to clients meanwhile; a small chunk (a slow
-                # upstream's) costs less than the thread hop would.
+                # loop keeps moving TLS bytes to clients meanwhile (a cancelled fill waits
+                # for the write); a small chunk (a slow upstream's) costs less than a hop.
                 if len(chunk) > _INLINE_BYTES:
-                    await asyncio.to_thread(_absorb, self._temp, verifier, chunk)
+                    await to_thread_to_end(_absorb, self._temp, verifier, chunk)
                 else:
                     _absorb(self._temp, verifier, chunk)
             except OSError as e:
                 if e.errno not in NO_SPACE:
                     raise
-                self.on_disk = self.written
+                self._stop_writing(f"the store's disk is full ({e.strerror or e})")
                 on_disk_full(self, e)
         if self.on_disk is not None:
             verifier.update(chunk)
-        # Readers keeping up take the newest chunk from here, not from the file.
-        self._window = (self.written, chunk)
+        # Readers keeping up take the newest chunk from here, not from the file; passing
+        # through a body of unknown length, with the byte held back (`_readable_until`)
+        # of the chunk before, which is in memory only.
+        held = self.size is None and self.on_disk is not None and self.written > self.on_disk
+        tail = self._window[1][-1:] if held else b""
+        self._window = (self.written - len(tail), tail + chunk)
         self.written += len(chunk)
         if self.size is not None and self.written > self.size:
             raise FillFailed(f"{self.digest}: upstream sent more than {self.size} bytes")
@@ -199,12 +209,22 @@ class Fill:
         if await self._space.hold(want):
             self._held += want
             return
-        self.on_disk = self.written
+        self._stop_writing("the store is at its bound, store.max_size")
         _bound_log.warning(
             "bound",
             "store over-bound %s",
             fields(digest=self.digest, bytes=want, action="streaming-through-uncached"),
         )
+
+    def _stop_writing(self, cause: str) -> None:
+        """Pass-through from here. The room held for bytes that will not be written goes
+        back now, not when the slowest reader is done (eviction would free stored content
+        for it, other fills would wait for it); what is on disk stays held until it goes."""
+        self.on_disk = self.written
+        self._not_kept = f"{self.digest} is not kept: {cause}"
+        if self._held > self.written:
+            self._space.release(self._held - self.written)
+            self._held = self.written
 
     def _verify(self, verifier: DigestVerifier) -> None:
         """The whole body is in: it must be as long as announced and hash to the digest."""
@@ -252,7 +272,7 @@ class Fill:
             if last and self._had_readers and not self._readers:
                 return
             if not self._readers and (self._had_readers or time.monotonic() > deadline):
-                raise FillFailed(f"{self.digest}: disk full and no client left to stream to")
+                raise FillFailed(f"{self._not_kept}, and no client is left to stream it to")
             until = self._readable_until()
             if self._readers and all(min(r.stop, until) <= r.pos for r in self._readers):
                 return
@@ -270,33 +290,50 @@ class Fill:
         return min(self.written, last - 1)
 
     async def wait_stored(self) -> None:
-        """Until every byte is in, verified and committed; FillFailed if the fill fails
-        or is not kept (the disk filled). For answers that must not start before that."""
-        while not self.ended:
+        """Until every byte is in, verified and committed; FillFailed if the fill fails,
+        NotKept as soon as it streams through uncached. For answers that must not start
+        before that: a pass-through keeps one chunk, none can wait for its verdict."""
+        while not self.ended and self.on_disk is None:
             await self._changed.wait()
+        if self.on_disk is not None:
+            raise NotKept(self._not_kept)
         if self.state is not FillState.DONE:
-            raise FillFailed(str(self.error or "the disk filled: not kept"))
+            raise FillFailed(str(self.error))
 
     async def _open(self) -> int:
         while True:
-            if self.state in (FillState.FAILED, FillState.PASSED):
-                raise FillFailed(str(self.error or "the disk filled: not kept"))
+            self._raise_if_failed()
+            if self.state is FillState.PASSED:
+                raise NotKept(self._not_kept)
             if self.state is FillState.FILLING or self.on_disk is not None:
                 return os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
             if self.state is FillState.DONE and self._final is not None:
                 return os.open(self._final, os.O_RDONLY | os.O_CLOEXEC)
             await self._changed.wait()  # being renamed into place: open it there
 
-    async def stream(
+    async def opened(
         self, start: int, stop: int, take: int = CHUNK_BYTES
-    ) -> AsyncIterator[bytes | bytearray]:
+    ) -> AsyncGenerator[bytes | bytearray, None]:
+        """`stream`, its file open already, for an answer that must know before its status
+        line: FileNotFoundError here if the file was evicted after the commit (a finished
+        fill stays joinable a while: `Fills`), FillFailed if it failed or is not kept.
+        Read it to its end or close it (`aclose`): it counts as a reader from now on."""
+        chunks = self.stream(start, stop, take, primed=True)
+        await anext(chunks)  # b"": the file is open
+        return chunks
+
+    async def stream(
+        self, start: int, stop: int, take: int = CHUNK_BYTES, *, primed: bool = False
+    ) -> AsyncGenerator[bytes | bytearray, None]:
         """Bytes [start, stop) as they arrive, at most `take` at a time; FillFailed if the
-        fill fails meanwhile."""
+        fill fails meanwhile. `primed`: an empty chunk first, once the file is open."""
         fd = await self._open()
         reader = _Reader(start, stop)
         self._readers.add(reader)
         self._had_readers = True
         try:
+            if primed:
+                yield b""
             while reader.pos < (stop if self.size is None else min(stop, self.size)):
                 self._raise_if_failed()
                 if self.on_disk is None:

@@ -44,9 +44,10 @@ class Fills:
 
     def running(self) -> set[str]:
         """Digests of fills in flight, until their row is written (a finished one kept
-        joinable is not: its file is in the store like any other). Eviction must not
-        choose a digest whose file is renamed into place but not yet indexed: the files
-        it removes after the rows could be that new file."""
+        joinable is not: its file is in the store like any other, and may be evicted;
+        `join_or_start` then stops handing it out). Eviction must not choose a digest
+        whose file is renamed into place but not yet indexed: the files it removes after
+        the rows could be that new file."""
         return {
             str(digest)
             for digest, future in self._active.items()
@@ -68,11 +69,17 @@ class Fills:
                 fill = await asyncio.shield(running)
             except LeaderGotNoBody:
                 continue  # the leader's credentials or luck failed; try with ours
-            if not fill.passing:
+            if not fill.passing and not self._evicted(fill):
                 self.joined += 1
                 return fill
-            return await self._lead(digest, fetch, media_type)  # the disk filled under it
+            # The disk filled under it, or its file was evicted since it committed.
+            return await self._lead(digest, fetch, media_type)
         return await self._lead(digest, fetch, media_type)
+
+    def _evicted(self, fill: Fill) -> bool:
+        """A finished fill whose file is gone: eviction removed it (it is not busy once
+        its row is written). Joined, it could only fail its reader."""
+        return fill.state is FillState.DONE and self._files.size_of(fill.digest) is None
 
     async def _lead(
         self,

@@ -1,9 +1,11 @@
 """Background work: `spawn()` for tasks that may end, with a name and a strong reference,
-and `supervise()` for the few that must run as long as regcache does."""
+`supervise()` for the few that must run as long as regcache does, and
+`to_thread_to_end()` for a thread call whose caller may be cancelled."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -29,6 +31,23 @@ def _finished(task: asyncio.Task[Any]) -> None:
     _running.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("task failed name=%s", task.get_name(), exc_info=task.exception())
+
+
+async def to_thread_to_end(fn: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread`, but a cancellation waits for `fn` to return before it goes
+    on: the thread cannot be stopped, and what it works on must not be released under
+    it. A file descriptor closed meanwhile may already be another file's, or a client's
+    socket, by the time the thread writes to it."""
+    call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        while not call.done():  # one call, so bounded; cancelled again, it still waits
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([call])
+        if not call.cancelled():
+            call.exception()  # retrieved: what goes on is the cancellation
+        raise
 
 
 class TaskEnded(Exception):

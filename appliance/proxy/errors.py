@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from appliance.cache.answers import Refused, UpstreamMismatch
-from appliance.cache.fill import FillFailed, TooManyFills
+from appliance.cache.fill import FillFailed, NotKept, TooManyFills
 from appliance.cache.ports import UpstreamUnavailable, UpstreamUntrusted
 from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.routes import RouteError
@@ -111,6 +111,9 @@ ERRORS: Mapping[type[Exception], ErrorRule] = {
     RouteError: ErrorRule(400, None, log=_log_refused),
     RangeError: ErrorRule(416, "RANGE_INVALID"),
     FillFailed: ErrorRule(502, "UNKNOWN", _transfer_failed),
+    # Streamed through uncached (no room): an answer that needs the stored copy (a range
+    # short of the end) is told at once, and may have it when asked again.
+    NotKept: ErrorRule(503, "UNAVAILABLE", retry_after="5"),
     # 503, not 429: regcache is busy for a moment, not the client over a quota. Docker
     # retries a layer download that got a 5xx, never one refused with TOOMANYREQUESTS
     # (moby distribution/errors.go, retryOnError).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -33,7 +33,8 @@ async def render(
     manifest: bool,
 ) -> web.StreamResponse:
     """Send `answer`; `count(body bytes, from the store?)` once the body is sent.
-    FileNotFoundError: a stored answer's file is gone (nothing was sent)."""
+    FileNotFoundError: a stored answer's file, or a finished fill's, is gone (nothing
+    was sent)."""
     if isinstance(answer, Refused):
         return refusal(answer, manifest=manifest)
     if isinstance(answer, Stored):
@@ -67,21 +68,28 @@ def _content_headers(digest: object, media_type: str, size: int | None) -> dict[
     return headers
 
 
+def _span(request: web.Request, size: int | None) -> tuple[int, int | None, bool]:
+    """The part of the body to send: (start, stop, partial) — all of it, or the range
+    asked for."""
+    if "Range" not in request.headers:
+        return 0, size, False
+    if size is None:
+        raise RangeError("range requests on a blob of unknown length")
+    start, stop = parse_range(request.headers["Range"], size)
+    return start, stop, True
+
+
 async def _start(
     request: web.Request,
     digest: object,
     media_type: str,
     size: int | None,
+    span: tuple[int, int | None, bool],
     *,
     stale: bool = False,
-) -> tuple[web.StreamResponse, int, int | None]:
-    """Send the status line and headers; (response, start, stop) of the body to send."""
-    start, stop, partial = 0, size, False
-    if "Range" in request.headers:
-        if size is None:
-            raise RangeError("range requests on a blob of unknown length")
-        start, stop = parse_range(request.headers["Range"], size)
-        partial = True
+) -> web.StreamResponse:
+    """Send the status line and headers of `span` (see `_span`) of the body."""
+    start, stop, partial = span
     length = None if stop is None else stop - start
     response = web.StreamResponse(
         status=206 if partial else 200, headers=_content_headers(digest, media_type, length)
@@ -91,7 +99,7 @@ async def _start(
     if partial:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"  # type: ignore[operator]
     await response.prepare(request)
-    return response, start, stop
+    return response
 
 
 async def _send_body(
@@ -134,8 +142,9 @@ async def _send_body(
 async def _stream_stored(
     request: web.Request, answer: Stored, fd: int, sent: Callable[[int], None]
 ) -> web.StreamResponse:
-    response, start, stop = await _start(
-        request, answer.digest, answer.media_type, answer.size, stale=answer.stale
+    span = start, stop, _ = _span(request, answer.size)
+    response = await _start(
+        request, answer.digest, answer.media_type, answer.size, span, stale=answer.stale
     )
     end = answer.size if stop is None else stop  # never None: a stored size is known
     body = None if request.method == "HEAD" else read_file(fd, start, end)
@@ -145,26 +154,32 @@ async def _stream_stored(
 async def _stream_fill(
     request: web.Request, answer: Filling, sent: Callable[[int], None], bridge: Bridge
 ) -> web.StreamResponse:
-    fill = answer.fill
+    fill, size = answer.fill, answer.fill.size
     if fill.state is FillState.FAILED:  # joined too late: nothing sent yet, say so properly
         raise FillFailed(str(fill.error))
-    if _stops_short(request, fill.size):
+    span = start, stop, _ = _span(request, size)
+    if stop is not None and size is not None and stop < size:
         # A fill's bytes go out as they arrive and only its last byte waits for the
         # digest: a range that ends before it would be sent unverified, and complete.
-        # It waits for the fill to be verified and stored (FillFailed: a 502).
+        # It waits for the fill to be verified and stored (FillFailed: a 502; NotKept,
+        # at once when the fill streams through uncached: a 503).
         await bridge.run(fill.wait_stored())
-    response, start, stop = await _start(request, answer.digest, answer.media_type, fill.size)
     # Across loops every piece costs a round trip between threads: take bigger ones.
     take = CHUNK_BYTES * (2 if bridge.crosses else 1)
-    body = bridge.iterate(fill.stream(start, stop if stop is not None else 1 << 62, take))
-    return await _send_body(request, response, body, answer.digest, sent)
+    # Opened before the status line, like a stored file (`render`): a fill that has
+    # committed is evictable, and its file may be gone (FileNotFoundError: nothing is
+    # sent yet, and the proxy asks again).
+    chunks = await bridge.run(fill.opened(start, 1 << 62 if stop is None else stop, take))
+    try:
+        response = await _start(request, answer.digest, answer.media_type, size, span)
+    except BaseException:
+        await bridge.run(_close(chunks))  # it counts as a reader until closed
+        raise
+    return await _send_body(request, response, bridge.iterate(chunks), answer.digest, sent)
 
 
-def _stops_short(request: web.Request, size: int | None) -> bool:
-    """Whether the request asks for a range that ends before the blob's last byte."""
-    if "Range" not in request.headers or size is None:
-        return False  # no range, or one refused for want of a length (416)
-    return parse_range(request.headers["Range"], size)[1] < size
+async def _close(chunks: AsyncGenerator[bytes | bytearray, None]) -> None:
+    await chunks.aclose()
 
 
 async def relay(request: web.Request, reply: UpstreamReply, bridge: Bridge) -> web.StreamResponse:

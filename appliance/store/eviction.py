@@ -10,18 +10,22 @@ flight are never chosen.
 
 Rows go in short transactions (see `SqliteIndex.delete`, which re-checks references and
 access times); files are unlinked right after, with no grace period. That is safe:
-every reader opens a stored file before it sends a byte and then reads through its
-descriptor (`proxy/responses.render`, `Fill._open`, `cache/reading.py`), and an unlinked
-file stays readable through an open descriptor (POSIX; the blocks are freed at the last
-close). A request that looked a blob up and lost the race gets FileNotFoundError before
-its status line and asks again (`RegistryProxy._serve`: now a miss, i.e. a fill); the
-access gate's manifest read treats it as "not stored". A grace period would only have
-saved that second ask, at the price of bytes on disk that no figure counted: during a
-burst of pulls the store went far past its bound.
+every reader opens its file before it sends its status line and then reads through its
+descriptor (`proxy/responses.render`: a stored file, and a fill's through `Fill.opened`;
+`cache/reading.py`), and an unlinked file stays readable through an open descriptor
+(POSIX; the blocks are freed at the last close). A request that looked a blob up and lost
+the race gets FileNotFoundError before its status line and asks again
+(`RegistryProxy._serve`: now a miss, i.e. a fill); the access gate's manifest read
+treats it as "not stored". That holds for a fill that has committed too: it is not busy
+any more, though it stays joinable a while (`Fills`), and `Fills.join_or_start` does not
+hand out one whose file is gone. A grace period would only have saved that second ask,
+at the price of bytes on disk that no figure counted: during a burst of pulls the store
+went far past its bound.
 
 The bound counts fills in flight: a fill holds room for its body (`hold`) before it
-writes, and gives it back when it ends (`release`, by then indexed, or gone). One that
-does not fit waits for eviction to make room, or streams through uncached. So the files
+writes, and gives it back when it ends (`release`, by then indexed, or gone) — what it
+will not write as soon as it stops writing (the disk filled: it streams through). One
+that does not fit waits for eviction to make room, or streams through uncached. So the files
 under `blobs/` and `tmp/` stay within `max_size`, give or take a manifest being stored
 and what still-open readers keep of evicted files.
 """

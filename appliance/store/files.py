@@ -7,7 +7,6 @@ file under `blobs/` always hashes to its name, across crashes and power loss.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from appliance.cache.ports import TempFile
 from appliance.kit.durable import fsync_dir
+from appliance.kit.tasks import to_thread_to_end
 from appliance.oci.digest import Digest, DigestError
 
 
@@ -129,7 +129,9 @@ class FileBlobStore:
     async def commit(self, temp: TempFile, digest: Digest) -> Path:
         """fsync, rename into place, fsync the directory; the caller verified the digest."""
         assert isinstance(temp, TempBlob)
-        return await asyncio.to_thread(self._commit, temp, digest)
+        # Cancelled (a fill at shutdown), it still waits: the fill then discards the
+        # file, which must not be closed under the fsync.
+        return await to_thread_to_end(self._commit, temp, digest)
 
     def _commit(self, temp: TempBlob, digest: Digest) -> Path:
         """On failure (EIO, ENOSPC…) the temp file is closed and gone, and nothing is

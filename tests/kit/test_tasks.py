@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 
 import pytest
 
-from appliance.kit.tasks import spawn, supervise
+from appliance.kit.tasks import spawn, supervise, to_thread_to_end
 
 
 async def test_supervised_jobs_run_until_stop_and_are_then_cancelled() -> None:
@@ -81,3 +82,34 @@ async def test_a_spawned_task_that_fails_is_logged_by_name_and_a_cancelled_one_i
     await asyncio.sleep(0)  # done callbacks
     assert "task failed name=fill sha256:abc" in caplog.text and "KeyError: 'bug'" in caplog.text
     assert "index-flush" not in caplog.text
+
+
+async def test_a_thread_call_cancelled_is_waited_for_before_the_cancellation_goes_on() -> None:
+    started, release, done = threading.Event(), threading.Event(), []
+
+    def work() -> int:
+        started.set()
+        release.wait(10)  # a safety net
+        done.append(True)
+        return 1
+
+    calling = asyncio.ensure_future(to_thread_to_end(work))
+    try:
+        assert await asyncio.to_thread(started.wait, 10)
+        calling.cancel()
+        await asyncio.sleep(0.05)
+        calling.cancel()  # again: it still waits
+        await asyncio.sleep(0.05)
+        assert not calling.done() and done == []
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await calling
+    assert done == [True]
+    assert await to_thread_to_end(int, "2") == 2  # not cancelled: its result…
+
+    def fails() -> None:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"):  # …or its exception
+        await to_thread_to_end(fails)

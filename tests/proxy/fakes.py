@@ -4,7 +4,7 @@ asked."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,11 +91,15 @@ class FakeFill:
         size: int | None,
         state: FillState = FillState.FILLING,
         error: BaseException | None = None,
+        *,
+        gone: bool = False,
     ) -> None:
         self.data = data
         self.size = size
         self.state = state
         self.error = error
+        self.gone = gone
+        """Its file was evicted after it committed: opening it fails."""
         self.waited = False
         """Whether an answer waited for it to be stored (`wait_stored`)."""
 
@@ -104,9 +108,18 @@ class FakeFill:
         self.waited = True
         if self.state is FillState.FAILED:
             raise FillFailed(str(self.error))
+        if self.error is not None:  # scripted for the wait alone (NotKept)
+            raise self.error
         self.state = FillState.DONE
 
-    async def stream(self, start: int, stop: int, take: int) -> AsyncIterator[bytes]:
+    async def opened(self, start: int, stop: int, take: int) -> AsyncGenerator[bytes, None]:
+        if self.gone:
+            raise FileNotFoundError(2, "No such file or directory")
+        return self.stream(start, stop, take)
+
+    async def stream(self, start: int, stop: int, take: int) -> AsyncGenerator[bytes, None]:
+        if self.gone:
+            raise FileNotFoundError(2, "No such file or directory")
         for pos in range(start, min(stop, len(self.data)), take):
             yield self.data[pos : min(pos + take, stop)]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cache.answers import Filling, Refused, UpstreamMismatch
-from appliance.cache.fill import FillFailed, FillState, TooManyFills
+from appliance.cache.fill import FillFailed, FillState, NotKept, TooManyFills
 from appliance.cache.ports import UpstreamUnavailable, UpstreamUnreachable, UpstreamUntrusted
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCTET_STREAM
@@ -30,6 +30,7 @@ TESTED = {
     RouteError,
     RangeError,
     FillFailed,
+    NotKept,
     TooManyFills,
     Evicted,
     UpstreamMismatch,
@@ -94,6 +95,17 @@ async def test_joining_a_fill_that_has_failed_gets_502_unknown_before_any_byte(
     response = await proxy.ask(BLOB)
     message = await registry_error(response, 502, "UNKNOWN")
     assert message == "upstream transfer failed: digest mismatch"
+
+
+async def test_a_range_of_a_fill_not_kept_gets_503_unavailable_and_a_retry_after(
+    proxy: Proxy,
+) -> None:
+    why = f"{DIGEST} is not kept: the store is at its bound, store.max_size"
+    fill = FakeFill(b"layer", size=5, error=NotKept(why))
+    proxy.cache.answers(Filling(DIGEST, OCTET_STREAM, fill))  # type: ignore[arg-type]
+    response = await proxy.ask(BLOB, Range="bytes=0-1")  # short of the end: waits for it
+    assert await registry_error(response, 503, "UNAVAILABLE") == why
+    assert response.headers["Retry-After"] == "5" and fill.waited
 
 
 async def test_too_many_fills_gets_503_unavailable_and_a_retry_after(proxy: Proxy) -> None:

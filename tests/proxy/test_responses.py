@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
+from appliance.cache import fill as fill_module
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Described, Filling, Relayed, Stored
+from appliance.cache.fill import Fill, FillState
 from appliance.cache.service import RegistryCache
+from appliance.config.model import Size, StoreConfig
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST, OCTET_STREAM
 from appliance.proxy.app import create_app
+from appliance.store.eviction import Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.fakes import FakeReply, FakeUpstream
+from tests.cache.test_fill_disk_full import SmallDisk
 from tests.proxy.conftest import REGISTRY, Proxy, registry_error, site_for
 from tests.proxy.fakes import FakeFill, FakePassThrough, stored
 
@@ -223,26 +228,59 @@ async def test_bytes_from_a_fill_are_counted_as_fetched(proxy: Proxy) -> None:
     assert proxy.audit[0]["outcome"] == "miss"
 
 
-@pytest.fixture
-async def cached(
-    aiohttp_client: Callable[[Any], Awaitable[TestClient[web.Request, web.Application]]],
-    tmp_path: Path,
-) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], FakeUpstream]]:
+@dataclass
+class Real:
     """The proxy over a real cache (real fills, store and index), upstream faked."""
-    files = FileBlobStore(tmp_path / "store")
+
+    client: TestClient[web.Request, web.Application]
+    upstream: FakeUpstream
+    cache: RegistryCache
+    files: FileBlobStore
+    index: SqliteIndex
+
+    def url(self, digest: Digest) -> str:
+        return f"https://{REGISTRY}/v2/team/app/blobs/{digest}"
+
+    async def evict(self) -> int:
+        """What eviction would remove now (all but fills in flight): rows removed."""
+        limits = StoreConfig(max_size=Size(1 << 30), min_free=Size(0))
+        evictor = Evictor(self.index, self.files, limits, busy=self.cache.filling)
+        return (await evictor.evict(1 << 30, reason="test")).rows
+
+    async def indexed(self, digest: Digest) -> None:
+        """Until `digest`'s fill has committed and written its row."""
+        while await self.index.blob(digest) is None:
+            await asyncio.sleep(0.01)
+
+
+Client = Callable[[Any], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+async def _real(
+    aiohttp_client: Client, files: FileBlobStore, limits: StoreConfig | None = None
+) -> Real:
+    """`files` (prepared here) behind a real cache, its bound `limits` if given."""
     files.prepare()
-    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    index = await SqliteIndex.open(files.root / "index.sqlite")
     upstream = FakeUpstream()
-    cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
-    yield await aiohttp_client(create_app(cache, FakePassThrough(), site_for)), upstream
-    await index.close()
+    space = None if limits is None else Evictor(index, files, limits)
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream), space=space)  # type: ignore[arg-type]
+    client = await aiohttp_client(create_app(cache, FakePassThrough(), site_for))
+    return Real(client, upstream, cache, files, index)
+
+
+@pytest.fixture
+async def cached(aiohttp_client: Client, tmp_path: Path) -> AsyncIterator[Real]:
+    real = await _real(aiohttp_client, FileBlobStore(tmp_path / "store"))
+    yield real
+    await real.index.close()
 
 
 @pytest.mark.parametrize("wrong", [True, False], ids=["wrong-body", "right-body"])
 async def test_a_range_short_of_the_end_is_never_sent_from_an_unverified_fill(
-    cached: tuple[TestClient[web.Request, web.Application], FakeUpstream], wrong: bool
+    cached: Real, wrong: bool
 ) -> None:
-    client, upstream = cached
+    client, upstream = cached.client, cached.upstream
     body = bytes(range(256)) * 64
     digest = Digest.of(body)
     sent = bytearray(body)
@@ -284,3 +322,110 @@ async def test_a_manifest_fetched_for_this_answer_is_a_miss_though_sent_from_its
     assert sample("regcache_cache_answers_total", answers) == 1
     upstream = {"registry": REGISTRY, "source": "upstream"}
     assert sample("regcache_served_bytes_total", upstream) == len(body)
+
+
+async def test_a_fill_whose_file_is_gone_when_opened_is_asked_for_again_before_any_byte(
+    proxy: Proxy,
+) -> None:
+    gone = FakeFill(DATA, size=len(DATA), state=FillState.DONE, gone=True)
+    fresh = FakeFill(DATA, size=len(DATA))
+    proxy.cache.answers(
+        Filling(DIGEST, OCTET_STREAM, gone),  # type: ignore[arg-type]
+        Filling(DIGEST, OCTET_STREAM, fresh),  # type: ignore[arg-type]
+    )
+    response = await proxy.ask(BLOB)
+    assert response.status == 200 and await response.read() == DATA  # not cut short
+    assert len(proxy.cache.asked) == 2
+
+
+BODY = bytes(range(256)) * 64
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "stop"), [(None, 0, len(BODY)), ("bytes=0-99", 0, 100),
+                                  ("bytes=100-", 100, len(BODY))],
+)  # fmt: skip
+async def test_a_blob_evicted_after_its_fill_committed_is_fetched_afresh_not_cut(
+    cached: Real, header: str | None, start: int, stop: int
+) -> None:
+    """A finished fill stays joinable a while after its commit, but its file is in the
+    store like any other and may be evicted: a request for it then is a fresh fill."""
+    digest = Digest.of(BODY)
+    cached.upstream.add("GET", cached.url(digest), 200, BODY, Content_Length=str(len(BODY)))
+    path = f"/v2/team/app/blobs/{digest}"
+    headers = {"Host": REGISTRY} | ({"Range": header} if header else {})
+    async with asyncio.timeout(10):  # a safety net
+        first = await cached.client.get(path, headers={"Host": REGISTRY})
+        assert await first.read() == BODY
+        await cached.indexed(digest)
+        assert await cached.evict() == 1 and cached.files.size_of(digest) is None
+        again = await cached.client.get(path, headers=headers)  # well within 10 s
+        assert again.status == (200 if header is None else 206)
+        assert await again.read() == BODY[start:stop]
+        await cached.indexed(digest)
+    assert cached.upstream.count("GET") == 2
+    assert cached.files.path_for(digest).read_bytes() == BODY
+
+
+async def test_a_range_whose_fill_is_evicted_before_it_is_sent_is_fetched_afresh(
+    cached: Real, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range short of the end waits for the fill to be stored; eviction may strike
+    between that and the open: the client still gets its bytes, never a cut 206."""
+    digest = Digest.of(BODY)
+    reply = cached.upstream.add("GET", cached.url(digest), 200, BODY,
+                                Content_Length=str(len(BODY)))  # fmt: skip
+    reply.gate = asyncio.Event()
+    waiting = Fill.wait_stored
+    evicted: list[int] = []
+
+    async def wait_stored_then_evicted(fill: Fill) -> None:
+        await waiting(fill)
+        if not evicted:  # once: the fresh fill's answer goes out
+            evicted.append(await cached.evict())
+
+    monkeypatch.setattr(Fill, "wait_stored", wait_stored_then_evicted)
+    headers = {"Host": REGISTRY, "Range": "bytes=0-99"}
+    async with asyncio.timeout(10):  # a safety net
+        asking = asyncio.ensure_future(
+            cached.client.get(f"/v2/team/app/blobs/{digest}", headers=headers)
+        )
+        await asyncio.sleep(0.05)
+        reply.gate.set()
+        response = await asking
+        assert response.status == 206 and await response.read() == BODY[:100]
+    assert evicted == [1] and cached.upstream.count("GET") == 2
+
+
+@pytest.mark.parametrize("cause", ["bound", "disk-full"])
+async def test_a_range_short_of_the_end_of_a_fill_not_kept_is_told_at_once_to_ask_again(
+    aiohttp_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    """A pass-through keeps no stored copy for such a range to wait for: it gets a 503
+    that says why as the fill stops writing (upstream's body still held back here), not
+    a 502 blaming a full disk after the fill has given up waiting for a reader."""
+    monkeypatch.setattr(fill_module, "_FIRST_READER_WAIT_S", 0.2)  # the fill's own end
+    if cause == "bound":  # the body does not fit under the store's bound
+        limits = StoreConfig(max_size=Size(len(BODY) // 2), min_free=Size(0))
+        real = await _real(aiohttp_client, FileBlobStore(tmp_path), limits)
+    else:
+        real = await _real(aiohttp_client, SmallDisk(tmp_path, room=0))
+    digest = Digest.of(BODY)
+    reply = real.upstream.add("GET", real.url(digest), 200, BODY, Content_Length=str(len(BODY)))
+    reply.gate = asyncio.Event()  # the first half arrives, the rest waits
+    headers = {"Host": REGISTRY, "Range": "bytes=0-99"}
+    try:
+        async with asyncio.timeout(20):  # a safety net
+            response = await real.client.get(f"/v2/team/app/blobs/{digest}", headers=headers)
+            message = await registry_error(response, 503, "UNAVAILABLE")
+    finally:
+        reply.gate.set()
+        async with asyncio.timeout(10):  # the fill gives up: nobody to stream to
+            while real.cache.filling():
+                await asyncio.sleep(0.01)
+        await real.index.close()
+    assert response.headers["Retry-After"] == "5"
+    why = {"bound": "the store is at its bound, store.max_size",
+           "disk-full": "the store's disk is full (No space left on device)"}  # fmt: skip
+    assert message == f"{digest} is not kept: {why[cause]}"
+    assert real.files.size_of(digest) is None
