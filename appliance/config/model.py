@@ -114,11 +114,11 @@ class TlsConfig:
     max_connections_per_client: int = field(default=256, metadata=check(between(1, 65536)))
     """Connections one client address may hold open at once (ClientHellos pending, TLS
     handshakes and served connections alike); more are closed at once."""
-    max_pending_per_client: int = field(default=32, metadata=check(between(1, 1024)))
+    max_pending_per_client: int = field(default=128, metadata=check(between(1, 1024)))
     """Of those, how many may still be before the end of their TLS handshake (a
     ClientHello awaited, a leaf chosen, the handshake); more are closed at once. Every
-    new connection is shed while 1,024 are pending in all: at 32 it takes 32 addresses
-    that stall their hellos to get there. IPv6 addresses also share 128 per /64."""
+    new connection is shed while 1,024 are pending in all: at 128 it takes 8 addresses
+    that stall their hellos to get there. IPv6 addresses also share 512 per /64."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,15 @@ a prefix would make the whole build network one client.
 
 Connections whose TLS handshake is not done yet (the ClientHello wait, the choice of
 leaf, the handshake) are capped again, much lower: `tls.max_pending_per_client` per
-address (32), and for IPv6 also `max_pending_per_prefix` per /64 (128). The listener
+address (128), and for IPv6 also `max_pending_per_prefix` per /64 (512). The listener
 sheds every new connection while 1,024 handshakes are pending in all; these caps are
-what keep a few addresses that stall their hellos from filling that: it takes 32 IPv4
-addresses, or 8 IPv6 /64s. The /64 cap is a compromise: one host may use any number of
-addresses in its /64, so per address alone a single IPv6 host could fill the 1,024; per
-/64 alone the hosts of an IPv6 build LAN would share 32. A hostile host can still keep
-the other IPv6 hosts of its own /64 from handshaking (while it holds 128 pending);
-IPv4 clients and other /64s are unaffected.
+what keep a few addresses that stall their hellos from filling that: it takes 8 IPv4
+addresses, or 2 IPv6 /64s (a build host starting many pulls at once opens ~100 new
+connections in a burst: 32 cut its pulls short). The /64 cap is a compromise: one host
+may use any number of addresses in its /64, so per address alone a single IPv6 host
+could fill the 1,024; per /64 alone the hosts of an IPv6 build LAN would share 128. A
+hostile host can still keep the other IPv6 hosts of its own /64 from handshaking (while
+it holds 512 pending); IPv4 clients and other /64s are unaffected.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class Admission:
         self,
         allow_clients: tuple[IPNetwork, ...] = EVERYONE,
         max_per_client: int = 256,
-        max_pending_per_client: int = 32,
-        max_pending_per_prefix: int = 128,
+        max_pending_per_client: int = 128,
+        max_pending_per_prefix: int = 512,
     ) -> None:
         self._allow = allow_clients
         self._everyone = set(EVERYONE) <= set(allow_clients)  # the default: no lookups

@@ -53,7 +53,7 @@ def test_defaults_fill_in_what_is_omitted(tmp_path: Path) -> None:
     # the HTTPS port: open to everyone who can reach it, 256 connections per client
     assert [str(n) for n in config.tls.allow_clients] == ["0.0.0.0/0", "::/0"]
     assert config.tls.max_connections_per_client == 256
-    assert config.tls.max_pending_per_client == 32  # before their TLS handshake is done
+    assert config.tls.max_pending_per_client == 128  # before their TLS handshake is done
     assert str(config.listen.dns[0]) == "0.0.0.0:53"
     # exactly what is served
     assert Registries.of(config).permitted_domains == ("registry-1.docker.io",)

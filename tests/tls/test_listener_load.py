@@ -101,7 +101,7 @@ async def test_a_few_sources_stalling_hellos_no_longer_shut_everyone_out(
     """The issue's case, at the defaults: four addresses that each open 256 connections
     (their whole share) and stall their hellos used to fill the 1,024 pending handshakes,
     and then every other client's new connection was shed until those hellos timed out.
-    Now each holds at most 32 pending; the rest are closed at once."""
+    Now each holds at most 128 pending; the rest are closed at once."""
     sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
     admission = Admission()
     async with listening(tmp_path, admission=admission, handshake_timeout_s=30) as at:
@@ -109,10 +109,10 @@ async def test_a_few_sources_stalling_hellos_no_longer_shut_everyone_out(
             # accepted in order: after all of theirs
             greeting, _ = await asyncio.to_thread(handshake, at, "ghcr.io", "127.0.0.9")
             assert greeting == b"hello\n"
-            assert [admission.held(source) for source in sources] == [32] * 4
+            assert [admission.held(source) for source in sources] == [128] * 4
             assert await asyncio.to_thread(refused_at_once, at, "127.0.0.2")
     for source in sources:
-        assert f"https refused reason=too-many-pending client={source} limit=32" in caplog.text
+        assert f"https refused reason=too-many-pending client={source} limit=128" in caplog.text
     assert "too-many-handshakes" not in caplog.text
 
 
