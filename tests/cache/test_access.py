@@ -132,6 +132,19 @@ async def stored(lab: Lab, target: Target, digest: Digest) -> None:
     raise AssertionError(f"{digest} was not stored")
 
 
+async def learn_public_base(lab: Lab) -> None:
+    """An anonymous client pulls library/base's tag, whose manifest lists LAYER: the
+    gate learns (in the background) that anyone may read it."""
+    tag = f"{HUB}/v2/library/base/manifests/latest"
+    base_manifest = manifest_of(LAYER)
+    serve(lab.upstream, tag, base_manifest)
+    serve(lab.upstream, f"{HUB}/v2/library/base/manifests/{Digest.of(base_manifest)}",
+          base_manifest)  # fmt: skip
+    assert isinstance(await lab.cache.manifest(as_("library/base", None), "latest", head=False),
+                      Stored)  # fmt: skip
+    await asyncio.sleep(0.05)  # the background public probe
+
+
 async def fill_privately(lab: Lab) -> None:
     assert await drain(await lab.cache.blob(as_("acme/secret", "Bearer alice"), DIGEST,
                                             head=False)) == LAYER  # fmt: skip
@@ -177,14 +190,7 @@ async def test_a_private_digest_is_refused_under_any_other_repository_or_host(la
     assert await drain(await lab.cache.blob(secret, SECRET, head=False)) == SECRET_LAYER
     await stored(lab, secret, SECRET)
     # Anyone may read library/base (learnt the proper way, from a tag a client pulled)...
-    tag = f"{HUB}/v2/library/base/manifests/latest"
-    base_manifest = manifest_of(LAYER)
-    serve(lab.upstream, tag, base_manifest)
-    serve(lab.upstream, f"{HUB}/v2/library/base/manifests/{Digest.of(base_manifest)}",
-          base_manifest)  # fmt: skip
-    assert isinstance(await lab.cache.manifest(as_("library/base", None), "latest", head=False),
-                      Stored)  # fmt: skip
-    await asyncio.sleep(0.05)  # the background public probe
+    await learn_public_base(lab)
     host = "registry-1.docker.io"
     assert lab.gate().vouches(host, "library/base", DIGEST, None)  # its manifest lists it
     assert not lab.gate().vouches(host, "library/base", SECRET, None)
@@ -446,14 +452,7 @@ async def test_a_401_while_the_realm_is_down_is_an_outage_for_the_gate(lab: Lab)
     (`realm_down`) that is upstream unable to say, as a 503: public content confirmed
     within the outage grace is served, a private digest still is not."""
     await fill_privately(lab)
-    tag = f"{HUB}/v2/library/base/manifests/latest"
-    base_manifest = manifest_of(LAYER)
-    serve(lab.upstream, tag, base_manifest)
-    serve(lab.upstream, f"{HUB}/v2/library/base/manifests/{Digest.of(base_manifest)}",
-          base_manifest)  # fmt: skip
-    assert isinstance(await lab.cache.manifest(as_("library/base", None), "latest", head=False),
-                      Stored)  # fmt: skip
-    await asyncio.sleep(0.05)  # the background public probe
+    await learn_public_base(lab)
     refuse(lab.upstream, PUBLIC)  # the realm is down: no anonymous token, every answer 401
     lab.now[0] += 2 * 3600  # past public_ttl_s, within outage_grace_s
     anonymous = as_("library/base", None)
