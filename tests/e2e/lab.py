@@ -205,6 +205,20 @@ class Lab:
         return out.stdout
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of `size` bytes mounted at `path` (a disk that fills on demand), unmounted
+    afterwards, also when the test fails."""
+    path.mkdir(exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
 def _registry_config(reg: Registry, cert: Path, key: Path, extra: dict[str, object]) -> str:
     config = {
         "version": 0.1,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from tests.e2e.conftest import _missing
 from tests.e2e.images import image, layer
-from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, lab
+from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, lab, tmpfs
 from tests.e2e.test_crash import store_violations
 from tests.e2e.test_pull import pulled_blobs, stored
 
@@ -29,17 +28,8 @@ def small_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if reason:
         pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("full")
-    state = tmp / "state"
-    state.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0700", "tmpfs", str(state)],
-        check=True,
-    )
-    try:
-        with lab(tmp) as running:
-            yield running
-    finally:
-        subprocess.run(["umount", "--lazy", str(state)], check=False)
+    with tmpfs(tmp / "state", TMPFS_BYTES), lab(tmp) as running:
+        yield running
 
 
 def _free(path: Path) -> int:

@@ -33,7 +33,7 @@ import pytest
 
 from tests.e2e.conftest import _missing
 from tests.e2e.images import Image, image, layer
-from tests.e2e.lab import CDN_HOST, CDN_IP, REGCACHE_IP, Lab, lab
+from tests.e2e.lab import CDN_HOST, CDN_IP, REGCACHE_IP, Lab, lab, tmpfs
 from tests.e2e.test_crash import regcache_cli, store_violations
 from tests.e2e.test_pull import pulled_blobs
 from tests.harness import REPO
@@ -336,18 +336,12 @@ def fault_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
     if reason:
         pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("faults")
-    state = tmp / "state"
-    state.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0700", "tmpfs", str(state)],
-        check=True,
-    )
     clock = tmp / "clock-offset"
     clock.write_text("0")
     podman = Path(tempfile.mkdtemp(prefix="rcpod-"))
     command = (PYTHON, "-m", "tests.e2e.faultkit", "clock", str(clock))
     try:
-        with lab(tmp, _tweak, command) as running:
+        with tmpfs(tmp / "state", TMPFS_BYTES), lab(tmp, _tweak, command) as running:
             resolver = running.ns.start(
                 PYTHON, "-m", "tests.e2e.faultkit", "dns", "--listen", f"{RESOLVER_IP}:53",
                 "--record", f"{QUAY}={running.registries[QUAY].ip}",
@@ -360,10 +354,7 @@ def fault_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultLab]:
             report = os.environ.get("REGCACHE_FAULT_REPORT")
             if report:
                 Path(report).write_text(json.dumps(fl.report, indent=1))
-    finally:
-        with contextlib.suppress(OSError):
-            os.kill(resolver.pid, signal.SIGCONT)
-        subprocess.run(["umount", "--lazy", str(state)], check=False)
+    finally:  # the resolver, SIGSTOPped or not, went with the namespace
         shutil.rmtree(podman, ignore_errors=True)
 
 
