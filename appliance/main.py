@@ -302,7 +302,8 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
             route.registry.tag_ttl_s,
             route.registry.max_stale_s,
             api=route.api,
-            own_credentials=route.registry.credentials is not None,
+            own_credentials=route.registry.credentials is not None
+            and route.registry.credentials.lend,
             label=route.label,
             registry=route.registry.name,
             aliases=named if host in named else (),

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from appliance.config import strict_yaml
 from appliance.config.hostnames import Hostname, HostPattern, too_broad
+from appliance.config.mirror import MirrorConfig, check_entries
 from appliance.config.registries import Registries
 from appliance.config.strict_yaml import check
 from appliance.config.values import (
@@ -164,6 +165,10 @@ class CredentialsConfig:
     """A command printing JSON {"username", "password"} or {"token"}, optionally with
     "expires_in_s"; re-run before that expiry (or every `helper_refresh_s`)."""
     helper_refresh_s: int = field(default=3600, metadata=check(between(10, 86400)))
+    lend: bool = True
+    """Lend them to client reads that bring no credentials (everyone on the build network
+    then reads what they open). false: only regcache's own requests use them: the managed
+    mirror's sync (`mirror.entries`, access `upstream` for what they open)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +260,8 @@ class Config:
     store: StoreConfig = StoreConfig()
     admin: AdminConfig = AdminConfig()
     audit: AuditConfig = AuditConfig()
+    mirror: MirrorConfig = MirrorConfig()  # noqa: RUF009 - a frozen value
+    """The managed mirror: tags kept as decided, synced on a schedule (config/mirror.py)."""
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 
@@ -296,6 +303,7 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
     _check_registries(config.registries, fail)
     _check_tls(config, fail)
     _check_store_and_audit(config, fail)
+    check_entries(config.mirror.entries, Registries.of(config), fail)
     for i, upstream in enumerate(config.dns.upstreams):
         if any(own.receives(upstream) for own in config.listen.dns):
             fail(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from appliance.config.hostnames import Hostname, HostPattern, HostSet, is_within
+from appliance.oci.names import DOCKER_HUB_HOSTS
 
 if TYPE_CHECKING:  # config imports this module to validate; types only here
     from appliance.config.model import Config, CredentialsConfig, RegistryConfig
@@ -103,11 +104,35 @@ class Registries:
                 return Route(entry.registry, entry.api.match(host), label)
         return None
 
-    def credentials(self, host: str) -> CredentialsConfig | None:
-        """regcache's own credentials for an API host of a registry that has them."""
+    def credentials(self, host: str, *, own: bool = False) -> CredentialsConfig | None:
+        """regcache's own credentials for an API host of a registry that has them: those
+        lent to clients' reads, or (`own`) those for regcache's own requests too."""
         for entry in self._entries:
-            if entry.registry.credentials is not None and entry.api.match(host):
-                return entry.registry.credentials
+            creds = entry.registry.credentials
+            if creds is not None and (own or creds.lend) and entry.api.match(host):
+                return creds
+        return None
+
+    def place(self, host: str) -> str | None:
+        """Where a repository lives, as the managed mirror keys it: the registry's name
+        for one of its configured API hosts (Docker Hub by every name it goes by), the
+        host itself for a name under a `*.` pattern (each is a registry of its own);
+        None for a host that is no configured API host."""
+        origin = self.origin(host)
+        route = None if origin is None else self.route(origin)
+        if route is None or not route.api:
+            return None
+        return origin if route.label.startswith("*.") else route.registry.name
+
+    def origin(self, host: str) -> str | None:
+        """The API host to ask for images named with `host` (`docker.io` →
+        `registry-1.docker.io`), if a configured registry serves it."""
+        host = host.lower()
+        names = (_HUB_API, *sorted(DOCKER_HUB_HOSTS)) if host in DOCKER_HUB_HOSTS else (host,)
+        for name in names:
+            route = self.route(name)
+            if route is not None and route.api:
+                return name
         return None
 
     def api_hosts(self, name: str) -> HostSet | None:
@@ -119,6 +144,9 @@ class Registries:
 
     def _label(self, host: str) -> str:
         return self._contacted.pattern_for(host) or "other"
+
+
+_HUB_API = "registry-1.docker.io"
 
 
 def _own_domains(intercepted: HostSet) -> tuple[Hostname, ...]:

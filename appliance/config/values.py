@@ -129,6 +129,30 @@ class Size:
         return int(filesystem_bytes * self.percent / 100)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """A span of time: seconds (`300`) or a number with a unit (`90s`, `15m`, `6h`, `1d`)."""
+
+    seconds: float
+
+    @classmethod
+    def parse(cls, value: Any) -> Duration:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return cls(float(value))
+        text = value.strip() if isinstance(value, str) else ""
+        unit = _DURATION_UNITS.get(text[-1:], 0)
+        try:
+            amount = float(text[:-1]) if unit else -1.0
+        except ValueError:
+            amount = -1.0
+        if amount < 0:
+            raise ValueError(f"expected a duration like '300', '15m', '6h' or '1d', got {value!r}")
+        return cls(amount * unit)
+
+
 @dataclass(frozen=True, slots=True)
 class SecretRef:
     """Where a secret lives: a file (read at each use, so rotation needs no restart) or
@@ -206,6 +230,7 @@ SCALARS: dict[object, strict_yaml.Parser] = {
     IPNetwork: _network,
     Endpoint: Endpoint.parse,
     Size: Size.parse,
+    Duration: Duration.parse,
     Hostname: _text(check_hostname),
     HostPattern: _text(check_pattern),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from appliance.oci.digest import Digest, DigestError
 
@@ -52,3 +53,47 @@ def same_repository(host: str, repository: str) -> tuple[str, ...]:
     if bare != repository and "/" not in bare:
         return (repository, bare)
     return (repository,)
+
+
+DOCKER_HUB = "docker.io"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageName:
+    """A name as people write it (`alpine:3.20`, `ghcr.io/org/app@sha256:…`), with
+    docker's defaulting: no registry is Docker Hub, and there a one-part repository is
+    an official image under `library/`."""
+
+    domain: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.domain}/{self.repository}"
+        if self.tag is not None:
+            text += f":{self.tag}"
+        return text if self.digest is None else f"{text}@{self.digest}"
+
+
+def parse_image(text: str) -> ImageName:
+    """`[DOMAIN/]REPOSITORY[:TAG][@DIGEST]`; InvalidName naming what is wrong."""
+    rest, _, digest_text = text.strip().partition("@")
+    digest = parse_reference(digest_text) if digest_text else None
+    if digest is not None and not isinstance(digest, Digest):
+        raise InvalidName(f"{text!r}: {digest_text!r} is not a digest")
+    first, slash, remainder = rest.partition("/")
+    domain = DOCKER_HUB
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        domain, rest = first.lower(), remainder
+    tag: str | None = None
+    name, colon, maybe_tag = rest.rpartition(":")
+    if colon and "/" not in maybe_tag:
+        rest, tag = name, maybe_tag
+        if not isinstance(parse_reference(tag), str):
+            raise InvalidName(f"{text!r}: invalid tag {tag!r}")
+    if domain in DOCKER_HUB_HOSTS:
+        domain = DOCKER_HUB
+        if "/" not in rest:
+            rest = _OFFICIAL + rest
+    return ImageName(domain, check_repository(rest), tag, digest)

@@ -39,13 +39,16 @@ def target_policy(config: Config, registries: Registries) -> TargetPolicy:
     return TargetPolicy(registries.unsafe_targets, frozenset(config.resolve))
 
 
-def credential_sources(registries: Registries) -> Callable[[str], CredentialSource | None]:
-    """API host → regcache's own credentials, if configured: one source per configured
+def credential_sources(
+    registries: Registries, *, own: bool = False
+) -> Callable[[str], CredentialSource | None]:
+    """API host → regcache's own credentials, if configured: those lent to clients'
+    reads, or (`own`: the managed mirror's client) every one. One source per configured
     login (a source keeps what its helper printed until it expires)."""
     sources = {c: CredentialSource(c) for c in registries.credentials_configured}
 
     def lookup(host: str) -> CredentialSource | None:
-        credentials = registries.credentials(host)
+        credentials = registries.credentials(host, own=own)
         return None if credentials is None else sources[credentials]
 
     return lookup

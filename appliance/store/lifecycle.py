@@ -38,7 +38,8 @@ class Snapshot:
     children: dict[str, list[str]]
     """Manifest digest → what it references (present in the store or not)."""
     pinned: set[str]
-    """Digests pinned directly or through a pinned tag (their references are kept too)."""
+    """Digests pinned directly, through a pinned tag, or mirrored (their references are
+    kept too)."""
 
 
 class Lifecycle:
@@ -78,6 +79,9 @@ class Lifecycle:
             "SELECT t.digest FROM tags t JOIN pins p ON p.registry = t.registry"
             " AND p.repository = t.repository AND p.reference = t.tag"
             " UNION SELECT reference FROM pins WHERE reference LIKE '%:%'"
+            # The managed mirror's tags, backups and pins: never evicted (issue #16).
+            " UNION SELECT digest FROM mirror_tags"
+            " UNION SELECT pin FROM mirror_tags WHERE pin IS NOT NULL"
         ) as cursor:
             return {str(r[0]) for r in await cursor.fetchall()}
 

@@ -106,6 +106,73 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     DELETE FROM repository_access;
     """,
+    # 5: the managed mirror (issue #16). `mirror_tags`: what a mirrored tag serves (and
+    # its backup refs), kept whatever the size bound says; `mirror_history`: every move;
+    # `mirror_checks`: upstream's last answer per tag; `mirror_runs`: each entry's last
+    # run; `mirror_budgets`: rate-limit budgets seen; `mirror_added`: entries added with
+    # `regcache mirror add`; `mirror_requests`: what the CLI asks the running process;
+    # `mirror_state`: a generation the CLI bumps so the process reloads its mappings.
+    """
+    CREATE TABLE mirror_tags (
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        entry TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        moved_s REAL NOT NULL,
+        access TEXT NOT NULL,
+        pin TEXT,
+        backup_of TEXT,
+        PRIMARY KEY (registry, repository, tag)
+    );
+    CREATE INDEX mirror_tags_by_digest ON mirror_tags (digest);
+    CREATE TABLE mirror_history (
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        old_digest TEXT,
+        new_digest TEXT NOT NULL,
+        moved_s REAL NOT NULL,
+        reason TEXT NOT NULL,
+        backup TEXT
+    );
+    CREATE INDEX mirror_history_by_tag ON mirror_history (registry, repository, tag);
+    CREATE TABLE mirror_checks (
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        entry TEXT NOT NULL,
+        upstream_digest TEXT,
+        checked_s REAL NOT NULL,
+        gone INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        PRIMARY KEY (registry, repository, tag)
+    );
+    CREATE TABLE mirror_runs (entry TEXT PRIMARY KEY, run TEXT NOT NULL);
+    CREATE TABLE mirror_budgets (
+        registry TEXT NOT NULL,
+        credential TEXT NOT NULL,
+        remaining INTEGER NOT NULL,
+        max INTEGER,
+        window_s INTEGER,
+        seen_s REAL NOT NULL,
+        PRIMARY KEY (registry, credential)
+    );
+    CREATE TABLE mirror_added (source TEXT PRIMARY KEY, access TEXT NOT NULL, added_s REAL);
+    CREATE TABLE mirror_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        action TEXT NOT NULL,
+        entries TEXT NOT NULL,
+        asked_s REAL NOT NULL,
+        started_s REAL,
+        done_s REAL,
+        result TEXT
+    );
+    CREATE TABLE mirror_state (generation INTEGER NOT NULL);
+    INSERT INTO mirror_state VALUES (0);
+    """,
 )
 
 
