@@ -31,14 +31,18 @@ from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
 from appliance.kit.tasks import Job, supervise
-from appliance.proxy.app import Site, create_app, start_runner
+from appliance.mirror.budget import Budgets
+from appliance.mirror.view import MirrorTags
+from appliance.proxy.app import create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.proxy.outage import TokensGiven
 from appliance.runtime.ca_policy import ensure_ca
+from appliance.runtime.mirroring import build_mirror, feeding, mirror_view
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
 from appliance.runtime.signals import on_reload, on_stop
+from appliance.runtime.sites import site_resolver
 from appliance.runtime.startup import StoreStartup
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
@@ -69,6 +73,9 @@ class Parts:
     files: FileBlobStore
     offline: OfflineSwitch
     admin_token: str | None
+    mirror_view: MirrorTags
+    budgets: Budgets
+    """Rate-limit budgets as upstream's answers state them (the mirror's and clients')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,8 @@ class Acquired:
 
     index: SqliteIndex
     upstream: UpstreamClient
+    mirror_upstream: UpstreamClient
+    """The managed mirror's own client: every configured credential, none lent."""
     audit: AuditLog | None
 
 
@@ -114,6 +123,8 @@ def build(config: Config, path: Path) -> Parts:
         files=FileBlobStore(config.state_dir),
         offline=OfflineSwitch(config),
         admin_token=_admin_token(config),
+        mirror_view=mirror_view(registries),
+        budgets=Budgets(),
     )
 
 
@@ -177,13 +188,19 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
         parts.resolver,
         offline=parts.offline,
         credentials=credential_sources(parts.registries),
-        on_reply=parts.metrics.upstream_reply,
+        on_reply=feeding(parts.budgets, parts.metrics.upstream_reply),
     )
     stack.push_async_callback(upstream.close)
+    mirror_upstream = upstream_client(
+        parts.config, parts.registries, parts.resolver, offline=parts.offline,
+        credentials=credential_sources(parts.registries, own=True),
+        on_reply=feeding(parts.budgets, parts.metrics.upstream_reply),
+    )  # fmt: skip
+    stack.push_async_callback(mirror_upstream.close)
     audit = _audit_log(parts.config)
     if audit is not None:
         stack.callback(audit.close)
-    return Acquired(index, upstream, audit)
+    return Acquired(index, upstream, mirror_upstream, audit)
 
 
 async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Service) -> None:
@@ -250,10 +267,15 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
         ca_fingerprint=lambda: fingerprint(ca.cert),
     )
+    mirror = build_mirror(parts.config, parts.registries, acquired.index, cache,
+                          acquired.mirror_upstream, parts.mirror_view, parts.budgets,
+                          write_audit)  # fmt: skip
+    evictor.busy = lambda: cache.filling() | mirror.holding()
     background: dict[str, Job] = {
         "health": health.run,
         "store": functools.partial(startup.run, evictor.run),  # reconcile, then evict
         "savings-history": functools.partial(_sample_savings, parts.metrics),
+        "mirror": functools.partial(startup.when_ready, mirror.run),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, background)
 
@@ -270,6 +292,7 @@ def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
         public_ttl_s=config.access.public_ttl_s,
         outage_grace_s=config.access.outage_grace_s,
         offline=parts.offline,
+        mirror=parts.mirror_view,
     )
     evictor = Evictor(
         index, files, config.store, on_evicted=functools.partial(_count_eviction, metrics)
@@ -283,33 +306,10 @@ def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
         max_fills=config.upstream.max_fills,
         space=evictor,
         on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
+        mirror=parts.mirror_view,
     )
-    evictor.busy = cache.filling
     metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
     return cache, evictor
-
-
-def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
-    """Host → what the proxy needs to know of its registry (cached: asked per request)."""
-
-    @functools.lru_cache(maxsize=4096)
-    def site_for(host: str) -> Site | None:
-        route = registries.route(host)
-        if route is None:
-            return None
-        named = tuple(str(h) for h in route.registry.hosts if not h.startswith("*"))
-        return Site(
-            route.registry.tag_ttl_s,
-            route.registry.max_stale_s,
-            api=route.api,
-            own_credentials=route.registry.credentials is not None
-            and route.registry.credentials.lend,
-            label=route.label,
-            registry=route.registry.name,
-            aliases=named if host in named else (),
-        )
-
-    return site_for
 
 
 def dns_server(parts: Parts, healthy: Callable[[], bool]) -> DnsServer:

@@ -21,6 +21,7 @@ that client through that repository on that host:
   429, offline) is "not known": then only what was confirmed within `outage_grace_s`
   opens the store, and public content (public status kept in the index) also offline,
   for as long as offline lasts.
+- or a network-access entry of the managed mirror holds it in that repository (`mirror/`).
 
 A refusal is upstream's status and challenge, rendered like every other refusal (see
 `Refused`). Credentials are kept only as keyed fingerprints. Everything is bounded;
@@ -43,6 +44,8 @@ from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.ports import (
     AccessRecords,
     BlobFiles,
+    MirrorView,
+    NoMirror,
     Upstream,
     UpstreamUnavailable,
     UpstreamUnreachable,
@@ -64,8 +67,7 @@ from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.singleflight import SingleFlight
 from appliance.oci.digest import Digest
-from appliance.oci.manifest import vouched_references
-from appliance.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
+from appliance.oci.mediatypes import MANIFEST_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,10 @@ class AccessGate:
         offline: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        mirror: MirrorView = NoMirror(),  # noqa: B008 - stateless
     ) -> None:
         self._upstream = upstream
+        self._mirror = mirror  # what a network-access mirror entry holds opens to anyone
         self._records = records
         self._files = files
         self.fingerprint = fingerprints or Fingerprints(secrets.token_bytes(32))
@@ -129,6 +133,8 @@ class AccessGate:
         """Whether what upstream said recently lets this client have `digest` through
         this repository, without asking anything. Never more permissive than `check`;
         False means: ask `check`."""
+        if self._mirror.opens(host, repository, digest):
+            return True
         now = self._clock()
         client = (host, repository, self.fingerprint(authorization))
         if vouched(self._grants.get(client), digest, self._children, now - self._verified_ttl_s):
@@ -152,7 +158,7 @@ class AccessGate:
         """Upstream just gave this client `digest` through this repository (a manifest's
         `body` and type, when at hand, say what it vouches for)."""
         if body is not None:
-            self._children.put(digest, _refs(body, media_type))
+            self._children.put(digest, Refs.of(body, media_type))
         now = self._clock()
         client = (host, repository, self.fingerprint(authorization))
         # Covered already by a manifest granted with it: no entry (they are bounded).
@@ -180,6 +186,8 @@ class AccessGate:
         upstream cannot say and nothing confirmed recently enough opens it; a 401 to an
         anonymous client whose token realm is down (`realm_down`) is upstream unable to
         say, as a 503 would be."""
+        if self._mirror.opens(host, repository, digest):
+            return None
         now = self._clock()
         client = (host, repository, self.fingerprint(authorization))
         repo = (host, repository)
@@ -273,7 +281,7 @@ class AccessGate:
             return False  # evicted meanwhile
         if Digest.of(body, digest.algorithm) != digest:
             return False  # damaged on disk: vouches for nothing (cache verify will say)
-        self._children.put(digest, _refs(body, media_type))
+        self._children.put(digest, Refs.of(body, media_type))
         return True
 
     async def _public_member(
@@ -347,7 +355,9 @@ class AccessGate:
         if shared is not None:
             return shared
         return await self._checks.lead(
-            key, lambda: self._ask(key[0], url, authorization, key[3], manifest, size), _same
+            key,
+            lambda: self._ask(key[0], url, authorization, key[3], manifest, size),
+            lambda verdict: verdict,
         )
 
     async def _ask(
@@ -383,12 +393,3 @@ class AccessGate:
             return Refused.of(status, reply.headers)
         finally:
             reply.close()
-
-
-def _same(verdict: _Verdict) -> _Verdict:
-    return verdict
-
-
-def _refs(body: bytes, media_type: str | None) -> Refs:
-    media_type = media_type or ""
-    return Refs(frozenset(vouched_references(body, media_type)), media_type in INDEX_TYPES)

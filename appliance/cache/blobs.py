@@ -3,6 +3,8 @@ by every client that asks meanwhile (see fill.py), each of them let through the 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Answer, Described, Filling, Stored, Target, refusal_or_relayed
 from appliance.cache.calls import ClientCalls
@@ -13,6 +15,14 @@ from appliance.cache.shelf import Shelf
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCTET_STREAM
 from appliance.oci.routes import Kind
+
+
+class BlobRefused(RuntimeError):
+    """Upstream answered a blob GET with something other than its bytes."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Blobs:
@@ -53,6 +63,27 @@ class Blobs:
             lambda: self._gate.grant(target.host, target.repository, digest, target.authorization)
         )
         return filling
+
+    async def keep(self, digest: Digest, fetch: Callable[[], Awaitable[UpstreamReply]]) -> int:
+        """`digest` in the store, for the managed mirror: there already, joined from a fill
+        in flight, or fetched with `fetch`; the bytes this call fetched. FillFailed when
+        it failed (NotKept: no room), BlobRefused when upstream said no."""
+        if await self._shelf.stored(digest, OCTET_STREAM) is not None:
+            return 0
+        led = False
+
+        async def leading() -> UpstreamReply:
+            nonlocal led
+            led = True
+            return await fetch()
+
+        result = await self._fills.join_or_start(digest, leading, media_type=None)
+        if not isinstance(result, Fill):
+            status = result.status
+            result.close()
+            raise BlobRefused(f"{digest}: upstream answered {status}", status)
+        await result.wait_stored()
+        return result.written if led else 0
 
     async def _describe(self, target: Target, digest: Digest) -> Answer:
         """A HEAD for a blob not stored: from a fill that knows its size, else upstream

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Stored, Target
-from appliance.cache.ports import Index
+from appliance.cache.ports import Index, MirrorView, NoMirror
 from appliance.cache.shelf import Shelf
 from appliance.cache.tags import Freshness
 from appliance.oci.digest import Digest
@@ -19,8 +19,16 @@ from appliance.oci.mediatypes import OCTET_STREAM, accept_key, accepts
 
 
 class Hits:
-    def __init__(self, shelf: Shelf, index: Index, gate: AccessGate, freshness: Freshness) -> None:
+    def __init__(
+        self,
+        shelf: Shelf,
+        index: Index,
+        gate: AccessGate,
+        freshness: Freshness,
+        mirror: MirrorView = NoMirror(),  # noqa: B008 - stateless
+    ) -> None:
         self._shelf = shelf
+        self._mirror = mirror
         self._index = index
         self._gate = gate
         self._freshness = freshness
@@ -48,6 +56,8 @@ class Hits:
             return self._shelf.stored_now(reference, blob, OCTET_STREAM)
         if isinstance(reference, Digest):
             digest = reference
+        elif (mirrored := self._mirror.tag(target.host, target.repository, reference)) is not None:
+            digest = mirrored.digest  # as the mirror decided: no TTL, no upstream
         else:
             key = accept_key(target.accept)
             row = self._index.known_tag(target.host, target.repository, reference, key)

@@ -83,18 +83,21 @@ class Manifests:
             target.host, target.repository, digest, target.authorization, body, media_type
         )
         try:
-            path = await self._write(digest, body)
+            return await self.keep((target.host, target.repository), digest, body, media_type)
         except OSError as e:
             if e.errno not in NO_SPACE:
                 raise
             self._shelf.disk_full(None, e)
             return Relayed(MemoryReply.manifest(body, digest, media_type))
-        await self._shelf.record(
-            "manifest",
-            self._index.add_manifest(
-                digest, len(body), media_type, references(body), (target.host, target.repository)
-            ),
-        )
+
+    async def keep(
+        self, source: tuple[str, str], digest: Digest, body: bytes, media_type: str
+    ) -> Stored:
+        """Store a verified manifest pulled from `source` (host, repository), indexed with
+        what it references."""
+        path = await self._write(digest, body)
+        write = self._index.add_manifest(digest, len(body), media_type, references(body), source)
+        await self._shelf.record("manifest", write)
         self._shelf.added(len(body))
         log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
         return Stored(digest, len(body), media_type, path, fetched=True)

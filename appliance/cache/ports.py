@@ -191,3 +191,37 @@ class Index(Protocol):
     async def set_tag(
         self, registry: str, repository: str, tag: str, accept: str, row: TagRow
     ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorAnswer:
+    """What the managed mirror serves for a tag (`mirror/`)."""
+
+    digest: Digest
+    network: bool
+    """Access `network`: every client regcache admits may have it, with no upstream
+    check; False (`upstream`): the access gate decides, as for cached content."""
+
+
+class MirrorView(Protocol):
+    """The managed mirror's mappings as the cache asks about them: memory only, safe from
+    any thread (the hit path asks from the serving loops)."""
+
+    def tag(self, host: str, repository: str, tag: str) -> MirrorAnswer | None:
+        """The mirrored tag's answer, if `tag` of this repository on `host` is mirrored."""
+        ...
+
+    def opens(self, host: str, repository: str, digest: Digest) -> bool:
+        """Whether `digest` is content of a network-access entry of this repository (its
+        manifests and what they reference), so anyone may have it through that name."""
+        ...
+
+
+class NoMirror:
+    """A `MirrorView` with nothing mirrored."""
+
+    def tag(self, host: str, repository: str, tag: str) -> MirrorAnswer | None:
+        return None
+
+    def opens(self, host: str, repository: str, digest: Digest) -> bool:
+        return False

@@ -10,9 +10,10 @@ blob request, and from where.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import (
@@ -31,11 +32,21 @@ from appliance.cache.fills import Fills
 from appliance.cache.hits import Hits
 from appliance.cache.manifests import Manifests
 from appliance.cache.negative import NegativeCache
-from appliance.cache.ports import BlobFiles, Index, SpaceKeeper, Upstream
+from appliance.cache.ports import (
+    BlobFiles,
+    Index,
+    MirrorView,
+    NoMirror,
+    SpaceKeeper,
+    Upstream,
+    UpstreamReply,
+)
 from appliance.cache.shelf import Shelf
 from appliance.cache.tags import Freshness, Tags
 from appliance.kit.logfields import fields
+from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import accepts
 from appliance.oci.routes import Kind
 
 log = logging.getLogger(__name__)
@@ -53,9 +64,11 @@ class RegistryCache:
         clock: Callable[[], float] = time.time,
         space: SpaceKeeper | None = None,
         on_fill_finished: Callable[[str, float], None] = lambda _state, _s: None,
+        mirror: MirrorView = NoMirror(),  # noqa: B008 - stateless
     ) -> None:
         self._index = index
         self._gate = gate
+        self._mirror = mirror
         shelf = Shelf(files, index, space)
 
         async def committed(fill: Fill) -> None:
@@ -75,8 +88,9 @@ class RegistryCache:
         self._manifests = Manifests(shelf, files, index, self._calls, gate)
         self._freshness = Freshness(clock)
         self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)
-        self._hits = Hits(shelf, index, gate, self._freshness)
+        self._hits = Hits(shelf, index, gate, self._freshness, mirror)
         self._shelf = shelf
+        self._mirror_log = LogThrottle(log, interval_s=600.0)
 
     @property
     def coalesced(self) -> int:
@@ -94,6 +108,10 @@ class RegistryCache:
         return await self._blobs.blob(target, digest, head=head)
 
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
+        if not isinstance(reference, Digest):
+            mirrored = await self._mirrored(target, reference)
+            if mirrored is not None:
+                return mirrored
         answer = await self._manifest(target, reference, head=head)
         if isinstance(answer, Relayed):
             return await refusal_or_relayed(answer.reply)
@@ -114,6 +132,29 @@ class RegistryCache:
         if isinstance(gated, Stored) and not gated.fetched:
             self._hits.note_hit(target, gated, manifest=True)
         return gated
+
+    async def _mirrored(self, target: Target, tag: str) -> Answer | None:
+        """A tag the managed mirror keeps: its manifest as the mirror decided, with no
+        upstream request (an `upstream`-access entry's still passes the gate). None when
+        the tag is not mirrored, or its manifest is gone or not one the client takes."""
+        found = self._mirror.tag(target.host, target.repository, tag)
+        if found is None:
+            return None
+        stored = await self._shelf.stored_manifest(found.digest)
+        if stored is None or not accepts(target.accept, stored.media_type):
+            self._mirror_log.warning(
+                f"{target.host}/{target.repository}:{tag}",
+                "mirror tag-not-served %s",
+                fields(registry=target.host, repository=target.repository, tag=tag,
+                       digest=found.digest, reason="missing" if stored is None else "accept"),
+            )  # fmt: skip
+            return None
+        if not found.network:
+            gated = await self._calls.gated(target, stored, stored.size, Kind.MANIFEST)
+            if not isinstance(gated, Stored):
+                return gated
+        self._hits.note_hit(target, stored, manifest=True)
+        return stored
 
     async def _manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
         if not isinstance(reference, Digest):
@@ -141,6 +182,28 @@ class RegistryCache:
                 "negative forgotten %s",
                 fields(registry=host, repository=repository, entries=dropped),
             )
+
+    async def keep_manifest(
+        self, source: tuple[str, str], digest: Digest, body: bytes, media_type: str
+    ) -> Stored:
+        """For the managed mirror: a manifest it fetched and verified, stored and indexed
+        (OSError if it cannot be written)."""
+        return await self._manifests.keep(source, digest, body, media_type)
+
+    async def keep_blob(self, digest: Digest, fetch: Callable[[], Awaitable[UpstreamReply]]) -> int:
+        """For the managed mirror: see `Blobs.keep`."""
+        return await self._blobs.keep(digest, fetch)
+
+    async def manifest_body(self, digest: Digest) -> tuple[bytes, str] | None:
+        """A stored manifest's bytes and type, if the store holds it intact."""
+        stored = await self._shelf.stored_manifest(digest)
+        if stored is None:
+            return None
+        try:
+            body = await asyncio.to_thread(stored.path.read_bytes)
+        except OSError:
+            return None  # evicted or removed meanwhile
+        return (body, stored.media_type) if Digest.of(body, digest.algorithm) == digest else None
 
     def stored_now(
         self, target: Target, reference: str | Digest, *, manifest: bool

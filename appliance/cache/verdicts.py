@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from appliance.cache.ports import UpstreamReply
 from appliance.kit.bounded import BoundedMap
 from appliance.oci.digest import Digest
+from appliance.oci.manifest import vouched_references
+from appliance.oci.mediatypes import INDEX_TYPES
 
 _EMPTY: Mapping[Digest, float] = {}
 
@@ -32,6 +34,12 @@ class Refs:
     digests: frozenset[Digest]
     manifests: bool
     """They are manifests themselves (the manifest is an index)."""
+
+    @classmethod
+    def of(cls, body: bytes, media_type: str | None) -> Refs:
+        """What a manifest body of `media_type` vouches for."""
+        media_type = media_type or ""
+        return cls(frozenset(vouched_references(body, media_type)), media_type in INDEX_TYPES)
 
 
 NO_REFS = Refs(frozenset(), manifests=False)

@@ -138,3 +138,42 @@ def _add(found: dict[Digest, None], value: object) -> None:
     if isinstance(value, str):
         with contextlib.suppress(DigestError):
             found[Digest.parse(value)] = None
+
+
+def platform_manifests(body: bytes) -> list[tuple[Digest, str | None]]:
+    """An index's manifests with their platform as `os/arch[/variant]` (None when the
+    descriptor names none: an attestation, or an index in an index)."""
+    doc = _document(body)
+    out: list[tuple[Digest, str | None]] = []
+    manifests = doc.get("manifests") if doc else None
+    for descriptor in manifests if isinstance(manifests, list) else ():
+        if not isinstance(descriptor, dict):
+            continue
+        found: dict[Digest, None] = {}
+        _add(found, descriptor.get("digest"))
+        platform = descriptor.get("platform")
+        name = None
+        if isinstance(platform, dict) and platform.get("os") and platform.get("architecture"):
+            parts = [platform["os"], platform["architecture"], platform.get("variant")]
+            name = "/".join(str(p) for p in parts if p)
+        out.extend((digest, name) for digest in found)
+    return out
+
+
+def fetchable_blobs(body: bytes) -> list[Digest]:
+    """An image manifest's config, layers and blobs a registry serves (not those with
+    `urls`: foreign layers come from elsewhere), in order, without repeats."""
+    doc = _document(body)
+    if doc is None:
+        return []
+    found: dict[Digest, None] = {}
+    descriptors: list[Any] = [doc.get("config")]
+    for key in ("layers", "blobs"):
+        value = doc.get(key)
+        if isinstance(value, list):
+            descriptors.extend(value)
+    for descriptor in descriptors:
+        if isinstance(descriptor, dict) and not _external(descriptor):
+            _add(found, descriptor.get("digest"))
+    _add_fs_layers(found, doc)
+    return list(found)

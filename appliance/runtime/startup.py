@@ -73,6 +73,7 @@ class StoreStartup:
         self._retry_at: float | None = None
         """When the next one starts (monotonic), while waiting for it."""
         self._task: asyncio.Task[Reconciliation] | None = None
+        self._opened = asyncio.Event()
 
     def start(self) -> None:
         """Begin reconciling (a task of its own, so the listeners can open beside it)."""
@@ -156,8 +157,14 @@ class StoreStartup:
             delay = min(delay * 2, longest)
             self.progress = Progress()
 
+    async def when_ready(self, job: Job) -> None:
+        """`job` once the cache serves (the mirror copies into a store it can trust)."""
+        await self._opened.wait()
+        await job()
+
     def _open(self, report: Reconciliation) -> None:
         self.ready = True
+        self._opened.set()
         self.failure = None
         log.info(
             "cache ready %s",

@@ -82,6 +82,7 @@ class Lifecycle:
             # The managed mirror's tags, backups and pins: never evicted (issue #16).
             " UNION SELECT digest FROM mirror_tags"
             " UNION SELECT pin FROM mirror_tags WHERE pin IS NOT NULL"
+            " UNION SELECT digest FROM mirror_referrers"
         ) as cursor:
             return {str(r[0]) for r in await cursor.fetchall()}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -45,6 +45,16 @@ class MirrorState:
     async def _select(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         async with self._db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
+
+    async def mirror_reachable(self) -> dict[tuple[str, str], frozenset[Digest]]:
+        """Per (registry, repository): the digests its network-access mirrored tags and
+        their backups serve, with what those manifests reference."""
+        roots: dict[tuple[str, str], list[str]] = {}
+        for tag in await self.mirrored_tags():
+            if tag.access == "network":
+                key = (tag.place.registry, tag.place.repository)
+                roots.setdefault(key, []).append(str(tag.digest))
+        return {key: await reachable(self._db, digests) for key, digests in roots.items()}
 
     async def mirror_generation(self) -> int:
         rows = await self._select("SELECT generation FROM mirror_state")
@@ -86,6 +96,29 @@ class MirrorState:
             await _prune_backups(db, place, keep_backups)
             await db.execute(_BUMP)
         return move
+
+    async def keep_referrers(
+        self, registry: str, repository: str, subject: Digest, digests: Sequence[Digest]
+    ) -> None:
+        """Signatures and attestations of a mirrored `subject`: kept like it."""
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT OR IGNORE INTO mirror_referrers VALUES (?, ?, ?, ?)",
+                [(registry, repository, str(subject), str(d)) for d in digests],
+            )
+
+    async def mirror_moves_since(self, after: int) -> list[tuple[int, Move]]:
+        """Moves written after history row `after` (every process's), oldest first."""
+        rows = await self._select(
+            "SELECT rowid, registry, repository, tag, old_digest, new_digest, moved_s, reason,"
+            " backup FROM mirror_history WHERE rowid > ? ORDER BY rowid",
+            (after,),
+        )
+        return [
+            (int(rowid), Move(Place(r, p, t), _digest(old), Digest.parse(new), float(at),
+                              str(reason), backup))
+            for rowid, r, p, t, old, new, at, reason, backup in rows
+        ]  # fmt: skip
 
     async def set_mirror_pin(self, place: Place, pin: Digest | None) -> bool:
         """Hold a mirrored tag at `pin` (None: let syncs move it again); False if it is
@@ -267,3 +300,18 @@ def _tag(row: Sequence[Any]) -> MirroredTag:
 def _tag_values(tag: MirroredTag) -> tuple[object, ...]:
     return (*_key(tag.place), tag.entry, str(tag.digest), tag.media_type, tag.size,
             tag.moved_s, tag.access, _text(tag.pin), tag.backup_of)  # fmt: skip
+
+
+async def reachable(db: aiosqlite.Connection, roots: Iterable[str]) -> frozenset[Digest]:
+    """`roots` and what they reference in the index, transitively."""
+    found: set[str] = set()
+    for root in roots:
+        if root in found:
+            continue
+        async with db.execute(
+            "WITH RECURSIVE reach(d) AS (SELECT ? UNION SELECT child FROM refs"
+            " JOIN reach ON parent = reach.d) SELECT d FROM reach",
+            (root,),
+        ) as cursor:
+            found.update(str(r[0]) for r in await cursor.fetchall())
+    return frozenset(Digest.parse(d) for d in found)

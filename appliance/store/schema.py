@@ -109,7 +109,8 @@ _MIGRATIONS: tuple[str, ...] = (
     # 5: the managed mirror (issue #16). `mirror_tags`: what a mirrored tag serves (and
     # its backup refs), kept whatever the size bound says; `mirror_history`: every move;
     # `mirror_checks`: upstream's last answer per tag; `mirror_runs`: each entry's last
-    # run; `mirror_budgets`: rate-limit budgets seen; `mirror_added`: entries added with
+    # run; `mirror_budgets`: rate-limit budgets seen; `mirror_referrers`: signatures and
+    # attestations kept with a mirrored image; `mirror_added`: entries added with
     # `regcache mirror add`; `mirror_requests`: what the CLI asks the running process;
     # `mirror_state`: a generation the CLI bumps so the process reloads its mappings.
     """
@@ -169,6 +170,13 @@ _MIGRATIONS: tuple[str, ...] = (
         started_s REAL,
         done_s REAL,
         result TEXT
+    );
+    CREATE TABLE mirror_referrers (
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (registry, repository, subject, digest)
     );
     CREATE TABLE mirror_state (generation INTEGER NOT NULL);
     INSERT INTO mirror_state VALUES (0);

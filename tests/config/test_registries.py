@@ -11,8 +11,9 @@ from dnslib import QTYPE, DNSRecord
 
 from appliance.config.model import parse_config
 from appliance.dns.responder import Forward
-from appliance.main import Parts, build, dns_server, site_resolver
+from appliance.main import Parts, build, dns_server
 from appliance.runtime.outbound import credential_sources, target_policy
+from appliance.runtime.sites import site_resolver
 from appliance.upstream.credentials import CredentialSource
 
 CONFIG = """\

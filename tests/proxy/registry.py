@@ -24,11 +24,11 @@ from appliance.cache.service import RegistryCache
 from appliance.config.hostnames import HostPattern, HostSet
 from appliance.config.model import RegistryConfig
 from appliance.config.registries import Registries
-from appliance.main import site_resolver
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import DOCKER_MANIFEST
 from appliance.proxy.app import create_app
 from appliance.proxy.loops import Bridge
+from appliance.runtime.sites import site_resolver
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.upstream.client import Reply, UpstreamClient

@@ -1,0 +1,243 @@
+"""The mirror at work: on start, entries not copied yet are copied; then each entry runs
+on its schedule (cron or interval), never twice at once; a run that meets the rate-limit
+budget, or fails, tries again after `ratelimit.retry`. `regcache mirror sync|diff`
+requests are taken from the index within a second, and so are the mappings another
+process changed (pin, rollback): the view is reloaded and every new move audited once."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from croniter import croniter
+
+from appliance.cache.ports import UpstreamUnavailable
+from appliance.kit.logfields import fields
+from appliance.kit.tasks import spawn
+from appliance.mirror.budget import Budgets
+from appliance.mirror.copier import Copier, TagResult, bounded
+from appliance.mirror.entries import Entry, chosen_tags
+from appliance.mirror.records import Check, EntryRun, MirroredTag, MirrorRecords, Move, Place
+from appliance.mirror.tagslist import TagsListError, list_tags
+from appliance.mirror.view import MirrorTags
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+_RECENT_MOVES = 50
+
+
+def next_run(entry: Entry, after_s: float) -> float:
+    if entry.schedule:
+        start = datetime.fromtimestamp(after_s, UTC)
+        return float(croniter(entry.schedule, start).get_next(float))
+    return after_s + entry.interval_s
+
+
+class Mirror:
+    def __init__(
+        self,
+        entries: Callable[[], Awaitable[list[Entry]]],
+        records: MirrorRecords,
+        copier: Copier,
+        view: MirrorTags,
+        budgets: Budgets,
+        *,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._entries_of = entries
+        self._records = records
+        self._copier = copier
+        self.view = view
+        self.budgets = budgets
+        self._audit = audit
+        self._clock = clock
+        self.entries: list[Entry] = []
+        self.runs: dict[str, EntryRun] = {}
+        self.checks: dict[Place, Check] = {}
+        self.fetched_total: collections.Counter[str] = collections.Counter()
+        self.moves: collections.deque[Move] = collections.deque(maxlen=_RECENT_MOVES)
+        self._next: dict[str, float] = {}
+        self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
+        self._generation = -1
+        self._audited: int | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def holding(self) -> set[str]:
+        """Digests copied by runs in progress whose tags have not moved yet."""
+        return set(self._copier.holding)
+
+    async def reload(self) -> None:
+        """The index's mappings into the view; moves not seen yet audited."""
+        self._generation = await self._records.mirror_generation()
+        tags = await self._records.mirrored_tags()
+        self.view.load(tags, await self._records.mirror_reachable())
+        self.entries = await self._entries_of()
+        moves = await self._records.mirror_moves_since(self._audited or 0)
+        if self._audited is not None:
+            for _, move in moves:
+                self._audit_move(move)
+        self._audited = moves[-1][0] if moves else (self._audited or 0)
+
+    async def run(self) -> None:
+        """The background job."""
+        await self.reload()
+        self.runs.update({r.entry: r for r in await self._records.mirror_runs()})
+        self.checks.update({c.place: c for c in await self._records.mirror_checks()})
+        copied = {t.entry for t in await self._records.mirrored_tags()}
+        now = self._clock()
+        for entry in self.entries:
+            self._next[entry.source] = now if entry.source not in copied else next_run(entry, now)
+        while True:
+            await self._tick()
+            await asyncio.sleep(TICK_S)
+
+    async def _tick(self) -> None:
+        if await self._records.mirror_generation() != self._generation:
+            await self.reload()
+        while (request := await self._records.next_request()) is not None:
+            self._spawn(self._answer(request.id, request.action, request.entries), "request")
+        now = self._clock()
+        for entry in self.entries:
+            due = self._next.setdefault(entry.source, now)
+            if due <= now and not self._locks[entry.source].locked():
+                self._next[entry.source] = float("inf")  # until the run says when
+                self._spawn(self.run_entry(entry, move=True), entry.source)
+        for budget in self.budgets.take_changes():
+            await self._records.record_budget(budget)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = spawn(work, name=f"mirror {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, request_id: int, action: str, names: tuple[str, ...]) -> None:
+        chosen = [e for e in self.entries if not names or e.source in names]
+        reports = [await self.run_entry(e, move=action == "sync") for e in chosen]
+        missing = set(names) - {e.source for e in chosen}
+        reports += [{"entry": n, "error": "no such entry", "waiting": None, "tags": []}
+                    for n in sorted(missing)]  # fmt: skip
+        await self._records.finish_request(request_id, json.dumps({"entries": reports}))
+
+    async def run_entry(self, entry: Entry, *, move: bool) -> dict[str, Any]:
+        """One run of an entry (`move` False: only ask upstream what it would change)."""
+        async with self._locks[entry.source]:
+            started = self._clock()
+            previous = self.runs.get(entry.source, EntryRun(entry.source, "idle"))
+            if move:
+                self.runs[entry.source] = replace(previous, state="running", last_run_s=started)
+            error: str | None = None
+            results: list[TagResult] = []
+            try:
+                results = await self._sync_tags(entry, move=move)
+            except (TagsListError, UpstreamUnavailable) as e:
+                error = str(e)
+            finally:
+                if not any(lock.locked() for key, lock in self._locks.items()
+                           if key != entry.source):  # fmt: skip
+                    self._copier.holding.clear()
+            await self._note(entry, results, started, previous, error, move=move)
+            if any(r.moved for r in results):
+                await self.reload()
+            return _report(entry, results, error)
+
+    async def _sync_tags(self, entry: Entry, *, move: bool) -> list[TagResult]:
+        currents = {t.place: t for t in await self._records.mirrored_tags()}
+        tags = [entry.tag] if entry.tag else await self._repository_tags(entry, currents)
+        jobs = [functools.partial(self._copier.sync, entry, t, currents, move=move) for t in tags]
+        return await bounded(entry.parallel, jobs)
+
+    async def _repository_tags(self, entry: Entry, currents: dict[Place, MirroredTag]) -> list[str]:
+        """The tags the entry takes now, and those it took before that upstream dropped
+        (they are kept, and said to be gone)."""
+        listed = chosen_tags(await list_tags(self._copier.upstream, entry.url), entry.tags)
+        before = [
+            t.place.tag for t in currents.values()
+            if t.entry == entry.source and t.backup_of is None and t.place.tag not in listed
+        ]  # fmt: skip
+        return listed + sorted(before)
+
+    async def _note(
+        self,
+        entry: Entry,
+        results: list[TagResult],
+        started: float,
+        previous: EntryRun,
+        error: str | None,
+        *,
+        move: bool,
+    ) -> None:
+        now = self._clock()
+        for r in results:
+            check = Check(entry.place(r.tag), entry.source, r.upstream, now,
+                          gone=r.change == "gone", error=r.error)  # fmt: skip
+            self.checks[check.place] = check
+            await self._records.record_check(check)
+        if not move:
+            return
+        waiting = next((r.error for r in results if r.change == "waiting"), None)
+        error = error or next((f"{r.tag}: {r.error}" for r in results if r.change == "error"), None)
+        fetched = sum(r.fetched_bytes for r in results)
+        self.fetched_total[entry.source] += fetched
+        ok = error is None and waiting is None
+        retry = now + entry.ratelimit.retry.seconds
+        self._next[entry.source] = next_run(entry, now) if ok else min(retry, next_run(entry, now))
+        run = EntryRun(
+            entry.source, "idle" if ok else ("waiting" if waiting else "failed"),
+            last_run_s=started, last_success_s=now if ok else previous.last_success_s,
+            next_run_s=self._next[entry.source], duration_s=now - started,
+            fetched_bytes=fetched, error=error or waiting,
+        )  # fmt: skip
+        self.runs[entry.source] = run
+        await self._records.record_run(run)
+        log.log(
+            logging.INFO if ok else logging.WARNING,
+            "mirror run %s",
+            fields(entry=entry.source, state=run.state, tags=len(results),
+                   moved=sum(r.moved for r in results), bytes=fetched,
+                   seconds=round(now - started, 3), error=run.error),
+        )  # fmt: skip
+
+    def _audit_move(self, move: Move) -> None:
+        self.moves.append(move)
+        if self._audit is None:
+            return
+        self._audit({
+            "time": datetime.fromtimestamp(move.moved_s, UTC).isoformat(timespec="milliseconds"),
+            "kind": "mirror", "registry": move.place.registry,
+            "repository": move.place.repository, "reference": move.place.tag,
+            "digest": str(move.new), "old_digest": None if move.old is None else str(move.old),
+            "outcome": f"mirror-{move.reason}", "backup": move.backup,
+        })  # fmt: skip
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _report(entry: Entry, results: list[TagResult], error: str | None) -> dict[str, Any]:
+    waiting = next((r.error for r in results if r.change == "waiting"), None)
+    return {
+        "entry": entry.source, "error": error, "waiting": waiting,
+        "tags": [
+            {"tag": r.tag, "serving": _text(r.serving), "upstream": _text(r.upstream),
+             "change": r.change, "moved": r.moved, "error": r.error}
+            for r in results
+        ],
+    }  # fmt: skip
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
