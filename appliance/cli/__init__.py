@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.cli import ca, doctor, serve, status
+from appliance.cli import ca, doctor, mirror, serve, status
 from appliance.cli import cache as store
 from appliance.config.model import (
     Config,
@@ -28,6 +28,7 @@ _COMMANDS: dict[str, Command] = {
     "offline": serve.run_offline,
     "ca": ca.run,
     "cache": store.run,
+    "mirror": mirror.run,
     "audit": status.run_audit,
     "status": status.run_status,
     "doctor": lambda args, config, _path: doctor.run(args, config),
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="regcache", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, ca, store, status, doctor):
+    for group in (serve, ca, store, mirror, status, doctor):
         group.add_parsers(sub, common)
     return parser
 

@@ -7,8 +7,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from appliance.oci.digest import Digest
+
 
 def plain(value: Any) -> Any:
+    if isinstance(value, Digest):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list | tuple):

@@ -60,6 +60,11 @@ def _retry(value: Duration) -> None:
         raise ValueError(f"must be at least {int(MIN_RETRY_S)} seconds ('5m')")
 
 
+def _interval(value: Duration) -> None:
+    if value.seconds <= 0:
+        raise ValueError("must be more than 0 (e.g. '6h')")
+
+
 def _platform(value: str) -> None:
     parts = value.split("/")
     if len(parts) not in (2, 3) or not all(parts):
@@ -94,7 +99,7 @@ class TagFilter:
 class MirrorDefaults:
     schedule: str | None = field(default=None, metadata=check(_cron))
     """Cron expression (UTC) for syncs; unset: every `interval`."""
-    interval: Duration = Duration(6 * 3600.0)  # noqa: RUF009 - a frozen value
+    interval: Duration = field(default=Duration(6 * 3600.0), metadata=check(_interval))
     ratelimit: RateLimitConfig = RateLimitConfig()
     parallel: int = field(default=2, metadata=check(between(1, 32)))
     """Tags copied at once."""
@@ -122,7 +127,7 @@ class MirrorEntryConfig:
     """network: every client regcache admits; upstream: only clients upstream accepts for
     the repository. Unset: network when upstream serves the source to anyone, else upstream."""
     schedule: str | None = field(default=None, metadata=check(_cron))
-    interval: Duration | None = None
+    interval: Duration | None = field(default=None, metadata=check(_interval))
     ratelimit: RateLimitConfig | None = None
     parallel: int | None = field(default=None, metadata=check(between(1, 32)))
     backup: str | None = field(default=None, metadata=check(_template))

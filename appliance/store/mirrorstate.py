@@ -32,6 +32,9 @@ _SELECT_TAGS = (
     " backup_of FROM mirror_tags ORDER BY 1, 2, 3"
 )
 _SERVING = "SELECT digest FROM mirror_tags WHERE registry = ? AND repository = ? AND tag = ?"
+_TAKEN = (
+    "SELECT digest, backup_of FROM mirror_tags WHERE registry = ? AND repository = ? AND tag = ?"
+)
 _WRITE_TAG = "INSERT OR REPLACE INTO mirror_tags VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _BUMP = "UPDATE mirror_state SET generation = generation + 1"
 
@@ -83,9 +86,9 @@ class MirrorState:
             current = None if row is None else Digest.parse(row[0])
             if current != expect:
                 return None
-            if current == tag.digest:
-                backup = None
-            elif current is not None and backup is not None and row is not None:
+            if current is None or current == tag.digest or backup is None or not keep_backups:
+                backup = None  # nothing to keep (the history row must not name a ref)
+            else:
                 backup = await _write_backup(db, tag, current, backup)
             await db.execute(_WRITE_TAG, _tag_values(tag))
             move = Move(place, current, tag.digest, tag.moved_s, reason, backup)
@@ -220,6 +223,15 @@ class MirrorState:
             )
         return await self.request(int(row[0]))
 
+    async def withdraw_request(self, request_id: int) -> bool:
+        """Drop a request no process took (a regcache started later must not act on a
+        stale one); False if one took it meanwhile."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM mirror_requests WHERE id = ? AND started_s IS NULL", (request_id,)
+            )
+            return cursor.rowcount > 0
+
     async def finish_request(self, request_id: int, result: str) -> None:
         async with self._transaction() as db:
             await db.execute(
@@ -255,9 +267,11 @@ async def _write_backup(
     for attempt in range(100):
         candidate = name if attempt == 0 else f"{name}.{attempt}"
         key = (tag.place.registry, tag.place.repository, candidate)
-        async with db.execute(_SERVING, key) as c:
+        async with db.execute(_TAKEN, key) as c:
             taken = await c.fetchone()
-        if taken is not None and taken[0] != str(old):
+        # Reused only if it is this tag's backup of the same digest: a mirrored tag (or
+        # another tag's backup) that happens to bear the name is never overwritten.
+        if taken is not None and tuple(taken) != (str(old), tag.place.tag):
             continue
         backup = dataclasses.replace(
             tag, place=Place(*key), digest=old, media_type=str(row[0]), size=int(row[1]),

@@ -19,8 +19,8 @@ def test_config_option_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
 
 def test_help_lists_every_command_group() -> None:
     out = subprocess.run([*REGCACHE, "--help"], capture_output=True, text=True, timeout=60)
-    for command in ("serve", "check-config", "offline", "ca", "cache", "status", "audit",
-                    "doctor"):  # fmt: skip
+    for command in ("serve", "check-config", "offline", "ca", "cache", "mirror", "status",
+                    "audit", "doctor"):  # fmt: skip
         assert f"    {command} " in out.stdout, command
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from appliance.cli import output
+from appliance.oci.digest import Digest
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ def test_a_table_aligns_its_columns_and_trims_trailing_space(
 def test_plain_turns_dataclasses_in_lists_and_dicts_into_json_values() -> None:
     value = {"rows": [Row("a", (1, 2))], "n": 1}
     assert output.plain(value) == {"rows": [{"name": "a", "sizes": [1, 2]}], "n": 1}
+
+
+def test_plain_writes_a_digest_as_its_text() -> None:
+    digest = Digest.of(b"x")
+    assert output.plain({"d": digest, "ds": [digest]}) == {"d": str(digest), "ds": [str(digest)]}
 
 
 def test_when_is_utc_to_the_minute() -> None:

@@ -1,4 +1,4 @@
-"""The values a config is written in: sizes, endpoints, secret references."""
+"""The values a config is written in: sizes, durations, endpoints, secret references."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config.values import Endpoint, SecretRef, Size
+from appliance.config.values import Duration, Endpoint, SecretRef, Size
 
 
 def test_sizes_parse_and_bad_ones_are_refused() -> None:
@@ -16,6 +16,21 @@ def test_sizes_parse_and_bad_ones_are_refused() -> None:
     for bad in ("80 apples", "-5GB", "0%", "120%", True, "GiB"):
         with pytest.raises(ValueError, match="expected"):
             Size.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(300, 300.0), (1.5, 1.5), (0, 0.0), ("90s", 90.0), ("15m", 900.0), (" 6h ", 21600.0),
+     ("1d", 86400.0), ("0.5h", 1800.0)],
+)  # fmt: skip
+def test_durations_are_seconds_or_a_number_with_a_unit(value: object, seconds: float) -> None:
+    assert Duration.parse(value) == Duration(seconds)
+
+
+@pytest.mark.parametrize("value", ["15 minutes", "m", "-5m", "5w", "", True, -1, None, [1]])
+def test_bad_durations_are_refused_saying_what_is_expected(value: object) -> None:
+    with pytest.raises(ValueError, match="expected a duration like '300', '15m'"):
+        Duration.parse(value)
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:53", "[::1]:5353", "0.0.0.0:443", "[fe80::1]:1"])

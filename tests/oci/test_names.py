@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from appliance.oci.digest import Digest
-from appliance.oci.names import InvalidName, check_repository, parse_reference, same_repository
+from appliance.oci.names import (
+    ImageName,
+    InvalidName,
+    check_repository,
+    parse_image,
+    parse_reference,
+    same_repository,
+)
 
 HEX = "a" * 64
 
@@ -61,3 +68,45 @@ def test_docker_hub_official_images_go_by_two_names(
     host: str, repository: str, names: tuple[str, ...]
 ) -> None:
     assert same_repository(host, repository) == names
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("alpine", ImageName("docker.io", "library/alpine")),
+        ("alpine:3.20", ImageName("docker.io", "library/alpine", "3.20")),
+        ("docker.io/library/alpine:3.20", ImageName("docker.io", "library/alpine", "3.20")),
+        ("registry-1.docker.io/alpine:3.20", ImageName("docker.io", "library/alpine", "3.20")),
+        ("index.docker.io/team/app", ImageName("docker.io", "team/app")),
+        ("team/app:v1", ImageName("docker.io", "team/app", "v1")),
+        ("GHCR.io/org/app:v1", ImageName("ghcr.io", "org/app", "v1")),
+        ("ghcr.io/org/app", ImageName("ghcr.io", "org/app")),  # one-part only on Hub
+        ("localhost/app:1", ImageName("localhost", "app", "1")),
+        ("localhost:5000/app:1", ImageName("localhost:5000", "app", "1")),
+        ("eu.gcr.io/p/a/b", ImageName("eu.gcr.io", "p/a/b")),
+        (
+            f"alpine@sha256:{HEX}",
+            ImageName("docker.io", "library/alpine", None, Digest("sha256", HEX)),
+        ),
+        (f"ghcr.io/o/a:v1@sha256:{HEX}", ImageName("ghcr.io", "o/a", "v1", Digest("sha256", HEX))),
+    ],
+)
+def test_an_image_is_read_as_docker_reads_it(text: str, name: ImageName) -> None:
+    assert parse_image(text) == name
+
+
+def test_an_image_name_prints_in_its_one_normal_form() -> None:
+    assert str(parse_image("alpine:3.20")) == "docker.io/library/alpine:3.20"
+    assert str(parse_image("index.docker.io/library/alpine:3.20")) == str(
+        parse_image("alpine:3.20")
+    )
+    assert str(parse_image(f"ghcr.io/o/a@sha256:{HEX}")) == f"ghcr.io/o/a@sha256:{HEX}"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "Alpine", "alpine:", "alpine:-x", "alpine@sha256:abc", "alpine@latest",
+             "ghcr.io/", "a//b", "alpine:3.20:x"],
+)  # fmt: skip
+def test_a_name_outside_the_grammar_is_refused(text: str) -> None:
+    with pytest.raises(InvalidName):
+        parse_image(text)

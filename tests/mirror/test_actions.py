@@ -1,0 +1,163 @@
+"""What a person does to a mirrored tag, on the real index: pin, unpin, roll back (by
+steps, to a digest, to a date); each refuses what cannot be served, saying why."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from appliance.mirror import actions
+from appliance.mirror.actions import ActionError
+from appliance.mirror.records import MirroredTag, Place
+from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from appliance.store.index import SqliteIndex
+
+A, B, C, D = (Digest.of(x) for x in (b"a", b"b", b"c", b"d"))
+PLACE = Place("docker.io", "library/alpine", "3.20")
+JAN, FEB, MAR = (datetime(2026, m, 1, tzinfo=UTC).timestamp() for m in (1, 2, 3))
+STORE = {A: (OCI_INDEX, 10), B: (OCI_MANIFEST, 20), C: (OCI_MANIFEST, 30)}  # not D
+
+
+async def stored(digest: Digest) -> tuple[str, int] | None:
+    return STORE.get(digest)
+
+
+async def mirrored(index: SqliteIndex, *moves: tuple[Digest, float]) -> None:
+    """The tag served each digest from its time on (syncs), oldest first."""
+    before = None
+    for digest, at in moves:
+        media_type, size = STORE[digest]
+        tag = MirroredTag(PLACE, "alpine:3.20", digest, media_type, size, at, "network")
+        backup = actions.backup_name(actions.DEFAULT_BACKUP, "3.20", at)
+        assert await index.move_tag(tag, "sync", expect=before, backup=backup, keep_backups=3)
+        before = digest
+
+
+async def current(index: SqliteIndex) -> MirroredTag:
+    return await actions.serving(index, PLACE)
+
+
+def test_a_backup_is_named_by_the_template_with_the_move_in_utc() -> None:
+    at = datetime(2026, 12, 1, 23, 30, tzinfo=UTC).timestamp()
+    assert actions.backup_name("{tag}-{date:%Y%m%d}", "3.20", at) == "3.20-20261201"
+    assert actions.backup_name("old-{tag}-{date:%H%M}", "v1", at) == "old-v1-2330"
+
+
+async def test_pinning_what_it_serves_holds_it_without_a_move(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN))
+    message = await actions.pin(index, PLACE, None, stored)
+    assert message == f"{PLACE} pinned at {A}"
+    assert (await current(index)).pin == A and len(await index.mirror_history(PLACE)) == 1
+
+
+async def test_pinning_another_stored_digest_moves_the_tag_there(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN))
+    message = await actions.pin(index, PLACE, B, stored, backup="{tag}-before-pin")
+    assert message == f"{PLACE} moved to {B} and pinned"
+    tag = await current(index)
+    assert (tag.digest, tag.pin, tag.media_type, tag.size) == (B, B, OCI_MANIFEST, 20)
+    last = (await index.mirror_history(PLACE))[-1]
+    assert (last.old, last.new, last.reason, last.backup) == (A, B, "pin", "3.20-before-pin")
+
+
+async def test_pinning_a_digest_not_stored_waits_for_the_next_sync(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN))
+    message = await actions.pin(index, PLACE, D, stored)
+    assert "not in the store yet, the next sync fetches it" in message
+    tag = await current(index)
+    assert (tag.digest, tag.pin) == (A, D)
+
+
+async def test_a_backup_or_an_unmirrored_tag_cannot_be_pinned(index: SqliteIndex) -> None:
+    with pytest.raises(ActionError, match="is not mirrored"):
+        await actions.pin(index, PLACE, None, stored)
+    await mirrored(index, (A, JAN), (B, FEB))
+    backup = Place("docker.io", "library/alpine", "3.20-20260201")
+    with pytest.raises(ActionError, match=r"is a backup of 3\.20: pin that tag"):
+        await actions.pin(index, backup, None, stored)
+
+
+async def test_unpinning_lets_syncs_move_the_tag_again(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN))
+    assert await actions.unpin(index, PLACE) == f"{PLACE} was not pinned"
+    await actions.pin(index, PLACE, None, stored)
+    assert "unpinned" in await actions.unpin(index, PLACE)
+    assert (await current(index)).pin is None
+    with pytest.raises(ActionError, match="is not mirrored"):
+        await actions.unpin(index, Place("docker.io", "library/alpine", "edge"))
+
+
+async def test_rolling_back_serves_the_digest_of_steps_moves_ago_pinned(
+    index: SqliteIndex,
+) -> None:
+    await mirrored(index, (A, JAN), (B, FEB), (C, MAR))
+    assert await actions.rollback_target(index, PLACE) == B
+    assert await actions.rollback_target(index, PLACE, steps=2) == A
+    with pytest.raises(ActionError, match="has 2 earlier digests, not 3"):
+        await actions.rollback_target(index, PLACE, steps=3)
+    with pytest.raises(ActionError, match="not 0"):
+        await actions.rollback_target(index, PLACE, steps=0)
+    before = time.time()
+    move = await actions.rollback(index, PLACE, stored, steps=2)
+    assert (move.old, move.new, move.reason) == (C, A, "rollback") and move.moved_s >= before
+    tag = await current(index)
+    assert (tag.digest, tag.pin, tag.media_type) == (A, A, OCI_INDEX)
+
+
+async def test_rolling_back_to_a_digest_takes_only_one_it_served(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN), (B, FEB), (C, MAR))
+    assert await actions.rollback_target(index, PLACE, to=str(A)) == A
+    with pytest.raises(ActionError, match=f"never served {D}"):
+        await actions.rollback_target(index, PLACE, to=str(D))
+    with pytest.raises(ActionError, match=f"already serves {C}"):
+        await actions.rollback(index, PLACE, stored, to=str(C))
+
+
+@pytest.mark.parametrize(
+    ("to", "digest"),
+    [
+        ("2026-01-15", A),
+        ("2026-02-01T00:00:00", B),  # the move's own moment: already moved
+        ("2026-01-31T23:59:59", A),
+        ("2026-02-01T00:30:00+01:00", A),  # an offset is honoured: 23:30 UTC
+        ("2026-12-31", C),
+    ],
+)
+async def test_rolling_back_to_a_date_takes_what_it_served_then(
+    index: SqliteIndex, to: str, digest: Digest
+) -> None:
+    await mirrored(index, (A, JAN), (B, FEB), (C, MAR))
+    assert await actions.rollback_target(index, PLACE, to=to) == digest
+
+
+async def test_a_date_before_the_mirror_or_no_date_at_all_is_refused(index: SqliteIndex) -> None:
+    with pytest.raises(ActionError, match="has no history"):
+        await actions.rollback_target(index, PLACE)
+    await mirrored(index, (A, JAN), (B, FEB))
+    with pytest.raises(ActionError, match="was not mirrored yet at 2025-06-01"):
+        await actions.rollback_target(index, PLACE, to="2025-06-01")
+    with pytest.raises(ActionError, match="neither a digest nor a date"):
+        await actions.rollback_target(index, PLACE, to="last tuesday")
+
+
+async def test_a_digest_no_longer_stored_is_not_served(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN), (B, FEB))
+
+    async def lost(digest: Digest) -> tuple[str, int] | None:
+        return None if digest == A else await stored(digest)
+
+    with pytest.raises(ActionError, match=f"{A} is not in the store"):
+        await actions.rollback(index, PLACE, lost)
+    assert (await current(index)).digest == B
+
+
+async def test_a_move_from_a_stale_view_is_refused_not_applied(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN))
+    stale = await current(index)
+    await actions.pin(index, PLACE, B, stored)
+    with pytest.raises(ActionError, match="moved meanwhile; try again"):
+        await actions.move(index, stale, C, "rollback", stored)
+    assert (await current(index)).digest == B
