@@ -37,7 +37,7 @@ from appliance.proxy.app import create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.proxy.outage import TokensGiven
 from appliance.runtime.ca_policy import ensure_ca
-from appliance.runtime.mirroring import build_mirror, feeding, mirror_view
+from appliance.runtime.mirroring import build_mirror, feeding, mirror_section, mirror_view
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
@@ -259,6 +259,9 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         return problems + list(await health.check_once())
 
     ca = parts.ca
+    mirror = build_mirror(parts.config, parts.registries, acquired.index, cache,
+                          acquired.mirror_upstream, parts.mirror_view, parts.budgets,
+                          write_audit, parts.metrics)  # fmt: skip
     admin_app = create_admin_app(
         parts.metrics,
         ready,
@@ -266,10 +269,8 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         parts.admin_token,
         ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
         ca_fingerprint=lambda: fingerprint(ca.cert),
+        mirror=lambda: mirror_section(mirror, parts.budgets),
     )
-    mirror = build_mirror(parts.config, parts.registries, acquired.index, cache,
-                          acquired.mirror_upstream, parts.mirror_view, parts.budgets,
-                          write_audit)  # fmt: skip
     evictor.busy = lambda: cache.filling() | mirror.holding()
     background: dict[str, Job] = {
         "health": health.run,

@@ -25,8 +25,10 @@ def create_admin_app(
     token: str | None,
     ca_pem: Callable[[], bytes] = lambda: b"",
     ca_fingerprint: Callable[[], str] = lambda: "",
+    mirror: Callable[[], str] = lambda: "",
 ) -> web.Application:
-    """`ready()` returns the problems keeping regcache from serving (none: ready)."""
+    """`ready()` returns the problems keeping regcache from serving (none: ready);
+    `mirror()` the status page's mirror section."""
 
     async def scrape(_request: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -46,7 +48,7 @@ def create_admin_app(
     async def page(_request: web.Request) -> web.Response:
         problems = list(await ready())
         summary = status.parse(metrics.render().decode(), not problems, problems)
-        text = statuspage.render(summary, metrics.savings, ca_fingerprint())
+        text = statuspage.render(summary, metrics.savings, ca_fingerprint(), mirror())
         return web.Response(text=text, content_type="text/html")
 
     async def ca(_request: web.Request) -> web.Response:

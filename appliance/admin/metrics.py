@@ -12,13 +12,16 @@ import os
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from yarl import URL
+
+from appliance.mirror.records import BudgetSeen
+from appliance.mirror.scheduler import Figures
 
 _HISTORY_POINTS = 24 * 60  # a day of one-minute samples
 _TOP_KEYS = 10_000
@@ -109,6 +112,11 @@ class Metrics:
         read when scraped."""
         self.registry.register(_StateCollector(stored, root, coalesced))
 
+    def watch_mirror(
+        self, figures: Callable[[], Sequence[Figures]], budgets: Callable[[], Sequence[BudgetSeen]]
+    ) -> None:
+        self.registry.register(MirrorCollector(figures, budgets, self._host_label))
+
     def body_sent(self, registry: str, repository: str, sent: int, *, from_store: bool) -> None:
         self.served.labels(registry, "store" if from_store else "upstream").inc(sent)
         self.savings.served(registry, repository, sent, from_store)
@@ -160,3 +168,76 @@ class _StateCollector(Collector):
             "Free bytes on the store's filesystem.",
             stat.f_bavail * stat.f_frsize,
         )
+
+
+class MirrorCollector(Collector):
+    """The managed mirror's figures per entry, and the rate-limit budgets seen, read when
+    scraped. Entry labels are configured sources (or ones an operator added)."""
+
+    def __init__(
+        self,
+        figures: Callable[[], Sequence[Figures]],
+        budgets: Callable[[], Sequence[BudgetSeen]],
+        host_label: Callable[[str], str],
+    ) -> None:
+        self._figures = figures
+        self._budgets = budgets
+        self._host_label = host_label
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        figures = self._figures()
+        gauges = {
+            "tags": ("regcache_mirror_tags", "Tags the entry mirrors (backup refs not counted)."),
+            "drift": ("regcache_mirror_drift", "Mirrored tags whose upstream names another "
+                      "digest than the one served (the next sync moves them, unless pinned)."),
+            "gone": ("regcache_mirror_gone", "Mirrored tags upstream deleted (still served)."),
+        }  # fmt: skip
+        for field, (name, text) in gauges.items():
+            family = GaugeMetricFamily(name, text, labels=["entry"])
+            for f in figures:
+                family.add_metric([f.entry], getattr(f, field))
+            yield family
+        times = GaugeMetricFamily(
+            "regcache_mirror_last_success_timestamp_seconds",
+            "When the entry's last run ended with every tag as it should be.",
+            labels=["entry"],
+        )
+        took = GaugeMetricFamily(
+            "regcache_mirror_sync_duration_seconds", "How long the entry's last run took.",
+            labels=["entry"],
+        )  # fmt: skip
+        waiting = GaugeMetricFamily(
+            "regcache_mirror_waiting", "1 while the entry waits for rate-limit budget or to "
+            "retry a failed run.", labels=["entry"],
+        )  # fmt: skip
+        fetched = CounterMetricFamily(
+            "regcache_mirror_fetched_bytes", "Bytes the entry's runs fetched upstream.",
+            labels=["entry"],
+        )  # fmt: skip
+        for f in figures:
+            if f.last_success_s is not None:
+                times.add_metric([f.entry], f.last_success_s)
+            if f.duration_s is not None:
+                took.add_metric([f.entry], f.duration_s)
+            waiting.add_metric([f.entry], float(f.state in ("waiting", "failed")))
+            fetched.add_metric([f.entry], f.fetched_bytes)
+        yield from (times, took, waiting, fetched)
+        yield from self._budget_families()
+
+    def _budget_families(self) -> Iterator[GaugeMetricFamily]:
+        left = GaugeMetricFamily(
+            "regcache_mirror_ratelimit_remaining", "Rate-limit budget left as upstream last "
+            "stated it, by host and egress credential (what a sync may spend down to min).",
+            labels=["host", "credential"],
+        )  # fmt: skip
+        ends = GaugeMetricFamily(
+            "regcache_mirror_ratelimit_window_end_timestamp_seconds",
+            "When that budget's window ends (it refills by then at the latest).",
+            labels=["host", "credential"],
+        )
+        for b in self._budgets():
+            labels = [self._host_label(b.registry), b.credential]
+            left.add_metric(labels, b.remaining)
+            if b.window_s is not None:
+                ends.add_metric(labels, b.seen_s + b.window_s)
+        yield from (left, ends)

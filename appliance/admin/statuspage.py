@@ -13,7 +13,8 @@ from appliance.admin.status import Status
 from appliance.kit.units import human_size
 
 
-def render(status: Status, savings: Savings, ca_fingerprint: str) -> str:
+def render(status: Status, savings: Savings, ca_fingerprint: str, mirror: str = "") -> str:
+    """`mirror`: the mirror's section (`mirrorpage.render`), if it has entries."""
     rows = "".join(
         f"<tr><td>{_e(name)}</td><td>{_ratio(r.hit_ratio)}</td><td>{r.hits:.0f}</td>"
         f"<td>{r.misses:.0f}</td><td>{r.stale:.0f}</td><td>{human_size(r.from_store)}</td>"
@@ -33,6 +34,7 @@ def render(status: Status, savings: Savings, ca_fingerprint: str) -> str:
 <style>
 body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }}
 h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.1em; margin-top: 2em; }}
+h3 {{ font-size: 1em; }}
 .figures {{ display: flex; gap: 2em; }} .figure b {{ display: block; font-size: 1.8em; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: .2em .8em; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }} tr:nth-child(even) {{ background: #f4f4f4; }}
@@ -65,7 +67,7 @@ td:first-child, th:first-child {{ text-align: left; }} tr:nth-child(even) {{ bac
 <table id="registries"><tr><th>registry</th><th>hit ratio</th><th>hits</th><th>misses</th>
 <th>stale</th><th>from store</th><th>fetched</th><th>upstream 5xx/429</th>
 <th>rate limit left</th></tr>{rows}</table>
-<h2>Top repositories (bytes served)</h2>
+{mirror}<h2>Top repositories (bytes served)</h2>
 <table id="top-repositories"><tr><th>repository</th><th>bytes</th></tr>{top}</table>
 <h2>CA</h2>
 <p>SHA-256 fingerprint <code id="ca-fingerprint">{_e(ca_fingerprint)}</code> —

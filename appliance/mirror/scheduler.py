@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,25 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 _RECENT_MOVES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One entry as the status page and `/metrics` show it (from memory)."""
+
+    entry: str
+    tags: int
+    drift: int
+    """Tags whose upstream names another digest than the one served."""
+    gone: int
+    """Tags upstream deleted (still served)."""
+    state: str
+    last_success_s: float | None
+    next_run_s: float | None
+    duration_s: float | None
+    fetched_bytes: int
+    """Fetched upstream by this entry's runs since start."""
+    error: str | None
 
 
 def next_run(entry: Entry, after_s: float) -> float:
@@ -74,6 +93,27 @@ class Mirror:
         self._audited: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    def figures(self) -> list[Figures]:
+        counted: collections.Counter[tuple[str, str]] = collections.Counter()
+        for place, answer in self.view.serving().items():
+            check = self.checks.get(place)
+            owner = check.entry if check is not None else ""
+            counted[(owner, "tags")] += 1
+            if check is not None and check.gone:
+                counted[(owner, "gone")] += 1
+            elif check is not None and check.upstream not in (None, answer):
+                counted[(owner, "drift")] += 1
+        out = []
+        for entry in self.entries:
+            run = self.runs.get(entry.source, EntryRun(entry.source, "idle"))
+            out.append(Figures(
+                entry.source, counted[(entry.source, "tags")], counted[(entry.source, "drift")],
+                counted[(entry.source, "gone")], run.state, run.last_success_s,
+                self._next.get(entry.source, run.next_run_s), run.duration_s,
+                self.fetched_total[entry.source], run.error,
+            ))  # fmt: skip
+        return out
+
     def holding(self) -> set[str]:
         """Digests copied by runs in progress whose tags have not moved yet."""
         return set(self._copier.holding)
@@ -114,6 +154,9 @@ class Mirror:
             if due <= now and not self._locks[entry.source].locked():
                 self._next[entry.source] = float("inf")  # until the run says when
                 self._spawn(self.run_entry(entry, move=True), entry.source)
+        await self._persist_budgets()
+
+    async def _persist_budgets(self) -> None:
         for budget in self.budgets.take_changes():
             await self._records.record_budget(budget)
 
@@ -128,6 +171,7 @@ class Mirror:
         missing = set(names) - {e.source for e in chosen}
         reports += [{"entry": n, "error": "no such entry", "waiting": None, "tags": []}
                     for n in sorted(missing)]  # fmt: skip
+        await self._persist_budgets()  # what the asker reads next (`mirror status`)
         await self._records.finish_request(request_id, json.dumps({"entries": reports}))
 
     async def run_entry(self, entry: Entry, *, move: bool) -> dict[str, Any]:

@@ -6,10 +6,10 @@ anyone through its repository. Safe from any thread: reads take the current dict
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from appliance.cache.ports import MirrorAnswer
-from appliance.mirror.records import MirroredTag
+from appliance.mirror.records import MirroredTag, Place
 from appliance.oci.digest import Digest
 from appliance.oci.names import same_repository
 
@@ -21,12 +21,13 @@ class MirrorTags:
         self._place_of = functools.lru_cache(maxsize=_PLACES)(place_of)
         """Request host → the registry the mirror keys it by (`Registries.place`)."""
         self._tags: dict[tuple[str, str, str], MirrorAnswer] = {}
+        self._serving: dict[Place, Digest] = {}
         self._open: dict[tuple[str, str], frozenset[Digest]] = {}
         self.count = 0
         """Mirrored tags, backup refs included."""
 
     def load(
-        self, tags: Iterable[MirroredTag], reachable: Mapping[tuple[str, str], frozenset[Digest]]
+        self, tags: Sequence[MirroredTag], reachable: Mapping[tuple[str, str], frozenset[Digest]]
     ) -> None:
         """The index's mirrored tags, and per (registry, repository) what the manifests of
         its network-access tags reference, transitively (themselves included)."""
@@ -36,7 +37,13 @@ class MirrorTags:
             )
             for t in tags
         }
+        serving = {t.place: t.digest for t in tags if t.backup_of is None}
         self._tags, self._open, self.count = mapping, dict(reachable), len(mapping)
+        self._serving = serving
+
+    def serving(self) -> dict[Place, Digest]:
+        """Each mirrored tag (backups left out) and what it serves."""
+        return self._serving
 
     def tag(self, host: str, repository: str, tag: str) -> MirrorAnswer | None:
         tags = self._tags

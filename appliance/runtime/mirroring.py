@@ -10,6 +10,8 @@ from typing import Any
 
 from yarl import URL
 
+from appliance.admin import mirrorpage
+from appliance.admin.metrics import Metrics
 from appliance.cache.service import RegistryCache
 from appliance.config.model import Config
 from appliance.config.registries import Registries
@@ -46,7 +48,10 @@ def build_mirror(
     view: MirrorTags,
     budgets: Budgets,
     audit: Callable[[dict[str, Any]], None] | None,
+    metrics: Metrics,
 ) -> Mirror:
+    """The mirror, its figures on `/metrics`."""
+
     async def entries() -> list[Entry]:
         return resolve(config.mirror, registries, await index.added_entries())
 
@@ -54,4 +59,11 @@ def build_mirror(
         return "anonymous" if registries.credentials(host, own=True) is None else "regcache"
 
     copier = Copier(upstream, cache, index, budgets, whose)
-    return Mirror(entries, index, copier, view, budgets, audit=audit)
+    mirror = Mirror(entries, index, copier, view, budgets, audit=audit)
+    metrics.watch_mirror(mirror.figures, budgets.all)
+    return mirror
+
+
+def mirror_section(mirror: Mirror, budgets: Budgets) -> str:
+    """The status page's mirror section, as things are now."""
+    return mirrorpage.render(mirror.figures(), budgets.all(), list(mirror.moves))

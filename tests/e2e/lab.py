@@ -42,6 +42,9 @@ BOB_PASSWORD = "bob-Basic-pa55"
 ALICE_PASSWORD = "Wonder-1and"
 DAVE_PASSWORD = "dave-Pa55word"
 TOKEN_HOST, TOKEN_IP = "auth.docker.io", "127.0.0.5"
+HUB_HOST = "registry-1.docker.io"
+HUB_BEHIND_FRONT_IP = "127.0.0.16"
+"""Where the Hub twin listens when a rate-limit front has its address (`front_hub`)."""
 CDN_HOST, CDN_IP = "cdn.quay.io", "127.0.0.9"
 CDN_RATE_BYTES_S = 16 << 20
 # Answers every manifest and blob request with a 307 to us-docker.pkg.dev, unconditionally.
@@ -106,6 +109,11 @@ class Lab:
     """JSON {digest: fault} the CDN obeys (see servers.cdn_app)."""
     command: tuple[str, ...] = (str(REPO / ".venv" / "bin" / "regcache"),)
     """How regcache is started (a test may wrap it, e.g. to move its clock)."""
+    ratelimit_remaining: Path | None = None
+    """With `lab(front_hub=True)`: what the Hub twin's `ratelimit-remaining` says."""
+    front_log: Path | None = None
+    """…and every request it got, `METHOD PATH` per line."""
+    front_proc: subprocess.Popen[bytes] | None = None
 
     def start_regcache(self) -> None:
         assert self.config_path is not None
@@ -120,7 +128,7 @@ class Lab:
         for reg in self.registries.values():
             if reg.proc is not None:
                 self.ns.stop(reg.proc)
-        for proc in (self.token_proc, self.redirector_proc):
+        for proc in (self.token_proc, self.redirector_proc, self.front_proc):
             if proc is not None:
                 self.ns.stop(proc)
 
@@ -268,9 +276,12 @@ def lab(
     tmp: Path,
     tweak: Callable[[dict[str, Any]], None] | None = None,
     command: tuple[str, ...] | None = None,
+    *,
+    front_hub: bool = False,
 ) -> Iterator[Lab]:
     """The lab; `tweak` may change regcache's config before its first start, `command`
-    replaces how regcache is started."""
+    replaces how regcache is started; `front_hub` puts a proxy adding Docker Hub's
+    rate-limit headers in front of the Hub twin (`Lab.ratelimit_remaining`)."""
     ca = TestCa(tmp)
     signing_cert, signing_key = ca.issue("token-signing", "token-signing")
     with Netns(REGCACHE_IP) as ns:
@@ -298,6 +309,8 @@ def lab(
         (tmp / "bob-password").write_text(BOB_PASSWORD + "\n")
         os.environ["REGCACHE_TEST_ALICE_PASSWORD"] = ALICE_PASSWORD  # read by regcache
         for host, ip in UPSTREAMS.items():
+            if front_hub and host == HUB_HOST:
+                ip = HUB_BEHIND_FRONT_IP
             reg = Registry(host, ip, tmp / host, tmp / f"{host}.log")
             reg.folder.mkdir()
             cert, key = ca.issue(host, host)
@@ -308,6 +321,8 @@ def lab(
             )
             _wait_port(ns, ip, 443, reg.proc, reg.log)
             the_lab.registries[host] = reg
+        if front_hub:
+            _front(the_lab, ca)
         cert, key = ca.issue(TOKEN_HOST, TOKEN_HOST)
         the_lab.token_log = tmp / "token-requests.log"
         the_lab.upstream_ca = ca
@@ -378,6 +393,20 @@ def lab(
             yield the_lab
         finally:
             os.environ.pop("REGCACHE_TEST_ALICE_PASSWORD", None)
+
+
+def _front(the_lab: Lab, ca: TestCa) -> None:
+    """The rate-limit front on the Hub twin's address, the twin behind it."""
+    cert, key = ca.issue("hub-front", HUB_HOST)
+    the_lab.ratelimit_remaining = the_lab.tmp / "ratelimit-remaining"
+    the_lab.front_log = the_lab.tmp / "front-requests.log"
+    ip = UPSTREAMS[HUB_HOST]
+    proc = the_lab.front_proc = _python_server(
+        the_lab.ns, the_lab.tmp / "front.log", "ratelimit", "--listen", f"{ip}:443", "--cert",
+        str(cert), "--key", str(key), "--target", f"https://{HUB_BEHIND_FRONT_IP}:443",
+        "--remaining", str(the_lab.ratelimit_remaining), "--log", str(the_lab.front_log),
+    )  # fmt: skip
+    _wait_port(the_lab.ns, ip, 443, proc, the_lab.tmp / "front.log")
 
 
 def manifest_digests(raw: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 - `token`: a registry token realm (docker/distribution token spec). Grants every scope
   asked for, anonymously, as an ES256 JWT whose x5c chains to the upstream test CA.
+- `ratelimit`: a reverse proxy adding Docker Hub's `ratelimit-*` headers to a registry.
 - `cdn`: serves a registry's storage folder over TLS, where distribution's `redirect`
   middleware sends blob GETs; it can be throttled, told to corrupt given blobs, or to
   reset, cut or stall them mid-body.
@@ -20,13 +21,16 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from multidict import CIMultiDict
 
 ISSUER = "regcache-test-issuer"
 ALICE = "Basic " + base64.b64encode(b"alice:Wonder-1and").decode()
@@ -176,9 +180,54 @@ def fault_app(status: int) -> web.Application:
     return app
 
 
+_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+                  "host"})  # fmt: skip
+
+
+def ratelimit_app(target: str, remaining: Path, log: Path) -> web.Application:
+    """A reverse proxy in front of a registry at `target` that adds Docker Hub's rate-limit
+    headers to every answer (`ratelimit-remaining` from the file `remaining`, default 100)
+    and logs each request as `METHOD PATH` (bodies stream both ways, unchanged)."""
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        with log.open("a") as out:
+            out.write(f"{request.method} {request.path_qs}\n")
+        left = remaining.read_text().strip() if remaining.exists() else "100"
+        # A multidict: clients send several Accept headers, each must reach the registry.
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
+        session: aiohttp.ClientSession = request.app["session"]
+        body = request.content if request.body_exists else None
+        async with session.request(request.method, target + request.path_qs, headers=headers,
+                                   data=body, allow_redirects=False) as up:  # fmt: skip
+            response = web.StreamResponse(status=up.status)
+            for key, value in up.headers.items():
+                if key.lower() not in _HOP:
+                    response.headers.add(key, value)
+            response.headers["ratelimit-limit"] = "100;w=21600"
+            response.headers["ratelimit-remaining"] = f"{left};w=21600"
+            await response.prepare(request)
+            if request.method != "HEAD":
+                async for chunk in up.content.iter_chunked(1 << 16):
+                    await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(ssl=False)  # the registry behind, on loopback
+        app["session"] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        yield
+        await app["session"].close()
+
+    app = web.Application(client_max_size=0)
+    app.cleanup_ctx.append(session)
+    app.router.add_route("*", "/{tail:.*}", relay)
+    return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["token", "cdn", "fault", "redirector"])
+    parser.add_argument("role", choices=["token", "cdn", "fault", "redirector", "ratelimit"])
+    parser.add_argument("--remaining")
     parser.add_argument("--target")
     parser.add_argument("--listen", required=True)
     parser.add_argument("--cert", required=True)
@@ -203,6 +252,8 @@ def main() -> None:
         app = fault_app(args.status)
     elif args.role == "redirector":
         app = redirector_app(args.target)
+    elif args.role == "ratelimit":
+        app = ratelimit_app(args.target, Path(args.remaining), Path(args.log))
     else:
         faults = Path(args.faults) if args.faults else None
         app = cdn_app(Path(args.root), args.rate, Path(args.corrupt), faults)

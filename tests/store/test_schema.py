@@ -10,7 +10,8 @@ from appliance.oci.digest import Digest
 from appliance.store.index import SqliteIndex
 
 MIRROR_TABLES = ("mirror_tags", "mirror_history", "mirror_checks", "mirror_runs",
-                 "mirror_budgets", "mirror_added", "mirror_requests", "mirror_state")  # fmt: skip
+                 "mirror_budgets", "mirror_added", "mirror_requests", "mirror_referrers",
+                 "mirror_state")  # fmt: skip
 
 
 def rewind(path: Path, version: int) -> None:
