@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.mirror.entries import Entry
 from appliance.mirror.records import BudgetSeen, Check, EntryRun, MirroredTag, MirrorRecords, Place
@@ -90,6 +90,8 @@ async def report(records: MirrorRecords, entries: Sequence[Entry]) -> Report:
         found = owner(entries, tag.place, tag.entry)
         source = tag.entry if found is None else found.source
         count = backups[(tag.place.registry, tag.place.repository, tag.place.tag)]
+        if found is not None and found.pin is not None and tag.pin is None:
+            tag = replace(tag, pin=found.pin)  # pinned by the config
         grouped.setdefault(source, []).append(_tag(tag, checks.get(tag.place), count))
         accesses.setdefault(source, tag.access)
     configured = {e.source: e.access for e in entries}

@@ -137,8 +137,10 @@ class Mirror:
         self.checks.update({c.place: c for c in await self._records.mirror_checks()})
         copied = {t.entry for t in await self._records.mirrored_tags()}
         now = self._clock()
-        for entry in self.entries:
-            self._next[entry.source] = now if entry.source not in copied else next_run(entry, now)
+        for entry in self.entries:  # restarts do not postpone a schedule: from the last run
+            last = self.runs.get(entry.source, EntryRun(entry.source, "idle")).last_run_s
+            due = now if entry.source not in copied or last is None else next_run(entry, last)
+            self._next[entry.source] = due
         while True:
             await self._tick()
             await asyncio.sleep(TICK_S)
@@ -153,7 +155,7 @@ class Mirror:
             due = self._next.setdefault(entry.source, now)
             if due <= now and not self._locks[entry.source].locked():
                 self._next[entry.source] = float("inf")  # until the run says when
-                self._spawn(self.run_entry(entry, move=True), entry.source)
+                self._spawn(self._scheduled(entry), entry.source)
         await self._persist_budgets()
 
     async def _persist_budgets(self) -> None:
@@ -165,13 +167,30 @@ class Mirror:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _scheduled(self, entry: Entry) -> None:
+        try:
+            await self.run_entry(entry, move=True)
+        except Exception:
+            # Not the run's own trouble (that is recorded): the index failed under it.
+            log.exception("mirror run-crashed entry=%s", entry.source)
+            self._next[entry.source] = self._clock() + entry.ratelimit.retry.seconds
+
     async def _answer(self, request_id: int, action: str, names: tuple[str, ...]) -> None:
-        chosen = [e for e in self.entries if not names or e.source in names]
-        reports = [await self.run_entry(e, move=action == "sync") for e in chosen]
-        missing = set(names) - {e.source for e in chosen}
-        reports += [{"entry": n, "error": "no such entry", "waiting": None, "tags": []}
-                    for n in sorted(missing)]  # fmt: skip
-        await self._persist_budgets()  # what the asker reads next (`mirror status`)
+        """Run what `regcache mirror sync|diff` asked; its answer is written whatever
+        happens (the asker waits for it)."""
+        reports: list[dict[str, Any]] = []
+        try:
+            chosen = [e for e in self.entries if not names or e.source in names]
+            for entry in chosen:
+                reports.append(await self.run_entry(entry, move=action == "sync"))
+            missing = set(names) - {e.source for e in chosen}
+            reports += [{"entry": n, "error": "no such entry", "waiting": None, "tags": []}
+                        for n in sorted(missing)]  # fmt: skip
+            await self._persist_budgets()  # what the asker reads next (`mirror status`)
+        except Exception as e:
+            log.exception("mirror request-failed id=%d", request_id)
+            reports.append({"entry": "", "error": f"{type(e).__name__}: {e}", "waiting": None,
+                            "tags": []})  # fmt: skip
         await self._records.finish_request(request_id, json.dumps({"entries": reports}))
 
     async def run_entry(self, entry: Entry, *, move: bool) -> dict[str, Any]:

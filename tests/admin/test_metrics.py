@@ -41,3 +41,24 @@ def test_upstream_hosts_are_labelled_by_the_configured_name_they_match(tmp_path:
     hosts = set(re.findall(r'regcache_upstream_requests_total\{host="([^"]+)"', text))
     assert hosts == {"registry-1.docker.io", "*.r2.cloudflarestorage.com", "other"}
     assert 'method="OTHER"' in text and "BREW" not in text
+
+
+def test_mirror_figures_and_budgets_are_scraped_per_entry_and_host() -> None:
+    from appliance.mirror.records import BudgetSeen
+    from appliance.mirror.scheduler import Figures
+
+    metrics = Metrics(lambda host: "registry-1.docker.io" if "docker" in host else "other")
+    entry = Figures("docker.io/library/alpine:3.20", 2, 1, 0, "waiting", 100.0, 200.0, 3.5,
+                    4096, "budget")  # fmt: skip
+    budget = BudgetSeen("registry-1.docker.io", "regcache", 12, 100, 600, 1000.0)
+    metrics.watch_mirror(lambda: [entry], lambda: [budget])
+    text = metrics.render().decode()
+    label = 'entry="docker.io/library/alpine:3.20"'
+    assert f"regcache_mirror_tags{{{label}}} 2.0" in text
+    assert f"regcache_mirror_drift{{{label}}} 1.0" in text
+    assert f"regcache_mirror_waiting{{{label}}} 1.0" in text
+    assert f"regcache_mirror_last_success_timestamp_seconds{{{label}}} 100.0" in text
+    assert f"regcache_mirror_fetched_bytes_total{{{label}}} 4096.0" in text
+    host = 'credential="regcache",host="registry-1.docker.io"'
+    assert f"regcache_mirror_ratelimit_remaining{{{host}}} 12.0" in text
+    assert f"regcache_mirror_ratelimit_window_end_timestamp_seconds{{{host}}} 1600.0" in text
