@@ -120,3 +120,15 @@ def test_rules_see_the_package() -> None:
     assert {"dns", "tls", "proxy", "kit", "config", "admin", "runtime", "cli"} <= parts
     assert any("appliance.dns" in name for name in imports(PACKAGE / "main.py"))
     assert "runtime" in _ours(PACKAGE / "cli" / "serve.py")  # the walk sees cli/
+
+
+def test_the_cache_knows_the_mirror_only_through_its_port() -> None:
+    """mirror/ drives the cache; the cache asks it only through `cache.ports.MirrorView`."""
+    found = [
+        (str(path.relative_to(PACKAGE)), name)
+        for part, path in modules()
+        if part == "cache"
+        for name in _ours(path)
+        if name == "mirror"
+    ]
+    assert found == []
