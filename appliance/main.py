@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance.admin.app import create_admin_app
+from appliance.admin.app import bind_admin, create_admin_app
 from appliance.admin.audit import AuditLog
 from appliance.admin.health import HealthMonitor, NamedCheck, listening
 from appliance.admin.metrics import Metrics
@@ -24,7 +24,7 @@ from appliance.cache.access import AccessGate
 from appliance.cache.fingerprint import Fingerprints
 from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
-from appliance.config.model import Config, Endpoint, StartupError
+from appliance.config.model import Config, StartupError
 from appliance.config.registries import Registries
 from appliance.dns.client import UpstreamResolver
 from appliance.dns.ratelimit import RateLimiter
@@ -32,6 +32,7 @@ from appliance.dns.responder import Interception, Responder
 from appliance.dns.server import DnsServer, ServerLimits
 from appliance.kit.tasks import Job, supervise
 from appliance.mirror.budget import Budgets
+from appliance.mirror.scheduler import Mirror
 from appliance.mirror.view import MirrorTags
 from appliance.proxy.app import create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
@@ -44,6 +45,7 @@ from appliance.runtime.outbound import credential_sources, upstream_client, upst
 from appliance.runtime.signals import on_reload, on_stop
 from appliance.runtime.sites import site_resolver
 from appliance.runtime.startup import StoreStartup
+from appliance.store import mirrorjournal
 from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
@@ -100,6 +102,7 @@ class Service:
     startup: StoreStartup
     """The store's reconciliation: the cache serves once it is done."""
     health: HealthMonitor
+    mirror: Mirror
     background: dict[str, Job]
     """Run under `supervise` for as long as regcache serves."""
 
@@ -135,6 +138,7 @@ async def run(parts: Parts) -> int:
         stack.callback(log.info, "regcache stopped")
         stop = on_stop(stack)
         service = wire(parts, await _acquire(stack, parts))
+        await service.mirror.reload()  # mirrored tags are served as such from the start
         # The store is reconciled in the background: after an index rebuild that re-hashes
         # every file, far longer than systemd waits for READY=1 (runtime/startup.py).
         service.startup.start()
@@ -182,6 +186,7 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
     """The index, the upstream session and the audit log, each with its release."""
     index, _ = await open_index(parts.config.state_dir)
     stack.push_async_callback(index.close)
+    await mirrorjournal.restore(parts.config.state_dir, index)  # a rebuilt index: the mirror's
     upstream = upstream_client(
         parts.config,
         parts.registries,
@@ -278,7 +283,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
     }
-    return Service(proxy_app, loops, dns, admin_app, startup, health, background)
+    return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 
 
 def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
@@ -389,10 +394,3 @@ async def _sample_savings(metrics: Metrics) -> None:
     while True:
         await asyncio.sleep(60)
         metrics.savings.sample()
-
-
-async def bind_admin(runner: web.AppRunner, endpoint: Endpoint) -> None:
-    try:
-        await web.TCPSite(runner, str(endpoint.address), endpoint.port).start()
-    except OSError as e:
-        raise StartupError(f"admin listener {endpoint}: {e.strerror or e}") from e

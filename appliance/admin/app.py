@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from appliance.admin import status, statuspage
 from appliance.admin.metrics import Metrics
-from appliance.config.model import IPNetwork
+from appliance.config.model import Endpoint, IPNetwork, StartupError
 
 
 def create_admin_app(
@@ -92,3 +92,11 @@ def _guard(allow: Sequence[IPNetwork], token: str | None) -> Middleware:
         return await handler(request)
 
     return guard
+
+
+async def bind_admin(runner: web.AppRunner, endpoint: Endpoint) -> None:
+    """Listen on `endpoint`; a StartupError naming it if that cannot be."""
+    try:
+        await web.TCPSite(runner, str(endpoint.address), endpoint.port).start()
+    except OSError as e:
+        raise StartupError(f"admin listener {endpoint}: {e.strerror or e}") from e

@@ -23,6 +23,7 @@ from appliance.mirror.records import MirroredTag, Place
 from appliance.mirror.report import Report, owner, report
 from appliance.oci.digest import Digest
 from appliance.oci.names import ImageName, InvalidName, parse_image, same_repository
+from appliance.store import mirrorjournal
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
 
@@ -94,6 +95,9 @@ def run(args: argparse.Namespace, config: Config, _path: Path) -> int:
         return 1
 
 
+_CHANGES = frozenset({"pin", "unpin", "rollback", "add"})
+
+
 async def _run(args: argparse.Namespace, config: Config) -> int:
     index = await SqliteIndex.open(config.state_dir / INDEX_NAME)
     try:
@@ -108,6 +112,8 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
             "add": lambda: _add(args, config, index),
         }[args.mirror_command]
         result = await command()
+        if args.mirror_command in _CHANGES:  # kept beside the index (a running regcache
+            await mirrorjournal.save(config.state_dir, index)  # would, a second later)
     finally:
         await index.close()
     if args.json:

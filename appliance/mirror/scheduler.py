@@ -71,8 +71,10 @@ class Mirror:
         budgets: Budgets,
         *,
         audit: Callable[[dict[str, Any]], None] | None = None,
+        journal: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`journal`: keep a copy of the mirror's rows outside the index (after changes)."""
         self._entries_of = entries
         self._records = records
         self._copier = copier
@@ -90,6 +92,8 @@ class Mirror:
             asyncio.Lock
         )
         self._generation = -1
+        self._journal = journal
+        self._journalled = -1
         self._audited: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -129,6 +133,12 @@ class Mirror:
             for _, move in moves:
                 self._audit_move(move)
         self._audited = moves[-1][0] if moves else (self._audited or 0)
+        if self._journal is not None and self._journalled != self._generation:
+            try:
+                await self._journal()
+                self._journalled = self._generation
+            except OSError as e:  # a full disk: the index still has it all; next change
+                log.warning("mirror journal-not-saved error=%s", e)
 
     async def run(self) -> None:
         """The background job."""

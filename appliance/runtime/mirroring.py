@@ -21,6 +21,7 @@ from appliance.mirror.entries import Entry, resolve
 from appliance.mirror.scheduler import Mirror
 from appliance.mirror.view import MirrorTags
 from appliance.runtime.outbound import OnReply
+from appliance.store import mirrorjournal
 from appliance.store.index import SqliteIndex
 from appliance.upstream.client import UpstreamClient
 
@@ -59,7 +60,8 @@ def build_mirror(
         return "anonymous" if registries.credentials(host, own=True) is None else "regcache"
 
     copier = Copier(upstream, cache, index, budgets, whose)
-    mirror = Mirror(entries, index, copier, view, budgets, audit=audit)
+    mirror = Mirror(entries, index, copier, view, budgets, audit=audit,
+                    journal=lambda: mirrorjournal.save(config.state_dir, index))  # fmt: skip
     metrics.watch_mirror(mirror.figures, budgets.all)
     return mirror
 

@@ -35,6 +35,18 @@ _SERVING = "SELECT digest FROM mirror_tags WHERE registry = ? AND repository = ?
 _TAKEN = (
     "SELECT digest, backup_of FROM mirror_tags WHERE registry = ? AND repository = ? AND tag = ?"
 )
+_JOURNALLED = {
+    "mirror_tags": "SELECT * FROM mirror_tags",
+    "mirror_history": "SELECT * FROM mirror_history ORDER BY rowid",
+    "mirror_added": "SELECT * FROM mirror_added",
+    "mirror_referrers": "SELECT * FROM mirror_referrers",
+}
+_RESTORE = {
+    "mirror_tags": "INSERT OR IGNORE INTO mirror_tags VALUES ({marks})",
+    "mirror_history": "INSERT INTO mirror_history VALUES ({marks})",
+    "mirror_added": "INSERT OR IGNORE INTO mirror_added VALUES ({marks})",
+    "mirror_referrers": "INSERT OR IGNORE INTO mirror_referrers VALUES ({marks})",
+}
 _WRITE_TAG = "INSERT OR REPLACE INTO mirror_tags VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _BUMP = "UPDATE mirror_state SET generation = generation + 1"
 
@@ -58,6 +70,27 @@ class MirrorState:
                 key = (tag.place.registry, tag.place.repository)
                 roots.setdefault(key, []).append(str(tag.digest))
         return {key: await reachable(self._db, digests) for key, digests in roots.items()}
+
+    async def mirror_rows(self, tables: Sequence[str]) -> dict[str, list[list[Any]]]:
+        """Every row of the named mirror tables (`mirrorjournal.save`)."""
+        out: dict[str, list[list[Any]]] = {}
+        for table in tables:
+            if table not in _JOURNALLED:
+                raise ValueError(f"not a mirror table: {table}")
+            out[table] = [list(r) for r in await self._select(_JOURNALLED[table])]
+        return out
+
+    async def restore_mirror_rows(self, tables: dict[str, list[tuple[Any, ...]]]) -> int:
+        """Put journalled rows back (those already present stay); rows written."""
+        written = 0
+        async with self._transaction() as db:
+            for table, rows in tables.items():
+                if rows:
+                    marks = ", ".join("?" * len(rows[0]))
+                    cursor = await db.executemany(_RESTORE[table].format(marks=marks), rows)
+                    written += max(cursor.rowcount, 0)
+            await db.execute(_BUMP)
+        return written
 
     async def mirror_generation(self) -> int:
         rows = await self._select("SELECT generation FROM mirror_state")
