@@ -48,7 +48,7 @@ ENTRIES = {
 }
 REPORT: dict[str, Any] = {}
 HELD: dict[str, Any] = {}
-"""What one test leaves for the outage test: alice's token, her image."""
+"""What one test leaves for the outage test: alice's private image."""
 _ACCEPT = "Accept: application/vnd.oci.image.manifest.v1+json"
 
 
@@ -296,12 +296,32 @@ def test_private_source_reaches_only_its_owner_under_any_name(mlab: Lab) -> None
     assert tag_status(mlab, ENTRIES["private"], "v1")["access"] == "upstream"
     _refused_everywhere(mlab, img)
     assert pull(mlab, f"{HUB}/private/mirrored:v1", "p-alice", ALICE) == img.top.digest
-    # A client of alice's holding its token across the outage (the last test).
-    token = _token(mlab, "private/mirrored", ALICE)
-    url = f"https://{HUB}/v2/private/mirrored/manifests/v1"
-    code, body = status_and_body(mlab, url, f"Authorization: Bearer {token}", _ACCEPT)
-    assert (code, body) == (200, img.top.data)
-    HELD.update(token=token, image=img)
+    HELD["image"] = img
+
+
+def test_a_restart_and_an_index_rebuilt_from_the_files_keep_the_mirror(mlab: Lab) -> None:
+    ref = f"{HUB}/library/mirrored:3.20"
+    serving = _serving(mlab, ENTRIES["pinned"], "3.20")
+    before = upstream_requests(mlab, "library/mirrored")
+    mlab.restart_regcache()
+    assert pull(mlab, ref, "restarted") == serving
+    assert mlab.regcache_proc is not None
+    mlab.ns.stop(mlab.regcache_proc)
+    index = mlab.state_dir / "index.sqlite"
+    with index.open("r+b") as db:  # the header: SQLite refuses the file, regcache rebuilds
+        db.write(b"\0" * 100)
+    for suffix in ("-wal", "-shm"):
+        index.with_name(index.name + suffix).unlink(missing_ok=True)
+    mlab.start_regcache()
+    _wait_for(lambda: _pull_digest_or_none(mlab, ref) == serving)
+    # Upstream heard only the mirror's own check after the rebuild (its runs were in the
+    # lost index): HEADs of the tag, nothing fetched, nothing asked by the pulls.
+    after = upstream_requests(mlab, "library/mirrored")[len(before) :]
+    assert {r for r in after} <= {("HEAD", "/v2/library/mirrored/manifests/3.20")}, after
+    REPORT["restart, then an index rebuilt from the files"] = {"upstream requests": after}
+    moves = json.loads(mirror(mlab, "history", ENTRIES["moving"], "--json").stdout)["moves"]
+    assert len(moves) >= 4  # the history came back too
+    assert "restored-from-journal" in mlab.regcache_log.read_text()
 
 
 def test_with_upstream_stopped_rollback_is_instant_and_private_content_stays_private(
@@ -310,6 +330,10 @@ def test_with_upstream_stopped_rollback_is_instant_and_private_content_stays_pri
     entry, ref = ENTRIES["moving"], f"{HUB}/library/moving:1"
     history = json.loads(mirror(mlab, "history", entry, "--json").stdout)["moves"]
     old, current = history[-2]["new"], history[-1]["new"]
+    # A client of alice's that holds its token across the outage, checked before it.
+    img, token = HELD["image"], _token(mlab, "private/mirrored", ALICE)
+    base, auth = f"https://{HUB}/v2/private/mirrored", f"Authorization: Bearer {token}"
+    assert status_and_body(mlab, f"{base}/manifests/v1", auth, _ACCEPT) == (200, img.top.data)
     mlab.stop_upstream()
     mirror(mlab, "rollback", entry, "--steps", "1")
     _wait_for(lambda: _pull_digest_or_none(mlab, ref) == old)
@@ -326,10 +350,7 @@ def test_with_upstream_stopped_rollback_is_instant_and_private_content_stays_pri
     for who, creds in (("o-anon", None), ("o-carol", "carol:wrong"), ("o-dave", DAVE)):
         out3, _ = mlab.pull(f"{HUB}/private/mirrored:v1", who, creds)
         assert out3.returncode != 0, who
-    img, token = HELD["image"], HELD["token"]
     _refused_everywhere(mlab, img, pulls=False)
-    base = f"https://{HUB}/v2/private/mirrored"
-    auth = f"Authorization: Bearer {token}"
     assert status_and_body(mlab, f"{base}/manifests/v1", auth, _ACCEPT) == (200, img.top.data)
     for blob in img.blobs:
         assert status_and_body(mlab, f"{base}/blobs/{blob.digest}", auth) == (200, blob.data)
