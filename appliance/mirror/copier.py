@@ -130,6 +130,8 @@ class Copier:
             result.change = "pinned" if upstream != wanted else "none"
             if move:  # the store must still hold all of it (`cache rm --force`)
                 await self._complete(entry, wanted, result)
+            if move and result.error is None:  # and signatures made since the last run
+                await self._keep_referrers(entry, wanted, currents, result)
             return result
         result.change = "new" if current is None else ("pinned" if wanted != upstream else "move")
         if not move:
