@@ -17,12 +17,14 @@ from appliance.config.registries import Registries
 from appliance.mirror.budget import Budgets
 from appliance.mirror.copier import Copier
 from appliance.mirror.entries import Entry, resolve
+from appliance.mirror.scheduler import Mirror
 from appliance.mirror.view import MirrorTags
 from appliance.oci.digest import Digest
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
 from tests.cache.fakes import FakeReply, FakeUpstream
+from tests.mirror.images import Image, serve
 
 HUB = "https://registry-1.docker.io"
 ALPINE = f"{HUB}/v2/library/alpine"
@@ -84,12 +86,29 @@ class Rig:
     entries: list[Entry]
     now: list[float] = field(default_factory=lambda: [1_000_000.0])
 
-    def entry(self, source: str = "alpine:3.20", **changes: object) -> Entry:
-        found = next(e for e in self.entries if e.source == source)
+    def entry(self, of: str = "alpine:3.20", **changes: object) -> Entry:
+        """The configured entry `of`, with `changes`."""
+        found = next(e for e in self.entries if e.source == of)
         return dataclasses.replace(found, **changes)  # type: ignore[arg-type]
 
     async def reload_view(self) -> None:
-        self.view.load(await self.index.mirrored_tags(), await self.index.mirror_reachable())
+        """The view loaded from the index as the running mirror loads it."""
+
+        async def configured() -> list[Entry]:
+            return self.entries
+
+        await Mirror(configured, self.index, self.copier, self.view, self.budgets).reload()
+
+    async def mirror(self, served: Image, **entry: object) -> None:
+        """`served` upstream as the entry's tag, copied by the mirror and served."""
+        chosen = self.entry(**entry)
+        tag = chosen.tag or "latest"
+        serve(self.upstream, chosen.url, served, tag)
+        result = await self.copier.sync(chosen, tag, {t.place: t for t in
+                                                      await self.index.mirrored_tags()},
+                                        move=True)  # fmt: skip
+        assert result.moved, result
+        await self.reload_view()
 
     def on_disk(self, digest: Digest) -> bytes | None:
         path = self.files.path_for(digest)
