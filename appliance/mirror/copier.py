@@ -96,6 +96,10 @@ class Copier:
         """Upstream host → the egress credential the mirror uses there."""
         self._clock = clock
 
+    async def manifest_body(self, digest: Digest) -> tuple[bytes, str] | None:
+        """A stored manifest's bytes and type, if intact (what a mirrored tag opens)."""
+        return await self._keeper.manifest_body(digest)
+
     async def head(self, entry: Entry, tag: str) -> tuple[int, Digest | None]:
         reply = await self.upstream.fetch(
             "HEAD", f"{entry.url}/manifests/{tag}", {"Accept": ALL_MANIFESTS}

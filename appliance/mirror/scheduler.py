@@ -27,7 +27,7 @@ from appliance.mirror.copier import Copier, TagResult, bounded
 from appliance.mirror.entries import Entry, chosen_tags
 from appliance.mirror.records import Check, EntryRun, MirroredTag, MirrorRecords, Move, Place
 from appliance.mirror.tagslist import TagsListError, list_tags
-from appliance.mirror.view import MirrorTags
+from appliance.mirror.view import MirrorTags, network_content
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Mirror:
         async with self._reloading:
             self._generation = await self._records.mirror_generation()
             tags = await self._records.mirrored_tags()
-            self.view.load(tags, await self._records.mirror_reachable())
+            self.view.load(tags, await network_content(tags, self._copier.manifest_body))
             self.entries = await self._entries_of()
             moves = await self._records.mirror_moves_since(self._audited or 0)
             if self._audited is not None:

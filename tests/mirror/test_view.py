@@ -1,9 +1,11 @@
 """The mirror's mappings as the cache asks about them: a mirrored tag by every name its
 registry and repository go by, wildcard hosts as registries of their own, and what a
-network-access entry opens to anyone, only through its own repository."""
+network-access entry opens to anyone (what its manifests vouch for), only through its
+own repository."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +15,9 @@ from appliance.cache.ports import MirrorAnswer
 from appliance.config.model import parse_config
 from appliance.config.registries import Registries
 from appliance.mirror.records import MirroredTag, Place
-from appliance.mirror.view import MirrorTags
+from appliance.mirror.view import MirrorTags, network_content
 from appliance.oci.digest import Digest
-from appliance.oci.mediatypes import OCI_MANIFEST
-from appliance.store.index import SqliteIndex
+from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 
 A, B, C, L = (Digest.of(x) for x in (b"a", b"b", b"c", b"layer"))
 CONFIG = """\
@@ -109,28 +110,45 @@ def test_load_replaces_the_mappings_whole(view: MirrorTags) -> None:
     assert view.count == 0 and view.tag("ghcr.io", "org/app", "v1") is None
 
 
-async def test_from_the_index_only_network_entries_open_what_their_manifests_reference(
-    view: MirrorTags, index: SqliteIndex
-) -> None:
-    """The view as the scheduler loads it: `mirror_reachable` of the real index."""
-    public_layer, private_layer = Digest.of(b"public layer"), Digest.of(b"private layer")
-    public, private = _manifest(public_layer), _manifest(private_layer)
+async def test_a_network_tag_opens_its_manifests_and_what_they_vouch_for_only() -> None:
+    """What `Mirror.reload` loads: through an index into its manifests, and from an image
+    manifest its config and layers; never what a registry does not check at push."""
+    config, layer, foreign, extra, private = (Digest.of(x) for x in (b"c", b"l", b"f", b"x", b"p"))
+    image = _doc(OCI_MANIFEST, config={"digest": str(config)}, layers=[
+        {"digest": str(layer)}, {"digest": str(foreign), "urls": ["https://example.com/f"]}],
+        blobs=[{"digest": str(extra)}])  # fmt: skip
+    missing = Digest.of(b"a platform not copied")
+    index = _doc(OCI_INDEX, manifests=[{"digest": str(Digest.of(image))},
+                                       {"digest": str(missing)}])  # fmt: skip
+    bodies = {Digest.of(image): (image, OCI_MANIFEST), Digest.of(index): (index, OCI_INDEX),
+              Digest.of(b"private"): (_doc(OCI_MANIFEST, layers=[{"digest": str(private)}]),
+                                      OCI_MANIFEST)}  # fmt: skip
+    asked: list[Digest] = []
+
+    async def body_of(digest: Digest) -> tuple[bytes, str] | None:
+        asked.append(digest)
+        return bodies.get(digest)
+
     app = Place("ghcr.io", "org/app", "v1")
-    for place, body, layer, access in ((ALPINE, public, public_layer, "network"),
-                                       (app, private, private_layer, "upstream")):  # fmt: skip
-        digest = Digest.of(body)
-        await index.add_manifest(digest, len(body), OCI_MANIFEST, [layer],
-                                 (place.registry, place.repository))  # fmt: skip
-        tag = MirroredTag(place, str(place), digest, OCI_MANIFEST, len(body), 1.0, access)
-        await index.move_tag(tag, "sync", expect=None, backup=None, keep_backups=3)
-    view.load(await index.mirrored_tags(), await index.mirror_reachable())
-    assert view.opens("registry-1.docker.io", "alpine", public_layer)
-    assert view.opens("registry-1.docker.io", "alpine", Digest.of(public))
-    assert not view.opens("ghcr.io", "org/app", private_layer)
-    assert not view.opens("ghcr.io", "org/app", Digest.of(private))
-    assert view.tag("ghcr.io", "org/app", "v1") == MirrorAnswer(Digest.of(private), False)
+    tags = [mirrored(ALPINE, Digest.of(index)),
+            mirrored(dataclasses.replace(ALPINE, tag="3.20-old"), Digest.of(image)),
+            mirrored(app, Digest.of(b"private"), access="upstream")]  # fmt: skip
+    opened = await network_content(tags, body_of)
+    assert opened == {("docker.io", "library/alpine"): frozenset(
+        {Digest.of(index), Digest.of(image), missing, config, layer})}  # fmt: skip
+    assert sorted(asked) == sorted({Digest.of(index), Digest.of(image), missing})  # once each
 
 
-def _manifest(layer: Digest) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "layers": [{"digest": str(layer), "size": 1}]}).encode()  # fmt: skip
+async def test_a_manifest_of_another_type_than_its_body_says_vouches_for_nothing() -> None:
+    layer = Digest.of(b"l")
+    body = _doc(OCI_MANIFEST, layers=[{"digest": str(layer)}])
+
+    async def body_of(digest: Digest) -> tuple[bytes, str] | None:
+        return (body, OCI_INDEX) if digest == Digest.of(body) else None
+
+    opened = await network_content([mirrored(ALPINE, Digest.of(body))], body_of)
+    assert opened == {("docker.io", "library/alpine"): frozenset({Digest.of(body)})}
+
+
+def _doc(media_type: str, **fields: object) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": media_type, **fields}).encode()
