@@ -30,8 +30,8 @@ class MirrorTags:
     def load(
         self, tags: Sequence[MirroredTag], reachable: Mapping[tuple[str, str], frozenset[Digest]]
     ) -> None:
-        """The index's mirrored tags, and per (registry, repository) what the manifests of
-        its network-access tags reference, transitively (themselves included)."""
+        """The index's mirrored tags, and per (registry, repository) what its network-access
+        tags open to anyone (`network_content`)."""
         mapping = {
             (t.place.registry, t.place.repository, t.place.tag): MirrorAnswer(
                 t.digest, t.access == "network"

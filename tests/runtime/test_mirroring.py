@@ -1,16 +1,20 @@
 """The managed mirror's parts as regcache builds them: a view keyed like the config's
 registries, budgets fed by every upstream answer beside the metrics, and a mirror whose
 entries are the configured and added ones and which spends, per registry, the budget of
-the identity it uses there (regcache's credentials, lent or not, else anonymous)."""
+the identity it uses there (regcache's credentials, lent or not, else anonymous); its
+figures on `/metrics` and its rows journalled beside the index."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
+from appliance.admin.metrics import Metrics
 from appliance.cache.access import AccessGate
 from appliance.cache.service import RegistryCache
 from appliance.config.model import Config, parse_config
@@ -28,6 +32,7 @@ from tests.mirror.images import image, serve
 
 CONFIG = """\
 appliance: {ipv4: 192.0.2.10}
+state_dir: STATE
 registries:
   - name: docker.io
     hosts: [registry-1.docker.io, index.docker.io]
@@ -44,7 +49,9 @@ mirror:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return parse_config(CONFIG, tmp_path / "config.yaml")
+    (tmp_path / "state").mkdir()
+    text = CONFIG.replace("STATE", str(tmp_path / "state"))
+    return parse_config(text, tmp_path / "config.yaml")
 
 
 def test_the_view_knows_a_registry_by_every_name_of_its_hosts(config: Config) -> None:
@@ -76,7 +83,8 @@ def test_every_answer_feeds_the_metrics_and_the_budgets() -> None:
 @pytest.fixture
 async def built(
     tmp_path: Path, config: Config
-) -> AsyncIterator[tuple[Mirror, SqliteIndex, FakeUpstream, Budgets, list[dict[str, Any]]]]:
+) -> AsyncIterator[tuple[Mirror, SqliteIndex, FakeUpstream, Budgets, list[dict[str, Any]],
+                         Metrics]]:  # fmt: skip
     registries = Registries.of(config)
     files = FileBlobStore(tmp_path)
     files.prepare()
@@ -86,9 +94,10 @@ async def built(
     cache = RegistryCache(files, index, upstream, AccessGate(upstream, mirror=view),  # type: ignore[arg-type]
                           mirror=view)  # fmt: skip
     audit: list[dict[str, Any]] = []
+    metrics = Metrics()
     mirror = build_mirror(config, registries, index, cache, upstream, view, budgets,  # type: ignore[arg-type]
-                          audit.append)  # fmt: skip
-    yield mirror, index, upstream, budgets, audit
+                          audit.append, metrics)  # fmt: skip
+    yield mirror, index, upstream, budgets, audit, metrics
     await mirror.close()
     await index.close()
 
@@ -102,8 +111,10 @@ async def test_the_entries_are_the_configured_then_the_added_ones(built) -> None
                                                   "busybox:1.36"]  # fmt: skip
 
 
-async def test_each_registry_spends_the_budget_of_the_identity_used_there(built) -> None:  # type: ignore[no-untyped-def]
-    mirror, index, upstream, budgets, audit = built
+async def test_each_registry_spends_the_budget_of_the_identity_used_there(  # type: ignore[no-untyped-def]
+    built, config: Config
+) -> None:
+    mirror, index, upstream, budgets, audit, metrics = built
     alpine, app = image("alpine"), image("app")
     serve(upstream, "https://registry-1.docker.io/v2/library/alpine", alpine, "3.20")
     serve(upstream, "https://ghcr.io/v2/org/app", app, "v1")
@@ -118,3 +129,8 @@ async def test_each_registry_spends_the_budget_of_the_identity_used_there(built)
     assert [a["repository"] for a in audit] == ["library/alpine"]  # moves go to the audit
     tags = await index.mirrored_tags()
     assert [(t.place.registry, t.access) for t in tags] == [("docker.io", "network")]
+    exposed = generate_latest(metrics.registry).decode()
+    assert 'regcache_mirror_tags{entry="alpine:3.20"} 1.0' in exposed
+    assert 'regcache_mirror_waiting{entry="ghcr.io/org/app:v1"} 1.0' in exposed
+    journal = json.loads((config.state_dir / "mirror.json").read_text())  # beside the index
+    assert [row[2] for row in journal["tables"]["mirror_tags"]] == ["3.20"]
