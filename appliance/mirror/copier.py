@@ -96,6 +96,10 @@ class Copier:
         """Upstream host → the egress credential the mirror uses there."""
         self._clock = clock
 
+    async def manifest_body(self, digest: Digest) -> tuple[bytes, str] | None:
+        """A stored manifest's bytes and type, if intact (what a mirrored tag opens)."""
+        return await self._keeper.manifest_body(digest)
+
     async def head(self, entry: Entry, tag: str) -> tuple[int, Digest | None]:
         reply = await self.upstream.fetch(
             "HEAD", f"{entry.url}/manifests/{tag}", {"Accept": ALL_MANIFESTS}
@@ -130,6 +134,8 @@ class Copier:
             result.change = "pinned" if upstream != wanted else "none"
             if move:  # the store must still hold all of it (`cache rm --force`)
                 await self._complete(entry, wanted, result)
+            if move and result.error is None:  # and signatures made since the last run
+                await self._keep_referrers(entry, wanted, currents, result)
             return result
         result.change = "new" if current is None else ("pinned" if wanted != upstream else "move")
         if not move:

@@ -27,7 +27,7 @@ from appliance.mirror.copier import Copier, TagResult, bounded
 from appliance.mirror.entries import Entry, chosen_tags
 from appliance.mirror.records import Check, EntryRun, MirroredTag, MirrorRecords, Move, Place
 from appliance.mirror.tagslist import TagsListError, list_tags
-from appliance.mirror.view import MirrorTags
+from appliance.mirror.view import MirrorTags, network_content
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class Mirror:
         self._journal = journal
         self._journalled = -1
         self._audited: int | None = None
+        self._reloading = asyncio.Lock()
+        """One reload at a time: the tick's and runs' would each audit the same moves."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def figures(self) -> list[Figures]:
@@ -124,21 +126,22 @@ class Mirror:
 
     async def reload(self) -> None:
         """The index's mappings into the view; moves not seen yet audited."""
-        self._generation = await self._records.mirror_generation()
-        tags = await self._records.mirrored_tags()
-        self.view.load(tags, await self._records.mirror_reachable())
-        self.entries = await self._entries_of()
-        moves = await self._records.mirror_moves_since(self._audited or 0)
-        if self._audited is not None:
-            for _, move in moves:
-                self._audit_move(move)
-        self._audited = moves[-1][0] if moves else (self._audited or 0)
-        if self._journal is not None and self._journalled != self._generation:
-            try:
-                await self._journal()
-                self._journalled = self._generation
-            except OSError as e:  # a full disk: the index still has it all; next change
-                log.warning("mirror journal-not-saved error=%s", e)
+        async with self._reloading:
+            self._generation = await self._records.mirror_generation()
+            tags = await self._records.mirrored_tags()
+            self.view.load(tags, await network_content(tags, self._copier.manifest_body))
+            self.entries = await self._entries_of()
+            moves = await self._records.mirror_moves_since(self._audited or 0)
+            if self._audited is not None:
+                for _, move in moves:
+                    self._audit_move(move)
+            self._audited = moves[-1][0] if moves else (self._audited or 0)
+            if self._journal is not None and self._journalled != self._generation:
+                try:
+                    await self._journal()
+                    self._journalled = self._generation
+                except OSError as e:  # a full disk: the index still has it all; next change
+                    log.warning("mirror journal-not-saved error=%s", e)
 
     async def run(self) -> None:
         """The background job."""

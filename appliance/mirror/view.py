@@ -6,9 +6,10 @@ anyone through its repository. Safe from any thread: reads take the current dict
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from appliance.cache.ports import MirrorAnswer
+from appliance.cache.verdicts import NO_REFS, Refs
 from appliance.mirror.records import MirroredTag, Place
 from appliance.oci.digest import Digest
 from appliance.oci.names import same_repository
@@ -29,8 +30,8 @@ class MirrorTags:
     def load(
         self, tags: Sequence[MirroredTag], reachable: Mapping[tuple[str, str], frozenset[Digest]]
     ) -> None:
-        """The index's mirrored tags, and per (registry, repository) what the manifests of
-        its network-access tags reference, transitively (themselves included)."""
+        """The index's mirrored tags, and per (registry, repository) what its network-access
+        tags open to anyone (`network_content`)."""
         mapping = {
             (t.place.registry, t.place.repository, t.place.tag): MirrorAnswer(
                 t.digest, t.access == "network"
@@ -68,3 +69,40 @@ class MirrorTags:
         return any(
             digest in held.get((registry, name), ()) for name in same_repository(host, repository)
         )
+
+
+BodyOf = Callable[[Digest], Awaitable[tuple[bytes, str] | None]]
+"""A stored manifest's bytes and type, if intact (`RegistryCache.manifest_body`)."""
+
+
+async def network_content(
+    tags: Iterable[MirroredTag], body_of: BodyOf
+) -> dict[tuple[str, str], frozenset[Digest]]:
+    """Per (registry, repository): the manifests its network-access tags serve and what
+    they vouch for, through an index's manifests (`Refs.of`: the fields a registry checks
+    at push). Not every reference: a manifest's other fields (`blobs`, `urls` layers…)
+    could name anyone's digest in the store, which must not open to all (issue #13)."""
+    known: dict[Digest, Refs] = {}
+    opened: dict[tuple[str, str], set[Digest]] = {}
+    for tag in tags:
+        if tag.access == "network":
+            found = opened.setdefault((tag.place.registry, tag.place.repository), set())
+            await _vouched(tag.digest, body_of, known, found, depth=0)
+    return {key: frozenset(digests) for key, digests in opened.items()}
+
+
+async def _vouched(
+    digest: Digest, body_of: BodyOf, known: dict[Digest, Refs], found: set[Digest], depth: int
+) -> None:
+    found.add(digest)
+    if digest not in known:
+        stored = await body_of(digest)
+        known[digest] = NO_REFS if stored is None else Refs.of(*stored)
+    refs = known[digest]
+    for child in refs.digests:
+        if child in found:
+            continue
+        if refs.manifests and depth < 2:  # an index's manifests, an index's in an index
+            await _vouched(child, body_of, known, found, depth + 1)
+        else:
+            found.add(child)

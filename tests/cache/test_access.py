@@ -21,6 +21,8 @@ from appliance.oci.mediatypes import OCI_MANIFEST
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.fakes import FakeUpstream
+from tests.mirror.images import Image, image
+from tests.mirror.rig import Rig
 
 HUB = "https://registry-1.docker.io"
 GHCR = "https://ghcr.io"
@@ -462,3 +464,64 @@ async def test_a_401_while_the_realm_is_down_is_an_outage_for_the_gate(lab: Lab)
     with pytest.raises(UpstreamUnavailable, match="token realm"):
         await lab.cache.blob(replace(as_("acme/secret", None), realm_down=True), DIGEST,
                              head=False)  # fmt: skip
+
+
+# The managed mirror (issue #16): what a network-access entry opens, and only there.
+
+
+async def test_a_network_mirror_entry_opens_its_content_only_through_its_repository(
+    rig: Rig,
+) -> None:
+    served = mirror_image("tool")
+    await rig.mirror(served)
+    layer = next(iter(served.blobs))
+    rig.upstream.calls.clear()
+    gate = rig.cache._gate
+    for repository in ("library/alpine", "alpine"):
+        assert gate.vouches("registry-1.docker.io", repository, layer, None)
+        assert await gate.check("registry-1.docker.io", repository, layer, url="unused",
+                                authorization=None, manifest=False, size=None) is None  # fmt: skip
+    assert rig.upstream.calls == []
+    # The same digest under another repository is that repository's business upstream.
+    elsewhere = as_("library/busybox", None)
+    refuse(rig.upstream, f"{HUB}/v2/library/busybox/blobs/{layer}", 404)
+    refuse(rig.upstream, f"{HUB}/v2/library/busybox/manifests/{served.digest}", 404)
+    assert not gate.vouches("registry-1.docker.io", "library/busybox", layer, None)
+    assert rig.cache.stored_now(elsewhere, layer, manifest=False) is None
+    assert await rig.cache.blob(elsewhere, layer, head=False) == Refused(404, CHALLENGE)
+    assert await rig.cache.manifest(elsewhere, served.digest, head=False) == Refused(404, CHALLENGE)
+    assert await rig.cache.manifest(elsewhere, "3.20", head=False) == Refused(404)  # not mirrored
+
+
+@pytest.mark.parametrize("how", ["urls", "blobs", "manifests"])
+async def test_a_mirrored_manifest_opens_only_what_its_registry_checked(rig: Rig, how: str) -> None:
+    """Mallory's public image, mirrored for everyone, names alice's private layer where a
+    registry does not check it at push: the mirror must not open it to anyone."""
+    alice = as_("acme/secret", "Bearer alice")
+    rig.upstream.add("GET", f"{HUB}/v2/acme/secret/blobs/{SECRET}", 200, SECRET_LAYER,
+                     auth="Bearer alice", Content_Length=str(len(SECRET_LAYER)))  # fmt: skip
+    assert (await drain(await rig.cache.blob(alice, SECRET, head=False))) == SECRET_LAYER
+    for _ in range(200):
+        if await rig.index.blob(SECRET) is not None:
+            break
+        await asyncio.sleep(0.01)
+    body = json.loads(mirror_image("mallory's tool").body)
+    secret = {"mediaType": "application/octet-stream", "digest": str(SECRET),
+              "size": len(SECRET_LAYER)}  # fmt: skip
+    if how == "urls":
+        body["layers"].append({**secret, "urls": ["https://example.com/x"]})
+    else:
+        body[how] = [secret]
+    smuggled = Image(json.dumps(body).encode(), OCI_MANIFEST, mirror_image("mallory's tool").blobs)
+    refuse(rig.upstream, f"{HUB}/v2/mallory/tool/blobs/{SECRET}", 404)  # never pushed there
+    await rig.mirror(smuggled, source="mallory/tool:v1", repository="mallory/tool", tag="v1")
+    mallory = as_("mallory/tool", None)
+    assert not rig.cache._gate.vouches("registry-1.docker.io", "mallory/tool", SECRET, None)
+    assert rig.cache.stored_now(mallory, SECRET, manifest=False) is None
+    assert await rig.cache.blob(mallory, SECRET, head=False) == Refused(404, CHALLENGE)
+    layer = next(iter(smuggled.blobs))  # what it really holds is open to anyone
+    assert isinstance(await rig.cache.blob(mallory, layer, head=False), Stored)
+
+
+def mirror_image(name: str) -> Image:
+    return image(name)

@@ -1,5 +1,5 @@
 """Hits answered from memory for the serving loops: never more than the full path would
-answer, and the same answer."""
+answer, and the same answer; a mirrored tag's too."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from dataclasses import replace
 from appliance.cache.answers import Filling, Stored, Target
 from appliance.cache.fill import FillState
 from appliance.oci.digest import Digest
-from appliance.oci.mediatypes import DOCKER_MANIFEST
+from appliance.oci.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from tests.cache.alpine import B_DIGEST, BLOB, M_DIGEST, ORIGIN, tag_routes, target
+from tests.mirror.images import image
+from tests.mirror.rig import Rig
 
 
 async def test_hits_from_memory_only_where_the_full_path_would_hit(parts) -> None:  # type: ignore[no-untyped-def]
@@ -51,3 +53,39 @@ async def test_hits_from_memory_only_where_the_full_path_would_hit(parts) -> Non
     assert cache.stored_now(ttl, "3", manifest=True) == hit  # within the TTL
     docker_only = replace(ttl, accept=frozenset({DOCKER_MANIFEST}))
     assert cache.stored_now(docker_only, "3", manifest=True) is None  # Accept does not take it
+
+
+async def test_a_mirrored_tag_is_a_hit_from_memory_with_no_ttl_for_anyone(rig: Rig) -> None:
+    """A network-access tag, as the serving loops answer it: no TTL, no verdict needed."""
+    served = image("hit")
+    await rig.mirror(served)
+    rig.upstream.calls.clear()
+    for token in (None, "Bearer anyone"):
+        who = Target(ORIGIN, "alpine", {"Authorization": token} if token else {},
+                     frozenset({OCI_MANIFEST}))  # fmt: skip
+        full = await rig.cache.manifest(who, "3.20", head=False)
+        assert isinstance(full, Stored)
+        assert rig.cache.stored_now(who, "3.20", manifest=True) == full  # the same answer
+        layer = next(iter(served.blobs))
+        assert isinstance(await rig.cache.blob(who, layer, head=False), Stored)
+        assert rig.cache.stored_now(who, layer, manifest=False) is not None
+        docker_only = replace(who, accept=frozenset({DOCKER_MANIFEST}))
+        assert rig.cache.stored_now(docker_only, "3.20", manifest=True) is None
+    assert rig.upstream.calls == []
+
+
+async def test_an_upstream_access_mirrored_tag_is_a_hit_only_for_a_verified_client(
+    rig: Rig,
+) -> None:
+    served = image("private hit")
+    rig.mirror_upstream.own = "Basic robot"
+    rig.upstream.add("HEAD", f"{ORIGIN}/v2/library/alpine/manifests/3.20", 401, auth="")
+    await rig.mirror(served)
+    owner = Target(ORIGIN, "library/alpine", {"Authorization": "Bearer owner"},
+                   frozenset({OCI_MANIFEST}))  # fmt: skip
+    stranger = replace(owner, headers={})
+    assert rig.cache.stored_now(owner, "3.20", manifest=True) is None  # not verified yet
+    assert rig.cache.stored_now(stranger, "3.20", manifest=True) is None
+    full = await rig.cache.manifest(owner, "3.20", head=False)  # upstream says yes to it
+    assert isinstance(full, Stored) and rig.cache.stored_now(owner, "3.20", manifest=True) == full
+    assert rig.cache.stored_now(stranger, "3.20", manifest=True) is None

@@ -1,4 +1,5 @@
-"""The `index` fixture: an empty real SQLite index in a temp folder."""
+"""The `index` fixture: an empty real SQLite index in a temp folder; `rig`: the mirror
+over a real store and cache with upstream scripted (`tests/mirror/rig.py`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
+from tests.mirror.rig import Rig, open_rig
 
 
 @pytest.fixture
@@ -16,3 +18,10 @@ async def index(tmp_path: Path) -> AsyncIterator[SqliteIndex]:
     opened = await SqliteIndex.open(tmp_path / INDEX_NAME)
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    opened = await open_rig(tmp_path)
+    yield opened
+    await opened.index.close()

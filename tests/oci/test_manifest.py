@@ -8,6 +8,8 @@ import pytest
 
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import (
+    fetchable_blobs,
+    platform_manifests,
     references,
     signed_schema1,
     sniff_manifest_type,
@@ -66,3 +68,41 @@ def test_signed_schema1_is_told_by_its_type_or_its_body(
     media_type: str, body: bytes, signed: bool
 ) -> None:
     assert signed_schema1(media_type, body) is signed
+
+
+def test_an_index_lists_its_manifests_with_their_platform() -> None:
+    a, b, c, d = (Digest.of(x) for x in (b"a", b"b", b"c", b"d"))
+    index = {
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [
+            {"digest": str(a), "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": str(b), "platform": {"os": "linux", "architecture": "arm64",
+                                            "variant": "v8"}},
+            {"digest": str(c), "annotations": {"vnd.docker.reference.type": "attestation"}},
+            {"digest": str(d), "platform": {"os": "linux"}},  # no architecture: unnamed
+            {"digest": "not-a-digest", "platform": {"os": "linux", "architecture": "s390x"}},
+            "not a descriptor",
+        ],
+    }  # fmt: skip
+    assert platform_manifests(json.dumps(index).encode()) == [
+        (a, "linux/amd64"), (b, "linux/arm64/v8"), (c, None), (d, None),
+    ]  # fmt: skip
+    for other in (b"{bad json", b"[]", b'{"manifests": "x"}', b'{"layers": []}'):
+        assert platform_manifests(other) == []
+
+
+def test_the_blobs_to_fetch_are_config_and_layers_a_registry_serves() -> None:
+    a, b, c, d, e = (Digest.of(x) for x in (b"a", b"b", b"c", b"d", b"e"))
+    foreign = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+    image = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"digest": str(a)},
+        "layers": [{"digest": str(b)}, {"digest": str(c), "urls": ["https://example.com/c"]},
+                   {"digest": str(d), "mediaType": foreign}, {"digest": str(b)}],
+        "blobs": [{"digest": str(e)}],
+        "subject": {"digest": str(Digest.of(b"subject"))},
+    }  # fmt: skip
+    # Foreign and `urls` layers come from elsewhere; a subject is another manifest.
+    assert fetchable_blobs(json.dumps(image).encode()) == [a, b, e]
+    schema1 = json.dumps({"schemaVersion": 1, "fsLayers": [{"blobSum": str(c)}]}).encode()
+    assert fetchable_blobs(schema1) == [c]
+    assert fetchable_blobs(b"{bad json") == [] and fetchable_blobs(b"[1]") == []

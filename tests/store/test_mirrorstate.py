@@ -12,6 +12,7 @@ import time
 from appliance.mirror.records import BudgetSeen, Check, EntryRun, MirroredTag, Move, Place
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST
+from appliance.store.eviction import protected_digests
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
 from tests.store.stock import Store
@@ -212,3 +213,56 @@ async def test_keep_backups_zero_writes_no_backup_and_prunes_the_old_ones(store:
     assert move is not None and move.backup is None
     assert serving(await index.mirrored_tags()) == {"3.20": (C, None)}
     assert (await index.mirror_history(PLACE))[-1].backup is None
+
+
+async def test_reachable_is_what_network_tags_and_their_backups_reference(store: Store) -> None:
+    index = store.index
+    config, layer, other = [await store.blob(x) for x in (b"config", b"layer", b"other")]
+    image = await store.manifest([config, layer])
+    listing = await store.manifest([image], index=True)
+    old = await store.manifest([other])
+    private = await store.manifest([await store.blob(b"private")])
+    app = Place("ghcr.io", "org/app", "v1")
+    for digest, place, at, access in ((old, PLACE, 1000.0, "network"),
+                                      (listing, PLACE, 2000.0, "network"),
+                                      (private, app, 1000.0, "upstream")):  # fmt: skip
+        current = next((t.digest for t in await index.mirrored_tags() if t.place == place), None)
+        tag = dataclasses.replace(tagged(Digest.parse(digest), at, place), access=access)
+        assert await index.move_tag(tag, "sync", expect=current, backup="old", keep_backups=2)
+    reachable = await index.mirror_reachable()
+    assert set(reachable) == {("docker.io", "library/alpine")}  # upstream access: nothing
+    # `old` (and what it references) through its backup ref
+    wanted = {listing, image, config, layer, old, other}
+    assert {str(d) for d in reachable[("docker.io", "library/alpine")]} == wanted
+
+
+async def test_kept_referrers_are_kept_once_and_never_evicted(store: Store) -> None:
+    index = store.index
+    sig = await store.manifest([await store.blob(b"sig config"), await store.blob(b"sig")])
+    await index.keep_referrers("docker.io", "library/alpine", A, [Digest.parse(sig)])
+    await index.keep_referrers("docker.io", "library/alpine", A, [Digest.parse(sig)])  # again
+    assert sig in await index.pinned_digests()
+    protected = protected_digests(await index.snapshot(), set())
+    assert {sig, str(Digest.of(b"sig config")), str(Digest.of(b"sig"))} <= protected
+    with contextlib.closing(sqlite3.connect(store.root / INDEX_NAME)) as db:
+        assert db.execute("SELECT count(*) FROM mirror_referrers").fetchone() == (1,)
+
+
+async def test_moves_since_a_row_are_every_tags_oldest_first(store: Store) -> None:
+    index = store.index
+    other = Place("ghcr.io", "org/app", "v1")
+    assert await index.mirror_moves_since(0) == []
+    await moved(index, A, None, 1000.0, None)
+    await index.move_tag(tagged(C, 1500.0, other), "sync", expect=None, backup=None,
+                         keep_backups=2)  # fmt: skip
+    await moved(index, B, A, 2000.0, "3.20-old")
+    moves = await index.mirror_moves_since(0)
+    assert [(m.place.tag, m.old, m.new, m.backup) for _, m in moves] == [
+        ("3.20", None, A, None), ("v1", None, C, None), ("3.20", A, B, "3.20-old"),
+    ]  # fmt: skip
+    rows = [row for row, _ in moves]
+    assert rows == sorted(rows) and len(set(rows)) == 3
+    assert [m.new for _, m in await index.mirror_moves_since(rows[0])] == [C, B]
+    assert await index.mirror_moves_since(rows[-1]) == []
+    refused = await moved(index, C, A, 3000.0, None)  # a mover that saw A: no row
+    assert refused is None and await index.mirror_moves_since(rows[-1]) == []
