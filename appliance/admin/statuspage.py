@@ -1,6 +1,7 @@
 """The status page: one HTML page, no scripts, the chart drawn as inline SVG. It shows
 what `/metrics` says (parsed by `appliance.admin.status`), plus two things Prometheus labels
-should not carry: bytes saved over time and the busiest repositories."""
+should not carry: bytes saved over time and the busiest repositories; and the managed
+mirror's section (`mirrorpage.render`), given as `mirror`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from appliance.kit.units import human_size
 
 
 def render(status: Status, savings: Savings, ca_fingerprint: str, mirror: str = "") -> str:
-    """`mirror`: the mirror's section (`mirrorpage.render`), if it has entries."""
     rows = "".join(
         f"<tr><td>{_e(name)}</td><td>{_ratio(r.hit_ratio)}</td><td>{r.hits:.0f}</td>"
         f"<td>{r.misses:.0f}</td><td>{r.stale:.0f}</td><td>{human_size(r.from_store)}</td>"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -60,16 +60,6 @@ class MirrorState:
     async def _select(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         async with self._db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
-
-    async def mirror_reachable(self) -> dict[tuple[str, str], frozenset[Digest]]:
-        """Per (registry, repository): the digests its network-access mirrored tags and
-        their backups serve, with what those manifests reference."""
-        roots: dict[tuple[str, str], list[str]] = {}
-        for tag in await self.mirrored_tags():
-            if tag.access == "network":
-                key = (tag.place.registry, tag.place.repository)
-                roots.setdefault(key, []).append(str(tag.digest))
-        return {key: await reachable(self._db, digests) for key, digests in roots.items()}
 
     async def mirror_rows(self, tables: Sequence[str]) -> dict[str, list[list[Any]]]:
         """Every row of the named mirror tables (`mirrorjournal.save`)."""
@@ -347,18 +337,3 @@ def _tag(row: Sequence[Any]) -> MirroredTag:
 def _tag_values(tag: MirroredTag) -> tuple[object, ...]:
     return (*_key(tag.place), tag.entry, str(tag.digest), tag.media_type, tag.size,
             tag.moved_s, tag.access, _text(tag.pin), tag.backup_of)  # fmt: skip
-
-
-async def reachable(db: aiosqlite.Connection, roots: Iterable[str]) -> frozenset[Digest]:
-    """`roots` and what they reference in the index, transitively."""
-    found: set[str] = set()
-    for root in roots:
-        if root in found:
-            continue
-        async with db.execute(
-            "WITH RECURSIVE reach(d) AS (SELECT ? UNION SELECT child FROM refs"
-            " JOIN reach ON parent = reach.d) SELECT d FROM reach",
-            (root,),
-        ) as cursor:
-            found.update(str(r[0]) for r in await cursor.fetchall())
-    return frozenset(Digest.parse(d) for d in found)

@@ -215,27 +215,6 @@ async def test_keep_backups_zero_writes_no_backup_and_prunes_the_old_ones(store:
     assert (await index.mirror_history(PLACE))[-1].backup is None
 
 
-async def test_reachable_is_what_network_tags_and_their_backups_reference(store: Store) -> None:
-    index = store.index
-    config, layer, other = [await store.blob(x) for x in (b"config", b"layer", b"other")]
-    image = await store.manifest([config, layer])
-    listing = await store.manifest([image], index=True)
-    old = await store.manifest([other])
-    private = await store.manifest([await store.blob(b"private")])
-    app = Place("ghcr.io", "org/app", "v1")
-    for digest, place, at, access in ((old, PLACE, 1000.0, "network"),
-                                      (listing, PLACE, 2000.0, "network"),
-                                      (private, app, 1000.0, "upstream")):  # fmt: skip
-        current = next((t.digest for t in await index.mirrored_tags() if t.place == place), None)
-        tag = dataclasses.replace(tagged(Digest.parse(digest), at, place), access=access)
-        assert await index.move_tag(tag, "sync", expect=current, backup="old", keep_backups=2)
-    reachable = await index.mirror_reachable()
-    assert set(reachable) == {("docker.io", "library/alpine")}  # upstream access: nothing
-    # `old` (and what it references) through its backup ref
-    wanted = {listing, image, config, layer, old, other}
-    assert {str(d) for d in reachable[("docker.io", "library/alpine")]} == wanted
-
-
 async def test_kept_referrers_are_kept_once_and_never_evicted(store: Store) -> None:
     index = store.index
     sig = await store.manifest([await store.blob(b"sig config"), await store.blob(b"sig")])
