@@ -103,7 +103,7 @@ class MirrorDefaults:
     ratelimit: RateLimitConfig = RateLimitConfig()
     parallel: int = field(default=2, metadata=check(between(1, 32)))
     """Tags copied at once."""
-    backup: str = field(default="{tag}-{date:%Y%m%d}", metadata=check(_template))
+    backup: str = field(default="{tag}-backup-{date:%Y%m%d}", metadata=check(_template))
     """The ref that keeps a tag's old digest when the tag moves (its date is the move's)."""
     keep_backups: int = field(default=3, metadata=check(between(0, 1000)))
     """Backup refs kept per tag, newest first; older ones are pruned."""

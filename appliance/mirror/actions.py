@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from appliance.mirror.records import MirroredTag, MirrorRecords, Move, Place
 from appliance.oci.digest import Digest
 
-DEFAULT_BACKUP = "{tag}-{date:%Y%m%d}"
+DEFAULT_BACKUP = "{tag}-backup-{date:%Y%m%d}"
 
 Stored = Callable[[Digest], Awaitable[tuple[str, int] | None]]
 """A manifest's (media type, size) if the store holds it."""
@@ -54,11 +54,23 @@ async def move(
     )
     moved = await records.move_tag(
         new, reason, expect=current.digest, backup=backup_name(backup, current.place.tag, now),
-        keep_backups=keep_backups,
+        keep_backups=keep_backups, expect_pin=current.pin,
     )  # fmt: skip
     if moved is None:
         raise ActionError(f"{current.place} moved meanwhile; try again")
     return moved
+
+
+async def held(records: MirrorRecords, current: MirroredTag) -> set[Digest]:
+    """What the mirror keeps whole for a tag (never evicted): what it serves and its
+    backup refs. Only these can be served at once, with upstream down too."""
+    kept = {current.digest}
+    for tag in await records.mirrored_tags():
+        if tag.backup_of == current.place.tag and (tag.place.registry, tag.place.repository) == (
+            current.place.registry, current.place.repository,
+        ):  # fmt: skip
+            kept.add(tag.digest)
+    return kept
 
 
 async def pin(
@@ -76,11 +88,11 @@ async def pin(
     if current.backup_of is not None:
         raise ActionError(f"{place} is a backup of {current.backup_of}: pin that tag")
     target = digest or current.digest
-    if target == current.digest or await stored(target) is None:
+    if target == current.digest or target not in await held(records, current):
         await records.set_mirror_pin(place, target)
         if target == current.digest:
             return f"{place} pinned at {target}"
-        return f"{place} pinned at {target}: not in the store yet, the next sync fetches it"
+        return f"{place} pinned at {target}: the next sync fetches what is missing, then moves it"
     await move(records, current, target, "pin", stored, backup=backup,
                keep_backups=keep_backups, pin=target)  # fmt: skip
     return f"{place} moved to {target} and pinned"
@@ -149,5 +161,11 @@ async def rollback(
     target = await rollback_target(records, place, steps=steps, to=to)
     if target == current.digest:
         raise ActionError(f"{place} already serves {target}")
+    if target not in await held(records, current):
+        raise ActionError(
+            f"{target} is older than the backups kept for {place} (keep_backups): its"
+            f" content may be gone; `regcache mirror pin {place}@{target}` fetches what is"
+            " missing at the next sync, then moves the tag"
+        )
     return await move(records, current, target, "rollback", stored, backup=backup,
                       keep_backups=keep_backups, pin=target)  # fmt: skip

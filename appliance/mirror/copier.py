@@ -114,6 +114,9 @@ class Copier:
         (`currents`: what the mirror serves now, by place)."""
         current = currents.get(entry.place(tag))
         result = TagResult(tag, current.digest if current else None)
+        if current is not None and current.backup_of is not None:
+            return _failed(result, f"the name is the backup ref of {current.backup_of} here:"
+                                   " choose another mirror backup template")  # fmt: skip
         try:
             status, upstream = await self.head(entry, tag)
         except UpstreamUnavailable as e:
@@ -129,7 +132,9 @@ class Copier:
         if status != 200 or upstream is None:
             return _failed(result, f"HEAD answered {status}" + ("" if upstream else ", no digest"))
         result.upstream = upstream
-        wanted = entry.pin or (current.pin if current else None) or upstream
+        # A person's pin or rollback first, then the config's pin, else upstream's digest.
+        pinned = (current.pin if current else None) or entry.pin
+        wanted = pinned or upstream
         if current is not None and wanted == current.digest:
             result.change = "pinned" if upstream != wanted else "none"
             if move:  # the store must still hold all of it (`cache rm --force`)
@@ -142,7 +147,9 @@ class Copier:
             return result
         await self._complete(entry, wanted, result)
         if result.error is None and result.change != "waiting":
-            await self._move(entry, tag, current, wanted, result)
+            await self._move(
+                entry, tag, current, wanted, result, "sync" if pinned is None else "pin"
+            )
         if result.error is None and result.change != "waiting":
             await self._keep_referrers(entry, wanted, currents, result)
         return result
@@ -245,23 +252,32 @@ class Copier:
             current = currents.get(entry.place(tag))
             if current is None or current.digest != digest:
                 sub = TagResult(tag, current.digest if current else None)
-                await self._move(entry, tag, current, digest, sub)
+                await self._move(entry, tag, current, digest, sub, "sync")
 
     async def _move(
-        self, entry: Entry, tag: str, current: MirroredTag | None, digest: Digest, result: TagResult
+        self,
+        entry: Entry,
+        tag: str,
+        current: MirroredTag | None,
+        digest: Digest,
+        result: TagResult,
+        reason: str,
     ) -> None:
+        """The tag to `digest`, if it still serves what this run saw, pin included (a
+        person pinning or rolling back meanwhile wins)."""
         found = await self._keeper.manifest_body(digest)
         if found is None:
             _failed(result, f"{digest} is not in the store after its copy")
             return
         body, media_type = found
         now = self._clock()
-        access = entry.access or (current.access if current else await self._access(entry, tag))
+        # Asked at every move: a source public at its first copy may be private now.
+        access = entry.access or await self._access(entry, tag)
+        pin = current.pin if current else None
         new = MirroredTag(entry.place(tag), entry.source, digest, media_type, len(body), now,
-                          access, current.pin if current else None)  # fmt: skip
+                          access, pin)  # fmt: skip
         moved = await self._records.move_tag(
-            new, "pin" if entry.pin == digest else "sync",
-            expect=current.digest if current else None,
+            new, reason, expect=current.digest if current else None, expect_pin=pin,
             backup=backup_name(entry.backup, tag, now), keep_backups=entry.keep_backups,
         )  # fmt: skip
         if moved is None:
@@ -292,13 +308,24 @@ def _failed(result: TagResult, error: str) -> TagResult:
 
 
 async def bounded(
-    limit: int, jobs: Sequence[Callable[[], Awaitable[TagResult]]]
+    limit: int, tags: Sequence[str], job: Callable[[str], Awaitable[TagResult]]
 ) -> list[TagResult]:
-    """Run `jobs` with at most `limit` at once, in order of results as given."""
+    """`job` for each tag, at most `limit` at once, results in the order of `tags`. A job
+    that raises is that tag's error; the others still run to their end (none is left
+    running behind the caller's back)."""
     gate = asyncio.Semaphore(limit)
 
-    async def one(job: Callable[[], Awaitable[TagResult]]) -> TagResult:
+    async def one(tag: str) -> TagResult:
         async with gate:
-            return await job()
+            return await job(tag)
 
-    return list(await asyncio.gather(*(one(j) for j in jobs)))
+    results = await asyncio.gather(*(one(t) for t in tags), return_exceptions=True)
+    out = []
+    for tag, result in zip(tags, results, strict=True):
+        if isinstance(result, asyncio.CancelledError):
+            raise result
+        if isinstance(result, BaseException):
+            log.error("mirror tag-failed tag=%s", tag, exc_info=result)
+            result = _failed(TagResult(tag, None), f"{type(result).__name__}: {result}")
+        out.append(result)
+    return out

@@ -15,6 +15,13 @@ REASONS = ("sync", "pin", "rollback", "import", "push", "add")
 rolling back or adding it from the cache, and (later issues) an import or a push."""
 
 
+class AnyPin:
+    """`move_tag(expect_pin=ANY_PIN)`: whatever the tag is pinned at."""
+
+
+ANY_PIN = AnyPin()
+
+
 @dataclass(frozen=True, slots=True)
 class Place:
     """A tag where the mirror keys it: the registry's name (or the host, under a `*.`
@@ -118,7 +125,7 @@ class MirrorRecords(Protocol):
     async def mirrored_tags(self) -> list[MirroredTag]: ...
     async def move_tag(
         self, tag: MirroredTag, reason: str, *, expect: Digest | None, backup: str | None,
-        keep_backups: int,
+        keep_backups: int, expect_pin: Digest | AnyPin | None = ANY_PIN,
     ) -> Move | None: ...  # fmt: skip
     async def set_mirror_pin(self, place: Place, pin: Digest | None) -> bool: ...
     async def keep_referrers(

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,17 +21,21 @@ from croniter import croniter
 
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.kit.logfields import fields
+from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
 from appliance.mirror.budget import Budgets
 from appliance.mirror.copier import Copier, TagResult, bounded
 from appliance.mirror.entries import Entry, chosen_tags
 from appliance.mirror.records import Check, EntryRun, MirroredTag, MirrorRecords, Move, Place
+from appliance.mirror.report import owner
 from appliance.mirror.tagslist import TagsListError, list_tags
 from appliance.mirror.view import MirrorTags, network_content
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+BUDGET_SAVE_S = 10.0
+"""Budgets seen are written to the index at most this often (clients' pulls change them)."""
 _RECENT_MOVES = 50
 
 
@@ -95,6 +99,8 @@ class Mirror:
         self._journal = journal
         self._journalled = -1
         self._audited: int | None = None
+        self._budgets_saved_s = 0.0
+        self._tick_log = LogThrottle(log, interval_s=60.0)
         self._reloading = asyncio.Lock()
         """One reload at a time: the tick's and runs' would each audit the same moves."""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,9 +134,9 @@ class Mirror:
         """The index's mappings into the view; moves not seen yet audited."""
         async with self._reloading:
             self._generation = await self._records.mirror_generation()
-            tags = await self._records.mirrored_tags()
-            self.view.load(tags, await network_content(tags, self._copier.manifest_body))
             self.entries = await self._entries_of()
+            tags = _served(self.entries, await self._records.mirrored_tags())
+            self.view.load(tags, await network_content(tags, self._copier.manifest_body))
             moves = await self._records.mirror_moves_since(self._audited or 0)
             if self._audited is not None:
                 for _, move in moves:
@@ -155,7 +161,11 @@ class Mirror:
             due = now if entry.source not in copied or last is None else next_run(entry, last)
             self._next[entry.source] = due
         while True:
-            await self._tick()
+            try:
+                await self._tick()
+            except Exception as e:  # noqa: BLE001 - the index failed (a full disk, locked):
+                # the mirror's bookkeeping must not stop regcache; the next tick tries again.
+                self._tick_log.warning("tick", "mirror tick-failed error=%s", e)
             await asyncio.sleep(TICK_S)
 
     async def _tick(self) -> None:
@@ -169,7 +179,9 @@ class Mirror:
             if due <= now and not self._locks[entry.source].locked():
                 self._next[entry.source] = float("inf")  # until the run says when
                 self._spawn(self._scheduled(entry), entry.source)
-        await self._persist_budgets()
+        if now >= self._budgets_saved_s + BUDGET_SAVE_S:
+            self._budgets_saved_s = now
+            await self._persist_budgets()
 
     async def _persist_budgets(self) -> None:
         for budget in self.budgets.take_changes():
@@ -186,7 +198,11 @@ class Mirror:
         except Exception:
             # Not the run's own trouble (that is recorded): the index failed under it.
             log.exception("mirror run-crashed entry=%s", entry.source)
-            self._next[entry.source] = self._clock() + entry.ratelimit.retry.seconds
+            now = self._clock()
+            self._next[entry.source] = now + entry.ratelimit.retry.seconds
+            run = self.runs.get(entry.source, EntryRun(entry.source, "idle"))
+            self.runs[entry.source] = replace(run, state="failed", error="crashed: see the log",
+                                              next_run_s=self._next[entry.source])  # fmt: skip
 
     async def _answer(self, request_id: int, action: str, names: tuple[str, ...]) -> None:
         """Run what `regcache mirror sync|diff` asked; its answer is written whatever
@@ -231,8 +247,8 @@ class Mirror:
     async def _sync_tags(self, entry: Entry, *, move: bool) -> list[TagResult]:
         currents = {t.place: t for t in await self._records.mirrored_tags()}
         tags = [entry.tag] if entry.tag else await self._repository_tags(entry, currents)
-        jobs = [functools.partial(self._copier.sync, entry, t, currents, move=move) for t in tags]
-        return await bounded(entry.parallel, jobs)
+        job = functools.partial(self._copier.sync, entry, currents=currents, move=move)
+        return await bounded(entry.parallel, tags, job)
 
     async def _repository_tags(self, entry: Entry, currents: dict[Place, MirroredTag]) -> list[str]:
         """The tags the entry takes now, and those it took before that upstream dropped
@@ -301,6 +317,20 @@ class Mirror:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _served(entries: Sequence[Entry], tags: Sequence[MirroredTag]) -> list[MirroredTag]:
+    """The tags the mirror serves: those an entry still owns (one removed from the config
+    no longer answers: pulls go through the cache again; its rows, and what they keep,
+    stay until `cache rm --force`), with the access its entry sets now."""
+    out = []
+    for tag in tags:
+        found = owner(entries, tag.place, tag.entry)
+        if found is not None:
+            out.append(
+                tag if found.access in (None, tag.access) else replace(tag, access=found.access)
+            )
+    return out
 
 
 def _report(entry: Entry, results: list[TagResult], error: str | None) -> dict[str, Any]:

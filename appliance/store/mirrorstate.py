@@ -17,6 +17,8 @@ from typing import Any
 import aiosqlite
 
 from appliance.mirror.records import (
+    ANY_PIN,
+    AnyPin,
     BudgetSeen,
     Check,
     EntryRun,
@@ -32,6 +34,10 @@ _SELECT_TAGS = (
     " backup_of FROM mirror_tags ORDER BY 1, 2, 3"
 )
 _SERVING = "SELECT digest FROM mirror_tags WHERE registry = ? AND repository = ? AND tag = ?"
+_SERVING_AND_PIN = (
+    "SELECT digest, pin FROM mirror_tags WHERE registry = ? AND repository = ? AND tag = ?"
+)
+
 _TAKEN = (
     "SELECT digest, backup_of FROM mirror_tags WHERE registry = ? AND repository = ? AND tag = ?"
 )
@@ -98,16 +104,20 @@ class MirrorState:
         expect: Digest | None,
         backup: str | None,
         keep_backups: int,
+        expect_pin: Digest | AnyPin | None = ANY_PIN,
     ) -> Move | None:
         """Serve `tag` (its digest, pin and access) if the tag still serves `expect` (None:
-        is not mirrored yet); its old digest is kept as the `backup` ref, and backups of
-        the tag beyond the newest `keep_backups` go. None if the tag changed meanwhile."""
+        is not mirrored yet) and, if given, is still pinned at `expect_pin` (a pin set
+        while a sync copied wins); its old digest is kept as the `backup` ref, and backups
+        of the tag beyond the newest `keep_backups` go. None if the tag changed meanwhile."""
         place = tag.place
         async with self._transaction() as db:
-            async with db.execute(_SERVING, _key(place)) as cursor:
+            async with db.execute(_SERVING_AND_PIN, _key(place)) as cursor:
                 row = await cursor.fetchone()
             current = None if row is None else Digest.parse(row[0])
             if current != expect:
+                return None
+            if expect_pin is not ANY_PIN and row is not None and _digest(row[1]) != expect_pin:
                 return None
             if current is None or current == tag.digest or backup is None or not keep_backups:
                 backup = None  # nothing to keep (the history row must not name a ref)
@@ -234,6 +244,9 @@ class MirrorState:
 
     async def next_request(self) -> Request | None:
         """The oldest request not yet started, marked started."""
+        # Read first: asked every second, a write transaction each time would be wasted.
+        if not await self._select("SELECT 1 FROM mirror_requests WHERE started_s IS NULL"):
+            return None
         async with self._transaction() as db:
             async with db.execute(
                 "SELECT id FROM mirror_requests WHERE started_s IS NULL ORDER BY id LIMIT 1"

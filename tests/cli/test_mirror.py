@@ -141,21 +141,21 @@ async def test_status_with_nothing_mirrored_says_how_to_begin(lab: Lab) -> None:
 
 async def test_pin_holds_a_tag_and_unpin_releases_it(lab: Lab) -> None:
     a, b = await lab.images(2)
-    await lab.mirrored(ALPINE, "alpine:3.20", (a, JAN))
+    await lab.mirrored(ALPINE, "alpine:3.20", (a, JAN), (b, FEB))  # a kept as a backup
     pinned = await lab.json("pin", "alpine:3.20")
-    assert pinned == {"tag": str(ALPINE), "serving": str(a), "pinned": str(a),
-                      "message": f"{ALPINE} pinned at {a}"}  # fmt: skip
-    moved = await lab.json("pin", f"docker.io/library/alpine:3.20@{b}")
-    assert (moved["serving"], moved["pinned"]) == (str(b), str(b))
+    assert pinned == {"tag": str(ALPINE), "serving": str(b), "pinned": str(b),
+                      "message": f"{ALPINE} pinned at {b}"}  # fmt: skip
+    moved = await lab.json("pin", f"docker.io/library/alpine:3.20@{a}")
+    assert (moved["serving"], moved["pinned"]) == (str(a), str(a))
     history = await lab.json("history", "alpine:3.20")
     last = history["moves"][-1]
     # The entry's own backup template, dated by the move (now).
-    assert (last["reason"], last["old"], last["new"]) == ("pin", str(a), str(b))
+    assert (last["reason"], last["old"], last["new"]) == ("pin", str(b), str(a))
     assert last["backup"] == f"3.20-was-{datetime.now(UTC):%Y%m%d}"
     ran = await lab.cli("unpin", "alpine:3.20")
     assert ran.code == 0 and "unpinned" in ran.out
     [tag] = (await lab.json("status"))["entries"][0]["tags"]
-    assert (tag["serving"], tag["pinned"]) == (str(b), None)
+    assert (tag["serving"], tag["pinned"]) == (str(a), None)  # until the next sync
 
 
 @pytest.mark.parametrize(
@@ -186,10 +186,12 @@ async def test_rollback_by_steps_to_a_digest_and_to_a_date(lab: Lab) -> None:
     assert (back["old"], back["new"], back["pinned"]) == (str(c), str(b), str(b))
     back = await lab.json("rollback", "alpine:3.20", "--to", str(c))
     assert (back["old"], back["new"]) == (str(b), str(c))
-    ran = await lab.cli("rollback", "alpine:3.20", "--to", "2026-01-20")
-    assert ran.code == 0 and f"now serves {a}" in ran.out and "pinned there" in ran.out
+    ran = await lab.cli("rollback", "alpine:3.20", "--to", "2026-02-20")
+    assert ran.code == 0 and f"now serves {b}" in ran.out and "pinned there" in ran.out
     [tag] = (await lab.json("status"))["entries"][0]["tags"]
-    assert (tag["serving"], tag["pinned"]) == (str(a), str(a))
+    assert (tag["serving"], tag["pinned"]) == (str(b), str(b))
+    ran = await lab.cli("rollback", "alpine:3.20", "--to", "2026-01-20")  # a: pruned
+    assert ran.code == 2 and "older than the backups kept" in ran.err
     ran = await lab.cli("rollback", "alpine:3.20", "--steps", "2", "--to", str(a))
     assert ran.code == 2 and "not allowed with argument" in ran.err
 

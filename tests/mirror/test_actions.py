@@ -53,29 +53,36 @@ async def test_pinning_what_it_serves_holds_it_without_a_move(index: SqliteIndex
     assert (await current(index)).pin == A and len(await index.mirror_history(PLACE)) == 1
 
 
-async def test_pinning_another_stored_digest_moves_the_tag_there(index: SqliteIndex) -> None:
-    await mirrored(index, (A, JAN))
-    message = await actions.pin(index, PLACE, B, stored, backup="{tag}-before-pin")
-    assert message == f"{PLACE} moved to {B} and pinned"
+async def test_pinning_a_digest_it_keeps_as_a_backup_moves_the_tag_there(
+    index: SqliteIndex,
+) -> None:
+    await mirrored(index, (A, JAN), (B, FEB))  # A is kept as B's backup
+    message = await actions.pin(index, PLACE, A, stored, backup="{tag}-before-pin")
+    assert message == f"{PLACE} moved to {A} and pinned"
     tag = await current(index)
-    assert (tag.digest, tag.pin, tag.media_type, tag.size) == (B, B, OCI_MANIFEST, 20)
+    assert (tag.digest, tag.pin, tag.media_type, tag.size) == (A, A, OCI_INDEX, 10)
     last = (await index.mirror_history(PLACE))[-1]
-    assert (last.old, last.new, last.reason, last.backup) == (A, B, "pin", "3.20-before-pin")
+    assert (last.old, last.new, last.reason, last.backup) == (B, A, "pin", "3.20-before-pin")
 
 
-async def test_pinning_a_digest_not_stored_waits_for_the_next_sync(index: SqliteIndex) -> None:
+async def test_pinning_a_digest_it_does_not_keep_waits_for_the_next_sync(
+    index: SqliteIndex,
+) -> None:
+    """Stored or not, only the sync's walk knows the image is whole (it fetches what is
+    missing): the tag moves then, not at once."""
     await mirrored(index, (A, JAN))
-    message = await actions.pin(index, PLACE, D, stored)
-    assert "not in the store yet, the next sync fetches it" in message
-    tag = await current(index)
-    assert (tag.digest, tag.pin) == (A, D)
+    for digest in (B, D):  # B is in the store, D is not
+        message = await actions.pin(index, PLACE, digest, stored)
+        assert "the next sync fetches what is missing, then moves it" in message
+        tag = await current(index)
+        assert (tag.digest, tag.pin) == (A, digest)
 
 
 async def test_a_backup_or_an_unmirrored_tag_cannot_be_pinned(index: SqliteIndex) -> None:
     with pytest.raises(ActionError, match="is not mirrored"):
         await actions.pin(index, PLACE, None, stored)
     await mirrored(index, (A, JAN), (B, FEB))
-    backup = Place("docker.io", "library/alpine", "3.20-20260201")
+    backup = Place("docker.io", "library/alpine", "3.20-backup-20260201")
     with pytest.raises(ActionError, match=r"is a backup of 3\.20: pin that tag"):
         await actions.pin(index, backup, None, stored)
 
@@ -155,9 +162,33 @@ async def test_a_digest_no_longer_stored_is_not_served(index: SqliteIndex) -> No
 
 
 async def test_a_move_from_a_stale_view_is_refused_not_applied(index: SqliteIndex) -> None:
-    await mirrored(index, (A, JAN))
+    await mirrored(index, (A, JAN), (B, FEB))
     stale = await current(index)
-    await actions.pin(index, PLACE, B, stored)
+    await actions.pin(index, PLACE, A, stored)  # moves back to A
     with pytest.raises(ActionError, match="moved meanwhile; try again"):
         await actions.move(index, stale, C, "rollback", stored)
-    assert (await current(index)).digest == B
+    assert (await current(index)).digest == A
+
+
+async def test_a_pin_set_meanwhile_refuses_a_move_that_saw_none(index: SqliteIndex) -> None:
+    await mirrored(index, (A, JAN))
+    stale = await current(index)  # not pinned
+    await actions.pin(index, PLACE, None, stored)  # pinned at A, digest unchanged
+    with pytest.raises(ActionError, match="moved meanwhile; try again"):
+        await actions.move(index, stale, B, "rollback", stored)
+    assert (await current(index)).digest == A
+
+
+async def test_rollback_past_the_kept_backups_is_refused_with_the_way_out(
+    index: SqliteIndex,
+) -> None:
+    before = None
+    for digest, at in ((A, JAN), (B, FEB), (C, MAR)):  # one backup kept: B
+        media_type, size = STORE[digest]
+        tag = MirroredTag(PLACE, "alpine:3.20", digest, media_type, size, at, "network")
+        assert await index.move_tag(tag, "sync", expect=before, backup=f"b{at}", keep_backups=1)
+        before = digest
+    with pytest.raises(ActionError, match=r"older than the backups kept.*mirror pin"):
+        await actions.rollback(index, PLACE, stored, steps=2)  # A: pruned, maybe evicted
+    assert (await current(index)).digest == C
+    assert (await actions.rollback(index, PLACE, stored)).new == B

@@ -99,7 +99,7 @@ async def test_a_moved_tag_is_copied_before_it_moves_with_a_backup_and_history(
     assert held(rig, NEXT) and held(rig, MULTI)  # the old one stays: its backup serves it
     tags = await currents(rig)
     backup = result.move.backup if result.move else None
-    assert backup == "3.20-19700113"  # {tag}-{date:%Y%m%d} of the move (day 12 + 1)
+    assert backup == "3.20-backup-19700113"  # the default template, dated by the move
     assert tags[PLACE].digest == NEXT.digest
     assert tags[dataclasses.replace(PLACE, tag=backup)].digest == MULTI.digest
     assert tags[dataclasses.replace(PLACE, tag=backup)].backup_of == "3.20"
@@ -269,6 +269,54 @@ async def test_a_configured_pin_is_copied_and_moved_to_as_a_pin(rig: Rig) -> Non
     assert (again.change, again.moved) == ("pinned", False)
 
 
+async def test_a_persons_pin_beats_the_configured_one_until_unpinned(rig: Rig) -> None:
+    serve(rig.upstream, ALPINE, MULTI)
+    serve(rig.upstream, ALPINE, NEXT, "3.20")
+    await sync(rig, pin=MULTI.digest)
+    await rig.index.set_mirror_pin(PLACE, NEXT.digest)  # `mirror pin` (an emergency)
+    result = await sync(rig, pin=MULTI.digest)
+    assert (result.moved, result.serving) == (True, NEXT.digest)
+    assert [m.reason for m in await rig.index.mirror_history(PLACE)] == ["pin", "pin"]
+    await rig.index.set_mirror_pin(PLACE, None)  # `mirror unpin`: the config's again
+    assert (await sync(rig, pin=MULTI.digest)).serving == MULTI.digest
+
+
+async def test_a_pin_set_while_a_sync_copied_is_not_undone(rig: Rig) -> None:
+    serve(rig.upstream, ALPINE, MULTI, "3.20")
+    await sync(rig)
+    serve(rig.upstream, ALPINE, NEXT, "3.20")
+    seen = await currents(rig)  # the run's view, before the person acts
+    assert await rig.index.set_mirror_pin(PLACE, MULTI.digest)
+    result = await rig.copier.sync(rig.entry(), "3.20", seen, move=True)
+    assert result.change == "error" and "moved meanwhile" in str(result.error)
+    tag = (await currents(rig))[PLACE]
+    assert (tag.digest, tag.pin) == (MULTI.digest, MULTI.digest)
+
+
+async def test_access_is_asked_again_at_every_move(rig: Rig) -> None:
+    """A source public at its first copy that turned private: its new digest is not
+    served to everyone on the strength of the old answer."""
+    rig.mirror_upstream.own = "Basic robot"
+    serve(rig.upstream, ALPINE, MULTI, "3.20")
+    await sync(rig)
+    assert (await currents(rig))[PLACE].access == "network"
+    serve(rig.upstream, ALPINE, NEXT, "3.20")
+    rig.upstream.add("HEAD", f"{ALPINE}/manifests/3.20", 401, auth="")  # private now
+    assert (await sync(rig)).moved
+    assert (await currents(rig))[PLACE].access == "upstream"
+
+
+async def test_a_tag_named_like_a_backup_ref_is_an_error_not_a_takeover(rig: Rig) -> None:
+    serve(rig.upstream, ALPINE, MULTI, "3.20")
+    await sync(rig, backup="{tag}-old")
+    serve(rig.upstream, ALPINE, NEXT, "3.20")
+    await sync(rig, backup="{tag}-old")  # keeps MULTI as 3.20-old
+    serve(rig.upstream, ALPINE, NEXT, "3.20-old")  # upstream publishes that very name
+    result = await sync(rig, "3.20-old")
+    assert result.change == "error" and "backup ref of 3.20" in str(result.error)
+    assert await serving(rig, "3.20-old") == MULTI.digest
+
+
 async def test_diff_asks_upstream_and_changes_nothing(rig: Rig) -> None:
     serve(rig.upstream, ALPINE, MULTI, "3.20")
     result = await sync(rig, move=False)
@@ -372,17 +420,20 @@ async def test_referrers_are_not_copied_unless_asked(rig: Rig) -> None:
     assert [u for _, u, _ in rig.upstream.calls if "sha256-" in u or "referrers" in u] == []
 
 
-async def test_copy_jobs_run_at_most_limit_at_once_results_in_order() -> None:
+async def test_copy_jobs_run_at_most_limit_at_once_results_in_order_errors_contained() -> None:
     running, most = 0, 0
 
-    async def job(i: int) -> TagResult:
+    async def job(tag: str) -> TagResult:
         nonlocal running, most
         running += 1
         most = max(most, running)
-        await asyncio.sleep(0.001 * (5 - i))
+        await asyncio.sleep(0.001 * (5 - int(tag)))
         running -= 1
-        return TagResult(str(i), None)
+        if tag == "3":
+            raise OSError("the index failed under this one")
+        return TagResult(tag, None)
 
-    jobs = [lambda i=i: job(i) for i in range(5)]
-    results = await bounded(2, jobs)
+    results = await bounded(2, ["0", "1", "2", "3", "4"], job)
     assert [r.tag for r in results] == ["0", "1", "2", "3", "4"] and most == 2
+    assert results[3].change == "error" and "the index failed" in str(results[3].error)
+    assert [r.change for r in results if r.tag != "3"] == ["none"] * 4  # all ran to the end

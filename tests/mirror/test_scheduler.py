@@ -330,3 +330,52 @@ async def test_budgets_seen_are_written_by_the_tick_and_copies_no_longer_held(la
     assert [b.remaining for b in await rig.index.mirror_budgets()] == [70]
     await mirror.run_entry(rig.entry(), move=True)
     assert mirror.holding() == set()  # the tag moved: its content is the mirror's now
+
+
+async def test_a_tag_whose_entry_was_removed_is_no_longer_served_by_the_mirror(
+    lab: Lab,
+) -> None:
+    rig, mirror = lab.rig, lab.mirror
+    serve(rig.upstream, ALPINE, FIRST, "3.20")
+    await mirror.run_entry(rig.entry(), move=True)
+    assert rig.view.tag("registry-1.docker.io", "library/alpine", "3.20") is not None
+    lab.configured.clear()  # the entry left the config
+    await mirror.reload()
+    assert rig.view.tag("registry-1.docker.io", "library/alpine", "3.20") is None
+    assert await serving(rig) == FIRST.digest  # its row and history stay
+
+
+async def test_the_access_an_entry_sets_now_wins_over_the_one_recorded(lab: Lab) -> None:
+    rig, mirror = lab.rig, lab.mirror
+    serve(rig.upstream, ALPINE, FIRST, "3.20")
+    await mirror.run_entry(rig.entry(), move=True)  # anonymous: recorded network
+    answer = rig.view.tag("registry-1.docker.io", "library/alpine", "3.20")
+    assert answer is not None and answer.network
+    lab.configured[:] = [rig.entry(access="upstream")]
+    await mirror.reload()
+    answer = rig.view.tag("registry-1.docker.io", "library/alpine", "3.20")
+    assert answer is not None and not answer.network
+    assert not rig.view.opens("registry-1.docker.io", "library/alpine", FIRST.digest)
+
+
+async def test_a_failing_index_does_not_stop_the_mirror(lab: Lab) -> None:
+    rig, mirror = lab.rig, lab.mirror
+    calls = 0
+    real = rig.index.mirror_generation
+
+    async def broken() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first tick's (the start's reload was the first)
+            raise OSError("database or disk is full")
+        return await real()
+
+    serve(rig.upstream, ALPINE, FIRST, "3.20")
+    rig.index.mirror_generation = broken  # type: ignore[method-assign]
+    task = asyncio.create_task(mirror.run())
+    try:
+        await until(lambda: _is(serving(rig), FIRST.digest))  # ticks went on and copied
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert calls > 2
