@@ -45,6 +45,7 @@ ENTRIES = {
     "gone": "docker.io/library/gone:1",
     "private": "docker.io/private/mirrored:v1",
     "repository": "docker.io/library/repo",
+    "signed": "docker.io/library/signed:1",
 }
 REPORT: dict[str, Any] = {}
 HELD: dict[str, Any] = {}
@@ -69,6 +70,7 @@ def _tweak(config: dict[str, Any]) -> None:
             {"source": ENTRIES["gone"]},
             {"source": ENTRIES["private"]},
             {"source": ENTRIES["repository"], "tags": {"semver": ">=2,<3"}},
+            {"source": ENTRIES["signed"], "referrers": True},
         ],
     }  # fmt: skip
 
@@ -274,6 +276,21 @@ def test_a_repository_entry_mirrors_the_tags_its_range_chooses(mlab: Lab) -> Non
         push(mlab, "library/repo", tag, image([layer(50 * KiB, f"repo-{tag}")]))
     report = sync(mlab, ENTRIES["repository"])
     assert sorted(t["tag"] for t in report["tags"] if t["moved"]) == ["2.0", "2.1"]
+
+
+def test_signatures_in_cosigns_tag_schema_are_mirrored_with_the_image(mlab: Lab) -> None:
+    """distribution 2.8 has no referrers API: cosign's `sha256-<hex>.sig` tag is found,
+    copied and served by the mirror like the image (`referrers: true`)."""
+    img = image([layer(100 * KiB, "signed")])
+    push(mlab, "library/signed", "1", img)
+    sig_tag = f"sha256-{img.top.digest.removeprefix('sha256:')}.sig"
+    signature = image([layer(1 * KiB, "cosign signature")])
+    push(mlab, "library/signed", sig_tag, signature)
+    assert sync(mlab, ENTRIES["signed"])["tags"][0]["moved"]
+    assert tag_status(mlab, ENTRIES["signed"], sig_tag)["serving"] == signature.top.digest
+    before = upstream_requests(mlab, "library/signed")
+    assert pull(mlab, f"{HUB}/library/signed:{sig_tag}", "sig") == signature.top.digest
+    assert upstream_requests(mlab, "library/signed") == before
 
 
 def test_eviction_pressure_never_removes_mirrored_content(mlab: Lab) -> None:
