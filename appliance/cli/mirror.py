@@ -79,6 +79,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--access", choices=("network", "upstream"),
         help="who may pull it (default: network if upstream serves it to anyone)",
     )  # fmt: skip
+    rm = mirror.add_parser(
+        "rm", parents=[out], help="forget an entry no longer configured, or one `add` added"
+    )
+    rm.add_argument("entry", metavar="ENTRY", help="its source, as status shows it")
 
 
 def run(args: argparse.Namespace, config: Config, _path: Path) -> int:
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace, config: Config, _path: Path) -> int:
         return 1
 
 
-_CHANGES = frozenset({"pin", "unpin", "rollback", "add"})
+_CHANGES = frozenset({"pin", "unpin", "rollback", "add", "rm"})
 
 
 async def _run(args: argparse.Namespace, config: Config) -> int:
@@ -110,6 +114,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
             "rollback": lambda: _rollback(args, config, index),
             "history": lambda: _history(args, config, index),
             "add": lambda: _add(args, config, index),
+            "rm": lambda: _rm(args, config, index),
         }[args.mirror_command]
         result = await command()
         if args.mirror_command in _CHANGES:  # kept beside the index (a running regcache
@@ -276,6 +281,21 @@ async def _add(args: argparse.Namespace, config: Config, index: SqliteIndex) -> 
     if source not in known.values():
         await index.add_entry(source, access)
     return {"tag": str(place), "entry": source, "digest": digest, "access": access, "why": why}
+
+
+async def _rm(args: argparse.Namespace, config: Config, index: SqliteIndex) -> dict[str, Any]:
+    """Forget an entry: its tags are no longer mirrored, their content may be evicted."""
+    wanted = str(parse_image(args.entry))
+    configured = {str(parse_image(e.source)) for e in config.mirror.entries}
+    if wanted in configured:
+        raise UsageError(f"{args.entry} is in the config (mirror.entries): remove it there first")
+    recorded = {t.entry for t in await index.mirrored_tags()}
+    recorded |= {source for source, _ in await index.added_entries()}
+    sources = sorted(s for s in recorded if str(parse_image(s)) == wanted)
+    if not sources:
+        raise UsageError(f"{args.entry}: the mirror keeps nothing for it")
+    tags = sum([await index.forget_entry(source) for source in sources])
+    return {"entry": args.entry, "forgotten_tags": tags}
 
 
 async def _cached(

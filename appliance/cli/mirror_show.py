@@ -149,4 +149,8 @@ SHOW: dict[str, Callable[[Any], None]] = {
     "rollback": show_rollback,
     "history": show_history,
     "add": show_add,
+    "rm": lambda result: print(
+        f"{result['entry']}: {result['forgotten_tags']} tags and backup refs forgotten"
+        " (their content is left to eviction; the history stays)"
+    ),
 }

@@ -322,7 +322,7 @@ class Mirror:
 def _served(entries: Sequence[Entry], tags: Sequence[MirroredTag]) -> list[MirroredTag]:
     """The tags the mirror serves: those an entry still owns (one removed from the config
     no longer answers: pulls go through the cache again; its rows, and what they keep,
-    stay until `cache rm --force`), with the access its entry sets now."""
+    stay until `regcache mirror rm`), with the access its entry sets now."""
     out = []
     for tag in tags:
         found = owner(entries, tag.place, tag.entry)

@@ -53,6 +53,10 @@ _RESTORE = {
     "mirror_added": "INSERT OR IGNORE INTO mirror_added VALUES ({marks})",
     "mirror_referrers": "INSERT OR IGNORE INTO mirror_referrers VALUES ({marks})",
 }
+_FORGET = {
+    "mirror_checks": "DELETE FROM mirror_checks WHERE entry = ?",
+    "mirror_runs": "DELETE FROM mirror_runs WHERE entry = ?",
+}
 _WRITE_TAG = "INSERT OR REPLACE INTO mirror_tags VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _BUMP = "UPDATE mirror_state SET generation = generation + 1"
 
@@ -224,6 +228,24 @@ class MirrorState:
         """(source, access) of entries `regcache mirror add` added."""
         rows = await self._select("SELECT source, access FROM mirror_added ORDER BY added_s")
         return [(str(s), str(a)) for s, a in rows]
+
+    async def forget_entry(self, source: str) -> int:
+        """An entry's tags, backup refs, checks, run and (if `mirror add` added it) the
+        entry itself: gone, their content left to eviction; the history stays. Tags."""
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM mirror_tags WHERE entry = ?", (source,))
+            forgotten = max(cursor.rowcount, 0)
+            for table in ("mirror_checks", "mirror_runs"):
+                await db.execute(_FORGET[table], (source,))
+            await db.execute("DELETE FROM mirror_added WHERE source = ?", (source,))
+            await db.execute(
+                "DELETE FROM mirror_referrers WHERE NOT EXISTS (SELECT 1 FROM mirror_tags t"
+                " WHERE t.registry = mirror_referrers.registry"
+                " AND t.repository = mirror_referrers.repository"
+                " AND t.digest = mirror_referrers.subject)"
+            )
+            await db.execute(_BUMP)
+        return forgotten
 
     async def add_entry(self, source: str, access: str) -> None:
         async with self._transaction() as db:

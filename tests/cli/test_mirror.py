@@ -378,3 +378,28 @@ def _main(argv: list[str]) -> int:
 def _requests(lab: Lab) -> list[tuple[Any, ...]]:
     with contextlib.closing(sqlite3.connect(lab.store.root / INDEX_NAME)) as db:
         return list(db.execute("SELECT * FROM mirror_requests"))
+
+
+async def test_rm_forgets_an_added_entry_and_leaves_its_content_to_eviction(lab: Lab) -> None:
+    [digest] = await lab.images(1)
+    await cached(lab, "ghcr.io", "org/extra", "v1", digest)
+    await lab.cli("add", "--from-cache", "ghcr.io/org/extra:v1")
+    assert str(digest) in await lab.index.pinned_digests()
+    generation = await lab.index.mirror_generation()
+    ran = await lab.cli("rm", "ghcr.io/org/extra:v1")
+    assert ran.code == 0 and "1 tags and backup refs forgotten" in ran.out
+    assert await lab.index.added_entries() == [] and await lab.index.mirrored_tags() == []
+    assert str(digest) not in await lab.index.pinned_digests()  # eviction may take it now
+    assert await lab.index.mirror_generation() > generation  # a running regcache reloads
+    history = await lab.index.mirror_history(Place("ghcr.io", "org/extra", "v1"))
+    assert [m.reason for m in history] == ["add"]  # kept
+    again = await lab.cli("rm", "ghcr.io/org/extra:v1")
+    assert again.code == 2 and "keeps nothing for it" in again.err
+
+
+async def test_rm_refuses_an_entry_the_config_still_lists(lab: Lab) -> None:
+    a, b = await lab.images(2)
+    await lab.mirrored(ALPINE, "alpine:3.20", (a, JAN), (b, FEB))
+    ran = await lab.cli("rm", "docker.io/library/alpine:3.20")
+    assert ran.code == 2 and "remove it there first" in ran.err
+    assert len(await lab.index.mirrored_tags()) == 2  # the tag and its backup

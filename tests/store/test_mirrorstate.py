@@ -245,3 +245,23 @@ async def test_moves_since_a_row_are_every_tags_oldest_first(store: Store) -> No
     assert await index.mirror_moves_since(rows[-1]) == []
     refused = await moved(index, C, A, 3000.0, None)  # a mover that saw A: no row
     assert refused is None and await index.mirror_moves_since(rows[-1]) == []
+
+
+async def test_forgetting_an_entry_drops_its_rows_and_referrers_keeps_history(
+    store: Store,
+) -> None:
+    index = store.index
+    await index.add_entry("alpine:3.20", "network")
+    await moved(index, A, None, 1000.0, None)
+    await moved(index, B, A, 2000.0, "3.20-old")  # a backup of A, same entry
+    await index.keep_referrers("docker.io", "library/alpine", B, [C])
+    other = dataclasses.replace(tagged(D, 1000.0, Place("ghcr.io", "org/app", "v1")),
+                                entry="ghcr.io/org/app")  # fmt: skip
+    await index.move_tag(other, "sync", expect=None, backup=None, keep_backups=2)
+    await index.record_check(Check(PLACE, "alpine:3.20", B, 2000.0))
+    assert await index.forget_entry("alpine:3.20") == 2
+    assert [t.place for t in await index.mirrored_tags()] == [other.place]
+    assert await index.added_entries() == [] and await index.mirror_checks() == []
+    pinned = await index.pinned_digests()
+    assert str(D) in pinned and not {str(A), str(B), str(C)} & pinned
+    assert len(await index.mirror_history(PLACE)) == 2
