@@ -14,6 +14,7 @@ from typing import NoReturn
 from appliance.config import strict_yaml
 from appliance.config.hostnames import Hostname, HostPattern, too_broad
 from appliance.config.mirror import MirrorConfig, check_entries
+from appliance.config.push import PushRule
 from appliance.config.registries import Registries
 from appliance.config.strict_yaml import check
 from appliance.config.values import (
@@ -233,6 +234,8 @@ class RegistryConfig:
     credentials: CredentialsConfig | None = None
     """regcache's own login to this registry's API hosts, lent to reads that bring none;
     unset (default): clients bring their own."""
+    push: tuple[PushRule, ...] = ()
+    """Pushes through regcache per repository (config/push.py); none: all pass through."""
     allow_unsafe_targets: bool = False
     """Let this registry's redirects and token realms lead to http:// URLs and to
     loopback, link-local or metadata addresses, and its hosts resolve to them (a registry

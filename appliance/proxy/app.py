@@ -22,11 +22,12 @@ from multidict import CIMultiDict
 from appliance.admin.metrics import Metrics, method_label
 from appliance.cache.answers import Answer, Refused, Relayed, Stored, Target
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
+from appliance.config.push import DENY, push_policy
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.names import same_repository
 from appliance.oci.routes import check_path, written_repository
-from appliance.proxy.errors import API_VERSION, Evicted, UnknownHost, render_errors
+from appliance.proxy.errors import API_VERSION, Evicted, PushDenied, UnknownHost, render_errors
 from appliance.proxy.loops import Bridge
 from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, TokensGiven, outage_answer
 from appliance.proxy.passthrough import PassThrough, forward
@@ -49,6 +50,7 @@ Audit = Callable[[dict[str, object]], None]
 # What can make a 404 or a tag wrong: a PATCH only adds to an upload that its PUT ends
 # (and each of an upload's many chunks would void every 404 remembered meanwhile).
 _WRITES = frozenset({"PUT", "POST", "DELETE"})
+_PUSHES = _WRITES | {"PATCH"}
 
 
 class Cache(Protocol):
@@ -146,6 +148,8 @@ class RegistryProxy:
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):
             return await self._ping(request, origin, site)
+        if site.api and request.method in _PUSHES:
+            _check_push(request.path, host, site)
         if route is None or request.method not in ("GET", "HEAD") or not self._caching():
             return await self._pass_through(request, origin, site)
         return await self._serve(request, origin, site, route)
@@ -277,6 +281,14 @@ def _outcome(answer: Answer) -> str:
     if isinstance(answer, Stored) and not answer.fetched:
         return "stale" if answer.stale else "hit"
     return "relayed" if isinstance(answer, Relayed | Refused) else "miss"
+
+
+def _check_push(path: str, host: str, site: Site) -> None:
+    """PushDenied for a write to a repository the registry's push policy denies."""
+    repository = written_repository(path)
+    names = () if repository is None else same_repository(host, repository)
+    if repository is not None and push_policy(site.push, names) == DENY:
+        raise PushDenied(host, repository)
 
 
 def _audit_entry(

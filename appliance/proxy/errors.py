@@ -36,6 +36,16 @@ class UnknownHost(Exception):
         super().__init__(f"{host!r} is not a registry regcache serves")
 
 
+class PushDenied(Exception):
+    """A push to a repository whose `registries[].push` policy is deny."""
+
+    def __init__(self, host: str, repository: str) -> None:
+        super().__init__(
+            f"pushing to {host}/{repository} through this gateway is denied by its policy"
+            " (registries[].push)"
+        )
+
+
 class Evicted(Exception):
     """The stored content went away between lookup and open, on every attempt."""
 
@@ -108,6 +118,8 @@ class ErrorRule:
 # (THREAT_MODEL.md).
 ERRORS: Mapping[type[Exception], ErrorRule] = {
     UnknownHost: ErrorRule(421, "DENIED"),
+    # 403, not 405: docker retries a 405 push in a loop; a DENIED error it reports and stops.
+    PushDenied: ErrorRule(403, "DENIED"),
     RouteError: ErrorRule(400, None, log=_log_refused),
     RangeError: ErrorRule(416, "RANGE_INVALID"),
     FillFailed: ErrorRule(502, "UNKNOWN", _transfer_failed),

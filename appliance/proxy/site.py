@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from appliance.config.push import PushRule
+
 
 @dataclass(frozen=True, slots=True)
 class Site:
@@ -24,3 +26,5 @@ class Site:
     """Every configured host name of this Host's registry (`registry-1.docker.io`,
     `index.docker.io`) when the Host is one of them: a write through one changes what
     the others answer. Empty for a name under a wildcard: each is a registry of its own."""
+    push: tuple[PushRule, ...] = ()
+    """Who may push through regcache, per repository (`registries[].push`)."""

@@ -28,6 +28,7 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
             label=route.label,
             registry=route.registry.name,
             aliases=named if host in named else (),
+            push=route.registry.push,
         )
 
     return site_for

@@ -23,6 +23,7 @@ from appliance.cache.negative import NegativeCache
 from appliance.cache.service import RegistryCache
 from appliance.config.hostnames import HostPattern, HostSet
 from appliance.config.model import RegistryConfig
+from appliance.config.push import DENY, PushRule
 from appliance.config.registries import Registries
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import DOCKER_MANIFEST
@@ -175,8 +176,9 @@ class Stack:
 
 
 REGISTRIES = Registries([
-    RegistryConfig("reg.test", (HostPattern(HOST),)),
-    RegistryConfig("docker.io", (HostPattern(HUB), HostPattern(HUB_ALIAS))),
+    RegistryConfig("reg.test", (HostPattern(HOST),), push=(PushRule(("frozen/*",), DENY),)),
+    RegistryConfig("docker.io", (HostPattern(HUB), HostPattern(HUB_ALIAS)),
+                   push=(PushRule(("busybox",), DENY),)),
     RegistryConfig("ttl.test", (HostPattern(TTL_HOST),), tag_ttl_s=300),
 ])  # fmt: skip
 

@@ -153,3 +153,48 @@ async def test_a_tag_moved_by_a_push_is_asked_again_within_its_ttl(
         assert response.status == 200 and await response.read() == PUSHED.body
         response = await s.ask(path, host=TTL_HOST)  # validated after the push: fresh again
         assert await response.read() == PUSHED.body
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/v2/frozen/app/manifests/v1"),
+        ("DELETE", "/v2/frozen/app/manifests/v1"),
+        ("POST", "/v2/frozen/app/blobs/uploads/"),
+        ("PATCH", "/v2/frozen/app/blobs/uploads/some-uuid"),
+        ("PUT", f"/v2/frozen/app/blobs/uploads/some-uuid?digest={PUSHED.digest}"),
+        ("POST", "/v2/frozen/app/blobs/uploads/?mount=sha256:x&from=team/app"),
+        ("DELETE", f"/v2/frozen/app/blobs/{PUSHED.digest}"),
+    ],
+)
+async def test_a_denied_push_is_refused_at_once_and_never_reaches_upstream(
+    tmp_path: Path, aiohttp_client: Any, method: str, path: str
+) -> None:
+    async with stack(tmp_path, aiohttp_client) as s:
+        response = await s.ask(path, method, body=b"{}", Authorization="Bearer t")
+        assert response.status == 403  # not 405: docker retries those
+        error = (await response.json())["errors"][0]
+        assert error["code"] == "DENIED"
+        assert "reg.test/frozen/app" in error["message"] and "registries[].push" in error["message"]
+        assert s.registry.seen == []
+
+
+async def test_pulls_of_a_push_denied_repository_and_pushes_elsewhere_go_on(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    async with stack(tmp_path, aiohttp_client) as s:
+        s.registry.put("frozen/app", "v1", PUSHED)
+        response = await s.ask("/v2/frozen/app/manifests/v1")
+        assert response.status == 200 and await response.read() == PUSHED.body
+        await push(s, "/v2/team/app/manifests/v1")  # another repository: passes through
+
+
+async def test_a_denied_official_image_is_denied_by_either_of_its_names(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    async with stack(tmp_path, aiohttp_client) as s:
+        for path in ("/v2/library/busybox/manifests/1", "/v2/busybox/manifests/1"):
+            for host in (HUB, HUB_ALIAS):
+                response = await s.ask(path, "PUT", host, PUSHED.body, Authorization="Bearer t")
+                assert response.status == 403, (host, path)
+        await push(s, "/v2/library/hello/manifests/1", HUB)

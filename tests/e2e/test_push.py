@@ -1,0 +1,101 @@
+"""Pushes through regcache by real clients, through the DNS interception: they land
+upstream byte-identical; a push policy of `deny` stops them at once; a blob the store
+holds from another repository is never reported present to a pushing client."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import _missing
+from tests.e2e.images import image, layer, write_layout
+from tests.e2e.lab import ALICE_PASSWORD, Lab, lab
+
+HUB = "registry-1.docker.io"
+ALICE = f"alice:{ALICE_PASSWORD}"
+KiB = 1 << 10
+
+
+def _tweak(config: dict[str, Any]) -> None:
+    ghcr = next(r for r in config["registries"] if r["name"] == "ghcr.io")
+    ghcr["push"] = [{"repositories": ["frozen/*"], "policy": "deny"}]
+
+
+@pytest.fixture(scope="module")
+def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    with lab(tmp_path_factory.mktemp("push"), _tweak) as running:
+        yield running
+
+
+def upstream_digest(lab: Lab, ref: str, creds: str | None = None) -> str:
+    """The manifest digest regcache serves for `ref` (pulled back through it)."""
+    dest = lab.tmp / f"back-{ref.replace('/', '_').replace(':', '_')}"
+    shutil.rmtree(dest, ignore_errors=True)
+    argv = lab.pull_argv(ref, dest, creds)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    digest: str = json.loads((dest / "index.json").read_text())["manifests"][0]["digest"]
+    return digest
+
+
+def test_a_push_the_policy_denies_stops_at_once_and_reaches_no_upstream(plab: Lab) -> None:
+    layout = write_layout(plab.tmp / "frozen", "v1", image([layer(50 * KiB, "frozen")]))
+    ghcr = plab.registries["ghcr.io"]
+    before = len(ghcr.requests())
+    out = plab.skopeo("copy", "--dest-cert-dir", str(plab.ca_dir), f"oci:{layout}:v1",
+                      "docker://ghcr.io/frozen/app:v1")  # fmt: skip
+    assert out.returncode != 0
+    assert "denied" in out.stderr and "registries[].push" in out.stderr, out.stderr
+    seen = [r for r in ghcr.requests()[before:] if "/frozen/" in r[1]]
+    # No write reached upstream. skopeo's first question, a HEAD of the layer, is a read
+    # like any pull's and is answered as one (upstream: 404).
+    assert [r for r in seen if r[0] not in ("GET", "HEAD")] == [], seen
+
+
+def test_skopeo_and_podman_pushes_land_upstream_byte_identical(plab: Lab) -> None:
+    img = image([layer(300 * KiB, "pushed-by-skopeo")])
+    plab.push("ghcr.io", "org/pushed", "v1", img)  # skopeo copy --preserve-digests
+    assert upstream_digest(plab, "ghcr.io/org/pushed:v1") == img.top.digest
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    root = Path(tempfile.mkdtemp(prefix="rcpush-"))
+    try:
+        podman = ("podman", "--root", str(root / "root"), "--runroot", str(root / "run"),
+                  "--storage-driver", "vfs")  # fmt: skip
+        for args in (
+            ("pull", "--quiet", "--cert-dir", str(plab.ca_dir), "docker://ghcr.io/org/pushed:v1"),
+            ("push", "--cert-dir", str(plab.ca_dir), "ghcr.io/org/pushed:v1",
+             "docker://ghcr.io/org/by-podman:v1"),
+        ):  # fmt: skip
+            out = plab.ns.run(*podman, *args, timeout=300, check=False)
+            assert out.returncode == 0, out.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    upstream_digest(plab, "ghcr.io/org/by-podman:v1")  # it is there, served through regcache
+
+
+def test_a_blob_stored_from_another_repository_is_uploaded_not_skipped(plab: Lab) -> None:
+    """The hazard only a cross-registry store has: the pushing client HEADs each blob and
+    skips the upload on a 200. A layer regcache holds from a public repository must not
+    look present in alice's private one, or upstream would refuse her manifest."""
+    shared = layer(200 * KiB, "shared-with-a-private-push")
+    plab.push(HUB, "library/public-base", "v1", image([shared]))
+    out, _ = plab.pull(f"{HUB}/library/public-base:v1", "public-base")  # now in the store
+    assert out.returncode == 0, out.stderr
+    private = image([shared, layer(10 * KiB, "private-top")])
+    plab.push(HUB, "private/built", "v1", private, creds=ALICE)
+    audit = [json.loads(line) for line in (plab.state_dir / "audit.jsonl").read_text().splitlines()]
+    asked = [a for a in audit if a.get("repository") == "private/built"
+             and a.get("reference") == shared.digest and a.get("method") == "HEAD"]  # fmt: skip
+    assert asked and all(a["status"] == 404 for a in asked)  # upstream's answer, not the store's
+    assert upstream_digest(plab, f"{HUB}/private/built:v1", ALICE) == private.top.digest
