@@ -43,6 +43,7 @@ from appliance.cache.ports import (
 )
 from appliance.cache.shelf import Shelf
 from appliance.cache.tags import Freshness, Tags
+from appliance.cache.uploads import Uploads
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
@@ -90,6 +91,8 @@ class RegistryCache:
         self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)
         self._hits = Hits(shelf, index, gate, self._freshness, mirror)
         self._shelf = shelf
+        self.uploads = Uploads(files, index, gate, shelf)
+        """Pushes kept on their way upstream (write-through)."""
         self._mirror_log = LogThrottle(log, interval_s=600.0)
 
     @property

@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 from appliance.admin.metrics import Metrics, method_label
 from appliance.cache.answers import Answer, Refused, Relayed, Stored, Target
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
+from appliance.cache.uploads import Uploads
 from appliance.config.push import DENY, push_policy
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import parse_accept
@@ -31,6 +32,7 @@ from appliance.proxy.errors import API_VERSION, Evicted, PushDenied, UnknownHost
 from appliance.proxy.loops import Bridge
 from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, TokensGiven, outage_answer
 from appliance.proxy.passthrough import PassThrough, forward
+from appliance.proxy.pushes import Keeping, Pushes, push_step
 from appliance.proxy.responses import relay, render
 from appliance.proxy.routing import BlobRoute, CacheRoute, ManifestRoute, cache_route, route_label
 from appliance.proxy.site import Site
@@ -64,6 +66,10 @@ class Cache(Protocol):
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer: ...
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None: ...
     async def written(self, places: Sequence[tuple[str, str]]) -> None: ...
+    @property
+    def uploads(self) -> Uploads | None:
+        """Where pushes are kept on their way (None: they only pass through)."""
+        ...
 
 
 def create_app(
@@ -111,6 +117,8 @@ class RegistryProxy:
         self._audit = audit
         self._bridge = bridge or Bridge(None)
         self._pings = PingCache(upstream)
+        uploads = cache.uploads
+        self._pushes = None if uploads is None else Pushes(uploads, self._bridge)
 
     def application(self) -> web.Application:
         # Bodies are streamed (pushes pass through), never read whole: the default
@@ -162,8 +170,26 @@ class RegistryProxy:
     async def _pass_through(
         self, request: web.Request, origin: str, site: Site
     ) -> web.StreamResponse:
+        step = push_step(request.method, request.path, request.query, request.headers)
+        if step is None or self._pushes is None or not site.api or not self._caching():
+            return await self._relay(request, origin, site)
+        keeping = await self._pushes.begin(step, origin.removeprefix("https://"))
         try:
-            reply = await forward(request, self._upstream, origin, self._bridge)
+            return await self._relay(request, origin, site, keeping)
+        finally:
+            if not keeping.done:  # no answer from upstream: nothing is kept
+                await self._pushes.answered(keeping, 0, {}, None)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        origin: str,
+        site: Site,
+        keeping: Keeping | None = None,
+    ) -> web.StreamResponse:
+        wrap = None if keeping is None else keeping.wrap()
+        try:
+            reply = await forward(request, self._upstream, origin, self._bridge, wrap)
         except UpstreamUnavailable as e:
             fallback = outage_answer(request, site, str(e), self._tokens)
             if fallback is None:
@@ -174,6 +200,9 @@ class RegistryProxy:
         ):
             self._bridge.call(reply.close)
             return fallback
+        if keeping is not None and self._pushes is not None:  # kept before the client hears
+            authorization = request.headers.get("Authorization")
+            await self._pushes.answered(keeping, reply.status, reply.headers, authorization)
         if site.api and request.method in _WRITES and 200 <= reply.status < 300:
             await self._written(request.path, origin.removeprefix("https://"), site)
         return await relay(request, reply, self._bridge)

@@ -3,7 +3,7 @@ streamed (pushes pass through)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 from aiohttp import web
@@ -35,13 +35,20 @@ def forwarded(request: web.Request) -> CIMultiDict[str]:
 
 
 async def forward(
-    request: web.Request, upstream: PassThrough, origin: str, bridge: Bridge
+    request: web.Request,
+    upstream: PassThrough,
+    origin: str,
+    bridge: Bridge,
+    wrap: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
 ) -> UpstreamReply:
-    """`request` sent to `origin` as it came, its body streamed; upstream's reply (the
-    caller closes it). Raises UpstreamUnavailable."""
+    """`request` sent to `origin` as it came, its body streamed (through `wrap` on the
+    cache's loop, where it is read: a push kept on the way); upstream's reply (the caller
+    closes it). Raises UpstreamUnavailable."""
     body = None
     if request.can_read_body:
         body = bridge.export(request.content.iter_chunked(STREAM_CHUNK_BYTES))
+        if wrap is not None:
+            body = wrap(body)
     headers = forwarded(request)
     if request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)

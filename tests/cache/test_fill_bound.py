@@ -10,11 +10,13 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from appliance.cache import fill
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Filling
 from appliance.cache.fill import Fill, FillState
 from appliance.cache.service import RegistryCache
 from appliance.config.model import Size, StoreConfig
+from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 from appliance.store.eviction import Evictor
 from appliance.store.files import FileBlobStore
@@ -110,7 +112,11 @@ async def test_a_burst_of_fills_keeps_the_store_within_its_bound(tmp_path: Path)
     assert {str(d) for _, d in files.walk()} == rows and on_disk(tmp_path) == total
 
 
-async def test_a_fill_that_finds_no_room_streams_through_uncached(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_a_fill_that_finds_no_room_streams_through_uncached(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # The line is throttled per process: another test may just have logged it.
+    monkeypatch.setattr(fill, "_bound_log", LogThrottle(fill.log, interval_s=60.0))
     files = FileBlobStore(tmp_path)
     files.prepare()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")

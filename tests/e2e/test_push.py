@@ -65,7 +65,12 @@ def test_a_push_the_policy_denies_stops_at_once_and_reaches_no_upstream(plab: La
 def test_skopeo_and_podman_pushes_land_upstream_byte_identical(plab: Lab) -> None:
     img = image([layer(300 * KiB, "pushed-by-skopeo")])
     plab.push("ghcr.io", "org/pushed", "v1", img)  # skopeo copy --preserve-digests
+    ghcr = plab.registries["ghcr.io"]
+    gets = ghcr.count("GET", "blobs")
+    # Written through: another client's pull right after is served from the store.
     assert upstream_digest(plab, "ghcr.io/org/pushed:v1") == img.top.digest
+    assert ghcr.count("GET", "blobs") == gets
+
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed")
     root = Path(tempfile.mkdtemp(prefix="rcpush-"))

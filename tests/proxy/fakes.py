@@ -38,6 +38,7 @@ class Asked:
 
 @dataclass
 class FakeCache:
+    uploads = None  # pushes only pass through
     """Gives the scripted answers in turn (the last one again and again); an exception
     in the script is raised instead."""
 

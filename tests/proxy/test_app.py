@@ -15,6 +15,7 @@ from tests.proxy.fakes import FakeCache, FakePassThrough, stored
 
 
 class RecordingCache:
+    uploads = None  # pushes only pass through
     """Answers every manifest and blob request with upstream's 401, noting the target."""
 
     def __init__(self) -> None:
