@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import _missing
-from tests.e2e.images import image, layer, write_layout
+from tests.e2e.images import Image, image, layer, write_layout
 from tests.e2e.lab import ALICE_PASSWORD, Lab, lab
 
 HUB = "registry-1.docker.io"
@@ -104,3 +104,56 @@ def test_a_blob_stored_from_another_repository_is_uploaded_not_skipped(plab: Lab
              and a.get("reference") == shared.digest and a.get("method") == "HEAD"]  # fmt: skip
     assert asked and all(a["status"] == 404 for a in asked)  # upstream's answer, not the store's
     assert upstream_digest(plab, f"{HUB}/private/built:v1", ALICE) == private.top.digest
+
+
+def _curl_push(plab: Lab, repository: str, style: str, img: Image) -> None:
+    """`img` pushed to ghcr.io through regcache the way a given client does it (curl
+    sending exactly those requests): `containerd` (POST, then one PUT with the body),
+    `docker` (POST, a PATCH of unknown length, chunked, then an empty PUT) or `mount`
+    (each blob mounted from org/raw, where the containerd style put them)."""
+    ca = plab.ca_dir / "ca.crt"
+    base = f"https://ghcr.io/v2/{repository}"
+    lines = ["set -eu", f"ca={ca}",
+             "location() { tr -d '\\r' | sed -n 's/^[Ll]ocation: //p'; }"]  # fmt: skip
+    octets = "-H 'Content-Type: application/octet-stream'"
+    for n, blob in enumerate(img.blobs):
+        path = plab.tmp / f"{style}-{n}.blob"
+        path.write_bytes(blob.data)
+        start = f"curl -sS -D - -o /dev/null --cacert $ca -X POST {base}/blobs/uploads/"
+        if style == "mount":
+            lines.append(f"{start}?mount={blob.digest}\\&from=org/raw | grep -q '^HTTP/1.1 201'")
+            continue
+        lines.append(f"loc=$({start} | location)")
+        put = f'curl -sSf -o /dev/null --cacert $ca -X PUT {octets} "$loc&digest={blob.digest}"'
+        if style == "docker":
+            chunked = "-H 'Transfer-Encoding: chunked' --data-binary @-"
+            lines.append(f"loc=$(curl -sS -D - -o /dev/null --cacert $ca -X PATCH {octets} "
+                         f'{chunked} "$loc" < {path} | location)')  # fmt: skip
+            lines.append(put)
+        else:
+            lines.append(put.replace("-X PUT", f"-X PUT --data-binary @{path}"))
+    manifest = plab.tmp / f"{style}.manifest"
+    manifest.write_bytes(img.top.data)
+    lines.append(f"curl -sSf -o /dev/null --cacert $ca -X PUT --data-binary @{manifest} "
+                 f"-H 'Content-Type: {img.top.media_type}' {base}/manifests/v1")  # fmt: skip
+    out = plab.ns.run("sh", "-c", "\n".join(lines), timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("style", ["containerd", "docker", "mount"])
+def test_each_upload_style_lands_upstream_and_the_next_pull_comes_from_the_store(
+    plab: Lab, style: str
+) -> None:
+    img = _RAW if style == "mount" else image([layer(700 * KiB, f"raw-{style}")])
+    repository = "org/raw" if style == "containerd" else f"org/{style}"
+    if style == "mount":
+        _curl_push(plab, "org/raw", "containerd", img)  # what the mount takes from
+    _curl_push(plab, repository, style, img)
+    ghcr = plab.registries["ghcr.io"]
+    gets = ghcr.count("GET", "blobs")
+    assert upstream_digest(plab, f"ghcr.io/{repository}:v1") == img.top.digest
+    # A mount sends no bytes: what it names was kept when org/raw was pushed.
+    assert ghcr.count("GET", "blobs") == gets
+
+
+_RAW = image([layer(300 * KiB, "raw-mounted")])
