@@ -17,6 +17,8 @@ import pytest
 from tests.e2e.conftest import _missing
 from tests.e2e.images import Image, image, layer, write_layout
 from tests.e2e.lab import ALICE_PASSWORD, Lab, lab
+from tests.e2e.test_pull import stored
+from tests.harness import REPO
 
 HUB = "registry-1.docker.io"
 ALICE = f"alice:{ALICE_PASSWORD}"
@@ -157,3 +159,54 @@ def test_each_upload_style_lands_upstream_and_the_next_pull_comes_from_the_store
 
 
 _RAW = image([layer(300 * KiB, "raw-mounted")])
+
+
+GiB = 1 << 30
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_multi_gib_push_streams_with_flat_memory_and_is_kept(plab: Lab) -> None:
+    """2 GiB in one chunked PATCH (docker's way), random bytes hashed on the client side:
+    regcache's peak RSS must not grow with the body (it streams and tees to disk)."""
+    assert plab.regcache_proc is not None
+    pid = int(plab.ns.run("sh", "-c", f"pgrep -f 'regcache serve --config {plab.config_path}'")
+              .stdout.split()[0])  # fmt: skip
+    ca, base = plab.ca_dir / "ca.crt", "https://ghcr.io/v2/org/huge"
+    size = 2 * GiB
+    script = f"""set -eu
+location() {{ tr -d '\\r' | sed -n 's/^[Ll]ocation: //p'; }}
+loc=$(curl -sS -D - -o /dev/null --cacert {ca} -X POST {base}/blobs/uploads/ | location)
+head -c {size} /dev/urandom | tee >(sha256sum | cut -d' ' -f1 > {plab.tmp}/huge.sum) |
+  curl -sS -D {plab.tmp}/huge.headers -o /dev/null --cacert {ca} -X PATCH \\
+    -H 'Content-Type: application/octet-stream' -T - "$loc"
+sleep 1
+loc=$(location < {plab.tmp}/huge.headers)
+curl -sSf -o /dev/null --cacert {ca} -X PUT "$loc&digest=sha256:$(cat {plab.tmp}/huge.sum)"
+"""
+    before = _peak_rss_kib(pid)
+    out = plab.ns.run("bash", "-c", script, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = _peak_rss_kib(pid)
+    digest = "sha256:" + (plab.tmp / "huge.sum").read_text().strip()
+    assert stored(plab, digest).stat().st_size == size  # kept, on disk
+    grown = after - before
+    (REPO / "artifacts").mkdir(exist_ok=True)
+    (REPO / "artifacts" / "push-rss.json").write_text(json.dumps(
+        {"bytes": size, "peak_rss_before_kib": before, "peak_rss_after_kib": after,
+         "grown_kib": grown}))  # fmt: skip
+    for copy in (
+        stored(plab, digest),
+        *(plab.registries["ghcr.io"].folder / "data").rglob(digest.removeprefix("sha256:")),
+    ):  # 4 GiB of disk back (the lab ends after this)
+        if copy.is_file():
+            copy.unlink()
+        elif (copy / "data").is_file():
+            (copy / "data").unlink()
+    assert grown < 64 << 10, f"peak RSS grew {grown} KiB over a {size}-byte push"
