@@ -67,7 +67,7 @@ def images(the_lab: Lab) -> dict[str, Image]:
     pushed = {}
     for i in range(PULLS):
         img = image([layer(6 * MiB, f"crash-{i}")])
-        the_lab.push(HOST, f"crash/app{i}", "v1", img)
+        the_lab.push_upstream(HOST, f"crash/app{i}", "v1", img)  # cold: not written through
         pushed[f"{HOST}/crash/app{i}:v1"] = img
     return pushed
 

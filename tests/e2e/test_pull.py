@@ -75,7 +75,7 @@ def test_layer_shared_by_two_registries_is_fetched_and_stored_once(the_lab: Lab)
 
 def test_concurrent_cold_pulls_fetch_each_blob_once(the_lab: Lab) -> None:
     img = image([layer(8 * MiB, "big"), layer(3 * MiB, "small")])
-    the_lab.push("registry-1.docker.io", "library/crowd", "v1", img)
+    the_lab.push_upstream("registry-1.docker.io", "library/crowd", "v1", img)
     upstream = the_lab.registries["registry-1.docker.io"]
     before = {b.digest: _gets(upstream.requests(), b) for b in img.blobs}
     ref = "registry-1.docker.io/library/crowd:v1"

@@ -33,7 +33,7 @@ def wait_for(predicate: object, timeout_s: float) -> bool:
 
 def test_pull_through_a_cdn_redirect_works_and_caches(the_lab: Lab) -> None:
     img = image([layer(2 * MiB, "cdn")])
-    the_lab.push("quay.io", "org/cdn", "v1", img)
+    the_lab.push_upstream("quay.io", "org/cdn", "v1", img)
     quay = the_lab.registries["quay.io"]
     out, _ = the_lab.pull("quay.io/org/cdn:v1", "cdn-cold")
     assert out.returncode == 0, out.stderr
@@ -48,7 +48,7 @@ def test_pull_through_a_cdn_redirect_works_and_caches(the_lab: Lab) -> None:
 
 def test_fill_survives_the_client_that_started_it(the_lab: Lab) -> None:
     big = layer(24 * MiB, "slow")  # the CDN sends 16 MiB/s: the fill takes ~1.5 s
-    the_lab.push("quay.io", "org/slow", "v1", image([big]))
+    the_lab.push_upstream("quay.io", "org/slow", "v1", image([big]))
     url = f"https://quay.io/v2/org/slow/blobs/{big.digest}"
     client = subprocess.Popen(
         the_lab.ns.argv("curl", "-sS", "--cacert", str(the_lab.ca_dir / "ca.crt"),
@@ -71,7 +71,7 @@ def test_fill_survives_the_client_that_started_it(the_lab: Lab) -> None:
 
 def test_wrong_bytes_from_upstream_are_never_stored(the_lab: Lab) -> None:
     bad = layer(MiB, "corrupt-me")
-    the_lab.push("quay.io", "org/bad", "v1", image([bad]))
+    the_lab.push_upstream("quay.io", "org/bad", "v1", image([bad]))
     assert the_lab.cdn_corrupt is not None
     the_lab.cdn_corrupt.write_text(bad.digest + "\n")
     try:
@@ -95,7 +95,7 @@ def test_a_range_asked_mid_fill_is_answered_once_the_fill_is_verified(the_lab: L
     """Bytes 1000-1999 are on disk long before the digest is checked: they are sent only
     once it is (a 206 of unverified bytes could be wrong and would never be noticed)."""
     big = layer(32 * MiB, "ranged")  # 2 s at the CDN's 16 MiB/s: the range lands mid-fill
-    the_lab.push("quay.io", "org/ranged", "v1", image([big]))
+    the_lab.push_upstream("quay.io", "org/ranged", "v1", image([big]))
     url = f"https://quay.io/v2/org/ranged/blobs/{big.digest}"
     starter = subprocess.Popen(
         the_lab.ns.argv(
@@ -141,7 +141,7 @@ def test_upstream_with_an_untrusted_certificate_gets_502_and_nothing_cached(the_
 
 def test_a_first_request_with_a_range_still_fills_the_whole_blob(the_lab: Lab) -> None:
     blob = layer(300_000, "range-first")
-    the_lab.push("ghcr.io", "org/rangefirst", "v1", image([blob]))
+    the_lab.push_upstream("ghcr.io", "org/rangefirst", "v1", image([blob]))
     body = the_lab.tmp / "range-first.body"
     out = curl(the_lab, "-o", str(body), "-r", "0-99",
                f"https://ghcr.io/v2/org/rangefirst/blobs/{blob.digest}")  # fmt: skip
