@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,6 @@ from appliance.cache.shelf import Shelf
 from appliance.kit.logfields import fields
 from appliance.kit.tasks import to_thread_to_end
 from appliance.oci.digest import Digest
-from appliance.oci.manifest import references
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,9 @@ MAX_SESSIONS = 1024
 SESSION_TTL_S = 3600.0
 MAX_MANIFEST_BYTES = 4 << 20
 _INLINE_BYTES = 64 << 10
+
+
+KeepManifest = Callable[[tuple[str, str], Digest, bytes, str], Awaitable[object]]
 
 
 @dataclass(slots=True)
@@ -58,9 +60,12 @@ class Uploads:
         index: Index,
         gate: AccessGate,
         shelf: Shelf,
+        keep_manifest: KeepManifest,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._files = files
+        self._keep_manifest = keep_manifest
+        """Stores a verified manifest (`Manifests.keep`)."""
         self._index = index
         self._gate = gate
         self._shelf = shelf
@@ -153,20 +158,8 @@ class Uploads:
         if Digest.of(body, digest.algorithm) != digest:
             return False
         self._gate.grant(place[0], place[1], digest, authorization, body, media_type)
-        if await self._shelf.stored_manifest(digest) is not None:
-            return True
-        temp = self._files.create_temp()
-        try:
-            temp.write(body)
-        except BaseException:
-            self._files.discard(temp)
-            raise
-        await self._files.commit(temp, digest)
-        write = self._index.add_manifest(digest, len(body), media_type, references(body), place)
-        await self._shelf.record("pushed manifest", write)
-        self._shelf.added(len(body))
-        log.info("push kept %s", fields(digest=digest, bytes=len(body), registry=place[0],
-                                        repository=place[1], kind="manifest"))  # fmt: skip
+        if await self._shelf.stored_manifest(digest) is None:
+            await self._keep_manifest(place, digest, body, media_type)
         return True
 
     def drop(self, upload: Upload) -> None:

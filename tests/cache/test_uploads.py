@@ -81,7 +81,8 @@ async def test_sessions_are_bounded_in_number_and_age_their_files_removed(
 ) -> None:
     cache, _, files = parts
     now = [0.0]
-    uploads = Uploads(files, cache._index, cache._gate, cache._shelf, clock=lambda: now[0])
+    uploads = Uploads(files, cache._index, cache._gate, cache._shelf, cache.keep_manifest,
+                      clock=lambda: now[0])  # fmt: skip
     for n in range(MAX_SESSIONS + 1):
         uploads.register(HOST, REPO, f"u{n}", uploads.begin())
     assert uploads.session(HOST, REPO, "u0") is None  # the oldest made room

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cache.access import AccessGate
-from appliance.cache.shelf import Shelf
+from appliance.cache.service import RegistryCache
 from appliance.cache.uploads import Uploads
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST
@@ -58,9 +58,8 @@ async def pushes(tmp_path: Path) -> AsyncIterator[tuple[Pushes, FileBlobStore, U
     files.prepare()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
     upstream = FakeUpstream()
-    gate = AccessGate(upstream)  # type: ignore[arg-type]
-    uploads = Uploads(files, index, gate, Shelf(files, index, None))
-    yield Pushes(uploads, Bridge(None)), files, uploads
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream))  # type: ignore[arg-type]
+    yield Pushes(cache.uploads, Bridge(None)), files, cache.uploads
     await index.close()
 
 
