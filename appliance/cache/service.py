@@ -91,7 +91,7 @@ class RegistryCache:
         self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)
         self._hits = Hits(shelf, index, gate, self._freshness, mirror)
         self._shelf = shelf
-        self.uploads = Uploads(files, index, gate, shelf, self._manifests.keep)
+        self.uploads = Uploads(files, index, gate, shelf, self._manifests.keep, space)
         """Pushes kept on their way upstream (write-through)."""
         self._mirror_log = LogThrottle(log, interval_s=600.0)
 

@@ -202,7 +202,11 @@ class RegistryProxy:
             return fallback
         if keeping is not None and self._pushes is not None:  # kept before the client hears
             authorization = request.headers.get("Authorization")
-            await self._pushes.answered(keeping, reply.status, reply.headers, authorization)
+            try:
+                await self._pushes.answered(keeping, reply.status, reply.headers, authorization)
+            except BaseException:
+                self._bridge.call(reply.close)
+                raise
         if site.api and request.method in _WRITES and 200 <= reply.status < 300:
             await self._written(request.path, origin.removeprefix("https://"), site)
         return await relay(request, reply, self._bridge)
@@ -313,10 +317,15 @@ def _outcome(answer: Answer) -> str:
 
 
 def _check_push(path: str, host: str, site: Site) -> None:
-    """PushDenied for a write to a repository the registry's push policy denies."""
+    """PushDenied for a write to a repository the registry's push policy denies, and, on a
+    registry with any deny rule, for a write whose repository cannot be told (fail closed:
+    `/v2//team/app/…` or a vendor API may reach the very repository by another path)."""
+    if not any(rule.policy == DENY for rule in site.push):
+        return
     repository = written_repository(path)
-    names = () if repository is None else same_repository(host, repository)
-    if repository is not None and push_policy(site.push, names) == DENY:
+    if repository is None:
+        raise PushDenied(host, f"(no repository in {path[:100]!r})")
+    if push_policy(site.push, same_repository(host, repository)) == DENY:
         raise PushDenied(host, repository)
 
 

@@ -5,6 +5,7 @@ upload sessions live; the tee runs there too, as upstream's client reads the bod
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from appliance.oci.manifest import sniff_manifest_type
 from appliance.oci.mediatypes import MANIFEST_TYPES
 from appliance.oci.names import InvalidName, check_repository, parse_reference
 from appliance.proxy.loops import Bridge
+
+log = logging.getLogger(__name__)
 
 _UPLOAD = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<uuid>[^/]*)", re.S)
 _MANIFEST = re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)", re.S)
@@ -42,7 +45,7 @@ class Step:
 def push_step(
     method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]
 ) -> Step | None:
-    """The push step a request is, or None (a mount, a read, not a push, a bad name)."""
+    """The push step a request is, or None (a read, not a push, a bad name)."""
     try:
         return _step(method, path, query, headers)
     except (InvalidName, DigestError, ValueError):
@@ -63,8 +66,8 @@ def _step(
         return None
     repository, uuid = check_repository(found.group("name")), found.group("uuid")
     digest = Digest.parse(query["digest"]) if "digest" in query else None
-    if method == "POST" and not uuid and "mount" not in query:
-        return Step("start", repository, digest=digest)
+    if method == "POST" and not uuid:  # a mount too: answered 202, it is an upload
+        return Step("start", repository, digest=None if "mount" in query else digest)
     if method == "PATCH" and uuid:
         start = headers.get("Content-Range", "").split("-", 1)[0].strip()
         return Step("continue", repository, uuid, offset=int(start) if start else None)
@@ -116,7 +119,7 @@ class Pushes:
         if step.kind == "start":
             keeping.upload = self._uploads.begin()
         elif step.kind in ("continue", "finish"):
-            upload = self._uploads.session(host, step.repository, step.uuid)
+            upload = self._uploads.claim((host, step.repository, step.uuid))
             if upload is not None and step.offset not in (None, upload.size):
                 upload.broken = f"a PATCH from byte {step.offset}, {upload.size} seen"
             keeping.upload = upload
@@ -125,44 +128,69 @@ class Pushes:
     async def answered(
         self, keeping: Keeping, status: int, headers: Mapping[str, str], authorization: str | None
     ) -> None:
-        """Upstream's answer to the step (0: none came): keep, continue or drop."""
-        keeping.done = True
+        """Upstream's answer to the step (0: none came): keep, continue or drop. Never
+        raises for the push's sake: what goes wrong here only means nothing is kept."""
         copied = CIMultiDict(headers)  # read on the cache's loop, after this one moved on
-        await self._bridge.run(self._answered(keeping, status, copied, authorization))
+        try:
+            await self._bridge.run(self._answered(keeping, status, copied, authorization))
+        finally:
+            keeping.done = True
 
     async def _answered(
         self, keeping: Keeping, status: int, headers: Mapping[str, str], authorization: str | None
     ) -> None:
-        step, uploads, place = keeping.step, self._uploads, (keeping.host, keeping.step.repository)
-        if step.kind == "manifest":
-            await self._manifest(keeping, status, headers, authorization)
-            return
         upload = keeping.upload
+        try:
+            if keeping.step.kind == "manifest":
+                await self._manifest(keeping, status, headers, authorization)
+            else:
+                await self._settle(keeping, status, headers, authorization)
+        except Exception:
+            log.exception("push settle-failed step=%s", keeping.step.kind)
+            if upload is not None:
+                upload.broken = upload.broken or "settling failed"
+        finally:
+            if upload is not None:
+                self._uploads.release(upload)
+
+    async def _settle(
+        self, keeping: Keeping, status: int, headers: Mapping[str, str], authorization: str | None
+    ) -> None:
+        """An upload step's answer: the blob kept (201 to a closing step), the session
+        continued (202 naming it) or ended."""
+        step, uploads, upload = keeping.step, self._uploads, keeping.upload
+        key = (keeping.host, step.repository, step.uuid)
         if step.kind == "cancel" or (step.kind == "continue" and not 200 <= status < 300):
-            uploads.forget(keeping.host, step.repository, step.uuid)
+            uploads.forget(key)
         if upload is None:
             return
         uuid = _uuid(headers.get("Location", ""))
         if status == 201 and step.digest is not None and step.kind in ("start", "finish"):
-            uploads.forget(keeping.host, step.repository, step.uuid, keep_file=True)
+            place = (keeping.host, step.repository)
             await uploads.finish(upload, step.digest, place, authorization)
-        elif status == 202 and uuid and step.kind in ("start", "continue") and step.digest is None:
-            uploads.register(keeping.host, step.repository, uuid, upload)
+        elif status == 202 and uuid and step.kind in ("start", "continue"):
+            if step.digest is not None:  # a monolithic POST upstream did not take whole:
+                upload.broken = "upstream asked for the body again"  # the PUT brings it
+                uploads.register((keeping.host, step.repository, uuid), fresh := uploads.begin())
+                uploads.release(fresh)
+            else:
+                uploads.register((keeping.host, step.repository, uuid), upload)
         else:
-            uploads.forget(keeping.host, step.repository, step.uuid)
-            uploads.drop(upload)
+            uploads.forget(key)
+            upload.broken = upload.broken or f"upstream answered {status}"
 
     async def _manifest(
         self, keeping: Keeping, status: int, headers: Mapping[str, str], authorization: str | None
     ) -> None:
         if status != 201 or keeping.too_big or not keeping.body:
             return
+        body = bytes(keeping.body)
         announced = headers.get("Docker-Content-Digest", "")
-        try:
-            digest = keeping.step.digest or Digest.parse(announced)
+        try:  # upstream accepted these very bytes: their digest is what it stored
+            digest = keeping.step.digest or (Digest.parse(announced) if announced else
+                                             Digest.of(body))  # fmt: skip
         except DigestError:
             return
-        body = bytes(keeping.body)
         media_type = keeping.step.media_type
         if media_type not in MANIFEST_TYPES:
             media_type = sniff_manifest_type(body) or ""

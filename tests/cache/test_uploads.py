@@ -84,12 +84,50 @@ async def test_sessions_are_bounded_in_number_and_age_their_files_removed(
     uploads = Uploads(files, cache._index, cache._gate, cache._shelf, cache.keep_manifest,
                       clock=lambda: now[0])  # fmt: skip
     for n in range(MAX_SESSIONS + 1):
-        uploads.register(HOST, REPO, f"u{n}", uploads.begin())
-    assert uploads.session(HOST, REPO, "u0") is None  # the oldest made room
-    assert uploads.session(HOST, REPO, f"u{MAX_SESSIONS}") is not None
+        upload = uploads.begin()
+        uploads.register((HOST, REPO, f"u{n}"), upload)
+        uploads.release(upload)  # its request is over: the session waits for the next
+    assert uploads.claim((HOST, REPO, "u0")) is None  # the oldest made room
+    assert uploads.claim((HOST, REPO, f"u{MAX_SESSIONS}")) is not None  # (now busy)
     assert len(temp_files(tmp_path)) == MAX_SESSIONS
     now[0] = SESSION_TTL_S + 1
-    assert uploads.session(HOST, REPO, "u1") is None  # abandoned: expired
+    assert uploads.claim((HOST, REPO, "u1")) is None  # abandoned: expired
+    assert len(temp_files(tmp_path)) == 1  # only the busy one: its owner ends it
+
+
+async def test_an_upload_holds_room_under_the_bound_and_is_not_kept_without_it(
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore], tmp_path: Path
+) -> None:
+    cache, _, files = parts
+
+    class Tight:
+        held = 0
+
+        def nudge(self, *, added: int = 0, urgent: bool = False) -> None:
+            pass
+
+        async def hold(self, size: int) -> bool:
+            if self.held + size > 100 << 20:
+                return False
+            self.held += size
+            return True
+
+        def release(self, size: int) -> None:
+            self.held -= size
+
+    space = Tight()
+    uploads = Uploads(files, cache._index, cache._gate, cache._shelf, cache.keep_manifest, space)
+    upload = uploads.begin()
+    big = os.urandom(1 << 20)
+    passed = [c async for c in uploads.tee(upload, chunks(*[big] * 3))]
+    assert len(passed) == 3 and space.held > 0
+    assert await uploads.finish(upload, Digest.of(big * 3), PLACE, ALICE)
+    assert space.held == 0  # counted as stored from now (the shelf's nudge)
+    space.held = 100 << 20  # the bound is reached
+    upload = uploads.begin()
+    assert [c async for c in uploads.tee(upload, chunks(b"more"))] == [b"more"]
+    assert upload.broken == "no room under the store's bound"
+    assert not await uploads.finish(upload, Digest.of(b"more"), PLACE, ALICE)
     assert temp_files(tmp_path) == []
 
 

@@ -198,3 +198,20 @@ async def test_a_denied_official_image_is_denied_by_either_of_its_names(
                 response = await s.ask(path, "PUT", host, PUSHED.body, Authorization="Bearer t")
                 assert response.status == 403, (host, path)
         await push(s, "/v2/library/hello/manifests/1", HUB)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2//frozen/app/blobs/uploads/", "/v2/frozen/app//manifests/v1",
+             "/api/v2.0/projects/frozen/repositories/app/artifacts"],
+)  # fmt: skip
+async def test_on_a_registry_with_deny_rules_a_write_of_no_known_repository_is_refused(
+    tmp_path: Path, aiohttp_client: Any, path: str
+) -> None:
+    """Fail closed: a path regcache cannot name a repository for may still reach a denied
+    one upstream (a proxy merging slashes, a vendor API)."""
+    async with stack(tmp_path, aiohttp_client) as s:
+        response = await s.ask(path, "POST", body=b"{}", Authorization="Bearer t")
+        assert response.status in (400, 403), await response.text()
+        assert s.registry.seen == []
+        elsewhere = await s.ask(path, "POST", TTL_HOST, b"{}", Authorization="Bearer t")
+        assert elsewhere.status not in (403,)  # no deny rule there: it passes on
