@@ -272,8 +272,10 @@ async def verify(
         path = files.path_for(digest)
         try:
             good = await asyncio.to_thread(files.hashes_to_name, path, digest)
-        except FileNotFoundError:  # removed since the listing, or lost: the row goes
-            report.missing.append(text)
+        except FileNotFoundError:
+            if await index.blob(digest) is None:
+                continue  # evicted since the listing (its row goes first): nothing lost
+            report.missing.append(text)  # lost: the row goes
             gone.append((text, float("inf")))
             continue
         report.checked += 1

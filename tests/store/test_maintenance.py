@@ -58,6 +58,35 @@ async def test_verify_quarantines_a_damaged_blob_and_drops_its_row(store: Store)
     assert len(list(store.files.quarantine.glob("*.why"))) == 1
 
 
+async def test_verify_tells_a_lost_file_from_one_evicted_while_it_ran(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eviction removes a row, then its file: verify, listing before, must not call that
+    blob lost (a serving regcache evicts while `cache verify` runs)."""
+    lost = await store.blob(b"lost" * 100)
+    evicted = await store.blob(b"evicted" * 100)
+    store.files.path_for(Digest.parse(lost)).unlink()  # gone with its row still there
+    hashes = store.files.hashes_to_name
+
+    def racing(path: object, digest: Digest) -> bool:
+        if str(digest) == evicted:  # eviction wins the race for this one
+            raise FileNotFoundError(str(path))
+        return hashes(path, digest)  # type: ignore[arg-type]
+
+    original_sizes = store.index.sizes
+
+    async def listed_then_evicted() -> dict[str, int]:
+        listing = await original_sizes()
+        await store.index.delete([(evicted, float("inf"))], referenced=True)
+        return listing
+
+    monkeypatch.setattr(store.index, "sizes", listed_then_evicted)
+    monkeypatch.setattr(store.files, "hashes_to_name", racing)
+    report = await maintenance.verify(store.index, store.files, None)
+    assert report.missing == [lost] and evicted not in report.missing
+    assert store.rows() == set()  # the lost one's row goes; the evicted one's went before
+
+
 async def test_gc_removes_only_old_unreferenced_blobs(store: Store) -> None:
     old_loose = await store.blob(b"old", when=1)
     new_loose = await store.blob(b"new", when=4e9)  # the future: recently used
