@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from yarl import URL
 
+from appliance.mirror.budget import parse as parse_ratelimit
 from appliance.mirror.records import BudgetSeen
 from appliance.mirror.scheduler import Figures
 
@@ -129,11 +130,9 @@ class Metrics:
     ) -> None:
         host = self._host_label(URL(url).host or "")
         self.upstream.labels(host, method_label(method), str(status)).inc()
-        remaining = got.get("ratelimit-remaining")
-        if remaining:
-            value = remaining.split(";", 1)[0].strip()
-            if value.isdigit():
-                self.ratelimit.labels(host, whose).set(int(value))
+        remaining = parse_ratelimit(got.get("ratelimit-remaining"))
+        if remaining is not None:
+            self.ratelimit.labels(host, whose).set(remaining[0])
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

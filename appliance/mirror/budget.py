@@ -17,14 +17,13 @@ _MAX_HOSTS = 256
 
 
 def parse(value: str | None) -> tuple[int, int | None] | None:
-    """`76;w=21600` → (76, 21600); None if absent or not a count."""
+    """`76;w=21600` → (76, 21600); None if absent or not a count (digits only)."""
     if not value:
         return None
     count, _, params = value.partition(";")
-    try:
-        amount = int(count.strip())
-    except ValueError:
+    if not count.strip().isdigit():
         return None
+    amount = int(count.strip())
     window = None
     for param in params.split(";"):
         name, _, text = param.strip().partition("=")

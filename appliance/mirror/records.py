@@ -10,10 +10,6 @@ from typing import Protocol
 
 from appliance.oci.digest import Digest
 
-REASONS = ("sync", "pin", "rollback", "import", "push", "add")
-"""Why a tag moved (history rows): a scheduled or asked-for sync, a person pinning,
-rolling back or adding it from the cache, and (later issues) an import or a push."""
-
 
 class AnyPin:
     """`move_tag(expect_pin=ANY_PIN)`: whatever the tag is pinned at."""
@@ -60,6 +56,8 @@ class Move:
     new: Digest
     moved_s: float
     reason: str
+    """sync (scheduled or asked for), pin, rollback, add (from the cache); import and push
+    are reserved for later issues."""
     backup: str | None = None
     """The backup ref written for `old`, if any."""
 

@@ -139,3 +139,7 @@ def test_hosts_are_bounded_but_known_ones_keep_being_updated() -> None:
     assert all(b.registry != "one-too-many.example" for b in budgets.all())
     budgets.seen("host7.example", "anonymous", answer("99"))
     assert {b.remaining for b in budgets.all() if b.registry == "host7.example"} == {99}
+
+
+def test_a_negative_or_signed_count_is_no_count() -> None:
+    assert parse("-3;w=60") is None and parse("+3") is None
