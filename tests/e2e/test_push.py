@@ -176,8 +176,7 @@ def test_a_multi_gib_push_streams_with_flat_memory_and_is_kept(plab: Lab) -> Non
     """2 GiB in one chunked PATCH (docker's way), random bytes hashed on the client side:
     regcache's peak RSS must not grow with the body (it streams and tees to disk)."""
     assert plab.regcache_proc is not None
-    pid = int(plab.ns.run("sh", "-c", f"pgrep -f 'regcache serve --config {plab.config_path}'")
-              .stdout.split()[0])  # fmt: skip
+    pid = plab.regcache_proc.pid  # `ip netns exec` execs regcache: the same process
     ca, base = plab.ca_dir / "ca.crt", "https://ghcr.io/v2/org/huge"
     size = 2 * GiB
     script = f"""set -eu
