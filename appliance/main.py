@@ -38,6 +38,7 @@ from appliance.proxy.app import create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.proxy.outage import TokensGiven
 from appliance.runtime.ca_policy import ensure_ca
+from appliance.runtime.local import build_local
 from appliance.runtime.mirroring import build_mirror, feeding, mirror_section, mirror_view
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
@@ -242,11 +243,13 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     startup = StoreStartup(acquired.index, parts.files)
 
     tokens = TokensGiven()  # one for every serving loop
+    local = build_local(parts.config.local, acquired.index, parts.files, evictor)
+    served = None if local is None else (local.registry, local.access)
 
     def proxy_app(bridge: Bridge | None) -> web.Application:
         sites = site_resolver(parts.registries)  # one cache per serving loop
         return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge,
-                          caching=lambda: startup.ready, tokens=tokens)  # fmt: skip
+                          caching=lambda: startup.ready, tokens=tokens, local=served)  # fmt: skip
 
     loops = ServingLoops(_https_loops(parts.config) - 1, proxy_app)
     health = HealthMonitor(
@@ -282,6 +285,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "store": functools.partial(startup.run, evictor.run),  # reconcile, then evict
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
+        **({"local-uploads": local.purging()} if local else {}),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 

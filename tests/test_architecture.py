@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 ADAPTERS = {"store", "upstream", "tls", "dns", "proxy"}
-CORE = {"oci", "cache", "kit", "mirror"}
+CORE = {"oci", "cache", "kit", "mirror", "local"}
 THIRD_PARTY_IO = {"aiohttp", "dnslib", "aiosqlite", "cryptography", "ssl"}
 
 

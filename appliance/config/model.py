@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from appliance.config import strict_yaml
 from appliance.config.hostnames import Hostname, HostPattern, too_broad
+from appliance.config.local import LocalConfig, check_local
 from appliance.config.mirror import MirrorConfig, check_entries
 from appliance.config.push import PushRule
 from appliance.config.registries import Registries
@@ -265,6 +266,8 @@ class Config:
     audit: AuditConfig = AuditConfig()
     mirror: MirrorConfig = MirrorConfig()  # noqa: RUF009 - a frozen value
     """The managed mirror: tags kept as decided, synced on a schedule (config/mirror.py)."""
+    local: LocalConfig = LocalConfig()  # noqa: RUF009 - a frozen value
+    """A registry on the gateway only: pushed to and pulled from regcache (config/local.py)."""
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 
@@ -307,6 +310,7 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
     _check_tls(config, fail)
     _check_store_and_audit(config, fail)
     check_entries(config.mirror.entries, Registries.of(config), fail)
+    check_local(config.local, Registries.of(config), fail)
     for i, upstream in enumerate(config.dns.upstreams):
         if any(own.receives(upstream) for own in config.listen.dns):
             fail(

@@ -13,12 +13,21 @@ from appliance.config.values import non_empty, one_of
 PASS_THROUGH, DENY = "pass_through", "deny"
 
 
+def _policy(value: str) -> None:
+    if value == "local":
+        raise ValueError(
+            "'local' is a registry of its own, not a rule: name it under local.hosts"
+            " (a local rule here would shadow this registry's own images)"
+        )
+    one_of(PASS_THROUGH, DENY)(value)
+
+
 @dataclass(frozen=True, slots=True)
 class PushRule:
     repositories: tuple[str, ...] = field(default=("*",), metadata=check(non_empty))
     """Globs (`team/*`, `*`; `*` also matches across `/`), as clients name the repository
     (`library/alpine` and `alpine` alike on Docker Hub)."""
-    policy: str = field(default=PASS_THROUGH, metadata=check(one_of(PASS_THROUGH, DENY)))
+    policy: str = field(default=PASS_THROUGH, metadata=check(_policy))
     """pass_through: uploads and manifests go upstream with the client's own credentials
     (never regcache's); deny: refused at once with 403 DENIED, nothing reaches upstream."""
 

@@ -52,19 +52,23 @@ class Registries:
 
     __slots__ = (
         "_contacted", "_entries", "api_names", "credentials_configured", "fail_open",
-        "intercepted", "label", "permitted_domains", "unsafe_targets",
+        "intercepted", "label", "local", "permitted_domains", "unsafe_targets",
     )  # fmt: skip
 
     def __init__(
         self,
         registries: Sequence[RegistryConfig],
         permitted_domains: tuple[Hostname, ...] = (),
+        local: Sequence[Hostname] = (),
     ) -> None:
         self._entries = tuple(
             _Entry(r, HostSet.of(r.hosts), HostSet.of(_served(r))) for r in registries
         )
-        self.intercepted = HostSet.of(p for r in registries for p in _served(r))
-        """The names DNS answers with the appliance, TLS mints leaves for and `route` finds."""
+        self.local = HostSet.of(local)
+        """The local registry's names (`local.hosts`): served by regcache alone."""
+        self.intercepted = HostSet.of((*(p for r in registries for p in _served(r)), *local))
+        """The names DNS answers with the appliance and TLS mints leaves for: every
+        registry's that `route` finds, and the local registry's."""
         self.fail_open = HostSet.of(p for r in registries if r.fail_open for p in _served(r))
         """Names DNS answers with their real addresses while the proxy is unhealthy."""
         self.unsafe_targets = HostSet.of(
@@ -85,7 +89,7 @@ class Registries:
 
     @classmethod
     def of(cls, config: Config) -> Registries:
-        return cls(config.registries, config.tls.permitted_domains)
+        return cls(config.registries, config.tls.permitted_domains, config.local.hosts)
 
     def hosts_outside(self, permitted: Iterable[str]) -> list[str]:
         """Intercepted patterns a CA constrained to `permitted` cannot sign for."""

@@ -24,11 +24,14 @@ from appliance.cache.answers import Answer, Refused, Relayed, Stored, Target
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
 from appliance.cache.uploads import Uploads
 from appliance.config.push import DENY, push_policy
+from appliance.local.auth import LocalAccess
+from appliance.local.registry import LocalRegistry
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.names import same_repository
 from appliance.oci.routes import check_path, written_repository
 from appliance.proxy.errors import API_VERSION, Evicted, PushDenied, UnknownHost, render_errors
+from appliance.proxy.localsite import LocalSite
 from appliance.proxy.loops import Bridge
 from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, TokensGiven, outage_answer
 from appliance.proxy.passthrough import PassThrough, forward
@@ -82,14 +85,17 @@ def create_app(
     *,
     caching: Callable[[], bool] = lambda: True,
     tokens: TokensGiven | None = None,
+    local: tuple[LocalRegistry, LocalAccess] | None = None,
 ) -> web.Application:
     """The proxy application; with a `bridge`, for a loop other than the cache's (every
     call into the cache, upstream and index crosses it). While `caching()` says no,
     manifests and blobs pass through uncached too (asked from any loop's thread).
-    `tokens` is shared by every loop's application."""
+    `tokens` is shared by every loop's application; `local` answers the local
+    registry's hosts."""
     proxy = RegistryProxy(
-        cache, upstream, site_for, metrics, audit, bridge, caching=caching, tokens=tokens
-    )
+        cache, upstream, site_for, metrics, audit, bridge, caching=caching, tokens=tokens,
+        local=local,
+    )  # fmt: skip
     return proxy.application()
 
 
@@ -107,6 +113,7 @@ class RegistryProxy:
         *,
         caching: Callable[[], bool] = lambda: True,
         tokens: TokensGiven | None = None,
+        local: tuple[LocalRegistry, LocalAccess] | None = None,
     ) -> None:
         self._cache = cache
         self._tokens = tokens or TokensGiven()
@@ -119,6 +126,7 @@ class RegistryProxy:
         self._pings = PingCache(upstream)
         uploads = cache.uploads
         self._pushes = None if uploads is None else Pushes(uploads, self._bridge)
+        self._local = None if local is None else LocalSite(*local, self._bridge)
 
     def application(self) -> web.Application:
         # Bodies are streamed (pushes pass through), never read whole: the default
@@ -152,6 +160,10 @@ class RegistryProxy:
             raise UnknownHost(host)
         origin = f"https://{host}"
         check_path(request.rel_url.raw_path)  # before anything, pass-through included
+        if site.local:  # nothing under its names ever goes upstream
+            if self._local is None:
+                raise UnknownHost(host)
+            return await self._local.handle(request, host)
         route = cache_route(request.path) if site.api else None
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):

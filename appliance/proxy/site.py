@@ -28,3 +28,5 @@ class Site:
     the others answer. Empty for a name under a wildcard: each is a registry of its own."""
     push: tuple[PushRule, ...] = ()
     """Who may push through regcache, per repository (`registries[].push`)."""
+    local: bool = False
+    """A name of the local registry (`local.hosts`): regcache answers it all itself."""

@@ -15,6 +15,9 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
 
     @functools.lru_cache(maxsize=4096)
     def site_for(host: str) -> Site | None:
+        if registries.local.match(host):
+            label = registries.local.pattern_for(host) or host
+            return Site(0, 0, api=True, label=label, registry=label, local=True)
         route = registries.route(host)
         if route is None:
             return None

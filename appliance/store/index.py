@@ -26,6 +26,7 @@ from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
 from appliance.store.lifecycle import Entry, Lifecycle, Snapshot
+from appliance.store.localstate import LocalState
 from appliance.store.mirrorstate import MirrorState
 from appliance.store.schema import insert_blob, insert_manifest, migrate, schema_version
 
@@ -56,7 +57,7 @@ LIMIT 64
 """
 
 
-class SqliteIndex(Lifecycle, MirrorState):
+class SqliteIndex(Lifecycle, MirrorState, LocalState):
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         # One connection: write transactions from concurrent tasks must not interleave.

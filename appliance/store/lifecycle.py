@@ -83,6 +83,8 @@ class Lifecycle:
             " UNION SELECT digest FROM mirror_tags"
             " UNION SELECT pin FROM mirror_tags WHERE pin IS NOT NULL"
             " UNION SELECT digest FROM mirror_referrers"
+            # The local registry's content: it has no upstream to fetch it again from.
+            " UNION SELECT digest FROM local_manifests UNION SELECT digest FROM local_blobs"
         ) as cursor:
             return {str(r[0]) for r in await cursor.fetchall()}
 

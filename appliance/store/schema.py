@@ -181,6 +181,37 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE mirror_state (generation INTEGER NOT NULL);
     INSERT INTO mirror_state VALUES (0);
     """,
+    # 6: the local registry (issue #17): blobs pushed or mounted into each repository,
+    # its manifests (with what the referrers API answers) and tags. All of it is kept
+    # whatever the size bound says; a blob's file and row are the store's own.
+    """
+    CREATE TABLE local_blobs (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        added_s REAL NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE TABLE local_manifests (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        artifact_type TEXT,
+        annotations TEXT,
+        subject TEXT,
+        added_s REAL NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE INDEX local_manifests_by_subject ON local_manifests (repository, subject);
+    CREATE TABLE local_tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        tagged_s REAL NOT NULL,
+        PRIMARY KEY (repository, tag)
+    );
+    """,
 )
 
 

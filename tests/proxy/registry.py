@@ -10,7 +10,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from appliance.admin.metrics import Metrics
 from appliance.cache.access import AccessGate
 from appliance.cache.negative import NegativeCache
+from appliance.cache.ports import Unbounded
 from appliance.cache.service import RegistryCache
-from appliance.config.hostnames import HostPattern, HostSet
+from appliance.config.hostnames import Hostname, HostPattern, HostSet
+from appliance.config.local import LocalConfig
 from appliance.config.model import RegistryConfig
 from appliance.config.push import DENY, PushRule
 from appliance.config.registries import Registries
@@ -29,6 +31,7 @@ from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import DOCKER_MANIFEST
 from appliance.proxy.app import create_app
 from appliance.proxy.loops import Bridge
+from appliance.runtime.local import build_local
 from appliance.runtime.sites import site_resolver
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
@@ -40,6 +43,7 @@ HOST = "reg.test"
 HUB = "registry-1.docker.io"
 HUB_ALIAS = "index.docker.io"
 TTL_HOST = "ttl.test"
+LOCAL = "registry.build.internal"
 """Its tags are answered from the store for 5 minutes between checks."""
 _ROUTE = re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)")
 
@@ -175,17 +179,21 @@ class Stack:
         return self.metrics.registry.get_sample_value("regcache_served_bytes_total", labels) or 0.0
 
 
-REGISTRIES = Registries([
+_CONFIGS = [
     RegistryConfig("reg.test", (HostPattern(HOST),), push=(PushRule(("frozen/*",), DENY),)),
     RegistryConfig("docker.io", (HostPattern(HUB), HostPattern(HUB_ALIAS)),
                    push=(PushRule(("busybox",), DENY),)),
     RegistryConfig("ttl.test", (HostPattern(TTL_HOST),), tag_ttl_s=300),
-])  # fmt: skip
+]  # fmt: skip
+REGISTRIES = Registries(_CONFIGS)
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Stack]:
-    """The stack over a fresh store; everything it opened is closed on the way out."""
+async def stack(
+    tmp_path: Path, aiohttp_client: Any, local: LocalConfig | None = None
+) -> AsyncIterator[Stack]:
+    """The stack over a fresh store; everything it opened is closed on the way out.
+    With `local` (its hosts: `LOCAL`), the local registry is served too."""
     registry = FakeRegistry()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", registry.handle)
@@ -202,9 +210,15 @@ async def stack(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Stack]:
         cache = RegistryCache(files, index, upstream, gate, NegativeCache(30))  # type: ignore[arg-type]
         metrics, audit = Metrics(), []
 
+        local = local and replace(local, hosts=(Hostname(LOCAL),))
+        built = None if local is None else build_local(local, index, files, Unbounded())
+        served = None if built is None else (built.registry, built.access)
+        registries = Registries(_CONFIGS, local=local.hosts if local else ())
+
         def make_app(bridge: Bridge | None) -> web.Application:
-            sites = site_resolver(REGISTRIES)
-            return create_app(cache, upstream, sites, metrics, audit.append, bridge)  # type: ignore[arg-type]
+            sites = site_resolver(registries)
+            return create_app(cache, upstream, sites, metrics, audit.append, bridge,  # type: ignore[arg-type]
+                              local=served)  # fmt: skip
 
         client = await aiohttp_client(make_app(None))
         yield Stack(client, registry, files, index, metrics, audit, make_app)

@@ -1,0 +1,262 @@
+"""Who may read and write the local registry: htpasswd users (bcrypt), rules per
+repository glob, and regcache's own token realm.
+
+With `scheme: token`, a client challenged with `Bearer realm="https://HOST/token"` logs
+in there once (Basic, checked against htpasswd) and gets a token for the scope it asked,
+cut down to what the rules grant; tokens are HMAC-signed with a key made at start (a
+restart only makes clients fetch new ones). With `scheme: basic`, every request carries
+the password; a successful check is remembered for a while, so bcrypt runs once per
+password rather than once per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+
+from appliance.config.local import ANYONE, USERS, LocalConfig
+from appliance.kit.logfields import fields
+from appliance.local.ports import LocalError
+
+log = logging.getLogger(__name__)
+
+PULL, PUSH, DELETE = "pull", "push", "delete"
+_RECHECK_S = 2.0
+_REMEMBERED = 1024
+_REMEMBER_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """The client of one request: a user who logged in, or nobody (`name` None)."""
+
+    name: str | None
+    token: dict[str, tuple[str, ...]] | None = None
+    """With a bearer token: what it grants, per repository."""
+
+
+NOBODY = Who(None)
+
+
+class Htpasswd:
+    """The users file, re-read when it changes (checked at most every couple of seconds)."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._path = path
+        self._clock = clock
+        self._users: dict[str, bytes] = {}
+        self._seen: tuple[float, int] | None = None
+        self._checked = -_RECHECK_S
+        self._good: OrderedDict[bytes, float] = OrderedDict()
+
+    @property
+    def configured(self) -> bool:
+        return self._path is not None
+
+    def check(self, user: str, password: str) -> bool:
+        hashed = self._load().get(user)
+        if hashed is None:
+            return False
+        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
+        now = self._clock()
+        if (when := self._good.get(key)) is not None and now - when < _REMEMBER_S:
+            return True
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed)
+        except ValueError:  # not a bcrypt hash: that user cannot log in
+            log.warning("local htpasswd-unusable-hash %s", fields(user=user))
+            return False
+        if ok:
+            self._good[key] = now
+            self._good.move_to_end(key)
+            while len(self._good) > _REMEMBERED:
+                self._good.popitem(last=False)
+        return ok
+
+    def _load(self) -> dict[str, bytes]:
+        now = self._clock()
+        if self._path is None or now - self._checked < _RECHECK_S:
+            return self._users
+        self._checked = now
+        try:
+            stat = self._path.stat()
+            seen = (stat.st_mtime, stat.st_size)
+            if seen != self._seen:
+                self._users, self._seen = _parse(self._path.read_text("utf-8")), seen
+                self._good.clear()
+        except (OSError, UnicodeDecodeError) as e:  # keep the users known so far
+            log.error("local htpasswd-unreadable %s", fields(path=self._path, error=e))
+        return self._users
+
+
+def _parse(text: str) -> dict[str, bytes]:
+    users: dict[str, bytes] = {}
+    for line in text.splitlines():
+        user, sep, hashed = line.strip().partition(":")
+        if sep and user and not user.startswith("#"):
+            users[user] = hashed.strip().encode()
+    return users
+
+
+class LocalAccess:
+    """Rules, users and tokens together: who a request's `Authorization` is, and what
+    they may do in a repository."""
+
+    def __init__(
+        self,
+        config: LocalConfig,
+        htpasswd: Htpasswd | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._users = htpasswd or Htpasswd(config.auth.htpasswd)
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+
+    @property
+    def token_realm(self) -> bool:
+        return self._config.auth.scheme == "token" and self._users.configured
+
+    def who(self, authorization: str | None, host: str) -> Who:
+        """The client, from its `Authorization`; LocalError 401 for credentials that do
+        not check out (never taken for anonymous)."""
+        if not authorization:
+            return NOBODY
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "basic" and self._users.configured:
+            user, password = _basic(value.strip())
+            if self._users.check(user, password):
+                return Who(user)
+        elif scheme.lower() == "bearer" and self.token_realm:
+            granted = self._verify(value.strip(), host)
+            if granted is not None:
+                return granted
+        raise LocalError(401, "UNAUTHORIZED", "authentication failed", self.challenge(host, None))
+
+    def allowed(self, who: Who, repository: str, action: str) -> bool:
+        """What the rules grant `who` (a token grants no more than it says)."""
+        if who.token is not None and action not in who.token.get(repository, ()):
+            return False
+        return action in self._granted(who.name, repository)
+
+    def _granted(self, user: str | None, repository: str) -> tuple[str, ...]:
+        for rule in self._config.access:
+            if any(fnmatch.fnmatchcase(repository, glob) for glob in rule.repositories):
+                actions = []
+                if self._names(user, rule.read):
+                    actions.append(PULL)
+                if self._names(user, rule.write):
+                    actions += [PUSH, DELETE]
+                return tuple(actions)
+        return ()
+
+    def _names(self, user: str | None, names: tuple[str, ...]) -> bool:
+        if ANYONE in names:
+            return True
+        if USERS in names and (user is not None or not self._users.configured):
+            return True
+        return user is not None and user in names
+
+    def require(self, who: Who, host: str, repository: str, action: str) -> None:
+        """LocalError unless `who` may: 401 with a challenge naming the scope for a client
+        that may get further by logging in (again), 403 DENIED for a user the rules
+        refuse."""
+        if self.allowed(who, repository, action):
+            return
+        scope = f"repository:{repository}:{_scope_actions(action)}"
+        rules_allow = action in self._granted(who.name, repository)  # a token short of it
+        if who.name is None or rules_allow:
+            raise LocalError(401, "UNAUTHORIZED", f"authentication required to {action}"
+                             f" {repository}", self.challenge(host, scope))  # fmt: skip
+        raise LocalError(403, "DENIED", f"{who.name} may not {action} {repository}"
+                         " (local.access)")  # fmt: skip
+
+    def challenge(self, host: str, scope: str | None) -> dict[str, str]:
+        if not self._users.configured:
+            return {}
+        if self.token_realm:
+            value = f'Bearer realm="https://{host}/token",service="{host}"'
+            value += f',scope="{scope}"' if scope else ""
+        else:
+            value = 'Basic realm="regcache local registry"'
+        return {"WWW-Authenticate": value}
+
+    def issue(self, who: Who, host: str, scopes: list[str]) -> dict[str, object]:
+        """A token for `who` granting what it asked in `scopes` and the rules allow."""
+        access: dict[str, list[str]] = {}
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            repository, _, actions = rest.rpartition(":")
+            if kind != "repository" or not repository:
+                continue
+            asked = {a.strip() for a in actions.split(",")}
+            if "*" in asked:
+                asked = {PULL, PUSH, DELETE}
+            granted = [a for a in (PULL, PUSH, DELETE) if a in asked
+                       and a in self._granted(who.name, repository)]  # fmt: skip
+            access.setdefault(repository, [])
+            access[repository] += [a for a in granted if a not in access[repository]]
+        now = int(self._clock())
+        ttl = int(self._config.auth.token_ttl.seconds)
+        claims = {"sub": who.name, "aud": host, "exp": now + ttl, "access": access}
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        token = f"{payload}.{_b64(self._sign(payload))}"
+        issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        return {"token": token, "access_token": token, "expires_in": ttl, "issued_at": issued}
+
+    def _sign(self, payload: str) -> bytes:
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+
+    def _verify(self, token: str, host: str) -> Who | None:
+        payload, _, signature = token.partition(".")
+        try:
+            good = hmac.compare_digest(_unb64(signature), self._sign(payload))
+            claims = json.loads(_unb64(payload)) if good else None
+        except (ValueError, binascii.Error):
+            return None
+        if not isinstance(claims, dict) or claims.get("aud") != host:
+            return None
+        if not isinstance(claims.get("exp"), int) or claims["exp"] < self._clock():
+            return None
+        name = claims.get("sub")
+        granted = {str(r): tuple(str(a) for a in acts)
+                   for r, acts in dict(claims.get("access") or {}).items()}  # fmt: skip
+        return Who(name if isinstance(name, str) else None, granted)
+
+    def repositories(self, who: Who, names: list[str]) -> list[str]:
+        """Those of `names` that `who` may pull (the catalog lists no more)."""
+        return [n for n in names if PULL in self._granted(who.name, n)]
+
+
+def _scope_actions(action: str) -> str:
+    return "pull,push" if action == PUSH else action
+
+
+def _basic(value: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    user, _, password = decoded.partition(":")
+    return user, password
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -1,0 +1,246 @@
+"""The local registry over HTTP: the distribution API's routes mapped onto
+`LocalRegistry`, each checked against `LocalAccess` first, plus the token realm
+(`/token`). Nothing here reaches an upstream. Bodies stream to the cache's loop as they
+come (`Bridge.export`); stored content is sent from this loop like any stored answer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from appliance.cache.answers import Stored
+from appliance.local.auth import DELETE, PULL, PUSH, LocalAccess, Who
+from appliance.local.ports import LocalError
+from appliance.local.registry import MAX_MANIFEST_BYTES, LocalRegistry, Reply
+from appliance.oci.digest import Digest, DigestError
+from appliance.oci.names import InvalidName, check_repository, parse_reference
+from appliance.proxy.errors import API_VERSION, registry_error
+from appliance.proxy.loops import Bridge
+from appliance.proxy.passthrough import STREAM_CHUNK_BYTES
+from appliance.proxy.responses import render
+
+T = TypeVar("T")
+
+_ROUTES = (
+    ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<ref>[^/]*)", re.S)),
+    ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<ref>[^/]+)", re.S)),
+    ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)", re.S)),
+    ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list(?P<ref>)", re.S)),
+    ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<ref>[^/]+)", re.S)),
+)
+_METHODS = {
+    "upload": {"POST", "PATCH", "PUT", "GET", "DELETE"},
+    "blob": {"GET", "HEAD", "DELETE"},
+    "manifest": {"GET", "HEAD", "PUT", "DELETE"},
+    "tags": {"GET"},
+    "referrers": {"GET"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    kind: str
+    repository: str
+    ref: str
+    action: str
+
+
+class LocalSite:
+    """One serving loop's handlers for the local registry's hosts."""
+
+    def __init__(self, registry: LocalRegistry, access: LocalAccess, bridge: Bridge) -> None:
+        self._registry = registry
+        self._access = access
+        self._bridge = bridge
+
+    async def handle(self, request: web.Request, host: str) -> web.StreamResponse:
+        try:
+            return await self._handle(request, host)
+        except LocalError as e:
+            response = registry_error(e.status, e.code, str(e))
+            response.headers.update(e.headers)
+            return response
+
+    async def _handle(self, request: web.Request, host: str) -> web.StreamResponse:
+        who = self._access.who(request.headers.get("Authorization"), host)
+        path = request.path
+        if path == "/token" and request.method == "GET":
+            scopes = request.query.getall("scope", [])
+            return web.json_response(self._access.issue(who, host, scopes))
+        if path in ("/v2", "/v2/") and request.method in ("GET", "HEAD"):
+            if who.name is None and self._access.challenge(host, None):
+                raise LocalError(401, "UNAUTHORIZED", "log in to this registry",
+                                 self._access.challenge(host, None))  # fmt: skip
+            return web.json_response({}, headers=API_VERSION)
+        if path == "/v2/_catalog" and request.method == "GET":
+            names = self._access.repositories(who, await self._run(self._registry.repositories()))
+            n, last = _paging(request)
+            return _send(await self._run(self._registry.catalog(names, n, last)))
+        call = _route(request.method, path)
+        self._access.require(who, host, call.repository, call.action)
+        return await self._dispatch(request, call, who, host)
+
+    async def _dispatch(
+        self, request: web.Request, call: _Call, who: Who, host: str
+    ) -> web.StreamResponse:
+        registry, repository, method = self._registry, call.repository, request.method
+        match call.kind, method:
+            case "blob", "GET" | "HEAD":
+                return await self._stored(request, registry.blob(repository, _digest(call.ref)))
+            case "manifest", "GET" | "HEAD":
+                reference = _reference(call.ref)
+                return await self._stored(request, registry.manifest(repository, reference))
+            case "manifest", "PUT":
+                body = await _read_manifest(request)
+                content_type = request.headers.get("Content-Type", "")
+                put = registry.put_manifest(repository, _reference(call.ref), content_type, body)
+                return _send(await self._run(put))
+            case "manifest", "DELETE":
+                return _send(
+                    await self._run(registry.delete_manifest(repository, _reference(call.ref)))
+                )
+            case "blob", "DELETE":
+                return _send(await self._run(registry.delete_blob(repository, _digest(call.ref))))
+            case "tags", _:
+                n, last = _paging(request)
+                return _send(await self._run(registry.tags(repository, n, last)))
+            case "referrers", _:
+                kind = request.query.get("artifactType")
+                found = registry.referrers(repository, _digest(call.ref), kind)
+                return _send(await self._run(found))
+        return await self._upload(request, call, who, host)
+
+    async def _upload(
+        self, request: web.Request, call: _Call, who: Who, host: str
+    ) -> web.StreamResponse:
+        registry, repository, name = self._registry, call.repository, call.ref
+        query, method = request.query, request.method
+        digest = _digest(query["digest"]) if "digest" in query else None
+        if method == "POST" and not name:
+            mount = None
+            if "mount" in query and "from" in query:
+                source = _repository(query["from"])
+                if self._access.allowed(who, source, PULL):
+                    mount = (_digest(query["mount"]), source)
+            started = registry.start_upload(repository, digest, _body(request, self._bridge),
+                                            mount)  # fmt: skip
+            return _send(await self._run(started))
+        if not name:
+            raise LocalError(404, "BLOB_UPLOAD_UNKNOWN", "name the upload")
+        if method == "PATCH":
+            offset = _offset(request.headers.get("Content-Range", ""))
+            body = _body(request, self._bridge) or _empty()
+            return _send(await self._run(registry.patch(repository, name, offset, body)))
+        if method == "PUT":
+            if digest is None:
+                raise LocalError(400, "DIGEST_INVALID", "the closing PUT must name ?digest=")
+            finish = registry.finish(repository, name, digest, _body(request, self._bridge))
+            return _send(await self._run(finish))
+        if method == "GET":
+            return _send(await self._run(registry.upload_status(repository, name)))
+        return _send(await self._run(registry.cancel(repository, name)))
+
+    async def _stored(
+        self, request: web.Request, found: Coroutine[Any, Any, Stored]
+    ) -> web.StreamResponse:
+        stored = await self._run(found)
+        try:
+            return await render(request, stored, _uncounted, self._bridge, manifest=False)
+        except FileNotFoundError:  # removed (`cache rm --force`) since the lookup
+            raise LocalError(404, "BLOB_UNKNOWN", f"{stored.digest} is gone") from None
+
+    async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await self._bridge.run(coro)
+
+
+def _uncounted(_sent: int, _from_store: bool) -> None:
+    pass
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+def _route(method: str, path: str) -> _Call:
+    for kind, pattern in _ROUTES:
+        found = pattern.fullmatch(path)
+        if found is None:
+            continue
+        if method not in _METHODS[kind]:
+            raise LocalError(405, "UNSUPPORTED", f"{method} is not supported on {kind} paths")
+        repository, ref = _repository(found.group("name")), found.group("ref") or ""
+        if kind in ("upload", "manifest") and method in ("POST", "PATCH", "PUT"):
+            action = PUSH
+        elif method == "DELETE":
+            action = PUSH if kind == "upload" else DELETE
+        else:
+            action = PUSH if kind == "upload" else PULL
+        return _Call(kind, repository, ref, action)
+    raise LocalError(404, "NOT_FOUND", f"no such endpoint: {path[:200]}")
+
+
+def _repository(name: str) -> str:
+    try:
+        return check_repository(name)
+    except InvalidName as e:
+        raise LocalError(400, "NAME_INVALID", str(e)) from e
+
+
+def _digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except DigestError as e:
+        raise LocalError(400, "DIGEST_INVALID", str(e)) from e
+
+
+def _reference(text: str) -> str | Digest:
+    try:
+        return parse_reference(text)
+    except (InvalidName, DigestError) as e:
+        code = "DIGEST_INVALID" if ":" in text else "TAG_INVALID"
+        raise LocalError(400, code, str(e)) from e
+
+
+def _offset(content_range: str) -> int | None:
+    if not content_range:
+        return None
+    start, sep, end = content_range.strip().removeprefix("bytes ").partition("-")
+    if not sep or not start.isdigit() or not end.isdigit() or int(end) < int(start):
+        raise LocalError(416, "BLOB_UPLOAD_INVALID", f"bad Content-Range {content_range!r}")
+    return int(start)
+
+
+def _paging(request: web.Request) -> tuple[int | None, str | None]:
+    n = request.query.get("n")
+    if n is not None and not n.isdigit():
+        raise LocalError(400, "PAGINATION_NUMBER_INVALID", f"n={n!r} is not a number")
+    return (None if n is None else int(n)), request.query.get("last")
+
+
+def _body(request: web.Request, bridge: Bridge) -> AsyncIterator[bytes] | None:
+    if not request.can_read_body:
+        return None
+    return bridge.export(request.content.iter_chunked(STREAM_CHUNK_BYTES))
+
+
+async def _read_manifest(request: web.Request) -> bytes:
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(STREAM_CHUNK_BYTES):
+        body += chunk
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise LocalError(413, "SIZE_INVALID", f"a manifest may be {MAX_MANIFEST_BYTES}"
+                             " bytes at most")  # fmt: skip
+    return bytes(body)
+
+
+def _send(reply: Reply) -> web.Response:
+    headers = {**API_VERSION, **reply.headers}
+    if reply.content_type is None:
+        return web.Response(status=reply.status, headers=headers)
+    return web.Response(status=reply.status, body=reply.body, headers=headers,
+                        content_type=reply.content_type)  # fmt: skip
