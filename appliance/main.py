@@ -243,7 +243,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     startup = StoreStartup(acquired.index, parts.files)
 
     tokens = TokensGiven()  # one for every serving loop
-    local = build_local(parts.config.local, acquired.index, parts.files, evictor)
+    local = build_local(parts.config.local, acquired.index, parts.files, evictor, parts.metrics)
     served = None if local is None else (local.registry, local.access)
 
     def proxy_app(bridge: Bridge | None) -> web.Application:

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from yarl import URL
 
+from appliance.local.ports import LocalUsage
 from appliance.mirror.budget import parse as parse_ratelimit
 from appliance.mirror.records import BudgetSeen
 from appliance.mirror.scheduler import Figures
@@ -117,6 +118,10 @@ class Metrics:
         self, figures: Callable[[], Sequence[Figures]], budgets: Callable[[], Sequence[BudgetSeen]]
     ) -> None:
         self.registry.register(MirrorCollector(figures, budgets, self._host_label))
+
+    def watch_local(self, usage: Callable[[], LocalUsage], uploads: Callable[[], int]) -> None:
+        """The local registry's holdings (as of its last change) and open uploads."""
+        self.registry.register(_LocalCollector(usage, uploads))
 
     def body_sent(self, registry: str, repository: str, sent: int, *, from_store: bool) -> None:
         self.served.labels(registry, "store" if from_store else "upstream").inc(sent)
@@ -240,3 +245,22 @@ class MirrorCollector(Collector):
             if b.window_s is not None:
                 ends.add_metric(labels, b.seen_s + b.window_s)
         yield from (left, ends)
+
+
+class _LocalCollector(Collector):
+    def __init__(self, usage: Callable[[], LocalUsage], uploads: Callable[[], int]) -> None:
+        self._usage = usage
+        self._uploads = uploads
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        usage = self._usage()
+        for field, text in (
+            ("repositories", "Repositories of the local registry."),
+            ("manifests", "Manifests pushed to the local registry (per repository)."),
+            ("tags", "Tags of the local registry."),
+            ("bytes", "Bytes the local registry holds (never evicted), each digest once."),
+        ):
+            yield GaugeMetricFamily(f"regcache_local_{field}", text, getattr(usage, field))
+        yield GaugeMetricFamily(
+            "regcache_local_uploads", "Uploads to the local registry in progress.", self._uploads()
+        )

@@ -37,6 +37,8 @@ class Status:
     store_bytes: float
     free_bytes: float
     registries: dict[str, RegistryFigures]
+    local: dict[str, float] = field(default_factory=dict)
+    """The local registry's figures (`repositories`, `tags`, `bytes`, `uploads`…), if one."""
 
 
 def fetch(base: str, token: str | None, timeout_s: float = 5.0) -> Status:
@@ -66,10 +68,13 @@ def parse(text: str, ready: bool, problems: list[str]) -> Status:
     """The summary of a `/metrics` text (also what the status page shows)."""
     figures: dict[str, RegistryFigures] = defaultdict(RegistryFigures)
     store: dict[str, float] = {}
+    local: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in ("regcache_store_bytes", "regcache_store_free_bytes"):
                 store[sample.name] = sample.value
+            elif sample.name.startswith("regcache_local_"):
+                local[sample.name.removeprefix("regcache_local_")] = sample.value
             else:
                 _add(figures, sample.name, sample.labels, sample.value)
     return Status(
@@ -78,6 +83,7 @@ def parse(text: str, ready: bool, problems: list[str]) -> Status:
         store.get("regcache_store_bytes", 0.0),
         store.get("regcache_store_free_bytes", 0.0),
         dict(figures),
+        local,
     )
 
 

@@ -126,7 +126,8 @@ async def _ls(
 ) -> list[maintenance.Image]:
     registries = None if args.registry is None else await _hosts(config, index, args.registry)
     selection = maintenance.Selection(registries, args.repository, args.tag)
-    return await maintenance.images(index, selection, nested=args.all)
+    local = config.local.hosts[0] if config.local.hosts else None
+    return await maintenance.images(index, selection, nested=args.all, local=local)
 
 
 async def _rm(

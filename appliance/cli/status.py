@@ -55,6 +55,11 @@ def run_status(args: argparse.Namespace, config: Config, _path: Path) -> int:
         return 0 if figures.ready else 1
     print(f"ready: {'yes' if figures.ready else 'NO: ' + '; '.join(figures.problems)}")
     print(f"store: {human_size(figures.store_bytes)} used, {human_size(figures.free_bytes)} free")
+    if figures.local:
+        held = figures.local
+        print(f"local registry: {held.get('repositories', 0):.0f} repositories,"
+              f" {held.get('tags', 0):.0f} tags, {human_size(held.get('bytes', 0))},"
+              f" {held.get('uploads', 0):.0f} uploads in progress")  # fmt: skip
     output.table(
         ("REGISTRY", "HITS", "MISSES", "STALE", "HIT RATIO", "SAVED (FROM STORE)",
          "FETCHED", "UPSTREAM 5xx/429", "RATE LIMIT LEFT"),

@@ -15,7 +15,7 @@ from typing import Any
 from appliance.cache.answers import Stored
 from appliance.cache.ports import BlobFiles, SpaceKeeper, Unbounded
 from appliance.kit.logfields import fields
-from appliance.local.ports import LocalError, LocalIndex, LocalManifest
+from appliance.local.ports import LocalError, LocalIndex, LocalManifest, LocalUsage
 from appliance.local.uploads import LocalUploads, Session
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.manifest import sniff_manifest_type
@@ -57,6 +57,12 @@ class LocalRegistry:
         self.name = name
         """What `cache ls` calls the local registry (its first host name)."""
         self._space = space or Unbounded()
+        self.usage = LocalUsage(0, 0, 0, 0, 0)
+        """What it holds, as of its last change (`refresh`): metrics and status read it."""
+
+    async def refresh(self) -> LocalUsage:
+        self.usage = await self._index.local_usage()
+        return self.usage
 
     # Pulls.
 
@@ -138,6 +144,7 @@ class LocalRegistry:
         size = await self.uploads.commit(session, digest)
         await self._index.add_local_blob(session.repository, digest, size)
         self._space.nudge(added=size)
+        await self.refresh()
         log.info("local blob-pushed %s", fields(repository=session.repository, digest=digest,
                                                 bytes=size))  # fmt: skip
         return _blob_created(session.repository, digest)
@@ -172,6 +179,7 @@ class LocalRegistry:
         tag = None if isinstance(reference, Digest) else reference
         await self._index.put_local_manifest(repository, manifest, _children(doc), tag, self.name)
         self._space.nudge(added=len(body))
+        await self.refresh()
         log.info("local manifest-pushed %s", fields(repository=repository, digest=digest,
                                                     tag=tag, path=path.name))  # fmt: skip
         headers = {"Location": f"/v2/{repository}/manifests/{digest}",
@@ -205,17 +213,20 @@ class LocalRegistry:
             if not await self._index.delete_local_tag(repository, reference):
                 raise manifest_unknown(repository, reference)
             log.info("local tag-deleted %s", fields(repository=repository, tag=reference))
+            await self.refresh()
             return Reply(202)
         tags = await self._index.delete_local_manifest(repository, reference, self.name)
         if tags is None:
             raise manifest_unknown(repository, reference)
         log.info("local manifest-deleted %s", fields(repository=repository, digest=reference,
                                                      tags=",".join(tags)))  # fmt: skip
+        await self.refresh()
         return Reply(202)
 
     async def delete_blob(self, repository: str, digest: Digest) -> Reply:
         if not await self._index.delete_local_blob(repository, digest):
             raise LocalError(404, "BLOB_UNKNOWN", f"{digest} is not in {repository}")
+        await self.refresh()
         return Reply(202)
 
     # Content discovery.

@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.admin.metrics import Metrics
 from appliance.cache.ports import BlobFiles, SpaceKeeper
 from appliance.config.local import LocalConfig
 from appliance.local.auth import LocalAccess
@@ -30,6 +31,7 @@ class Local:
 
         async def run() -> None:
             try:
+                await self.registry.refresh()
                 while True:
                     await asyncio.sleep(every)
                     uploads.purge()
@@ -40,11 +42,17 @@ class Local:
 
 
 def build_local(
-    config: LocalConfig, index: SqliteIndex, files: BlobFiles, space: SpaceKeeper
+    config: LocalConfig,
+    index: SqliteIndex,
+    files: BlobFiles,
+    space: SpaceKeeper,
+    metrics: Metrics | None = None,
 ) -> Local | None:
     if not config.hosts:
         return None
     uploads = LocalUploads(files, purge_after_s=config.purge_uploads_after.seconds,
                            max_sessions=config.max_uploads, space=space)  # fmt: skip
     registry = LocalRegistry(index, files, uploads, config.hosts[0], space)
+    if metrics is not None:
+        metrics.watch_local(lambda: registry.usage, lambda: len(uploads))
     return Local(registry, LocalAccess(config))

@@ -138,6 +138,11 @@ class LocalState:
         )
         return [] if held else None
 
+    async def local_tag_rows(self) -> list[tuple[str, str, str]]:
+        """(repository, tag, digest) of every local tag (`cache ls`)."""
+        rows = await self._local_rows("SELECT repository, tag, digest FROM local_tags")
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
     async def local_referrers(self, repository: str, subject: Digest) -> list[LocalManifest]:
         rows = await self._local_rows(
             _MANIFEST + " AND subject = ? ORDER BY added_s, digest", (repository, str(subject))

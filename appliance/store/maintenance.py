@@ -65,15 +65,20 @@ def _held(digest: str, snapshot: Snapshot) -> set[str]:
     return closure([digest], snapshot.children) & snapshot.entries.keys()
 
 
-async def images(index: SqliteIndex, selection: Selection, *, nested: bool = False) -> list[Image]:
-    """Manifests per repository they were pulled from, with tags; the platform manifests
-    of an index are part of it (listed only with `nested`)."""
+async def images(
+    index: SqliteIndex, selection: Selection, *, nested: bool = False, local: str | None = None
+) -> list[Image]:
+    """Manifests per repository they were pulled (or pushed to the local registry called
+    `local`) from, with tags; the platform manifests of an index are part of it (listed
+    only with `nested`)."""
     snapshot = await index.snapshot()
     parents = parent_counts(snapshot)
     pinned = protected_digests(snapshot, set())
     tags: dict[tuple[str, str, str], list[str]] = {}
     for registry, repository, tag, digest in await index.tags():
         tags.setdefault((registry, repository, digest), []).append(tag)
+    for repository, tag, digest in await index.local_tag_rows() if local else ():
+        tags.setdefault((str(local), repository, digest), []).append(tag)
     rows: list[Image] = []
     for registry, repository, digest in await index.sources():
         entry = snapshot.entries.get(digest)
