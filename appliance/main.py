@@ -166,11 +166,8 @@ async def run(parts: Parts) -> int:
         if failed is None:
             log.info("regcache stopping reason=signal")
         else:
-            log.error(
-                "regcache stopping reason=task-failed task=%s",
-                failed.name,
-                exc_info=failed.__cause__,
-            )
+            log.error("regcache stopping reason=task-failed task=%s", failed.name,
+                      exc_info=failed.__cause__)  # fmt: skip
     return 0 if failed is None else 1
 
 
@@ -187,7 +184,7 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
     """The index, the upstream session and the audit log, each with its release."""
     index, _ = await open_index(parts.config.state_dir)
     stack.push_async_callback(index.close)
-    await mirrorjournal.restore(parts.config.state_dir, index)  # a rebuilt index: the mirror's
+    await mirrorjournal.restore(parts.config.state_dir, index)  # a rebuilt index: mirror, local
     upstream = upstream_client(
         parts.config,
         parts.registries,
@@ -241,9 +238,10 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     cache, evictor = _cache(parts, acquired)
     write_audit = acquired.audit.write if acquired.audit else None
     startup = StoreStartup(acquired.index, parts.files)
-
     tokens = TokensGiven()  # one for every serving loop
-    local = build_local(parts.config.local, acquired.index, parts.files, evictor, parts.metrics)
+    config = parts.config
+    local = build_local(config.local, acquired.index, parts.files, evictor, parts.metrics,
+                        config.state_dir)  # fmt: skip
     served = None if local is None else (local.registry, local.access)
 
     def proxy_app(bridge: Bridge | None) -> web.Application:
@@ -251,10 +249,10 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge,
                           caching=lambda: startup.ready, tokens=tokens, local=served)  # fmt: skip
 
-    loops = ServingLoops(_https_loops(parts.config) - 1, proxy_app)
+    loops = ServingLoops(_https_loops(config) - 1, proxy_app)
     health = HealthMonitor(
         [
-            NamedCheck("https listener", lambda: listening(parts.config.listen.https)),
+            NamedCheck("https listener", lambda: listening(config.listen.https)),
             NamedCheck("store", lambda: asyncio.to_thread(parts.files.check_writable)),
             NamedCheck("https loops", loops.stalled),
         ]
@@ -285,7 +283,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "store": functools.partial(startup.run, evictor.run),  # reconcile, then evict
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
-        **({"local-uploads": local.purging()} if local else {}),
+        **({"local": local.job()} if local else {}),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 

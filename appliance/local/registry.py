@@ -59,8 +59,12 @@ class LocalRegistry:
         self._space = space or Unbounded()
         self.usage = LocalUsage(0, 0, 0, 0, 0)
         """What it holds, as of its last change (`refresh`): metrics and status read it."""
+        self.changes = 0
+        """Changes so far: the journal is saved when it grew."""
 
     async def refresh(self) -> LocalUsage:
+        """After a change: the figures read anew, and the change counted (`changes`)."""
+        self.changes += 1
         self.usage = await self._index.local_usage()
         return self.usage
 

@@ -4,37 +4,58 @@ store's files, who may use it, and the job that purges abandoned uploads."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from appliance.admin.metrics import Metrics
 from appliance.cache.ports import BlobFiles, SpaceKeeper
 from appliance.config.local import LocalConfig
+from appliance.kit.logfields import fields
 from appliance.local.auth import LocalAccess
 from appliance.local.registry import LocalRegistry
 from appliance.local.uploads import LocalUploads
+from appliance.store import mirrorjournal
 from appliance.store.index import SqliteIndex
 
 _PURGE_EVERY_S = 60.0
+_TICK_S = 1.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Local:
     registry: LocalRegistry
     access: LocalAccess
+    journal: Callable[[], Awaitable[None]] | None = None
+    """Saves the local registry's rows outside the index (`mirrorjournal.save_local`)."""
 
-    def purging(self) -> Callable[[], Coroutine[Any, Any, None]]:
-        """The background job: abandoned uploads removed as they come of age."""
-        uploads = self.registry.uploads
+    def job(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The background job: the journal saved within a second of a change, abandoned
+        uploads removed as they come of age, open ones closed at shutdown."""
+        registry, uploads = self.registry, self.registry.uploads
         every = min(_PURGE_EVERY_S, max(1.0, uploads.purge_after_s / 4))
 
         async def run() -> None:
+            saved, purged = -1, time.monotonic()
             try:
-                await self.registry.refresh()
+                await registry.refresh()
                 while True:
-                    await asyncio.sleep(every)
-                    uploads.purge()
+                    if self.journal is not None and registry.changes != saved:
+                        seen = registry.changes
+                        try:
+                            await self.journal()
+                            saved = seen
+                        except OSError as e:  # tried again next tick
+                            log.warning("local journal-not-saved %s", fields(error=e))
+                    if time.monotonic() - purged >= every:
+                        uploads.purge()
+                        purged = time.monotonic()
+                    await asyncio.sleep(_TICK_S)
             finally:
                 uploads.close()
 
@@ -47,7 +68,9 @@ def build_local(
     files: BlobFiles,
     space: SpaceKeeper,
     metrics: Metrics | None = None,
+    state_dir: Path | None = None,
 ) -> Local | None:
+    """The local registry, if `local.hosts` names one; with `state_dir`, journalled there."""
     if not config.hosts:
         return None
     uploads = LocalUploads(files, purge_after_s=config.purge_uploads_after.seconds,
@@ -55,4 +78,5 @@ def build_local(
     registry = LocalRegistry(index, files, uploads, config.hosts[0], space)
     if metrics is not None:
         metrics.watch_local(lambda: registry.usage, lambda: len(uploads))
-    return Local(registry, LocalAccess(config))
+    journal = None if state_dir is None else partial(mirrorjournal.save_local, state_dir, index)
+    return Local(registry, LocalAccess(config), journal)

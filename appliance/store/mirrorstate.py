@@ -46,12 +46,18 @@ _JOURNALLED = {
     "mirror_history": "SELECT * FROM mirror_history ORDER BY rowid",
     "mirror_added": "SELECT * FROM mirror_added",
     "mirror_referrers": "SELECT * FROM mirror_referrers",
+    "local_blobs": "SELECT * FROM local_blobs",
+    "local_manifests": "SELECT * FROM local_manifests",
+    "local_tags": "SELECT * FROM local_tags",
 }
 _RESTORE = {
     "mirror_tags": "INSERT OR IGNORE INTO mirror_tags VALUES ({marks})",
     "mirror_history": "INSERT INTO mirror_history VALUES ({marks})",
     "mirror_added": "INSERT OR IGNORE INTO mirror_added VALUES ({marks})",
     "mirror_referrers": "INSERT OR IGNORE INTO mirror_referrers VALUES ({marks})",
+    "local_blobs": "INSERT OR IGNORE INTO local_blobs VALUES ({marks})",
+    "local_manifests": "INSERT OR IGNORE INTO local_manifests VALUES ({marks})",
+    "local_tags": "INSERT OR IGNORE INTO local_tags VALUES ({marks})",
 }
 _FORGET = {
     "mirror_checks": "DELETE FROM mirror_checks WHERE entry = ?",
@@ -76,7 +82,7 @@ class MirrorState:
         out: dict[str, list[list[Any]]] = {}
         for table in tables:
             if table not in _JOURNALLED:
-                raise ValueError(f"not a mirror table: {table}")
+                raise ValueError(f"not a journalled table: {table}")
             out[table] = [list(r) for r in await self._select(_JOURNALLED[table])]
         return out
 

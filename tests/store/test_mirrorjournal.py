@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from appliance.local.ports import LocalManifest
 from appliance.mirror.records import MirroredTag, Place
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST
@@ -70,3 +71,23 @@ async def test_the_journal_is_replaced_whole_and_private_to_the_service(tmp_path
     assert len(json.loads(path.read_text())["tables"]["mirror_tags"]) == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     await index.close()
+
+
+async def test_the_local_registry_gets_its_blobs_manifests_and_tags_back(tmp_path: Path) -> None:
+    """Pushed to the local registry, it exists nowhere else: a rebuilt index must not
+    forget it (nor let eviction take it)."""
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    await index.add_local_blob("team/app", A, 1)
+    manifest = LocalManifest(B, OCI_MANIFEST, 1, subject=A)
+    await index.put_local_manifest("team/app", manifest, [A], "v1", "registry.internal")
+    await mirrorjournal.save_local(tmp_path, index)
+    await index.close()
+    (tmp_path / "index.sqlite").unlink()
+    fresh = await SqliteIndex.open(tmp_path / "index.sqlite")
+    assert await mirrorjournal.restore(tmp_path, fresh) == 3
+    assert await fresh.local_tag("team/app", "v1") == B
+    assert await fresh.local_blob("team/app", A) == 1
+    assert [m.digest for m in await fresh.local_referrers("team/app", A)] == [B]
+    assert {str(A), str(B)} <= await fresh.pinned_digests()
+    assert await mirrorjournal.restore(tmp_path, fresh) == 0  # it has rows: left alone
+    await fresh.close()
