@@ -83,7 +83,7 @@ def test_skopeo_and_podman_push_and_pull_with_upstream_down(llab: Lab) -> None:
     assert pulled == img.top.digest
     # podman, logged in through the token realm, pushes a second tag and pulls it back.
     podman = ["podman", "--root", str(llab.tmp / "podman-root"), "--runroot",
-              str(llab.tmp / "podman-run")]  # fmt: skip
+              str(llab.tmp / "podman-run"), "--storage-driver", "vfs"]  # fmt: skip
     certs = ["--cert-dir", str(llab.ca_dir)]
     run = llab.ns.run
     assert run(*podman, "pull", *certs, "--creds", READER, f"{LOCAL}/team/app:v1",

@@ -91,6 +91,21 @@ def test_skopeo_and_podman_pushes_land_upstream_byte_identical(plab: Lab) -> Non
     upstream_digest(plab, "ghcr.io/org/by-podman:v1")  # it is there, served through regcache
 
 
+def test_a_tag_pulled_while_missing_then_pushed_is_pulled_at_once(plab: Lab) -> None:
+    """Within the negative cache's window (30 s by default): the 404 a pull met is
+    forgotten when a push through regcache writes that repository."""
+    ghcr = plab.registries["ghcr.io"]
+    asked = []
+    for attempt in range(2):
+        out, _ = plab.pull("ghcr.io/org/late:v1", f"late-missing-{attempt}")
+        assert out.returncode != 0 and "manifest unknown" in out.stderr.lower(), out.stderr
+        asked.append([r for r in ghcr.requests() if r[1] == "/v2/org/late/manifests/v1"])
+    assert asked[0] and asked[1] == asked[0]  # the second 404 came from regcache's memory
+    img = image([layer(20 * KiB, "late")])
+    plab.push("ghcr.io", "org/late", "v1", img)
+    assert upstream_digest(plab, "ghcr.io/org/late:v1") == img.top.digest
+
+
 def test_a_blob_stored_from_another_repository_is_uploaded_not_skipped(plab: Lab) -> None:
     """The hazard only a cross-registry store has: the pushing client HEADs each blob and
     skips the upload on a 200. A layer regcache holds from a public repository must not
