@@ -170,6 +170,31 @@ async def push_image(registry: Registry, repo: str, reference: str, image: Image
     return reply
 
 
+async def start_upload(registry: Registry, repo: str) -> tuple[Reply, int]:
+    """POST with `Content-Length: 0` (l.330), and the chunk size to use: 1000 bytes, or the
+    registry's `OCI-Chunk-Min-Length` (l.336) when larger."""
+    reply = await registry.request("POST", f"/v2/{repo}/blobs/uploads/", data=b"")
+    assert reply.status == 202, reply
+    return reply, max(1000, int(reply.headers.get("OCI-Chunk-Min-Length", "0")))
+
+
+async def patch(registry: Registry, location: URL, chunk: bytes, start: int) -> Reply:
+    """One chunk: `Content-Range: start-end` inclusive (l.359-365) and its length."""
+    return await registry.request(
+        "PATCH",
+        location,
+        headers={**OCTETS, "Content-Range": f"{start}-{start + len(chunk) - 1}"},
+        data=chunk,
+    )
+
+
+async def assert_pullable_blob(registry: Registry, location: URL, blob: Blob) -> None:
+    """`<blob-location>` "is a pullable blob URL" (l.286, l.318, l.410)."""
+    reply = await registry.request("GET", location)
+    assert reply.status == 200, reply
+    assert reply.body == blob.data
+
+
 async def get_manifest(registry: Registry, repo: str, reference: str, method: str = "GET") -> Reply:
     return await registry.request(method, f"/v2/{repo}/manifests/{reference}", headers=ACCEPT)
 

@@ -12,9 +12,8 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from yarl import URL
 
-from tests.conformance.client import Endpoint, Registry, Reply
+from tests.conformance.client import Endpoint, Registry
 from tests.conformance.content import (
     ACCEPT,
     MANIFEST,
@@ -22,47 +21,25 @@ from tests.conformance.content import (
     Blob,
     Manifest,
     assert_error,
+    assert_pullable_blob,
     digest_of,
     error_codes,
     get_manifest,
     image_manifest,
+    patch,
     push_blob,
     push_image,
     push_manifest,
     random_config,
     random_image,
     require,
+    start_upload,
     unknown_digest,
 )
 
 pytestmark = pytest.mark.push
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
-
-
-async def start_upload(registry: Registry, repo: str) -> tuple[Reply, int]:
-    """POST with `Content-Length: 0` (l.330), and the chunk size to use: 1000 bytes, or the
-    registry's `OCI-Chunk-Min-Length` (l.336) when larger."""
-    reply = await registry.request("POST", f"/v2/{repo}/blobs/uploads/", data=b"")
-    assert reply.status == 202, reply
-    return reply, max(1000, int(reply.headers.get("OCI-Chunk-Min-Length", "0")))
-
-
-async def patch(registry: Registry, location: URL, chunk: bytes, start: int) -> Reply:
-    """One chunk: `Content-Range: start-end` inclusive (l.359-365) and its length."""
-    return await registry.request(
-        "PATCH",
-        location,
-        headers={**OCTETS, "Content-Range": f"{start}-{start + len(chunk) - 1}"},
-        data=chunk,
-    )
-
-
-async def assert_pullable_blob(registry: Registry, location: URL, blob: Blob) -> None:
-    """`<blob-location>` "is a pullable blob URL" (l.286, l.318, l.410)."""
-    reply = await registry.request("GET", location)
-    assert reply.status == 200, reply
-    assert reply.body == blob.data
 
 
 async def test_post_starts_an_upload_with_202_and_a_session_location(
