@@ -1,0 +1,1 @@
+"""OCI distribution-spec conformance suite, pointed at any registry endpoint (conftest.py)."""
