@@ -84,8 +84,9 @@ def check_local(
     public registry's."""
     for i, host in enumerate(local.hosts):
         key = f"local.hosts[{i}]"
-        if registries.route(host) is not None:
-            fail(key, f"{host!r} is a configured registry's host: local names must be new")
+        if registries.route(host) is not None or registries.contacted(host):
+            fail(key, f"{host!r} is a configured registry's host (API, auth or redirect):"
+                      " local names must be new")  # fmt: skip
         public = next((p for p in PUBLIC_REGISTRIES if is_within(host, p)), None)
         if public is not None:
             fail(key, f"{host!r} would shadow the public registry {public!r}: pick a name"

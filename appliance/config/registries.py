@@ -91,6 +91,10 @@ class Registries:
     def of(cls, config: Config) -> Registries:
         return cls(config.registries, config.tls.permitted_domains, config.local.hosts)
 
+    def contacted(self, host: str) -> bool:
+        """Whether regcache talks to `host` for some registry (API, auth or redirect host)."""
+        return self._contacted.match(host)
+
     def hosts_outside(self, permitted: Iterable[str]) -> list[str]:
         """Intercepted patterns a CA constrained to `permitted` cannot sign for."""
         domains = tuple(permitted)

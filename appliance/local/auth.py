@@ -133,8 +133,8 @@ class LocalAccess:
     def who(self, authorization: str | None, host: str) -> Who:
         """The client, from its `Authorization`; LocalError 401 for credentials that do
         not check out (never taken for anonymous)."""
-        if not authorization:
-            return NOBODY
+        if not authorization or not self._users.configured:
+            return NOBODY  # with no users, credentials name nobody
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "basic" and self._users.configured:
             user, password = _basic(value.strip())
@@ -151,6 +151,15 @@ class LocalAccess:
         if who.token is not None and action not in who.token.get(repository, ()):
             return False
         return action in self._granted(who.name, repository)
+
+    def short_of(self, who: Who, repository: str, action: str) -> bool:
+        """`who` holds a token without `action` on `repository`, which the rules would
+        grant: a new token with that scope would do."""
+        return (
+            who.token is not None
+            and action not in who.token.get(repository, ())
+            and action in self._granted(who.name, repository)
+        )
 
     def _granted(self, user: str | None, repository: str) -> tuple[str, ...]:
         for rule in self._config.access:
@@ -170,18 +179,21 @@ class LocalAccess:
             return True
         return user is not None and user in names
 
-    def require(self, who: Who, host: str, repository: str, action: str) -> None:
-        """LocalError unless `who` may: 401 with a challenge naming the scope for a client
-        that may get further by logging in (again), 403 DENIED for a user the rules
-        refuse."""
+    def require(
+        self, who: Who, host: str, repository: str, action: str, also: str | None = None
+    ) -> None:
+        """LocalError unless `who` may: 401 with a challenge naming the scope (and `also`)
+        for a client that may get further by logging in (again), 403 DENIED for a user
+        the rules refuse, and for anyone when there is nobody to log in as."""
         if self.allowed(who, repository, action):
             return
         scope = f"repository:{repository}:{_scope_actions(action)}"
+        scope += f" {also}" if also else ""  # a mount's source, so one token does
         rules_allow = action in self._granted(who.name, repository)  # a token short of it
-        if who.name is None or rules_allow:
+        if (who.name is None or rules_allow) and self._users.configured:
             raise LocalError(401, "UNAUTHORIZED", f"authentication required to {action}"
                              f" {repository}", self.challenge(host, scope))  # fmt: skip
-        raise LocalError(403, "DENIED", f"{who.name} may not {action} {repository}"
+        raise LocalError(403, "DENIED", f"{who.name or 'anonymous'} may not {action} {repository}"
                          " (local.access)")  # fmt: skip
 
     def challenge(self, host: str, scope: str | None) -> dict[str, str]:
@@ -197,7 +209,7 @@ class LocalAccess:
     def issue(self, who: Who, host: str, scopes: list[str]) -> dict[str, object]:
         """A token for `who` granting what it asked in `scopes` and the rules allow."""
         access: dict[str, list[str]] = {}
-        for scope in scopes:
+        for scope in (one for given in scopes for one in given.split()):
             kind, _, rest = scope.partition(":")
             repository, _, actions = rest.rpartition(":")
             if kind != "repository" or not repository:

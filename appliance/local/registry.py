@@ -109,6 +109,9 @@ class LocalRegistry:
             if body is not None:
                 await self.uploads.feed(session, body)
             return await self._commit(session, digest)
+        except BaseException as e:  # a one-request push that failed: nobody can go on
+            self.uploads.abandon(session, f"single-request push failed: {type(e).__name__}")
+            raise
         finally:
             self.uploads.release(session)
 

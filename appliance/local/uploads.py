@@ -107,6 +107,11 @@ class LocalUploads:
     def cancel(self, repository: str, name: str) -> None:
         self._end(self.claim(repository, name), "cancelled")
 
+    def abandon(self, session: Session, why: str) -> None:
+        """End an upload nobody can continue (its client never learnt its name)."""
+        if session.name in self._sessions:
+            self._end(session, why)
+
     async def feed(self, session: Session, chunks: AsyncIterator[bytes]) -> int:
         """Append the request's body; the upload's size after it."""
         async for chunk in chunks:

@@ -157,6 +157,8 @@ def error_response(e: Exception, request: web.Request) -> web.Response:
     response = registry_error(rule.status, rule.code or _own_code(e), rule.message(e, request))
     if rule.retry_after is not None:
         response.headers["Retry-After"] = rule.retry_after
+    if isinstance(e, RangeError) and e.size is not None:
+        response.headers["Content-Range"] = f"bytes */{e.size}"
     return response
 
 

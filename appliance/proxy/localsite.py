@@ -77,11 +77,16 @@ class LocalSite:
                                  self._access.challenge(host, None))  # fmt: skip
             return web.json_response({}, headers=API_VERSION)
         if path == "/v2/_catalog" and request.method == "GET":
+            if who.name is None and self._access.challenge(host, None):
+                raise LocalError(401, "UNAUTHORIZED", "log in to list repositories",
+                                 self._access.challenge(host, "registry:catalog:*"))  # fmt: skip
             names = self._access.repositories(who, await self._run(self._registry.repositories()))
             n, last = _paging(request)
             return _send(await self._run(self._registry.catalog(names, n, last)))
         call = _route(request.method, path)
-        self._access.require(who, host, call.repository, call.action)
+        source = request.query.get("from") if "mount" in request.query else None
+        also = f"repository:{_repository(source)}:pull" if source else None
+        self._access.require(who, host, call.repository, call.action, also)
         return await self._dispatch(request, call, who, host)
 
     async def _dispatch(
@@ -124,6 +129,10 @@ class LocalSite:
             mount = None
             if "mount" in query and "from" in query:
                 source = _repository(query["from"])
+                if self._access.short_of(who, source, PULL):  # ask for both, as distribution
+                    scopes = f"repository:{repository}:pull,push repository:{source}:pull"
+                    raise LocalError(401, "UNAUTHORIZED", f"a mount needs pull on {source}",
+                                     self._access.challenge(host, scopes))  # fmt: skip
                 if self._access.allowed(who, source, PULL):
                     mount = (_digest(query["mount"]), source)
             started = registry.start_upload(repository, digest, _body(request, self._bridge),

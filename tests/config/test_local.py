@@ -168,13 +168,6 @@ def test_a_ca_constrained_to_domains_must_cover_the_local_hosts() -> None:
     assert "tls.permitted_domains" in message and "registry.build.internal" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_local asks only Registries.route(), which knows intercepted names: a"
-    " registry's non-intercepted auth host or its redirect host is taken as a local host,"
-    " and DNS then answers it with the appliance, so clients and regcache reach the local"
-    " registry instead of that registry's token realm or CDN",
-)
 @pytest.mark.parametrize("host", ["sso.corp.example", "cdn.corp.example"])
 def test_a_registrys_auth_or_redirect_host_is_refused_too(host: str) -> None:
     message = refused(f"local:\n  hosts: [{host}]\n")

@@ -4,6 +4,8 @@ once per target (`-k distribution` picks one), and the known deviations as stric
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import secrets
 import socket
@@ -116,9 +118,29 @@ def distribution(tmp: Path) -> Iterator[Endpoint]:
             proc.wait(timeout=10)
 
 
-TARGETS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Endpoint]]] = {
-    "distribution": distribution,
-}
+ENV_TARGET = "REGCACHE_CONFORMANCE_TARGET"
+"""A registry running elsewhere, as JSON: `host`, `connect`, `scheme`, `ca`, `auth`
+([user, password]), `features` and `deviations` ("distribution" for its list). The
+end-to-end tests run the suite this way inside their network namespace, against
+regcache's local registry and through regcache to a real registry."""
+
+
+@contextlib.contextmanager
+def described(_tmp: Path) -> Iterator[Endpoint]:
+    spec = json.loads(os.environ[ENV_TARGET])
+    deviations = DISTRIBUTION_DEVIATIONS if spec.get("deviations") == "distribution" else {}
+    yield Endpoint(
+        host=spec["host"], connect=spec["connect"], scheme=spec.get("scheme", "https"),
+        ca=Path(spec["ca"]) if spec.get("ca") else None,
+        auth=tuple(spec["auth"]) if spec.get("auth") else None,  # type: ignore[arg-type]
+        features=frozenset(spec.get("features", ())),
+        namespace=f"conformance-{secrets.token_hex(3)}", deviations=deviations,
+    )  # fmt: skip
+
+
+TARGETS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Endpoint]]] = (
+    {"described": described} if os.environ.get(ENV_TARGET) else {"distribution": distribution}
+)
 
 
 @pytest.fixture(scope="session", params=sorted(TARGETS))

@@ -292,12 +292,6 @@ async def failing(data: bytes) -> AsyncIterator[bytes]:
     raise ConnectionResetError("the client went away")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="start_upload (registry.py) only releases the session when a monolithic POST's"
-    " body fails: the client never learnt its name, so nobody can continue it, yet its temp"
-    " file and held room stay until purge_uploads_after (a day by default)",
-)
 async def test_a_monolithic_push_that_fails_leaves_no_upload_behind(rig: Rig) -> None:
     data = b"half a layer"
     with pytest.raises(ConnectionResetError):

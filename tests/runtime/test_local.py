@@ -83,13 +83,14 @@ async def test_the_purging_job_removes_abandoned_uploads(
     store: tuple[SqliteIndex, FileBlobStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runtime_local, "_PURGE_EVERY_S", 0.01)
+    monkeypatch.setattr(runtime_local, "_TICK_S", 0.01)
     local = built(store, purge_uploads_after=Duration(0.05))
     uploads = local.registry.uploads
     abandoned = uploads.start("app")
     await uploads.feed(abandoned, chunks(b"half"))
     uploads.release(abandoned)
     writing = uploads.start("app")  # a request still holds it: never purged
-    job = asyncio.create_task(local.purging()())
+    job = asyncio.create_task(local.job()())
     try:
         async with asyncio.timeout(5):
             while len(uploads) > 1:
@@ -111,7 +112,7 @@ async def test_stopping_the_purging_job_ends_every_open_upload(
     uploads.release(idle)
     for session in (idle, busy):
         await uploads.feed(session, chunks(b"partial"))
-    job = asyncio.create_task(local.purging()())
+    job = asyncio.create_task(local.job()())
     await asyncio.sleep(0.05)
     assert len(uploads) == 2
     job.cancel()

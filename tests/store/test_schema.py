@@ -12,12 +12,13 @@ from appliance.store.index import SqliteIndex
 MIRROR_TABLES = ("mirror_tags", "mirror_history", "mirror_checks", "mirror_runs",
                  "mirror_budgets", "mirror_added", "mirror_requests", "mirror_referrers",
                  "mirror_state")  # fmt: skip
+LOCAL_TABLES = ("local_blobs", "local_manifests", "local_tags")
 
 
 def rewind(path: Path, version: int) -> None:
-    """The database as an older regcache left it: schema `version` (3 or 4)."""
+    """The database as an older regcache left it: schema `version` (3, 4 or 5)."""
     db = sqlite3.connect(path)
-    for table in MIRROR_TABLES:
+    for table in (*(MIRROR_TABLES if version < 5 else ()), *LOCAL_TABLES):
         db.execute(f"DROP TABLE {table}")
     db.execute(f"PRAGMA user_version = {version}")
     db.commit()
@@ -26,10 +27,10 @@ def rewind(path: Path, version: int) -> None:
 
 async def test_index_schema_is_migrated_once_and_in_wal(tmp_path: Path) -> None:
     index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    assert await index.schema_version() == 5
+    assert await index.schema_version() == 6
     await index.close()
     index = await SqliteIndex.open(tmp_path / "index.sqlite")  # reopening migrates nothing
-    assert await index.schema_version() == 5
+    assert await index.schema_version() == 6
     await index.close()
     mode = sqlite3.connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()
     assert mode == ("wal",)
@@ -63,7 +64,22 @@ async def test_migration_5_adds_the_mirror_tables_and_keeps_the_cache(tmp_path: 
     await index.close()
     rewind(path, 4)
     index = await SqliteIndex.open(path)
-    assert await index.schema_version() == 5
+    assert await index.schema_version() == 6
     assert await index.tags() == [("docker.io", "library/x", "v1", str(digest))]
     assert await index.mirrored_tags() == [] and await index.mirror_generation() == 0
+    await index.close()
+
+
+async def test_migration_6_adds_the_local_registry_and_keeps_the_mirror(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    index = await SqliteIndex.open(path)
+    digest = Digest.of(b"m")
+    await index.add_manifest(digest, 1, "m", [], ("docker.io", "library/x"))
+    await index.add_entry("docker.io/library/x:1", "network")
+    await index.close()
+    rewind(path, 5)
+    index = await SqliteIndex.open(path)
+    assert await index.schema_version() == 6
+    assert await index.added_entries() == [("docker.io/library/x:1", "network")]
+    assert await index.local_repositories() == [] and await index.local_tags("x") is None
     await index.close()
