@@ -11,6 +11,7 @@ password rather than once per request.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import fnmatch
@@ -129,6 +130,19 @@ class LocalAccess:
     @property
     def token_realm(self) -> bool:
         return self._config.auth.scheme == "token" and self._users.configured
+
+    async def identify(self, authorization: str | None, host: str) -> Who:
+        """`who`, with a password checked in a worker thread: bcrypt is slow by design,
+        and a flood of wrong passwords must not stall the loop that serves pulls."""
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() == "basic" and self._users.configured:
+            return await self.login(*_basic(value.strip()), host)
+        return self.who(authorization, host)
+
+    async def login(self, user: str, password: str, host: str) -> Who:
+        if await asyncio.to_thread(self._users.check, user, password):
+            return Who(user)
+        raise LocalError(401, "UNAUTHORIZED", "authentication failed", self.challenge(host, None))
 
     def who(self, authorization: str | None, host: str) -> Who:
         """The client, from its `Authorization`; LocalError 401 for credentials that do

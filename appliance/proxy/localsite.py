@@ -66,8 +66,10 @@ class LocalSite:
             return response
 
     async def _handle(self, request: web.Request, host: str) -> web.StreamResponse:
-        who = self._access.who(request.headers.get("Authorization"), host)
         path = request.path
+        if path == "/token" and request.method == "POST":
+            return await self._oauth(request, host)
+        who = await self._access.identify(request.headers.get("Authorization"), host)
         if path == "/token" and request.method == "GET":
             scopes = request.query.getall("scope", [])
             return web.json_response(self._access.issue(who, host, scopes))
@@ -88,6 +90,16 @@ class LocalSite:
         also = f"repository:{_repository(source)}:pull" if source else None
         self._access.require(who, host, call.repository, call.action, also)
         return await self._dispatch(request, call, who, host)
+
+    async def _oauth(self, request: web.Request, host: str) -> web.StreamResponse:
+        """The realm's OAuth2 password grant (containerd asks this way first)."""
+        form = await request.post()
+        if form.get("grant_type") != "password":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        user, password = str(form.get("username", "")), str(form.get("password", ""))
+        who = await self._access.login(user, password, host)
+        token = self._access.issue(who, host, [str(form.get("scope", ""))])
+        return web.json_response({**token, "scope": str(form.get("scope", ""))})
 
     async def _dispatch(
         self, request: web.Request, call: _Call, who: Who, host: str

@@ -227,3 +227,26 @@ async def test_basic_scheme_checks_each_request_and_refuses_unknown_users(
         assert r.status == 401
         r = await ask(s, "/v2/_catalog", Authorization=basic("alice", "wonder"))
         assert (await r.json())["repositories"] == ["app"]
+
+
+async def test_the_realm_takes_an_oauth2_password_grant_as_containerd_sends_it(
+    tmp_path: Path, aiohttp_client: Any, users: Path
+) -> None:
+    config = LocalConfig(auth=LocalAuth(htpasswd=users))
+    async with stack(tmp_path, aiohttp_client, config) as s:
+        form = {"grant_type": "password", "username": "alice", "password": "wonder",
+                "service": LOCAL, "client_id": "containerd",
+                "scope": "repository:app:pull,push repository:base:pull"}  # fmt: skip
+        r = await s.client.post("/token", data=form, headers={"Host": LOCAL})
+        assert r.status == 200, await r.text()
+        answer = await r.json()
+        claims = json.loads(base64.urlsafe_b64decode(answer["access_token"].split(".")[0] + "=="))
+        assert claims["access"] == {"app": ["pull", "push"], "base": ["pull"]}
+        await push_image(s, "app", "v1", Authorization=f"Bearer {answer['access_token']}")
+        r = await s.client.post(
+            "/token", data={**form, "password": "nope"}, headers={"Host": LOCAL}
+        )
+        assert r.status == 401
+        r = await s.client.post("/token", data={**form, "grant_type": "refresh_token"},
+                                headers={"Host": LOCAL})  # fmt: skip
+        assert r.status == 400 and (await r.json())["error"] == "unsupported_grant_type"
