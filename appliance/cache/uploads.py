@@ -44,6 +44,8 @@ _INLINE_BYTES = 64 << 10
 _HOLD_STEP = 64 << 20
 
 KeepManifest = Callable[[tuple[str, str], Digest, bytes, str], Awaitable[object]]
+TagPushed = Callable[[str, str, str, Digest], Awaitable[None]]
+"""(host, repository, tag, digest) of a manifest pushed by tag that upstream accepted."""
 Key = tuple[str, str, str]
 """(host, repository, upload uuid as upstream named it)."""
 
@@ -90,6 +92,9 @@ class Uploads:
         self._sessions: OrderedDict[Key, Upload] = OrderedDict()
         self.kept = 0
         """Blobs committed from pushes (for tests and the log)."""
+        self.on_tag_pushed: TagPushed | None = None
+        """Told of each tag pushed, once its manifest is kept (the managed mirror serves a
+        push to a tag it mirrors at once)."""
 
     def begin(self) -> Upload:
         """A new upload (a POST), owned by its request: not a session until upstream names
@@ -223,13 +228,20 @@ class Uploads:
         body: bytes,
         media_type: str,
         authorization: str | None,
+        tag: str | None = None,
     ) -> bool:
-        """A manifest upstream accepted as `digest`: stored byte-exact if it is."""
+        """A manifest upstream accepted as `digest` (pushed as `tag`, if by tag): stored
+        byte-exact if it is."""
         if Digest.of(body, digest.algorithm) != digest:
             return False
         self._gate.grant(place[0], place[1], digest, authorization, body, media_type)
         if await self._shelf.stored_manifest(digest) is None:
             await self._keep_manifest(place, digest, body, media_type)
+        if tag is not None and self.on_tag_pushed is not None:
+            try:
+                await self.on_tag_pushed(place[0], place[1], tag, digest)
+            except Exception:  # never the push's trouble
+                log.exception("push tag-hook-failed %s", fields(tag=tag, digest=digest))
         return True
 
     def _discard(self, upload: Upload) -> None:

@@ -61,6 +61,25 @@ async def move(
     return moved
 
 
+async def pushed(
+    records: MirrorRecords,
+    place: Place,
+    digest: Digest,
+    stored: Stored,
+    *,
+    backup: str = DEFAULT_BACKUP,
+    keep_backups: int = 3,
+) -> Move | None:
+    """A push through regcache that upstream accepted for a mirrored tag: a person's
+    decision like a pin or a rollback, so the tag serves it at once (reason `push`, the
+    old digest kept as a backup ref). A pinned tag holds; None when nothing moved."""
+    current = await serving(records, place)
+    if current.backup_of is not None or current.pin is not None or current.digest == digest:
+        return None
+    return await move(records, current, digest, "push", stored, backup=backup,
+                      keep_backups=keep_backups)  # fmt: skip
+
+
 async def held(records: MirrorRecords, current: MirroredTag) -> set[Digest]:
     """What the mirror keeps whole for a tag (never evicted): what it serves and its
     backup refs. Only these can be served at once, with upstream down too."""

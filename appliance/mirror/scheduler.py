@@ -23,6 +23,7 @@ from appliance.cache.ports import UpstreamUnavailable
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
+from appliance.mirror import actions
 from appliance.mirror.budget import Budgets
 from appliance.mirror.copier import Copier, TagResult, bounded
 from appliance.mirror.entries import Entry, chosen_tags
@@ -30,6 +31,7 @@ from appliance.mirror.records import Check, EntryRun, MirroredTag, MirrorRecords
 from appliance.mirror.report import owner
 from appliance.mirror.tagslist import TagsListError, list_tags
 from appliance.mirror.view import MirrorTags, network_content
+from appliance.oci.digest import Digest
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,29 @@ class Mirror:
     def holding(self) -> set[str]:
         """Digests copied by runs in progress whose tags have not moved yet."""
         return set(self._copier.holding)
+
+    async def pushed(self, host: str, repository: str, tag: str, digest: Digest) -> None:
+        """A tag pushed through regcache (upstream accepted it): if the mirror serves that
+        tag, it serves the push from now on (`actions.pushed`), in history as `push`."""
+        place = self.view.place(host, repository, tag)
+        if place is None:
+            return
+        check = self.checks.get(place)
+        entry = owner(self.entries, place, check.entry if check is not None else None)
+        backup = entry.backup if entry else actions.DEFAULT_BACKUP
+        keep = entry.keep_backups if entry else 3
+        try:
+            moved = await actions.pushed(self._records, place, digest, self._stored,
+                                         backup=backup, keep_backups=keep)  # fmt: skip
+        except actions.ActionError as e:
+            log.warning("mirror push-not-served %s", fields(tag=place, digest=digest, error=e))
+            return
+        if moved is not None:
+            await self.reload()
+
+    async def _stored(self, digest: Digest) -> tuple[str, int] | None:
+        found = await self._copier.manifest_body(digest)
+        return None if found is None else (found[1], len(found[0]))
 
     async def reload(self) -> None:
         """The index's mappings into the view; moves not seen yet audited."""

@@ -59,6 +59,16 @@ class MirrorTags:
                 return found
         return None
 
+    def place(self, host: str, repository: str, tag: str) -> Place | None:
+        """The mirrored tag (not a backup ref) `tag` of this repository on `host` is."""
+        registry = self._place_of(host) if self._serving else None
+        if registry is None:
+            return None
+        for name in same_repository(host, repository):
+            if (found := Place(registry, name, tag)) in self._serving:
+                return found
+        return None
+
     def opens(self, host: str, repository: str, digest: Digest) -> bool:
         held = self._open
         if not held:

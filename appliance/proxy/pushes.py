@@ -40,6 +40,8 @@ class Step:
     """Where a PATCH's Content-Range says its bytes start."""
     media_type: str = ""
     """A manifest PUT's Content-Type."""
+    tag: str | None = None
+    """A manifest PUT's reference if it is a tag."""
 
 
 def push_step(
@@ -60,7 +62,7 @@ def _step(
         digest = reference if isinstance(reference, Digest) else None
         media_type = headers.get("Content-Type", "").split(";", 1)[0].strip()
         return Step("manifest", check_repository(found.group("name")), digest=digest,
-                    media_type=media_type)  # fmt: skip
+                    media_type=media_type, tag=None if digest else str(reference))  # fmt: skip
     found = _UPLOAD.fullmatch(path)
     if found is None:
         return None
@@ -195,8 +197,9 @@ class Pushes:
         if media_type not in MANIFEST_TYPES:
             media_type = sniff_manifest_type(body) or ""
         if media_type:
-            await self._uploads.manifest((keeping.host, keeping.step.repository), digest,
-                                         body, media_type, authorization)  # fmt: skip
+            step = keeping.step
+            await self._uploads.manifest((keeping.host, step.repository), digest, body,
+                                         media_type, authorization, step.tag)  # fmt: skip
 
 
 def _uuid(location: str) -> str:

@@ -63,6 +63,8 @@ def build_mirror(
     mirror = Mirror(entries, index, copier, view, budgets, audit=audit,
                     journal=lambda: mirrorjournal.save(config.state_dir, index))  # fmt: skip
     metrics.watch_mirror(mirror.figures, budgets.all)
+    if cache.uploads is not None:  # a tag pushed through regcache: the mirror serves it
+        cache.uploads.on_tag_pushed = mirror.pushed
     return mirror
 
 

@@ -46,6 +46,7 @@ ENTRIES = {
     "private": "docker.io/private/mirrored:v1",
     "repository": "docker.io/library/repo",
     "signed": "docker.io/library/signed:1",
+    "pushed": "docker.io/library/pushed:1",
 }
 REPORT: dict[str, Any] = {}
 HELD: dict[str, Any] = {}
@@ -71,6 +72,7 @@ def _tweak(config: dict[str, Any]) -> None:
             {"source": ENTRIES["private"]},
             {"source": ENTRIES["repository"], "tags": {"semver": ">=2,<3"}},
             {"source": ENTRIES["signed"], "referrers": True},
+            {"source": ENTRIES["pushed"]},
         ],
     }  # fmt: skip
 
@@ -207,6 +209,23 @@ def test_tag_moves_only_when_a_sync_moves_it_with_drift_backup_and_history(mlab:
     audit = (mlab.state_dir / "audit.jsonl").read_text().splitlines()
     moved = [json.loads(a) for a in audit if '"mirror-' in a and "library/moving" in a]
     assert [a["digest"] for a in moved][-2:] == [v1.top.digest, v2.top.digest]
+
+
+def test_a_push_through_regcache_to_a_mirrored_tag_is_served_at_once_as_a_push(
+    mlab: Lab,
+) -> None:
+    """A person's decision, like a pin: the next pull gets what was pushed, no sync needed,
+    and the history says `push` (the old digest kept as a backup ref)."""
+    v1, v2 = image([layer(100 * KiB, "pu-1")]), image([layer(100 * KiB, "pu-2")])
+    entry, ref = ENTRIES["pushed"], f"{HUB}/library/pushed:1"
+    push(mlab, "library/pushed", "1", v1)
+    assert sync(mlab, entry)["tags"][0]["moved"]
+    assert pull(mlab, ref, "pu-a") == v1.top.digest
+    mlab.push(HUB, "library/pushed", "1", v2)  # through regcache, by DNS
+    assert pull(mlab, ref, "pu-b") == v2.top.digest
+    last = json.loads(mirror(mlab, "history", entry, "--json").stdout)["moves"][-1]
+    assert (last["new"], last["reason"]) == (v2.top.digest, "push"), last
+    assert pull(mlab, f"{HUB}/library/pushed:{last['backup']}", "pu-old") == v1.top.digest
 
 
 def test_keep_backups_prunes_older_generations(mlab: Lab) -> None:

@@ -192,3 +192,21 @@ async def test_rollback_past_the_kept_backups_is_refused_with_the_way_out(
         await actions.rollback(index, PLACE, stored, steps=2)  # A: pruned, maybe evicted
     assert (await current(index)).digest == C
     assert (await actions.rollback(index, PLACE, stored)).new == B
+
+
+async def test_a_push_through_regcache_moves_the_tag_with_a_push_row_unless_pinned(
+    index: SqliteIndex,
+) -> None:
+    await mirrored(index, (A, JAN))
+    moved = await actions.pushed(index, PLACE, B, stored, backup="{tag}-before-push")
+    assert moved is not None
+    tag = await current(index)
+    assert (tag.digest, tag.pin, tag.media_type, tag.size) == (B, None, OCI_MANIFEST, 20)
+    last = (await index.mirror_history(PLACE))[-1]
+    assert (last.old, last.new, last.reason, last.backup) == (A, B, "push", "3.20-before-push")
+    assert await actions.pushed(index, PLACE, B, stored) is None  # the same digest: no row
+    await actions.pin(index, PLACE, None, stored)
+    assert await actions.pushed(index, PLACE, C, stored) is None  # a pin holds
+    assert (await current(index)).digest == B
+    with pytest.raises(ActionError, match="not mirrored"):
+        await actions.pushed(index, Place("docker.io", "library/other", "1"), C, stored)

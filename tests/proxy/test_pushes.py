@@ -38,7 +38,7 @@ LOCATION = {"Location": f"https://{HOST}/v2/org/app/blobs/uploads/u-1?_state=abc
          Step("finish", "org/app", "u-1", D)),
         ("DELETE", "/v2/org/app/blobs/uploads/u-1", {}, {}, Step("cancel", "org/app", "u-1")),
         ("PUT", "/v2/org/app/manifests/v1", {}, {"Content-Type": f"{OCI_MANIFEST}; x=1"},
-         Step("manifest", "org/app", media_type=OCI_MANIFEST)),
+         Step("manifest", "org/app", media_type=OCI_MANIFEST, tag="v1")),
         ("PUT", f"/v2/org/app/manifests/{D}", {}, {}, Step("manifest", "org/app", digest=D)),
         ("POST", "/v2/org/app/blobs/uploads/", {"mount": str(D), "from": "x/y"}, {},
          Step("start", "org/app")),  # answered 202, a mount becomes an upload
