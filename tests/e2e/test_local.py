@@ -150,7 +150,7 @@ def test_delete_and_referrers_with_a_signature_artifact(llab: Lab) -> None:
     assert out.returncode != 0 and "manifest unknown" in out.stderr.lower(), out.stderr
 
 
-def test_cache_ls_and_status_show_the_local_registry(llab: Lab) -> None:
+def test_cache_ls_du_and_status_show_the_local_registry(llab: Lab) -> None:
     config = str(llab.config_path)
     regcache = str(REPO / ".venv" / "bin" / "regcache")
     out = llab.ns.run(regcache, "cache", "ls", "--config", config, check=False)
@@ -158,6 +158,10 @@ def test_cache_ls_and_status_show_the_local_registry(llab: Lab) -> None:
     rows = [line.split() for line in out.stdout.splitlines()]
     assert [LOCAL, "team/app", "v1,v2"] in [r[:3] for r in rows], out.stdout
     assert all(r[-1] == "yes" for r in rows if r[0] == LOCAL), out.stdout  # never evicted
+    out = llab.ns.run(regcache, "cache", "du", "--config", config, "--json", check=False)
+    assert out.returncode == 0, out.stderr
+    usage = {r["registry"]: r for r in json.loads(out.stdout)["registries"]}
+    assert usage[LOCAL]["images"] >= 1 and usage[LOCAL]["bytes"] > 250 * KiB, usage
     out = llab.ns.run(regcache, "status", "--config", config, check=False)
     assert out.returncode == 0, out.stderr
     assert "local registry" in out.stdout.lower(), out.stdout

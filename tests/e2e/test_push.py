@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import _missing
-from tests.e2e.images import Image, image, layer, write_layout
+from tests.e2e.images import OCI_MANIFEST, Image, image, layer, write_layout
 from tests.e2e.lab import ALICE_PASSWORD, Lab, lab
 from tests.e2e.test_pull import stored
 from tests.harness import REPO
@@ -104,6 +104,14 @@ def test_a_tag_pulled_while_missing_then_pushed_is_pulled_at_once(plab: Lab) -> 
     img = image([layer(20 * KiB, "late")])
     plab.push("ghcr.io", "org/late", "v1", img)
     assert upstream_digest(plab, "ghcr.io/org/late:v1") == img.top.digest
+    # Sign, then verify: cosign looks its signature up by a tag named after the digest.
+    sig = f"sha256-{img.top.digest.removeprefix('sha256:')}.sig"
+    url = f"https://ghcr.io/v2/org/late/manifests/{sig}"
+    head = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-I", "--cacert",
+            str(plab.ca_dir / "ca.crt"), "-H", f"Accept: {OCI_MANIFEST}", url]  # fmt: skip
+    assert [plab.ns.run(*head).stdout for _ in range(2)] == ["404", "404"]
+    plab.push("ghcr.io", "org/late", sig, image([layer(1 * KiB, "signature")]))
+    assert plab.ns.run(*head).stdout == "200"
 
 
 def test_a_blob_stored_from_another_repository_is_uploaded_not_skipped(plab: Lab) -> None:
