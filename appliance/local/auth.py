@@ -4,40 +4,28 @@ repository glob, and regcache's own token realm.
 With `scheme: token`, a client challenged with `Bearer realm="https://HOST/token"` logs
 in there once (Basic, checked against htpasswd) and gets a token for the scope it asked,
 cut down to what the rules grant; tokens are HMAC-signed with a key made at start (a
-restart only makes clients fetch new ones). With `scheme: basic`, every request carries
-the password; a successful check is remembered for a while, so bcrypt runs once per
-password rather than once per request.
+restart only makes clients fetch new ones), and die with their user's htpasswd line.
+With `scheme: basic`, every request carries the password (checked as `users.py` says).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import fnmatch
 import hashlib
 import hmac
 import json
-import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-import bcrypt
 
 from appliance.config.local import ANYONE, USERS, LocalConfig
-from appliance.kit.logfields import fields
 from appliance.local.ports import LocalError
-
-log = logging.getLogger(__name__)
+from appliance.local.users import Htpasswd
 
 PULL, PUSH, DELETE = "pull", "push", "delete"
-_RECHECK_S = 2.0
-_REMEMBERED = 1024
-_REMEMBER_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,66 +38,6 @@ class Who:
 
 
 NOBODY = Who(None)
-
-
-class Htpasswd:
-    """The users file, re-read when it changes (checked at most every couple of seconds)."""
-
-    def __init__(self, path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._path = path
-        self._clock = clock
-        self._users: dict[str, bytes] = {}
-        self._seen: tuple[float, int] | None = None
-        self._checked = -_RECHECK_S
-        self._good: OrderedDict[bytes, float] = OrderedDict()
-
-    @property
-    def configured(self) -> bool:
-        return self._path is not None
-
-    def check(self, user: str, password: str) -> bool:
-        hashed = self._load().get(user)
-        if hashed is None:
-            return False
-        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
-        now = self._clock()
-        if (when := self._good.get(key)) is not None and now - when < _REMEMBER_S:
-            return True
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed)
-        except ValueError:  # not a bcrypt hash: that user cannot log in
-            log.warning("local htpasswd-unusable-hash %s", fields(user=user))
-            return False
-        if ok:
-            self._good[key] = now
-            self._good.move_to_end(key)
-            while len(self._good) > _REMEMBERED:
-                self._good.popitem(last=False)
-        return ok
-
-    def _load(self) -> dict[str, bytes]:
-        now = self._clock()
-        if self._path is None or now - self._checked < _RECHECK_S:
-            return self._users
-        self._checked = now
-        try:
-            stat = self._path.stat()
-            seen = (stat.st_mtime, stat.st_size)
-            if seen != self._seen:
-                self._users, self._seen = _parse(self._path.read_text("utf-8")), seen
-                self._good.clear()
-        except (OSError, UnicodeDecodeError) as e:  # keep the users known so far
-            log.error("local htpasswd-unreadable %s", fields(path=self._path, error=e))
-        return self._users
-
-
-def _parse(text: str) -> dict[str, bytes]:
-    users: dict[str, bytes] = {}
-    for line in text.splitlines():
-        user, sep, hashed = line.strip().partition(":")
-        if sep and user and not user.startswith("#"):
-            users[user] = hashed.strip().encode()
-    return users
 
 
 class LocalAccess:
@@ -131,16 +59,19 @@ class LocalAccess:
     def token_realm(self) -> bool:
         return self._config.auth.scheme == "token" and self._users.configured
 
-    async def identify(self, authorization: str | None, host: str) -> Who:
-        """`who`, with a password checked in a worker thread: bcrypt is slow by design,
-        and a flood of wrong passwords must not stall the loop that serves pulls."""
+    async def identify(self, authorization: str | None, host: str, *, tokens: bool = True) -> Who:
+        """`who`, with a password checked off the loop (`Htpasswd.verify`). Without
+        `tokens` (the realm itself), a bearer token names nobody: a token never buys
+        another, or one would live forever and outlive its user."""
         scheme, _, value = (authorization or "").partition(" ")
         if scheme.lower() == "basic" and self._users.configured:
             return await self.login(*_basic(value.strip()), host)
+        if scheme.lower() == "bearer" and not tokens:
+            return NOBODY
         return self.who(authorization, host)
 
     async def login(self, user: str, password: str, host: str) -> Who:
-        if await asyncio.to_thread(self._users.check, user, password):
+        if await self._users.verify(user, password):
             return Who(user)
         raise LocalError(401, "UNAUTHORIZED", "authentication failed", self.challenge(host, None))
 
@@ -213,8 +144,8 @@ class LocalAccess:
     def challenge(self, host: str, scope: str | None) -> dict[str, str]:
         if not self._users.configured:
             return {}
-        if self.token_realm:
-            value = f'Bearer realm="https://{host}/token",service="{host}"'
+        if self.token_realm:  # the realm as the client reached us (a port, if any)
+            value = f'Bearer realm="https://{host}/token",service="{_name(host)}"'
             value += f',scope="{scope}"' if scope else ""
         else:
             value = 'Basic realm="regcache local registry"'
@@ -237,7 +168,7 @@ class LocalAccess:
             access[repository] += [a for a in granted if a not in access[repository]]
         now = int(self._clock())
         ttl = int(self._config.auth.token_ttl.seconds)
-        claims = {"sub": who.name, "aud": host, "exp": now + ttl, "access": access}
+        claims = {"sub": who.name, "aud": _name(host), "exp": now + ttl, "access": access}
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         token = f"{payload}.{_b64(self._sign(payload))}"
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
@@ -253,11 +184,13 @@ class LocalAccess:
             claims = json.loads(_unb64(payload)) if good else None
         except (ValueError, binascii.Error):
             return None
-        if not isinstance(claims, dict) or claims.get("aud") != host:
+        if not isinstance(claims, dict) or claims.get("aud") != _name(host):
             return None
         if not isinstance(claims.get("exp"), int) or claims["exp"] < self._clock():
             return None
         name = claims.get("sub")
+        if name is not None and (not isinstance(name, str) or not self._users.known(name)):
+            return None  # a user removed from htpasswd: their tokens go with them
         granted = {str(r): tuple(str(a) for a in acts)
                    for r, acts in dict(claims.get("access") or {}).items()}  # fmt: skip
         return Who(name if isinstance(name, str) else None, granted)
@@ -265,6 +198,11 @@ class LocalAccess:
     def repositories(self, who: Who, names: list[str]) -> list[str]:
         """Those of `names` that `who` may pull (the catalog lists no more)."""
         return [n for n in names if PULL in self._granted(who.name, n)]
+
+
+def _name(host: str) -> str:
+    """A Host header's name without its port (local names are DNS names, never IPv6)."""
+    return host.partition(":")[0]
 
 
 def _scope_actions(action: str) -> str:

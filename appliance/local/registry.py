@@ -24,7 +24,7 @@ from appliance.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCT
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 << 20
-_CHECKED = {"config": False, "layers": False, "manifests": True}
+_CHECKED = {"config": False, "layers": False, "blobs": False, "manifests": True}
 """Descriptor fields whose targets must be in the repository (True: as manifests)."""
 
 
@@ -101,6 +101,7 @@ class LocalRegistry:
             size = await self._index.local_blob(mount[1], mount[0])
             if size is not None and self._files.size_of(mount[0]) == size:
                 await self._index.add_local_blob(repository, mount[0], size)
+                await self.refresh()
                 return _blob_created(repository, mount[0])
         session = self.uploads.start(repository)
         try:
@@ -174,15 +175,13 @@ class LocalRegistry:
         subject = _subject(doc)
         manifest = LocalManifest(digest, media_type, len(body), _artifact_type(doc),
                                  _annotations(doc), subject)  # fmt: skip
-        path = self._files.path_for(digest)
-        if self._files.size_of(digest) != len(body):
-            temp = self._files.create_temp()
-            try:
-                temp.write(body)
-                path = await self._files.commit(temp, digest)
-            except BaseException:
-                self._files.discard(temp)
-                raise
+        temp = self._files.create_temp()  # written even over a stored copy, as a blob is
+        try:
+            temp.write(body)
+            path = await self._files.commit(temp, digest)
+        except BaseException:
+            self._files.discard(temp)
+            raise
         tag = None if isinstance(reference, Digest) else reference
         await self._index.put_local_manifest(repository, manifest, _children(doc), tag, self.name)
         self._space.nudge(added=len(body))

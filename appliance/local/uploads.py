@@ -41,6 +41,8 @@ class Session:
     busy: bool = False
     held: int = 0
     """Room held under the store's bound for its bytes."""
+    closing: bool = False
+    """Shutting down while a request feeds it: it ends when that request lets go."""
 
 
 def unknown(name: str) -> LocalError:
@@ -101,8 +103,15 @@ class LocalUploads:
         return session
 
     def release(self, session: Session) -> None:
+        """Its request is over: the room held beyond its bytes goes back (an idle upload
+        holds only what it wrote)."""
         session.busy = False
         session.touched_s = self._clock()
+        if session.closing:
+            self._end(session, "shut down")
+        elif session.held > session.size:
+            self._space.release(session.held - session.size)
+            session.held = session.size
 
     def cancel(self, repository: str, name: str) -> None:
         self._end(self.claim(repository, name), "cancelled")
@@ -126,7 +135,8 @@ class LocalUploads:
                     await to_thread_to_end(_write, session, chunk)
                 else:
                     _write(session, chunk)
-            except OSError as e:
+            except OSError as e:  # part of the chunk may be in the file: it cannot go on
+                self._end(session, f"write failed: {e}")
                 raise LocalError(507, "BLOB_UPLOAD_INVALID", f"writing the upload: {e}") from e
         return session.size
 
@@ -134,16 +144,16 @@ class LocalUploads:
         """The upload ends as `digest`: its file stored (unless the store has it already);
         its size. 400 DIGEST_INVALID if the bytes are something else (the upload ends)."""
         actual = Digest(digest.algorithm, _hexdigest(session, digest.algorithm))
+        if session.temp.path.stat().st_size != session.size:  # what was hashed is the file
+            self._end(session, "the file is not the bytes hashed")
+            raise LocalError(500, "BLOB_UPLOAD_INVALID", "the upload was damaged; push again")
         if actual != digest:
             self._end(session, f"bytes hash to {actual}, not {digest}")
             raise LocalError(400, "DIGEST_INVALID", f"the uploaded bytes hash to {actual},"
                              f" not {digest}")  # fmt: skip
         self._sessions.pop(session.name, None)
-        try:
-            if self._files.size_of(digest) is None:
-                await self._files.commit(session.temp, digest)
-            else:
-                self._files.discard(session.temp)
+        try:  # even over a stored copy: eviction, watching commits, then keeps the file
+            await self._files.commit(session.temp, digest)
         except OSError as e:
             self._files.discard(session.temp)
             raise LocalError(507, "BLOB_UPLOAD_INVALID", f"storing the blob: {e}") from e
@@ -160,8 +170,13 @@ class LocalUploads:
         return len(old)
 
     def close(self) -> None:
+        """Shutting down: idle uploads end now; one a request is feeding ends when it lets
+        go (its file is not closed under a write)."""
         for session in list(self._sessions.values()):
-            self._end(session, "shutting down")
+            if session.busy:
+                session.closing = True
+            else:
+                self._end(session, "shutting down")
 
     def _end(self, session: Session, why: str) -> None:
         self._sessions.pop(session.name, None)

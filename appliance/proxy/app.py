@@ -126,7 +126,7 @@ class RegistryProxy:
         self._pings = PingCache(upstream)
         uploads = cache.uploads
         self._pushes = None if uploads is None else Pushes(uploads, self._bridge)
-        self._local = None if local is None else LocalSite(*local, self._bridge)
+        self._local = None if local is None else LocalSite(*local, self._bridge, caching)
 
     def application(self) -> web.Application:
         # Bodies are streamed (pushes pass through), never read whole: the default
@@ -163,7 +163,7 @@ class RegistryProxy:
         if site.local:  # nothing under its names ever goes upstream
             if self._local is None:
                 raise UnknownHost(host)
-            return await self._local.handle(request, host)
+            return await self._local.handle(request)
         route = cache_route(request.path) if site.api else None
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):

@@ -6,7 +6,7 @@ come (`Bridge.export`); stored content is sent from this loop like any stored an
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from appliance.proxy.passthrough import STREAM_CHUNK_BYTES
 from appliance.proxy.responses import render
 
 T = TypeVar("T")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # not str.isdigit: "²" is a digit to it, not to int()
 
 _ROUTES = (
     ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<ref>[^/]*)", re.S)),
@@ -52,14 +53,27 @@ class _Call:
 class LocalSite:
     """One serving loop's handlers for the local registry's hosts."""
 
-    def __init__(self, registry: LocalRegistry, access: LocalAccess, bridge: Bridge) -> None:
+    def __init__(
+        self,
+        registry: LocalRegistry,
+        access: LocalAccess,
+        bridge: Bridge,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._registry = registry
         self._access = access
         self._bridge = bridge
+        self._ready = ready
+        """The store agrees with its index (start-up reconciliation is over)."""
 
-    async def handle(self, request: web.Request, host: str) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """`request` to one of the local registry's names. Its Host as the client sent
+        it (with a port, if any) names the token realm; tokens are for the name alone."""
         try:
-            return await self._handle(request, host)
+            if request.method not in ("GET", "HEAD") and not self._ready():
+                raise LocalError(503, "UNAVAILABLE", "the store is being checked at start;"
+                                 " try again shortly", {"Retry-After": "5"})  # fmt: skip
+            return await self._handle(request, request.host)
         except LocalError as e:
             response = registry_error(e.status, e.code, str(e))
             response.headers.update(e.headers)
@@ -69,7 +83,9 @@ class LocalSite:
         path = request.path
         if path == "/token" and request.method == "POST":
             return await self._oauth(request, host)
-        who = await self._access.identify(request.headers.get("Authorization"), host)
+        token = path != "/token"  # the realm takes a password, never a token
+        who = await self._access.identify(request.headers.get("Authorization"), host,
+                                          tokens=token)  # fmt: skip
         if path == "/token" and request.method == "GET":
             scopes = request.query.getall("scope", [])
             return web.json_response(self._access.issue(who, host, scopes))
@@ -231,14 +247,19 @@ def _offset(content_range: str) -> int | None:
     if not content_range:
         return None
     start, sep, end = content_range.strip().removeprefix("bytes ").partition("-")
-    if not sep or not start.isdigit() or not end.isdigit() or int(end) < int(start):
+    if (
+        not sep
+        or not _DIGITS.fullmatch(start)
+        or not _DIGITS.fullmatch(end)
+        or int(end) < int(start)
+    ):
         raise LocalError(416, "BLOB_UPLOAD_INVALID", f"bad Content-Range {content_range!r}")
     return int(start)
 
 
 def _paging(request: web.Request) -> tuple[int | None, str | None]:
     n = request.query.get("n")
-    if n is not None and not n.isdigit():
+    if n is not None and not _DIGITS.fullmatch(n):
         raise LocalError(400, "PAGINATION_NUMBER_INVALID", f"n={n!r} is not a number")
     return (None if n is None else int(n)), request.query.get("last")
 

@@ -95,8 +95,9 @@ class Lifecycle:
 
         A row goes only if it was not accessed after the given time and — unless
         `referenced` — no kept manifest references it: checked inside the transaction, so
-        a manifest stored meanwhile protects its blobs. Tags naming a removed manifest go
-        with it (the next pull revalidates them). The caller removes the files after.
+        a manifest stored meanwhile protects its blobs; the local registry's content never
+        goes. Tags naming a removed manifest go with it (the next pull revalidates them).
+        The caller removes the files after.
         """
         removed: list[tuple[str, int]] = []
         for start in range(0, len(victims), _DELETE_BATCH):
@@ -111,6 +112,12 @@ class Lifecycle:
                         " json_extract(j.value, '$[1]') FROM json_each(?) j"
                         " WHERE json_extract(j.value, '$[0]') = blobs.digest)"
                         " AND (? OR NOT EXISTS (SELECT 1 FROM refs WHERE child = blobs.digest))"
+                        # Pushed to the local registry meanwhile: it is its now (only its
+                        # own DELETE lets go of it).
+                        " AND NOT EXISTS (SELECT 1 FROM local_blobs l"
+                        " WHERE l.digest = blobs.digest)"
+                        " AND NOT EXISTS (SELECT 1 FROM local_manifests l"
+                        " WHERE l.digest = blobs.digest)"
                         " RETURNING digest, size",
                         (
                             *[json.dumps([[d, _finite(t)] for d, t in batch.items()])] * 2,

@@ -12,9 +12,11 @@ could they be fetched again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,11 @@ async def _restore(path: Path, names: tuple[str, ...], index: SqliteIndex) -> in
         data: dict[str, Any] = json.loads(await asyncio.to_thread(path.read_bytes))
         tables = {t: [tuple(r) for r in data["tables"][t]] for t in names}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.error("store journal-unreadable %s", fields(path=path, error=e))
+        # Moved aside, not left to be overwritten by the next save of an empty index.
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(path.rename, aside)
+        log.error("store journal-unreadable %s", fields(path=path, error=e, kept_as=aside))
         return 0
     restored = await index.restore_mirror_rows(tables)
     log.warning("store restored-from-journal %s", fields(path=path, rows=restored))

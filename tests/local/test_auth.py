@@ -6,45 +6,18 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
+import os
 from pathlib import Path
 
 import pytest
 
 from appliance.config.local import LocalAuth, LocalConfig, LocalRule
 from appliance.config.values import Duration
-from appliance.local.auth import DELETE, NOBODY, PULL, PUSH, Htpasswd, LocalAccess, Who
+from appliance.local.auth import DELETE, NOBODY, PULL, PUSH, LocalAccess, Who
 from appliance.local.ports import LocalError
+from tests.local.conftest import Clock
 
 HOST = "registry.build.internal"
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def line(user: str, password: str) -> str:
-    out = subprocess.run(["htpasswd", "-nbB", user, password], capture_output=True,
-                         text=True, check=True)  # fmt: skip
-    return out.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def lines() -> dict[str, str]:
-    """bcrypt lines as `htpasswd -B` writes them (made once: bcrypt is slow on purpose)."""
-    return {u: line(u, p) for u, p in (("alice", "wonder"), ("bob", "builder"),
-                                       ("alice2", "changed"))}  # fmt: skip
-
-
-@pytest.fixture
-def users(tmp_path: Path, lines: dict[str, str]) -> Path:
-    path = tmp_path / "htpasswd"
-    path.write_text(f"{lines['alice']}\n{lines['bob']}\n")
-    return path
 
 
 def basic(user: str, password: str) -> str:
@@ -65,67 +38,6 @@ def refusal(call: object, *args: object) -> LocalError:
     with pytest.raises(LocalError) as caught:
         call(*args)  # type: ignore[operator]
     return caught.value
-
-
-# Htpasswd.
-
-
-def test_a_user_logs_in_with_the_bcrypt_password_and_nothing_else(users: Path) -> None:
-    htpasswd = Htpasswd(users)
-    assert htpasswd.configured
-    assert htpasswd.check("alice", "wonder") and htpasswd.check("bob", "builder")
-    assert not htpasswd.check("alice", "builder")
-    assert not htpasswd.check("alice", "wonder ")
-    assert not htpasswd.check("carol", "wonder")
-    assert not Htpasswd(None).configured and not Htpasswd(None).check("alice", "wonder")
-
-
-def test_a_changed_file_is_picked_up_after_the_recheck_interval(
-    users: Path, lines: dict[str, str]
-) -> None:
-    clock = Clock(0.0)
-    htpasswd = Htpasswd(users, clock)
-    assert htpasswd.check("alice", "wonder")
-    # alice's password changes (her line is another one), bob goes.
-    users.write_text(lines["alice2"].replace("alice2:", "alice:") + "\n")
-    clock.now = 1.0  # within the interval: the file is not looked at again
-    assert htpasswd.check("alice", "wonder") and htpasswd.check("bob", "builder")
-    clock.now = 2.5
-    assert not htpasswd.check("alice", "wonder")  # the remembered check goes with the file
-    assert htpasswd.check("alice", "changed")
-    assert not htpasswd.check("bob", "builder")
-
-
-def test_an_unreadable_file_keeps_the_users_known_so_far(users: Path) -> None:
-    clock = Clock(0.0)
-    htpasswd = Htpasswd(users, clock)
-    assert htpasswd.check("bob", "builder")
-    users.unlink()
-    clock.now = 10.0
-    assert htpasswd.check("bob", "builder")
-
-
-def test_a_user_whose_hash_is_not_bcrypt_cannot_log_in(
-    tmp_path: Path, lines: dict[str, str]
-) -> None:
-    path = tmp_path / "htpasswd"
-    md5 = subprocess.run(["htpasswd", "-nbm", "carol", "pw"], capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
-    path.write_text(f"{md5}\ndave:{{SHA}}GpHWL3ymc5liWkNopqtdSjuqYHM=\nerin:pw\n{lines['bob']}\n")
-    htpasswd = Htpasswd(path)
-    assert not htpasswd.check("carol", "pw")
-    assert not htpasswd.check("dave", "pw")
-    assert not htpasswd.check("erin", "pw")  # a plain-text "hash" is no password either
-    assert htpasswd.check("bob", "builder")  # the others' lines still count
-
-
-def test_comment_and_blank_lines_are_ignored(tmp_path: Path, lines: dict[str, str]) -> None:
-    path = tmp_path / "htpasswd"
-    path.write_text(f"# {lines['alice']}\n#{lines['alice']}\n\n   \n{lines['bob']}\n")
-    htpasswd = Htpasswd(path)
-    assert not htpasswd.check("alice", "wonder")
-    assert not htpasswd.check("# alice", "wonder") and not htpasswd.check("#alice", "wonder")
-    assert htpasswd.check("bob", "builder")
 
 
 # Rules.
@@ -337,3 +249,29 @@ def test_without_htpasswd_a_refusal_is_denied_since_nobody_can_log_in() -> None:
     rules = access(None, LocalRule(("named",), ("alice",), ("alice",)))
     e = refusal(rules.require, NOBODY, HOST, "named", PULL)
     assert (e.status, e.code) == (403, "DENIED")
+
+
+def test_a_token_dies_with_its_users_htpasswd_line_and_never_buys_another(
+    users: Path, lines: dict[str, str]
+) -> None:
+    rules = access(users)
+    token = rules.issue(Who("alice"), HOST, ["repository:app:pull"])["token"]
+    assert rules.who(f"Bearer {token}", f"{HOST}:8443").name == "alice"  # any port, one name
+    users.write_text(lines["bob"] + "\n")  # alice goes
+    os.utime(users, (0, 0))  # a changed file for sure (mtime), read again at once:
+    fresh = access(users)
+    forged_on = fresh.issue(Who("alice"), HOST, ["repository:app:pull"])["token"]
+    assert refusal(fresh.who, f"Bearer {forged_on}", HOST).status == 401
+
+
+async def test_the_realm_takes_a_password_never_a_token(users: Path) -> None:
+    rules = access(users)
+    token = rules.issue(Who("alice"), HOST, ["repository:app:pull"])["token"]
+    assert await rules.identify(f"Bearer {token}", HOST, tokens=False) == NOBODY
+    assert (await rules.identify(f"Bearer {token}", HOST)).name == "alice"
+    assert (await rules.identify(basic("alice", "wonder"), HOST, tokens=False)).name == "alice"
+
+
+def test_the_challenge_names_the_realm_at_the_port_the_client_used(users: Path) -> None:
+    header = access(users).challenge(f"{HOST}:8443", "repository:app:pull")["WWW-Authenticate"]
+    assert header.startswith(f'Bearer realm="https://{HOST}:8443/token",service="{HOST}"')

@@ -298,3 +298,12 @@ async def test_a_monolithic_push_that_fails_leaves_no_upload_behind(rig: Rig) ->
         await rig.registry.start_upload("app", Digest.of(data + b" and more"), failing(data))
     assert len(rig.registry.uploads) == 0
     assert list((rig.root / "tmp").iterdir()) == []
+
+
+async def test_an_artifacts_blobs_must_be_in_its_repository_too(rig: Rig) -> None:
+    """Else a writer could name any cached digest and keep it from eviction forever."""
+    config = await push_blob(rig, "app", b"{}")
+    cached = Digest.of(b"someone else's cached layer")
+    body = image(config, [], blobs=[descriptor(cached, "application/octet-stream")])
+    e = await refused(rig.registry.put_manifest("app", "v1", OCI_MANIFEST, body))
+    assert e.code == "MANIFEST_BLOB_UNKNOWN" and "blobs" in str(e)

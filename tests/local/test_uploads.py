@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.local import uploads as uploads_module
 from appliance.local.ports import LocalError
-from appliance.local.uploads import LocalUploads
+from appliance.local.uploads import LocalUploads, Session
 from appliance.oci.digest import Digest
 from appliance.store.files import FileBlobStore
 
@@ -206,9 +207,11 @@ async def test_when_every_upload_is_busy_a_new_one_is_refused_with_429(
         uploads.status(REPO, sessions[1].name)
 
 
-async def test_a_digest_the_store_has_keeps_its_file_and_discards_the_upload(
+async def test_a_digest_the_store_has_is_committed_again_with_the_same_bytes(
     files: FileBlobStore, tmp_path: Path
 ) -> None:
+    """A cached copy may be under eviction this very moment: the verified upload is
+    committed over it (same bytes), a commit eviction sees and spares."""
     data = b"already here"
     digest = Digest.of(data)
     uploads = uploads_of(files, Clock())
@@ -216,12 +219,11 @@ async def test_a_digest_the_store_has_keeps_its_file_and_discards_the_upload(
     await uploads.feed(first, body(data))
     await uploads.commit(first, digest)
     path = files.path_for(digest)
-    before = path.stat()
     again = uploads.start("team/other")
     await uploads.feed(again, body(data))
-    assert await uploads.commit(again, digest) == len(data)
-    after = path.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    with files.watch_commits() as committed:
+        assert await uploads.commit(again, digest) == len(data)
+    assert str(digest) in committed
     assert path.read_bytes() == data and temps(tmp_path) == []
 
 
@@ -243,7 +245,9 @@ async def test_room_held_for_an_upload_is_given_back_when_it_ends(files: FileBlo
     stored, dropped, closed = (uploads.start(REPO) for _ in range(3))
     for session in (stored, dropped, closed):
         await uploads.feed(session, body(b"bytes"))
-    assert room.held > 0
+    assert room.held > 3 * len(b"bytes")  # held in steps while bytes come
+    uploads.release(closed)
+    assert closed.held == len(b"bytes")  # idle, it holds only what it wrote
     await uploads.commit(stored, Digest.of(b"bytes"))
     with pytest.raises(LocalError):
         await uploads.commit(dropped, Digest.of(b"other"))
@@ -251,11 +255,35 @@ async def test_room_held_for_an_upload_is_given_back_when_it_ends(files: FileBlo
     assert room.held == 0 and len(uploads) == 0
 
 
-async def test_close_ends_every_upload_and_removes_its_file(
+async def test_close_ends_idle_uploads_now_and_a_busy_one_when_its_request_lets_go(
     files: FileBlobStore, tmp_path: Path
 ) -> None:
     uploads = uploads_of(files, Clock())
-    for _ in range(3):
-        await uploads.feed(uploads.start(REPO), body(b"partial"))
+    sessions = [uploads.start(REPO) for _ in range(3)]
+    for session in sessions:
+        await uploads.feed(session, body(b"partial"))
+    for session in sessions[1:]:
+        uploads.release(session)
     uploads.close()
+    assert len(uploads) == 1 and temps(tmp_path) == [sessions[0].temp.path]  # not under it
+    uploads.release(sessions[0])
     assert len(uploads) == 0 and temps(tmp_path) == []
+
+
+async def test_a_failed_write_ends_the_upload_so_no_damaged_file_is_committed(
+    files: FileBlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = uploads_of(files, Clock())
+    session = uploads.start(REPO)
+
+    def half_written(session: Session, chunk: bytes) -> None:
+        session.temp.write(chunk[: len(chunk) // 2])  # some bytes land, then the disk fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(uploads_module, "_write", half_written)
+    with pytest.raises(LocalError) as caught:
+        await uploads.feed(session, body(b"0123456789"))
+    assert caught.value.status == 507
+    with pytest.raises(LocalError) as gone:
+        uploads.status(REPO, session.name)
+    assert gone.value.code == "BLOB_UPLOAD_UNKNOWN" and temps(tmp_path) == []  # start again

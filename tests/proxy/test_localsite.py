@@ -8,13 +8,22 @@ import base64
 import hashlib
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from appliance.cache.ports import Unbounded
+from appliance.config.hostnames import Hostname
 from appliance.config.local import LocalAuth, LocalConfig, LocalRule
 from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from appliance.proxy.localsite import LocalSite
+from appliance.proxy.loops import Bridge
+from appliance.runtime.local import build_local
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
 from tests.proxy.registry import LOCAL, Stack, stack
 
 OPEN = LocalConfig(access=(LocalRule(read=("anonymous",), write=("anonymous",)),))
@@ -250,3 +259,46 @@ async def test_the_realm_takes_an_oauth2_password_grant_as_containerd_sends_it(
         r = await s.client.post("/token", data={**form, "grant_type": "refresh_token"},
                                 headers={"Host": LOCAL})  # fmt: skip
         assert r.status == 400 and (await r.json())["error"] == "unsupported_grant_type"
+
+
+async def test_writes_wait_while_the_store_is_checked_at_start_and_reads_go_on(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    files = FileBlobStore(tmp_path / "store")
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    try:
+        built = build_local(replace(OPEN, hosts=(Hostname(LOCAL),)), index, files, Unbounded())
+        assert built is not None
+        ready = False
+        site = LocalSite(built.registry, built.access, Bridge(None), lambda: ready)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", site.handle)
+        client = await aiohttp_client(app)
+        r = await client.post("/v2/app/blobs/uploads/", headers={"Host": LOCAL})
+        assert r.status == 503 and r.headers["Retry-After"] == "5"
+        r = await client.get("/v2/app/tags/list", headers={"Host": LOCAL})
+        assert r.status == 404 and "NAME_UNKNOWN" in await r.text()  # answered, not held
+        ready = True
+        r = await client.post("/v2/app/blobs/uploads/", headers={"Host": LOCAL})
+        assert r.status == 202
+    finally:
+        await index.close()
+
+
+async def test_the_realm_is_named_at_the_port_the_client_reached(
+    tmp_path: Path, aiohttp_client: Any, users: Path
+) -> None:
+    async with stack(tmp_path, aiohttp_client, LocalConfig(auth=LocalAuth(htpasswd=users))) as s:
+        r = await s.ask("/v2/", host=f"{LOCAL}:8443")
+        assert r.headers["WWW-Authenticate"] == (
+            f'Bearer realm="https://{LOCAL}:8443/token",service="{LOCAL}"'
+        )
+        scope = "/token?scope=repository:app:pull,push"
+        r = await s.ask(scope, host=f"{LOCAL}:8443", Authorization=basic("alice", "wonder"))
+        token = (await r.json())["token"]
+        await push_image(s, "app", "v1", Authorization=f"Bearer {token}")  # Host without port
+        r = await s.ask("/token", host=LOCAL, Authorization=f"Bearer {token}")
+        payload = (await r.json())["token"].split(".")[0]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+        assert claims["sub"] is None  # a token buys no other: the realm takes passwords only

@@ -118,4 +118,6 @@ async def test_stopping_the_purging_job_ends_every_open_upload(
     job.cancel()
     await asyncio.gather(job, return_exceptions=True)
     assert job.cancelled()
+    assert len(uploads) == 1 and temps(tmp_path) == [busy.temp.path]  # its request goes on
+    uploads.release(busy)
     assert len(uploads) == 0 and temps(tmp_path) == []

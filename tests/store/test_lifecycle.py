@@ -49,3 +49,16 @@ async def test_a_pin_holds_a_tags_digest_or_a_digest_and_says_whether_it_changed
     assert await store.index.set_pin("ghcr.io", "one", "v1", False)
     assert not await store.index.set_pin("ghcr.io", "one", "v1", False)
     assert await store.index.pinned_digests() == {loose}
+
+
+async def test_a_cached_blob_pushed_to_the_local_registry_after_the_plan_is_not_deleted(
+    store: Store,
+) -> None:
+    """Eviction planned over a cached layer; a push to the local registry then made it
+    the local registry's: the delete, checked inside its transaction, leaves it."""
+    layer = await store.blob(b"L" * 100, when=1)
+    order = plan(await store.index.snapshot(), 1, set())
+    assert order == [(layer, 1.0)]
+    await store.index.add_local_blob("team/app", Digest.parse(layer), 100)
+    assert await store.index.delete(order, referenced=True) == []
+    assert layer in await store.index.pinned_digests()

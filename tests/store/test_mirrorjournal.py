@@ -91,3 +91,13 @@ async def test_the_local_registry_gets_its_blobs_manifests_and_tags_back(tmp_pat
     assert {str(A), str(B)} <= await fresh.pinned_digests()
     assert await mirrorjournal.restore(tmp_path, fresh) == 0  # it has rows: left alone
     await fresh.close()
+
+
+async def test_an_unreadable_journal_is_moved_aside_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / mirrorjournal.LOCAL_JOURNAL_NAME).write_text('{"version": 1, "tab')
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    assert await mirrorjournal.restore(tmp_path, index) == 0
+    await mirrorjournal.save_local(tmp_path, index)  # the next save of an empty index
+    kept = list(tmp_path.glob(f"{mirrorjournal.LOCAL_JOURNAL_NAME}.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"version": 1, "tab'
+    await index.close()
