@@ -15,6 +15,7 @@ import pytest
 from tests.e2e.conftest import _missing
 from tests.e2e.images import image, layer, write_layout
 from tests.e2e.lab import Lab, lab
+from tests.e2e.test_push import _peak_rss_kib
 from tests.harness import REPO
 
 LOCAL = "registry.build.internal"
@@ -165,3 +166,32 @@ def test_cache_ls_du_and_status_show_the_local_registry(llab: Lab) -> None:
     out = llab.ns.run(regcache, "status", "--config", config, check=False)
     assert out.returncode == 0, out.stderr
     assert "local registry" in out.stdout.lower(), out.stdout
+
+
+def test_a_gib_pushed_in_one_chunked_patch_streams_with_flat_memory(llab: Lab) -> None:
+    """docker's way (a PATCH of unknown length, then the PUT), random bytes hashed on the
+    client side, pulled back whole: regcache's peak RSS does not grow with the body."""
+    assert llab.regcache_proc is not None
+    pid = llab.regcache_proc.pid  # `ip netns exec` execs regcache: the same process
+    ca, base, size = llab.ca_dir / "ca.crt", f"https://{LOCAL}/v2/team/big", 1 << 30
+    curl = f"curl -sS --cacert {ca} -u {BUILDER}"
+    script = f"""set -eu
+location() {{ tr -d '\\r' | sed -n 's/^[Ll]ocation: //p'; }}
+loc=$({curl} -D - -o /dev/null -X POST {base}/blobs/uploads/ | location)
+head -c {size} /dev/urandom | tee >(sha256sum | cut -d' ' -f1 > {llab.tmp}/big.sum) |
+  {curl} -D {llab.tmp}/big.headers -o /dev/null -X PATCH -T - "https://{LOCAL}$loc"
+sleep 1
+loc=$(location < {llab.tmp}/big.headers)
+{curl} -f -o /dev/null -X PUT "https://{LOCAL}$loc?digest=sha256:$(cat {llab.tmp}/big.sum)"
+{curl} -f {base}/blobs/sha256:$(cat {llab.tmp}/big.sum) | sha256sum | cut -d' ' -f1
+"""
+    before = _peak_rss_kib(pid)
+    out = llab.ns.run("bash", "-c", script, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    grown = _peak_rss_kib(pid) - before
+    assert out.stdout.strip() == (llab.tmp / "big.sum").read_text().strip()  # pulled back whole
+    artifacts = REPO / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "local-push-rss.json").write_text(json.dumps({"bytes": size,
+                                                               "grown_kib": grown}))  # fmt: skip
+    assert grown < 64 << 10, f"peak RSS grew {grown} KiB over a {size}-byte push"
