@@ -145,7 +145,7 @@ class LocalAccess:
         if not self._users.configured:
             return {}
         if self.token_realm:  # the realm as the client reached us (a port, if any)
-            value = f'Bearer realm="https://{host}/token",service="{_name(host)}"'
+            value = f'Bearer realm="https://{host}/token",service="{host_name(host)}"'
             value += f',scope="{scope}"' if scope else ""
         else:
             value = 'Basic realm="regcache local registry"'
@@ -168,7 +168,7 @@ class LocalAccess:
             access[repository] += [a for a in granted if a not in access[repository]]
         now = int(self._clock())
         ttl = int(self._config.auth.token_ttl.seconds)
-        claims = {"sub": who.name, "aud": _name(host), "exp": now + ttl, "access": access}
+        claims = {"sub": who.name, "aud": host_name(host), "exp": now + ttl, "access": access}
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         token = f"{payload}.{_b64(self._sign(payload))}"
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
@@ -184,7 +184,7 @@ class LocalAccess:
             claims = json.loads(_unb64(payload)) if good else None
         except (ValueError, binascii.Error):
             return None
-        if not isinstance(claims, dict) or claims.get("aud") != _name(host):
+        if not isinstance(claims, dict) or claims.get("aud") != host_name(host):
             return None
         if not isinstance(claims.get("exp"), int) or claims["exp"] < self._clock():
             return None
@@ -200,7 +200,7 @@ class LocalAccess:
         return [n for n in names if PULL in self._granted(who.name, n)]
 
 
-def _name(host: str) -> str:
+def host_name(host: str) -> str:
     """A Host header's name without its port (local names are DNS names, never IPv6)."""
     return host.partition(":")[0]
 

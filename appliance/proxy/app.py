@@ -126,7 +126,7 @@ class RegistryProxy:
         self._pings = PingCache(upstream)
         uploads = cache.uploads
         self._pushes = None if uploads is None else Pushes(uploads, self._bridge)
-        self._local = None if local is None else LocalSite(*local, self._bridge, caching)
+        self._local = None if local is None else LocalSite(*local, self._bridge, caching, audit)
 
     def application(self) -> web.Application:
         # Bodies are streamed (pushes pass through), never read whole: the default

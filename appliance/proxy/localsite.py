@@ -5,7 +5,9 @@ come (`Bridge.export`); stored content is sent from this loop like any stored an
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,7 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from appliance.cache.answers import Stored
-from appliance.local.auth import DELETE, PULL, PUSH, LocalAccess, Who
+from appliance.local.auth import DELETE, PULL, PUSH, LocalAccess, Who, host_name
 from appliance.local.ports import LocalError
 from appliance.local.registry import MAX_MANIFEST_BYTES, LocalRegistry, Reply
 from appliance.oci.digest import Digest, DigestError
@@ -59,11 +61,14 @@ class LocalSite:
         access: LocalAccess,
         bridge: Bridge,
         ready: Callable[[], bool] = lambda: True,
+        audit: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self._registry = registry
         self._access = access
         self._bridge = bridge
         self._ready = ready
+        self._audit = audit
+        """The pull audit log: a line per manifest or blob answered, as for the cache's."""
         """The store agrees with its index (start-up reconciliation is over)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -123,10 +128,12 @@ class LocalSite:
         registry, repository, method = self._registry, call.repository, request.method
         match call.kind, method:
             case "blob", "GET" | "HEAD":
-                return await self._stored(request, registry.blob(repository, _digest(call.ref)))
+                found = registry.blob(repository, _digest(call.ref))
+                return await self._stored(request, found, call, who)
             case "manifest", "GET" | "HEAD":
                 reference = _reference(call.ref)
-                return await self._stored(request, registry.manifest(repository, reference))
+                found = registry.manifest(repository, reference)
+                return await self._stored(request, found, call, who)
             case "manifest", "PUT":
                 body = await _read_manifest(request)
                 content_type = request.headers.get("Content-Type", "")
@@ -143,8 +150,8 @@ class LocalSite:
                 return _send(await self._run(registry.tags(repository, n, last)))
             case "referrers", _:
                 kind = request.query.get("artifactType")
-                found = registry.referrers(repository, _digest(call.ref), kind)
-                return _send(await self._run(found))
+                listed = registry.referrers(repository, _digest(call.ref), kind)
+                return _send(await self._run(listed))
         return await self._upload(request, call, who, host)
 
     async def _upload(
@@ -182,20 +189,29 @@ class LocalSite:
         return _send(await self._run(registry.cancel(repository, name)))
 
     async def _stored(
-        self, request: web.Request, found: Coroutine[Any, Any, Stored]
+        self, request: web.Request, found: Coroutine[Any, Any, Stored], call: _Call, who: Who
     ) -> web.StreamResponse:
+        started, sent = time.monotonic(), [0]
         stored = await self._run(found)
         try:
-            return await render(request, stored, _uncounted, self._bridge, manifest=False)
+            response = await render(request, stored, lambda n, _: sent.append(n), self._bridge,
+                                    manifest=False)  # fmt: skip
         except FileNotFoundError:  # removed (`cache rm --force`) since the lookup
             raise LocalError(404, "BLOB_UNKNOWN", f"{stored.digest} is gone") from None
+        if self._audit is not None:
+            self._audit({
+                "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                "client": request.remote, "registry": host_name(request.host),
+                "repository": call.repository, "reference": call.ref,
+                "digest": str(stored.digest), "kind": call.kind,
+                "method": request.method, "status": response.status, "bytes": sum(sent),
+                "outcome": "local", "user": who.name,
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            })  # fmt: skip
+        return response
 
     async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return await self._bridge.run(coro)
-
-
-def _uncounted(_sent: int, _from_store: bool) -> None:
-    pass
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -302,3 +302,17 @@ async def test_the_realm_is_named_at_the_port_the_client_reached(
         payload = (await r.json())["token"].split(".")[0]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
         assert claims["sub"] is None  # a token buys no other: the realm takes passwords only
+
+
+async def test_pulls_are_in_the_audit_log_with_who_and_what(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    async with stack(tmp_path, aiohttp_client, OPEN) as s:
+        digest, body = await push_image(s, "team/app", "v1")
+        assert s.audit == []  # pushes are not pulls
+        await (await ask(s, "/v2/team/app/manifests/v1")).read()
+        assert (await ask(s, "/v2/team/app/manifests/v9")).status == 404
+        (entry,) = s.audit
+        assert (entry["registry"], entry["repository"], entry["reference"], entry["digest"],
+                entry["kind"], entry["status"], entry["bytes"], entry["outcome"]) == (
+            LOCAL, "team/app", "v1", digest, "manifest", 200, len(body), "local")  # fmt: skip
