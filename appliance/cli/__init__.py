@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.cli import ca, doctor, mirror, serve, status
+from appliance.cli import bundle, ca, doctor, mirror, serve, status
 from appliance.cli import cache as store
 from appliance.config.model import (
     Config,
@@ -32,6 +32,8 @@ _COMMANDS: dict[str, Command] = {
     "audit": status.run_audit,
     "status": status.run_status,
     "doctor": lambda args, config, _path: doctor.run(args, config),
+    "export": bundle.run_export,
+    "import": bundle.run_import,
 }
 
 
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="regcache", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, ca, store, mirror, status, doctor):
+    for group in (serve, ca, store, mirror, bundle, status, doctor):
         group.add_parsers(sub, common)
     return parser
 

@@ -153,6 +153,15 @@ class MirrorState:
                 [(registry, repository, str(subject), str(d)) for d in digests],
             )
 
+    async def mirror_referrers_of(
+        self, registry: str, repository: str, subject: Digest
+    ) -> list[Digest]:
+        rows = await self._select(
+            "SELECT digest FROM mirror_referrers WHERE registry = ? AND repository = ?"
+            " AND subject = ? ORDER BY digest", (registry, repository, str(subject)),
+        )  # fmt: skip
+        return [Digest.parse(r[0]) for r in rows]
+
     async def mirror_moves_since(self, after: int) -> list[tuple[int, Move]]:
         """Moves written after history row `after` (every process's), oldest first."""
         rows = await self._select(

@@ -4,6 +4,7 @@ client's pull right after is served from regcache's store."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tarfile
@@ -79,18 +80,19 @@ def _unmount_leftovers(root: Path) -> None:
         subprocess.run(["umount", "--lazy", point], check=False)
 
 
-@pytest.fixture
-def containerd(clab: Lab) -> Iterator[Containerd]:
-    home = clab.tmp / "containerd"
+@contextlib.contextmanager
+def running_containerd(the_lab: Lab) -> Iterator[Containerd]:
+    """A private containerd in `the_lab`'s namespace, stopped and removed after."""
+    home = the_lab.tmp / "containerd"
     root, state = home / "root", home / "state"
     state.mkdir(parents=True)
     config = home / "config.toml"
     config.write_text(CONFIG.format(opt=home / "opt"))
     # A socket path may hold 107 bytes; pytest's tmp paths can be longer than that.
     sockets = Path(tempfile.mkdtemp(prefix="rcctr-"))
-    daemon = Containerd(clab, sockets / "containerd.sock")
+    daemon = Containerd(the_lab, sockets / "containerd.sock")
     log = home / "containerd.log"
-    proc = clab.ns.start(
+    proc = the_lab.ns.start(
         "containerd", "--config", str(config), "--root", str(root), "--state", str(state),
         "--address", str(daemon.address), log=log,
     )  # fmt: skip
@@ -102,10 +104,16 @@ def containerd(clab: Lab) -> Iterator[Containerd]:
             time.sleep(0.2)
         yield daemon
     finally:
-        clab.ns.stop(proc)
+        the_lab.ns.stop(proc)
         _unmount_leftovers(root)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.fixture
+def containerd(clab: Lab) -> Iterator[Containerd]:
+    with running_containerd(clab) as daemon:
+        yield daemon
 
 
 def _import(daemon: Containerd, img: Image, tag: str) -> None:

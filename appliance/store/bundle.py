@@ -1,0 +1,360 @@
+"""Bundles: images of the store as an OCI image layout (`layout.py`), and back.
+
+Export: the chosen images' manifests and everything they need (an index's selected
+platforms, each manifest's config, layers and `blobs`; signatures kept with them),
+each checked whole in the store, written in the order `oci-layout`,
+`regcache-bundle.json`, `index.json`, blobs. A delta leaves out the blobs an earlier
+bundle holds and lists them in `regcache-bundle.json`, with that bundle's id.
+
+Import: every blob is hashed while it is read into a temp file of the store; only when
+the whole bundle has been read, every digest matched and every manifest found complete
+(in the bundle or already in the store) are the files committed and indexed. A bad
+bundle leaves the store as it was: the temp files go.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from appliance.cache.ports import TempFile
+from appliance.oci.digest import Digest, DigestError
+from appliance.oci.manifest import (
+    fetchable_blobs,
+    platform_manifests,
+    references,
+    sniff_manifest_type,
+)
+from appliance.oci.mediatypes import INDEX_TYPES
+from appliance.store import layout
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
+from appliance.store.layout import BUNDLE_FILE, INDEX_FILE, LAYOUT_FILE, LayoutError, Progress
+
+NAME = "io.containerd.image.name"
+REF = "org.opencontainers.image.ref.name"
+SUBJECT = "io.regcache.subject"
+"""On a signature or attestation kept with an image: the digest it refers to."""
+MAX_MANIFEST = 4 << 20
+
+
+class BundleError(ValueError):
+    """What cannot be exported or imported, and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image in a bundle: its full name and tag, and the manifest the tag names."""
+
+    name: str
+    tag: str
+    digest: Digest
+    media_type: str
+    size: int
+    subject: Digest | None = None
+    """Set on a signature or attestation of the image `name` names."""
+
+
+@dataclass(slots=True)
+class Plan:
+    images: list[Image]
+    blobs: dict[Digest, int] = field(default_factory=dict)
+    """Every digest written (manifests too), in the order written, with its size."""
+    omitted: list[Digest] = field(default_factory=list)
+    """Needed, but in the base bundle."""
+    manifests: set[Digest] = field(default_factory=set)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.blobs.values())
+
+
+async def plan_export(
+    index: SqliteIndex,
+    files: FileBlobStore,
+    images: list[Image],
+    *,
+    platforms: tuple[str, ...] = (),
+    base: AbstractSet[Digest] = frozenset(),
+) -> Plan:
+    """What a bundle of `images` holds; BundleError naming the first digest that is not
+    whole in the store."""
+    plan, needed = Plan(images), dict[Digest, int]()
+    for image in images:
+        await _closure(index, files, image, image.digest, platforms, plan, needed)
+    for digest, size in needed.items():
+        if digest in base:
+            plan.omitted.append(digest)
+        else:
+            plan.blobs[digest] = size
+    return plan
+
+
+async def _closure(
+    index: SqliteIndex,
+    files: FileBlobStore,
+    image: Image,
+    digest: Digest,
+    platforms: tuple[str, ...],
+    plan: Plan,
+    needed: dict[Digest, int],
+) -> None:
+    if digest in needed:
+        return
+    size = await _whole(index, files, image, digest)
+    needed[digest] = size
+    plan.manifests.add(digest)
+    body = files.path_for(digest).read_bytes()  # ≤ 4 MiB: manifests are kept that small
+    kind = await index.manifest_type(digest) or sniff_manifest_type(body) or ""
+    if kind in INDEX_TYPES:
+        for child, platform in platform_manifests(body):
+            if not platforms or platform is None or platform in platforms:
+                await _closure(index, files, image, child, platforms, plan, needed)
+        return
+    for blob in fetchable_blobs(body):
+        if blob not in needed:
+            needed[blob] = await _whole(index, files, image, blob)
+
+
+async def _whole(index: SqliteIndex, files: FileBlobStore, image: Image, digest: Digest) -> int:
+    row = await index.blob(digest)
+    if row is None or files.size_of(digest) != row.size:
+        raise BundleError(f"{image.name}: {digest} is not whole in the store (pull it again)")
+    return row.size
+
+
+def index_json(plan: Plan) -> bytes:
+    manifests = []
+    for image in plan.images:
+        annotations = {NAME: image.name, REF: image.tag}
+        if image.subject is not None:
+            annotations = {SUBJECT: str(image.subject), "io.regcache.image": image.name}
+        manifests.append({"mediaType": image.media_type, "digest": str(image.digest),
+                          "size": image.size, "annotations": annotations})  # fmt: skip
+    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+           "manifests": manifests}  # fmt: skip
+    return json.dumps(doc, indent=1).encode()
+
+
+def bundle_json(plan: Plan, base_id: str | None, platforms: tuple[str, ...]) -> bytes:
+    doc = {
+        "version": 1, "id": str(uuid.uuid4()), "base": base_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platforms": list(platforms), "images": len(plan.images), "blobs": len(plan.blobs),
+        "bytes": plan.bytes, "omitted": [str(d) for d in plan.omitted],
+    }  # fmt: skip
+    return json.dumps(doc, indent=1).encode()
+
+
+def write(
+    plan: Plan,
+    files: FileBlobStore,
+    target: Path | BinaryIO,
+    *,
+    as_tar: bool,
+    base_id: str | None,
+    platforms: tuple[str, ...],
+    progress: Progress | None = None,
+) -> None:
+    """The bundle, streamed (blocking: run it in a thread)."""
+    with layout.Writer(target, as_tar=as_tar) as out:
+        out.file(LAYOUT_FILE, layout.LAYOUT)
+        out.file(BUNDLE_FILE, bundle_json(plan, base_id, platforms))
+        out.file(INDEX_FILE, index_json(plan))
+        for digest, size in plan.blobs.items():
+            out.blob(digest, size, files.path_for(digest), progress)
+
+
+def bundle_id(source: Path) -> str | None:
+    """The id in a bundle's `regcache-bundle.json` (None: not a regcache bundle)."""
+    for entry, data in layout.entries(source):
+        if entry.name == BUNDLE_FILE:
+            found = _json(entry, data).get("id")
+            return str(found) if found else None
+        if entry.digest is not None:
+            return None  # the JSON files come first
+    return None
+
+
+@dataclass(slots=True)
+class Staged:
+    """A bundle read and checked, its blobs in temp files of the store."""
+
+    layout: bool = False
+    bundle: dict[str, Any] = field(default_factory=dict)
+    index: dict[str, Any] | None = None
+    blobs: dict[Digest, tuple[TempFile, int]] = field(default_factory=dict)
+
+    def discard(self, files: FileBlobStore) -> None:
+        for temp, _ in self.blobs.values():
+            files.discard(temp)
+        self.blobs.clear()
+
+
+def stage(source: Path | BinaryIO, files: FileBlobStore, progress: Progress | None) -> Staged:
+    """Read a bundle whole, every blob verified into a temp file (blocking: run it in a
+    thread). LayoutError or BundleError, with nothing left behind, if anything is wrong."""
+    staged = Staged()
+    try:
+        for entry, data in layout.entries(source):
+            if entry.digest is not None:
+                if entry.digest not in staged.blobs:
+                    staged.blobs[entry.digest] = (_copy(entry, data, files, progress), entry.size)
+            elif entry.name == LAYOUT_FILE:
+                staged.layout = _json(entry, data).get("imageLayoutVersion") == "1.0.0"
+            elif entry.name == BUNDLE_FILE:
+                staged.bundle = _json(entry, data)
+                _check_base(staged.bundle, files)  # before the blobs: refused at once
+            else:
+                staged.index = _json(entry, data)
+        if not staged.layout or staged.index is None:
+            raise BundleError("not an OCI image layout: no oci-layout 1.0.0 or no index.json")
+        _check_base(staged.bundle, files)
+    except BaseException:
+        staged.discard(files)
+        raise
+    return staged
+
+
+def _copy(entry: layout.Entry, data: BinaryIO, files: FileBlobStore, progress: Progress | None
+          ) -> TempFile:  # fmt: skip
+    temp = files.create_temp()
+    try:
+        layout.copy_verified(entry, data, temp.write, progress)
+    except BaseException:
+        files.discard(temp)
+        raise
+    return temp
+
+
+def _json(entry: layout.Entry, data: BinaryIO) -> dict[str, Any]:
+    try:
+        doc = json.loads(layout.read_small(entry, data))
+    except ValueError as e:
+        raise LayoutError(f"{entry.name}: not JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise LayoutError(f"{entry.name}: not a JSON object")
+    return doc
+
+
+def _check_base(bundle: dict[str, Any], files: FileBlobStore) -> None:
+    try:
+        omitted = [Digest.parse(str(d)) for d in bundle.get("omitted") or ()]
+    except DigestError as e:
+        raise BundleError(f"{BUNDLE_FILE}: {e}") from e
+    missing = [d for d in omitted if files.size_of(d) is None]
+    if missing:
+        raise BundleError(
+            f"a delta bundle: it leaves out {len(omitted)} blobs its base {bundle.get('base')}"
+            f" holds, and {len(missing)} are not in this store (the first: {missing[0]});"
+            " import the base bundle first"
+        )
+
+
+def images_of(staged: Staged) -> list[Image]:
+    """The named images and kept signatures `index.json` lists."""
+    assert staged.index is not None
+    out = []
+    for n, descriptor in enumerate(staged.index.get("manifests") or ()):
+        try:
+            notes = dict(descriptor.get("annotations") or {})
+            digest = Digest.parse(str(descriptor["digest"]))
+            media_type, size = str(descriptor["mediaType"]), int(descriptor["size"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{INDEX_FILE}: manifests[{n}]: {e}") from e
+        subject = Digest.parse(notes[SUBJECT]) if SUBJECT in notes else None
+        name = str(notes.get(NAME) or notes.get("io.regcache.image") or "")
+        if not name:
+            raise BundleError(f"{INDEX_FILE}: manifests[{n}] ({digest}) has no {NAME}:"
+                              " regcache cannot tell which registry it belongs to")  # fmt: skip
+        out.append(Image(name, str(notes.get(REF, "")), digest, media_type, size, subject))
+    return out
+
+
+Found = dict[Digest, tuple[str, list[Digest], Image]]
+"""Each manifest a bundle's images need: its media type, references, and whose it is."""
+
+
+async def complete(staged: Staged, files: FileBlobStore, index: SqliteIndex) -> Found:
+    """Every manifest the bundle's images need, found in the bundle or the store, and
+    each of their blobs too."""
+    platforms = tuple(staged.bundle.get("platforms") or ())
+    found: Found = {}
+    for image in images_of(staged):
+        await _check(staged, files, index, image, image.digest, image.media_type, found,
+                     platforms)  # fmt: skip
+    return found
+
+
+async def _check(
+    staged: Staged,
+    files: FileBlobStore,
+    index: SqliteIndex,
+    image: Image,
+    digest: Digest,
+    media_type: str,
+    found: Found,
+    platforms: tuple[str, ...],
+) -> None:
+    if digest in found:
+        return
+    body = _body(staged, files, image, digest)
+    found[digest] = (media_type, references(body), image)
+    if media_type in INDEX_TYPES:
+        for child, platform in platform_manifests(body):
+            if platforms and platform is not None and platform not in platforms:
+                continue  # left out on export (`--platform`), as the bundle says
+            child_type = _child_type(body, child)
+            await _check(staged, files, index, image, child, child_type, found, platforms)
+        return
+    for blob in fetchable_blobs(body):
+        if blob not in staged.blobs and files.size_of(blob) is None:
+            raise BundleError(f"{image.name}: {blob} is neither in the bundle nor in this store")
+
+
+def _body(staged: Staged, files: FileBlobStore, image: Image, digest: Digest) -> bytes:
+    if digest in staged.blobs:
+        path = staged.blobs[digest][0].path
+    elif files.size_of(digest) is not None:
+        path = files.path_for(digest)
+    else:
+        raise BundleError(f"{image.name}: manifest {digest} is neither in the bundle nor here")
+    if path.stat().st_size > MAX_MANIFEST:
+        raise BundleError(f"{image.name}: {digest} is too big for a manifest")
+    return path.read_bytes()
+
+
+def _child_type(body: bytes, child: Digest) -> str:
+    doc = json.loads(body)
+    for descriptor in doc.get("manifests") or ():
+        if isinstance(descriptor, dict) and descriptor.get("digest") == str(child):
+            return str(descriptor.get("mediaType") or "application/vnd.oci.image.manifest.v1+json")
+    return "application/vnd.oci.image.manifest.v1+json"
+
+
+async def commit(
+    staged: Staged,
+    files: FileBlobStore,
+    index: SqliteIndex,
+    manifests: Found,
+    source: Callable[[Image], tuple[str, str]],
+) -> int:
+    """Files into place, then their rows (a manifest with what it references and the
+    (registry, repository) it came from); the bytes committed."""
+    done = 0
+    for digest, (temp, size) in list(staged.blobs.items()):
+        await files.commit(temp, digest)
+        del staged.blobs[digest]
+        done += size
+        if digest in manifests:
+            media_type, refs, image = manifests[digest]
+            await index.add_manifest(digest, size, media_type, refs, source(image))
+        else:
+            await index.add_blob(digest, size, None)
+    return done
