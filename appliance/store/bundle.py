@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from appliance.cache.ports import TempFile
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.manifest import (
     fetchable_blobs,
@@ -33,7 +32,7 @@ from appliance.oci.manifest import (
 )
 from appliance.oci.mediatypes import INDEX_TYPES
 from appliance.store import layout
-from appliance.store.files import FileBlobStore
+from appliance.store.files import FileBlobStore, TempBlob
 from appliance.store.index import SqliteIndex
 from appliance.store.layout import BUNDLE_FILE, INDEX_FILE, LAYOUT_FILE, LayoutError, Progress
 
@@ -110,7 +109,10 @@ async def _closure(
     size = await _whole(index, files, image, digest)
     needed[digest] = size
     plan.manifests.add(digest)
-    body = files.path_for(digest).read_bytes()  # ≤ 4 MiB: manifests are kept that small
+    try:
+        body = files.path_for(digest).read_bytes()  # ≤ 4 MiB: manifests are kept that small
+    except FileNotFoundError:
+        raise _evicted(digest) from None
     kind = await index.manifest_type(digest) or sniff_manifest_type(body) or ""
     if kind in INDEX_TYPES:
         for child, platform in platform_manifests(body):
@@ -127,6 +129,10 @@ async def _whole(index: SqliteIndex, files: FileBlobStore, image: Image, digest:
     if row is None or files.size_of(digest) != row.size:
         raise BundleError(f"{image.name}: {digest} is not whole in the store (pull it again)")
     return row.size
+
+
+def _evicted(digest: Digest) -> BundleError:
+    return BundleError(f"{digest} was evicted while exporting: pull it again, or export again")
 
 
 def index_json(plan: Plan) -> bytes:
@@ -168,14 +174,17 @@ def write(
         out.file(BUNDLE_FILE, bundle_json(plan, base_id, platforms))
         out.file(INDEX_FILE, index_json(plan))
         for digest, size in plan.blobs.items():
-            out.blob(digest, size, files.path_for(digest), progress)
+            try:
+                out.blob(digest, size, files.path_for(digest), progress)
+            except FileNotFoundError:
+                raise _evicted(digest) from None
 
 
 def bundle_id(source: Path) -> str | None:
     """The id in a bundle's `regcache-bundle.json` (None: not a regcache bundle)."""
     for entry, data in layout.entries(source):
         if entry.name == BUNDLE_FILE:
-            found = _json(entry, data).get("id")
+            found = read_json(entry, data).get("id")
             return str(found) if found else None
         if entry.digest is not None:
             return None  # the JSON files come first
@@ -189,7 +198,8 @@ class Staged:
     layout: bool = False
     bundle: dict[str, Any] = field(default_factory=dict)
     index: dict[str, Any] | None = None
-    blobs: dict[Digest, tuple[TempFile, int]] = field(default_factory=dict)
+    blobs: dict[Digest, tuple[TempBlob, int]] = field(default_factory=dict)
+    """Each verified, fsynced and closed (no descriptor held while thousands wait)."""
 
     def discard(self, files: FileBlobStore) -> None:
         for temp, _ in self.blobs.values():
@@ -207,12 +217,12 @@ def stage(source: Path | BinaryIO, files: FileBlobStore, progress: Progress | No
                 if entry.digest not in staged.blobs:
                     staged.blobs[entry.digest] = (_copy(entry, data, files, progress), entry.size)
             elif entry.name == LAYOUT_FILE:
-                staged.layout = _json(entry, data).get("imageLayoutVersion") == "1.0.0"
+                staged.layout = read_json(entry, data).get("imageLayoutVersion") == "1.0.0"
             elif entry.name == BUNDLE_FILE:
-                staged.bundle = _json(entry, data)
+                staged.bundle = read_json(entry, data)
                 _check_base(staged.bundle, files)  # before the blobs: refused at once
             else:
-                staged.index = _json(entry, data)
+                staged.index = read_json(entry, data)
         if not staged.layout or staged.index is None:
             raise BundleError("not an OCI image layout: no oci-layout 1.0.0 or no index.json")
         _check_base(staged.bundle, files)
@@ -223,20 +233,21 @@ def stage(source: Path | BinaryIO, files: FileBlobStore, progress: Progress | No
 
 
 def _copy(entry: layout.Entry, data: BinaryIO, files: FileBlobStore, progress: Progress | None
-          ) -> TempFile:  # fmt: skip
+          ) -> TempBlob:  # fmt: skip
     temp = files.create_temp()
     try:
         layout.copy_verified(entry, data, temp.write, progress)
+        temp.seal()
     except BaseException:
         files.discard(temp)
         raise
     return temp
 
 
-def _json(entry: layout.Entry, data: BinaryIO) -> dict[str, Any]:
+def read_json(entry: layout.Entry, data: BinaryIO) -> dict[str, Any]:
     try:
         doc = json.loads(layout.read_small(entry, data))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise LayoutError(f"{entry.name}: not JSON: {e}") from e
     if not isinstance(doc, dict):
         raise LayoutError(f"{entry.name}: not a JSON object")
@@ -261,14 +272,15 @@ def images_of(staged: Staged) -> list[Image]:
     """The named images and kept signatures `index.json` lists."""
     assert staged.index is not None
     out = []
-    for n, descriptor in enumerate(staged.index.get("manifests") or ()):
+    listed = staged.index.get("manifests")
+    for n, descriptor in enumerate(listed if isinstance(listed, list) else ()):
         try:
             notes = dict(descriptor.get("annotations") or {})
             digest = Digest.parse(str(descriptor["digest"]))
             media_type, size = str(descriptor["mediaType"]), int(descriptor["size"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{INDEX_FILE}: manifests[{n}]: {e}") from e
-        subject = Digest.parse(notes[SUBJECT]) if SUBJECT in notes else None
+            subject = Digest.parse(str(notes[SUBJECT])) if SUBJECT in notes else None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"{INDEX_FILE}: manifests[{n}]: {e!r}") from e
         name = str(notes.get(NAME) or notes.get("io.regcache.image") or "")
         if not name:
             raise BundleError(f"{INDEX_FILE}: manifests[{n}] ({digest}) has no {NAME}:"
@@ -279,63 +291,99 @@ def images_of(staged: Staged) -> list[Image]:
 
 Found = dict[Digest, tuple[str, list[Digest], Image]]
 """Each manifest a bundle's images need: its media type, references, and whose it is."""
+MAX_DEPTH = 4
+"""Indexes in indexes this deep at most (an attestation index in an image index)."""
 
 
-async def complete(staged: Staged, files: FileBlobStore, index: SqliteIndex) -> Found:
-    """Every manifest the bundle's images need, found in the bundle or the store, and
-    each of their blobs too."""
-    platforms = tuple(staged.bundle.get("platforms") or ())
-    found: Found = {}
+@dataclass(slots=True)
+class Checked:
+    """What an import needs: the manifests (`Found`), and every digest, blobs included."""
+
+    manifests: Found = field(default_factory=dict)
+    needed: set[Digest] = field(default_factory=set)
+
+
+def complete(staged: Staged, files: FileBlobStore) -> Checked:
+    """Every manifest the bundle's images name, each a manifest of the type and size
+    `index.json` says, and all they need: in the bundle, or — a delta's base — in this
+    store and listed in `omitted`. (A bundle may lean on the store only for what it says
+    it left out: else it could name content the store holds for someone else and open
+    it to every client under its own name.)"""
+    checked = Checked()
     for image in images_of(staged):
-        await _check(staged, files, index, image, image.digest, image.media_type, found,
-                     platforms)  # fmt: skip
-    return found
+        _check(staged, files, image, image.digest, (image.media_type, image.size), checked, 0)
+    return checked
 
 
-async def _check(
+def _check(
     staged: Staged,
     files: FileBlobStore,
-    index: SqliteIndex,
     image: Image,
     digest: Digest,
-    media_type: str,
-    found: Found,
-    platforms: tuple[str, ...],
+    said: tuple[str | None, int | None],
+    checked: Checked,
+    depth: int,
 ) -> None:
-    if digest in found:
+    if digest in checked.manifests:
         return
+    if depth > MAX_DEPTH:
+        raise BundleError(f"{image.name}: indexes nested deeper than {MAX_DEPTH}")
     body = _body(staged, files, image, digest)
-    found[digest] = (media_type, references(body), image)
-    if media_type in INDEX_TYPES:
+    try:
+        kind = sniff_manifest_type(body)
+        described = _descriptors(body) if kind in INDEX_TYPES else {}
+    except (ValueError, RecursionError):
+        kind = None
+    if kind is None or (said[0] is not None and said[0] != kind):
+        raise BundleError(f"{image.name}: {digest} is not a manifest of type {said[0]}"
+                          f" (its bytes say {kind or 'no manifest at all'})")  # fmt: skip
+    if said[1] is not None and said[1] != len(body):
+        raise BundleError(f"{image.name}: {digest} is {len(body)} bytes, not {said[1]}")
+    checked.manifests[digest] = (kind, references(body), image)
+    checked.needed.add(digest)
+    if kind in INDEX_TYPES:
+        platforms = tuple(staged.bundle.get("platforms") or ())
         for child, platform in platform_manifests(body):
             if platforms and platform is not None and platform not in platforms:
                 continue  # left out on export (`--platform`), as the bundle says
-            child_type = _child_type(body, child)
-            await _check(staged, files, index, image, child, child_type, found, platforms)
+            _check(staged, files, image, child, described.get(child, (None, None)), checked,
+                   depth + 1)  # fmt: skip
         return
     for blob in fetchable_blobs(body):
-        if blob not in staged.blobs and files.size_of(blob) is None:
-            raise BundleError(f"{image.name}: {blob} is neither in the bundle nor in this store")
+        _present(staged, files, image, blob)
+        checked.needed.add(blob)
+
+
+def _present(staged: Staged, files: FileBlobStore, image: Image, digest: Digest) -> None:
+    if digest in staged.blobs:
+        return
+    if str(digest) not in (staged.bundle.get("omitted") or ()):
+        raise BundleError(f"{image.name}: {digest} is not in the bundle (and the bundle"
+                          " does not say its base holds it)")  # fmt: skip
+    if files.size_of(digest) is None:
+        raise BundleError(f"{image.name}: {digest} is neither in the bundle nor in this store")
 
 
 def _body(staged: Staged, files: FileBlobStore, image: Image, digest: Digest) -> bytes:
-    if digest in staged.blobs:
-        path = staged.blobs[digest][0].path
-    elif files.size_of(digest) is not None:
-        path = files.path_for(digest)
-    else:
-        raise BundleError(f"{image.name}: manifest {digest} is neither in the bundle nor here")
+    _present(staged, files, image, digest)
+    path = staged.blobs[digest][0].path if digest in staged.blobs else files.path_for(digest)
     if path.stat().st_size > MAX_MANIFEST:
         raise BundleError(f"{image.name}: {digest} is too big for a manifest")
     return path.read_bytes()
 
 
-def _child_type(body: bytes, child: Digest) -> str:
-    doc = json.loads(body)
-    for descriptor in doc.get("manifests") or ():
-        if isinstance(descriptor, dict) and descriptor.get("digest") == str(child):
-            return str(descriptor.get("mediaType") or "application/vnd.oci.image.manifest.v1+json")
-    return "application/vnd.oci.image.manifest.v1+json"
+def _descriptors(body: bytes) -> dict[Digest, tuple[str | None, int | None]]:
+    """An index's children as it describes them: (media type, size)."""
+    out: dict[Digest, tuple[str | None, int | None]] = {}
+    listed = json.loads(body).get("manifests")
+    for d in listed if isinstance(listed, list) else ():
+        if isinstance(d, dict):
+            try:
+                size = int(d["size"]) if "size" in d else None
+                out[Digest.parse(str(d.get("digest")))] = (d.get("mediaType"), size)
+            except (DigestError, TypeError, ValueError):
+                continue  # `references` and `platform_manifests` pass over it as well
+    return out
 
 
 async def commit(
@@ -346,12 +394,12 @@ async def commit(
     source: Callable[[Image], tuple[str, str]],
 ) -> int:
     """Files into place, then their rows (a manifest with what it references and the
-    (registry, repository) it came from); the bytes committed."""
+    (registry, repository) it came from); the bytes new to the store."""
     done = 0
     for digest, (temp, size) in list(staged.blobs.items()):
+        done += size if files.size_of(digest) is None else 0
         await files.commit(temp, digest)
         del staged.blobs[digest]
-        done += size
         if digest in manifests:
             media_type, refs, image = manifests[digest]
             await index.add_manifest(digest, size, media_type, refs, source(image))

@@ -39,6 +39,12 @@ class TempBlob:
             view = view[n:]
         self.written += len(chunk)
 
+    def seal(self) -> None:
+        """fsync and close a file whose bytes are all written and checked: it waits for
+        its commit without holding a descriptor (an import stages thousands)."""
+        os.fsync(self.fd)
+        self.close()
+
     def close(self) -> None:
         """Close the file, once: the moment it is closed its number may be handed to
         another open (another fill's file, a client's socket), which a second close would
@@ -139,7 +145,8 @@ class FileBlobStore:
         final = self.path_for(digest)
         try:
             try:
-                os.fsync(temp.fd)
+                if not temp.closed:  # a sealed one was fsynced then
+                    os.fsync(temp.fd)
             finally:
                 temp.close()
             final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -23,18 +23,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from appliance.oci.digest import Digest, DigestError
 
 LAYOUT_FILE, INDEX_FILE, BUNDLE_FILE = "oci-layout", "index.json", "regcache-bundle.json"
 LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
 CHUNK = 1 << 20
-SMALL_MAX = 64 << 20
+SMALL_MAX = 16 << 20
 """The most a layout's JSON files may take (an index.json of many thousand images)."""
 
-Progress = Callable[[int], None]
-"""Told of each piece's length as bytes go by."""
+
+class Progress(Protocol):
+    """Told of each piece's length as bytes go by, and of each blob done."""
+
+    def __call__(self, n: int) -> None: ...
+    def blob(self) -> None: ...
 
 
 class LayoutError(ValueError):
@@ -95,6 +99,8 @@ class Writer:
             if os.fstat(f.fileno()).st_size != size:
                 raise LayoutError(f"{digest}: the store's file is not {size} bytes")
             self._add(blob_name(digest), size, f, progress)
+        if progress is not None:
+            progress.blob()
 
     def _add(self, name: str, size: int, data: BinaryIO, progress: Progress | None) -> None:
         counted = _Counted(data, progress) if progress else data
@@ -219,7 +225,10 @@ def copy_verified(
     assert entry.digest is not None
     hasher, left = hashlib.new(entry.digest.algorithm), entry.size
     while left > 0:
-        piece = data.read(min(CHUNK, left))
+        try:
+            piece = data.read(min(CHUNK, left))
+        except (OSError, tarfile.TarError) as e:  # a tar cut short, a read error
+            raise LayoutError(f"{entry.digest}: could not be read whole: {e}") from e
         if not piece:
             raise LayoutError(f"{entry.digest}: cut short, {left} of {entry.size} bytes missing")
         hasher.update(piece)
@@ -230,6 +239,8 @@ def copy_verified(
     if hasher.hexdigest() != entry.digest.hex:
         actual = Digest(entry.digest.algorithm, hasher.hexdigest())
         raise LayoutError(f"{entry.digest}: its bytes hash to {actual}")
+    if progress is not None:
+        progress.blob()
 
 
 def held_blobs(source: Path) -> set[Digest]:

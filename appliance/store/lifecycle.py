@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -207,6 +207,19 @@ class Lifecycle:
                 sql = "DELETE FROM pins WHERE registry = ? AND repository = ? AND reference = ?"
                 cursor = await db.execute(sql, key)
             return cursor.rowcount > 0
+
+    async def hold_digests(self, holder: str, digests: Iterable[Digest], *, held: bool) -> None:
+        """Pin digests for a while (an import between committing files and moving tags),
+        under `holder`'s name; `held=False` lets go of all of them."""
+        async with self._transaction() as db:
+            if held:
+                now = time.time()
+                await db.executemany(
+                    "INSERT OR IGNORE INTO pins VALUES (?, '', ?, ?)",
+                    [(holder, str(d), now) for d in digests],
+                )
+            else:
+                await db.execute("DELETE FROM pins WHERE registry = ?", (holder,))
 
     async def forget(self, registry: str, repository: str, tag: str | None, digest: str) -> None:
         """Drop a repository's claim on a manifest: its source row and tag mappings

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ async def cached(gateway: Gateway, seed: bytes = b"") -> Digest:
     digest = Digest.parse(await store.manifest([config, layer], repo="org/app"))
     size = store.files.size_of(digest) or 0
     await store.index.set_tag("ghcr.io", "org/app", "v1", "k",
-                              TagRow(digest, OCI_MANIFEST, size, 1.0))  # fmt: skip
+                              TagRow(digest, OCI_MANIFEST, size, time.time()))  # fmt: skip
     return digest
 
 
@@ -85,7 +86,7 @@ async def test_an_exported_image_is_served_from_the_other_gateways_mirror_pinned
     listed = await run(capsys, a, "export", "--list", str(bundle))
     assert "ghcr.io/org/app:v1" in listed.out and str(digest) in listed.out
     dry = await run(capsys, b, "import", str(bundle), "--dry-run")
-    assert dry.code == 0 and "would store 3 blobs" in dry.out
+    assert dry.code == 0 and "would store 3 new blobs" in dry.out
     assert await b.store.index.mirrored_tags() == []  # a dry run changes nothing
     ran = await run(capsys, b, "import", str(bundle))
     assert ran.code == 0, ran
@@ -129,3 +130,20 @@ async def test_mistakes_are_told_plainly(
     ran = await run(capsys, b, "import", str(tmp_path / "junk"))
     assert ran.code == 2 and "not an OCI image layout" in ran.err
     assert "the store is unchanged" in ran.err
+
+
+async def test_since_alone_takes_every_tag_and_import_runs_only_as_the_stores_owner(
+    gateways: tuple[Gateway, Gateway],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = gateways
+    await cached(a)
+    ran = await run(capsys, a, "export", "--since", "1d", "--out", str(tmp_path / "s.tar"))
+    assert ran.code == 0 and "1 images" in ran.err, ran
+    owner = b.store.root.stat().st_uid
+    monkeypatch.setattr("appliance.cli.bundle.os.geteuid", lambda: owner + 1)
+    ran = await run(capsys, b, "import", str(tmp_path / "s.tar"))
+    assert ran.code == 2 and f"(uid {owner})" in ran.err
+    assert await b.store.index.mirrored_tags() == []

@@ -49,8 +49,8 @@ async def exported(store: Store, images: list[Image], out: Path, **kwargs: objec
 async def imported(target: Store, source: Path) -> int:
     staged = bundle.stage(source, target.files, None)
     try:
-        found = await bundle.complete(staged, target.files, target.index)
-        return await bundle.commit(staged, target.files, target.index, found,
+        found = bundle.complete(staged, target.files)
+        return await bundle.commit(staged, target.files, target.index, found.manifests,
                                    lambda i: ("ghcr.io", "org/a"))  # fmt: skip
     finally:
         staged.discard(target.files)
@@ -121,8 +121,8 @@ async def test_a_manifest_whose_blobs_are_nowhere_is_refused_before_anything_is_
             blob.unlink()  # only the manifest is left
     staged = bundle.stage(out, other.files, None)
     try:
-        with pytest.raises(BundleError, match="neither in the bundle nor in this store"):
-            await bundle.complete(staged, other.files, other.index)
+        with pytest.raises(BundleError, match="not in the bundle"):
+            bundle.complete(staged, other.files)
     finally:
         staged.discard(other.files)
     assert other.on_disk() == set()
@@ -146,3 +146,66 @@ async def test_only_the_chosen_platforms_of_an_index_are_written_the_index_whole
     top = Image("ghcr.io/org/a:multi", "multi", digest, OCI_INDEX, len(body))
     plan = await bundle.plan_export(store.index, store.files, [top], platforms=("linux/arm64",))
     assert digest in plan.blobs and arm.digest in plan.blobs and amd.digest not in plan.blobs
+
+
+async def lying(store: Store, other: Store, tmp_path: Path, **change: object) -> BundleError:
+    """The export of one image with its index.json entry changed; complete's refusal."""
+    first = await image(store, b"1")
+    out = tmp_path / "lie"
+    await exported(store, [first], out)
+    doc = json.loads((out / "index.json").read_text())
+    doc["manifests"][0].update(change)
+    (out / "index.json").write_text(json.dumps(doc))
+    staged = bundle.stage(out, other.files, None)
+    try:
+        with pytest.raises(BundleError) as caught:
+            bundle.complete(staged, other.files)
+    finally:
+        staged.discard(other.files)
+    return caught.value
+
+
+async def test_a_manifest_listed_as_another_type_or_size_is_refused(
+    store: Store, other: Store, tmp_path: Path
+) -> None:
+    e = await lying(store, other, tmp_path / "a", mediaType=OCI_INDEX)
+    assert f"not a manifest of type {OCI_INDEX}" in str(e)
+    e = await lying(store, other, tmp_path / "b", size=999_999)
+    assert "not 999999" in str(e)
+
+
+async def test_a_blob_listed_as_a_manifest_is_refused(
+    store: Store, other: Store, tmp_path: Path
+) -> None:
+    layer = Digest.parse(await store.blob(b"\x00 not json"))
+    e = await lying(store, other, tmp_path, digest=str(layer), size=13)
+    assert "not in the bundle" in str(e) or "no manifest at all" in str(e)
+
+
+async def test_a_full_bundle_may_not_lean_on_the_stores_content(
+    store: Store, other: Store, tmp_path: Path
+) -> None:
+    """A layer the importing store holds for someone else, named by a bundle that does
+    not carry it: refused, else importing it would open that layer to every client."""
+    first = await image(store, b"1")
+    out = tmp_path / "dir"
+    await exported(store, [first], out)
+    await imported(other, out)  # the other store holds the layer now
+    for blob in (out / "blobs" / "sha256").iterdir():
+        if blob.name != first.digest.hex:
+            blob.unlink()
+    staged = bundle.stage(out, other.files, None)
+    try:
+        with pytest.raises(BundleError, match="does not say its base holds it"):
+            bundle.complete(staged, other.files)
+    finally:
+        staged.discard(other.files)
+
+
+async def test_staged_blobs_hold_no_open_file(store: Store, other: Store, tmp_path: Path) -> None:
+    await exported(store, [await image(store, b"1")], tmp_path / "b.tar")
+    staged = bundle.stage(tmp_path / "b.tar", other.files, None)
+    try:
+        assert staged.blobs and all(temp.closed for temp, _ in staged.blobs.values())
+    finally:
+        staged.discard(other.files)

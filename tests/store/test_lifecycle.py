@@ -62,3 +62,12 @@ async def test_a_cached_blob_pushed_to_the_local_registry_after_the_plan_is_not_
     await store.index.add_local_blob("team/app", Digest.parse(layer), 100)
     assert await store.index.delete(order, referenced=True) == []
     assert layer in await store.index.pinned_digests()
+
+
+async def test_digests_held_by_an_import_are_pinned_until_it_lets_go(store: Store) -> None:
+    layer = await store.blob(b"held" * 100, when=1)
+    await store.index.hold_digests("regcache-import-1", [Digest.parse(layer)], held=True)
+    assert layer in await store.index.pinned_digests()
+    assert plan(await store.index.snapshot(), 1, set()) == []
+    await store.index.hold_digests("regcache-import-1", (), held=False)
+    assert layer not in await store.index.pinned_digests()
