@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import secrets
 import shutil
@@ -51,14 +50,19 @@ def blob_name(digest: Digest) -> str:
 
 class Writer:
     """A layout written to a directory, a tar file, or a tar stream (`target` a binary
-    file object). Use as a context manager: an exception leaves no partial output behind
-    (a stream excepted: what was sent is sent)."""
+    file object with a descriptor). Use as a context manager: an exception leaves no
+    partial output behind (a stream excepted: what was sent is sent).
+
+    A tar is written as tarfile would write it (headers from `TarInfo.tobuf`, PAX), but
+    each blob's bytes go from the store's file to the output with `sendfile`: never
+    through Python's buffers."""
 
     def __init__(self, target: Path | BinaryIO, *, as_tar: bool) -> None:
         self._dir: Path | None = None
         self._final: Path | None = None
         self._file: BinaryIO | None = None
-        self._tar: tarfile.TarFile | None = None
+        self._fd: int | None = None
+        self._written = 0
         if not as_tar:
             assert isinstance(target, Path)
             if target.exists() and any(target.iterdir()):
@@ -70,14 +74,10 @@ class Writer:
             self._final = target
             temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
             self._file = temp.open("xb")
-            stream: BinaryIO = self._file
+            self._fd = self._file.fileno()
         else:
-            stream = target
-        # Closed in `_close`/`_abort`: it lives as long as the writer.
-        self._tar = tarfile.open(  # noqa: SIM115
-            fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK
-        )
-        setattr(self._tar, "copybufsize", CHUNK)  # noqa: B010 - 1 MiB pieces; not in typeshed
+            target.flush()
+            self._fd = target.fileno()
 
     def __enter__(self) -> Writer:
         return self
@@ -91,43 +91,61 @@ class Writer:
             self._abort()
 
     def file(self, name: str, data: bytes) -> None:
-        self._add(name, len(data), io.BytesIO(data), None)
+        if self._fd is not None:
+            self._header(name, len(data))
+            self._write(self._fd, data)
+            self._pad(len(data))
+            return
+        assert self._dir is not None
+        (self._dir / name).write_bytes(data)
 
     def blob(self, digest: Digest, size: int, source: Path, progress: Progress | None) -> None:
         """The store's file for `digest`, copied as it is (its size checked)."""
         with source.open("rb", buffering=0) as f:
             if os.fstat(f.fileno()).st_size != size:
                 raise LayoutError(f"{digest}: the store's file is not {size} bytes")
-            self._add(blob_name(digest), size, f, progress)
+            name = blob_name(digest)
+            if self._fd is not None:
+                self._header(name, size)
+                _send(f.fileno(), self._fd, size, digest, progress)
+                self._written += size
+                self._pad(size)
+            else:
+                assert self._dir is not None
+                path = self._dir / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("xb") as out:
+                    _send(f.fileno(), out.fileno(), size, digest, progress)
         if progress is not None:
             progress.blob()
 
-    def _add(self, name: str, size: int, data: BinaryIO, progress: Progress | None) -> None:
-        counted = _Counted(data, progress) if progress else data
-        if self._tar is not None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = size, 0o644, 0
-            self._tar.addfile(info, counted)
-            return
-        assert self._dir is not None
-        path = self._dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("xb") as out:
-            shutil.copyfileobj(counted, out, CHUNK)
+    def _header(self, name: str, size: int) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        assert self._fd is not None
+        self._write(self._fd, info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def _pad(self, size: int) -> None:
+        assert self._fd is not None
+        self._write(self._fd, b"\0" * (-size % tarfile.BLOCKSIZE))
+
+    def _write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        self._written += len(data)
 
     def _close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()  # the end-of-archive blocks
+        if self._fd is not None:  # the end of the archive: two zero blocks, a whole record
+            end = 2 * tarfile.BLOCKSIZE
+            end += -(self._written + end) % tarfile.RECORDSIZE
+            self._write(self._fd, b"\0" * end)
         if self._file is not None and self._final is not None:
-            self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self._file.name, self._final)
 
     def _abort(self) -> None:
-        if self._tar is not None:
-            with contextlib.suppress(Exception):  # the error that matters is raised already
-                self._tar.close()
         if self._file is not None:
             self._file.close()
             Path(self._file.name).unlink(missing_ok=True)
@@ -135,20 +153,16 @@ class Writer:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class _Counted(io.RawIOBase):
-    """A file read through, each piece counted."""
-
-    def __init__(self, inner: BinaryIO, progress: Progress) -> None:
-        self._inner = inner
-        self._progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        self._progress(len(data))
-        return data
+def _send(source: int, out: int, size: int, digest: Digest, progress: Progress | None) -> None:
+    """`size` bytes of `source` to `out`, kernel to kernel, 8 MiB a call."""
+    offset = 0
+    while offset < size:
+        n = os.sendfile(out, source, offset, min(size - offset, 8 * CHUNK))
+        if n == 0:
+            raise LayoutError(f"{digest}: the store's file ended at {offset} of {size} bytes")
+        offset += n
+        if progress is not None:
+            progress(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +182,11 @@ def entries(source: Path | BinaryIO) -> Iterator[tuple[Entry, BinaryIO]]:
         return
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
-        try:
-            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK))
+        try:  # a file is read in place ("r:"); a pipe through tarfile's stream buffer
+            if isinstance(source, Path):
+                tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r:", bufsize=CHUNK))
+            else:
+                tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK))
             for member in tar:
                 entry = _entry(member.name, member.size) if member.isreg() else None
                 data = tar.extractfile(member) if entry is not None else None

@@ -4,6 +4,7 @@ a blob's bytes checked against its name, members that are not layout files passe
 from __future__ import annotations
 
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -84,3 +85,13 @@ async def test_members_that_are_not_layout_files_are_passed_over(tmp_path: Path)
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
         tar.addfile(link)
     assert [e.name for e, _ in layout.entries(out)] == ["oci-layout", "index.json"]
+
+
+def test_gnu_tar_reads_the_tar_written_with_sendfile(tmp_path: Path) -> None:
+    blobs = {Digest.of(b"x" * 1000): b"x" * 1000, Digest.of(b"y" * 513): b"y" * 513}
+    write_bundle(tmp_path / "b.tar", blobs, as_tar=True)
+    out = subprocess.run(["tar", "-tvf", str(tmp_path / "b.tar")], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    names = [line.split()[-1] for line in out.stdout.splitlines()]
+    assert names == ["oci-layout", "index.json", *(layout.blob_name(d) for d in blobs)]
+    assert (tmp_path / "b.tar").stat().st_size % tarfile.RECORDSIZE == 0
