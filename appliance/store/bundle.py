@@ -1,15 +1,13 @@
 """Bundles: images of the store as an OCI image layout (`layout.py`), and back.
 
-Export: the chosen images' manifests and everything they need (an index's selected
-platforms, each manifest's config, layers and `blobs`; signatures kept with them),
-each checked whole in the store, written in the order `oci-layout`,
-`regcache-bundle.json`, `index.json`, blobs. A delta leaves out the blobs an earlier
-bundle holds and lists them in `regcache-bundle.json`, with that bundle's id.
+Export: the chosen images' manifests and all they need (an index's selected platforms,
+each manifest's config, layers and `blobs`; kept signatures), each checked whole in the
+store, written as `oci-layout`, `regcache-bundle.json`, `index.json`, blobs. A delta
+leaves out what an earlier bundle holds and lists it, with that bundle's id.
 
-Import: every blob is hashed while it is read into a temp file of the store; only when
-the whole bundle has been read, every digest matched and every manifest found complete
-(in the bundle or already in the store) are the files committed and indexed. A bad
-bundle leaves the store as it was: the temp files go.
+Import: every blob is hashed while read into a temp file of the store; only when the
+whole bundle is read, every digest matched and every manifest found complete are the
+files committed and indexed. A bad bundle leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -23,13 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from appliance.oci import manifest as oci
 from appliance.oci.digest import Digest, DigestError
-from appliance.oci.manifest import (
-    fetchable_blobs,
-    platform_manifests,
-    references,
-    sniff_manifest_type,
-)
 from appliance.oci.mediatypes import INDEX_TYPES
 from appliance.store import layout
 from appliance.store.files import FileBlobStore, TempBlob
@@ -67,7 +60,6 @@ class Plan:
     """Every digest written (manifests too), in the order written, with its size."""
     omitted: list[Digest] = field(default_factory=list)
     """Needed, but in the base bundle."""
-    manifests: set[Digest] = field(default_factory=set)
 
     @property
     def bytes(self) -> int:
@@ -108,18 +100,17 @@ async def _closure(
         return
     size = await _whole(index, files, image, digest)
     needed[digest] = size
-    plan.manifests.add(digest)
     try:
         body = files.path_for(digest).read_bytes()  # ≤ 4 MiB: manifests are kept that small
     except FileNotFoundError:
         raise _evicted(digest) from None
-    kind = await index.manifest_type(digest) or sniff_manifest_type(body) or ""
+    kind = await index.manifest_type(digest) or oci.sniff_manifest_type(body) or ""
     if kind in INDEX_TYPES:
-        for child, platform in platform_manifests(body):
+        for child, platform in oci.platform_manifests(body):
             if not platforms or platform is None or platform in platforms:
                 await _closure(index, files, image, child, platforms, plan, needed)
         return
-    for blob in fetchable_blobs(body):
+    for blob in oci.fetchable_blobs(body):
         if blob not in needed:
             needed[blob] = await _whole(index, files, image, blob)
 
@@ -330,7 +321,7 @@ def _check(
         raise BundleError(f"{image.name}: indexes nested deeper than {MAX_DEPTH}")
     body = _body(staged, files, image, digest)
     try:
-        kind = sniff_manifest_type(body)
+        kind = oci.sniff_manifest_type(body)
         described = _descriptors(body) if kind in INDEX_TYPES else {}
     except (ValueError, RecursionError):
         kind = None
@@ -339,17 +330,17 @@ def _check(
                           f" (its bytes say {kind or 'no manifest at all'})")  # fmt: skip
     if said[1] is not None and said[1] != len(body):
         raise BundleError(f"{image.name}: {digest} is {len(body)} bytes, not {said[1]}")
-    checked.manifests[digest] = (kind, references(body), image)
+    checked.manifests[digest] = (kind, oci.references(body), image)
     checked.needed.add(digest)
     if kind in INDEX_TYPES:
         platforms = tuple(staged.bundle.get("platforms") or ())
-        for child, platform in platform_manifests(body):
+        for child, platform in oci.platform_manifests(body):
             if platforms and platform is not None and platform not in platforms:
                 continue  # left out on export (`--platform`), as the bundle says
             _check(staged, files, image, child, described.get(child, (None, None)), checked,
                    depth + 1)  # fmt: skip
         return
-    for blob in fetchable_blobs(body):
+    for blob in oci.fetchable_blobs(body):
         _present(staged, files, image, blob)
         checked.needed.add(blob)
 
