@@ -6,6 +6,7 @@ podman take the bundles; memory stays flat on a multi-GiB bundle."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,17 +55,24 @@ def cli(the_lab: Lab, *args: str, stdin: Any = None) -> subprocess.CompletedProc
 
 
 def measured(the_lab: Lab, *args: str) -> tuple[float, int, str]:
-    """(seconds, peak RSS in KiB, stderr) of one `regcache` command."""
+    """(seconds, peak RSS in KiB, stderr) of one `regcache` command. The peak is its
+    VmHWM, read while it runs (rusage's maxrss would count the RSS of this pytest
+    process, which the child is forked from, before its exec)."""
     assert the_lab.config_path is not None
     started = time.monotonic()
-    proc = subprocess.Popen([REGCACHE, *args, "--config", str(the_lab.config_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, err
-    return time.monotonic() - started, usage.ru_maxrss, err
+    err = the_lab.tmp / "measured.err"
+    with err.open("wb") as out:
+        proc = subprocess.Popen([REGCACHE, *args, "--config", str(the_lab.config_path)],
+                                stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
+        peak = 0
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+            time.sleep(0.02)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, err.read_text()
+    return seconds, peak, err.read_text()
 
 
 def big_layout(folder: Path, tag: str) -> str:
