@@ -66,7 +66,7 @@ def measured(the_lab: Lab, *args: str) -> tuple[float, int, str]:
                                 stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
         peak = 0
         while proc.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, IndexError):  # exiting: no VmHWM
                 status = Path(f"/proc/{proc.pid}/status").read_text()
                 peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
             time.sleep(0.02)
