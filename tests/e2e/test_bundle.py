@@ -144,8 +144,11 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Made]:
             done = cli(a, "export", *args)
             assert done.returncode == 0, done.stderr
         _big(a, result)
-    yield result
-    shutil.rmtree(result.folder, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # A's store and upstream: GiBs of disk back
+    try:
+        yield result
+    finally:
+        shutil.rmtree(result.folder, ignore_errors=True)
 
 
 def _big(a: Lab, result: Made) -> None:
@@ -180,7 +183,10 @@ def _offline(config: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def gateway_b(made: Made, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A fresh gateway with no upstream at all: offline, every registry stopped."""
-    with lab(tmp_path_factory.mktemp("bundle-b"), _offline) as b:
+    tmp = tmp_path_factory.mktemp("bundle-b")
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)  # after the lab stops
+        b = cleanup.enter_context(lab(tmp, _offline))
         b.stop_upstream()
         yield b
 
