@@ -58,13 +58,12 @@ class LocalRegistry:
         """What `cache ls` calls the local registry (its first host name)."""
         self._space = space or Unbounded()
         self.usage = LocalUsage(0, 0, 0, 0, 0)
-        """What it holds, as of its last change (`refresh`): metrics and status read it."""
+        """What it holds, as of the last `refresh`: metrics and status read it."""
         self.changes = 0
-        """Changes so far: the journal is saved when it grew."""
+        """Changes so far: the background job refreshes `usage` and saves the journal
+        when it grew (not each push: the figures are a scan of the local rows)."""
 
     async def refresh(self) -> LocalUsage:
-        """After a change: the figures read anew, and the change counted (`changes`)."""
-        self.changes += 1
         self.usage = await self._index.local_usage()
         return self.usage
 
@@ -101,7 +100,7 @@ class LocalRegistry:
             size = await self._index.local_blob(mount[1], mount[0])
             if size is not None and self._files.size_of(mount[0]) == size:
                 await self._index.add_local_blob(repository, mount[0], size)
-                await self.refresh()
+                self.changes += 1
                 return _blob_created(repository, mount[0])
         session = self.uploads.start(repository)
         try:
@@ -152,7 +151,7 @@ class LocalRegistry:
         size = await self.uploads.commit(session, digest)
         await self._index.add_local_blob(session.repository, digest, size)
         self._space.nudge(added=size)
-        await self.refresh()
+        self.changes += 1
         log.info("local blob-pushed %s", fields(repository=session.repository, digest=digest,
                                                 bytes=size))  # fmt: skip
         return _blob_created(session.repository, digest)
@@ -185,7 +184,7 @@ class LocalRegistry:
         tag = None if isinstance(reference, Digest) else reference
         await self._index.put_local_manifest(repository, manifest, _children(doc), tag, self.name)
         self._space.nudge(added=len(body))
-        await self.refresh()
+        self.changes += 1
         log.info("local manifest-pushed %s", fields(repository=repository, digest=digest,
                                                     tag=tag, path=path.name))  # fmt: skip
         headers = {"Location": f"/v2/{repository}/manifests/{digest}",
@@ -219,20 +218,20 @@ class LocalRegistry:
             if not await self._index.delete_local_tag(repository, reference):
                 raise manifest_unknown(repository, reference)
             log.info("local tag-deleted %s", fields(repository=repository, tag=reference))
-            await self.refresh()
+            self.changes += 1
             return Reply(202)
         tags = await self._index.delete_local_manifest(repository, reference, self.name)
         if tags is None:
             raise manifest_unknown(repository, reference)
         log.info("local manifest-deleted %s", fields(repository=repository, digest=reference,
                                                      tags=",".join(tags)))  # fmt: skip
-        await self.refresh()
+        self.changes += 1
         return Reply(202)
 
     async def delete_blob(self, repository: str, digest: Digest) -> Reply:
         if not await self._index.delete_local_blob(repository, digest):
             raise LocalError(404, "BLOB_UNKNOWN", f"{digest} is not in {repository}")
-        await self.refresh()
+        self.changes += 1
         return Reply(202)
 
     # Content discovery.

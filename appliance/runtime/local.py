@@ -35,16 +35,23 @@ class Local:
     """Saves the local registry's rows outside the index (`mirrorjournal.save_local`)."""
 
     def job(self) -> Callable[[], Coroutine[Any, Any, None]]:
-        """The background job: the journal saved within a second of a change, abandoned
-        uploads removed as they come of age, open ones closed at shutdown."""
+        """The background job: within a second of a change, the figures read anew and
+        the journal saved; abandoned uploads removed as they come of age, open ones
+        closed at shutdown."""
         registry, uploads = self.registry, self.registry.uploads
         every = min(_PURGE_EVERY_S, max(1.0, uploads.purge_after_s / 4))
 
         async def run() -> None:
-            saved, purged = -1, time.monotonic()
+            counted, saved, purged = -1, -1, time.monotonic()
             try:
-                await registry.refresh()
                 while True:
+                    if registry.changes != counted:
+                        seen = registry.changes
+                        try:
+                            await registry.refresh()
+                            counted = seen
+                        except Exception as e:  # noqa: BLE001 - figures only: next tick
+                            log.warning("local figures-not-read %s", fields(error=e))
                     if self.journal is not None and registry.changes != saved:
                         seen = registry.changes
                         try:
