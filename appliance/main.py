@@ -27,9 +27,7 @@ from appliance.cache.service import RegistryCache
 from appliance.config.model import Config, StartupError
 from appliance.config.registries import Registries
 from appliance.dns.client import UpstreamResolver
-from appliance.dns.ratelimit import RateLimiter
-from appliance.dns.responder import Interception, Responder
-from appliance.dns.server import DnsServer, ServerLimits
+from appliance.dns.server import DnsServer
 from appliance.kit.tasks import Job, supervise
 from appliance.mirror.budget import Budgets
 from appliance.mirror.scheduler import Mirror
@@ -38,11 +36,13 @@ from appliance.proxy.app import create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.proxy.outage import TokensGiven
 from appliance.runtime.ca_policy import ensure_ca
+from appliance.runtime.interception import dns_server
 from appliance.runtime.local import build_local
 from appliance.runtime.mirroring import build_mirror, feeding, mirror_section, mirror_view
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
+from appliance.runtime.sharing import degraded, open_tier
 from appliance.runtime.signals import on_reload, on_stop
 from appliance.runtime.sites import site_resolver
 from appliance.runtime.startup import StoreStartup
@@ -51,6 +51,7 @@ from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import open_index
+from appliance.store.tier import BlobTier
 from appliance.tls.admission import Admission
 from appliance.tls.ca import CaError, CertificateAuthority, fingerprint, to_pem
 from appliance.tls.leaves import LeafStore
@@ -90,6 +91,8 @@ class Acquired:
     mirror_upstream: UpstreamClient
     """The managed mirror's own client: every configured credential, none lent."""
     audit: AuditLog | None
+    tier: BlobTier | None
+    """The blob tier shared with other gateways (`store.s3`), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,7 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
     audit = _audit_log(parts.config)
     if audit is not None:
         stack.callback(audit.close)
-    return Acquired(index, upstream, mirror_upstream, audit)
+    return Acquired(index, upstream, mirror_upstream, audit, await open_tier(stack, parts.config))
 
 
 async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Service) -> None:
@@ -257,7 +260,8 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
             NamedCheck("https loops", loops.stalled),
         ]
     )
-    dns = dns_server(parts, lambda: startup.ready and health.healthy)
+    dns = dns_server(parts.config, parts.registries, parts.resolver, parts.metrics,
+                     lambda: startup.ready and health.healthy)  # fmt: skip
 
     async def ready() -> list[str]:
         problems = [] if dns.listening else ["dns listener: not listening"]
@@ -276,6 +280,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
         ca_fingerprint=lambda: fingerprint(ca.cert),
         mirror=lambda: mirror_section(mirror, parts.budgets),
+        degraded=lambda: degraded(acquired.tier),
     )
     evictor.busy = lambda: cache.filling() | mirror.holding()
     background: dict[str, Job] = {
@@ -315,40 +320,10 @@ def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
         space=evictor,
         on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
         mirror=parts.mirror_view,
+        shared=acquired.tier,
     )
     metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
     return cache, evictor
-
-
-def dns_server(parts: Parts, healthy: Callable[[], bool]) -> DnsServer:
-    """The responder over the intercepted names; fails open for the registries that do
-    while `healthy()` says no (the proxy is unhealthy, or the store still reconciling)."""
-    config, metrics, registries = parts.config, parts.metrics, parts.registries
-    interception = Interception(
-        registries.intercepted,
-        config.appliance.ipv4,
-        config.appliance.ipv6,
-        config.dns.ttl_s,
-        fail_open=registries.fail_open,
-        healthy=healthy,
-        real_addresses={str(host): addresses for host, addresses in config.resolve.items()},
-    )
-    responder = Responder(
-        interception,
-        parts.resolver,
-        config.dns.allow_clients,
-        config.dns.max_inflight_forwards,
-        count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
-    )
-    return DnsServer(
-        responder,
-        RateLimiter(config.dns.rate_limit_qps, config.dns.rate_limit_burst),
-        ServerLimits(
-            max_pending_udp=4 * config.dns.max_inflight_forwards,
-            max_connections=config.dns.tcp_max_connections,
-            idle_timeout_s=config.dns.tcp_idle_timeout_s,
-        ),
-    )
 
 
 def _admin_token(config: Config) -> str | None:

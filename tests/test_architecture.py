@@ -8,7 +8,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 ADAPTERS = {"store", "upstream", "tls", "dns", "proxy"}
 CORE = {"oci", "cache", "kit", "mirror", "local"}
-THIRD_PARTY_IO = {"aiohttp", "dnslib", "aiosqlite", "cryptography", "ssl"}
+THIRD_PARTY_IO = {
+    "aiohttp",
+    "dnslib",
+    "aiosqlite",
+    "cryptography",
+    "ssl",
+    "aiobotocore",
+    "botocore",
+}
 
 
 def imports(path: Path) -> set[str]:
@@ -132,3 +140,14 @@ def test_the_cache_knows_the_mirror_only_through_its_port() -> None:
         if name == "mirror"
     ]
     assert found == []
+
+
+def test_one_module_speaks_s3() -> None:
+    """The S3 SDK stays behind one store adapter (issue #19): swapping it touches one file."""
+    found = {
+        str(path.relative_to(PACKAGE))
+        for _, path in modules()
+        for name in imports(path)
+        if name.split(".")[0] in ("aiobotocore", "botocore", "types_aiobotocore_s3")
+    }
+    assert found == {"store/s3.py"}

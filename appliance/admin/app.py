@@ -26,9 +26,11 @@ def create_admin_app(
     ca_pem: Callable[[], bytes] = lambda: b"",
     ca_fingerprint: Callable[[], str] = lambda: "",
     mirror: Callable[[], str] = lambda: "",
+    degraded: Callable[[], Awaitable[Sequence[str]]] | None = None,
 ) -> web.Application:
     """`ready()` returns the problems keeping regcache from serving (none: ready);
-    `mirror()` the status page's mirror section."""
+    `degraded()` what works less well though it serves; `mirror()` the status page's
+    mirror section."""
 
     async def scrape(_request: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -40,7 +42,8 @@ def create_admin_app(
 
     async def readyz(_request: web.Request) -> web.Response:
         problems = list(await ready())
-        body = json.dumps({"ready": not problems, "problems": problems})
+        lesser = list(await degraded()) if degraded is not None else []
+        body = json.dumps({"ready": not problems, "problems": problems, "degraded": lesser})
         return web.Response(
             text=body, status=503 if problems else 200, content_type="application/json"
         )

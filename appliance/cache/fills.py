@@ -4,15 +4,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
-from appliance.cache.fill import NO_SPACE, Fill, FillState, LeaderGotNoBody, TooManyFills
-from appliance.cache.ports import BlobFiles, SpaceKeeper, UpstreamReply
+from appliance.cache.fill import (
+    NO_SPACE,
+    Fill,
+    FillState,
+    LeaderGotNoBody,
+    NotKept,
+    TooManyFills,
+)
+from appliance.cache.ports import (
+    BlobFiles,
+    Replica,
+    Shared,
+    SharedTier,
+    SpaceKeeper,
+    UpstreamReply,
+)
 from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
 
 _KEEP_FINISHED_S = 10.0
+_ALL = 1 << 62  # a stream's end past any body: it ends with the fill
 
 
 class Fills:
@@ -26,8 +42,11 @@ class Fills:
         on_disk_full: Callable[[Fill | None, OSError], None] = lambda _f, _e: None,
         on_finished: Callable[[Fill, float], None] = lambda _f, _s: None,
         space: SpaceKeeper | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self._files = files
+        self._shared = shared
+        """Several gateways' tier: asked before upstream, given what upstream sends."""
         self._space = space
         """Holds room under the store's bound for each fill's body (none: unbounded)."""
         self._on_commit = on_commit
@@ -91,14 +110,18 @@ class Fills:
             raise TooManyFills(f"{self._running} upstream transfers running; retry shortly")
         future: asyncio.Future[Fill] = asyncio.get_running_loop().create_future()
         self._active[digest] = future
+        shared = Shared(None)
         try:
-            reply = await fetch()
+            if self._shared is not None:
+                shared = await self._shared.find(digest)
+            reply = shared.reply or await fetch()
         except BaseException as e:
             # Followers must not inherit the leader's failure (or cancellation): they retry.
-            self._end(digest, future, LeaderGotNoBody(f"{type(e).__name__}: {e}"))
+            self._end(digest, future, LeaderGotNoBody(f"{type(e).__name__}: {e}"), shared)
             raise
         if reply.status != 200:
-            self._end(digest, future, LeaderGotNoBody(f"upstream answered {reply.status}"))
+            self._end(digest, future, LeaderGotNoBody(f"upstream answered {reply.status}"),
+                      shared)  # fmt: skip
             return reply
         size = reply.length
         try:
@@ -108,7 +131,7 @@ class Fills:
                 reply.close()
                 raise
             # Not even an empty file fits: this client gets upstream's body as it is.
-            self._end(digest, future, LeaderGotNoBody("disk full"))
+            self._end(digest, future, LeaderGotNoBody("disk full"), shared)
             self._on_disk_full(None, e)
             return reply
         fill = Fill(digest, size, media_type, temp, self._space)
@@ -120,16 +143,28 @@ class Fills:
         )
         # A finished fill stays joinable a little longer: a request that missed the store
         # moments before the commit would otherwise start a second upstream fetch.
-        task.add_done_callback(lambda _t: self._finished(digest, future, fill))
+        task.add_done_callback(lambda _t: self._finished(digest, future, fill, shared))
+        if shared.replica is not None:
+            spawn(_share(shared.replica, fill), name=f"share {digest}")
         return fill
 
-    def _end(self, digest: Digest, future: asyncio.Future[Fill], error: BaseException) -> None:
+    def _end(
+        self, digest: Digest, future: asyncio.Future[Fill], error: BaseException, shared: Shared
+    ) -> None:
+        if shared.replica is not None:
+            shared.replica.abandon()
         future.set_exception(error)
         future.exception()  # followers may be none: mark it retrieved
         self._forget(digest, future)
 
-    def _finished(self, digest: Digest, future: asyncio.Future[Fill], fill: Fill) -> None:
+    def _finished(
+        self, digest: Digest, future: asyncio.Future[Fill], fill: Fill, shared: Shared
+    ) -> None:
         self._running -= 1
+        whole = fill.size is not None and fill.written >= fill.size
+        if shared.reply is not None and fill.state is FillState.FAILED and whole:
+            assert self._shared is not None
+            self._shared.distrust(digest)  # all of it came, and it did not check out
         self._on_finished(fill, time.monotonic() - fill.started)
         if fill.state is FillState.DONE:
             asyncio.get_running_loop().call_later(_KEEP_FINISHED_S, self._forget, digest, future)
@@ -139,3 +174,20 @@ class Fills:
     def _forget(self, digest: Digest, future: asyncio.Future[Fill]) -> None:
         if self._active.get(digest) is future:
             del self._active[digest]
+
+
+async def _share(replica: Replica, fill: Fill) -> None:
+    """The fill's bytes for the shared tier, as they arrive, closed (no longer a reader of
+    the fill) as soon as the tier stops taking them."""
+    async with contextlib.aclosing(_kept(fill)) as body:
+        await replica.write(body)
+
+
+async def _kept(fill: Fill) -> AsyncGenerator[bytes | bytearray, None]:
+    """NotKept as soon as the fill streams through uncached (no room here): then its file
+    lacks the bytes, and the tier must not set the pace of the clients' pass-through."""
+    async with contextlib.aclosing(fill.stream(0, _ALL)) as chunks:
+        async for chunk in chunks:
+            if fill.passing:
+                raise NotKept(f"{fill.digest}: not kept here, so not shared either")
+            yield chunk

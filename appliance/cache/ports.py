@@ -111,6 +111,45 @@ class BlobFiles(Protocol):
     def discard(self, temp: TempFile) -> None: ...
 
 
+class Replica(Protocol):
+    """Where a fill's body goes besides this gateway's disk: the tier shared by several
+    gateways (`store.s3`)."""
+
+    async def write(self, body: AsyncIterator[bytes | bytearray]) -> None:
+        """Upload `body`, the fill's bytes read as they arrive: it ends only once every
+        byte matched the digest and raises if the fill fails, so the shared object is
+        made visible only then. Never raises for the tier's own trouble."""
+        ...
+
+    def abandon(self) -> None:
+        """No body is coming (upstream said no, or could not be reached): let go of what
+        was reserved for it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What the shared tier has for a blob a gateway is about to fill."""
+
+    reply: UpstreamReply | None
+    """Its bytes, as a 200 reply; None: fill from upstream (and hand them to `replica`)."""
+    replica: Replica | None = None
+
+
+class SharedTier(Protocol):
+    """Blobs shared by several gateways: below each one's own disk, above upstream."""
+
+    async def find(self, digest: Digest) -> Shared:
+        """The blob's bytes if the tier holds them (after waiting a bounded while for a
+        fill of it another gateway leads), else where this gateway's fill is to go. Never
+        raises for the tier's own trouble: then the fill goes upstream, unshared."""
+        ...
+
+    def distrust(self, digest: Digest) -> None:
+        """A body read from the tier did not match its digest: remove it there."""
+        ...
+
+
 class SpaceKeeper(Protocol):
     """Keeps the store within its bounds (the evictor)."""
 

@@ -37,6 +37,7 @@ from appliance.cache.ports import (
     Index,
     MirrorView,
     NoMirror,
+    SharedTier,
     SpaceKeeper,
     Upstream,
     UpstreamReply,
@@ -66,6 +67,7 @@ class RegistryCache:
         space: SpaceKeeper | None = None,
         on_fill_finished: Callable[[str, float], None] = lambda _state, _s: None,
         mirror: MirrorView = NoMirror(),  # noqa: B008 - stateless
+        shared: SharedTier | None = None,
     ) -> None:
         self._index = index
         self._gate = gate
@@ -83,6 +85,7 @@ class RegistryCache:
             shelf.disk_full,
             lambda fill, seconds: on_fill_finished(fill.state.value, seconds),
             space,
+            shared,
         )
         self._calls = ClientCalls(upstream, gate, negative or NegativeCache(0))
         self._blobs = Blobs(shelf, index, self._calls, gate, self._fills)

@@ -17,6 +17,7 @@ from appliance.config.local import LocalConfig, check_local
 from appliance.config.mirror import MirrorConfig, check_entries
 from appliance.config.push import PushRule
 from appliance.config.registries import Registries
+from appliance.config.shared import S3Config
 from appliance.config.strict_yaml import check
 from appliance.config.values import (
     SCALARS,
@@ -150,6 +151,8 @@ class StoreConfig:
     """Free space kept on the filesystem: below it eviction runs, also under `max_size`."""
     check_interval_s: float = field(default=30.0, metadata=check(between(1, 3600)))
     """How often usage is checked (also after every fill and when the disk fills)."""
+    s3: S3Config | None = None
+    """A second tier in an S3-compatible bucket shared by several gateways (shared.py)."""
 
 
 @dataclass(frozen=True, slots=True)

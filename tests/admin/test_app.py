@@ -43,6 +43,24 @@ async def test_readyz_reports_problems(aiohttp_client: object) -> None:
     client: TestClient = await aiohttp_client(create_admin_app(Metrics(), broken, LOOPBACK, None))  # type: ignore[operator]
     response = await client.get("/readyz")
     assert response.status == 503
-    assert await response.json() == {"ready": False, "problems": ["store: cannot write"]}
+    assert await response.json() == {
+        "ready": False, "problems": ["store: cannot write"], "degraded": []
+    }  # fmt: skip
     healthy = await client.get("/healthz")
     assert healthy.status == 200
+
+
+async def test_readyz_is_ready_though_degraded(aiohttp_client: object) -> None:
+    """Something that works less well (the shared tier) is said, not a reason to stop
+    intercepting: /readyz stays 200."""
+
+    async def lesser() -> Sequence[str]:
+        return ["shared tier (bucket b): unreachable"]
+
+    app = create_admin_app(Metrics(), _ready, LOOPBACK, None, degraded=lesser)
+    client: TestClient = await aiohttp_client(app)  # type: ignore[operator]
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {
+        "ready": True, "problems": [], "degraded": ["shared tier (bucket b): unreachable"]
+    }  # fmt: skip

@@ -11,7 +11,8 @@ from dnslib import QTYPE, DNSRecord
 
 from appliance.config.model import parse_config
 from appliance.dns.responder import Forward
-from appliance.main import Parts, build, dns_server
+from appliance.main import Parts, build
+from appliance.runtime.interception import dns_server
 from appliance.runtime.outbound import credential_sources, target_policy
 from appliance.runtime.sites import site_resolver
 from appliance.upstream.credentials import CredentialSource
@@ -56,7 +57,9 @@ def leaf(parts: Parts, host: str) -> ssl.SSLContext | None:
 
 def answer(parts: Parts, host: str, *, healthy: bool) -> str | None:
     """The A record regcache's DNS answers for `host`, or None when it forwards."""
-    responder = dns_server(parts, lambda: healthy).responder
+    responder = dns_server(
+        parts.config, parts.registries, parts.resolver, parts.metrics, lambda: healthy
+    ).responder
     query = DNSRecord.question(host, "A").pack()
     reply = responder.decide(query, "127.0.0.1", tcp=False)
     if isinstance(reply, Forward):

@@ -1,0 +1,44 @@
+"""The shared blob tier (`store.s3`) opened for `regcache serve`: the bucket's client,
+the tier over it, and what `/readyz` says of it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+
+from appliance.config.model import Config, StartupError
+from appliance.kit.logfields import fields
+from appliance.store.s3 import Bucket
+from appliance.store.tier import BlobTier
+
+log = logging.getLogger(__name__)
+
+
+async def open_tier(stack: contextlib.AsyncExitStack, config: Config) -> BlobTier | None:
+    """The tier, its client closed with `stack`; None when none is configured. A bucket
+    that does not answer now is not a reason to refuse to start: pulls go upstream
+    unshared meanwhile, and `/readyz` says so."""
+    s3 = config.store.s3
+    if s3 is None:
+        return None
+    bucket = Bucket(s3)
+    try:
+        await stack.enter_async_context(bucket.open())
+    except OSError as e:
+        raise StartupError(f"store.s3.credentials: cannot read: {e}") from e
+    tier = BlobTier(
+        bucket, socket.gethostname(), part_bytes=s3.part_size.bytes, lease_s=s3.lease.seconds
+    )
+    problem = await tier.probe()
+    log.info("tier %s", fields(endpoint=s3.endpoint, bucket=s3.bucket,
+                              state="reachable" if problem is None else "unreachable"))  # fmt: skip
+    return tier
+
+
+async def degraded(tier: BlobTier | None) -> list[str]:
+    """What works less well than it should, though regcache serves (empty: nothing)."""
+    if tier is None:
+        return []
+    problem = tier.problem() or await tier.probe()
+    return [] if problem is None else [f"shared tier (bucket {tier.bucket}): {problem}"]

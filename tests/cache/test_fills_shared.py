@@ -1,0 +1,179 @@
+"""Fills with a tier shared by several gateways (the `SharedTier` port faked): a blob the
+tier holds is read from it, never upstream, and still gated per client; one fetched
+upstream reaches the tier whole and only once verified; a tier body that does not
+verify is distrusted. Against a real store and index."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from multidict import CIMultiDict
+
+from appliance.cache.access import AccessGate
+from appliance.cache.answers import Filling, Refused, Stored, Target
+from appliance.cache.fill import Fill, FillFailed, FillState
+from appliance.cache.ports import Shared
+from appliance.cache.service import RegistryCache
+from appliance.oci.digest import Digest
+from appliance.store.files import FileBlobStore
+from appliance.store.index import SqliteIndex
+from tests.cache.alpine import B_DIGEST, BLOB, ORIGIN, target
+from tests.cache.fakes import FakeReply, FakeUpstream
+
+URL = f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}"
+
+
+@dataclass
+class FakeReplica:
+    tier: FakeTier
+    digest: Digest
+
+    async def write(self, body: AsyncIterator[bytes | bytearray]) -> None:
+        got = b""
+        try:
+            async for chunk in body:
+                got += chunk
+        except FillFailed as e:
+            self.tier.dropped.append((self.digest, str(e)))
+            return
+        self.tier.ended_in.append(self.tier.watching.state if self.tier.watching else None)
+        self.tier.objects[self.digest] = got
+
+    def abandon(self) -> None:
+        self.tier.abandoned.append(self.digest)
+
+
+@dataclass
+class FakeTier:
+    objects: dict[Digest, bytes] = field(default_factory=dict)
+    finds: int = 0
+    dropped: list[tuple[Digest, str]] = field(default_factory=list)
+    abandoned: list[Digest] = field(default_factory=list)
+    distrusted: list[Digest] = field(default_factory=list)
+    ended_in: list[FillState | None] = field(default_factory=list)
+    watching: Fill | None = None
+
+    async def find(self, digest: Digest) -> Shared:
+        self.finds += 1
+        if digest in self.objects:
+            body = self.objects[digest]
+            headers = CIMultiDict({"Content-Length": str(len(body))})
+            return Shared(FakeReply(200, headers, body))
+        return Shared(None, FakeReplica(self, digest))
+
+    def distrust(self, digest: Digest) -> None:
+        self.distrusted.append(digest)
+        self.objects.pop(digest, None)
+
+
+@dataclass
+class Rig:
+    cache: RegistryCache
+    upstream: FakeUpstream
+    tier: FakeTier
+    files: FileBlobStore
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    upstream, tier = FakeUpstream(), FakeTier()
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream), shared=tier)  # type: ignore[arg-type]
+    yield Rig(cache, upstream, tier, files)
+    await index.close()
+
+
+async def drain(answer: object) -> bytes:
+    assert isinstance(answer, Filling), answer
+    return b"".join([c async for c in answer.fill.stream(0, len(BLOB))])
+
+
+async def settled(fill: Fill) -> None:
+    for _ in range(300):
+        if fill.ended:
+            await asyncio.sleep(0.01)  # the replica's task takes the last bytes
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("fill did not end")
+
+
+def as_(token: str) -> Target:
+    return Target(ORIGIN, "library/alpine", {"Authorization": token}, frozenset())
+
+
+async def test_a_blob_the_tier_holds_is_read_from_it_not_upstream(rig: Rig) -> None:
+    rig.tier.objects[B_DIGEST] = BLOB
+    rig.upstream.add("HEAD", URL, 200, auth="Bearer t", Content_Length=str(len(BLOB)),
+                     Docker_Content_Digest=str(B_DIGEST))  # fmt: skip
+    answer = await rig.cache.blob(target(), B_DIGEST, head=False)
+    assert await drain(answer) == BLOB
+    assert isinstance(answer, Filling)
+    await settled(answer.fill)
+    assert rig.upstream.count("GET") == 0
+    assert rig.files.path_for(B_DIGEST).read_bytes() == BLOB  # backfilled here
+    assert isinstance(await rig.cache.blob(target(), B_DIGEST, head=False), Stored)
+    assert rig.tier.finds == 1
+
+
+async def test_a_client_upstream_refuses_gets_nothing_from_the_tier(rig: Rig) -> None:
+    rig.tier.objects[B_DIGEST] = BLOB
+    rig.upstream.add("HEAD", URL, 401, auth="Bearer other", WWW_Authenticate='Bearer realm="r"')
+    answer = await rig.cache.blob(as_("Bearer other"), B_DIGEST, head=False)
+    assert answer == Refused(401, 'Bearer realm="r"')
+    assert rig.upstream.count("GET") == 0
+
+
+async def test_an_upstream_fill_reaches_the_tier_whole_and_only_once_verified(rig: Rig) -> None:
+    reply = rig.upstream.add("GET", URL, 200, BLOB, Content_Length=str(len(BLOB)))
+    reply.gate = asyncio.Event()
+    answer = await rig.cache.blob(target(), B_DIGEST, head=False)
+    assert isinstance(answer, Filling)
+    rig.tier.watching = answer.fill
+    await asyncio.sleep(0.05)
+    assert B_DIGEST not in rig.tier.objects  # half of it is in: nothing shared yet
+    reply.gate.set()
+    assert await drain(answer) == BLOB
+    await settled(answer.fill)
+    assert rig.tier.objects[B_DIGEST] == BLOB
+    assert rig.tier.ended_in[0] in (FillState.VERIFIED, FillState.DONE)
+    assert rig.upstream.count("GET") == 1
+
+
+async def test_a_body_that_does_not_verify_is_never_shared(rig: Rig) -> None:
+    wrong = BLOB[:-1] + b"\x00"
+    rig.upstream.add("GET", URL, 200, wrong, Content_Length=str(len(wrong)))
+    answer = await rig.cache.blob(target(), B_DIGEST, head=False)
+    assert isinstance(answer, Filling)
+    with pytest.raises(FillFailed):
+        await drain(answer)
+    await settled(answer.fill)
+    assert B_DIGEST not in rig.tier.objects
+    assert rig.tier.dropped and "hashes to" in rig.tier.dropped[0][1]
+
+
+async def test_no_body_from_upstream_lets_the_tier_go(rig: Rig) -> None:
+    rig.upstream.add("GET", URL, 401, auth="Bearer t", WWW_Authenticate='Bearer realm="r"')
+    assert await rig.cache.blob(target(), B_DIGEST, head=False) == Refused(401, 'Bearer realm="r"')
+    assert rig.tier.abandoned == [B_DIGEST]
+
+
+async def test_a_tier_body_that_does_not_verify_is_distrusted(rig: Rig) -> None:
+    rig.tier.objects[B_DIGEST] = BLOB[:-1] + b"\x00"
+    rig.upstream.add("HEAD", URL, 200, auth="Bearer t", Content_Length=str(len(BLOB)),
+                     Docker_Content_Digest=str(B_DIGEST))  # fmt: skip
+    rig.upstream.add("GET", URL, 200, BLOB, Content_Length=str(len(BLOB)))
+    answer = await rig.cache.blob(target(), B_DIGEST, head=False)
+    with pytest.raises(FillFailed):
+        await drain(answer)
+    assert isinstance(answer, Filling)
+    await settled(answer.fill)
+    assert rig.tier.distrusted == [B_DIGEST]
+    again = await rig.cache.blob(target(), B_DIGEST, head=False)  # now from upstream
+    assert await drain(again) == BLOB
+    assert rig.upstream.count("GET") == 1

@@ -1,0 +1,64 @@
+"""The shared tier as `regcache serve` opens it: none unless configured, a bucket that
+does not answer only degrades (never refuses to start), unreadable keys name their key."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from appliance.config.model import StartupError
+from appliance.runtime.sharing import degraded, open_tier
+from tests.harness import free_port
+from tests.runtime.configs import config
+from tests.s3engine import KEY_ID, SECRET, make_bucket
+
+
+def s3(endpoint: str, bucket: str, key_ref: str = "{env: T_SECRET}") -> str:
+    return (
+        f"store:\n  s3:\n    endpoint: {endpoint}\n    bucket: {bucket}\n"
+        f"    force_path_style: true\n"
+        f"    credentials: {{access_key_id: {{env: T_KEY_ID}}, secret_access_key: {key_ref}}}\n"
+    )
+
+
+@pytest.fixture(autouse=True)
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_KEY_ID", KEY_ID)
+    monkeypatch.setenv("T_SECRET", SECRET)
+
+
+async def test_no_section_no_tier(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        assert await open_tier(stack, config(tmp_path)) is None
+    assert await degraded(None) == []
+
+
+async def test_a_reachable_bucket_is_not_degraded(tmp_path: Path, s3_endpoint: str) -> None:
+    bucket = make_bucket(s3_endpoint)
+    async with contextlib.AsyncExitStack() as stack:
+        tier = await open_tier(stack, config(tmp_path, s3(s3_endpoint, bucket)))
+        assert tier is not None and tier.bucket == bucket
+        assert await degraded(tier) == []
+
+
+async def test_a_missing_bucket_or_a_dead_endpoint_degrades(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    for endpoint, bucket, says in ((s3_endpoint, "not-made", "404"), (dead, "regcache", "")):
+        async with contextlib.AsyncExitStack() as stack:
+            tier = await open_tier(stack, config(tmp_path, s3(endpoint, bucket)))
+            assert tier is not None
+            problems = await degraded(tier)
+            assert len(problems) == 1 and f"bucket {bucket}" in problems[0] and says in problems[0]
+
+
+async def test_unreadable_keys_name_their_key(tmp_path: Path, s3_endpoint: str) -> None:
+    missing = tmp_path / "no-such-secret"
+    with pytest.raises(StartupError, match=r"store\.s3\.credentials: cannot read"):
+        async with contextlib.AsyncExitStack() as stack:
+            await open_tier(
+                stack, config(tmp_path, s3(s3_endpoint, "x-y-z", f"{{file: {missing}}}"))
+            )
