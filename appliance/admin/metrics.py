@@ -123,6 +123,12 @@ class Metrics:
         """The local registry's holdings (as of its last change) and open uploads."""
         self.registry.register(_LocalCollector(usage, uploads))
 
+    def watch_tier(
+        self, counts: Callable[[], Mapping[str, int]], failures: Callable[[], Mapping[str, int]]
+    ) -> None:
+        """What the shared tier (`store.s3`) did since start: `regcache_shared_<name>`."""
+        self.registry.register(_TierCollector(counts, failures))
+
     def body_sent(self, registry: str, repository: str, sent: int, *, from_store: bool) -> None:
         self.served.labels(registry, "store" if from_store else "upstream").inc(sent)
         self.savings.served(registry, repository, sent, from_store)
@@ -264,3 +270,34 @@ class _LocalCollector(Collector):
         yield GaugeMetricFamily(
             "regcache_local_uploads", "Uploads to the local registry in progress.", self._uploads()
         )
+
+
+_TIER_HELP = {
+    "reads": "Blobs read from the shared tier instead of upstream.",
+    "read_bytes": "Bytes read from the shared tier.",
+    "uploads": "Blobs this gateway filled and shared.",
+    "upload_bytes": "Bytes this gateway uploaded to the shared tier.",
+    "already_there": "Uploads dropped: another gateway's object came first.",
+    "waits": "Fills left to another gateway that held the blob's lease.",
+    "takeovers": "Leases taken over from a gateway that stopped renewing.",
+    "distrusted": "Objects removed from the shared tier: they did not match their digest.",
+}
+
+
+class _TierCollector(Collector):
+    def __init__(
+        self, counts: Callable[[], Mapping[str, int]], failures: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self._counts = counts
+        self._failures = failures
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self._counts()
+        for name, text in _TIER_HELP.items():
+            yield CounterMetricFamily(f"regcache_shared_{name}", text, counts.get(name, 0))
+        failed = CounterMetricFamily(
+            "regcache_shared_failures", "Requests to the shared tier that failed.", labels=["doing"]
+        )
+        for doing, count in sorted(self._failures().items()):
+            failed.add_metric([doing], count)
+        yield failed

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 
+from appliance.admin.metrics import Metrics
 from appliance.config.model import Config, StartupError
 from appliance.kit.logfields import fields
 from appliance.store.s3 import Bucket
@@ -15,7 +16,9 @@ from appliance.store.tier import BlobTier
 log = logging.getLogger(__name__)
 
 
-async def open_tier(stack: contextlib.AsyncExitStack, config: Config) -> BlobTier | None:
+async def open_tier(
+    stack: contextlib.AsyncExitStack, config: Config, metrics: Metrics
+) -> BlobTier | None:
     """The tier, its client closed with `stack`; None when none is configured. A bucket
     that does not answer now is not a reason to refuse to start: pulls go upstream
     unshared meanwhile, and `/readyz` says so."""
@@ -30,6 +33,7 @@ async def open_tier(stack: contextlib.AsyncExitStack, config: Config) -> BlobTie
     tier = BlobTier(
         bucket, socket.gethostname(), part_bytes=s3.part_size.bytes, lease_s=s3.lease.seconds
     )
+    metrics.watch_tier(tier.counts.figures, lambda: tier.counts.failures)
     problem = await tier.probe()
     log.info("tier %s", fields(endpoint=s3.endpoint, bucket=s3.bucket,
                               state="reachable" if problem is None else "unreachable"))  # fmt: skip

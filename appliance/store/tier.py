@@ -68,6 +68,10 @@ class TierCounts:
     distrusted: int = 0
     failures: dict[str, int] = field(default_factory=dict)
 
+    def figures(self) -> dict[str, int]:
+        """Every count but `failures`, by name."""
+        return {name: getattr(self, name) for name in self.__slots__ if name != "failures"}
+
 
 class BlobTier:
     def __init__(self, bucket: Bucket, gateway: str, *, part_bytes: int, lease_s: float) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.admin.metrics import Metrics
 from appliance.config.model import StartupError
 from appliance.runtime.sharing import degraded, open_tier
 from tests.harness import free_port
@@ -31,16 +32,22 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_no_section_no_tier(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        assert await open_tier(stack, config(tmp_path)) is None
+        assert await open_tier(stack, config(tmp_path), Metrics()) is None
     assert await degraded(None) == []
 
 
 async def test_a_reachable_bucket_is_not_degraded(tmp_path: Path, s3_endpoint: str) -> None:
     bucket = make_bucket(s3_endpoint)
     async with contextlib.AsyncExitStack() as stack:
-        tier = await open_tier(stack, config(tmp_path, s3(s3_endpoint, bucket)))
+        metrics = Metrics()
+        tier = await open_tier(stack, config(tmp_path, s3(s3_endpoint, bucket)), metrics)
         assert tier is not None and tier.bucket == bucket
         assert await degraded(tier) == []
+        tier.counts.reads += 2
+        tier.counts.failures["find"] = 1
+        text = metrics.render().decode()
+        assert "regcache_shared_reads_total 2.0" in text
+        assert 'regcache_shared_failures_total{doing="find"} 1.0' in text
 
 
 async def test_a_missing_bucket_or_a_dead_endpoint_degrades(
@@ -49,7 +56,7 @@ async def test_a_missing_bucket_or_a_dead_endpoint_degrades(
     dead = f"http://127.0.0.1:{free_port()}"
     for endpoint, bucket, says in ((s3_endpoint, "not-made", "404"), (dead, "regcache", "")):
         async with contextlib.AsyncExitStack() as stack:
-            tier = await open_tier(stack, config(tmp_path, s3(endpoint, bucket)))
+            tier = await open_tier(stack, config(tmp_path, s3(endpoint, bucket)), Metrics())
             assert tier is not None
             problems = await degraded(tier)
             assert len(problems) == 1 and f"bucket {bucket}" in problems[0] and says in problems[0]
@@ -59,6 +66,5 @@ async def test_unreadable_keys_name_their_key(tmp_path: Path, s3_endpoint: str) 
     missing = tmp_path / "no-such-secret"
     with pytest.raises(StartupError, match=r"store\.s3\.credentials: cannot read"):
         async with contextlib.AsyncExitStack() as stack:
-            await open_tier(
-                stack, config(tmp_path, s3(s3_endpoint, "x-y-z", f"{{file: {missing}}}"))
-            )
+            section = s3(s3_endpoint, "x-y-z", f"{{file: {missing}}}")
+            await open_tier(stack, config(tmp_path, section), Metrics())
