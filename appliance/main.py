@@ -206,9 +206,8 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
     audit = _audit_log(parts.config)
     if audit is not None:
         stack.callback(audit.close)
-    return Acquired(
-        index, upstream, mirror_upstream, audit, await open_tier(stack, parts.config, parts.metrics)
-    )
+    tier = await open_tier(stack, parts.config, parts.metrics, parts.resolver.resolve)
+    return Acquired(index, upstream, mirror_upstream, audit, tier)
 
 
 async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Service) -> None:

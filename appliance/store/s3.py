@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
 from aiobotocore.config import AioConfig
+from aiohttp.abc import AbstractResolver
 from botocore.exceptions import BotoCoreError, ClientError
 
 from appliance.config.shared import S3Config
@@ -71,8 +72,11 @@ class ObjectBody:
 class Bucket:
     """One bucket under a key prefix; open it with `open` (an async context)."""
 
-    def __init__(self, config: S3Config) -> None:
+    def __init__(self, config: S3Config, resolver: AbstractResolver | None = None) -> None:
         self.config = config
+        self._resolver = resolver
+        """How the endpoint's name is resolved (regcache's own resolver: never the
+        gateway's DNS, which may be regcache itself); None: the system's."""
         self.name = config.bucket
         self._prefix = config.key_prefix()
         self._client: S3Client | None = None
@@ -96,6 +100,7 @@ class Bucket:
             # Digests are verified end to end by the cache; no second checksum per byte.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            connector_args={"resolver": self._resolver} if self._resolver is not None else None,
         )
         session = aiobotocore.session.get_session()
         async with session.create_client(

@@ -4,12 +4,13 @@ does not answer only degrades (never refuses to start), unreadable keys name the
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from pathlib import Path
 
 import pytest
 
 from appliance.admin.metrics import Metrics
-from appliance.config.model import StartupError
+from appliance.config.model import IPAddress, StartupError
 from appliance.runtime.sharing import degraded, open_tier
 from tests.harness import free_port
 from tests.runtime.configs import config
@@ -24,6 +25,14 @@ def s3(endpoint: str, bucket: str, key_ref: str = "{env: T_SECRET}") -> str:
     )
 
 
+async def resolve_here(host: str) -> tuple[IPAddress, ...]:
+    """regcache's own resolver, as `resolve:` would make it: s3-test-endpoint (no dot:
+    moto takes it as path style) is 127.0.0.1."""
+    if host == "s3-test-endpoint":
+        return (ipaddress.ip_address("127.0.0.1"),)
+    raise OSError(f"{host}: not resolvable here")
+
+
 @pytest.fixture(autouse=True)
 def keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_KEY_ID", KEY_ID)
@@ -32,7 +41,7 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_no_section_no_tier(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        assert await open_tier(stack, config(tmp_path), Metrics()) is None
+        assert await open_tier(stack, config(tmp_path), Metrics(), resolve_here) is None
     assert await degraded(None) == []
 
 
@@ -40,7 +49,9 @@ async def test_a_reachable_bucket_is_not_degraded(tmp_path: Path, s3_endpoint: s
     bucket = make_bucket(s3_endpoint)
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
-        tier = await open_tier(stack, config(tmp_path, s3(s3_endpoint, bucket)), metrics)
+        tier = await open_tier(
+            stack, config(tmp_path, s3(s3_endpoint, bucket)), metrics, resolve_here
+        )
         assert tier is not None and tier.bucket == bucket
         assert await degraded(tier) == []
         tier.counts.reads += 2
@@ -50,13 +61,27 @@ async def test_a_reachable_bucket_is_not_degraded(tmp_path: Path, s3_endpoint: s
         assert 'regcache_shared_failures_total{doing="find"} 1.0' in text
 
 
+async def test_the_endpoint_name_is_resolved_by_regcache_not_the_system(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """A name only regcache's own resolver knows (its `resolve:` map, its resolvers):
+    never the gateway's DNS, which may be regcache itself."""
+    bucket = make_bucket(s3_endpoint)
+    named = s3_endpoint.replace("127.0.0.1", "s3-test-endpoint")
+    async with contextlib.AsyncExitStack() as stack:
+        tier = await open_tier(stack, config(tmp_path, s3(named, bucket)), Metrics(), resolve_here)
+        assert tier is not None and await degraded(tier) == []
+
+
 async def test_a_missing_bucket_or_a_dead_endpoint_degrades(
     tmp_path: Path, s3_endpoint: str
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     for endpoint, bucket, says in ((s3_endpoint, "not-made", "404"), (dead, "regcache", "")):
         async with contextlib.AsyncExitStack() as stack:
-            tier = await open_tier(stack, config(tmp_path, s3(endpoint, bucket)), Metrics())
+            tier = await open_tier(
+                stack, config(tmp_path, s3(endpoint, bucket)), Metrics(), resolve_here
+            )
             assert tier is not None
             problems = await degraded(tier)
             assert len(problems) == 1 and f"bucket {bucket}" in problems[0] and says in problems[0]
@@ -67,4 +92,4 @@ async def test_unreadable_keys_name_their_key(tmp_path: Path, s3_endpoint: str) 
     with pytest.raises(StartupError, match=r"store\.s3\.credentials: cannot read"):
         async with contextlib.AsyncExitStack() as stack:
             section = s3(s3_endpoint, "x-y-z", f"{{file: {missing}}}")
-            await open_tier(stack, config(tmp_path, section), Metrics())
+            await open_tier(stack, config(tmp_path, section), Metrics(), resolve_here)

@@ -1,0 +1,312 @@
+"""Two gateways sharing one bucket (issue #19), on a real S3 endpoint (moto's server) and
+real upstream registries: cold pulls spread over both fetch each blob from upstream once;
+a gateway whose disk is empty serves from the bucket; a gateway killed mid-fill leaves no
+partial object and the other completes the pull; with the bucket gone both keep serving
+and `/readyz` says degraded.
+
+Gateway A is the lab's regcache (127.0.0.2); gateway B a second `regcache serve` at
+127.0.0.22 with its own store and the same CA, as an operator would deploy a second
+gateway. Both run in the lab's network namespace (its upstreams listen on loopback
+addresses); B's build hosts are a second name for that namespace (`ip netns attach`)
+whose resolv.conf points at B, so their pulls go through B's DNS interception."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import _missing
+from tests.e2e.images import Image, image, layer
+from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, _wait_port, lab
+from tests.harness import REPO
+from tests.s3engine import KEY_ID, MOTO_SERVER, SECRET
+
+MiB = 1 << 20
+S3_IP, S3_PORT = "127.0.0.30", 9000
+B_IP = "127.0.0.22"
+BUCKET = "regcache-shared"
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+REGCACHE = str(REPO / ".venv" / "bin" / "regcache")
+
+
+@dataclass
+class Pair:
+    a: Lab
+    b_ns: str
+    """The name B's build hosts run under: the lab's namespace, B's resolver."""
+    b_config: Path
+    b_state: Path
+    b_log: Path
+    b_proc: subprocess.Popen[bytes] | None = None
+    moto: subprocess.Popen[bytes] | None = None
+
+    def start_b(self) -> None:
+        self.b_proc = self.a.ns.start(REGCACHE, "serve", "--config", str(self.b_config),
+                                      log=self.b_log, cwd=REPO)  # fmt: skip
+        _wait_port(self.a.ns, B_IP, 443, self.b_proc, self.b_log)
+
+    def stop_b(self) -> None:
+        assert self.b_proc is not None
+        self.a.ns.stop(self.b_proc)
+
+    def pull(self, gateway: str, ref: str, name: str) -> subprocess.CompletedProcess[str]:
+        dest = self.a.tmp / f"pull-{gateway}-{name}"
+        shutil.rmtree(dest, ignore_errors=True)
+        argv = self.a.pull_argv(ref, dest)
+        if gateway == "b":  # the same skopeo, under B's resolver
+            argv[3] = self.b_ns
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        shutil.rmtree(dest, ignore_errors=True)
+        return out
+
+    def s3(self, code: str) -> Any:
+        """Run boto3 `code` against the bucket inside the namespace; its printed JSON."""
+        script = (
+            "import boto3, json\n"
+            f"c = boto3.client('s3', endpoint_url='http://{S3_IP}:{S3_PORT}', "
+            f"region_name='us-east-1', aws_access_key_id='{KEY_ID}', "
+            f"aws_secret_access_key='{SECRET}')\n{code}\n"
+        )
+        out = self.a.ns.run(PYTHON, "-c", script, timeout=60)
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    def objects(self) -> dict[str, int]:
+        return dict(self.s3(
+            f"print(json.dumps([(o['Key'], o['Size']) for o in c.list_objects_v2("
+            f"Bucket='{BUCKET}', Prefix='blobs/').get('Contents', [])]))"
+        ))  # fmt: skip
+
+    def uploads(self) -> list[str]:
+        return list(self.s3(
+            f"print(json.dumps([u['Key'] for u in c.list_multipart_uploads("
+            f"Bucket='{BUCKET}').get('Uploads', [])]))"
+        ))  # fmt: skip
+
+    def metric(self, ip: str, name: str) -> float:
+        text = self.a.ns.run("curl", "-sf", f"http://{ip}:{ADMIN_PORT}/metrics").stdout
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+    def report(self, test: str) -> None:
+        """The figures the note quotes: upstream blob GETs and each gateway's tier counts."""
+        names = ("reads", "read_bytes", "uploads", "upload_bytes", "waits", "takeovers")
+        line = {gw: {n: int(self.metric(ip, f"regcache_shared_{n}_total")) for n in names}
+                for gw, ip in (("a", REGCACHE_IP), ("b", B_IP))}  # fmt: skip
+        gets = sum(blob_gets(self.a, "ghcr.io").values()) + sum(
+            blob_gets(self.a, "quay.io").values()
+        )
+        print(f"\n{test}: upstream blob GETs so far {gets}; tier {json.dumps(line)}")
+
+    def readyz(self, ip: str) -> tuple[int, dict[str, Any]]:
+        out = self.a.ns.run(
+            "curl", "-s", "-w", "\n%{http_code}", f"http://{ip}:{ADMIN_PORT}/readyz"
+        )
+        body, code = out.stdout.rsplit("\n", 1)
+        return int(code), json.loads(body)
+
+
+def blob_gets(the_lab: Lab, host: str) -> Counter[str]:
+    """Blob GETs upstream answered with bytes, by digest (its own access log)."""
+    return Counter(
+        path.rsplit("/", 1)[1]
+        for method, path, status, _ in the_lab.registries[host].requests()
+        if method == "GET" and "/blobs/sha256:" in path and status == 200
+    )
+
+
+def _s3_section() -> dict[str, Any]:
+    return {
+        "endpoint": f"http://{S3_IP}:{S3_PORT}", "bucket": BUCKET, "force_path_style": True,
+        "lease": "5s",
+        "credentials": {"access_key_id": {"env": "REGCACHE_TEST_S3_KEY_ID"},
+                        "secret_access_key": {"env": "REGCACHE_TEST_S3_SECRET"}},
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def attached(pid: int, nameserver: str) -> Iterator[str]:
+    """A second name for the namespace `pid` runs in, with a resolv.conf of its own."""
+    name = f"regcache-test-b{pid}"
+    etc = Path("/etc/netns") / name
+    subprocess.run(["ip", "netns", "attach", name, str(pid)], check=True)
+    try:
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text(f"nameserver {nameserver}\n")
+        yield name
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("shared")
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("REGCACHE_TEST_KEEP"):
+            stack.callback(shutil.rmtree, tmp, True)  # stores and logs, also when a test fails
+        with _pair(tmp) as made:
+            yield made
+
+
+@contextlib.contextmanager
+def _pair(tmp: Path) -> Iterator[Pair]:
+    os.environ["REGCACHE_TEST_S3_KEY_ID"], os.environ["REGCACHE_TEST_S3_SECRET"] = KEY_ID, SECRET
+
+    def shared(config: dict[str, Any]) -> None:
+        config["store"] = {"s3": _s3_section()}
+
+    with lab(tmp, shared) as a:
+        moto = a.ns.start(str(MOTO_SERVER), "-H", S3_IP, "-p", str(S3_PORT), log=tmp / "moto.log")
+        _wait_port(a.ns, S3_IP, S3_PORT, moto, tmp / "moto.log")
+        made = Pair(a, "", tmp / "b.yaml", tmp / "state-b", tmp / "regcache-b.log", moto=moto)
+        made.s3(f"c.create_bucket(Bucket='{BUCKET}')")
+        a.restart_regcache()  # its tier now finds the bucket at once
+        assert a.config_path is not None
+        config = yaml.safe_load(a.config_path.read_text())
+        config["state_dir"] = str(made.b_state)
+        config["listen"] = {"dns": [f"{B_IP}:53"], "https": [f"{B_IP}:443"]}
+        config["appliance"] = {"ipv4": B_IP}
+        config["admin"] = {"listen": [f"{B_IP}:{ADMIN_PORT}"]}
+        config["audit"] = {"path": str(tmp / "audit-b.jsonl")}
+        made.b_config.write_text(yaml.safe_dump(config))
+        made.b_state.mkdir(mode=0o700)
+        shutil.copytree(a.state_dir / "ca", made.b_state / "ca")  # one CA for the network
+        made.start_b()
+        assert made.b_proc is not None
+        with attached(made.b_proc.pid, B_IP) as name:
+            made.b_ns = name
+            try:
+                yield made
+            finally:
+                os.environ.pop("REGCACHE_TEST_S3_KEY_ID", None)
+                os.environ.pop("REGCACHE_TEST_S3_SECRET", None)
+
+
+def published(pair: Pair, host: str, repository: str, sizes: list[int]) -> Image:
+    img = image([layer(size, f"{repository}-{i}") for i, size in enumerate(sizes)])
+    pair.a.push_upstream(host, repository, "v1", img)
+    return img
+
+
+def test_cold_pulls_over_two_gateways_fetch_each_blob_once(pair: Pair) -> None:
+    img = published(pair, "ghcr.io", "org/shared", [6 * MiB, 3 * MiB, 700 * 1024])
+    ref = "ghcr.io/org/shared:v1"
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def one(gateway: str, i: int) -> None:
+        results.append(pair.pull(gateway, ref, f"cold-{i}"))
+
+    threads = [threading.Thread(target=one, args=("ab"[i % 2], i)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+    gets = blob_gets(pair.a, "ghcr.io")
+    wanted = {b.digest for b in img.blobs}
+    assert {d: gets[d] for d in wanted} == dict.fromkeys(wanted, 1)  # each blob once
+    objects = pair.objects()
+    for blob in img.blobs:
+        assert objects[f"blobs/sha256/{blob.digest.split(':')[1]}"] == len(blob.data)
+    assert pair.uploads() == []
+    shared = pair.metric(REGCACHE_IP, "regcache_shared_uploads_total") + pair.metric(
+        B_IP, "regcache_shared_uploads_total"
+    )
+    assert shared == len(wanted)
+    for gateway in "ab":  # warm on both: nothing more from upstream
+        assert pair.pull(gateway, ref, f"warm-{gateway}").returncode == 0
+    assert blob_gets(pair.a, "ghcr.io") == gets
+    pair.report("cold-8")
+
+
+def test_a_gateway_with_an_empty_disk_serves_from_the_bucket(pair: Pair) -> None:
+    img = published(pair, "ghcr.io", "org/refill", [5 * MiB, 2 * MiB])
+    ref = "ghcr.io/org/refill:v1"
+    assert pair.pull("a", ref, "refill-a").returncode == 0
+    before = blob_gets(pair.a, "ghcr.io")
+    pair.stop_b()
+    for part in ("blobs", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        target = pair.b_state / part
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    pair.start_b()
+    read_before = pair.metric(B_IP, "regcache_shared_read_bytes_total")
+    out = pair.pull("b", ref, "refill-b")
+    assert out.returncode == 0, out.stderr
+    assert blob_gets(pair.a, "ghcr.io") == before  # not one blob GET more upstream
+    layers = sum(len(b.data) for b in img.blobs)
+    assert pair.metric(B_IP, "regcache_shared_read_bytes_total") - read_before >= layers
+    pair.report("empty-disk")
+
+
+def test_the_filler_killed_mid_fill_leaves_nothing_and_the_other_completes(pair: Pair) -> None:
+    # quay.io's blobs come from its CDN twin at 16 MiB/s: a 48 MiB layer takes 3 s.
+    big = layer(48 * MiB, "big")
+    img = image([big])
+    pair.a.push_upstream("quay.io", "org/big", "v1", img)
+    name = f"blobs/sha256/{big.digest.split(':')[1]}"
+    ref = "quay.io/org/big:v1"
+    puller = subprocess.Popen(pair.a.pull_argv(ref, pair.a.tmp / "pull-killed"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not pair.uploads():  # a part is in the bucket: mid-fill
+            assert time.monotonic() < deadline, "no upload started"
+            time.sleep(0.1)
+        assert pair.a.regcache_proc is not None
+        pair.a.regcache_proc.kill()
+        pair.a.regcache_proc.wait(10)
+    finally:
+        puller.wait(120)
+    assert name not in pair.objects()  # no partial object is visible
+    started = time.monotonic()
+    out = pair.pull("b", ref, "after-kill")
+    assert out.returncode == 0, out.stderr
+    waited = time.monotonic() - started
+    assert pair.objects()[name] == len(big.data)
+    digest = pair.s3(
+        f"import hashlib\nb = c.get_object(Bucket='{BUCKET}', Key='{name}')['Body'].read()\n"
+        "print(json.dumps('sha256:' + hashlib.sha256(b).hexdigest()))"
+    )
+    assert digest == big.digest == "sha256:" + hashlib.sha256(big.data).hexdigest()
+    assert pair.metric(B_IP, "regcache_shared_takeovers_total") >= 1
+    print(f"B completed the pull {waited:.1f} s after A was killed (lease 5 s)")
+    pair.a.start_regcache()
+    pair.report("kill-9 (A's counts anew since its restart)")
+
+
+def test_without_the_bucket_both_keep_serving_and_say_degraded(pair: Pair) -> None:
+    warm = "ghcr.io/org/shared:v1"  # pulled through both by the first test
+    img = published(pair, "ghcr.io", "org/after", [2 * MiB])
+    assert pair.moto is not None
+    pair.a.ns.stop(pair.moto)
+    for gateway, ip in (("a", REGCACHE_IP), ("b", B_IP)):
+        assert pair.pull(gateway, warm, f"down-warm-{gateway}").returncode == 0
+        out = pair.pull(gateway, "ghcr.io/org/after:v1", f"down-cold-{gateway}")
+        assert out.returncode == 0, out.stderr
+        status, body = pair.readyz(ip)
+        assert status == 200 and body["ready"] is True
+        assert any("shared tier" in d for d in body["degraded"]), body
+    gets = blob_gets(pair.a, "ghcr.io")
+    assert gets[img.blobs[0].digest] >= 1
