@@ -42,7 +42,7 @@ from appliance.runtime.mirroring import build_mirror, feeding, mirror_section, m
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
-from appliance.runtime.sharing import degraded, open_tier
+from appliance.runtime.sharing import degraded, mirror_records, open_tier, sharing_jobs
 from appliance.runtime.signals import on_reload, on_stop
 from appliance.runtime.sites import site_resolver
 from appliance.runtime.startup import StoreStartup
@@ -270,9 +270,10 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         return problems + list(await health.check_once())
 
     ca = parts.ca
+    records = mirror_records(acquired.tier, acquired.index, config)
     mirror = build_mirror(parts.config, parts.registries, acquired.index, cache,
                           acquired.mirror_upstream, parts.mirror_view, parts.budgets,
-                          write_audit, parts.metrics)  # fmt: skip
+                          write_audit, parts.metrics, records)  # fmt: skip
     admin_app = create_admin_app(
         parts.metrics,
         ready,
@@ -290,6 +291,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
         **({"local": local.job()} if local else {}),
+        **sharing_jobs(records),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 

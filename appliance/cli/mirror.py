@@ -19,10 +19,11 @@ from appliance.config.model import Config
 from appliance.config.registries import Registries
 from appliance.mirror import actions, entries
 from appliance.mirror.actions import ActionError
-from appliance.mirror.records import MirroredTag, Place
+from appliance.mirror.records import MirroredTag, MirrorRecords, Place
 from appliance.mirror.report import Report, owner, report
 from appliance.oci.digest import Digest
 from appliance.oci.names import ImageName, InvalidName, parse_image, same_repository
+from appliance.runtime.sharing import shared_records
 from appliance.store import mirrorjournal
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
@@ -105,18 +106,8 @@ _CHANGES = frozenset({"pin", "unpin", "rollback", "add", "rm"})
 async def _run(args: argparse.Namespace, config: Config) -> int:
     index = await SqliteIndex.open(config.state_dir / INDEX_NAME)
     try:
-        command: Callable[[], Awaitable[Any]] = {
-            "status": lambda: _status(config, index),
-            "diff": lambda: _ask(args, config, index),
-            "sync": lambda: _ask(args, config, index),
-            "pin": lambda: _pin(args, config, index),
-            "unpin": lambda: _unpin(args, config, index),
-            "rollback": lambda: _rollback(args, config, index),
-            "history": lambda: _history(args, config, index),
-            "add": lambda: _add(args, config, index),
-            "rm": lambda: _rm(args, config, index),
-        }[args.mirror_command]
-        result = await command()
+        async with shared_records(config, index) as rows:  # several gateways: their tags
+            result = await _command(args, config, index, rows)
         if args.mirror_command in _CHANGES:  # kept beside the index (a running regcache
             await mirrorjournal.save(config.state_dir, index)  # would, a second later)
     finally:
@@ -126,6 +117,23 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     else:
         SHOW[args.mirror_command](result)
     return 1 if failed(result) else 0
+
+
+async def _command(
+    args: argparse.Namespace, config: Config, index: SqliteIndex, rows: MirrorRecords
+) -> Any:
+    command: Callable[[], Awaitable[Any]] = {
+        "status": lambda: _status(config, index),
+        "diff": lambda: _ask(args, config, index),
+        "sync": lambda: _ask(args, config, index),
+        "pin": lambda: _pin(args, config, index, rows),
+        "unpin": lambda: _unpin(args, config, index, rows),
+        "rollback": lambda: _rollback(args, config, index, rows),
+        "history": lambda: _history(args, config, index, rows),
+        "add": lambda: _add(args, config, index, rows),
+        "rm": lambda: _rm(args, config, index),
+    }[args.mirror_command]
+    return await command()
 
 
 async def _resolved(config: Config, index: SqliteIndex) -> list[entries.Entry]:
@@ -218,31 +226,39 @@ async def _state(index: SqliteIndex, place: Place, message: str) -> dict[str, An
     return {"tag": str(place), "serving": tag.digest, "pinned": tag.pin, "message": message}
 
 
-async def _pin(args: argparse.Namespace, config: Config, index: SqliteIndex) -> dict[str, Any]:
+async def _pin(
+    args: argparse.Namespace, config: Config, index: SqliteIndex, rows: MirrorRecords
+) -> dict[str, Any]:
     name, place = _image(config, args.image, digest=True)
     options = await _options(config, index, place)
-    message = await actions.pin(index, place, name.digest, _stored(index), **options)
+    message = await actions.pin(rows, place, name.digest, _stored(index), **options)
     return await _state(index, place, message)
 
 
-async def _unpin(args: argparse.Namespace, config: Config, index: SqliteIndex) -> dict[str, Any]:
+async def _unpin(
+    args: argparse.Namespace, config: Config, index: SqliteIndex, rows: MirrorRecords
+) -> dict[str, Any]:
     _, place = _image(config, args.image)
-    return await _state(index, place, await actions.unpin(index, place))
+    return await _state(index, place, await actions.unpin(rows, place))
 
 
-async def _rollback(args: argparse.Namespace, config: Config, index: SqliteIndex) -> dict[str, Any]:
+async def _rollback(
+    args: argparse.Namespace, config: Config, index: SqliteIndex, rows: MirrorRecords
+) -> dict[str, Any]:
     _, place = _image(config, args.image)
     options = await _options(config, index, place)
     move = await actions.rollback(
-        index, place, _stored(index), steps=args.steps, to=args.to, **options
+        rows, place, _stored(index), steps=args.steps, to=args.to, **options
     )
     return {"tag": str(place), "old": move.old, "new": move.new, "backup": move.backup,
             "pinned": move.new}  # fmt: skip
 
 
-async def _history(args: argparse.Namespace, config: Config, index: SqliteIndex) -> dict[str, Any]:
+async def _history(
+    args: argparse.Namespace, config: Config, index: SqliteIndex, rows: MirrorRecords
+) -> dict[str, Any]:
     _, place = _image(config, args.image)
-    moves = await index.mirror_history(place)
+    moves = await rows.mirror_history(place)  # every gateway's, when they share
     if not moves:
         await actions.serving(index, place)  # not mirrored: says so
     return {
@@ -255,7 +271,9 @@ async def _history(args: argparse.Namespace, config: Config, index: SqliteIndex)
     }  # fmt: skip
 
 
-async def _add(args: argparse.Namespace, config: Config, index: SqliteIndex) -> dict[str, Any]:
+async def _add(
+    args: argparse.Namespace, config: Config, index: SqliteIndex, rows: MirrorRecords
+) -> dict[str, Any]:
     """Serve a tag the cache holds from the mirror from now on, as an entry of its own."""
     name, place = _image(config, args.from_cache)
     if any(t.place == place for t in await index.mirrored_tags()):
@@ -276,7 +294,7 @@ async def _add(args: argparse.Namespace, config: Config, index: SqliteIndex) -> 
     source = known.get(str(name), str(name))
     tag = MirroredTag(place, source, digest, found[0], found[1], time.time(), access)
     keep = (await _options(config, index, place))["keep_backups"]
-    if await index.move_tag(tag, "add", expect=None, backup=None, keep_backups=keep) is None:
+    if await rows.move_tag(tag, "add", expect=None, backup=None, keep_backups=keep) is None:
         raise ActionError(f"{place} was mirrored meanwhile")
     if source not in known.values():
         await index.add_entry(source, access)

@@ -18,6 +18,7 @@ from appliance.config.registries import Registries
 from appliance.mirror.budget import Budgets
 from appliance.mirror.copier import Copier
 from appliance.mirror.entries import Entry, resolve
+from appliance.mirror.records import MirrorRecords
 from appliance.mirror.scheduler import Mirror
 from appliance.mirror.view import MirrorTags
 from appliance.runtime.outbound import OnReply
@@ -50,8 +51,11 @@ def build_mirror(
     budgets: Budgets,
     audit: Callable[[dict[str, Any]], None] | None,
     metrics: Metrics,
+    records: MirrorRecords | None = None,
 ) -> Mirror:
-    """The mirror, its figures on `/metrics`."""
+    """The mirror, its figures on `/metrics`; `records`: its rows (default: the index's
+    alone; several gateways: shared through the bucket)."""
+    rows = records or index
 
     async def entries() -> list[Entry]:
         return resolve(config.mirror, registries, await index.added_entries())
@@ -59,8 +63,8 @@ def build_mirror(
     def whose(host: str) -> str:
         return "anonymous" if registries.credentials(host, own=True) is None else "regcache"
 
-    copier = Copier(upstream, cache, index, budgets, whose)
-    mirror = Mirror(entries, index, copier, view, budgets, audit=audit,
+    copier = Copier(upstream, cache, rows, budgets, whose)
+    mirror = Mirror(entries, rows, copier, view, budgets, audit=audit,
                     journal=lambda: mirrorjournal.save(config.state_dir, index))  # fmt: skip
     metrics.watch_mirror(mirror.figures, budgets.all)
     if cache.uploads is not None:  # a tag pushed through regcache: the mirror serves it

@@ -3,10 +3,12 @@ the tier over it, and what `/readyz` says of it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from yarl import URL
 
@@ -14,12 +16,20 @@ from appliance.admin.metrics import Metrics
 from appliance.config.hostnames import HostSet
 from appliance.config.model import Config, IPAddress, StartupError
 from appliance.kit.logfields import fields
-from appliance.store.s3 import Bucket
+from appliance.kit.logthrottle import LogThrottle
+from appliance.kit.tasks import Job
+from appliance.mirror.records import MirrorRecords
+from appliance.runtime.outbound import upstream_resolver
+from appliance.store.index import SqliteIndex
+from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable
+from appliance.store.sharedmirror import SharedMirror
 from appliance.store.tier import BlobTier
 from appliance.upstream.client import OwnResolver
 from appliance.upstream.targets import TargetPolicy
 
 log = logging.getLogger(__name__)
+_converge_log = LogThrottle(log, interval_s=60.0)
+_CONVERGE_S = 5.0  # how soon a gateway serves a tag another gateway moved
 
 
 async def open_tier(
@@ -34,14 +44,8 @@ async def open_tier(
     s3 = config.store.s3
     if s3 is None:
         return None
-    endpoint_host = URL(s3.endpoint).host or ""
-    # The endpoint the operator named may be on the LAN (unlike where a registry sends us).
-    trusted = TargetPolicy(HostSet(frozenset({endpoint_host}), ()), frozenset(config.resolve))
-    bucket = Bucket(s3, OwnResolver(resolve, trusted))
-    try:
-        await stack.enter_async_context(bucket.open())
-    except OSError as e:
-        raise StartupError(f"store.s3.credentials: cannot read: {e}") from e
+    bucket = Bucket(s3, _own_resolver(config, resolve))
+    await _enter(stack, bucket)
     gateway = f"{socket.gethostname()}@{config.appliance.ipv4}"  # named in leases
     tier = BlobTier(bucket, gateway, part_bytes=s3.part_size.bytes, lease_s=s3.lease.seconds)
     metrics.watch_tier(tier.counts.figures, lambda: tier.counts.failures)
@@ -57,3 +61,62 @@ async def degraded(tier: BlobTier | None) -> list[str]:
         return []
     problem = tier.problem() or await tier.probe()
     return [] if problem is None else [f"shared tier (bucket {tier.bucket}): {problem}"]
+
+
+@contextlib.asynccontextmanager
+async def shared_records(config: Config, index: SqliteIndex) -> AsyncIterator[MirrorRecords]:
+    """For `regcache mirror`: the index's rows, their tags shared through the bucket
+    when there is one (so a pin made here reaches every gateway)."""
+    s3 = config.store.s3
+    if s3 is None:
+        yield index
+        return
+    bucket = Bucket(s3, _own_resolver(config, upstream_resolver(config).resolve))
+    async with contextlib.AsyncExitStack() as stack:
+        await _enter(stack, bucket)
+        yield SharedMirror(index, bucket, keep_backups=config.mirror.defaults.keep_backups)
+
+
+def mirror_records(tier: BlobTier | None, index: SqliteIndex, config: Config) -> MirrorRecords:
+    """The managed mirror's rows: the index's, its tags shared through the bucket when
+    there is one."""
+    if tier is None:
+        return index
+    return SharedMirror(index, tier.objects, keep_backups=config.mirror.defaults.keep_backups)
+
+
+async def _enter(stack: contextlib.AsyncExitStack, bucket: Bucket) -> None:
+    try:
+        await stack.enter_async_context(bucket.open())
+    except OSError as e:
+        raise StartupError(f"store.s3.credentials: cannot read: {e}") from e
+
+
+def _own_resolver(
+    config: Config, resolve: Callable[[str], Awaitable[tuple[IPAddress, ...]]]
+) -> OwnResolver:
+    """regcache's own resolver for the endpoint's name; the endpoint the operator named
+    may be on the LAN (unlike a place a registry sends regcache to)."""
+    assert config.store.s3 is not None
+    host = URL(config.store.s3.endpoint).host or ""
+    return OwnResolver(resolve, TargetPolicy(HostSet(frozenset({host}), ()),
+                                             frozenset(config.resolve)))  # fmt: skip
+
+
+def sharing_jobs(records: MirrorRecords) -> dict[str, Job]:
+    """Background work that sharing adds: other gateways' mirror moves applied here."""
+    if not isinstance(records, SharedMirror):
+        return {}
+    return {"mirror-share": functools.partial(_converging, records)}
+
+
+async def _converging(records: SharedMirror) -> None:
+    while True:
+        await asyncio.sleep(_CONVERGE_S)
+        try:
+            applied = await records.converge()
+        except (BucketUnavailable, BucketRefused) as e:
+            _converge_log.warning("converge", "mirror share-converge-failed error=%s", e)
+            continue
+        if applied:
+            log.info("mirror share-converged %s", fields(tags=applied))

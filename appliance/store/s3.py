@@ -47,6 +47,15 @@ class ObjectInfo:
     gateways whose clocks disagree agree on how old a lease is."""
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    name: str
+    size: int
+    etag: str
+    modified_s: float
+    """When it was last written (epoch seconds, the endpoint's clock)."""
+
+
 class ObjectBody:
     """A GET's body, read as a stream: close it when done."""
 
@@ -182,13 +191,15 @@ class Bucket:
         except Exception as e:
             raise _translated(e, f"DELETE {name}") from e
 
-    async def names(self, under: str) -> AsyncIterator[tuple[str, int]]:
-        """(name, size) of every object whose name starts with `under`."""
+    async def listing(self, under: str) -> AsyncIterator[Listed]:
+        """Every object whose name starts with `under`, in name order."""
         paginator = self._s3.get_paginator("list_objects_v2")
         try:
             async for page in paginator.paginate(Bucket=self.name, Prefix=self.key(under)):
                 for item in page.get("Contents", []):
-                    yield item["Key"][len(self._prefix) :], int(item["Size"])
+                    name = item["Key"][len(self._prefix) :]
+                    modified = item["LastModified"].timestamp()
+                    yield Listed(name, int(item["Size"]), item.get("ETag", ""), modified)
         except Exception as e:
             raise _translated(e, f"LIST {under}") from e
 

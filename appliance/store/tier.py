@@ -88,6 +88,11 @@ class BlobTier:
     def bucket(self) -> str:
         return self._bucket.name
 
+    @property
+    def objects(self) -> Bucket:
+        """The bucket itself, for what else the gateways share there (mirror tags)."""
+        return self._bucket
+
     async def find(self, digest: Digest) -> Shared:
         if time.monotonic() < self._rest_until:
             return Shared(None)

@@ -11,7 +11,15 @@ import pytest
 
 from appliance.admin.metrics import Metrics
 from appliance.config.model import IPAddress, StartupError
-from appliance.runtime.sharing import degraded, open_tier
+from appliance.runtime.sharing import (
+    degraded,
+    mirror_records,
+    open_tier,
+    shared_records,
+    sharing_jobs,
+)
+from appliance.store.index import SqliteIndex
+from appliance.store.sharedmirror import SharedMirror
 from tests.harness import free_port
 from tests.runtime.configs import config
 from tests.s3engine import KEY_ID, SECRET, make_bucket
@@ -93,3 +101,25 @@ async def test_unreadable_keys_name_their_key(tmp_path: Path, s3_endpoint: str) 
         async with contextlib.AsyncExitStack() as stack:
             section = s3(s3_endpoint, "x-y-z", f"{{file: {missing}}}")
             await open_tier(stack, config(tmp_path, section), Metrics(), resolve_here)
+
+
+async def test_mirror_tags_are_shared_only_with_a_bucket(tmp_path: Path, s3_endpoint: str) -> None:
+    bucket = make_bucket(s3_endpoint)
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    try:
+        alone = config(tmp_path)
+        assert mirror_records(None, index, alone) is index
+        assert sharing_jobs(index) == {}
+        async with shared_records(alone, index) as rows:
+            assert rows is index
+        shared = config(tmp_path, s3(s3_endpoint, bucket))
+        async with contextlib.AsyncExitStack() as stack:
+            tier = await open_tier(stack, shared, Metrics(), resolve_here)
+            rows = mirror_records(tier, index, shared)
+            assert isinstance(rows, SharedMirror)
+            assert list(sharing_jobs(rows)) == ["mirror-share"]
+        async with shared_records(shared, index) as rows:
+            assert isinstance(rows, SharedMirror)
+            assert await rows.converge() == 0  # the bucket answers: nothing shared yet
+    finally:
+        await index.close()

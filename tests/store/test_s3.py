@@ -3,6 +3,7 @@ reads with Range, conditional writes, multipart uploads, and every failure trans
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -47,7 +48,9 @@ async def test_an_object_is_written_once_and_read_whole_or_by_range(bucket: Buck
     assert whole is not None
     assert b"".join([c async for c in whole.chunks(3)]) == b"0123456789"
     whole.close()
-    assert [name async for name in bucket.names("blobs/")] == [("blobs/x", 10)]
+    listed = [item async for item in bucket.listing("blobs/")]
+    assert [(i.name, i.size, i.etag) for i in listed] == [("blobs/x", 10, etag)]
+    assert abs(listed[0].modified_s - time.time()) < 60
 
 
 async def test_a_write_if_unchanged_loses_to_another_writer(bucket: Bucket) -> None:
