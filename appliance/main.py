@@ -42,7 +42,13 @@ from appliance.runtime.mirroring import build_mirror, feeding, mirror_section, m
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
-from appliance.runtime.sharing import degraded, mirror_records, open_tier, sharing_jobs
+from appliance.runtime.sharing import (
+    degraded,
+    mirror_records,
+    open_tier,
+    sharing_jobs,
+    tier_section,
+)
 from appliance.runtime.signals import on_reload, on_stop
 from appliance.runtime.sites import site_resolver
 from appliance.runtime.startup import StoreStartup
@@ -281,7 +287,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         parts.admin_token,
         ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
         ca_fingerprint=lambda: fingerprint(ca.cert),
-        mirror=lambda: mirror_section(mirror, parts.budgets),
+        sections=lambda: mirror_section(mirror, parts.budgets) + tier_section(acquired.tier),
         degraded=lambda: degraded(acquired.tier),
     )
     evictor.busy = lambda: cache.filling() | mirror.holding()
@@ -291,7 +297,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
         **({"local": local.job()} if local else {}),
-        **sharing_jobs(records),
+        **sharing_jobs(records, acquired.tier),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 

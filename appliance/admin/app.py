@@ -25,12 +25,12 @@ def create_admin_app(
     token: str | None,
     ca_pem: Callable[[], bytes] = lambda: b"",
     ca_fingerprint: Callable[[], str] = lambda: "",
-    mirror: Callable[[], str] = lambda: "",
+    sections: Callable[[], str] = lambda: "",
     degraded: Callable[[], Awaitable[Sequence[str]]] | None = None,
 ) -> web.Application:
     """`ready()` returns the problems keeping regcache from serving (none: ready);
-    `degraded()` what works less well though it serves; `mirror()` the status page's
-    mirror section."""
+    `degraded()` what works less well though it serves; `sections()` the status page's
+    sections beyond the cache's own (the managed mirror's, the shared tier's)."""
 
     async def scrape(_request: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -51,7 +51,7 @@ def create_admin_app(
     async def page(_request: web.Request) -> web.Response:
         problems = list(await ready())
         summary = status.parse(metrics.render().decode(), not problems, problems)
-        text = statuspage.render(summary, metrics.savings, ca_fingerprint(), mirror())
+        text = statuspage.render(summary, metrics.savings, ca_fingerprint(), sections())
         return web.Response(text=text, content_type="text/html")
 
     async def ca(_request: web.Request) -> web.Response:

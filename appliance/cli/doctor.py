@@ -26,6 +26,7 @@ from appliance.cache.ports import UpstreamUnavailable
 from appliance.config.model import Config
 from appliance.config.registries import Registries
 from appliance.runtime.outbound import upstream_client, upstream_resolver
+from appliance.runtime.sharing import examine
 
 DEFAULT_HOSTS = (
     "registry-1.docker.io", "ghcr.io", "quay.io", "gcr.io", "registry.k8s.io",
@@ -181,6 +182,8 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
         upstream = reached.__getitem__
     cert_dirs = args.cert_dir or CERT_DIRS
     results = run_checks(hosts, gateway, args.port, args.ca, cert_dirs, upstream)
+    if upstream is not None and config is not None and config.store.s3 is not None:
+        results += [Result(f.check, f.ok, f.detail, f.fix) for f in asyncio.run(examine(config))]
     for result in results:
         print(result.line())
     failed = sum(not r.ok for r in results)

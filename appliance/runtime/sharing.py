@@ -9,19 +9,23 @@ import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from yarl import URL
 
+from appliance.admin import tierpage
 from appliance.admin.metrics import Metrics
+from appliance.admin.tierpage import TierState
 from appliance.config.hostnames import HostSet
 from appliance.config.model import Config, IPAddress, StartupError
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import Job
+from appliance.kit.units import human_size
 from appliance.mirror.records import MirrorRecords
 from appliance.runtime.outbound import upstream_resolver
 from appliance.store.index import SqliteIndex
-from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable
+from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable, Conflict
 from appliance.store.sharedmirror import SharedMirror
 from appliance.store.tier import BlobTier
 from appliance.upstream.client import OwnResolver
@@ -30,6 +34,7 @@ from appliance.upstream.targets import TargetPolicy
 log = logging.getLogger(__name__)
 _converge_log = LogThrottle(log, interval_s=60.0)
 _CONVERGE_S = 5.0  # how soon a gateway serves a tag another gateway moved
+_FIRST_SURVEY_S, _SURVEY_S = 10.0, 600.0  # what the bucket holds: a LIST walk
 
 
 async def open_tier(
@@ -103,11 +108,37 @@ def _own_resolver(
                                              frozenset(config.resolve)))  # fmt: skip
 
 
-def sharing_jobs(records: MirrorRecords) -> dict[str, Job]:
-    """Background work that sharing adds: other gateways' mirror moves applied here."""
-    if not isinstance(records, SharedMirror):
-        return {}
-    return {"mirror-share": functools.partial(_converging, records)}
+def sharing_jobs(records: MirrorRecords, tier: BlobTier | None) -> dict[str, Job]:
+    """Background work that sharing adds: other gateways' mirror moves applied here, and
+    what the bucket holds counted now and then (the status page)."""
+    jobs: dict[str, Job] = {}
+    if isinstance(records, SharedMirror):
+        jobs["mirror-share"] = functools.partial(_converging, records)
+    if tier is not None:
+        jobs["tier-survey"] = functools.partial(_surveying, tier)
+    return jobs
+
+
+def tier_section(tier: BlobTier | None) -> str:
+    """The status page's section on the shared tier ("" without one)."""
+    if tier is None:
+        return ""
+    survey = tier.last_survey
+    held = None if survey is None else (survey.objects, survey.bytes, survey.complete,
+                                        survey.leases, survey.at_s)  # fmt: skip
+    config = tier.objects.config
+    return tierpage.render(TierState(config.endpoint, tier.bucket, tier.problem(),
+                                     tier.counts.figures(), held))  # fmt: skip
+
+
+async def _surveying(tier: BlobTier) -> None:
+    await asyncio.sleep(_FIRST_SURVEY_S)
+    while True:
+        try:
+            await tier.survey()
+        except (BucketUnavailable, BucketRefused) as e:
+            tier.note_trouble("survey", e)
+        await asyncio.sleep(_SURVEY_S)
 
 
 async def _converging(records: SharedMirror) -> None:
@@ -120,3 +151,68 @@ async def _converging(records: SharedMirror) -> None:
             continue
         if applied:
             log.info("mirror share-converged %s", fields(tags=applied))
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of `regcache doctor` on the shared tier."""
+
+    check: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+_CONDITIONAL_FIX = (
+    "use an S3 engine that honours If-None-Match and If-Match on PUT (AWS S3 does, as do"
+    " current MinIO, SeaweedFS and Ceph RGW releases): without them two gateways can"
+    " overwrite each other's mirror tags"
+)
+
+
+async def examine(config: Config) -> list[Finding]:
+    """What `regcache doctor` says of the shared tier, on the gateway: the bucket answers,
+    takes writes and honours conditional ones, and what it holds."""
+    s3 = config.store.s3
+    if s3 is None:
+        return []
+    bucket = Bucket(s3, _own_resolver(config, upstream_resolver(config).resolve))
+    async with contextlib.AsyncExitStack() as stack:
+        await _enter(stack, bucket)
+        try:
+            await bucket.check()
+        except (BucketUnavailable, BucketRefused) as e:
+            fix = ("create the bucket, or let these credentials list it (s3:ListBucket)"
+                   if isinstance(e, BucketRefused) else
+                   "check store.s3.endpoint and the gateway's route to it")  # fmt: skip
+            return [Finding(f"s3 bucket {s3.bucket}", False, str(e), fix)]
+        found = [Finding(f"s3 bucket {s3.bucket}", True, f"answers at {s3.endpoint}")]
+        try:
+            honoured = await _conditional_writes(bucket)
+            survey = await BlobTier(bucket, "doctor", part_bytes=s3.part_size.bytes,
+                                    lease_s=s3.lease.seconds).survey()  # fmt: skip
+        except (BucketUnavailable, BucketRefused) as e:
+            fix = "let these credentials put, get and delete objects (s3:PutObject…)"
+            return [*found, Finding("s3 writes", False, str(e), fix)]
+        found.append(Finding("s3 conditional writes", honoured,
+                             "If-None-Match and If-Match honoured" if honoured else
+                             "a conditional PUT that had to fail was taken",
+                             "" if honoured else _CONDITIONAL_FIX))  # fmt: skip
+        held = f"{'' if survey.complete else 'at least '}{survey.objects} blobs"
+        found.append(Finding("s3 holds", True, f"{held}, {human_size(survey.bytes)};"
+                                               f" {survey.leases} fills leading now"))  # fmt: skip
+        return found
+
+
+async def _conditional_writes(bucket: Bucket) -> bool:
+    """Whether both kinds of conditional PUT that must fail do (a probe object, removed)."""
+    probe = f"doctor/{socket.gethostname()}"
+    await bucket.put(probe, b"probe")
+    refused = 0
+    for condition in ({"if_absent": True}, {"if_match": '"not-its-etag"'}):
+        try:
+            await bucket.put(probe, b"overwritten", **condition)
+        except Conflict:
+            refused += 1
+    await bucket.delete(probe)
+    return refused == 2

@@ -40,6 +40,7 @@ _MAX_WAIT_S = 900.0  # for another gateway's fill, at most; then fill anyway
 _POLL_S = (0.1, 1.0)  # first and longest pause between looks at a blob being filled
 _MAX_PARTS = 10_000  # S3's limit per upload
 _PARTS_AT_ONCE = 4  # part buffers in memory at once, across every fill
+_SURVEY_LIMIT = 1_000_000  # objects a survey lists at most (a page is 1,000)
 _TierTrouble = (BucketUnavailable, BucketRefused)
 
 
@@ -73,6 +74,19 @@ class TierCounts:
         return {name: getattr(self, name) for name in self.__slots__ if name != "failures"}
 
 
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What the bucket holds under `blobs/`, as one listing found it."""
+
+    objects: int
+    bytes: int
+    complete: bool
+    """False: the listing stopped at its bound (`_SURVEY_LIMIT`); the figures are floors."""
+    leases: int
+    """Fills some gateway leads now."""
+    at_s: float
+
+
 class BlobTier:
     def __init__(self, bucket: Bucket, gateway: str, *, part_bytes: int, lease_s: float) -> None:
         self._bucket = bucket
@@ -83,6 +97,7 @@ class BlobTier:
         self._rest_until = 0.0
         self._trouble: tuple[float, str] | None = None
         self.counts = TierCounts()
+        self.last_survey: Survey | None = None
 
     @property
     def bucket(self) -> str:
@@ -143,6 +158,20 @@ class BlobTier:
             self.note_trouble("probe", e)
             return str(e)
         return None
+
+    async def survey(self) -> Survey:
+        """Count what the bucket holds (a LIST walk, bounded); kept as `last_survey`."""
+        objects = size = leases = 0
+        complete = True
+        async for item in self._bucket.listing("blobs/"):
+            if objects >= _SURVEY_LIMIT:
+                complete = False
+                break
+            objects, size = objects + 1, size + item.size
+        async for _ in self._bucket.listing("leases/"):
+            leases += 1
+        self.last_survey = Survey(objects, size, complete, leases, time.time())
+        return self.last_survey
 
     async def _lead_or_wait(self, digest: Digest, name: str) -> _Lease | None:
         """This gateway's lease on filling `digest`, or None once another gateway's fill

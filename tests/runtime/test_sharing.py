@@ -12,11 +12,14 @@ import pytest
 from appliance.admin.metrics import Metrics
 from appliance.config.model import IPAddress, StartupError
 from appliance.runtime.sharing import (
+    _conditional_writes,
     degraded,
+    examine,
     mirror_records,
     open_tier,
     shared_records,
     sharing_jobs,
+    tier_section,
 )
 from appliance.store.index import SqliteIndex
 from appliance.store.sharedmirror import SharedMirror
@@ -109,7 +112,7 @@ async def test_mirror_tags_are_shared_only_with_a_bucket(tmp_path: Path, s3_endp
     try:
         alone = config(tmp_path)
         assert mirror_records(None, index, alone) is index
-        assert sharing_jobs(index) == {}
+        assert sharing_jobs(index, None) == {}
         async with shared_records(alone, index) as rows:
             assert rows is index
         shared = config(tmp_path, s3(s3_endpoint, bucket))
@@ -117,9 +120,58 @@ async def test_mirror_tags_are_shared_only_with_a_bucket(tmp_path: Path, s3_endp
             tier = await open_tier(stack, shared, Metrics(), resolve_here)
             rows = mirror_records(tier, index, shared)
             assert isinstance(rows, SharedMirror)
-            assert list(sharing_jobs(rows)) == ["mirror-share"]
+            assert sorted(sharing_jobs(rows, tier)) == ["mirror-share", "tier-survey"]
         async with shared_records(shared, index) as rows:
             assert isinstance(rows, SharedMirror)
             assert await rows.converge() == 0  # the bucket answers: nothing shared yet
     finally:
         await index.close()
+
+
+async def test_the_status_section_names_the_bucket_and_its_trouble(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    assert tier_section(None) == ""
+    bucket = make_bucket(s3_endpoint)
+    async with contextlib.AsyncExitStack() as stack:
+        tier = await open_tier(stack, config(tmp_path, s3(s3_endpoint, bucket)), Metrics(),
+                               resolve_here)  # fmt: skip
+        assert tier is not None
+        text = tier_section(tier)
+        assert bucket in text and "not surveyed yet" in text and "DEGRADED" not in text
+        await tier.survey()
+        assert "0 blobs" in tier_section(tier)
+        tier.note_trouble("find", RuntimeError("refused"))
+        assert "DEGRADED: find: refused" in tier_section(tier)
+
+
+async def test_doctor_finds_a_working_bucket(tmp_path: Path, s3_endpoint: str) -> None:
+    assert await examine(config(tmp_path)) == []
+    bucket = make_bucket(s3_endpoint)
+    found = await examine(config(tmp_path, s3(s3_endpoint, bucket)))
+    assert [(f.check, f.ok) for f in found] == [
+        (f"s3 bucket {bucket}", True), ("s3 conditional writes", True), ("s3 holds", True),
+    ]  # fmt: skip
+    assert found[2].detail == "0 blobs, 0 B; 0 fills leading now"
+
+
+async def test_doctor_names_the_fix_for_a_missing_bucket_or_endpoint(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    missing = await examine(config(tmp_path, s3(s3_endpoint, "never-made")))
+    assert [(f.ok, "create the bucket" in f.fix) for f in missing] == [(False, True)]
+    dead = await examine(config(tmp_path, s3(f"http://127.0.0.1:{free_port()}", "x-y-z")))
+    assert [(f.ok, "store.s3.endpoint" in f.fix) for f in dead] == [(False, True)]
+
+
+async def test_an_engine_that_ignores_conditions_is_caught() -> None:
+    class Careless:
+        """A bucket that takes every PUT, conditional or not."""
+
+        async def put(self, name: str, body: bytes, **_conditions: object) -> str:
+            return '"etag"'
+
+        async def delete(self, name: str) -> None:
+            pass
+
+    assert await _conditional_writes(Careless()) is False  # type: ignore[arg-type]

@@ -184,3 +184,15 @@ async def test_a_bucket_that_does_not_answer_sends_fills_upstream_unshared(
         shared = await tier.find(digest_of(b"z"))  # resting: not asked again at once
         assert shared.replica is None and tier.counts.failures == {"find": 1}
         assert await tier.probe() is not None
+
+
+async def test_a_survey_counts_what_the_bucket_holds(bucket_config: S3Config) -> None:
+    async with Bucket(bucket_config).open() as bucket:
+        tier = BlobTier(bucket, "gw-a", part_bytes=5 * MIB, lease_s=30)
+        assert tier.last_survey is None
+        for data in (b"one", b"three"):
+            await bucket.put(blob_name(digest_of(data)), data)
+        await bucket.put(lease_name(digest_of(b"filling")), b"{}")
+        survey = await tier.survey()
+        assert (survey.objects, survey.bytes, survey.complete, survey.leases) == (2, 8, True, 1)
+        assert tier.last_survey == survey
