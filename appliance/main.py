@@ -297,7 +297,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
         **({"local": local.job()} if local else {}),
-        **sharing_jobs(records, acquired.tier),
+        **sharing_jobs(config, acquired.index, records, acquired.tier),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 

@@ -42,6 +42,11 @@ def _part_size(value: Size) -> None:
         raise ValueError("must be a size between 5MiB and 5GiB (S3's part limits)")
 
 
+def _bytes_only(value: Size) -> None:
+    if value.percent is not None:
+        raise ValueError("must be a size in bytes (e.g. 500GiB), not a share of a disk")
+
+
 def _lease(value: Duration) -> None:
     if not 5 <= value.seconds <= 3600:
         raise ValueError("must be between 5s and 1h")
@@ -77,6 +82,12 @@ class S3Config:
     """A gateway filling a blob from upstream holds a lease object this long (renewed
     while it runs); another gateway asked for the blob meanwhile waits for it rather
     than fetch it a second time, and takes over once a lease has lapsed."""
+
+    max_size: Size | None = field(default=None, metadata=check(_bytes_only))
+    """What the bucket may hold under `blobs/` (e.g. `2TiB`); unset: no bound. The oldest
+    blobs no gateway holds (mirrored, pinned, local registry) go first."""
+    max_age: Duration | None = None
+    """Blobs shared longer ago than this (e.g. `90d`) go, unless a gateway holds them."""
 
     def key_prefix(self) -> str:
         return self.prefix if not self.prefix or self.prefix.endswith("/") else self.prefix + "/"

@@ -24,17 +24,19 @@ from appliance.kit.tasks import Job
 from appliance.kit.units import human_size
 from appliance.mirror.records import MirrorRecords
 from appliance.runtime.outbound import upstream_resolver
+from appliance.store.eviction import protected_digests
 from appliance.store.index import SqliteIndex
 from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable, Conflict
 from appliance.store.sharedmirror import SharedMirror
 from appliance.store.tier import BlobTier
+from appliance.store.upkeep import Evicted, Policy, evict, publish_holds
 from appliance.upstream.client import OwnResolver
 from appliance.upstream.targets import TargetPolicy
 
 log = logging.getLogger(__name__)
 _converge_log = LogThrottle(log, interval_s=60.0)
 _CONVERGE_S = 5.0  # how soon a gateway serves a tag another gateway moved
-_FIRST_SURVEY_S, _SURVEY_S = 10.0, 600.0  # what the bucket holds: a LIST walk
+_FIRST_UPKEEP_S, _UPKEEP_S = 10.0, 600.0  # holds, eviction, survey: LIST walks
 
 
 async def open_tier(
@@ -108,15 +110,33 @@ def _own_resolver(
                                              frozenset(config.resolve)))  # fmt: skip
 
 
-def sharing_jobs(records: MirrorRecords, tier: BlobTier | None) -> dict[str, Job]:
+def sharing_jobs(
+    config: Config, index: SqliteIndex, records: MirrorRecords, tier: BlobTier | None
+) -> dict[str, Job]:
     """Background work that sharing adds: other gateways' mirror moves applied here, and
-    what the bucket holds counted now and then (the status page)."""
+    the bucket's upkeep (`upkeep_once`) now and then."""
     jobs: dict[str, Job] = {}
     if isinstance(records, SharedMirror):
         jobs["mirror-share"] = functools.partial(_converging, records)
     if tier is not None:
-        jobs["tier-survey"] = functools.partial(_surveying, tier)
+        jobs["tier-upkeep"] = functools.partial(_upkeeping, config, index, tier)
     return jobs
+
+
+async def upkeep_once(config: Config, index: SqliteIndex, tier: BlobTier) -> Evicted | None:
+    """Publish what this gateway holds, evict by the bucket's policy (if it has one, and
+    no other gateway is at it), then count what the bucket holds (the status page)."""
+    s3 = config.store.s3
+    assert s3 is not None
+    kept = protected_digests(await index.snapshot(), set())
+    await publish_holds(tier.objects, tier.gateway, kept)
+    evicted = None
+    if s3.max_size is not None or s3.max_age is not None:
+        policy = Policy(s3.max_size.bytes if s3.max_size else None,
+                        s3.max_age.seconds if s3.max_age else None)  # fmt: skip
+        evicted = await evict(tier.objects, tier.gateway, policy, s3.lease.seconds)
+    await tier.survey()
+    return evicted
 
 
 def tier_section(tier: BlobTier | None) -> str:
@@ -131,14 +151,14 @@ def tier_section(tier: BlobTier | None) -> str:
                                      tier.counts.figures(), held))  # fmt: skip
 
 
-async def _surveying(tier: BlobTier) -> None:
-    await asyncio.sleep(_FIRST_SURVEY_S)
+async def _upkeeping(config: Config, index: SqliteIndex, tier: BlobTier) -> None:
+    await asyncio.sleep(_FIRST_UPKEEP_S)
     while True:
         try:
-            await tier.survey()
+            await upkeep_once(config, index, tier)
         except (BucketUnavailable, BucketRefused) as e:
-            tier.note_trouble("survey", e)
-        await asyncio.sleep(_SURVEY_S)
+            tier.note_trouble("upkeep", e)
+        await asyncio.sleep(_UPKEEP_S)
 
 
 async def _converging(records: SharedMirror) -> None:

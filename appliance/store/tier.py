@@ -173,10 +173,10 @@ class BlobTier:
         self.last_survey = Survey(objects, size, complete, leases, time.time())
         return self.last_survey
 
-    async def _lead_or_wait(self, digest: Digest, name: str) -> _Lease | None:
+    async def _lead_or_wait(self, digest: Digest, name: str) -> Lease | None:
         """This gateway's lease on filling `digest`, or None once another gateway's fill
         of it is in the bucket. Bounded: after `_MAX_WAIT_S` a lease-less fill."""
-        lease = _Lease(self._bucket, lease_name(digest), self._lease_s, self.gateway)
+        lease = Lease(self._bucket, lease_name(digest), self._lease_s, self.gateway)
         deadline = time.monotonic() + _MAX_WAIT_S
         pause, waited = _POLL_S[0], False
         while time.monotonic() < deadline:
@@ -195,7 +195,7 @@ class BlobTier:
         return lease  # not held: the fill goes ahead; `If-None-Match` still guards
 
 
-class _Lease:
+class Lease:
     """A lease object: who fills a blob; renewed while the fill runs."""
 
     def __init__(self, bucket: Bucket, name: str, lease_s: float, gateway: str) -> None:
@@ -285,7 +285,7 @@ class _Upload:
     """A fill's body into the blob's object (`Replica`): parts as they fill, completed
     once the body has ended, which it does only after the fill verified it."""
 
-    def __init__(self, tier: BlobTier, digest: Digest, lease: _Lease | None) -> None:
+    def __init__(self, tier: BlobTier, digest: Digest, lease: Lease | None) -> None:
         self._tier = tier
         self._bucket = tier._bucket
         self._digest = digest

@@ -28,6 +28,8 @@ def test_a_full_section_is_taken(tmp_path: Path) -> None:
         "    prefix: regcache\n"
         "    part_size: 32MiB\n"
         "    lease: 1m\n"
+        "    max_size: 2TiB\n"
+        "    max_age: 90d\n"
         "    credentials: {access_key_id: {env: K}, secret_access_key: {file: /etc/k}}\n",
         tmp_path,
     ).store.s3
@@ -36,6 +38,8 @@ def test_a_full_section_is_taken(tmp_path: Path) -> None:
     assert s3.part_size.bytes == 32 << 20 and s3.lease.seconds == 60
     assert s3.credentials is not None and s3.credentials.access_key_id.env == "K"
     assert s3.verify_tls and not s3.force_path_style
+    assert s3.max_size is not None and s3.max_size.bytes == 2 << 40
+    assert s3.max_age is not None and s3.max_age.seconds == 90 * 86400
 
 
 @pytest.mark.parametrize(
@@ -57,6 +61,9 @@ def test_a_full_section_is_taken(tmp_path: Path) -> None:
          "    credentials: {access_key_id: {env: K, file: /k}, secret_access_key: {env: S}}\n",
          "store.s3.credentials.access_key_id", "exactly one"),
         ("    bucket: abc\n", "store.s3", "endpoint"),
+        ("    endpoint: http://s3\n    bucket: abc\n    max_size: 10%\n", "store.s3.max_size",
+         "bytes"),
+        ("    endpoint: http://s3\n    bucket: abc\n    max_age: soon\n", "store.s3.max_age", ""),
         ("    endpoint: http://s3\n    bucket: abc\n    peer: x\n", "store.s3.peer", ""),
     ],
 )  # fmt: skip

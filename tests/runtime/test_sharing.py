@@ -20,7 +20,9 @@ from appliance.runtime.sharing import (
     shared_records,
     sharing_jobs,
     tier_section,
+    upkeep_once,
 )
+from appliance.store import upkeep
 from appliance.store.index import SqliteIndex
 from appliance.store.sharedmirror import SharedMirror
 from tests.harness import free_port
@@ -112,7 +114,7 @@ async def test_mirror_tags_are_shared_only_with_a_bucket(tmp_path: Path, s3_endp
     try:
         alone = config(tmp_path)
         assert mirror_records(None, index, alone) is index
-        assert sharing_jobs(index, None) == {}
+        assert sharing_jobs(alone, index, index, None) == {}
         async with shared_records(alone, index) as rows:
             assert rows is index
         shared = config(tmp_path, s3(s3_endpoint, bucket))
@@ -120,7 +122,9 @@ async def test_mirror_tags_are_shared_only_with_a_bucket(tmp_path: Path, s3_endp
             tier = await open_tier(stack, shared, Metrics(), resolve_here)
             rows = mirror_records(tier, index, shared)
             assert isinstance(rows, SharedMirror)
-            assert sorted(sharing_jobs(rows, tier)) == ["mirror-share", "tier-survey"]
+            assert sorted(sharing_jobs(shared, index, rows, tier)) == [
+                "mirror-share", "tier-upkeep"
+            ]  # fmt: skip
         async with shared_records(shared, index) as rows:
             assert isinstance(rows, SharedMirror)
             assert await rows.converge() == 0  # the bucket answers: nothing shared yet
@@ -175,3 +179,25 @@ async def test_an_engine_that_ignores_conditions_is_caught() -> None:
             pass
 
     assert await _conditional_writes(Careless()) is False  # type: ignore[arg-type]
+
+
+async def test_upkeep_publishes_holds_evicts_by_policy_and_counts(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upkeep, "_MIN_AGE_S", 0.0)
+    bucket = make_bucket(s3_endpoint)
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    section = s3(s3_endpoint, bucket) + "    max_size: 1\n"
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            shared = config(tmp_path, section)
+            tier = await open_tier(stack, shared, Metrics(), resolve_here)
+            assert tier is not None
+            await tier.objects.put("blobs/sha256/ab", b"old blob")
+            evicted = await upkeep_once(shared, index, tier)
+            assert evicted is not None and evicted.objects == 1
+            holds = [i.name async for i in tier.objects.listing("holds/")]
+            assert holds == [f"holds/{tier.gateway}"]
+            assert tier.last_survey is not None and tier.last_survey.objects == 0
+    finally:
+        await index.close()
