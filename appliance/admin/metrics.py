@@ -281,6 +281,8 @@ _TIER_HELP = {
     "waits": "Fills left to another gateway that held the blob's lease.",
     "takeovers": "Leases taken over from a gateway that stopped renewing.",
     "distrusted": "Objects removed from the shared tier: they did not match their digest.",
+    "manifest_reads": "Manifests read from the shared tier instead of upstream.",
+    "manifest_uploads": "Manifests this gateway shared.",
 }
 
 

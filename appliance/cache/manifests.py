@@ -18,7 +18,7 @@ from appliance.cache.answers import (
 )
 from appliance.cache.calls import ClientCalls
 from appliance.cache.fill import NO_SPACE
-from appliance.cache.ports import BlobFiles, Index
+from appliance.cache.ports import BlobFiles, Index, SharedTier
 from appliance.cache.shelf import Shelf
 from appliance.kit.logfields import fields
 from appliance.kit.singleflight import SingleFlight
@@ -34,8 +34,16 @@ MAX_MANIFEST_BYTES = 4 << 20  # distribution's own limit
 
 class Manifests:
     def __init__(
-        self, shelf: Shelf, files: BlobFiles, index: Index, calls: ClientCalls, gate: AccessGate
+        self,
+        shelf: Shelf,
+        files: BlobFiles,
+        index: Index,
+        calls: ClientCalls,
+        gate: AccessGate,
+        shared: SharedTier | None = None,
     ) -> None:
+        self._shared = shared
+        """Several gateways' tier: a manifest by digest is asked there before upstream."""
         self._shelf = shelf
         self._files = files
         self._index = index
@@ -60,6 +68,10 @@ class Manifests:
         )
 
     async def _get(self, target: Target, reference: str | Digest) -> Answer:
+        if isinstance(reference, Digest) and (shared := await self.from_tier(reference)):
+            # Another gateway's copy: this client must be entitled to it, as to any
+            # content upstream did not just hand to it.
+            return await self._calls.gated(target, shared, shared.size, Kind.MANIFEST)
         reply = await self._calls.fetch(target, "GET", Kind.MANIFEST, reference)
         if reply.status != 200:
             return Relayed(reply)
@@ -90,15 +102,40 @@ class Manifests:
             self._shelf.disk_full(None, e)
             return Relayed(MemoryReply.manifest(body, digest, media_type))
 
+    async def from_tier(self, digest: Digest) -> Stored | None:
+        """The manifest from the shared tier, verified and stored here; None if the tier
+        does not hold it (or holds something else under its name: removed there)."""
+        if self._shared is None or (found := await self._shared.manifest(digest)) is None:
+            return None
+        body, media_type = found
+        if Digest.of(body, digest.algorithm) != digest:
+            self._shared.distrust(digest)
+            return None
+        try:
+            return await self.keep(("", ""), digest, body, media_type, share=False)
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            self._shelf.disk_full(None, e)
+            return None
+
     async def keep(
-        self, source: tuple[str, str], digest: Digest, body: bytes, media_type: str
+        self,
+        source: tuple[str, str],
+        digest: Digest,
+        body: bytes,
+        media_type: str,
+        *,
+        share: bool = True,
     ) -> Stored:
         """Store a verified manifest pulled from `source` (host, repository), indexed with
-        what it references."""
+        what it references; `share`: for the other gateways too."""
         path = await self._write(digest, body)
         write = self._index.add_manifest(digest, len(body), media_type, references(body), source)
         await self._shelf.record("manifest", write)
         self._shelf.added(len(body))
+        if share and self._shared is not None:
+            self._shared.share_manifest(digest, body, media_type)
         log.info("manifest stored digest=%s type=%s bytes=%d", digest, media_type, len(body))
         return Stored(digest, len(body), media_type, path, fetched=True)
 

@@ -149,6 +149,16 @@ class SharedTier(Protocol):
         """A body read from the tier did not match its digest: remove it there."""
         ...
 
+    async def manifest(self, digest: Digest) -> tuple[bytes, str] | None:
+        """A manifest's bytes and media type if the tier holds them (unverified: the
+        caller checks them against `digest`); None if not, or it cannot be asked now."""
+        ...
+
+    def share_manifest(self, digest: Digest, body: bytes, media_type: str) -> None:
+        """A verified manifest this gateway keeps: for the others too (in the background,
+        once: a copy there already stays)."""
+        ...
+
 
 class SpaceKeeper(Protocol):
     """Keeps the store within its bounds (the evictor)."""

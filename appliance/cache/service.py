@@ -89,7 +89,7 @@ class RegistryCache:
         )
         self._calls = ClientCalls(upstream, gate, negative or NegativeCache(0))
         self._blobs = Blobs(shelf, index, self._calls, gate, self._fills)
-        self._manifests = Manifests(shelf, files, index, self._calls, gate)
+        self._manifests = Manifests(shelf, files, index, self._calls, gate, shared)
         self._freshness = Freshness(clock)
         self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)
         self._hits = Hits(shelf, index, gate, self._freshness, mirror)
@@ -201,8 +201,11 @@ class RegistryCache:
         return await self._blobs.keep(digest, fetch)
 
     async def manifest_body(self, digest: Digest) -> tuple[bytes, str] | None:
-        """A stored manifest's bytes and type, if the store holds it intact."""
+        """A stored manifest's bytes and type, if the store holds it intact (or the shared
+        tier does: then it is stored here now)."""
         stored = await self._shelf.stored_manifest(digest)
+        if stored is None:  # another gateway's copy, if they share a tier
+            stored = await self._manifests.from_tier(digest)
         if stored is None:
             return None
         try:

@@ -134,15 +134,17 @@ class SqliteIndex(Lifecycle, MirrorState, LocalState):
         references: Sequence[Digest],
         source: tuple[str, str],
     ) -> None:
-        """A manifest, what it references and the (registry, repository) it came from."""
+        """A manifest, what it references and the (registry, repository) it came from
+        (("", ""): from no repository, e.g. another gateway's copy in the shared tier)."""
         now = time.time()
         async with self._transaction() as db:
             await insert_blob(db, digest, size, media_type, now)
             await insert_manifest(db, digest, media_type, references)
-            await db.execute(
-                "INSERT OR IGNORE INTO sources (registry, repository, digest) VALUES (?, ?, ?)",
-                (*source, str(digest)),
-            )
+            if source[0]:
+                await db.execute(
+                    "INSERT OR IGNORE INTO sources (registry, repository, digest)"
+                    " VALUES (?, ?, ?)", (*source, str(digest)),
+                )  # fmt: skip
 
     async def _first(self, sql: str, params: tuple[object, ...]) -> Any:
         """The first row of a query, in one trip to the connection's thread (a cursor's

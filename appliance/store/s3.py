@@ -63,6 +63,7 @@ class ObjectBody:
         self._body = response["Body"]
         self.length: int = int(response["ContentLength"])
         self.etag: str = response.get("ETag", "")
+        self.content_type: str = response.get("ContentType", "")
 
     async def chunks(self, size: int = _CHUNK_BYTES) -> AsyncIterator[bytes]:
         try:
@@ -168,11 +169,19 @@ class Bucket:
         return ObjectBody(reply)
 
     async def put(
-        self, name: str, body: bytes, *, if_absent: bool = False, if_match: str | None = None
+        self,
+        name: str,
+        body: bytes,
+        *,
+        if_absent: bool = False,
+        if_match: str | None = None,
+        content_type: str | None = None,
     ) -> str:
         """Write an object; its new ETag. Conflict if `if_absent` and it exists, or if it
         is no longer `if_match`."""
         extra: dict[str, Any] = {}
+        if content_type is not None:
+            extra["ContentType"] = content_type
         if if_absent:
             extra["IfNoneMatch"] = "*"
         if if_match is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -29,6 +28,7 @@ from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCTET_STREAM
+from appliance.store.lease import Lease
 from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable, Conflict, ObjectBody
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,16 @@ _POLL_S = (0.1, 1.0)  # first and longest pause between looks at a blob being fi
 _MAX_PARTS = 10_000  # S3's limit per upload
 _PARTS_AT_ONCE = 4  # part buffers in memory at once, across every fill
 _SURVEY_LIMIT = 1_000_000  # objects a survey lists at most (a page is 1,000)
+_MAX_MANIFEST_BYTES = 4 << 20  # as the cache's own limit
 _TierTrouble = (BucketUnavailable, BucketRefused)
 
 
 def blob_name(digest: Digest) -> str:
     return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+def manifest_name(digest: Digest) -> str:
+    return f"manifests/{digest.algorithm}/{digest.hex}"
 
 
 def lease_name(digest: Digest) -> str:
@@ -67,6 +72,8 @@ class TierCounts:
     takeovers: int = 0
     """Leases taken over from a holder that stopped renewing."""
     distrusted: int = 0
+    manifest_reads: int = 0
+    manifest_uploads: int = 0
     failures: dict[str, int] = field(default_factory=dict)
 
     def figures(self) -> dict[str, int]:
@@ -130,7 +137,43 @@ class BlobTier:
     def distrust(self, digest: Digest) -> None:
         self.counts.distrusted += 1
         log.warning("tier distrusted %s", fields(digest=digest, bucket=self.bucket))
-        spawn(self._remove(blob_name(digest)), name=f"tier distrust {digest}")
+        for name in (blob_name(digest), manifest_name(digest)):
+            spawn(self._remove(name), name=f"tier distrust {name}")
+
+    async def manifest(self, digest: Digest) -> tuple[bytes, str] | None:
+        if time.monotonic() < self._rest_until:
+            return None
+        try:
+            body = await self._bucket.get(manifest_name(digest))
+            if body is None:
+                return None
+            try:
+                if body.length > _MAX_MANIFEST_BYTES:
+                    return None  # not one regcache wrote
+                data = await body.read()
+            finally:
+                body.close()
+        except _TierTrouble as e:
+            self.note_trouble("manifest", e)
+            return None
+        self.counts.manifest_reads += 1
+        return data, body.content_type
+
+    def share_manifest(self, digest: Digest, body: bytes, media_type: str) -> None:
+        spawn(self._put_manifest(digest, body, media_type), name=f"tier manifest {digest}")
+
+    async def _put_manifest(self, digest: Digest, body: bytes, media_type: str) -> None:
+        if time.monotonic() < self._rest_until:
+            return
+        try:
+            await self._bucket.put(manifest_name(digest), body, if_absent=True,
+                                   content_type=media_type)  # fmt: skip
+        except Conflict:
+            return  # another gateway's copy: the same bytes
+        except _TierTrouble as e:
+            self.note_trouble("manifest-upload", e)
+            return
+        self.counts.manifest_uploads += 1
 
     async def _remove(self, name: str) -> None:
         try:
@@ -193,67 +236,6 @@ class BlobTier:
                 return None
         log.warning("tier wait-expired %s", fields(digest=digest, waited_s=_MAX_WAIT_S))
         return lease  # not held: the fill goes ahead; `If-None-Match` still guards
-
-
-class Lease:
-    """A lease object: who fills a blob; renewed while the fill runs."""
-
-    def __init__(self, bucket: Bucket, name: str, lease_s: float, gateway: str) -> None:
-        self._bucket = bucket
-        self._name = name
-        self._lease_s = lease_s
-        self._body = json.dumps({"gateway": gateway}).encode()
-        self._etag: str | None = None
-        self._renewing: asyncio.Task[None] | None = None
-        self.holder = "?"
-        self.taken_over = 0
-
-    async def take(self) -> bool:
-        """Held now (new, or taken over from a lapsed holder); False while another holds it."""
-        try:
-            self._etag = await self._bucket.put(self._name, self._body, if_absent=True)
-        except Conflict:
-            info = await self._bucket.head(self._name)
-            if info is None or info.age_s <= self._lease_s:
-                self.holder = await self._holder()
-                return False
-            try:  # lapsed: its holder stopped renewing
-                self._etag = await self._bucket.put(self._name, self._body, if_match=info.etag)
-            except Conflict:
-                return False  # another gateway took it over first
-            self.taken_over = 1
-        self._renewing = spawn(self._renew(), name=f"lease {self._name}")
-        return True
-
-    async def _holder(self) -> str:
-        with contextlib.suppress(*_TierTrouble, ValueError):
-            body = await self._bucket.get(self._name)
-            if body is not None:
-                try:
-                    return str(json.loads(await body.read()).get("gateway", "?"))
-                finally:
-                    body.close()
-        return "?"
-
-    async def _renew(self) -> None:
-        while self._etag is not None:
-            await asyncio.sleep(self._lease_s / 3)
-            try:
-                self._etag = await self._bucket.put(self._name, self._body, if_match=self._etag)
-            except Conflict:
-                log.warning("tier lease-lost %s", fields(lease=self._name))
-                self._etag = None
-            except _TierTrouble as e:  # it may lapse; the upload's If-None-Match guards
-                _trouble_log.warning("renew", "tier lease-renew-failed error=%s", e)
-
-    async def release(self) -> None:
-        if self._renewing is not None:
-            self._renewing.cancel()
-        if self._etag is None:
-            return
-        self._etag = None
-        with contextlib.suppress(*_TierTrouble):
-            await self._bucket.delete(self._name)
 
 
 class _TierReply:

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.kit.logfields import fields
+from appliance.store.lease import Lease
 from appliance.store.s3 import Bucket, Listed
-from appliance.store.tier import Lease
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
-from appliance.cache.ports import UpstreamUnreachable
+from appliance.cache.fill import Fill, FillFailed, FillState
+from appliance.cache.ports import Shared, UpstreamUnreachable
+from appliance.oci.digest import Digest
 from appliance.oci.headers import Announced
 
 
@@ -87,3 +89,59 @@ class FakeUpstream:
 
     def count(self, method: str) -> int:
         return sum(1 for m, _, _ in self.calls if m == method)
+
+
+# The shared tier (our own `SharedTier` port), for the cache's tests of it.
+
+
+@dataclass
+class FakeReplica:
+    tier: FakeTier
+    digest: Digest
+
+    async def write(self, body: AsyncIterator[bytes | bytearray]) -> None:
+        got = b""
+        try:
+            async for chunk in body:
+                got += chunk
+        except FillFailed as e:
+            self.tier.dropped.append((self.digest, str(e)))
+            return
+        self.tier.ended_in.append(self.tier.watching.state if self.tier.watching else None)
+        self.tier.objects[self.digest] = got
+
+    def abandon(self) -> None:
+        self.tier.abandoned.append(self.digest)
+
+
+@dataclass
+class FakeTier:
+    objects: dict[Digest, bytes] = field(default_factory=dict)
+    finds: int = 0
+    dropped: list[tuple[Digest, str]] = field(default_factory=list)
+    abandoned: list[Digest] = field(default_factory=list)
+    distrusted: list[Digest] = field(default_factory=list)
+    ended_in: list[FillState | None] = field(default_factory=list)
+    watching: Fill | None = None
+    manifests: dict[Digest, tuple[bytes, str]] = field(default_factory=dict)
+    shared_manifests: list[Digest] = field(default_factory=list)
+
+    async def find(self, digest: Digest) -> Shared:
+        self.finds += 1
+        if digest in self.objects:
+            body = self.objects[digest]
+            headers = CIMultiDict({"Content-Length": str(len(body))})
+            return Shared(FakeReply(200, headers, body))
+        return Shared(None, FakeReplica(self, digest))
+
+    def distrust(self, digest: Digest) -> None:
+        self.distrusted.append(digest)
+        self.objects.pop(digest, None)
+        self.manifests.pop(digest, None)
+
+    async def manifest(self, digest: Digest) -> tuple[bytes, str] | None:
+        return self.manifests.get(digest)
+
+    def share_manifest(self, digest: Digest, body: bytes, media_type: str) -> None:
+        self.shared_manifests.append(digest)
+        self.manifests.setdefault(digest, (body, media_type))

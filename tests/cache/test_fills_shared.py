@@ -7,67 +7,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from multidict import CIMultiDict
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Filling, Refused, Stored, Target
 from appliance.cache.fill import Fill, FillFailed, FillState
-from appliance.cache.ports import Shared
 from appliance.cache.service import RegistryCache
-from appliance.oci.digest import Digest
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.alpine import B_DIGEST, BLOB, ORIGIN, target
-from tests.cache.fakes import FakeReply, FakeUpstream
+from tests.cache.fakes import FakeTier, FakeUpstream
 
 URL = f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}"
-
-
-@dataclass
-class FakeReplica:
-    tier: FakeTier
-    digest: Digest
-
-    async def write(self, body: AsyncIterator[bytes | bytearray]) -> None:
-        got = b""
-        try:
-            async for chunk in body:
-                got += chunk
-        except FillFailed as e:
-            self.tier.dropped.append((self.digest, str(e)))
-            return
-        self.tier.ended_in.append(self.tier.watching.state if self.tier.watching else None)
-        self.tier.objects[self.digest] = got
-
-    def abandon(self) -> None:
-        self.tier.abandoned.append(self.digest)
-
-
-@dataclass
-class FakeTier:
-    objects: dict[Digest, bytes] = field(default_factory=dict)
-    finds: int = 0
-    dropped: list[tuple[Digest, str]] = field(default_factory=list)
-    abandoned: list[Digest] = field(default_factory=list)
-    distrusted: list[Digest] = field(default_factory=list)
-    ended_in: list[FillState | None] = field(default_factory=list)
-    watching: Fill | None = None
-
-    async def find(self, digest: Digest) -> Shared:
-        self.finds += 1
-        if digest in self.objects:
-            body = self.objects[digest]
-            headers = CIMultiDict({"Content-Length": str(len(body))})
-            return Shared(FakeReply(200, headers, body))
-        return Shared(None, FakeReplica(self, digest))
-
-    def distrust(self, digest: Digest) -> None:
-        self.distrusted.append(digest)
-        self.objects.pop(digest, None)
 
 
 @dataclass

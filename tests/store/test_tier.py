@@ -196,3 +196,21 @@ async def test_a_survey_counts_what_the_bucket_holds(bucket_config: S3Config) ->
         survey = await tier.survey()
         assert (survey.objects, survey.bytes, survey.complete, survey.leases) == (2, 8, True, 1)
         assert tier.last_survey == survey
+
+
+async def test_a_manifest_is_shared_once_with_its_media_type(bucket_config: S3Config) -> None:
+    body, kind = b'{"schemaVersion":2}', "application/vnd.oci.image.manifest.v1+json"
+    digest = digest_of(body)
+    async with Bucket(bucket_config).open() as bucket:
+        tier = BlobTier(bucket, "gw-a", part_bytes=5 * MIB, lease_s=30)
+        assert await tier.manifest(digest) is None
+        for _ in range(2):  # the second finds the first's copy: no error, no second upload
+            tier.share_manifest(digest, body, kind)
+            for _ in range(100):
+                if tier.counts.manifest_uploads or tier.counts.failures:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+        assert tier.counts.manifest_uploads == 1 and tier.counts.failures == {}
+        assert await tier.manifest(digest) == (body, kind)
+        assert tier.counts.manifest_reads == 1
