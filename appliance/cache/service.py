@@ -147,6 +147,8 @@ class RegistryCache:
         if found is None:
             return None
         stored = await self._shelf.stored_manifest(found.digest)
+        if stored is None:  # moved by another gateway sharing a tier: its copy is there
+            stored = await self._manifests.from_tier(found.digest)
         if stored is None or not accepts(target.accept, stored.media_type):
             self._mirror_log.warning(
                 f"{target.host}/{target.repository}:{tag}",

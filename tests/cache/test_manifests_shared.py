@@ -12,6 +12,7 @@ import pytest
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Refused, Stored, Target
+from appliance.cache.ports import MirrorAnswer
 from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_MANIFEST
@@ -82,3 +83,29 @@ async def test_the_mirror_finds_the_tiers_copy(rig) -> None:  # type: ignore[no-
     tier.manifests.clear()
     assert await cache.manifest_body(DIGEST) == (MANIFEST, OCI_MANIFEST)  # kept here now
     assert upstream.calls == []
+
+
+class OneMirroredTag:
+    """The managed mirror's view with `library/alpine:3` mirrored at DIGEST."""
+
+    def tag(self, host: str, repository: str, tag: str) -> MirrorAnswer | None:
+        return MirrorAnswer(DIGEST, network=True) if tag == "3" else None
+
+    def opens(self, host: str, repository: str, digest: Digest) -> bool:
+        return False
+
+
+async def test_a_tag_another_gateway_moved_is_served_from_the_tiers_copy(tmp_path: Path) -> None:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    upstream, tier = FakeUpstream(), FakeTier()
+    tier.manifests[DIGEST] = (MANIFEST, OCI_MANIFEST)
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream), shared=tier,  # type: ignore[arg-type]
+                          mirror=OneMirroredTag())  # fmt: skip
+    try:
+        answer = await cache.manifest(target(), "3", head=False)
+        assert isinstance(answer, Stored) and answer.digest == DIGEST
+        assert upstream.calls == []  # neither the tag nor the manifest asked upstream
+    finally:
+        await index.close()
