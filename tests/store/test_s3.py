@@ -1,5 +1,6 @@
-"""The bucket adapter against a real S3 endpoint (moto's server on loopback): streamed
-reads with Range, conditional writes, multipart uploads, and every failure translated."""
+"""The bucket adapter against a real S3 endpoint (moto's server on loopback, or SeaweedFS:
+tests/s3engine.py): streamed reads with Range, conditional writes, multipart uploads, and
+every failure translated."""
 
 from __future__ import annotations
 

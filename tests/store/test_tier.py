@@ -1,6 +1,7 @@
-"""The shared blob tier against a real S3 endpoint (moto's server on loopback): a fill's
-body becomes an object only whole and verified, one gateway fills while another waits,
-a lapsed lease is taken over, and the bucket's trouble never fails a fill."""
+"""The shared blob tier against a real S3 endpoint (moto's server on loopback, or SeaweedFS:
+tests/s3engine.py): a fill's body becomes an object only whole and verified, one gateway
+fills while another waits, a lapsed lease is taken over, and the bucket's trouble never
+fails a fill."""
 
 from __future__ import annotations
 
