@@ -127,6 +127,25 @@ async def test_a_second_gateway_waits_for_the_first_ones_fill(bucket_config: S3C
         assert second.counts.waits == 1 and second.counts.takeovers == 0
 
 
+async def test_a_lease_won_after_the_other_fill_completed_reads_the_object(
+    bucket_config: S3Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"raced"
+    digest = digest_of(data)
+    async with Bucket(bucket_config).open() as a, Bucket(bucket_config).open() as b:
+        put = b.put
+
+        async def put_after_the_other_fill(name: str, body: bytes, **how: object) -> str:
+            if name == lease_name(digest):  # gw-a completes its object and lets go just now
+                await a.put(blob_name(digest), data, if_absent=True)
+            return await put(name, body, **how)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(b, "put", put_after_the_other_fill)
+        second = BlobTier(b, "gw-b", part_bytes=5 * MIB, lease_s=30)
+        assert await read_all(second, digest) == data  # read, not a second upstream fetch
+        assert await a.head(lease_name(digest)) is None  # the lease it took is let go
+
+
 async def test_a_lapsed_lease_is_taken_over(bucket_config: S3Config) -> None:
     digest = digest_of(b"orphan")
     async with Bucket(bucket_config).open() as a, Bucket(bucket_config).open() as b:
