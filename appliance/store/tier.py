@@ -225,7 +225,7 @@ class BlobTier:
         while time.monotonic() < deadline:
             if await lease.take():
                 self.counts.takeovers += lease.taken_over
-                return lease
+                return await self._unless_filled(lease, name)
             if not waited:
                 waited = True
                 self.counts.waits += 1
@@ -236,6 +236,21 @@ class BlobTier:
                 return None
         log.warning("tier wait-expired %s", fields(digest=digest, waited_s=_MAX_WAIT_S))
         return lease  # not held: the fill goes ahead; `If-None-Match` still guards
+
+    async def _unless_filled(self, lease: _Lease, name: str) -> _Lease | None:
+        """`lease`, unless the blob is in the bucket after all (then None): its filler
+        completed it and let go of the lease between our look and our taking the lease
+        (a window a store slow to answer a contended conditional write widens: SeaweedFS
+        takes a second). Without this look, a second upstream fetch."""
+        try:
+            there = await self._bucket.head(name) is not None
+        except BaseException:
+            await lease.release()
+            raise
+        if not there:
+            return lease
+        await lease.release()
+        return None
 
 
 class _TierReply:

@@ -55,11 +55,12 @@ class Netns:
         self._procs.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)

@@ -1,8 +1,8 @@
-"""Two gateways sharing one bucket (issue #19), on a real S3 endpoint (moto's server) and
-real upstream registries: cold pulls spread over both fetch each blob from upstream once;
-a gateway whose disk is empty serves from the bucket; a gateway killed mid-fill leaves no
-partial object and the other completes the pull; with the bucket gone both keep serving
-and `/readyz` says degraded.
+"""Two gateways sharing one bucket (issue #19), on a real S3 endpoint (moto's server, or
+SeaweedFS with REGCACHE_S3_ENGINE=seaweedfs) and real upstream registries: cold pulls
+spread over both fetch each blob from upstream once; a gateway whose disk is empty serves
+from the bucket; a gateway killed mid-fill leaves no partial object and the other
+completes the pull; with the bucket gone both keep serving and `/readyz` says degraded.
 
 Gateway A is the lab's regcache (127.0.0.2); gateway B a second `regcache serve` at
 127.0.0.22 with its own store and the same CA, as an operator would deploy a second
@@ -33,7 +33,7 @@ from tests.e2e.conftest import _missing
 from tests.e2e.images import Image, image, layer
 from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, _wait_port, lab
 from tests.harness import REPO
-from tests.s3engine import KEY_ID, MOTO_SERVER, SECRET
+from tests.s3engine import KEY_ID, SECRET, Launch, launch
 
 MiB = 1 << 20
 S3_IP, S3_PORT = "127.0.0.30", 9000
@@ -52,7 +52,8 @@ class Pair:
     b_state: Path
     b_log: Path
     b_proc: subprocess.Popen[bytes] | None = None
-    moto: subprocess.Popen[bytes] | None = None
+    s3_launch: Launch | None = None
+    s3_proc: subprocess.Popen[bytes] | None = None
 
     def start_b(self) -> None:
         self.b_proc = self.a.ns.start(REGCACHE, "serve", "--config", str(self.b_config),
@@ -174,10 +175,15 @@ def _pair(tmp: Path) -> Iterator[Pair]:
     def shared(config: dict[str, Any]) -> None:
         config["store"] = {"s3": _s3_section()}
 
-    with lab(tmp, shared) as a:
-        moto = a.ns.start(str(MOTO_SERVER), "-H", S3_IP, "-p", str(S3_PORT), log=tmp / "moto.log")
-        _wait_port(a.ns, S3_IP, S3_PORT, moto, tmp / "moto.log")
-        made = Pair(a, "", tmp / "b.yaml", tmp / "state-b", tmp / "regcache-b.log", moto=moto)
+    s3 = launch(S3_IP, S3_PORT, tmp / "s3")
+    with contextlib.ExitStack() as stack:
+        stack.callback(s3.tidy)  # what it leaves in /tmp, once the lab has stopped it
+        a = stack.enter_context(lab(tmp, shared))
+        s3_log = tmp / f"{s3.engine}.log"
+        s3_proc = a.ns.start(*s3.argv, log=s3_log)
+        _wait_port(a.ns, S3_IP, S3_PORT, s3_proc, s3_log)
+        made = Pair(a, "", tmp / "b.yaml", tmp / "state-b", tmp / "regcache-b.log",
+                    s3_launch=s3, s3_proc=s3_proc)  # fmt: skip
         made.s3(f"c.create_bucket(Bucket='{BUCKET}')")
         a.restart_regcache()  # its tier now finds the bucket at once
         assert a.config_path is not None
@@ -299,8 +305,8 @@ def test_the_filler_killed_mid_fill_leaves_nothing_and_the_other_completes(pair:
 def test_without_the_bucket_both_keep_serving_and_say_degraded(pair: Pair) -> None:
     warm = "ghcr.io/org/shared:v1"  # pulled through both by the first test
     img = published(pair, "ghcr.io", "org/after", [2 * MiB])
-    assert pair.moto is not None
-    pair.a.ns.stop(pair.moto)
+    assert pair.s3_launch is not None and pair.s3_proc is not None
+    pair.a.ns.stop(pair.s3_proc, timeout=pair.s3_launch.stop_s)
     for gateway, ip in (("a", REGCACHE_IP), ("b", B_IP)):
         assert pair.pull(gateway, warm, f"down-warm-{gateway}").returncode == 0
         out = pair.pull(gateway, "ghcr.io/org/after:v1", f"down-cold-{gateway}")

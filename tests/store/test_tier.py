@@ -1,6 +1,7 @@
-"""The shared blob tier against a real S3 endpoint (moto's server on loopback): a fill's
-body becomes an object only whole and verified, one gateway fills while another waits,
-a lapsed lease is taken over, and the bucket's trouble never fails a fill."""
+"""The shared blob tier against a real S3 endpoint (moto's server on loopback, or SeaweedFS:
+tests/s3engine.py): a fill's body becomes an object only whole and verified, one gateway
+fills while another waits, a lapsed lease is taken over, and the bucket's trouble never
+fails a fill."""
 
 from __future__ import annotations
 
@@ -124,6 +125,25 @@ async def test_a_second_gateway_waits_for_the_first_ones_fill(bucket_config: S3C
         assert shared.reply is not None and shared.replica is None
         shared.reply.close()
         assert second.counts.waits == 1 and second.counts.takeovers == 0
+
+
+async def test_a_lease_won_after_the_other_fill_completed_reads_the_object(
+    bucket_config: S3Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"raced"
+    digest = digest_of(data)
+    async with Bucket(bucket_config).open() as a, Bucket(bucket_config).open() as b:
+        put = b.put
+
+        async def put_after_the_other_fill(name: str, body: bytes, **how: object) -> str:
+            if name == lease_name(digest):  # gw-a completes its object and lets go just now
+                await a.put(blob_name(digest), data, if_absent=True)
+            return await put(name, body, **how)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(b, "put", put_after_the_other_fill)
+        second = BlobTier(b, "gw-b", part_bytes=5 * MIB, lease_s=30)
+        assert await read_all(second, digest) == data  # read, not a second upstream fetch
+        assert await a.head(lease_name(digest)) is None  # the lease it took is let go
 
 
 async def test_a_lapsed_lease_is_taken_over(bucket_config: S3Config) -> None:
