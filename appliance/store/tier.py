@@ -237,7 +237,7 @@ class BlobTier:
         log.warning("tier wait-expired %s", fields(digest=digest, waited_s=_MAX_WAIT_S))
         return lease  # not held: the fill goes ahead; `If-None-Match` still guards
 
-    async def _unless_filled(self, lease: _Lease, name: str) -> _Lease | None:
+    async def _unless_filled(self, lease: Lease, name: str) -> Lease | None:
         """`lease`, unless the blob is in the bucket after all (then None): its filler
         completed it and let go of the lease between our look and our taking the lease
         (a window a store slow to answer a contended conditional write widens: SeaweedFS
