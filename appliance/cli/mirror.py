@@ -27,6 +27,7 @@ from appliance.runtime.sharing import shared_records
 from appliance.store import mirrorjournal
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import INDEX_NAME
+from appliance.store.sharedmirror import SharedMirror
 
 _POLL_S = 0.2
 
@@ -213,10 +214,15 @@ async def _options(config: Config, index: SqliteIndex, place: Place) -> dict[str
     return {"backup": entry.backup, "keep_backups": entry.keep_backups}
 
 
-def _stored(index: SqliteIndex) -> actions.Stored:
+def _stored(index: SqliteIndex, rows: MirrorRecords | None = None) -> actions.Stored:
+    """A manifest's (type, size) if this gateway's store holds it, or (gateways sharing a
+    bucket) the bucket does: a tag moved to it is served from there."""
+
     async def stored(digest: Digest) -> tuple[str, int] | None:
         media_type, row = await index.manifest_type(digest), await index.blob(digest)
-        return None if media_type is None or row is None else (media_type, row.size)
+        if media_type is not None and row is not None:
+            return media_type, row.size
+        return await rows.manifest_info(digest) if isinstance(rows, SharedMirror) else None
 
     return stored
 
@@ -231,7 +237,7 @@ async def _pin(
 ) -> dict[str, Any]:
     name, place = _image(config, args.image, digest=True)
     options = await _options(config, index, place)
-    message = await actions.pin(rows, place, name.digest, _stored(index), **options)
+    message = await actions.pin(rows, place, name.digest, _stored(index, rows), **options)
     return await _state(index, place, message)
 
 
@@ -248,7 +254,7 @@ async def _rollback(
     _, place = _image(config, args.image)
     options = await _options(config, index, place)
     move = await actions.rollback(
-        rows, place, _stored(index), steps=args.steps, to=args.to, **options
+        rows, place, _stored(index, rows), steps=args.steps, to=args.to, **options
     )
     return {"tag": str(place), "old": move.old, "new": move.new, "backup": move.backup,
             "pinned": move.new}  # fmt: skip

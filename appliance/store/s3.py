@@ -45,6 +45,7 @@ class ObjectInfo:
     age_s: float
     """Since it was last written, by the endpoint's own clock (its Date header), so
     gateways whose clocks disagree agree on how old a lease is."""
+    content_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,8 @@ class Bucket:
             if _status(e) == 404:
                 return None
             raise _translated(e, f"HEAD {name}") from e
-        return ObjectInfo(int(reply["ContentLength"]), reply["ETag"], _age_s(reply))
+        return ObjectInfo(int(reply["ContentLength"]), reply["ETag"], _age_s(reply),
+                          reply.get("ContentType", ""))  # fmt: skip
 
     async def get(self, name: str, first: int = 0, last: int | None = None) -> ObjectBody | None:
         """Bytes [first, last] (inclusive, as HTTP Range) or the whole object; None if

@@ -35,6 +35,7 @@ from appliance.mirror.records import (
 )
 from appliance.oci.digest import Digest
 from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable, Conflict
+from appliance.store.tier import manifest_name
 
 log = logging.getLogger(__name__)
 _trouble_log = LogThrottle(log, interval_s=60.0)
@@ -46,11 +47,21 @@ _Trouble = (BucketUnavailable, BucketRefused)
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """A move, with the manifest type and size of what it moved to: another gateway
+    replays it exactly (its backup ref included)."""
+
+    move: Move
+    media_type: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """A tag's object: what it serves and every move, oldest first."""
 
     serving: MirroredTag
-    history: tuple[Move, ...]
+    history: tuple[Step, ...]
 
     def encode(self) -> bytes:
         tag = self.serving
@@ -59,8 +70,9 @@ class Record:
                         "media_type": tag.media_type, "size": tag.size,
                         "moved_s": tag.moved_s, "access": tag.access,
                         "pin": _text(tag.pin)},
-            "history": [[_text(m.old), str(m.new), m.moved_s, m.reason, m.backup]
-                        for m in self.history[-_HISTORY:]],
+            "history": [[_text(s.move.old), str(s.move.new), s.move.moved_s, s.move.reason,
+                         s.move.backup, s.media_type, s.size]
+                        for s in self.history[-_HISTORY:]],
         }, sort_keys=True).encode()  # fmt: skip
 
     @classmethod
@@ -71,10 +83,14 @@ class Record:
                               str(s["media_type"]), int(s["size"]), float(s["moved_s"]),
                               str(s["access"]), _digest(s["pin"]))  # fmt: skip
         history = tuple(
-            Move(place, _digest(old), Digest.parse(new), float(at), str(reason), backup)
-            for old, new, at, reason, backup in raw["history"]
-        )
+            Step(Move(place, _digest(old), Digest.parse(new), float(at), str(reason), backup),
+                 str(media_type), int(size))
+            for old, new, at, reason, backup, media_type, size in raw["history"]
+        )  # fmt: skip
         return cls(serving, history)
+
+    def moves(self) -> list[Move]:
+        return [step.move for step in self.history]
 
 
 def object_name(place: Place) -> str:
@@ -121,8 +137,12 @@ class SharedMirror:
             old = current.digest if current else None
             backup_ref = backup if old not in (None, tag.digest) and keep_backups else None
             move = Move(place, old, tag.digest, tag.moved_s, reason, backup_ref)
-            before = record.history if record else tuple(await self._index.mirror_history(place))
-            history = (*before, move)
+            before = (
+                record.history
+                if record
+                else tuple(Step(m) for m in await self._index.mirror_history(place))
+            )
+            history = (*before, Step(move, tag.media_type, tag.size))
             written = await self._write(place, Record(tag, history), etag)
             if written is None:
                 continue  # another gateway wrote first: judge again on what it wrote
@@ -156,7 +176,18 @@ class SharedMirror:
         except _Trouble as e:
             self._trouble("history", e)
             record = None
-        return list(record.history) if record else await self._index.mirror_history(place)
+        return record.moves() if record else await self._index.mirror_history(place)
+
+    async def manifest_info(self, digest: Digest) -> tuple[str, int] | None:
+        """(media type, size) of a manifest another gateway shared (`store.tier`), so a
+        tag can be moved to content this gateway has not pulled yet; None if the bucket
+        does not hold it or does not answer."""
+        try:
+            info = await self._bucket.head(manifest_name(digest))
+        except _Trouble as e:
+            self._trouble("manifest", e)
+            return None
+        return None if info is None or not info.content_type else (info.content_type, info.size)
 
     async def converge(self) -> int:
         """Apply what other gateways wrote since this one last looked: the tags whose
@@ -196,17 +227,23 @@ class SharedMirror:
             return None
 
     async def _apply(self, record: Record, etag: str, keep_backups: int | None = None) -> None:
-        """This gateway's index serves what the record says (moved with the last move's
-        reason and backup ref), pinned as it says."""
+        """This gateway's index serves what the record says, pinned as it says: the moves
+        it has not made yet are replayed in order (their backup refs with them)."""
         tag, place = record.serving, record.serving.place
         local = await self._local(place)
         if local is None or local.digest != tag.digest:
-            last = record.history[-1] if record.history else None
             keep = self._keep_backups if keep_backups is None else keep_backups
-            await self._index.move_tag(
-                tag, last.reason if last else "sync", expect=local.digest if local else None,
-                backup=last.backup if last else None, keep_backups=keep,
-            )  # fmt: skip
+            current = local.digest if local else None
+            steps = _missing(record.history, current)
+            for i, step in enumerate(steps):
+                last = i == len(steps) - 1
+                at = tag if last else dataclasses.replace(
+                    tag, digest=step.move.new, media_type=step.media_type or tag.media_type,
+                    size=step.size, moved_s=step.move.moved_s, pin=None,
+                )  # fmt: skip
+                await self._index.move_tag(at, step.move.reason, expect=current,
+                                           backup=step.move.backup, keep_backups=keep)  # fmt: skip
+                current = at.digest
         elif local.pin != tag.pin:
             await self._index.set_mirror_pin(place, tag.pin)
         self._seen[object_name(place)] = etag
@@ -275,6 +312,18 @@ class SharedMirror:
 
     async def request(self, request_id: int) -> Request | None:
         return await self._index.request(request_id)
+
+
+def _missing(history: Sequence[Step], current: Digest | None) -> Sequence[Step]:
+    """The steps after the last one that moved the tag to `current` (all of them when
+    it is not mirrored here yet); only the last when `current` is not in the history
+    (this gateway's index went its own way: the bucket's word is final)."""
+    if current is None:
+        return history
+    for i in range(len(history) - 1, -1, -1):
+        if history[i].move.new == current:
+            return history[i + 1 :] or history[-1:]
+    return history[-1:]
 
 
 def _text(digest: Digest | None) -> str | None:

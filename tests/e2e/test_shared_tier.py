@@ -38,6 +38,7 @@ from tests.s3engine import KEY_ID, SECRET, Launch, launch
 MiB = 1 << 20
 S3_IP, S3_PORT = "127.0.0.30", 9000
 B_IP = "127.0.0.22"
+MIRRORED = "ghcr.io/org/moving:1"
 BUCKET = "regcache-shared"
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 REGCACHE = str(REPO / ".venv" / "bin" / "regcache")
@@ -174,6 +175,8 @@ def _pair(tmp: Path) -> Iterator[Pair]:
 
     def shared(config: dict[str, Any]) -> None:
         config["store"] = {"s3": _s3_section()}
+        config["mirror"] = {"defaults": {"interval": "1d", "keep_backups": 3},
+                            "entries": [{"source": MIRRORED}]}  # fmt: skip
 
     s3 = launch(S3_IP, S3_PORT, tmp / "s3")
     with contextlib.ExitStack() as stack:
@@ -264,6 +267,63 @@ def test_a_gateway_with_an_empty_disk_serves_from_the_bucket(pair: Pair) -> None
     layers = sum(len(b.data) for b in img.blobs)
     assert pair.metric(B_IP, "regcache_shared_read_bytes_total") - read_before >= layers
     pair.report("empty-disk")
+
+
+def mirror(pair: Pair, gateway: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`regcache mirror …` on gateway A or B (its config, its index, the shared bucket,
+    which is reached inside the namespace)."""
+    config = pair.a.config_path if gateway == "a" else pair.b_config
+    return subprocess.run(pair.a.ns.argv(REGCACHE, "mirror", *args, "--config", str(config)),
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+
+def history(pair: Pair, gateway: str) -> list[tuple[str, str]]:
+    out = mirror(pair, gateway, "history", MIRRORED, "--json")
+    assert out.returncode == 0, out.stderr
+    return [(m["reason"], m["new"]) for m in json.loads(out.stdout)["moves"]]
+
+
+def serving(pair: Pair, gateway: str) -> str | None:
+    out = mirror(pair, gateway, "status", "--json")
+    entry = next(e for e in json.loads(out.stdout)["entries"] if e["source"] == MIRRORED)
+    return next((t["serving"] for t in entry["tags"] if t["tag"] == "1"), None)
+
+
+def test_two_gateways_moving_one_mirror_tag_at_once_lose_nothing(pair: Pair) -> None:
+    images = [image([layer(150 * 1024, f"moving-{i}")]) for i in range(3)]
+    for img in images:  # A's syncs move the tag three times: X, Y, Z
+        pair.a.push_upstream("ghcr.io", "org/moving", "1", img)
+        out = mirror(pair, "a", "sync", MIRRORED, "--json")
+        assert out.returncode == 0 and json.loads(out.stdout)["entries"][0]["tags"][0]["moved"]
+    x, y, z = (img.top.digest for img in images)
+    deadline = time.monotonic() + 30
+    while serving(pair, "b") != z:  # B applies A's moves (every 5 s)
+        assert time.monotonic() < deadline, "B did not take A's moves"
+        time.sleep(0.5)
+    # At once, A rolls back to X and B to Y: both expect Z.
+    argv = [pair.a.ns.argv(REGCACHE, "mirror", "rollback", MIRRORED, "--to", digest,
+                           "--config", str(config))
+            for digest, config in ((x, pair.a.config_path), (y, pair.b_config))]  # fmt: skip
+    runs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for a in argv]  # fmt: skip
+    results = [(run.wait(120), run.communicate()) for run in runs]
+    codes = [code for code, _ in results]
+    assert sorted(codes) == [0, 2], results  # one wins; the other is told, nothing is lost
+    loser = codes.index(2)
+    assert "moved meanwhile" in results[loser][1][1]
+    winner_digest, loser_digest = (x, y) if loser == 1 else (y, x)
+    retried = mirror(pair, "ab"[loser], "rollback", MIRRORED, "--to", loser_digest)
+    assert retried.returncode == 0, retried.stderr  # asked again, on what is served now
+    expected = [("sync", x), ("sync", y), ("sync", z), ("rollback", winner_digest),
+                ("rollback", loser_digest)]  # fmt: skip
+    assert history(pair, "a") == history(pair, "b") == expected
+    deadline = time.monotonic() + 30
+    while {serving(pair, "a"), serving(pair, "b")} != {loser_digest}:
+        assert time.monotonic() < deadline, "the gateways disagree on what the tag serves"
+        time.sleep(0.5)
+    for gateway in "ab":  # and they serve it, whichever gateway's store had it
+        out = pair.pull(gateway, f"{MIRRORED}", f"moving-{gateway}")
+        assert out.returncode == 0, out.stderr
 
 
 def test_the_filler_killed_mid_fill_leaves_nothing_and_the_other_completes(pair: Pair) -> None:

@@ -20,6 +20,7 @@ from appliance.oci.digest import Digest
 from appliance.store.index import SqliteIndex
 from appliance.store.s3 import Bucket
 from appliance.store.sharedmirror import SharedMirror, place_of
+from appliance.store.tier import manifest_name
 from tests.harness import free_port
 from tests.s3engine import KEY_ID, SECRET, make_bucket
 
@@ -161,3 +162,31 @@ def test_object_names_map_back_to_places() -> None:
         "ghcr.io", "org/team/app", "v1.2"
     )
     assert place_of("mirror/tags/docker.io/alpine") is None
+
+
+async def test_a_manifest_another_gateway_shared_can_be_moved_to(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    a, _ = gateways
+    bucket = a.shared._bucket
+    await bucket.put(
+        manifest_name(Y), b"{}", content_type="application/vnd.oci.image.index.v1+json"
+    )
+    assert await a.shared.manifest_info(Y) == ("application/vnd.oci.image.index.v1+json", 2)
+    assert await a.shared.manifest_info(Z) is None
+
+
+async def test_a_gateway_behind_by_several_moves_replays_each(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    a, b = gateways
+    await a.shared.move_tag(tag(X), "add", expect=None, backup=None, keep_backups=3)
+    await b.shared.converge()
+    await a.shared.move_tag(tag(Y), "sync", expect=X, backup="3.20-a", keep_backups=3)
+    await a.shared.move_tag(tag(Z), "sync", expect=Y, backup="3.20-b", keep_backups=3)
+    assert await b.shared.converge() == 1  # one changed tag, two moves behind
+    backups = {t.place.tag: t.digest for t in await b.index.mirrored_tags() if t.backup_of}
+    assert backups == {"3.20-a": X, "3.20-b": Y}  # as on A: a rollback to either works
+    assert steps(await b.index.mirror_history(PLACE)) == [
+        (None, X, "add"), (X, Y, "sync"), (Y, Z, "sync"),
+    ]  # fmt: skip
