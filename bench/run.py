@@ -37,6 +37,7 @@ from bench.peers import (  # noqa: E402
     Bench,
     Server,
 )
+from bench.shared import SharedResults, measure_shared, report_shared  # noqa: E402
 from bench.soak import measure_soak  # noqa: E402
 from bench.soakreport import SoakReport  # noqa: E402
 from tests.e2e.netns import Netns  # noqa: E402
@@ -205,7 +206,7 @@ def main() -> None:
     parser.add_argument("--dns-seconds", type=int, default=10)
     parser.add_argument("--wan-mbit", type=int, default=800, help="the WAN link's rate")
     parser.add_argument("--only", default="pulls,wan,serving,crowds,dns",
-                        help="parts to run (and soak, not run unless named)")  # fmt: skip
+                        help="parts to run (and soak, shared: not run unless named)")  # fmt: skip
     parser.add_argument("--profile", type=Path, help="py-spy profiles of each phase, to here")
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch folder (default: /var/tmp)"
@@ -258,7 +259,7 @@ def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
 def image_sizes(args: argparse.Namespace, parts: list[str]) -> dict[str, list[int]]:
     """The generated images the chosen parts pull (the soak pushes its own)."""
     sizes = {}
-    if {"pulls", "wan", "serving"} & set(parts):
+    if {"pulls", "wan", "serving", "shared"} & set(parts):
         sizes["big"] = [int(x) * MiB for x in args.layers_mib.split(",")]
     if "crowds" in parts:
         sizes["crowd"] = [int(x) * MiB for x in args.crowd_layers_mib.split(",")]
@@ -286,6 +287,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             shutil.rmtree(layout)
         r = Results()
         soak: SoakReport | None = None
+        shared: SharedResults | None = None
         if "pulls" in parts:
             measure_pulls(bench, r, upstream, images["big"], args.reps)
         if "wan" in parts:
@@ -298,8 +300,12 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             measure_dns(bench, r, args.dns_seconds)
         if "soak" in parts:
             soak = measure_soak(bench, upstream, args)
+        if "shared" in parts:
+            shared = measure_shared(bench, upstream, images["big"], args.reps)
     if r.samples:
         report(r, images, args)
+    if shared is not None:
+        report_shared(shared, images["big"], args.layers_mib, args.reps)
     if soak is not None:
         soak.print()
     print(f"\n(bench took {time.monotonic() - started:.0f} s)")
