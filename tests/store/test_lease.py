@@ -5,23 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from appliance.config.shared import S3Config, S3Credentials
-from appliance.config.values import SecretRef
+from appliance.config.shared import S3Config
 from appliance.store.lease import Lease
 from appliance.store.s3 import Bucket
-from tests.s3engine import KEY_ID, SECRET, make_bucket
-
-
-@pytest.fixture
-def bucket_config(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Config:
-    monkeypatch.setenv("T_KEY_ID", KEY_ID)
-    monkeypatch.setenv("T_SECRET", SECRET)
-    return S3Config(
-        endpoint=s3_endpoint, bucket=make_bucket(s3_endpoint), force_path_style=True,
-        credentials=S3Credentials(SecretRef(env="T_KEY_ID"), SecretRef(env="T_SECRET")),
-    )  # fmt: skip
 
 
 async def test_one_holder_at_a_time_and_release_frees_it(bucket_config: S3Config) -> None:

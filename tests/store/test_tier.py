@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 import boto3
 import pytest
 
-from appliance.config.shared import S3Config, S3Credentials
-from appliance.config.values import SecretRef
+from appliance.config.shared import S3Config
 from appliance.oci.digest import Digest
 from appliance.store.s3 import Bucket
 from appliance.store.tier import BlobTier, blob_name, lease_name
 from tests.harness import free_port
-from tests.s3engine import KEY_ID, SECRET, make_bucket
+from tests.s3engine import KEY_ID, SECRET
 
 MIB = 1 << 20
 
@@ -35,16 +34,6 @@ async def body_of(
             raise RuntimeError("upstream body ended early")
         await asyncio.sleep(0)
         yield data[start : start + chunk]
-
-
-@pytest.fixture
-def bucket_config(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Config:
-    monkeypatch.setenv("T_KEY_ID", KEY_ID)
-    monkeypatch.setenv("T_SECRET", SECRET)
-    return S3Config(
-        endpoint=s3_endpoint, bucket=make_bucket(s3_endpoint), force_path_style=True,
-        credentials=S3Credentials(SecretRef(env="T_KEY_ID"), SecretRef(env="T_SECRET")),
-    )  # fmt: skip
 
 
 def open_uploads(config: S3Config) -> list[str]:

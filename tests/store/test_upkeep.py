@@ -9,12 +9,10 @@ import time
 
 import pytest
 
-from appliance.config.shared import S3Config, S3Credentials
-from appliance.config.values import SecretRef
+from appliance.config.shared import S3Config
 from appliance.store import upkeep
 from appliance.store.s3 import Bucket, Listed
 from appliance.store.upkeep import Policy, choose, evict, held, publish_holds
-from tests.s3engine import KEY_ID, SECRET, make_bucket
 
 NOW = 1_000_000_000.0
 DAY = 86400.0
@@ -48,16 +46,6 @@ def test_held_young_and_foreign_objects_are_never_chosen() -> None:
         blob("free", 100, 8 * DAY),
     ]
     assert names(choose(blobs, {"sha256:held"}, Policy(0, 1.0), NOW)) == ["free"]
-
-
-@pytest.fixture
-def bucket_config(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Config:
-    monkeypatch.setenv("T_KEY_ID", KEY_ID)
-    monkeypatch.setenv("T_SECRET", SECRET)
-    return S3Config(
-        endpoint=s3_endpoint, bucket=make_bucket(s3_endpoint), force_path_style=True,
-        credentials=S3Credentials(SecretRef(env="T_KEY_ID"), SecretRef(env="T_SECRET")),
-    )  # fmt: skip
 
 
 async def test_a_pass_evicts_what_no_live_gateway_holds(
