@@ -20,7 +20,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import yaml
 
 from bench.images import Image
 from bench.peers import HUB, REGCACHE_IP, RESOLVER_IP, UPSTREAM, UPSTREAM_IP, Bench, Server
+from tests.e2e.netns import attached
 from tests.harness import example_registries
 from tests.s3engine import KEY_ID, SECRET, WEED, Launch, bucket_name, launch
 
@@ -201,22 +201,6 @@ def make_ca(bench: Bench) -> None:
                        capture_output=True)  # fmt: skip
 
 
-@contextlib.contextmanager
-def attached(bench: Bench, pid: int, nameserver: str) -> Iterator[str]:
-    """A second name for the bench's namespace (`pid` runs in it) whose resolv.conf names
-    `nameserver`: build hosts of gateway B."""
-    name = f"{bench.ns.name}-b"
-    etc = Path("/etc/netns") / name
-    subprocess.run(["ip", "netns", "attach", name, str(pid)], check=True)
-    try:
-        etc.mkdir(parents=True)
-        (etc / "resolv.conf").write_text(f"nameserver {nameserver}\n")
-        yield name
-    finally:
-        shutil.rmtree(etc, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 def pull(bench: Bench, netns: str, ref: str) -> float:
     """Bench.pull under the namespace name `netns`: wall seconds of a skopeo copy."""
     dest = bench.tmp / "pulled"
@@ -310,7 +294,7 @@ def measure_shared(bench: Bench, upstream: Server, image: Image, reps: int) -> S
         bench.wait_port(S3_IP, S3_PORT, proc, log)
         s3 = Server(proc, log)
         a = Gateway("a", REGCACHE_IP, bench.ns.name)
-        b = Gateway("b", B_IP, stack.enter_context(attached(bench, proc.pid, B_IP)))
+        b = Gateway("b", B_IP, stack.enter_context(attached(proc.pid, B_IP, f"{bench.ns.name}-b")))
         for rep in range(1, reps + 1):
             folder = bench.tmp / f"shared-rep{rep}"
             folder.mkdir()

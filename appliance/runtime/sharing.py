@@ -130,12 +130,15 @@ async def upkeep_once(config: Config, index: SqliteIndex, tier: BlobTier) -> Evi
     assert s3 is not None
     kept = protected_digests(await index.snapshot(), set())
     await publish_holds(tier.objects, tier.gateway, kept)
+    blobs, complete = await tier.blobs()  # one LIST walk for the eviction and the count
     evicted = None
     if s3.max_size is not None or s3.max_age is not None:
         policy = Policy(s3.max_size.bytes if s3.max_size else None,
                         s3.max_age.seconds if s3.max_age else None)  # fmt: skip
-        evicted = await evict(tier.objects, tier.gateway, policy, s3.lease.seconds)
-    await tier.survey()
+        evicted = await evict(tier.objects, tier.gateway, policy, s3.lease.seconds, blobs)
+    if evicted is not None:
+        blobs = [item for item in blobs if item.name not in evicted.names]
+    await tier.survey((blobs, complete))
     return evicted
 
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from appliance.cache.ports import Shared
@@ -29,7 +29,14 @@ from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCTET_STREAM
 from appliance.store.lease import Lease
-from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable, Conflict, ObjectBody
+from appliance.store.s3 import (
+    Bucket,
+    BucketRefused,
+    BucketUnavailable,
+    Conflict,
+    Listed,
+    ObjectBody,
+)
 
 log = logging.getLogger(__name__)
 _trouble_log = LogThrottle(log, interval_s=60.0)
@@ -40,7 +47,7 @@ _MAX_WAIT_S = 900.0  # for another gateway's fill, at most; then fill anyway
 _POLL_S = (0.1, 1.0)  # first and longest pause between looks at a blob being filled
 _MAX_PARTS = 10_000  # S3's limit per upload
 _PARTS_AT_ONCE = 4  # part buffers in memory at once, across every fill
-_SURVEY_LIMIT = 1_000_000  # objects a survey lists at most (a page is 1,000)
+_SURVEY_LIMIT = 1_000_000  # blobs a listing holds at most (a page is 1,000)
 _MAX_MANIFEST_BYTES = 4 << 20  # as the cache's own limit
 _TierTrouble = (BucketUnavailable, BucketRefused)
 
@@ -202,18 +209,25 @@ class BlobTier:
             return str(e)
         return None
 
-    async def survey(self) -> Survey:
-        """Count what the bucket holds (a LIST walk, bounded); kept as `last_survey`."""
-        objects = size = leases = 0
-        complete = True
+    async def blobs(self) -> tuple[list[Listed], bool]:
+        """The bucket's blobs (a LIST walk), and whether that is all of them: the walk
+        stops at `_SURVEY_LIMIT`, so memory does not grow with the bucket."""
+        found: list[Listed] = []
         async for item in self._bucket.listing("blobs/"):
-            if objects >= _SURVEY_LIMIT:
-                complete = False
-                break
-            objects, size = objects + 1, size + item.size
+            if len(found) >= _SURVEY_LIMIT:
+                return found, False
+            found.append(item)
+        return found, True
+
+    async def survey(self, listed: tuple[Sequence[Listed], bool] | None = None) -> Survey:
+        """Count what the bucket holds (`blobs`, or what a listing just found); kept as
+        `last_survey`."""
+        blobs, complete = listed if listed is not None else await self.blobs()
+        leases = 0
         async for _ in self._bucket.listing("leases/"):
             leases += 1
-        self.last_survey = Survey(objects, size, complete, leases, time.time())
+        size = sum(item.size for item in blobs)
+        self.last_survey = Survey(len(blobs), size, complete, leases, time.time())
         return self.last_survey
 
     async def _lead_or_wait(self, digest: Digest, name: str) -> Lease | None:

@@ -8,14 +8,15 @@ to a gateway that is gone and no longer count. Blobs younger than `_MIN_AGE_S` a
 chosen: a gateway may have just filled one it is about to hold. Otherwise the policy is
 by age (`max_age`: blobs shared longer ago go) and then size (`max_size`: the oldest go
 until the rest fits). S3 keeps no access time, so "oldest" is "shared longest ago"; each
-gateway's own disk stays the LRU tier for what its builds use."""
+gateway's own disk stays the LRU tier for what its builds use. A listing holds at most a
+million blobs (`BlobTier.blobs`): past that, a pass weighs the first million by name."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from appliance.kit.logfields import fields
@@ -42,6 +43,8 @@ class Evicted:
     bytes: int
     kept_held: int
     """Blobs the policy would have chosen but a gateway holds."""
+    names: frozenset[str] = frozenset()
+    """What was removed."""
 
 
 async def publish_holds(bucket: Bucket, gateway: str, digests: Iterable[str]) -> None:
@@ -86,20 +89,29 @@ def choose(blobs: list[Listed], holds: set[str], policy: Policy, now_s: float) -
     return chosen
 
 
-async def evict(bucket: Bucket, gateway: str, policy: Policy, lease_s: float) -> Evicted | None:
-    """One eviction pass, unless another gateway runs one now (None)."""
+async def evict(
+    bucket: Bucket,
+    gateway: str,
+    policy: Policy,
+    lease_s: float,
+    blobs: Sequence[Listed] | None = None,
+) -> Evicted | None:
+    """One eviction pass, unless another gateway runs one now (None). `blobs`: the
+    bucket's blobs as a listing just found them (default: listed here)."""
     lease = Lease(bucket, _UPKEEP_LEASE, lease_s, gateway)
     if not await lease.take():
         return None
     try:
         now = time.time()
         holds = await held(bucket, now)
-        blobs = [item async for item in bucket.listing("blobs/")]
-        chosen = choose(blobs, holds, policy, now)
+        if blobs is None:
+            blobs = [item async for item in bucket.listing("blobs/")]
+        chosen = choose(list(blobs), holds, policy, now)
         for blob in chosen:
             await bucket.delete(blob.name)
         spared = sum(1 for b in blobs if _digest(b.name) in holds)
-        result = Evicted(len(chosen), sum(b.size for b in chosen), spared)
+        result = Evicted(len(chosen), sum(b.size for b in chosen), spared,
+                         frozenset(b.name for b in chosen))  # fmt: skip
         if chosen:
             log.info("tier evicted %s", fields(objects=result.objects, bytes=result.bytes,
                                                held=spared))  # fmt: skip

@@ -72,3 +72,18 @@ class Netns:
 def netns(nameserver: str) -> Iterator[Netns]:
     with Netns(nameserver) as ns:
         yield ns
+
+
+@contextlib.contextmanager
+def attached(pid: int, nameserver: str, name: str) -> Iterator[str]:
+    """`name`: a second name for the namespace `pid` runs in, with a resolv.conf of its
+    own (build hosts of a second gateway in one namespace); removed afterwards."""
+    etc = Path("/etc/netns") / name
+    subprocess.run(["ip", "netns", "attach", name, str(pid)], check=True)
+    try:
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text(f"nameserver {nameserver}\n")
+        yield name
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -32,6 +32,7 @@ import yaml
 from tests.e2e.conftest import _missing
 from tests.e2e.images import Blob, Image, image, layer
 from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, _wait_port, lab
+from tests.e2e.netns import attached
 from tests.harness import REPO
 from tests.s3engine import KEY_ID, SECRET, Launch, launch
 
@@ -141,21 +142,6 @@ def _s3_section() -> dict[str, Any]:
     }  # fmt: skip
 
 
-@contextlib.contextmanager
-def attached(pid: int, nameserver: str) -> Iterator[str]:
-    """A second name for the namespace `pid` runs in, with a resolv.conf of its own."""
-    name = f"regcache-test-b{pid}"
-    etc = Path("/etc/netns") / name
-    subprocess.run(["ip", "netns", "attach", name, str(pid)], check=True)
-    try:
-        etc.mkdir(parents=True)
-        (etc / "resolv.conf").write_text(f"nameserver {nameserver}\n")
-        yield name
-    finally:
-        shutil.rmtree(etc, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     reason = _missing()
@@ -201,7 +187,7 @@ def _pair(tmp: Path) -> Iterator[Pair]:
         shutil.copytree(a.state_dir / "ca", made.b_state / "ca")  # one CA for the network
         made.start_b()
         assert made.b_proc is not None
-        with attached(made.b_proc.pid, B_IP) as name:
+        with attached(made.b_proc.pid, B_IP, f"regcache-test-b{made.b_proc.pid}") as name:
             made.b_ns = name
             try:
                 yield made
