@@ -42,13 +42,8 @@ from appliance.runtime.mirroring import build_mirror, feeding, mirror_section, m
 from appliance.runtime.notify import notify
 from appliance.runtime.offline import OfflineSwitch
 from appliance.runtime.outbound import credential_sources, upstream_client, upstream_resolver
-from appliance.runtime.sharing import (
-    degraded,
-    mirror_records,
-    open_tier,
-    sharing_jobs,
-    tier_section,
-)
+from appliance.runtime.peering import Sharing, open_peers, peer_addresses
+from appliance.runtime.sharing import mirror_records, open_tier
 from appliance.runtime.signals import on_reload, on_stop
 from appliance.runtime.sites import site_resolver
 from appliance.runtime.startup import StoreStartup
@@ -57,7 +52,6 @@ from appliance.store.eviction import Eviction, Evictor
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.reconcile import open_index
-from appliance.store.tier import BlobTier
 from appliance.tls.admission import Admission
 from appliance.tls.ca import CaError, CertificateAuthority, fingerprint, to_pem
 from appliance.tls.leaves import LeafStore
@@ -97,8 +91,8 @@ class Acquired:
     mirror_upstream: UpstreamClient
     """The managed mirror's own client: every configured credential, none lent."""
     audit: AuditLog | None
-    tier: BlobTier | None
-    """The blob tier shared with other gateways (`store.s3`), if any."""
+    sharing: Sharing
+    """The blob tier shared with other gateways (`store.s3`) and the peers, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +207,8 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
     if audit is not None:
         stack.callback(audit.close)
     tier = await open_tier(stack, parts.config, parts.metrics, parts.resolver.resolve)
-    return Acquired(index, upstream, mirror_upstream, audit, tier)
+    peers = open_peers(stack, parts.config, parts.ca, parts.metrics)
+    return Acquired(index, upstream, mirror_upstream, audit, Sharing(tier, peers))
 
 
 async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Service) -> None:
@@ -257,7 +252,8 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     def proxy_app(bridge: Bridge | None) -> web.Application:
         sites = site_resolver(parts.registries)  # one cache per serving loop
         return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge,
-                          caching=lambda: startup.ready, tokens=tokens, local=served)  # fmt: skip
+                          caching=lambda: startup.ready, tokens=tokens, local=served,
+                          peers=peer_addresses(config))  # fmt: skip
 
     loops = ServingLoops(_https_loops(config) - 1, proxy_app)
     health = HealthMonitor(
@@ -275,8 +271,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         problems += [p] if (p := startup.problem()) else []
         return problems + list(await health.check_once())
 
-    ca = parts.ca
-    records = mirror_records(acquired.tier, acquired.index, config)
+    records = mirror_records(acquired.sharing.tier, acquired.index, config)
     mirror = build_mirror(parts.config, parts.registries, acquired.index, cache,
                           acquired.mirror_upstream, parts.mirror_view, parts.budgets,
                           write_audit, parts.metrics, records)  # fmt: skip
@@ -285,10 +280,10 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         ready,
         parts.config.admin.allow_clients,
         parts.admin_token,
-        ca_pem=lambda: to_pem(ca.trust_bundle(dt.datetime.now(dt.UTC))),
-        ca_fingerprint=lambda: fingerprint(ca.cert),
-        sections=lambda: mirror_section(mirror, parts.budgets) + tier_section(acquired.tier),
-        degraded=lambda: degraded(acquired.tier),
+        ca_pem=lambda: to_pem(parts.ca.trust_bundle(dt.datetime.now(dt.UTC))),
+        ca_fingerprint=lambda: fingerprint(parts.ca.cert),
+        sections=lambda: mirror_section(mirror, parts.budgets) + acquired.sharing.section(),
+        degraded=acquired.sharing.degraded,
     )
     evictor.busy = lambda: cache.filling() | mirror.holding()
     background: dict[str, Job] = {
@@ -297,7 +292,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
         **({"local": local.job()} if local else {}),
-        **sharing_jobs(config, acquired.index, records, acquired.tier),
+        **acquired.sharing.jobs(config, acquired.index, records),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 
@@ -329,7 +324,8 @@ def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:
         space=evictor,
         on_fill_finished=lambda state, s: metrics.fill_seconds.labels(state).observe(s),
         mirror=parts.mirror_view,
-        shared=acquired.tier,
+        shared=acquired.sharing.tier,
+        peers=acquired.sharing.peers,
     )
     metrics.watch(lambda: evictor.stored, config.state_dir, lambda: cache.coalesced)
     return cache, evictor

@@ -129,6 +129,10 @@ class Metrics:
         """What the shared tier (`store.s3`) did since start: `regcache_shared_<name>`."""
         self.registry.register(_TierCollector(counts, failures))
 
+    def watch_peers(self, peers: Callable[[], Sequence[tuple[str, bool, int, int]]]) -> None:
+        """The site's other gateways: (name, up, relays, relays failed) of each."""
+        self.registry.register(_PeerCollector(peers))
+
     def body_sent(self, registry: str, repository: str, sent: int, *, from_store: bool) -> None:
         self.served.labels(registry, "store" if from_store else "upstream").inc(sent)
         self.savings.served(registry, repository, sent, from_store)
@@ -303,3 +307,24 @@ class _TierCollector(Collector):
         for doing, count in sorted(self._failures().items()):
             failed.add_metric([doing], count)
         yield failed
+
+
+class _PeerCollector(Collector):
+    def __init__(self, peers: Callable[[], Sequence[tuple[str, bool, int, int]]]) -> None:
+        self._peers = peers
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        up = GaugeMetricFamily("regcache_peer_up", "1 if the peer gateway is up.", labels=["peer"])
+        relays = CounterMetricFamily(
+            "regcache_peer_relays", "Blob requests relayed to the peer that owns the blob.",
+            labels=["peer"],
+        )  # fmt: skip
+        failed = CounterMetricFamily(
+            "regcache_peer_relays_failed", "Relays the peer could not take (then this gateway"
+            " filled).", labels=["peer"],
+        )  # fmt: skip
+        for name, is_up, relayed, failures in self._peers():
+            up.add_metric([name], 1 if is_up else 0)
+            relays.add_metric([name], relayed)
+            failed.add_metric([name], failures)
+        yield from (up, relays, failed)

@@ -34,6 +34,8 @@ class Target:
     tag_ttl_s: float = 0.0
     max_stale_s: float = 0.0
     """How old a tag mapping may be to answer while upstream is down (stale-if-error)."""
+    from_peer: bool = False
+    """Relayed by another gateway of the site (`peers`): this one answers it itself."""
     realm_down: bool = False
     """The client's token step was answered by regcache (its realm did not answer): it
     comes as an anonymous client, and upstream's 401 to it is trouble, not a no."""

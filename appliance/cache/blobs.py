@@ -3,6 +3,7 @@ by every client that asks meanwhile (see fill.py), each of them let through the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from appliance.cache.access import AccessGate
@@ -10,11 +11,22 @@ from appliance.cache.answers import Answer, Described, Filling, Stored, Target, 
 from appliance.cache.calls import ClientCalls
 from appliance.cache.fill import Fill
 from appliance.cache.fills import Fills
-from appliance.cache.ports import Index, UpstreamReply
+from appliance.cache.ports import (
+    Index,
+    Peers,
+    UpstreamReply,
+    UpstreamUnavailable,
+    in_trouble,
+)
 from appliance.cache.shelf import Shelf
+from appliance.kit.logfields import fields
+from appliance.kit.logthrottle import LogThrottle
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCTET_STREAM
 from appliance.oci.routes import Kind
+
+log = logging.getLogger(__name__)
+_relay_log = LogThrottle(log, interval_s=60.0)
 
 
 class BlobRefused(RuntimeError):
@@ -27,13 +39,20 @@ class BlobRefused(RuntimeError):
 
 class Blobs:
     def __init__(
-        self, shelf: Shelf, index: Index, calls: ClientCalls, gate: AccessGate, fills: Fills
+        self,
+        shelf: Shelf,
+        index: Index,
+        calls: ClientCalls,
+        gate: AccessGate,
+        fills: Fills,
+        peers: Peers | None = None,
     ) -> None:
         self._shelf = shelf
         self._index = index
         self._calls = calls
         self._gate = gate
         self._fills = fills
+        self._peers = peers
 
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
         stored = await self._shelf.stored(digest, OCTET_STREAM)
@@ -45,13 +64,17 @@ class Blobs:
         if head:
             return await self._describe(target, digest)
         led = False
+        # A peer's relay is never relayed again: views of who is up may differ a moment.
+        owner = None if self._peers is None or target.from_peer else self._peers.owner(digest)
 
         async def fetch() -> UpstreamReply:
             nonlocal led
             led = True
+            if owner is not None and (relayed := await self._relayed(owner, target, digest)):
+                return relayed
             return await self._calls.fetch(target, "GET", Kind.BLOB, digest)
 
-        result = await self._fills.join_or_start(digest, fetch, media_type=None)
+        result = await self._fills.join_or_start(digest, fetch, None, share=owner is None)
         if not isinstance(result, Fill):
             return await refusal_or_relayed(result)
         filling = Filling(digest, OCTET_STREAM, result)
@@ -63,6 +86,21 @@ class Blobs:
             lambda: self._gate.grant(target.host, target.repository, digest, target.authorization)
         )
         return filling
+
+    async def _relayed(self, owner: str, target: Target, digest: Digest) -> UpstreamReply | None:
+        """The owner's answer to this client's request: its bytes as it fills them (its
+        gate, or upstream with these credentials, let them through), or its refusal.
+        None when it could not answer (down, or in trouble): then this gateway fills."""
+        assert self._peers is not None
+        try:
+            reply = await self._peers.relay(owner, target.url(Kind.BLOB, digest), target.headers)
+        except UpstreamUnavailable as e:
+            _relay_log.warning(owner, "peer relay-failed %s", fields(peer=owner, error=e))
+            return None
+        if in_trouble(reply.status):
+            reply.close()
+            return None
+        return reply
 
     async def keep(self, digest: Digest, fetch: Callable[[], Awaitable[UpstreamReply]]) -> int:
         """`digest` in the store, for the managed mirror: there already, joined from a fill

@@ -78,12 +78,15 @@ class Fills:
         digest: Digest,
         fetch: Callable[[], Awaitable[UpstreamReply]],
         media_type: str | None,
+        *,
+        share: bool = True,
     ) -> Fill | UpstreamReply:
-        """The fill for `digest` (joined or started), or the leader's non-200 reply."""
+        """The fill for `digest` (joined or started), or the leader's non-200 reply.
+        `share=False`: a peer fetches it (`fetch` asks it) and shares it, not this one."""
         for _ in range(3):
             running = self._active.get(digest)
             if running is None:
-                return await self._lead(digest, fetch, media_type)
+                return await self._lead(digest, fetch, media_type, share)
             try:
                 fill = await asyncio.shield(running)
             except LeaderGotNoBody:
@@ -92,8 +95,8 @@ class Fills:
                 self.joined += 1
                 return fill
             # The disk filled under it, or its file was evicted since it committed.
-            return await self._lead(digest, fetch, media_type)
-        return await self._lead(digest, fetch, media_type)
+            return await self._lead(digest, fetch, media_type, share)
+        return await self._lead(digest, fetch, media_type, share)
 
     def _evicted(self, fill: Fill) -> bool:
         """A finished fill whose file is gone: eviction removed it (it is not busy once
@@ -105,6 +108,7 @@ class Fills:
         digest: Digest,
         fetch: Callable[[], Awaitable[UpstreamReply]],
         media_type: str | None,
+        share: bool,
     ) -> Fill | UpstreamReply:
         if self._running >= self._max_running:
             raise TooManyFills(f"{self._running} upstream transfers running; retry shortly")
@@ -113,7 +117,7 @@ class Fills:
         shared = Shared(None)
         try:
             if self._shared is not None:
-                shared = await self._shared.find(digest)
+                shared = await self._shared.find(digest, lead=share)
             reply = shared.reply or await fetch()
         except BaseException as e:
             # Followers must not inherit the leader's failure (or cancellation): they retry.

@@ -139,10 +139,11 @@ class Shared:
 class SharedTier(Protocol):
     """Blobs shared by several gateways: below each one's own disk, above upstream."""
 
-    async def find(self, digest: Digest) -> Shared:
+    async def find(self, digest: Digest, *, lead: bool = True) -> Shared:
         """The blob's bytes if the tier holds them (after waiting a bounded while for a
         fill of it another gateway leads), else where this gateway's fill is to go. Never
-        raises for the tier's own trouble: then the fill goes upstream, unshared."""
+        raises for the tier's own trouble: then the fill goes upstream, unshared.
+        `lead=False`: a peer fills it (and shares it); only look."""
         ...
 
     def distrust(self, digest: Digest) -> None:
@@ -157,6 +158,22 @@ class SharedTier(Protocol):
     def share_manifest(self, digest: Digest, body: bytes, media_type: str) -> None:
         """A verified manifest this gateway keeps: for the others too (in the background,
         once: a copy there already stays)."""
+        ...
+
+
+class Peers(Protocol):
+    """The site's other gateways (`peers`): each cold blob has one owner among the live
+    ones, which fills it once for all of them."""
+
+    def owner(self, digest: Digest) -> str | None:
+        """The live peer that owns `digest` (its name, `10.0.0.2:443`); None: this
+        gateway does, or no peer is up."""
+        ...
+
+    async def relay(self, owner: str, url: str, headers: Mapping[str, str]) -> UpstreamReply:
+        """GET `url` (a blob's upstream URL) through `owner`, as its client would, with
+        the client's headers. UpstreamUnavailable when the owner could not be asked
+        (then it counts as down until a check finds it up)."""
         ...
 
 

@@ -37,6 +37,7 @@ from appliance.cache.ports import (
     Index,
     MirrorView,
     NoMirror,
+    Peers,
     SharedTier,
     SpaceKeeper,
     Upstream,
@@ -68,6 +69,7 @@ class RegistryCache:
         on_fill_finished: Callable[[str, float], None] = lambda _state, _s: None,
         mirror: MirrorView = NoMirror(),  # noqa: B008 - stateless
         shared: SharedTier | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self._index = index
         self._gate = gate
@@ -88,7 +90,7 @@ class RegistryCache:
             shared,
         )
         self._calls = ClientCalls(upstream, gate, negative or NegativeCache(0))
-        self._blobs = Blobs(shelf, index, self._calls, gate, self._fills)
+        self._blobs = Blobs(shelf, index, self._calls, gate, self._fills, peers)
         self._manifests = Manifests(shelf, files, index, self._calls, gate, shared)
         self._freshness = Freshness(clock)
         self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)

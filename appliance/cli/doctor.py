@@ -26,6 +26,7 @@ from appliance.cache.ports import UpstreamUnavailable
 from appliance.config.model import Config
 from appliance.config.registries import Registries
 from appliance.runtime.outbound import upstream_client, upstream_resolver
+from appliance.runtime.peering import examine_peers
 from appliance.runtime.sharing import examine
 
 DEFAULT_HOSTS = (
@@ -182,8 +183,9 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
         upstream = reached.__getitem__
     cert_dirs = args.cert_dir or CERT_DIRS
     results = run_checks(hosts, gateway, args.port, args.ca, cert_dirs, upstream)
-    if upstream is not None and config is not None and config.store.s3 is not None:
-        results += [Result(f.check, f.ok, f.detail, f.fix) for f in asyncio.run(examine(config))]
+    if upstream is not None and config is not None:  # the gateway: its bucket and peers
+        found = asyncio.run(examine(config)) + asyncio.run(examine_peers(config))
+        results += [Result(f.check, f.ok, f.detail, f.fix) for f in found]
     for result in results:
         print(result.line())
     failed = sum(not r.ok for r in results)

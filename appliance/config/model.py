@@ -15,6 +15,7 @@ from appliance.config import strict_yaml
 from appliance.config.hostnames import Hostname, HostPattern, too_broad
 from appliance.config.local import LocalConfig, check_local
 from appliance.config.mirror import MirrorConfig, check_entries
+from appliance.config.peers import PeersConfig, check_peers
 from appliance.config.push import PushRule
 from appliance.config.registries import Registries
 from appliance.config.shared import S3Config
@@ -74,6 +75,9 @@ class ApplianceConfig:
     """The address intercepted names resolve to (A records): the gateway's address."""
     ipv6: IPv6Address | None = None
     """AAAA answer; when unset AAAA gets an empty NOERROR so clients fall back to IPv4."""
+
+    def addresses(self) -> tuple[IPAddress, ...]:
+        return (self.ipv4,) if self.ipv6 is None else (self.ipv4, self.ipv6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +275,8 @@ class Config:
     """The managed mirror: tags kept as decided, synced on a schedule (config/mirror.py)."""
     local: LocalConfig = LocalConfig()  # noqa: RUF009 - a frozen value
     """A registry on the gateway only: pushed to and pulled from regcache (config/local.py)."""
+    peers: PeersConfig | None = None
+    """The site's other gateways: one of them fills each cold blob for all (config/peers.py)."""
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
     """Static upstream addresses per host, bypassing DNS (split horizon, tests)."""
 
@@ -314,6 +320,7 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
     _check_store_and_audit(config, fail)
     check_entries(config.mirror.entries, Registries.of(config), fail)
     check_local(config.local, Registries.of(config), fail)
+    check_peers(config.peers, config.appliance.addresses(), fail)
     for i, upstream in enumerate(config.dns.upstreams):
         if any(own.receives(upstream) for own in config.listen.dns):
             fail(

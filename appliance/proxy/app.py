@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Protocol
 
@@ -86,15 +87,16 @@ def create_app(
     caching: Callable[[], bool] = lambda: True,
     tokens: TokensGiven | None = None,
     local: tuple[LocalRegistry, LocalAccess] | None = None,
+    peers: frozenset[str] = frozenset(),
 ) -> web.Application:
     """The proxy application; with a `bridge`, for a loop other than the cache's (every
     call into the cache, upstream and index crosses it). While `caching()` says no,
     manifests and blobs pass through uncached too (asked from any loop's thread).
     `tokens` is shared by every loop's application; `local` answers the local
-    registry's hosts."""
+    registry's hosts; requests from `peers` (addresses) are the site's other gateways'."""
     proxy = RegistryProxy(
         cache, upstream, site_for, metrics, audit, bridge, caching=caching, tokens=tokens,
-        local=local,
+        local=local, peers=peers,
     )  # fmt: skip
     return proxy.application()
 
@@ -114,8 +116,10 @@ class RegistryProxy:
         caching: Callable[[], bool] = lambda: True,
         tokens: TokensGiven | None = None,
         local: tuple[LocalRegistry, LocalAccess] | None = None,
+        peers: frozenset[str] = frozenset(),
     ) -> None:
         self._cache = cache
+        self._peers = peers
         self._tokens = tokens or TokensGiven()
         self._caching = caching
         self._upstream = upstream
@@ -239,6 +243,8 @@ class RegistryProxy:
     ) -> web.StreamResponse:
         """A manifest or blob GET/HEAD, answered by the cache."""
         target = _target(request, origin, site, route, self._tokens)
+        if request.remote in self._peers:
+            target = replace(target, from_peer=True)
         tally = _Tally(self._cache, self._metrics, self._bridge, site.label, route.repository)
         started = time.monotonic()
         for _ in range(2):

@@ -62,12 +62,13 @@ async def open_tier(
     return tier
 
 
-async def degraded(tier: BlobTier | None) -> list[str]:
-    """What works less well than it should, though regcache serves (empty: nothing)."""
+async def degraded(tier: BlobTier | None, also: list[str]) -> list[str]:
+    """What works less well than it should, though regcache serves (empty: nothing):
+    the tier's trouble, and `also` (peers down)."""
     if tier is None:
-        return []
+        return also
     problem = tier.problem() or await tier.probe()
-    return [] if problem is None else [f"shared tier (bucket {tier.bucket}): {problem}"]
+    return also if problem is None else [f"shared tier (bucket {tier.bucket}): {problem}", *also]
 
 
 @contextlib.asynccontextmanager

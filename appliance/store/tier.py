@@ -122,13 +122,15 @@ class BlobTier:
         """The bucket itself, for what else the gateways share there (mirror tags)."""
         return self._bucket
 
-    async def find(self, digest: Digest) -> Shared:
+    async def find(self, digest: Digest, *, lead: bool = True) -> Shared:
         if time.monotonic() < self._rest_until:
             return Shared(None)
         name = blob_name(digest)
         try:
             body = await self._bucket.get(name)
             lease = None
+            if body is None and not lead:
+                return Shared(None)
             if body is None:
                 lease = await self._lead_or_wait(digest, name)
                 if lease is None:  # another gateway's fill of it is done

@@ -118,6 +118,8 @@ class FakeReplica:
 class FakeTier:
     objects: dict[Digest, bytes] = field(default_factory=dict)
     finds: int = 0
+    looked: int = 0
+    """Finds that only looked (a peer fills the blob)."""
     dropped: list[tuple[Digest, str]] = field(default_factory=list)
     abandoned: list[Digest] = field(default_factory=list)
     distrusted: list[Digest] = field(default_factory=list)
@@ -126,12 +128,15 @@ class FakeTier:
     manifests: dict[Digest, tuple[bytes, str]] = field(default_factory=dict)
     shared_manifests: list[Digest] = field(default_factory=list)
 
-    async def find(self, digest: Digest) -> Shared:
+    async def find(self, digest: Digest, *, lead: bool = True) -> Shared:
         self.finds += 1
         if digest in self.objects:
             body = self.objects[digest]
             headers = CIMultiDict({"Content-Length": str(len(body))})
             return Shared(FakeReply(200, headers, body))
+        if not lead:
+            self.looked += 1
+            return Shared(None)
         return Shared(None, FakeReplica(self, digest))
 
     def distrust(self, digest: Digest) -> None:

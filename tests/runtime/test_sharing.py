@@ -55,7 +55,8 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_no_section_no_tier(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
         assert await open_tier(stack, config(tmp_path), Metrics(), resolve_here) is None
-    assert await degraded(None) == []
+    assert await degraded(None, []) == []
+    assert await degraded(None, ["peer 10.0.0.2:443: down"]) == ["peer 10.0.0.2:443: down"]
 
 
 async def test_a_reachable_bucket_is_not_degraded(tmp_path: Path, s3_endpoint: str) -> None:
@@ -66,7 +67,7 @@ async def test_a_reachable_bucket_is_not_degraded(tmp_path: Path, s3_endpoint: s
             stack, config(tmp_path, s3(s3_endpoint, bucket)), metrics, resolve_here
         )
         assert tier is not None and tier.bucket == bucket
-        assert await degraded(tier) == []
+        assert await degraded(tier, []) == []
         tier.counts.reads += 2
         tier.counts.failures["find"] = 1
         text = metrics.render().decode()
@@ -83,7 +84,7 @@ async def test_the_endpoint_name_is_resolved_by_regcache_not_the_system(
     named = s3_endpoint.replace("127.0.0.1", "s3-test-endpoint")
     async with contextlib.AsyncExitStack() as stack:
         tier = await open_tier(stack, config(tmp_path, s3(named, bucket)), Metrics(), resolve_here)
-        assert tier is not None and await degraded(tier) == []
+        assert tier is not None and await degraded(tier, []) == []
 
 
 async def test_a_missing_bucket_or_a_dead_endpoint_degrades(
@@ -96,7 +97,7 @@ async def test_a_missing_bucket_or_a_dead_endpoint_degrades(
                 stack, config(tmp_path, s3(endpoint, bucket)), Metrics(), resolve_here
             )
             assert tier is not None
-            problems = await degraded(tier)
+            problems = await degraded(tier, [])
             assert len(problems) == 1 and f"bucket {bucket}" in problems[0] and says in problems[0]
 
 
