@@ -70,11 +70,17 @@ class Blobs:
         async def fetch() -> UpstreamReply:
             nonlocal led
             led = True
-            if owner is not None and (relayed := await self._relayed(owner, target, digest)):
-                return relayed
             return await self._calls.fetch(target, "GET", Kind.BLOB, digest)
 
-        result = await self._fills.join_or_start(digest, fetch, None, share=owner is None)
+        async def relay() -> UpstreamReply | None:
+            nonlocal led
+            led = True
+            assert owner is not None
+            return await self._relayed(owner, target, digest)
+
+        result = await self._fills.join_or_start(
+            digest, fetch, None, relay=None if owner is None else relay
+        )
         if not isinstance(result, Fill):
             return await refusal_or_relayed(result)
         filling = Filling(digest, OCTET_STREAM, result)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 from appliance.cache.fill import (
     NO_SPACE,
@@ -26,6 +27,9 @@ from appliance.cache.ports import (
 )
 from appliance.kit.tasks import spawn
 from appliance.oci.digest import Digest
+
+Relay = Callable[[], Awaitable[UpstreamReply | None]]
+"""The owner's answer to the request, or None when it could not give one."""
 
 _KEEP_FINISHED_S = 10.0
 _ALL = 1 << 62  # a stream's end past any body: it ends with the fill
@@ -79,14 +83,14 @@ class Fills:
         fetch: Callable[[], Awaitable[UpstreamReply]],
         media_type: str | None,
         *,
-        share: bool = True,
+        relay: Relay | None = None,
     ) -> Fill | UpstreamReply:
         """The fill for `digest` (joined or started), or the leader's non-200 reply.
-        `share=False`: a peer fetches it (`fetch` asks it) and shares it, not this one."""
+        `relay`: a peer owns `digest`; asked after the shared tier, before `fetch`."""
         for _ in range(3):
             running = self._active.get(digest)
             if running is None:
-                return await self._lead(digest, fetch, media_type, share)
+                return await self._lead(digest, fetch, media_type, relay)
             try:
                 fill = await asyncio.shield(running)
             except LeaderGotNoBody:
@@ -95,8 +99,8 @@ class Fills:
                 self.joined += 1
                 return fill
             # The disk filled under it, or its file was evicted since it committed.
-            return await self._lead(digest, fetch, media_type, share)
-        return await self._lead(digest, fetch, media_type, share)
+            return await self._lead(digest, fetch, media_type, relay)
+        return await self._lead(digest, fetch, media_type, relay)
 
     def _evicted(self, fill: Fill) -> bool:
         """A finished fill whose file is gone: eviction removed it (it is not busy once
@@ -108,21 +112,21 @@ class Fills:
         digest: Digest,
         fetch: Callable[[], Awaitable[UpstreamReply]],
         media_type: str | None,
-        share: bool,
+        relay: Relay | None,
     ) -> Fill | UpstreamReply:
         if self._running >= self._max_running:
             raise TooManyFills(f"{self._running} upstream transfers running; retry shortly")
         future: asyncio.Future[Fill] = asyncio.get_running_loop().create_future()
         self._active[digest] = future
-        shared = Shared(None)
+        sources = _Sources(self._shared, fetch, relay)
         try:
-            if self._shared is not None:
-                shared = await self._shared.find(digest, lead=share)
-            reply = shared.reply or await fetch()
+            reply = await sources.reply(digest)
         except BaseException as e:
             # Followers must not inherit the leader's failure (or cancellation): they retry.
-            self._end(digest, future, LeaderGotNoBody(f"{type(e).__name__}: {e}"), shared)
+            error = LeaderGotNoBody(f"{type(e).__name__}: {e}")
+            self._end(digest, future, error, sources.shared)
             raise
+        shared = sources.shared
         if reply.status != 200:
             self._end(digest, future, LeaderGotNoBody(f"upstream answered {reply.status}"),
                       shared)  # fmt: skip
@@ -178,6 +182,33 @@ class Fills:
     def _forget(self, digest: Digest, future: asyncio.Future[Fill]) -> None:
         if self._active.get(digest) is future:
             del self._active[digest]
+
+
+@dataclass(slots=True)
+class _Sources:
+    """Where a leader's bytes come from, in turn: the shared tier; the peer that owns
+    the digest (`relay`: then the tier is only looked at, as the owner shares it, unless
+    the owner cannot answer); upstream (`fetch`)."""
+
+    tier: SharedTier | None
+    fetch: Callable[[], Awaitable[UpstreamReply]]
+    relay: Relay | None
+    shared: Shared = field(default_factory=lambda: Shared(None))
+
+    async def reply(self, digest: Digest) -> UpstreamReply:
+        if self.tier is not None:
+            self.shared = await self.tier.find(digest, lead=self.relay is None)
+        if self.shared.reply is not None:
+            return self.shared.reply
+        if self.relay is not None:
+            relayed = await self.relay()
+            if relayed is not None:
+                return relayed
+            if self.tier is not None:  # the owner could not answer: this gateway leads
+                self.shared = await self.tier.find(digest)
+                if self.shared.reply is not None:
+                    return self.shared.reply
+        return await self.fetch()
 
 
 async def _share(replica: Replica, fill: Fill) -> None:

@@ -82,6 +82,20 @@ class _Fixed(AbstractResolver):
         pass
 
 
+def _own_source(me: Endpoint) -> tuple[str, int] | None:
+    """Connections to peers come from this gateway's member address when this host has
+    it, so that each peer knows a relay for what it is (and never relays it on); else
+    from whatever address the route picks."""
+    family = socket.AF_INET6 if me.address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(me.address), 0))
+        except OSError:
+            log.warning("peer source-address-missing %s", fields(address=me.address))
+            return None
+    return (str(me.address), 0)
+
+
 class PeerSet:
     def __init__(
         self,
@@ -101,6 +115,7 @@ class PeerSet:
         self._connect_timeout_s = connect_timeout_s
         self._context = ssl.create_default_context(cadata=cadata)
         self._context.set_alpn_protocols(["http/1.1"])
+        self._source = _own_source(members[me])
         self.peers = {name: PeerState(name) for name in self._endpoints if name != self.me}
         self._sessions = {
             name: aiohttp.ClientSession(
@@ -109,6 +124,7 @@ class PeerSet:
                     ssl=self._context,
                     limit=0,
                     use_dns_cache=False,
+                    local_addr=self._source,
                 ),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
@@ -159,6 +175,7 @@ class PeerSet:
                     endpoint.port,
                     ssl=self._context,
                     server_hostname=self._probe_host,
+                    local_addr=self._source,
                 ),
                 timeout=self._connect_timeout_s * 2,
             )

@@ -106,9 +106,15 @@ async def test_a_blob_the_bucket_holds_is_read_there_not_relayed(rig: Rig) -> No
 async def test_an_owner_that_is_down_leaves_the_fill_to_this_gateway(rig: Rig) -> None:
     rig.peers.down = True
     rig.upstream.add("GET", URL, 200, BLOB, Content_Length=str(len(BLOB)))
-    assert await drained(await rig.cache.blob(target(), B_DIGEST, head=False)) == BLOB
+    answer = await rig.cache.blob(target(), B_DIGEST, head=False)
+    assert await drained(answer) == BLOB
     assert len(rig.peers.relayed) == 1
     assert rig.upstream.count("GET") == 1
+    assert isinstance(answer, Filling)
+    await settled(answer.fill)
+    # Looked first (the owner shares it), then led here: this gateway shares it instead.
+    assert (rig.tier.looked, rig.tier.finds) == (1, 2)
+    assert rig.tier.objects[B_DIGEST] == BLOB
 
 
 @pytest.mark.parametrize("status", [503, 429])

@@ -1,8 +1,10 @@
-"""Two gateways sharing one bucket (issue #19), on a real S3 endpoint (moto's server, or
-SeaweedFS with REGCACHE_S3_ENGINE=seaweedfs) and real upstream registries: cold pulls
-spread over both fetch each blob from upstream once; a gateway whose disk is empty serves
-from the bucket; a gateway killed mid-fill leaves no partial object and the other
-completes the pull; with the bucket gone both keep serving and `/readyz` says degraded.
+"""Two gateways sharing one bucket and naming each other as peers (issue #19), on a real
+S3 endpoint (moto's server, or SeaweedFS with REGCACHE_S3_ENGINE=seaweedfs) and real
+upstream registries: cold pulls spread over both fetch each blob from upstream once; a
+pull through one gateway streams the blobs the other owns from it; a gateway whose disk
+is empty serves from the bucket; the owner killed mid-fill leaves no partial object and
+the other completes the pull; with the bucket gone both keep serving and `/readyz` says
+degraded.
 
 Gateway A is the lab's regcache (127.0.0.2); gateway B a second `regcache serve` at
 127.0.0.22 with its own store and the same CA, as an operator would deploy a second
@@ -29,6 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
+from appliance.oci.digest import Digest
+from appliance.upstream.peers import rendezvous
 from tests.e2e.conftest import _missing
 from tests.e2e.images import Blob, Image, image, layer
 from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, _wait_port, lab
@@ -39,6 +43,7 @@ from tests.s3engine import KEY_ID, SECRET, Launch, launch
 MiB = 1 << 20
 S3_IP, S3_PORT = "127.0.0.30", 9000
 B_IP = "127.0.0.22"
+A, B = f"{REGCACHE_IP}:443", f"{B_IP}:443"  # the peers, as each names the other
 MIRRORED = "ghcr.io/org/moving:1"
 BUCKET = "regcache-shared"
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -99,10 +104,11 @@ class Pair:
             f"Bucket='{BUCKET}').get('Uploads', [])]))"
         ))  # fmt: skip
 
-    def metric(self, ip: str, name: str) -> float:
+    def metric(self, ip: str, name: str, peer: str | None = None) -> float:
         text = self.a.ns.run("curl", "-sf", f"http://{ip}:{ADMIN_PORT}/metrics").stdout
+        labelled = name if peer is None else f'{name}{{peer="{peer}"}}'
         for line in text.splitlines():
-            if line.startswith(name + " "):
+            if line.startswith(labelled + " "):
                 return float(line.split()[1])
         return 0.0
 
@@ -114,7 +120,12 @@ class Pair:
         gets = sum(blob_gets(self.a, "ghcr.io").values()) + sum(
             blob_gets(self.a, "quay.io").values()
         )
-        print(f"\n{test}: upstream blob GETs so far {gets}; tier {json.dumps(line)}")
+        relays = {gw: int(self.metric(ip, "regcache_peer_relays_total", other))
+                  for gw, ip, other in (("a", REGCACHE_IP, B), ("b", B_IP, A))}  # fmt: skip
+        print(
+            f"\n{test}: upstream blob GETs so far {gets}; tier {json.dumps(line)};"
+            f" relays to the owner {json.dumps(relays)}"
+        )
 
     def readyz(self, ip: str) -> tuple[int, dict[str, Any]]:
         out = self.a.ns.run(
@@ -161,6 +172,7 @@ def _pair(tmp: Path) -> Iterator[Pair]:
 
     def shared(config: dict[str, Any]) -> None:
         config["store"] = {"s3": _s3_section()}
+        config["peers"] = {"members": [A, B], "probe_interval_s": 1}
         config["mirror"] = {"defaults": {"interval": "1d", "keep_backups": 3},
                             "entries": [{"source": MIRRORED}]}  # fmt: skip
 
@@ -202,6 +214,15 @@ def published(pair: Pair, host: str, repository: str, sizes: list[int]) -> Image
     return img
 
 
+def owned_by(owner: str, size: int, name: str) -> Blob:
+    """A layer of `size` whose digest `owner` owns (the gateways' rendezvous hashing)."""
+    for seed in range(64):
+        made = layer(size, f"{name}-{seed}")
+        if rendezvous([A, B], Digest.parse(made.digest)) == owner:
+            return made
+    raise AssertionError("no layer of 64 tried is owned by " + owner)
+
+
 def test_cold_pulls_over_two_gateways_fetch_each_blob_once(pair: Pair) -> None:
     img = published(pair, "ghcr.io", "org/shared", [6 * MiB, 3 * MiB, 700 * 1024])
     ref = "ghcr.io/org/shared:v1"
@@ -237,7 +258,30 @@ def test_cold_pulls_over_two_gateways_fetch_each_blob_once(pair: Pair) -> None:
     for gateway in "ab":  # warm on both: nothing more from upstream
         assert pair.pull(gateway, ref, f"warm-{gateway}").returncode == 0
     assert blob_gets(pair.a, "ghcr.io") == gets
+    relays = pair.metric(REGCACHE_IP, "regcache_peer_relays_total", B) + pair.metric(
+        B_IP, "regcache_peer_relays_total", A
+    )
+    assert relays >= 1  # the non-owners streamed blobs from their owners
     pair.report("cold-8")
+
+
+def test_a_pull_through_one_gateway_streams_what_the_other_owns_from_it(pair: Pair) -> None:
+    ours, theirs = owned_by(B, 4 * MiB, "b-owns"), owned_by(A, 4 * MiB, "a-owns")
+    img = image([ours, theirs])
+    pair.a.push_upstream("ghcr.io", "org/owned", "v1", img)
+    relayed_before = pair.metric(B_IP, "regcache_peer_relays_total", A)
+    audit = pair.a.state_dir / "audit.jsonl"
+    seen_before = len(audit.read_text().splitlines())
+    out = pair.pull("b", "ghcr.io/org/owned:v1", "owned")
+    assert out.returncode == 0, out.stderr
+    gets = blob_gets(pair.a, "ghcr.io")
+    assert gets[ours.digest] == gets[theirs.digest] == 1
+    assert pair.metric(B_IP, "regcache_peer_relays_total", A) - relayed_before == 1
+    # A filled its blob for B's client: its audit log has B's request for it, and only that.
+    entries = [json.loads(line) for line in audit.read_text().splitlines()[seen_before:]]
+    from_b = [e for e in entries if e.get("client") == B_IP]
+    assert [e["reference"] for e in from_b] == [theirs.digest], from_b
+    pair.report("owned")
 
 
 def test_a_gateway_with_an_empty_disk_serves_from_the_bucket(pair: Pair) -> None:
@@ -320,8 +364,9 @@ def test_two_gateways_moving_one_mirror_tag_at_once_lose_nothing(pair: Pair) -> 
 
 
 def test_the_filler_killed_mid_fill_leaves_nothing_and_the_other_completes(pair: Pair) -> None:
-    # quay.io's blobs come from its CDN twin at 16 MiB/s: a 48 MiB layer takes 3 s.
-    big = layer(48 * MiB, "big")
+    # quay.io's blobs come from its CDN twin at 16 MiB/s: a 48 MiB layer takes 3 s. A
+    # owns it (were it B's, A would relay the pull to B, and killing A would stop no fill).
+    big = owned_by(A, 48 * MiB, "big")
     img = image([big])
     pair.a.push_upstream("quay.io", "org/big", "v1", img)
     name = f"blobs/sha256/{big.digest.split(':')[1]}"
@@ -346,6 +391,10 @@ def test_the_filler_killed_mid_fill_leaves_nothing_and_the_other_completes(pair:
 
 def _b_completes_what_a_left(pair: Pair, big: Blob, name: str) -> None:
     assert name not in pair.objects()  # no partial object is visible
+    deadline = time.monotonic() + 30
+    while not any(d.startswith(f"peer {A}: down") for d in pair.readyz(B_IP)[1]["degraded"]):
+        assert time.monotonic() < deadline, "B did not find A down"  # checked every second
+        time.sleep(0.2)
     started = time.monotonic()
     out = pair.pull("b", "quay.io/org/big:v1", "after-kill")
     assert out.returncode == 0, out.stderr

@@ -1,6 +1,6 @@
 """The peer set against real TLS servers on loopback (certificates from a regcache CA):
 rendezvous ownership, the TLS check that finds a peer up or down, and a client's
-request relayed to the owner as the client sent it."""
+request relayed to the owner as the client sent it, from this gateway's own address."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.tls.cas import new_ca
 BODY = b"layer bytes " * 1000
 DIGEST = Digest.of(BODY)
 URL = f"https://ghcr.io/v2/org/app/blobs/{DIGEST}"
-ME = Endpoint.parse("127.0.0.1:1")  # never contacted: this gateway
+ME = Endpoint.parse("127.0.0.3:1")  # never contacted: this gateway
 
 
 def digests(count: int) -> list[Digest]:
@@ -112,6 +112,7 @@ async def test_a_relay_is_the_clients_request_under_the_registrys_name(tmp_path:
         finally:
             await peers.close()
     assert [r.host.split(":")[0] for r in seen] == ["ghcr.io", "ghcr.io"]
+    assert {r.remote for r in seen} == {"127.0.0.3"}  # from this gateway's own address
     assert seen[0].headers["Accept"] == "*/*"
     state = peers.peers[str(other)]
     assert (state.relays, state.relays_failed, state.refused) == (2, 0, 1)
