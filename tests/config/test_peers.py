@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config.model import ConfigError, parse_config
+from tests.harness import REPO
 
 BASE = """\
 appliance: {ipv4: 10.0.0.1}
@@ -62,3 +63,12 @@ def test_a_bad_value_names_its_key_and_line(
         parse(lines, tmp_path)
     assert f": {key}: " in str(e.value) and message in str(e.value)
     assert ", line " in str(e.value)
+
+
+def test_the_examples_commented_block_is_valid(tmp_path: Path) -> None:
+    text = (REPO / "config.example.yaml").read_text()
+    block = text[text.index("# peers:") :].split("\n\n")[0]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
+    config = parse_config(text.replace(block, uncommented), tmp_path / "config.yaml")
+    assert config.peers is not None and len(config.peers.members) == 2
+    assert config.peers.ca_bundle == Path("/etc/regcache/site-ca.pem")
