@@ -3,7 +3,7 @@ loop (a queue drained by a thread) and rotated by size. `regcache audit` reads i
 
 Each line: time (UTC, ISO 8601), client, registry, repository, reference (tag or digest
 asked for), digest, kind, method, status, bytes (body bytes sent), outcome (hit, miss,
-stale, relayed), ms (time to the last byte).
+stale, relayed, redirected), ms (time to the last byte).
 
 A line that cannot be written (a full disk) is dropped: the pull it records was served
 all the same, and regcache's log says so once a minute (`audit write-failed`).

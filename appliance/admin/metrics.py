@@ -68,7 +68,7 @@ class Metrics:
         self.answers = Counter(
             "regcache_cache_answers", "Manifest and blob answers by outcome: hit (from the "
             "store), miss (fetched), stale (served while upstream was down), relayed "
-            "(upstream's own answer, e.g. 401 or 404).",
+            "(upstream's own answer, e.g. 401 or 404), redirected (to the shared bucket).",
             ["registry", "kind", "outcome"], registry=r,
         )  # fmt: skip
         self.served = Counter(
@@ -101,7 +101,8 @@ class Metrics:
         )  # fmt: skip
         self.first_byte_seconds = Histogram(
             "regcache_time_to_first_byte_seconds", "From a manifest or blob request to its "
-            "status line, by outcome (hit, miss, stale, relayed).", ["outcome"], registry=r,
+            "status line, by outcome (hit, miss, stale, relayed, redirected).", ["outcome"],
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )  # fmt: skip
         self.evicted_rows = Counter(
@@ -285,6 +286,7 @@ _TIER_HELP = {
     "waits": "Fills left to another gateway that held the blob's lease.",
     "takeovers": "Leases taken over from a gateway that stopped renewing.",
     "distrusted": "Objects removed from the shared tier: they did not match their digest.",
+    "redirects": "Clients sent to the shared tier's bucket for a blob (store.s3.redirect).",
     "manifest_reads": "Manifests read from the shared tier instead of upstream.",
     "manifest_uploads": "Manifests this gateway shared.",
 }

@@ -43,6 +43,7 @@ def render(state: TierState) -> str:
 <td>{human_size(c.get("upload_bytes", 0))}</td></tr>
 <tr><td>left to another gateway's fill</td><td>{c.get("waits", 0)}</td><td></td></tr>
 <tr><td>taken over from a gateway gone</td><td>{c.get("takeovers", 0)}</td><td></td></tr>
+<tr><td>clients sent to the bucket</td><td>{c.get("redirects", 0)}</td><td></td></tr>
 </table>
 """
 

@@ -113,7 +113,16 @@ class Refused:
         return {name: value for name, value in fields.items() if value is not None}
 
 
-Answer = Stored | Filling | Described | Relayed | Refused
+@dataclass(frozen=True, slots=True)
+class Redirected:
+    """The blob is in the shared tier, which the client fetches it from (`location`)."""
+
+    digest: Digest
+    size: int
+    location: str
+
+
+Answer = Stored | Filling | Described | Redirected | Relayed | Refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,22 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from appliance.cache.access import AccessGate
-from appliance.cache.answers import Answer, Described, Filling, Stored, Target, refusal_or_relayed
+from appliance.cache.answers import (
+    Answer,
+    Described,
+    Filling,
+    Redirected,
+    Stored,
+    Target,
+    refusal_or_relayed,
+)
 from appliance.cache.calls import ClientCalls
 from appliance.cache.fill import Fill
 from appliance.cache.fills import Fills
 from appliance.cache.ports import (
     Index,
     Peers,
+    SharedTier,
     UpstreamReply,
     UpstreamUnavailable,
     in_trouble,
@@ -46,6 +55,7 @@ class Blobs:
         gate: AccessGate,
         fills: Fills,
         peers: Peers | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self._shelf = shelf
         self._index = index
@@ -53,6 +63,8 @@ class Blobs:
         self._gate = gate
         self._fills = fills
         self._peers = peers
+        self._shared = shared
+        """Asked where the client may fetch a blob itself (`store.s3.redirect`)."""
 
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer:
         stored = await self._shelf.stored(digest, OCTET_STREAM)
@@ -63,6 +75,10 @@ class Blobs:
             return answer
         if head:
             return await self._describe(target, digest)
+        if self._shared is not None and (found := await self._shared.location(digest)):
+            location, size = found
+            return await self._calls.gated(target, Redirected(digest, size, location), size,
+                                           Kind.BLOB)  # fmt: skip
         led = False
         # A peer's relay is never relayed again: views of who is up may differ a moment.
         owner = None if self._peers is None or target.from_peer else self._peers.owner(digest)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from appliance.cache.access import AccessGate
-from appliance.cache.answers import Answer, Described, Filling, Stored, Target
+from appliance.cache.answers import Answer, Described, Filling, Redirected, Stored, Target
 from appliance.cache.negative import NegativeCache
 from appliance.cache.ports import Upstream, UpstreamReply, UpstreamUnavailable
 from appliance.cache.verdicts import shows
@@ -77,7 +77,11 @@ class ClientCalls:
         return self._negative.forget(places)
 
     async def gated(
-        self, target: Target, answer: Stored | Filling | Described, size: int | None, kind: Kind
+        self,
+        target: Target,
+        answer: Stored | Filling | Described | Redirected,
+        size: int | None,
+        kind: Kind,
     ) -> Answer:
         """`answer` if the client may have it, else upstream's refusal."""
         refusal = await self._gate.check(

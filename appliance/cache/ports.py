@@ -146,6 +146,11 @@ class SharedTier(Protocol):
         `lead=False`: a peer fills it (and shares it); only look."""
         ...
 
+    async def location(self, digest: Digest) -> tuple[str, int] | None:
+        """Where a client may fetch the blob itself (a URL valid a while) and its size,
+        if the tier sends clients to it and holds the blob; else None (also in trouble)."""
+        ...
+
     def distrust(self, digest: Digest) -> None:
         """A body read from the tier did not match its digest: remove it there."""
         ...

@@ -90,7 +90,7 @@ class RegistryCache:
             shared,
         )
         self._calls = ClientCalls(upstream, gate, negative or NegativeCache(0))
-        self._blobs = Blobs(shelf, index, self._calls, gate, self._fills, peers)
+        self._blobs = Blobs(shelf, index, self._calls, gate, self._fills, peers, shared)
         self._manifests = Manifests(shelf, files, index, self._calls, gate, shared)
         self._freshness = Freshness(clock)
         self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)

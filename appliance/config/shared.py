@@ -47,6 +47,11 @@ def _bytes_only(value: Size) -> None:
         raise ValueError("must be a size in bytes (e.g. 500GiB), not a share of a disk")
 
 
+def _redirect(value: Duration) -> None:
+    if not 60 <= value.seconds <= 7 * 86400:
+        raise ValueError("must be between 1m and 7d (how long a presigned URL may last)")
+
+
 def _lease(value: Duration) -> None:
     if not 5 <= value.seconds <= 3600:
         raise ValueError("must be between 5s and 1h")
@@ -82,6 +87,12 @@ class S3Config:
     """A gateway filling a blob from upstream holds a lease object this long (renewed
     while it runs); another gateway asked for the blob meanwhile waits for it rather
     than fetch it a second time, and takes over once a lease has lapsed."""
+
+    redirect: Duration | None = field(default=None, metadata=check(_redirect))
+    """Send clients (307) to the bucket for a blob this gateway lacks and the bucket
+    holds, by a presigned URL valid this long (e.g. `15m`): the bytes then flow from the
+    bucket to the client, not through the gateway, whose disk does not keep them. The
+    clients must reach `endpoint` and trust its certificate. Unset: never."""
 
     max_size: Size | None = field(default=None, metadata=check(_bytes_only))
     """What the bucket may hold under `blobs/` (e.g. `2TiB`); unset: no bound. The oldest

@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
 from appliance.admin.metrics import Metrics, method_label
-from appliance.cache.answers import Answer, Refused, Relayed, Stored, Target
+from appliance.cache.answers import Answer, Redirected, Refused, Relayed, Stored, Target
 from appliance.cache.ports import UpstreamUnavailable, in_trouble
 from appliance.cache.uploads import Uploads
 from appliance.config.push import DENY, push_policy
@@ -328,9 +328,12 @@ def _target(
 def _outcome(answer: Answer) -> str:
     """hit: the bytes came from the store; miss: from upstream (a fill, a manifest
     fetched and stored, a HEAD described from upstream's); stale: from the store while
-    upstream was down; relayed: upstream's own answer."""
+    upstream was down; relayed: upstream's own answer; redirected: sent to the shared
+    bucket."""
     if isinstance(answer, Stored) and not answer.fetched:
         return "stale" if answer.stale else "hit"
+    if isinstance(answer, Redirected):
+        return "redirected"
     return "relayed" if isinstance(answer, Relayed | Refused) else "miss"
 
 

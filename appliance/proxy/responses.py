@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from appliance.cache.answers import Answer, Described, Filling, Refused, Stored
+from appliance.cache.answers import Answer, Described, Filling, Redirected, Refused, Stored
 from appliance.cache.fill import FillFailed, FillState
 from appliance.cache.ports import UpstreamReply
 from appliance.cache.reading import CHUNK_BYTES, read_file
@@ -53,6 +53,10 @@ async def render(
         return response
     if isinstance(answer, Filling):
         return await _stream_fill(request, answer, lambda n: count(n, False), bridge)
+    if isinstance(answer, Redirected):  # the client fetches it from the shared bucket
+        headers = {**API_VERSION, "Location": answer.location,
+                   "Docker-Content-Digest": str(answer.digest)}  # fmt: skip
+        return web.Response(status=307, headers=headers)
     return await relay(request, answer.reply, bridge)
 
 

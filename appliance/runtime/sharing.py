@@ -54,7 +54,9 @@ async def open_tier(
     bucket = Bucket(s3, _own_resolver(config, resolve))
     await _enter(stack, bucket)
     gateway = f"{socket.gethostname()}@{config.appliance.ipv4}"  # named in leases
-    tier = BlobTier(bucket, gateway, part_bytes=s3.part_size.bytes, lease_s=s3.lease.seconds)
+    redirect_s = None if s3.redirect is None else int(s3.redirect.seconds)
+    tier = BlobTier(bucket, gateway, part_bytes=s3.part_size.bytes, lease_s=s3.lease.seconds,
+                    redirect_s=redirect_s)  # fmt: skip
     metrics.watch_tier(tier.counts.figures, lambda: tier.counts.failures)
     problem = await tier.probe()
     log.info("tier %s", fields(endpoint=s3.endpoint, bucket=s3.bucket,

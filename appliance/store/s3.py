@@ -108,6 +108,7 @@ class Bucket:
             read_timeout=30,
             retries={"max_attempts": 2, "mode": "standard"},
             max_pool_connections=64,
+            signature_version="s3v4",  # also for presigned URLs (`redirect`), not SigV2's
             # Digests are verified end to end by the cache; no second checksum per byte.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -198,6 +199,17 @@ class Bucket:
                 raise Conflict(f"PUT {name}: precondition failed (removed)") from e
             raise _translated(e, f"PUT {name}") from e
         return reply["ETag"]
+
+    async def presign(self, name: str, expires_s: int) -> str:
+        """A URL anyone holding it may GET the object at for `expires_s` (SigV4 query
+        signature: made here, no request is sent)."""
+        try:
+            return await self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.name, "Key": self.key(name)},
+                ExpiresIn=expires_s,
+            )  # fmt: skip
+        except Exception as e:
+            raise _translated(e, f"presign {name}") from e
 
     async def delete(self, name: str) -> None:
         try:

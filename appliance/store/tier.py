@@ -79,6 +79,8 @@ class TierCounts:
     takeovers: int = 0
     """Leases taken over from a holder that stopped renewing."""
     distrusted: int = 0
+    redirects: int = 0
+    """Clients sent to the bucket for a blob (`redirect`)."""
     manifest_reads: int = 0
     manifest_uploads: int = 0
     failures: dict[str, int] = field(default_factory=dict)
@@ -102,8 +104,17 @@ class Survey:
 
 
 class BlobTier:
-    def __init__(self, bucket: Bucket, gateway: str, *, part_bytes: int, lease_s: float) -> None:
+    def __init__(
+        self,
+        bucket: Bucket,
+        gateway: str,
+        *,
+        part_bytes: int,
+        lease_s: float,
+        redirect_s: int | None = None,
+    ) -> None:
         self._bucket = bucket
+        self._redirect_s = redirect_s
         self.gateway = gateway
         self._part_bytes = part_bytes
         self._lease_s = lease_s
@@ -142,6 +153,21 @@ class BlobTier:
             self.counts.reads += 1
             return Shared(_TierReply(body, digest, self.counts))
         return Shared(None, _Upload(self, digest, lease))
+
+    async def location(self, digest: Digest) -> tuple[str, int] | None:
+        if self._redirect_s is None or time.monotonic() < self._rest_until:
+            return None
+        name = blob_name(digest)
+        try:
+            held = await self._bucket.head(name)
+            if held is None:
+                return None
+            url = await self._bucket.presign(name, self._redirect_s)
+        except _TierTrouble as e:
+            self.note_trouble("redirect", e)
+            return None
+        self.counts.redirects += 1
+        return url, held.size
 
     def distrust(self, digest: Digest) -> None:
         self.counts.distrusted += 1

@@ -119,6 +119,8 @@ class FakeTier:
     objects: dict[Digest, bytes] = field(default_factory=dict)
     finds: int = 0
     looked: int = 0
+    redirect: bool = False
+    """Send clients to the bucket for what it holds (`store.s3.redirect`)."""
     """Finds that only looked (a peer fills the blob)."""
     dropped: list[tuple[Digest, str]] = field(default_factory=list)
     abandoned: list[Digest] = field(default_factory=list)
@@ -138,6 +140,11 @@ class FakeTier:
             self.looked += 1
             return Shared(None)
         return Shared(None, FakeReplica(self, digest))
+
+    async def location(self, digest: Digest) -> tuple[str, int] | None:
+        if not self.redirect or digest not in self.objects:
+            return None
+        return f"https://bucket.example/{digest.hex}?X-Amz-Signature=s", len(self.objects[digest])
 
     def distrust(self, digest: Digest) -> None:
         self.distrusted.append(digest)

@@ -1,7 +1,8 @@
 """Fills with a tier shared by several gateways (the `SharedTier` port faked): a blob the
 tier holds is read from it, never upstream, and still gated per client; one fetched
 upstream reaches the tier whole and only once verified; a tier body that does not
-verify is distrusted. Against a real store and index."""
+verify is distrusted; with `redirect`, a client the gate lets through is sent to the
+bucket for what it holds. Against a real store and index."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cache.access import AccessGate
-from appliance.cache.answers import Filling, Refused, Stored, Target
+from appliance.cache.answers import Filling, Redirected, Refused, Stored, Target
 from appliance.cache.fill import Fill, FillFailed, FillState
 from appliance.cache.service import RegistryCache
 from appliance.store.files import FileBlobStore
@@ -131,3 +132,31 @@ async def test_a_tier_body_that_does_not_verify_is_distrusted(rig: Rig) -> None:
     again = await rig.cache.blob(target(), B_DIGEST, head=False)  # now from upstream
     assert await drain(again) == BLOB
     assert rig.upstream.count("GET") == 1
+
+
+async def test_with_redirect_a_blob_the_tier_holds_is_a_redirect_through_the_gate(
+    rig: Rig,
+) -> None:
+    rig.tier.objects[B_DIGEST] = BLOB
+    rig.tier.redirect = True
+    rig.upstream.add("HEAD", URL, 200, auth="Bearer t", Content_Length=str(len(BLOB)),
+                     Docker_Content_Digest=str(B_DIGEST))  # fmt: skip
+    rig.upstream.add("HEAD", URL, 401, auth="Bearer other", WWW_Authenticate='Bearer realm="r"')
+    answer = await rig.cache.blob(target(), B_DIGEST, head=False)
+    assert answer == Redirected(B_DIGEST, len(BLOB), f"https://bucket.example/{B_DIGEST.hex}"
+                                "?X-Amz-Signature=s")  # fmt: skip
+    refused = await rig.cache.blob(as_("Bearer other"), B_DIGEST, head=False)
+    assert refused == Refused(401, 'Bearer realm="r"')  # no URL for a client upstream refuses
+    assert rig.tier.finds == 0 and rig.upstream.count("GET") == 0
+    assert rig.files.size_of(B_DIGEST) is None  # the bytes go from the bucket to the client
+
+
+async def test_with_redirect_a_blob_stored_here_or_missing_in_the_tier_is_not(rig: Rig) -> None:
+    rig.tier.redirect = True
+    rig.upstream.add("GET", URL, 200, BLOB, Content_Length=str(len(BLOB)))
+    first = await rig.cache.blob(target(), B_DIGEST, head=False)  # not in the bucket: a fill
+    assert await drain(first) == BLOB
+    assert isinstance(first, Filling)
+    await settled(first.fill)
+    assert B_DIGEST in rig.tier.objects
+    assert isinstance(await rig.cache.blob(target(), B_DIGEST, head=False), Stored)

@@ -30,6 +30,7 @@ def test_a_full_section_is_taken(tmp_path: Path) -> None:
         "    lease: 1m\n"
         "    max_size: 2TiB\n"
         "    max_age: 90d\n"
+        "    redirect: 15m\n"
         "    credentials: {access_key_id: {env: K}, secret_access_key: {file: /etc/k}}\n",
         tmp_path,
     ).store.s3
@@ -40,6 +41,7 @@ def test_a_full_section_is_taken(tmp_path: Path) -> None:
     assert s3.verify_tls and not s3.force_path_style
     assert s3.max_size is not None and s3.max_size.bytes == 2 << 40
     assert s3.max_age is not None and s3.max_age.seconds == 90 * 86400
+    assert s3.redirect is not None and s3.redirect.seconds == 900
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,10 @@ def test_a_full_section_is_taken(tmp_path: Path) -> None:
          "bytes"),
         ("    endpoint: http://s3\n    bucket: abc\n    max_age: soon\n", "store.s3.max_age", ""),
         ("    endpoint: http://s3\n    bucket: abc\n    peer: x\n", "store.s3.peer", ""),
+        ("    endpoint: http://s3\n    bucket: abc\n    redirect: 10s\n", "store.s3.redirect",
+         "between 1m and 7d"),
+        ("    endpoint: http://s3\n    bucket: abc\n    redirect: 8d\n", "store.s3.redirect",
+         "between 1m and 7d"),
     ],
 )  # fmt: skip
 def test_a_bad_value_names_its_key_and_line(

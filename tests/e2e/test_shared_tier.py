@@ -67,6 +67,14 @@ class Pair:
                                       log=self.b_log, cwd=REPO)  # fmt: skip
         _wait_port(self.a.ns, B_IP, 443, self.b_proc, self.b_log)
 
+    def peered(self) -> None:
+        """Wait (bounded) until each gateway has found the other up (checked every second)."""
+        deadline = time.monotonic() + 30
+        while any(d.startswith("peer ") for ip in (REGCACHE_IP, B_IP)
+                  for d in self.readyz(ip)[1]["degraded"]):  # fmt: skip
+            assert time.monotonic() < deadline, "the gateways did not find each other up"
+            time.sleep(0.2)
+
     def stop_b(self) -> None:
         assert self.b_proc is not None
         self.a.ns.stop(self.b_proc)
@@ -201,6 +209,7 @@ def _pair(tmp: Path) -> Iterator[Pair]:
         assert made.b_proc is not None
         with attached(made.b_proc.pid, B_IP, f"regcache-test-b{made.b_proc.pid}") as name:
             made.b_ns = name
+            made.peered()
             try:
                 yield made
             finally:
@@ -275,20 +284,20 @@ def test_a_pull_through_one_gateway_streams_what_the_other_owns_from_it(pair: Pa
     out = pair.pull("b", "ghcr.io/org/owned:v1", "owned")
     assert out.returncode == 0, out.stderr
     gets = blob_gets(pair.a, "ghcr.io")
-    assert gets[ours.digest] == gets[theirs.digest] == 1
-    assert pair.metric(B_IP, "regcache_peer_relays_total", A) - relayed_before == 1
-    # A filled its blob for B's client: its audit log has B's request for it, and only that.
+    assert {gets[blob.digest] for blob in img.blobs} == {1}
+    # A's blobs (the image config may be one too) were asked of A: A's audit log has B's
+    # requests for them, and nothing else from B.
+    a_owns = {b.digest for b in img.blobs if rendezvous([A, B], Digest.parse(b.digest)) == A}
+    assert theirs.digest in a_owns and ours.digest not in a_owns
+    assert pair.metric(B_IP, "regcache_peer_relays_total", A) - relayed_before == len(a_owns)
     entries = [json.loads(line) for line in audit.read_text().splitlines()[seen_before:]]
     from_b = [e for e in entries if e.get("client") == B_IP]
-    assert [e["reference"] for e in from_b] == [theirs.digest], from_b
+    assert sorted(e["reference"] for e in from_b) == sorted(a_owns), from_b
     pair.report("owned")
 
 
-def test_a_gateway_with_an_empty_disk_serves_from_the_bucket(pair: Pair) -> None:
-    img = published(pair, "ghcr.io", "org/refill", [5 * MiB, 2 * MiB])
-    ref = "ghcr.io/org/refill:v1"
-    assert pair.pull("a", ref, "refill-a").returncode == 0
-    before = blob_gets(pair.a, "ghcr.io")
+def restart_b_empty(pair: Pair) -> None:
+    """B restarted with nothing on its disk (store and index gone)."""
     pair.stop_b()
     for part in ("blobs", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
         target = pair.b_state / part
@@ -297,6 +306,14 @@ def test_a_gateway_with_an_empty_disk_serves_from_the_bucket(pair: Pair) -> None
         else:
             target.unlink(missing_ok=True)
     pair.start_b()
+
+
+def test_a_gateway_with_an_empty_disk_serves_from_the_bucket(pair: Pair) -> None:
+    img = published(pair, "ghcr.io", "org/refill", [5 * MiB, 2 * MiB])
+    ref = "ghcr.io/org/refill:v1"
+    assert pair.pull("a", ref, "refill-a").returncode == 0
+    before = blob_gets(pair.a, "ghcr.io")
+    restart_b_empty(pair)
     read_before = pair.metric(B_IP, "regcache_shared_read_bytes_total")
     out = pair.pull("b", ref, "refill-b")
     assert out.returncode == 0, out.stderr
@@ -304,6 +321,37 @@ def test_a_gateway_with_an_empty_disk_serves_from_the_bucket(pair: Pair) -> None
     layers = sum(len(b.data) for b in img.blobs)
     assert pair.metric(B_IP, "regcache_shared_read_bytes_total") - read_before >= layers
     pair.report("empty-disk")
+
+
+def test_with_redirect_clients_fetch_what_the_bucket_holds_from_it(pair: Pair) -> None:
+    img = published(pair, "ghcr.io", "org/redirected", [3 * MiB, 1 * MiB])
+    ref = "ghcr.io/org/redirected:v1"
+    assert pair.pull("a", ref, "redirect-a").returncode == 0
+    names = {f"blobs/sha256/{blob.digest.split(':')[1]}" for blob in img.blobs}
+    deadline = time.monotonic() + 30
+    while not names <= pair.objects().keys():
+        assert time.monotonic() < deadline, "uploads not completed"
+        time.sleep(0.2)
+    before = blob_gets(pair.a, "ghcr.io")
+    plain = pair.b_config.read_text()
+    config = yaml.safe_load(plain)
+    config["store"]["s3"]["redirect"] = "5m"
+    pair.b_config.write_text(yaml.safe_dump(config))
+    try:
+        restart_b_empty(pair)
+        out = pair.pull("b", ref, "redirect-b")  # skopeo follows each 307 to the bucket
+        assert out.returncode == 0, out.stderr
+        assert pair.metric(B_IP, "regcache_shared_redirects_total") == len(img.blobs)
+        assert pair.metric(B_IP, "regcache_shared_read_bytes_total") == 0  # none through B
+        assert blob_gets(pair.a, "ghcr.io") == before
+        for blob in img.blobs:  # nor kept on B's disk
+            assert not (pair.b_state / "blobs" / "sha256" / blob.digest[7:9]
+                        / blob.digest[7:]).exists()  # fmt: skip
+    finally:
+        pair.b_config.write_text(plain)
+        pair.stop_b()
+        pair.start_b()
+    pair.report("redirect")
 
 
 def mirror(pair: Pair, gateway: str, *args: str) -> subprocess.CompletedProcess[str]:
