@@ -292,7 +292,9 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "savings-history": functools.partial(_sample_savings, parts.metrics),
         "mirror": functools.partial(startup.when_ready, mirror.run),
         **({"local": local.job()} if local else {}),
-        **acquired.sharing.jobs(config, acquired.index, records),
+        **acquired.sharing.jobs(
+            config, acquired.index, records, parts.files, None if local is None else local.registry
+        ),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
 

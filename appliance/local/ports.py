@@ -3,7 +3,7 @@ the errors it answers with."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +45,21 @@ class LocalUsage:
     blobs: int
     bytes: int
     """Blobs and manifests of the local registry, each digest once."""
+
+
+class LocalReplica(Protocol):
+    """Where the local registry's changes go besides this gateway's index: the bucket
+    several gateways share (`store/sharedlocal.py`). Told, never waited for."""
+
+    def changed(self) -> None:
+        """A manifest was pushed here."""
+        ...
+
+    def tag_deleted(self, repository: str, tag: str) -> None: ...
+
+    def manifest_deleted(self, repository: str, digest: Digest, tags: Iterable[str]) -> None:
+        """The manifest is gone from the repository, with `tags`, which named it."""
+        ...
 
 
 class LocalIndex(Protocol):

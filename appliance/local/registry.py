@@ -15,7 +15,13 @@ from typing import Any
 from appliance.cache.answers import Stored
 from appliance.cache.ports import BlobFiles, SpaceKeeper, Unbounded
 from appliance.kit.logfields import fields
-from appliance.local.ports import LocalError, LocalIndex, LocalManifest, LocalUsage
+from appliance.local.ports import (
+    LocalError,
+    LocalIndex,
+    LocalManifest,
+    LocalReplica,
+    LocalUsage,
+)
 from appliance.local.uploads import LocalUploads, Session
 from appliance.oci.digest import Digest, DigestError
 from appliance.oci.manifest import sniff_manifest_type
@@ -50,8 +56,11 @@ class LocalRegistry:
         uploads: LocalUploads,
         name: str,
         space: SpaceKeeper | None = None,
+        replica: LocalReplica | None = None,
     ) -> None:
         self._index = index
+        self.replica = replica
+        """Told of pushes and deletes (several gateways sharing the registry)."""
         self._files = files
         self.uploads = uploads
         self.name = name
@@ -185,6 +194,8 @@ class LocalRegistry:
         await self._index.put_local_manifest(repository, manifest, _children(doc), tag, self.name)
         self._space.nudge(added=len(body))
         self.changes += 1
+        if self.replica is not None:
+            self.replica.changed()
         log.info("local manifest-pushed %s", fields(repository=repository, digest=digest,
                                                     tag=tag, path=path.name))  # fmt: skip
         headers = {"Location": f"/v2/{repository}/manifests/{digest}",
@@ -219,6 +230,8 @@ class LocalRegistry:
                 raise manifest_unknown(repository, reference)
             log.info("local tag-deleted %s", fields(repository=repository, tag=reference))
             self.changes += 1
+            if self.replica is not None:
+                self.replica.tag_deleted(repository, reference)
             return Reply(202)
         tags = await self._index.delete_local_manifest(repository, reference, self.name)
         if tags is None:
@@ -226,6 +239,8 @@ class LocalRegistry:
         log.info("local manifest-deleted %s", fields(repository=repository, digest=reference,
                                                      tags=",".join(tags)))  # fmt: skip
         self.changes += 1
+        if self.replica is not None:
+            self.replica.manifest_deleted(repository, reference, tags)
         return Reply(202)
 
     async def delete_blob(self, repository: str, digest: Digest) -> Reply:

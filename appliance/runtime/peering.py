@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from appliance.admin import peerpage
 from appliance.admin.metrics import Metrics
 from appliance.admin.peerpage import PeerRow
+from appliance.cache.ports import BlobFiles
 from appliance.config.model import Config, StartupError
 from appliance.config.peers import PeersConfig
 from appliance.config.registries import Registries
 from appliance.kit.tasks import Job
+from appliance.local.registry import LocalRegistry
 from appliance.mirror.records import MirrorRecords
 from appliance.runtime.sharing import Finding, degraded, sharing_jobs, tier_section
 from appliance.store.index import SqliteIndex
@@ -39,8 +41,18 @@ class Sharing:
     async def degraded(self) -> list[str]:
         return await degraded(self.tier, peers_down(self.peers))
 
-    def jobs(self, config: Config, index: SqliteIndex, records: MirrorRecords) -> dict[str, Job]:
-        return {**sharing_jobs(config, index, records, self.tier), **peer_jobs(config, self.peers)}
+    def jobs(
+        self,
+        config: Config,
+        index: SqliteIndex,
+        records: MirrorRecords,
+        files: BlobFiles,
+        local: LocalRegistry | None,
+    ) -> dict[str, Job]:
+        """Their background work; the `local` registry is shared through the bucket too."""
+        shared_local = None if local is None else (local, files)
+        return {**sharing_jobs(config, index, records, self.tier, shared_local),
+                **peer_jobs(config, self.peers)}  # fmt: skip
 
 
 def open_peers(

@@ -16,17 +16,20 @@ from yarl import URL
 from appliance.admin import tierpage
 from appliance.admin.metrics import Metrics
 from appliance.admin.tierpage import TierState
+from appliance.cache.ports import BlobFiles
 from appliance.config.hostnames import HostSet
 from appliance.config.model import Config, IPAddress, StartupError
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import Job
 from appliance.kit.units import human_size
+from appliance.local.registry import LocalRegistry
 from appliance.mirror.records import MirrorRecords
 from appliance.runtime.outbound import upstream_resolver
 from appliance.store.eviction import protected_digests
 from appliance.store.index import SqliteIndex
 from appliance.store.s3 import Bucket, BucketRefused, BucketUnavailable, Conflict
+from appliance.store.sharedlocal import SharedLocal
 from appliance.store.sharedmirror import SharedMirror
 from appliance.store.tier import BlobTier
 from appliance.store.upkeep import Evicted, Policy, evict, publish_holds
@@ -114,15 +117,27 @@ def _own_resolver(
 
 
 def sharing_jobs(
-    config: Config, index: SqliteIndex, records: MirrorRecords, tier: BlobTier | None
+    config: Config,
+    index: SqliteIndex,
+    records: MirrorRecords,
+    tier: BlobTier | None,
+    local: tuple[LocalRegistry, BlobFiles] | None = None,
 ) -> dict[str, Job]:
-    """Background work that sharing adds: other gateways' mirror moves applied here, and
-    the bucket's upkeep (`upkeep_once`) now and then."""
+    """Background work that sharing adds: other gateways' mirror moves applied here, the
+    local registry shared (its replica attached to `local`'s registry), and the bucket's
+    upkeep (`upkeep_once`) now and then."""
     jobs: dict[str, Job] = {}
     if isinstance(records, SharedMirror):
         jobs["mirror-share"] = functools.partial(_converging, records)
     if tier is not None:
         jobs["tier-upkeep"] = functools.partial(_upkeeping, config, index, tier)
+    if tier is not None and local is not None:
+        registry, files = local
+        assert config.store.s3 is not None
+        shared = SharedLocal(index, files, tier.objects, tier.gateway, source=registry.name,
+                             part_bytes=config.store.s3.part_size.bytes)  # fmt: skip
+        registry.replica = shared
+        jobs["local-share"] = functools.partial(_sharing_local, shared, registry)
     return jobs
 
 
@@ -165,6 +180,23 @@ async def _upkeeping(config: Config, index: SqliteIndex, tier: BlobTier) -> None
         except (BucketUnavailable, BucketRefused) as e:
             tier.note_trouble("upkeep", e)
         await asyncio.sleep(_UPKEEP_S)
+
+
+async def _sharing_local(shared: SharedLocal, registry: LocalRegistry) -> None:
+    """Converge every few seconds, and at once after a push or delete here."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(shared.nudged.wait(), _CONVERGE_S)
+        shared.nudged.clear()
+        try:
+            done = await shared.converge()
+        except (BucketUnavailable, BucketRefused) as e:
+            _converge_log.warning("local", "local share-converge-failed error=%s", e)
+            continue
+        if done:
+            registry.changes += 1  # figures and journal anew
+            log.info("local share-converged %s", fields(published=done.published,
+                     imported=done.imported, deleted=done.deleted))  # fmt: skip
 
 
 async def _converging(records: SharedMirror) -> None:

@@ -79,8 +79,12 @@ class LocalState:
         references: Sequence[Digest],
         tag: str | None,
         source: str,
+        *,
+        at: float | None = None,
     ) -> None:
-        now, digest = time.time(), str(manifest.digest)
+        """`at`: the time of the push (default: now), as the gateway that took it says
+        (a row imported from the shared bucket keeps its pusher's)."""
+        now, digest = time.time() if at is None else at, str(manifest.digest)
         async with self._transaction() as db:
             await insert_blob(db, manifest.digest, manifest.size, manifest.media_type, now)
             await insert_manifest(db, manifest.digest, manifest.media_type, references)
@@ -142,6 +146,23 @@ class LocalState:
         """(repository, tag, digest) of every local tag (`cache ls`)."""
         rows = await self._local_rows("SELECT repository, tag, digest FROM local_tags")
         return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+    async def local_tag_times(self) -> dict[tuple[str, str], tuple[Digest, float]]:
+        """(repository, tag) → (digest, when tagged) of every local tag."""
+        rows = await self._local_rows("SELECT repository, tag, digest, tagged_s FROM local_tags")
+        return {(str(r), str(t)): (Digest.parse(d), float(s)) for r, t, d, s in rows}
+
+    async def local_manifest_times(self) -> dict[tuple[str, Digest], float]:
+        """(repository, digest) → when pushed, of every local manifest."""
+        rows = await self._local_rows("SELECT repository, digest, added_s FROM local_manifests")
+        return {(str(r), Digest.parse(d)): float(s) for r, d, s in rows}
+
+    async def references_of(self, digest: Digest) -> list[Digest]:
+        """What the manifest `digest` references (its config, layers, child manifests)."""
+        rows = await self._local_rows(
+            "SELECT child FROM refs WHERE parent = ? ORDER BY rowid", (str(digest),)
+        )
+        return [Digest.parse(r[0]) for r in rows]
 
     async def local_referrers(self, repository: str, subject: Digest) -> list[LocalManifest]:
         rows = await self._local_rows(

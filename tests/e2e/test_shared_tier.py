@@ -34,7 +34,7 @@ import yaml
 from appliance.oci.digest import Digest
 from appliance.upstream.peers import rendezvous
 from tests.e2e.conftest import _missing
-from tests.e2e.images import Blob, Image, image, layer
+from tests.e2e.images import Blob, Image, image, layer, write_layout
 from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, _wait_port, lab
 from tests.e2e.netns import attached
 from tests.harness import REPO
@@ -45,6 +45,7 @@ S3_IP, S3_PORT = "127.0.0.30", 9000
 B_IP = "127.0.0.22"
 A, B = f"{REGCACHE_IP}:443", f"{B_IP}:443"  # the peers, as each names the other
 MIRRORED = "ghcr.io/org/moving:1"
+LOCAL = "registry.build.internal"
 BUCKET = "regcache-shared"
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 REGCACHE = str(REPO / ".venv" / "bin" / "regcache")
@@ -181,6 +182,9 @@ def _pair(tmp: Path) -> Iterator[Pair]:
     def shared(config: dict[str, Any]) -> None:
         config["store"] = {"s3": _s3_section()}
         config["peers"] = {"members": [A, B], "probe_interval_s": 1}
+        config["tls"]["permitted_domains"].append(LOCAL)  # the CA may sign for it
+        config["local"] = {"hosts": [LOCAL], "access": [{"repositories": ["*"], "read": ["*"],
+                                                         "write": ["*"]}]}  # fmt: skip
         config["mirror"] = {"defaults": {"interval": "1d", "keep_backups": 3},
                             "entries": [{"source": MIRRORED}]}  # fmt: skip
 
@@ -352,6 +356,32 @@ def test_with_redirect_clients_fetch_what_the_bucket_holds_from_it(pair: Pair) -
         pair.stop_b()
         pair.start_b()
     pair.report("redirect")
+
+
+def test_an_image_pushed_to_one_gateways_local_registry_is_pulled_from_the_other(
+    pair: Pair,
+) -> None:
+    img = image([layer(6 * MiB, "local-shared"), layer(300 * 1024, "local-small")])
+    layout = write_layout(pair.a.tmp / "local-src", "v1", img)
+    out = pair.a.skopeo("copy", "--all", "--preserve-digests", "--dest-cert-dir",
+                        str(pair.a.ca_dir), f"oci:{layout}:v1",
+                        f"docker://{LOCAL}/team/app:v1")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    pushed = time.monotonic()
+    dest = pair.a.tmp / "local-from-b"
+    argv = pair.a.pull_argv(f"{LOCAL}/team/app:v1", dest)
+    argv[3] = pair.b_ns  # through B
+    deadline = time.monotonic() + 30
+    while (got := subprocess.run(argv, capture_output=True, text=True, check=False)).returncode:
+        assert time.monotonic() < deadline, got.stderr  # B converges every 5 s
+        time.sleep(0.5)
+    print(f"\nB served the image pushed to A {time.monotonic() - pushed:.1f} s after the push")
+    index = json.loads((dest / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == img.top.digest
+    for blob in img.blobs:  # B holds its own verified copy of each blob
+        path = dest / "blobs" / "sha256" / blob.digest[7:]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == blob.digest[7:]
+    shutil.rmtree(dest, ignore_errors=True)
 
 
 def mirror(pair: Pair, gateway: str, *args: str) -> subprocess.CompletedProcess[str]:
