@@ -37,7 +37,8 @@ from bench.peers import (  # noqa: E402
     Bench,
     Server,
 )
-from bench.shared import SharedResults, measure_shared, report_shared  # noqa: E402
+from bench.shared import SharedResults, measure_shared, report_shared, table  # noqa: E402
+from bench.sharedpeers import measure_concurrent, report_concurrent  # noqa: E402
 from bench.soak import measure_soak  # noqa: E402
 from bench.soakreport import SoakReport  # noqa: E402
 from tests.e2e.netns import Netns  # noqa: E402
@@ -301,22 +302,17 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         if "soak" in parts:
             soak = measure_soak(bench, upstream, args)
         if "shared" in parts:
-            shared = measure_shared(bench, upstream, images["big"], args.reps)
+            big, reps = images["big"], args.reps
+            shared = measure_shared(bench, upstream, big, reps, lambda r, a, b: measure_concurrent(
+                bench, r, upstream, big, a, b, reps))  # fmt: skip
     if r.samples:
         report(r, images, args)
     if shared is not None:
         report_shared(shared, images["big"], args.layers_mib, args.reps)
+        report_concurrent(shared, images["big"], args.reps)
     if soak is not None:
         soak.print()
     print(f"\n(bench took {time.monotonic() - started:.0f} s)")
-
-
-def table(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print()
 
 
 def report(r: Results, images: dict[str, Image], args: argparse.Namespace) -> None:

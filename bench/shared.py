@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,12 +176,17 @@ def regcache_argv(*args: str) -> list[str]:
             sys.executable, "-m", "appliance.cli", *args]  # fmt: skip
 
 
-def start_regcache(bench: Bench, gw: Gateway, folder: Path, bucket: str) -> Server:
-    """A fresh gateway: an empty store holding only the one CA both gateways share."""
+def start_regcache(
+    bench: Bench, gw: Gateway, folder: Path, bucket: str, peers: list[str] | None = None
+) -> Server:
+    """A fresh gateway: an empty store holding only the one CA both gateways share;
+    naming `peers` (checked every second)."""
     state = folder / f"state-{gw.name}"
     state.mkdir(mode=0o700)
     shutil.copytree(bench.tmp / "shared-ca" / "ca", state / "ca")
     config = regcache_config(gw, state, bucket, bench.ca.pem)
+    if peers:
+        config["peers"] = {"members": peers, "probe_interval_s": 1}
     path = folder / f"regcache-{gw.name}.yaml"
     path.write_text(yaml.safe_dump(config))
     log = folder / f"regcache-{gw.name}.log"
@@ -201,9 +207,10 @@ def make_ca(bench: Bench) -> None:
                        capture_output=True)  # fmt: skip
 
 
-def pull(bench: Bench, netns: str, ref: str) -> float:
-    """Bench.pull under the namespace name `netns`: wall seconds of a skopeo copy."""
-    dest = bench.tmp / "pulled"
+def pull(bench: Bench, netns: str, ref: str, into: str = "pulled") -> float:
+    """Bench.pull under the namespace name `netns`: wall seconds of a skopeo copy (into
+    a scratch folder of that name)."""
+    dest = bench.tmp / into
     shutil.rmtree(dest, ignore_errors=True)
     argv = ["ip", "netns", "exec", netns, "skopeo", "--insecure-policy", "copy",
             "--src-cert-dir", str(bench.certs), f"docker://{ref}", f"oci:{dest}:x"]  # fmt: skip
@@ -279,9 +286,13 @@ def one_rep(bench: Bench, r: SharedResults, upstream: Server, s3: Server, image:
         notable(r, rep, gw, bench)
 
 
-def measure_shared(bench: Bench, upstream: Server, image: Image, reps: int) -> SharedResults:
+def measure_shared(
+    bench: Bench, upstream: Server, image: Image, reps: int,
+    also: Callable[[SharedResults, Gateway, Gateway], None] = lambda _r, _a, _b: None,
+) -> SharedResults:  # fmt: skip
     """`reps` times, on a fresh bucket with both gateways fresh: direct, cold through A,
-    then through B from the bucket, then warm through B."""
+    then through B from the bucket, then warm through B; then `also`, while the S3
+    engine runs (bench/sharedpeers.py)."""
     r = SharedResults()
     engine = s3_engine(bench.tmp / "s3")
     r.engine = engine.engine
@@ -319,6 +330,7 @@ def measure_shared(bench: Bench, upstream: Server, image: Image, reps: int) -> S
                     gw.server = None
                 drop_bucket(bench, bucket)
                 shutil.rmtree(folder, ignore_errors=True)
+        also(r, a, b)
     return r
 
 
