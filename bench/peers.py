@@ -151,11 +151,13 @@ class Bench:
                "burst", "1mb", "latency", "100ms"]  # fmt: skip
         subprocess.run(["ip", "netns", "exec", wan.name, *tbf], check=True)
         folder = self.tmp / "wan"
+        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         cert, key = self.ca.issue("wan", WAN, GHCR)
         data = str(self.tmp / "upstream" / "data")  # the upstream's own, read-only here
         tls = {"certificate": str(cert), "key": str(key)}
-        config = {"version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
+        # Its access log: what the shared part counts as upstream blob bytes.
+        config = {"version": 0.1, "log": {"level": "error", "formatter": "text"},
                   "storage": {"filesystem": {"rootdirectory": data},
                               "maintenance": {"readonly": {"enabled": True}}},
                   "http": {"addr": f"{WAN_IP}:443", "tls": tls}}  # fmt: skip

@@ -304,7 +304,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         if "shared" in parts:
             big, reps = images["big"], args.reps
             shared = measure_shared(bench, upstream, big, reps, lambda r, a, b: measure_concurrent(
-                bench, r, upstream, big, a, b, reps))  # fmt: skip
+                bench, r, big, a, b, reps, args.wan_mbit))  # fmt: skip
     if r.samples:
         report(r, images, args)
     if shared is not None:

@@ -27,7 +27,17 @@ from pathlib import Path
 import yaml
 
 from bench.images import Image
-from bench.peers import HUB, REGCACHE_IP, RESOLVER_IP, UPSTREAM, UPSTREAM_IP, Bench, Server
+from bench.peers import (
+    GHCR,
+    HUB,
+    REGCACHE_IP,
+    RESOLVER_IP,
+    UPSTREAM,
+    UPSTREAM_IP,
+    WAN_IP,
+    Bench,
+    Server,
+)
 from tests.e2e.netns import attached
 from tests.harness import example_registries
 from tests.s3engine import KEY_ID, SECRET, WEED, Launch, bucket_name, launch
@@ -44,6 +54,8 @@ _NOTABLE = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback")
 @dataclass
 class SharedResults:
     engine: str = ""
+    wan_mbit: int = 0
+    """The upstream link's rate in the concurrent pulls (bench/sharedpeers.py)."""
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """Warnings and errors the gateways logged, failed tier requests, short uploads."""
@@ -159,7 +171,7 @@ def regcache_config(gw: Gateway, state: Path, bucket: str, ca: Path) -> dict[str
         "admin": {"listen": [f"{gw.ip}:{ADMIN_PORT}"]},
         "dns": {"upstreams": [f"{RESOLVER_IP}:53"], "rate_limit_qps": 0},
         "upstream": {"ca_bundle": str(ca)},
-        "resolve": {HUB: [UPSTREAM_IP]},
+        "resolve": {HUB: [UPSTREAM_IP], GHCR: [WAN_IP]},  # ghcr.io: across the WAN link
         "tls": yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"],
         "registries": example_registries(),
         "store": {"s3": {

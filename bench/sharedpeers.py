@@ -1,8 +1,9 @@
 """Part `shared`, second half (issue #19): the same cold image pulled through gateways A
-and B at once, both fresh, sharing one bucket: with `peers` (each blob filled by its
-owner, the other gateway streaming it from the owner as it fills) and without (the
-bucket's lease: the gateway that loses a blob's lease waits for the other's upload to
-complete, then reads it from the bucket). See bench/README.md."""
+and B at once, both fresh, sharing one bucket, the upstream across the rate-limited WAN
+link of part `wan`: with `peers` (each blob filled by its owner, the other gateway
+streaming it from the owner as it fills) and without (the bucket's lease: the gateway
+that loses a blob's lease waits for the other's upload to complete, then reads it from
+the bucket). See bench/README.md."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import threading
 import time
 
 from bench.images import Image
-from bench.peers import HUB, Bench, Server
+from bench.peers import GHCR, REGCACHE_IP, Bench, Server
 from bench.shared import (
     ADMIN_PORT,
     Gateway,
@@ -24,17 +25,30 @@ from bench.shared import (
     start_regcache,
     table,
 )
+from tests.e2e.netns import Netns
 
 MODES = ("peers", "lease")
 PEERED_WAIT_S = 30.0
 
 
 def measure_concurrent(
-    bench: Bench, r: SharedResults, upstream: Server, image: Image, a: Gateway, b: Gateway,
-    reps: int,
+    bench: Bench, r: SharedResults, image: Image, a: Gateway, b: Gateway, reps: int, mbit: int,
 ) -> None:  # fmt: skip
     """`reps` times each mode, fresh gateways and bucket every time: walls of the two
     pulls, upstream blob bytes over the image's size, and relays or lease waits."""
+    r.wan_mbit = mbit
+    with Netns(REGCACHE_IP) as wan:
+        upstream = bench.wan_upstream(wan, mbit)
+        try:
+            _modes(bench, r, upstream, image, a, b, reps)
+        finally:
+            wan.stop(upstream.proc)
+
+
+def _modes(
+    bench: Bench, r: SharedResults, upstream: Server, image: Image, a: Gateway, b: Gateway,
+    reps: int,
+) -> None:  # fmt: skip
     for rep in range(1, reps + 1):
         for mode in MODES:
             folder = bench.tmp / f"concurrent-{mode}-rep{rep}"
@@ -74,7 +88,7 @@ def one_concurrent(
     bench: Bench, r: SharedResults, upstream: Server, image: Image, pair: tuple[Gateway, ...],
     mode: str,
 ) -> None:  # fmt: skip
-    ref = f"{HUB}/bench/big:v1"
+    ref = f"{GHCR}/bench/big:v1"
     walls: dict[str, float] = {}
     errors: list[BaseException] = []
     sent = blob_bytes(upstream)
@@ -116,8 +130,9 @@ def report_concurrent(r: SharedResults, image: Image, reps: int) -> None:
     if "peers slower" not in r.samples:
         return
     mib = image.size / (1 << 20)
-    print(f"\n#### The same cold {mib:.0f} MiB image through A and B at once, fresh gateways "
-          f"and bucket each run (medians of {reps} [min, max])\n")  # fmt: skip
+    print(f"\n#### The same cold {mib:.0f} MiB image through A and B at once, the upstream "
+          f"across a {r.wan_mbit} Mbit/s link, fresh gateways and bucket each run (medians of "
+          f"{reps} [min, max])\n")  # fmt: skip
     rows = [[mode, r.cell(f"{mode} a"), r.cell(f"{mode} b"), r.cell(f"{mode} slower"),
              r.cell(f"{mode} upstream bytes"), r.cell(f"{mode} relays", 0),
              r.cell(f"{mode} waits", 0)] for mode in MODES]  # fmt: skip

@@ -35,6 +35,10 @@ from appliance.upstream.client import Reply, UpstreamError, end_to_end
 
 log = logging.getLogger(__name__)
 
+_RELAYS_PER_PEER = 64
+"""Connections to one peer at most (more relays wait for one): well under what its TLS
+listener admits from one address (`tls.max_connections_per_client`, 256 by default)."""
+
 
 def rendezvous(members: Sequence[str], digest: Digest) -> str:
     """The member with the highest weight for `digest` (`members` must not be empty)."""
@@ -122,7 +126,7 @@ class PeerSet:
                 connector=aiohttp.TCPConnector(
                     resolver=_Fixed(self._endpoints[name]),
                     ssl=self._context,
-                    limit=0,
+                    limit=_RELAYS_PER_PEER,
                     use_dns_cache=False,
                     local_addr=self._source,
                 ),

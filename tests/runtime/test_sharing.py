@@ -11,6 +11,8 @@ import pytest
 
 from appliance.admin.metrics import Metrics
 from appliance.config.model import IPAddress, StartupError
+from appliance.local.registry import LocalRegistry
+from appliance.local.uploads import LocalUploads
 from appliance.runtime.sharing import (
     _conditional_writes,
     degraded,
@@ -23,7 +25,9 @@ from appliance.runtime.sharing import (
     upkeep_once,
 )
 from appliance.store import upkeep
+from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
+from appliance.store.sharedlocal import SharedLocal
 from appliance.store.sharedmirror import SharedMirror
 from tests.harness import free_port
 from tests.runtime.configs import config
@@ -200,5 +204,29 @@ async def test_upkeep_publishes_holds_evicts_by_policy_and_counts(
             holds = [i.name async for i in tier.objects.listing("holds/")]
             assert holds == [f"holds/{tier.gateway}"]
             assert tier.last_survey is not None and tier.last_survey.objects == 0
+    finally:
+        await index.close()
+
+
+async def test_the_local_registry_is_shared_only_with_a_bucket(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    registry = LocalRegistry(
+        index, files, LocalUploads(files, purge_after_s=3600.0, max_sessions=16), "registry.local"
+    )
+    try:
+        assert "local-share" not in sharing_jobs(config(tmp_path), index, index, None,
+                                                 (registry, files))  # fmt: skip
+        assert registry.replica is None
+        shared = config(tmp_path, s3(s3_endpoint, make_bucket(s3_endpoint)))
+        async with contextlib.AsyncExitStack() as stack:
+            tier = await open_tier(stack, shared, Metrics(), resolve_here)
+            jobs = sharing_jobs(shared, index, index, tier, (registry, files))
+            assert sorted(jobs) == ["local-share", "tier-upkeep"]
+            assert isinstance(registry.replica, SharedLocal)
+            assert not await registry.replica.converge()  # nothing pushed: nothing to do
     finally:
         await index.close()
