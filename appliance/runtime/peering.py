@@ -49,7 +49,8 @@ class Sharing:
         files: BlobFiles,
         local: LocalRegistry | None,
     ) -> dict[str, Job]:
-        """Their background work; the `local` registry is shared through the bucket too."""
+        """Their background work; the `local` registry is shared through the bucket too
+        (its replica attached to it here)."""
         shared_local = None if local is None else (local, files)
         return {**sharing_jobs(config, index, records, self.tier, shared_local),
                 **peer_jobs(config, self.peers)}  # fmt: skip
