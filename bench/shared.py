@@ -130,6 +130,16 @@ def make_bucket(bench: Bench) -> str:
     return name
 
 
+def end_rep(bench: Bench, gateways: tuple[Gateway, ...], bucket: str, folder: Path) -> None:
+    """Stop the rep's gateways, drop its bucket and its scratch folder."""
+    for gw in gateways:
+        if gw.server is not None:
+            bench.ns.stop(gw.server.proc)
+        gw.server = None
+    drop_bucket(bench, bucket)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def drop_bucket(bench: Bench, name: str) -> None:
     """Every object and upload in the bucket, then the bucket: the next rep's is fresh and
     the engine's disk does not grow by an image a rep."""
@@ -336,12 +346,7 @@ def measure_shared(
                         )
                 raise
             finally:
-                for gw in (a, b):
-                    if gw.server is not None:
-                        bench.ns.stop(gw.server.proc)
-                    gw.server = None
-                drop_bucket(bench, bucket)
-                shutil.rmtree(folder, ignore_errors=True)
+                end_rep(bench, (a, b), bucket, folder)
         also(r, a, b)
     return r
 

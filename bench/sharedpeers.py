@@ -7,7 +7,6 @@ the bucket). See bench/README.md."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
@@ -18,7 +17,7 @@ from bench.shared import (
     Gateway,
     SharedResults,
     blob_bytes,
-    drop_bucket,
+    end_rep,
     make_bucket,
     notable,
     pull,
@@ -64,12 +63,7 @@ def _modes(
                 for gw in (a, b):
                     notable(r, rep, gw, bench)
             finally:
-                for gw in (a, b):
-                    if gw.server is not None:
-                        bench.ns.stop(gw.server.proc)
-                    gw.server = None
-                drop_bucket(bench, bucket)
-                shutil.rmtree(folder, ignore_errors=True)
+                end_rep(bench, (a, b), bucket, folder)
 
 
 def peered(bench: Bench, gateways: tuple[Gateway, ...]) -> None:

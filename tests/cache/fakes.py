@@ -157,3 +157,13 @@ class FakeTier:
     def share_manifest(self, digest: Digest, body: bytes, media_type: str) -> None:
         self.shared_manifests.append(digest)
         self.manifests.setdefault(digest, (body, media_type))
+
+
+async def settled(fill: Fill) -> None:
+    """Until `fill` has ended and the replica's task has taken its last bytes (bounded)."""
+    for _ in range(300):
+        if fill.ended:
+            await asyncio.sleep(0.01)
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("fill did not end")

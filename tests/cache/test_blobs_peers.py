@@ -15,14 +15,13 @@ import pytest
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Filling, Refused, Stored, Target
-from appliance.cache.fill import Fill
 from appliance.cache.ports import UpstreamUnreachable
 from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.alpine import B_DIGEST, BLOB, ORIGIN, target
-from tests.cache.fakes import FakeReply, FakeTier, FakeUpstream
+from tests.cache.fakes import FakeReply, FakeTier, FakeUpstream, settled
 
 URL = f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}"
 OWNER = "10.0.0.2:443"
@@ -157,12 +156,3 @@ async def test_a_second_client_joins_the_relayed_fill_through_the_gate(rig: Rig)
     reply.gate.set()
     assert await drained(first) == BLOB
     assert len(rig.peers.relayed) == 1
-
-
-async def settled(fill: Fill) -> None:
-    for _ in range(300):
-        if fill.ended:
-            await asyncio.sleep(0.01)  # the replica's task takes the last bytes
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("fill did not end")

@@ -15,12 +15,12 @@ import pytest
 
 from appliance.cache.access import AccessGate
 from appliance.cache.answers import Filling, Redirected, Refused, Stored, Target
-from appliance.cache.fill import Fill, FillFailed, FillState
+from appliance.cache.fill import FillFailed, FillState
 from appliance.cache.service import RegistryCache
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from tests.cache.alpine import B_DIGEST, BLOB, ORIGIN, target
-from tests.cache.fakes import FakeTier, FakeUpstream
+from tests.cache.fakes import FakeTier, FakeUpstream, settled
 
 URL = f"{ORIGIN}/v2/library/alpine/blobs/{B_DIGEST}"
 
@@ -47,15 +47,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 async def drain(answer: object) -> bytes:
     assert isinstance(answer, Filling), answer
     return b"".join([c async for c in answer.fill.stream(0, len(BLOB))])
-
-
-async def settled(fill: Fill) -> None:
-    for _ in range(300):
-        if fill.ended:
-            await asyncio.sleep(0.01)  # the replica's task takes the last bytes
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("fill did not end")
 
 
 def as_(token: str) -> Target:
