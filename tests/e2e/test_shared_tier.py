@@ -2,9 +2,11 @@
 S3 endpoint (moto's server, or SeaweedFS with REGCACHE_S3_ENGINE=seaweedfs) and real
 upstream registries: cold pulls spread over both fetch each blob from upstream once; a
 pull through one gateway streams the blobs the other owns from it; a gateway whose disk
-is empty serves from the bucket; the owner killed mid-fill leaves no partial object and
-the other completes the pull; with the bucket gone both keep serving and `/readyz` says
-degraded.
+is empty serves from the bucket (or, with `redirect`, sends its clients there); an image
+pushed to one gateway's local registry is pulled through the other; private content
+probed through both at once reaches no stranger; two gateways moving one mirror tag at
+once lose nothing; the owner killed mid-fill leaves no partial object and the other
+completes the pull; with the bucket gone both keep serving and `/readyz` says degraded.
 
 Gateway A is the lab's regcache (127.0.0.2); gateway B a second `regcache serve` at
 127.0.0.22 with its own store and the same CA, as an operator would deploy a second
@@ -35,7 +37,15 @@ from appliance.oci.digest import Digest
 from appliance.upstream.peers import rendezvous
 from tests.e2e.conftest import _missing
 from tests.e2e.images import Blob, Image, image, layer, write_layout
-from tests.e2e.lab import ADMIN_PORT, REGCACHE_IP, Lab, _wait_port, lab
+from tests.e2e.lab import (
+    ADMIN_PORT,
+    ALICE_PASSWORD,
+    DAVE_PASSWORD,
+    REGCACHE_IP,
+    Lab,
+    _wait_port,
+    lab,
+)
 from tests.e2e.netns import attached
 from tests.harness import REPO
 from tests.s3engine import KEY_ID, SECRET, Launch, launch
@@ -45,6 +55,8 @@ S3_IP, S3_PORT = "127.0.0.30", 9000
 B_IP = "127.0.0.22"
 A, B = f"{REGCACHE_IP}:443", f"{B_IP}:443"  # the peers, as each names the other
 MIRRORED = "ghcr.io/org/moving:1"
+HUB = "registry-1.docker.io"
+ALICE, DAVE = f"alice:{ALICE_PASSWORD}", f"dave:{DAVE_PASSWORD}"
 LOCAL = "registry.build.internal"
 BUCKET = "regcache-shared"
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -382,6 +394,47 @@ def test_an_image_pushed_to_one_gateways_local_registry_is_pulled_from_the_other
         path = dest / "blobs" / "sha256" / blob.digest[7:]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == blob.digest[7:]
     shutil.rmtree(dest, ignore_errors=True)
+
+
+def test_private_content_through_peers_reaches_no_stranger(pair: Pair) -> None:
+    """The leak probe of tests/e2e/test_private.py through both gateways at once: alice's
+    cold private blobs are filled by their owners and relayed to the other gateway with
+    each client's own credentials; strangers ask for them there and under other names."""
+    repositories = {}
+    for i in range(3):
+        img = image([layer(2 * MiB, f"peer-r{i}a"), layer(300_000, f"peer-r{i}b")])
+        pair.a.push(HUB, f"private/peers{i}", "v1", img, creds=ALICE)
+        repositories[f"private/peers{i}"] = [
+            [b.digest, b.digest[7:],
+             "manifests" if b.media_type.endswith("manifest.v1+json") else "blobs"]
+            for b in (img.top, *img.blobs)
+        ]  # fmt: skip
+    pair.a.push(HUB, "library/peerpub", "v1", image([layer(1000, "peerpub")]))
+    pair.a.push(HUB, "dave/peers", "v1", image([layer(1000, "davepeers")]), creds=DAVE)
+    relays = sum(pair.metric(ip, "regcache_peer_relays_total", other)
+                 for ip, other in ((REGCACHE_IP, B), (B_IP, A)))  # fmt: skip
+    runs = []
+    for gateway, seed in (("a", 1), ("b", 2)):
+        spec = pair.a.tmp / f"leakcheck-peers-{gateway}.json"
+        spec.write_text(json.dumps({
+            "ca": str(pair.a.ca_dir / "ca.crt"), "host": HUB, "repositories": repositories,
+            "elsewhere": [[HUB, "library/peerpub"], [HUB, "dave/peers"]], "alice": ALICE,
+            "dave": DAVE, "requests": 300, "seed": seed,
+        }))  # fmt: skip
+        argv = pair.a.ns.argv(PYTHON, "-m", "tests.e2e.leakcheck", str(spec))
+        if gateway == "b":
+            argv[3] = pair.b_ns
+        runs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=REPO))  # fmt: skip
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["leaks"] == [] and summary["errors"] == [] and summary["wrong_bytes"] == []
+        assert summary["ok"] > 20 and summary["refused"] > 100, summary  # both kinds happened
+    after = sum(pair.metric(ip, "regcache_peer_relays_total", other)
+                for ip, other in ((REGCACHE_IP, B), (B_IP, A)))  # fmt: skip
+    assert after > relays  # some of it crossed between the gateways
 
 
 def mirror(pair: Pair, gateway: str, *args: str) -> subprocess.CompletedProcess[str]:
