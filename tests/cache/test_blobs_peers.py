@@ -156,3 +156,26 @@ async def test_a_second_client_joins_the_relayed_fill_through_the_gate(rig: Rig)
     reply.gate.set()
     assert await drained(first) == BLOB
     assert len(rig.peers.relayed) == 1
+
+
+async def test_peers_without_a_bucket_relay_and_fall_back(tmp_path: Path) -> None:
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    upstream, peers = FakeUpstream(), FakePeers()
+    cache = RegistryCache(files, index, upstream, AccessGate(upstream), peers=peers)  # type: ignore[arg-type]
+    try:
+        peers.owner_side.add("GET", URL, 200, BLOB, Content_Length=str(len(BLOB)),
+                             Docker_Content_Digest=str(B_DIGEST))  # fmt: skip
+        assert await drained(await cache.blob(target(), B_DIGEST, head=False)) == BLOB
+        assert upstream.calls == [] and len(peers.relayed) == 1
+        other = Digest.of(b"another layer")
+        peers.down = True
+        upstream.add("GET", f"{ORIGIN}/v2/library/alpine/blobs/{other}", 200, b"another layer",
+                     Content_Length="13")  # fmt: skip
+        answer = await cache.blob(target(), other, head=False)
+        assert isinstance(answer, Filling)
+        assert b"".join([c async for c in answer.fill.stream(0, 13)]) == b"another layer"
+        assert upstream.count("GET") == 1 and len(peers.relayed) == 2
+    finally:
+        await index.close()
