@@ -90,9 +90,12 @@ class Blobs:
 
         async def relay() -> UpstreamReply | None:
             nonlocal led
-            led = True
             assert owner is not None
-            return await self._relayed(owner, target, digest)
+            reply = await self._relayed(owner, target, digest)
+            # Only the owner's own answer to this request needs no gate: when it could
+            # not answer, the bytes may come from the bucket, which must be gated.
+            led = reply is not None
+            return reply
 
         result = await self._fills.join_or_start(
             digest, fetch, None, relay=None if owner is None else relay

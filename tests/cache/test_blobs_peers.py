@@ -7,7 +7,7 @@ real store and index."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +35,15 @@ class FakePeers:
     owning: bool = True
     down: bool = False
     relayed: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    before_answer: Callable[[], None] = lambda: None
+    """Run as the owner is asked (what happens elsewhere meanwhile)."""
 
     def owner(self, digest: Digest) -> str | None:
         return OWNER if self.owning else None
 
     async def relay(self, owner: str, url: str, headers: Mapping[str, str]) -> FakeReply:
         self.relayed.append((owner, url, dict(headers)))
+        self.before_answer()
         if self.down:
             raise UpstreamUnreachable(f"GET {url} through peer {owner}: refused", "10.0.0.2")
         return await self.owner_side.fetch("GET", url, headers)
@@ -179,3 +182,16 @@ async def test_peers_without_a_bucket_relay_and_fall_back(tmp_path: Path) -> Non
         assert upstream.count("GET") == 1 and len(peers.relayed) == 2
     finally:
         await index.close()
+
+
+async def test_after_an_owner_in_trouble_bucket_bytes_still_pass_the_gate(rig: Rig) -> None:
+    """The owner answers 503; meanwhile another gateway's fill of the blob reached the
+    bucket: those bytes are another's, and a client upstream refuses gets none of them."""
+    trouble = rig.peers.owner_side.add("GET", URL, 503)
+    rig.peers.before_answer = lambda: rig.tier.objects.__setitem__(B_DIGEST, BLOB)
+    stranger = Target(ORIGIN, "library/alpine", {"Authorization": "Bearer other"}, frozenset())
+    rig.upstream.add("HEAD", URL, 401, auth="Bearer other", WWW_Authenticate='Bearer realm="r"')
+    answer = await rig.cache.blob(stranger, B_DIGEST, head=False)
+    assert answer == Refused(401, 'Bearer realm="r"')
+    assert trouble.status == 503 and len(rig.peers.relayed) == 1
+    assert rig.upstream.count("GET") == 0  # the bytes were the bucket's, not fetched for it
