@@ -207,7 +207,7 @@ async def _acquire(stack: contextlib.AsyncExitStack, parts: Parts) -> Acquired:
     if audit is not None:
         stack.callback(audit.close)
     tier = await open_tier(stack, parts.config, parts.metrics, parts.resolver.resolve)
-    peers = open_peers(stack, parts.config, parts.ca, parts.metrics)
+    peers = open_peers(stack, parts.config, parts.ca, parts.metrics, parts.offline)
     return Acquired(index, upstream, mirror_upstream, audit, Sharing(tier, peers))
 
 

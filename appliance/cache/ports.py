@@ -166,6 +166,12 @@ class SharedTier(Protocol):
         ...
 
 
+RELAYED = "X-Regcache-Relayed"
+"""Sent with every relay (the relaying gateway's name): the owner answers the request
+itself, never relaying it on, also when it does not come from a member address. A client
+that sends it only keeps its own requests from being relayed."""
+
+
 class Peers(Protocol):
     """The site's other gateways (`peers`): each cold blob has one owner among the live
     ones, which fills it once for all of them."""

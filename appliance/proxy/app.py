@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from appliance.admin.metrics import Metrics, method_label
 from appliance.cache.answers import Answer, Redirected, Refused, Relayed, Stored, Target
-from appliance.cache.ports import UpstreamUnavailable, in_trouble
+from appliance.cache.ports import RELAYED, UpstreamUnavailable, in_trouble
 from appliance.cache.uploads import Uploads
 from appliance.config.push import DENY, push_policy
 from appliance.local.auth import LocalAccess
@@ -243,7 +243,7 @@ class RegistryProxy:
     ) -> web.StreamResponse:
         """A manifest or blob GET/HEAD, answered by the cache."""
         target = _target(request, origin, site, route, self._tokens)
-        if request.remote in self._peers:
+        if request.remote in self._peers or RELAYED in request.headers:
             target = replace(target, from_peer=True)
         tally = _Tally(self._cache, self._metrics, self._bridge, site.label, route.repository)
         started = time.monotonic()

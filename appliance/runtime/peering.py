@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.admin import peerpage
@@ -57,25 +58,32 @@ class Sharing:
 
 
 def open_peers(
-    stack: contextlib.AsyncExitStack, config: Config, ca: CertificateAuthority, metrics: Metrics
+    stack: contextlib.AsyncExitStack,
+    config: Config,
+    ca: CertificateAuthority,
+    metrics: Metrics,
+    offline: Callable[[], bool] = lambda: False,
 ) -> PeerSet | None:
-    """The peer set, its sessions closed with `stack`; None when no peers are named."""
+    """The peer set, its sessions closed with `stack`; None when no peers are named.
+    While `offline()`, nothing is relayed."""
     peers = config.peers
     if peers is None:
         return None
-    peer_set = _peer_set(config, peers, _cadata(peers, ca))
+    peer_set = _peer_set(config, peers, _cadata(peers, ca), offline)
     stack.push_async_callback(peer_set.close)
     metrics.watch_peers(lambda: [(s.name, s.up, s.relays, s.relays_failed)
                                  for s in peer_set.peers.values()])  # fmt: skip
     return peer_set
 
 
-def _peer_set(config: Config, peers: PeersConfig, cadata: str) -> PeerSet:
+def _peer_set(
+    config: Config, peers: PeersConfig, cadata: str, offline: Callable[[], bool] = lambda: False
+) -> PeerSet:
     me = peers.self_index(config.appliance.addresses())
     assert me is not None  # the config's own check
     return PeerSet(peers.members, me, cadata=cadata, probe_host=_probe_host(config),
                    connect_timeout_s=peers.connect_timeout_s,
-                   read_timeout_s=peers.read_timeout_s)  # fmt: skip
+                   read_timeout_s=peers.read_timeout_s, offline=offline)  # fmt: skip
 
 
 def _cadata(peers: PeersConfig, ca: CertificateAuthority | None) -> str:

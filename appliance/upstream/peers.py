@@ -6,7 +6,8 @@ and a client's blob request relayed to its owner.
   same owner, and a member going down moves only the digests it owned.
 - A member is up once a TLS handshake with it succeeds (checked every
   `probe_interval_s`; its certificate must come from the peers' CA), and down from the
-  moment a relay to it cannot connect, until a check finds it up again.
+  moment a relay to it cannot connect, until a check finds it up again. A relay that
+  connected but failed later (the owner slow to answer) does not make it down.
 - A relay is the client's own request (its `Authorization`, `Accept`) sent to the owner's
   TLS proxy under the registry's name, exactly as if the client had come there: the
   owner's gate and single-flight fill apply, and it streams the bytes as they arrive.
@@ -21,19 +22,21 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from appliance.cache.ports import RELAYED
 from appliance.config.values import Endpoint
 from appliance.kit.logfields import fields
 from appliance.oci.digest import Digest
 from appliance.upstream.client import Reply, UpstreamError, end_to_end
 
 log = logging.getLogger(__name__)
+
 
 _RELAYS_PER_PEER = 64
 """Connections to one peer at most (more relays wait for one): well under what its TLS
@@ -110,10 +113,13 @@ class PeerSet:
         probe_host: str,
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 60.0,
+        offline: Callable[[], bool] = lambda: False,
     ) -> None:
         """`members[me]` is this gateway; `cadata` the PEM certificates the peers' TLS
         certificates must chain to; `probe_host` a registry name they all serve."""
         self._endpoints = {str(m): m for m in members}
+        self._offline = offline
+        """In offline mode nothing is relayed: the owner might ask upstream."""
         self.me = str(members[me])
         self._probe_host = probe_host
         self._connect_timeout_s = connect_timeout_s
@@ -149,6 +155,8 @@ class PeerSet:
         return [self.me, *(name for name, state in self.peers.items() if state.up)]
 
     def owner(self, digest: Digest) -> str | None:
+        if self._offline():  # a peer would ask upstream for this gateway: it must not
+            return None
         owner = rendezvous(self.live(), digest)
         return None if owner == self.me else owner
 
@@ -157,13 +165,16 @@ class PeerSet:
         state.relays += 1
         endpoint = self._endpoints[owner]
         target = URL(url, encoded=True).with_port(endpoint.port)
+        outgoing = end_to_end(headers)
+        outgoing[RELAYED] = self.me
         try:
-            response = await self._sessions[owner].get(
-                target, headers=end_to_end(headers), allow_redirects=False
-            )
+            response = await self._sessions[owner].get(target, headers=outgoing,
+                                                       allow_redirects=False)  # fmt: skip
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             state.relays_failed += 1
-            self._set(state, up=False, why=f"relay: {type(e).__name__} {e}")
+            if isinstance(e, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+                # It could not be reached; one slow to answer (waiting on a lease) is up.
+                self._set(state, up=False, why=f"relay: {type(e).__name__} {e}")
             raise UpstreamError(f"GET {url} through peer {owner}: {type(e).__name__} {e}") from e
         if response.status != 200:
             state.refused += 1

@@ -4,6 +4,7 @@ request relayed to the owner as the client sent it, from this gateway's own addr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from appliance.cache.ports import RELAYED
 from appliance.config.hostnames import HostSet
 from appliance.config.values import Endpoint
 from appliance.oci.digest import Digest
@@ -67,8 +69,13 @@ async def peer(
             return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="r"'})
         return web.Response(body=BODY, headers={"Docker-Content-Digest": str(DIGEST)})
 
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)  # the owner waiting on another gateway's lease
+        return web.Response(body=BODY)
+
     app = web.Application()
     app.router.add_get("/v2/org/app/blobs/{digest}", blob)
+    app.router.add_get("/v2/org/slow/blobs/{digest}", slow)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -113,6 +120,7 @@ async def test_a_relay_is_the_clients_request_under_the_registrys_name(tmp_path:
             await peers.close()
     assert [r.host.split(":")[0] for r in seen] == ["ghcr.io", "ghcr.io"]
     assert {r.remote for r in seen} == {"127.0.0.3"}  # from this gateway's own address
+    assert {r.headers[RELAYED] for r in seen} == {str(ME)}  # and saying it is a relay
     assert seen[0].headers["Accept"] == "*/*"
     state = peers.peers[str(other)]
     assert (state.relays, state.relays_failed, state.refused) == (2, 0, 1)
@@ -133,6 +141,35 @@ async def test_a_peer_that_cannot_be_reached_is_down_at_once(tmp_path: Path) -> 
         assert not peers.peers[str(other)].up
     finally:
         await peers.close()
+
+
+async def test_a_peer_slow_to_answer_fails_the_relay_but_stays_up(tmp_path: Path) -> None:
+    async with peer(tmp_path, []) as (other, cadata):
+        peers = PeerSet([ME, other], 0, cadata=cadata, probe_host="ghcr.io",
+                        connect_timeout_s=1.0, read_timeout_s=1.0)  # fmt: skip
+        try:
+            await peers.check_all()
+            slow = URL.replace("org/app", "org/slow")
+            with pytest.raises(UpstreamError, match="through peer"):
+                await peers.relay(str(other), slow, {"Authorization": "Bearer client"})
+            state = peers.peers[str(other)]
+            assert state.up and state.relays_failed == 1
+        finally:
+            await peers.close()
+
+
+async def test_offline_nothing_is_relayed(tmp_path: Path) -> None:
+    offline = True
+    async with peer(tmp_path, []) as (other, cadata):
+        peers = PeerSet([ME, other], 0, cadata=cadata, probe_host="ghcr.io",
+                        offline=lambda: offline)  # fmt: skip
+        try:
+            await peers.check_all()
+            assert {peers.owner(d) for d in digests(50)} == {None}
+            offline = False
+            assert {peers.owner(d) for d in digests(50)} == {None, str(other)}
+        finally:
+            await peers.close()
 
 
 async def test_a_peer_with_a_certificate_from_another_ca_is_not_trusted(tmp_path: Path) -> None:
