@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import resource
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,16 +275,7 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
     mirror = build_mirror(parts.config, parts.registries, acquired.index, cache,
                           acquired.mirror_upstream, parts.mirror_view, parts.budgets,
                           write_audit, parts.metrics, records)  # fmt: skip
-    admin_app = create_admin_app(
-        parts.metrics,
-        ready,
-        parts.config.admin.allow_clients,
-        parts.admin_token,
-        ca_pem=lambda: to_pem(parts.ca.trust_bundle(dt.datetime.now(dt.UTC))),
-        ca_fingerprint=lambda: fingerprint(parts.ca.cert),
-        sections=lambda: mirror_section(mirror, parts.budgets) + acquired.sharing.section(),
-        degraded=acquired.sharing.degraded,
-    )
+    admin_app = _admin_app(parts, ready, mirror, acquired.sharing)
     evictor.busy = lambda: cache.filling() | mirror.holding()
     background: dict[str, Job] = {
         "health": health.run,
@@ -293,10 +284,30 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
         "mirror": functools.partial(startup.when_ready, mirror.run),
         **({"local": local.job()} if local else {}),
         **acquired.sharing.jobs(
-            config, acquired.index, records, parts.files, None if local is None else local.registry
+            config,
+            acquired.index,
+            records,
+            parts.files,
+            None if local is None else local.registry,
+            startup.when_ready,
         ),
     }
     return Service(proxy_app, loops, dns, admin_app, startup, health, mirror, background)
+
+
+def _admin_app(
+    parts: Parts, ready: Callable[[], Awaitable[list[str]]], mirror: Mirror, sharing: Sharing
+) -> web.Application:
+    return create_admin_app(
+        parts.metrics,
+        ready,
+        parts.config.admin.allow_clients,
+        parts.admin_token,
+        ca_pem=lambda: to_pem(parts.ca.trust_bundle(dt.datetime.now(dt.UTC))),
+        ca_fingerprint=lambda: fingerprint(parts.ca.cert),
+        sections=lambda: mirror_section(mirror, parts.budgets) + sharing.section(),
+        degraded=sharing.degraded,
+    )
 
 
 def _cache(parts: Parts, acquired: Acquired) -> tuple[RegistryCache, Evictor]:

@@ -77,8 +77,11 @@ class Blobs:
             return await self._describe(target, digest)
         if self._shared is not None and (found := await self._shared.location(digest)):
             location, size = found
-            return await self._calls.gated(target, Redirected(digest, size, location), size,
-                                           Kind.BLOB)  # fmt: skip
+            answer = await self._calls.gated(target, Redirected(digest, size, location), size,
+                                             Kind.BLOB)  # fmt: skip
+            if isinstance(answer, Redirected):
+                self._shared.redirected()
+            return answer
         led = False
         # A peer's relay is never relayed again: views of who is up may differ a moment.
         owner = None if self._peers is None or target.from_peer else self._peers.owner(digest)

@@ -151,6 +151,10 @@ class SharedTier(Protocol):
         if the tier sends clients to it and holds the blob; else None (also in trouble)."""
         ...
 
+    def redirected(self) -> None:
+        """A client the gate let through was sent to a `location` (counted)."""
+        ...
+
     def distrust(self, digest: Digest) -> None:
         """A body read from the tier did not match its digest: remove it there."""
         ...

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from appliance.admin import peerpage
@@ -49,11 +49,12 @@ class Sharing:
         records: MirrorRecords,
         files: BlobFiles,
         local: LocalRegistry | None,
+        when_ready: Callable[[Job], Awaitable[None]] | None = None,
     ) -> dict[str, Job]:
         """Their background work; the `local` registry is shared through the bucket too
-        (its replica attached to it here)."""
+        (its replica attached to it here, its job started `when_ready`)."""
         shared_local = None if local is None else (local, files)
-        return {**sharing_jobs(config, index, records, self.tier, shared_local),
+        return {**sharing_jobs(config, index, records, self.tier, shared_local, when_ready),
                 **peer_jobs(config, self.peers)}  # fmt: skip
 
 

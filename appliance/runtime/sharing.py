@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _converge_log = LogThrottle(log, interval_s=60.0)
 _CONVERGE_S = 5.0  # how soon a gateway serves a tag another gateway moved
 _FIRST_UPKEEP_S, _UPKEEP_S = 10.0, 600.0  # holds, eviction, survey: LIST walks
+PENDING_NAME = "local-share-pending.json"
+"""Deletes in the local registry not yet written to the bucket, kept across restarts."""
 
 
 async def open_tier(
@@ -122,10 +124,12 @@ def sharing_jobs(
     records: MirrorRecords,
     tier: BlobTier | None,
     local: tuple[LocalRegistry, BlobFiles] | None = None,
+    when_ready: Callable[[Job], Awaitable[None]] | None = None,
 ) -> dict[str, Job]:
     """Background work that sharing adds: other gateways' mirror moves applied here, the
-    local registry shared (its replica attached to `local`'s registry), and the bucket's
-    upkeep (`upkeep_once`) now and then."""
+    local registry shared (its replica attached to `local`'s registry; the job waits
+    for `when_ready`, as it commits into the store), and the bucket's upkeep
+    (`upkeep_once`) now and then."""
     jobs: dict[str, Job] = {}
     if isinstance(records, SharedMirror):
         jobs["mirror-share"] = functools.partial(_converging, records)
@@ -135,9 +139,11 @@ def sharing_jobs(
         registry, files = local
         assert config.store.s3 is not None
         shared = SharedLocal(index, files, tier.objects, tier.gateway, source=registry.name,
-                             part_bytes=config.store.s3.part_size.bytes)  # fmt: skip
+                             part_bytes=config.store.s3.part_size.bytes,
+                             pending=config.state_dir / PENDING_NAME)  # fmt: skip
         registry.replica = shared
-        jobs["local-share"] = functools.partial(_sharing_local, shared, registry)
+        job: Job = functools.partial(_sharing_local, shared, registry)
+        jobs["local-share"] = job if when_ready is None else functools.partial(when_ready, job)
     return jobs
 
 
@@ -192,6 +198,9 @@ async def _sharing_local(shared: SharedLocal, registry: LocalRegistry) -> None:
             done = await shared.converge()
         except (BucketUnavailable, BucketRefused) as e:
             _converge_log.warning("local", "local share-converge-failed error=%s", e)
+            continue
+        except Exception as e:  # a full disk, a bad record: never regcache's end; next time
+            log.error("local share-converge-error %s", fields(error=repr(e)), exc_info=True)
             continue
         if done:
             registry.changes += 1  # figures and journal anew

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from appliance.cache.ports import BlobFiles
 from appliance.kit.logfields import fields
+from appliance.kit.tasks import to_thread_to_end
 from appliance.local.ports import LocalManifest
 from appliance.oci.digest import Digest, DigestError
 from appliance.store.index import SqliteIndex
@@ -107,7 +109,7 @@ class Converged:
     deleted: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.published or self.imported or self.deleted)
+        return bool(self.published + self.imported + self.deleted)
 
 
 class SharedLocal:
@@ -116,7 +118,7 @@ class SharedLocal:
 
     def __init__(
         self, index: SqliteIndex, files: BlobFiles, bucket: Bucket, gateway: str,
-        *, source: str, part_bytes: int = 16 << 20,
+        *, source: str, part_bytes: int = 16 << 20, pending: Path | None = None,
     ) -> None:  # fmt: skip
         self._index = index
         self._files = files
@@ -125,7 +127,9 @@ class SharedLocal:
         self._source = source
         """The local registry's name (`cache ls`), for the rows imported here."""
         self._part_bytes = part_bytes
-        self._tombstones: list[TagRecord | ManifestRecord] = []
+        self._pending = pending
+        """Where the deletes not yet written are kept across restarts (a JSON list)."""
+        self._tombstones: list[TagRecord | ManifestRecord] = _load(pending)
         """Deletes made here, until written to the bucket."""
         self._seen: dict[str, tuple[str, TagRecord | ManifestRecord]] = {}
         """Records read before, by name: (ETag, record), so only changed ones are read."""
@@ -139,14 +143,24 @@ class SharedLocal:
 
     def tag_deleted(self, repository: str, tag: str) -> None:
         self._tombstones.append(TagRecord(repository, tag, None, time.time()))
-        self.nudged.set()
+        self._save()
 
     def manifest_deleted(self, repository: str, digest: Digest, tags: Iterable[str]) -> None:
         now = time.time()
         gone = LocalManifest(digest, "", 0)
         self._tombstones.append(ManifestRecord(repository, gone, (), (), now, deleted=True))
         self._tombstones += [TagRecord(repository, tag, None, now) for tag in tags]
+        self._save()
+
+    def _save(self) -> None:
+        """The pending deletes to disk (small; written at once), then converge soon."""
         self.nudged.set()
+        if self._pending is None:
+            return
+        data = json.dumps([json.loads(r.encode(self._gateway)) for r in self._tombstones])
+        temp = self._pending.with_name(self._pending.name + ".tmp")
+        temp.write_text(data, encoding="utf-8")
+        os.replace(temp, self._pending)
 
     # Convergence.
 
@@ -157,15 +171,13 @@ class SharedLocal:
         while self._tombstones:
             await self._write(self._tombstones[0])
             self._tombstones.pop(0)
-        records = await self._records()
+            self._save()
+        # This gateway's rows first: a delete made here while the bucket is read must
+        # not look like a record this gateway lacks (it would be imported back).
         manifests = await self._index.local_manifest_times()
         tags = await self._index.local_tag_times()
-        for record in records:
-            if isinstance(record, ManifestRecord):
-                await self._manifest(record, manifests, done)
-        for record in records:
-            if isinstance(record, TagRecord):
-                await self._tag(record, tags, done)
+        records = await self._records()
+        await self._apply(records, manifests, tags, done)
         published = {(r.repository, r.manifest.digest) for r in records
                      if isinstance(r, ManifestRecord)}  # fmt: skip
         for repository, digest in sorted(manifests.keys() - published):
@@ -177,6 +189,35 @@ class SharedLocal:
                 await self._write(TagRecord(repository, tag, digest, at))
                 done.published += 1
         return done
+
+    async def _apply(
+        self,
+        records: list[TagRecord | ManifestRecord],
+        manifests: dict[tuple[str, Digest], float],
+        tags: dict[tuple[str, str], tuple[Digest, float]],
+        done: Converged,
+    ) -> None:
+        """The bucket's records, manifests first, then the tags naming them."""
+        gone = {(r.repository, r.manifest.digest): r.at for r in records
+                if isinstance(r, ManifestRecord) and r.deleted}  # fmt: skip
+        for record in records:
+            if isinstance(record, ManifestRecord):
+                await self._manifest(record, manifests, done)
+        for record in records:
+            if isinstance(record, TagRecord):
+                now = self._unless_gone(record, gone)
+                if now != record:  # its manifest's delete is the tag's too, everywhere
+                    await self._write(now)
+                    done.published += 1
+                await self._tag(now, tags, done)
+
+    def _unless_gone(self, record: TagRecord, gone: dict[tuple[str, Digest], float]) -> TagRecord:
+        """The tag as a delete if its manifest was deleted after it was tagged (by a
+        gateway that did not know the tag): it must not come back with the manifest."""
+        deleted_at = gone.get((record.repository, record.digest)) if record.digest else None
+        if deleted_at is None or deleted_at < record.at:
+            return record
+        return TagRecord(record.repository, record.tag, None, deleted_at)
 
     async def _manifest(
         self, record: ManifestRecord, here: dict[tuple[str, Digest], float], done: Converged
@@ -292,7 +333,15 @@ class SharedLocal:
 
     async def _import(self, record: ManifestRecord) -> bool:
         """Whether the manifest and its blobs are stored here now (False: the bucket
-        lacks some of them, or they did not verify; tried again next time)."""
+        lacks some of them, they did not verify, or a manifest it references is not
+        here yet; tried again next time)."""
+        blobs = {digest for digest, _ in record.blobs}
+        for reference in record.references:
+            if (
+                reference not in blobs
+                and await self._index.local_manifest(record.repository, reference) is None
+            ):
+                return False
         for digest, size in record.blobs:
             if self._files.size_of(digest) != size and not await self._download(
                 blob_name(digest), digest, size
@@ -318,9 +367,11 @@ class SharedLocal:
         written = 0
         try:
             async for chunk in body.chunks(_CHUNK_BYTES):
-                verifier.update(chunk)
                 written += len(chunk)
-                await asyncio.to_thread(temp.write, chunk)
+                if written > size:
+                    break  # longer than the record says: not the blob
+                verifier.update(chunk)
+                await to_thread_to_end(temp.write, chunk)
             if written != size or not verifier.matches():
                 log.warning("local share-object-bad %s", fields(name=name, bytes=written))
                 self._files.discard(temp)
@@ -336,3 +387,14 @@ class SharedLocal:
 
 def _text(digest: Digest | None) -> str | None:
     return None if digest is None else str(digest)
+
+
+def _load(pending: Path | None) -> list[TagRecord | ManifestRecord]:
+    """The deletes a previous run could not write yet (an unreadable file: logged)."""
+    if pending is None or not pending.exists():
+        return []
+    try:
+        return [decode(json.dumps(raw).encode()) for raw in json.loads(pending.read_text())]
+    except (OSError, ValueError, KeyError, TypeError, DigestError) as e:
+        log.warning("local share-pending-unreadable %s", fields(path=pending, error=e))
+        return []

@@ -166,8 +166,10 @@ class BlobTier:
         except _TierTrouble as e:
             self.note_trouble("redirect", e)
             return None
-        self.counts.redirects += 1
         return url, held.size
+
+    def redirected(self) -> None:
+        self.counts.redirects += 1
 
     def distrust(self, digest: Digest) -> None:
         self.counts.distrusted += 1

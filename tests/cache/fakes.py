@@ -120,6 +120,7 @@ class FakeTier:
     finds: int = 0
     looked: int = 0
     redirect: bool = False
+    redirects: int = 0
     """Send clients to the bucket for what it holds (`store.s3.redirect`)."""
     """Finds that only looked (a peer fills the blob)."""
     dropped: list[tuple[Digest, str]] = field(default_factory=list)
@@ -145,6 +146,9 @@ class FakeTier:
         if not self.redirect or digest not in self.objects:
             return None
         return f"https://bucket.example/{digest.hex}?X-Amz-Signature=s", len(self.objects[digest])
+
+    def redirected(self) -> None:
+        self.redirects += 1
 
     def distrust(self, digest: Digest) -> None:
         self.distrusted.append(digest)

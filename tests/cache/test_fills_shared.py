@@ -138,6 +138,7 @@ async def test_with_redirect_a_blob_the_tier_holds_is_a_redirect_through_the_gat
                                 "?X-Amz-Signature=s")  # fmt: skip
     refused = await rig.cache.blob(as_("Bearer other"), B_DIGEST, head=False)
     assert refused == Refused(401, 'Bearer realm="r"')  # no URL for a client upstream refuses
+    assert rig.tier.redirects == 1  # only the client sent there is counted
     assert rig.tier.finds == 0 and rig.upstream.count("GET") == 0
     assert rig.files.size_of(B_DIGEST) is None  # the bytes go from the bucket to the client
 

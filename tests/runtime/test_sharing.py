@@ -3,8 +3,10 @@ does not answer only degrades (never refuses to start), unreadable keys name the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -228,5 +230,52 @@ async def test_the_local_registry_is_shared_only_with_a_bucket(
             assert sorted(jobs) == ["local-share", "tier-upkeep"]
             assert isinstance(registry.replica, SharedLocal)
             assert not await registry.replica.converge()  # nothing pushed: nothing to do
+    finally:
+        await index.close()
+
+
+async def test_the_local_share_job_outlives_an_error_and_waits_for_the_store(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = await SqliteIndex.open(tmp_path / "index.sqlite")
+    files = FileBlobStore(tmp_path)
+    files.prepare()
+    uploads = LocalUploads(files, purge_after_s=3600.0, max_sessions=16)
+    registry = LocalRegistry(index, files, uploads, "registry.local")
+    ready = asyncio.Event()
+
+    async def when_ready(job: Callable[[], Awaitable[None]]) -> None:
+        await ready.wait()
+        await job()
+
+    try:
+        shared = config(tmp_path, s3(s3_endpoint, make_bucket(s3_endpoint)))
+        async with contextlib.AsyncExitStack() as stack:
+            tier = await open_tier(stack, shared, Metrics(), resolve_here)
+            job = sharing_jobs(shared, index, index, tier, (registry, files), when_ready)
+            replica = registry.replica
+            assert isinstance(replica, SharedLocal)
+            calls = []
+
+            async def failing() -> None:
+                calls.append(1)
+                if len(calls) == 1:
+                    raise OSError(28, "No space left on device")
+                raise asyncio.CancelledError
+
+            monkeypatch.setattr(replica, "converge", failing)
+            running = asyncio.ensure_future(job["local-share"]())
+            replica.changed()
+            await asyncio.sleep(0.05)
+            assert calls == []  # the store is not ready: nothing yet
+            ready.set()
+            for _ in range(100):
+                if calls:
+                    break
+                await asyncio.sleep(0.02)
+            replica.changed()  # after the error, it goes on
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(running, 5)
+            assert len(calls) == 2
     finally:
         await index.close()

@@ -6,6 +6,7 @@ answers, and a gateway never imports a manifest whose blobs the bucket lacks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from appliance.local.ports import LocalError
 from appliance.local.registry import LocalRegistry
 from appliance.local.uploads import LocalUploads
 from appliance.oci.digest import Digest
-from appliance.oci.mediatypes import OCI_MANIFEST
+from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from appliance.store.files import FileBlobStore
 from appliance.store.index import SqliteIndex
 from appliance.store.s3 import Bucket, BucketUnavailable
@@ -180,3 +181,85 @@ async def test_a_manifest_whose_blob_the_bucket_lacks_is_not_imported(
     await a.shared._bucket.put(blob_name(Digest.of(b"layer bytes")), b"other bytes")
     assert (await b.shared.converge()).imported == 0  # it does not verify: not kept
     assert b.files.size_of(Digest.of(b"layer bytes")) is None
+
+
+async def test_a_delete_made_while_the_bucket_is_down_survives_a_restart(
+    pair: tuple[Gateway, Gateway], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    a, b = pair
+    digest = await push(a, "v1", b"to be deleted")
+    await a.shared.converge()
+    await b.shared.converge()
+    pending = tmp_path / "pending.json"
+    bucket = a.shared._bucket
+    first = SharedLocal(a.index, a.files, bucket, "gw-a", source=NAME, pending=pending)
+    a.registry.replica = first
+
+    async def down(*_args: object, **_kwargs: object) -> None:
+        raise BucketUnavailable("connection refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bucket, "put", down)
+        assert (await a.registry.delete_manifest(REPO, digest)).status == 202
+        with pytest.raises(BucketUnavailable):
+            await first.converge()
+    assert pending.exists()
+    restarted = SharedLocal(a.index, a.files, bucket, "gw-a", source=NAME, pending=pending)
+    await restarted.converge()  # writes what the first run could not
+    assert json.loads(pending.read_text()) == []
+    await b.shared.converge()
+    with pytest.raises(LocalError, match="not known"):
+        await b.registry.manifest(REPO, "v1")
+    await restarted.converge()
+    with pytest.raises(LocalError, match="not known"):
+        await a.registry.manifest(REPO, digest)  # not imported back
+
+
+async def test_a_tag_of_a_deleted_manifest_does_not_come_back(
+    pair: tuple[Gateway, Gateway],
+) -> None:
+    a, b = pair
+    digest = await push(a, "v1", b"shared manifest")
+    await a.shared.converge()
+    await b.shared.converge()
+    stored = await b.registry.manifest(REPO, digest)
+    body = stored.path.read_bytes()
+    assert (await b.registry.put_manifest(REPO, "v2", OCI_MANIFEST, body)).status == 201
+    await b.shared.converge()  # v2 names it in the bucket; A has not seen v2 yet
+    assert (await a.registry.delete_manifest(REPO, digest)).status == 202
+    for gw in (a, b, a, b):
+        await gw.shared.converge()
+    for gw in (a, b):
+        for tag in ("v1", "v2"):
+            with pytest.raises(LocalError, match="not known"):
+                await gw.registry.manifest(REPO, tag)
+    await asyncio.sleep(0.01)
+    await push(a, "v1", b"shared manifest")  # the same manifest pushed again, later
+    for gw in (a, b, a, b):
+        await gw.shared.converge()
+    for gw in (a, b):
+        assert (await pulled(gw, "v1"))[0] == digest
+        with pytest.raises(LocalError, match="not known"):
+            await gw.registry.manifest(REPO, "v2")  # deleted with it: stays deleted
+
+
+async def test_an_index_is_imported_only_with_its_child_manifests(
+    pair: tuple[Gateway, Gateway],
+) -> None:
+    a, b = pair
+    child = await push(a, "child", b"platform layer")
+    size = (await a.registry.manifest(REPO, child)).size
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": str(child), "size": size,
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()  # fmt: skip
+    assert (await a.registry.put_manifest(REPO, "multi", OCI_INDEX, index)).status == 201
+    await a.shared.converge()
+    await a.shared._bucket.delete(f"local/manifests/{REPO}/{child}")  # the child's record
+    for _ in range(2):
+        await b.shared.converge()
+    with pytest.raises(LocalError, match="not known"):
+        await b.registry.manifest(REPO, "multi")  # never without its child
+    await a.shared.converge()  # A publishes the child's record again: it lacks one
+    await b.shared.converge()
+    await b.shared.converge()  # the child, then the index (whatever order they listed in)
+    assert (await b.registry.manifest(REPO, "multi")).size == len(index)
