@@ -4,14 +4,14 @@
 - Each manifest pushed to a local repository is one record,
   `local/manifests/<repository>/<digest>` (its rows, the blobs it names with their
   sizes), and each tag one record, `local/tags/<repository>/<tag>`; the bytes are the
-  tier's own objects (`blobs/…`, `manifests/…`), uploaded before the record that names
-  them, so a record never names what the bucket lacks.
+  tier's own objects (`blobs/…`, `manifests/…`), uploaded before the manifest's record.
 - `converge` (every few seconds, and soon after a push or delete here) publishes what
   this gateway holds that the bucket lacks, and imports what the others published: the
-  blobs first (downloaded, verified, stored), then the manifest, then its tags, so a
-  gateway never serves a manifest whose layers it lacks. Every gateway keeps its own
-  copy, so each serves the local registry alone when the bucket or the others are down.
-- A delete here leaves a tombstone record (digest null, or `deleted`). Each record
+  blobs (downloaded, verified, stored) and referenced manifests first, then the
+  manifest, then its tags, so a gateway never serves a manifest whose content it lacks.
+  Every gateway keeps its own copy and serves the local registry alone when needed.
+- A delete leaves a tombstone (digest null, or `deleted`; a manifest's tags go with
+  it), kept in `pending` until written, across restarts too. Each record
   carries the time of the push or delete on the gateway that made it, kept as the row's
   time when imported: of two records for one tag, the later wins everywhere (two pushes
   of one tag at once on two gateways end as the one made last, as on one registry; it
