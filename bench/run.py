@@ -37,10 +37,10 @@ from bench.peers import (  # noqa: E402
     Bench,
     Server,
 )
-from bench.shared import SharedResults, measure_shared, report_shared, table  # noqa: E402
+from bench.shared import SharedResults, measure_shared, report_shared  # noqa: E402
 from bench.sharedpeers import measure_concurrent, report_concurrent  # noqa: E402
 from bench.soak import measure_soak  # noqa: E402
-from bench.soakreport import SoakReport  # noqa: E402
+from bench.soakreport import SoakReport, table  # noqa: E402
 from tests.e2e.netns import Netns  # noqa: E402
 from tests.e2e.pki import TestCa  # noqa: E402
 

@@ -38,6 +38,7 @@ from bench.peers import (
     Bench,
     Server,
 )
+from bench.soakreport import table
 from tests.e2e.netns import attached
 from tests.harness import example_registries
 from tests.s3engine import KEY_ID, SECRET, WEED, Launch, bucket_name, launch
@@ -395,11 +396,3 @@ def report_shared(r: SharedResults, image: Image, layers_mib: str, reps: int) ->
     print("Notes:" if r.notes else "regcache logged nothing at WARNING or above; no tier failures.")
     for note in r.notes:
         print(f"- {note}")
-
-
-def table(header: list[str], rows: list[list[str]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print()

@@ -22,8 +22,8 @@ from bench.shared import (
     notable,
     pull,
     start_regcache,
-    table,
 )
+from bench.soakreport import table
 from tests.e2e.netns import Netns
 
 MODES = ("peers", "lease")

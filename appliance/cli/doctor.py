@@ -18,13 +18,13 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance.cache.ports import UpstreamUnavailable
 from appliance.config.model import Config
 from appliance.config.registries import Registries
+from appliance.kit.findings import Finding
 from appliance.runtime.outbound import upstream_client, upstream_resolver
 from appliance.runtime.peering import examine_peers
 from appliance.runtime.sharing import examine
@@ -37,28 +37,16 @@ CERT_DIRS = (Path("/etc/docker/certs.d"), Path("/etc/containers/certs.d"))
 TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    check: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{'PASS' if self.ok else 'FAIL'}  {self.check}: {self.detail}"
-        return text if self.ok else f"{text}\n      fix: {self.fix}"
-
-
-def resolves_to(host: str, gateway: str) -> Result:
+def resolves_to(host: str, gateway: str) -> Finding:
     check = f"dns {host}"
     try:
         infos = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
     except OSError as e:
-        return Result(check, False, f"does not resolve ({e})", _DNS_FIX.format(gateway=gateway))
+        return Finding(check, False, f"does not resolve ({e})", _DNS_FIX.format(gateway=gateway))
     addresses = sorted({str(info[4][0]) for info in infos})
     if gateway in addresses:
-        return Result(check, True, f"→ {gateway}")
-    return Result(
+        return Finding(check, True, f"→ {gateway}")
+    return Finding(
         check, False, f"→ {', '.join(addresses)}, not the gateway {gateway}",
         _DNS_FIX.format(gateway=gateway),
     )  # fmt: skip
@@ -70,7 +58,7 @@ _DNS_FIX = (
 )
 
 
-def tls_verifies(host: str, gateway: str, port: int, cafile: Path | None, label: str) -> Result:
+def tls_verifies(host: str, gateway: str, port: int, cafile: Path | None, label: str) -> Finding:
     """The chain regcache presents for `host` verifies against `cafile` (None: the
     system store)."""
     check = f"tls {host} ({label})"
@@ -82,11 +70,11 @@ def tls_verifies(host: str, gateway: str, port: int, cafile: Path | None, label:
         ):
             issuer = dict(x[0] for x in tls.getpeercert()["issuer"])  # type: ignore[index, misc]
     except ssl.SSLCertVerificationError as e:
-        return Result(check, False, e.verify_message or str(e), _ca_fix(host, label))
+        return Finding(check, False, e.verify_message or str(e), _ca_fix(host, label))
     except OSError as e:
-        return Result(check, False, f"cannot connect to {gateway}:{port}: {e}",
+        return Finding(check, False, f"cannot connect to {gateway}:{port}: {e}",
                       "start regcache on the gateway (`systemctl status regcache`)")  # fmt: skip
-    return Result(check, True, f"issued by {issuer.get('commonName', '?')}")
+    return Finding(check, True, f"issued by {issuer.get('commonName', '?')}")
 
 
 def _ca_fix(host: str, label: str) -> str:
@@ -99,7 +87,7 @@ def _ca_fix(host: str, label: str) -> str:
     return f"copy the regcache CA to {label}/{host}/ca.crt"
 
 
-def registry_answers(host: str, port: int, cafile: Path | None) -> Result:
+def registry_answers(host: str, port: int, cafile: Path | None) -> Finding:
     """`/v2/` through whatever `host` resolves to: a registry says 200 or 401 with its
     API version header."""
     check = f"api {host}"
@@ -111,11 +99,11 @@ def registry_answers(host: str, port: int, cafile: Path | None) -> Result:
     except urllib.error.HTTPError as e:
         status, headers = e.code, e.headers
     except (OSError, ssl.SSLError) as e:
-        return Result(check, False, f"{url}: {e}", "fix the dns and tls checks above first")
+        return Finding(check, False, f"{url}: {e}", "fix the dns and tls checks above first")
     version = headers.get("Docker-Distribution-API-Version", "")
     if status in (200, 401) and version.startswith("registry/2"):
-        return Result(check, True, f"{url} → {status} ({version})")
-    return Result(
+        return Finding(check, True, f"{url} → {status} ({version})")
+    return Finding(
         check, False, f"{url} → {status}, not a registry answer",
         "see regcache's log on the gateway (`journalctl -u regcache`)",
     )  # fmt: skip
@@ -127,9 +115,9 @@ def run_checks(
     port: int = 443,
     cafile: Path | None = None,
     cert_dirs: Iterable[Path] = CERT_DIRS,
-    upstream: Callable[[str], Result] | None = None,
-) -> list[Result]:
-    results: list[Result] = []
+    upstream: Callable[[str], Finding] | None = None,
+) -> list[Finding]:
+    results: list[Finding] = []
     for host in hosts:
         results.append(resolves_to(host, gateway))
         results.append(
@@ -141,7 +129,7 @@ def run_checks(
                 if ca.is_file():
                     results.append(tls_verifies(host, gateway, port, ca, str(folder)))
                 else:
-                    results.append(Result(f"tls {host} ({folder})", False, f"{ca} is missing",
+                    results.append(Finding(f"tls {host} ({folder})", False, f"{ca} is missing",
                                           _ca_fix(host, str(folder))))  # fmt: skip
         results.append(registry_answers(host, port, cafile))
         if upstream is not None:
@@ -184,8 +172,7 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     cert_dirs = args.cert_dir or CERT_DIRS
     results = run_checks(hosts, gateway, args.port, args.ca, cert_dirs, upstream)
     if upstream is not None and config is not None:  # the gateway: its bucket and peers
-        found = asyncio.run(examine(config)) + asyncio.run(examine_peers(config))
-        results += [Result(f.check, f.ok, f.detail, f.fix) for f in found]
+        results += asyncio.run(examine(config)) + asyncio.run(examine_peers(config))
     for result in results:
         print(result.line())
     failed = sum(not r.ok for r in results)
@@ -193,7 +180,7 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     return 1 if failed else 0
 
 
-async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, Result]:
+async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, Finding]:
     """Each host's real upstream `/v2/`, asked as regcache asks (its resolver, its CAs)."""
     client = upstream_client(config, Registries.of(config), upstream_resolver(config))
     results = {}
@@ -204,10 +191,10 @@ async def _reach_upstream(config: Config, hosts: list[str]) -> dict[str, Result]
                 reply = await client.send("GET", f"https://{host}/v2/", {}, None)
             except UpstreamUnavailable as e:
                 fix = "check the gateway's route and firewall to the internet, dns.upstreams"
-                results[host] = Result(check, False, str(e), fix)
+                results[host] = Finding(check, False, str(e), fix)
                 continue
             reply.close()
-            results[host] = Result(check, True, f"reachable from the gateway ({reply.status})")
+            results[host] = Finding(check, True, f"reachable from the gateway ({reply.status})")
     finally:
         await client.close()
     return results

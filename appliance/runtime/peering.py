@@ -17,10 +17,11 @@ from appliance.cache.ports import BlobFiles
 from appliance.config.model import Config, StartupError
 from appliance.config.peers import PeersConfig
 from appliance.config.registries import Registries
+from appliance.kit.findings import Finding
 from appliance.kit.tasks import Job
 from appliance.local.registry import LocalRegistry
 from appliance.mirror.records import MirrorRecords
-from appliance.runtime.sharing import Finding, degraded, sharing_jobs, tier_section
+from appliance.runtime.sharing import degraded, sharing_jobs, tier_section
 from appliance.store.index import SqliteIndex
 from appliance.store.tier import BlobTier
 from appliance.tls.ca import CertificateAuthority, load_ca, to_pem

@@ -9,7 +9,6 @@ import functools
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 from yarl import URL
 
@@ -19,6 +18,7 @@ from appliance.admin.tierpage import TierState
 from appliance.cache.ports import BlobFiles
 from appliance.config.hostnames import HostSet
 from appliance.config.model import Config, IPAddress, StartupError
+from appliance.kit.findings import Finding
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
 from appliance.kit.tasks import Job
@@ -218,16 +218,6 @@ async def _converging(records: SharedMirror) -> None:
             continue
         if applied:
             log.info("mirror share-converged %s", fields(tags=applied))
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One line of `regcache doctor` on the shared tier."""
-
-    check: str
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 _CONDITIONAL_FIX = (
