@@ -149,7 +149,7 @@ async def run(parts: Parts) -> int:
         stack.push_async_callback(service.startup.stop)
         await service.startup.head_start()
         await _start(stack, parts, service)
-        on_reload(stack, parts.path, parts.offline)
+        on_reload(stack, parts.path, parts.offline, service.dns.responder.flush)
         # What start-up made (config, CA, modules, wiring) lives as long as the process:
         # out of the collector's way, a full collection does not walk it again and again
         # and pause every loop while the first pulls arrive (bench: crowd time to first

@@ -335,10 +335,14 @@ http {{
             raise RuntimeError(f"curl {url}: {out.stdout[:500]} {out.stderr[:1000]}")
         return int(lines[-1].split()[1]) / 1e9, sum(int(t[1]) for t in transfers)
 
-    def dnsperf(self, server: str, name: str, seconds: int) -> float:
-        """Queries per second `server` answers for `name` A, 4 clients in parallel."""
-        queries = self.tmp / f"queries-{name}"
-        queries.write_text(f"{name} A\n")
+    def dnsperf(self, server: str, names: str | Path, seconds: int) -> float:
+        """Queries per second `server` answers for `names` A (one name, or a file of
+        `NAME A` lines asked in turn), 4 clients in parallel."""
+        if isinstance(names, Path):
+            queries = names
+        else:
+            queries = self.tmp / f"queries-{names}"
+            queries.write_text(f"{names} A\n")
         out = self.ns.run("dnsperf", "-s", server, "-d", str(queries), "-l", str(seconds),
                           "-c", "4", "-T", "2", "-q", "200", timeout=seconds + 60)  # fmt: skip
         lost = re.search(r"Queries lost:\s+(\d+)", out.stdout)
@@ -346,5 +350,5 @@ http {{
         if qps is None or lost is None:
             raise RuntimeError(out.stdout + out.stderr)
         if int(lost.group(1)) > 0:
-            print(f"  dnsperf {server} {name}: {lost.group(1)} queries lost")
+            print(f"  dnsperf {server} {queries.name}: {lost.group(1)} queries lost")
         return float(qps.group(1))

@@ -88,7 +88,8 @@ class Metrics:
         )  # fmt: skip
         self.dns = Counter(
             "regcache_dns_queries", "DNS queries by type and outcome: intercepted, "
-            "forwarded, fail-open (a registry name sent to the real registry while the "
+            "forwarded, cached (a forwarded answer reused), fail-open (a registry name "
+            "sent to the real registry while the "
             "proxy is unhealthy), refused, invalid; servfail counts forwards that failed "
             "(also counted as forwarded) and forwards shed under load.",
             ["qtype", "outcome"], registry=r,

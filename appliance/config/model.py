@@ -98,6 +98,11 @@ class DnsConfig:
     """Forwards waiting on upstream at once; beyond this clients get SERVFAIL at once."""
     tcp_max_connections: int = field(default=256, metadata=check(between(1, 65536)))
     tcp_idle_timeout_s: float = field(default=10.0, metadata=check(between(0.1, 10)))
+    cache_entries: int = field(default=4096, metadata=check(between(0, 1_000_000)))
+    """Forwarded answers kept for reuse while their TTLs allow (negative ones per RFC
+    2308); 0 = none. Emptied by a config reload (SIGHUP)."""
+    cache_max_ttl_s: int = field(default=86400, metadata=check(between(1, 604800)))
+    """The longest any forwarded answer is reused, whatever its TTL says."""
 
 
 @dataclass(frozen=True, slots=True)

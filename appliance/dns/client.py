@@ -2,9 +2,10 @@
 
 RFC 5452 hardening: a fresh random transaction ID and a fresh connected UDP socket
 (kernel-chosen random source port) per query; a reply counts only if it comes from the server
-(the kernel filters on the connected address), is a response, and its ID, name, type and
-class match. Anything else, malformed replies included, is ignored as a possible forgery
-until the deadline, after which the next server is tried. A truncated UDP reply is
+(the kernel filters on the connected address), is a response, its ID, name, type and
+class match and it holds together (`wire.reply_to`). Anything else, malformed replies
+included, is ignored as a possible forgery until the deadline, after which the next
+server is tried. A truncated UDP reply is
 retried over TCP. The proxy resolves upstream registry names with `resolve()`, so regcache
 never answers its own lookups with its interception address.
 """
@@ -21,11 +22,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from dnslib import CLASS, EDNS0, QTYPE, RCODE, DNSQuestion, DNSRecord
+from dnslib import CLASS, QTYPE, RCODE, DNSQuestion, DNSRecord
 
 from appliance.config.hostnames import Hostname, normalise
 from appliance.config.model import Endpoint, IPAddress
-from appliance.dns.message import EDNS_UDP_BYTES, MalformedMessage, edns_of, is_response, parse
+from appliance.dns.message import MalformedMessage, parse
+from appliance.dns.wire import Reply, query, reply_to
 from appliance.kit.bounded import BoundedMap
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
@@ -70,17 +72,6 @@ def nameservers_from(resolv_conf: Path, exclude: Sequence[Endpoint]) -> list[End
     return servers
 
 
-def _matches(reply: DNSRecord, ident: int, question: DNSQuestion) -> bool:
-    if reply.header.id != ident or not reply.header.qr or len(reply.questions) != 1:
-        return False
-    q = reply.q
-    return (
-        normalise(str(q.qname)) == normalise(str(question.qname))
-        and q.qtype == question.qtype
-        and q.qclass == question.qclass
-    )
-
-
 class UpstreamResolver:
     """Queries upstream resolvers in order; `resolve()` adds static overrides and a cache."""
 
@@ -92,6 +83,13 @@ class UpstreamResolver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.servers = tuple(servers)
+        self._sockaddrs = {
+            server: (
+                socket.AF_INET6 if server.address.version == 6 else socket.AF_INET,
+                (str(server.address), server.port),
+            )
+            for server in self.servers
+        }
         self._timeout_s = timeout_s
         self._overrides = {normalise(k): v for k, v in (overrides or {}).items()}
         self._cache: BoundedMap[str, tuple[IPAddress, ...]] = BoundedMap(
@@ -104,9 +102,10 @@ class UpstreamResolver:
         self._lookups: SingleFlight[tuple[IPAddress, ...]] = SingleFlight()
 
     async def exchange(
-        self, question: DNSQuestion, *, dnssec_ok: bool = False, checking_disabled: bool = False
-    ) -> DNSRecord:
-        """The first valid upstream reply to `question`; ResolverError when none comes."""
+        self, question: bytes, *, dnssec_ok: bool = False, checking_disabled: bool = False
+    ) -> Reply:
+        """The first valid upstream reply to `question` (its wire bytes); ResolverError
+        when none comes."""
         if not self.servers:
             raise ResolverError("no upstream resolvers configured")
         failures: list[str] = []
@@ -114,72 +113,48 @@ class UpstreamResolver:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     reply = await self._ask(server, question, dnssec_ok, checking_disabled, True)
-                    if reply.header.rcode == RCODE.FORMERR and not edns_of(reply):
+                    if reply.rcode == RCODE.FORMERR and not reply.has_opt:
                         # RFC 6891 7: a server that does not know EDNS; ask it plainly.
                         reply = await self._ask(server, question, False, checking_disabled, False)
                 return reply
-            except (TimeoutError, OSError, ResolverError, MalformedMessage) as e:
+            except (TimeoutError, OSError, ResolverError) as e:
                 failures.append(f"{server}: {type(e).__name__} {e}".strip())
         raise ResolverError("; ".join(failures))
 
     async def _ask(
-        self,
-        server: Endpoint,
-        question: DNSQuestion,
-        dnssec_ok: bool,
-        checking_disabled: bool,
-        edns: bool,
-    ) -> DNSRecord:
+        self, server: Endpoint, question: bytes, dnssec_ok: bool, cd: bool, edns: bool
+    ) -> Reply:
         ident = secrets.randbelow(1 << 16)
-        query = DNSRecord(q=question)
-        query.header.id = ident
-        query.header.rd = 1
-        query.header.cd = int(checking_disabled)
-        if edns:
-            query.add_ar(EDNS0(udp_len=EDNS_UDP_BYTES, flags="do" if dnssec_ok else ""))
-        reply = await self._udp(server, query, ident, question)
-        if reply.header.tc:
-            reply = await self._tcp(server, query, ident, question)
+        packet = query(ident, question, edns=edns, dnssec_ok=dnssec_ok, cd=cd)
+        reply = await self._udp(server, packet, ident, question)
+        if reply.truncated:
+            reply = await self._tcp(server, packet, ident, question)
         return reply
 
-    async def _udp(
-        self, server: Endpoint, query: DNSRecord, ident: int, question: DNSQuestion
-    ) -> DNSRecord:
+    async def _udp(self, server: Endpoint, packet: bytes, ident: int, question: bytes) -> Reply:
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if server.address.version == 6 else socket.AF_INET
+        family, address = self._sockaddrs[server]
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             # connect(): the kernel picks a random source port and drops datagrams from
             # any other address; ICMP errors surface as OSError on recv.
-            sock.connect((str(server.address), server.port))
-            sock.send(query.pack())
+            sock.connect(address)
+            sock.send(packet)
             while True:  # bounded by the caller's deadline
-                data = await loop.sock_recv(sock, 65535)
-                if not is_response(data):
-                    continue
-                try:
-                    record = parse(data)
-                except MalformedMessage:
-                    continue  # indistinguishable from a forgery: keep waiting
-                if _matches(record, ident, question):
-                    return record
+                reply = reply_to(await loop.sock_recv(sock, 65535), ident, question)
+                if reply is not None:  # anything else may be a forgery: keep waiting
+                    return reply
 
-    async def _tcp(
-        self, server: Endpoint, query: DNSRecord, ident: int, question: DNSQuestion
-    ) -> DNSRecord:
+    async def _tcp(self, server: Endpoint, packet: bytes, ident: int, question: bytes) -> Reply:
         reader, writer = await asyncio.open_connection(str(server.address), server.port)
         try:
-            payload = query.pack()
-            writer.write(struct.pack("!H", len(payload)) + payload)
+            writer.write(struct.pack("!H", len(packet)) + packet)
             await writer.drain()
             while True:  # bounded by the caller's deadline
                 (size,) = struct.unpack("!H", await reader.readexactly(2))
-                try:
-                    record = parse(await reader.readexactly(size))
-                except MalformedMessage:
-                    continue
-                if _matches(record, ident, question):
-                    return record
+                reply = reply_to(await reader.readexactly(size), ident, question)
+                if reply is not None:
+                    return reply
         except asyncio.IncompleteReadError as e:
             raise ResolverError("tcp connection closed before a reply") from e
         finally:
@@ -219,10 +194,10 @@ class UpstreamResolver:
     async def _lookup(self, name: str) -> tuple[tuple[IPAddress, ...], int]:
         """(addresses, their smallest TTL); ResolverError for a name that has none,
         _NoAnswer when no resolver answered."""
-        replies = await asyncio.gather(
-            *(self.exchange(DNSQuestion(name, qtype)) for qtype in (QTYPE.A, QTYPE.AAAA)),
-            return_exceptions=True,
+        questions = (
+            DNSRecord(q=DNSQuestion(name, qtype)).pack()[12:] for qtype in (QTYPE.A, QTYPE.AAAA)
         )
+        replies = await asyncio.gather(*map(self.exchange, questions), return_exceptions=True)
         addresses: list[IPAddress] = []
         ttl = 3600
         for reply in replies:
@@ -230,7 +205,11 @@ class UpstreamResolver:
                 if not isinstance(reply, ResolverError):
                     raise reply
                 continue
-            for rr in reply.rr:
+            try:
+                records = parse(reply.data).rr
+            except MalformedMessage:
+                continue  # the walk found it whole; dnslib cannot read its records
+            for rr in records:
                 if rr.rtype in (QTYPE.A, QTYPE.AAAA) and rr.rclass == CLASS.IN:
                     addresses.append(ipaddress.ip_address(str(rr.rdata)))
                     ttl = min(ttl, rr.ttl)

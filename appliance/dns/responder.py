@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import AAAA, CLASS, QTYPE, RCODE, RR, A, DNSRecord
 
 from appliance.config.hostnames import HostSet
 from appliance.config.model import IPAddress, IPNetwork
+from appliance.dns.cache import AnswerCache
 from appliance.dns.message import (
     BADVERS,
-    EDNS_UDP_BYTES,
     OPCODE_QUERY,
     TCP_MAX_BYTES,
     Edns,
@@ -32,8 +33,19 @@ from appliance.dns.message import (
     qname_of,
     reply_limit,
 )
+from appliance.dns.wire import (
+    Query,
+    Reply,
+    WireError,
+    bare,
+    cache_key,
+    name_of,
+    question_end,
+    read_query,
+)
 from appliance.kit.bounded import BoundedMap
 from appliance.kit.logthrottle import LogThrottle
+from appliance.kit.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +55,8 @@ _KNOWN_CLIENTS = 65536
 
 class Forwarder(Protocol):
     async def exchange(
-        self, question: DNSQuestion, *, dnssec_ok: bool = ..., checking_disabled: bool = ...
-    ) -> DNSRecord: ...
+        self, question: bytes, *, dnssec_ok: bool = ..., checking_disabled: bool = ...
+    ) -> Reply: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +76,32 @@ class Interception:
 class Forward:
     """A query that needs upstream: finish it with `Responder.forward()`."""
 
-    query: DNSRecord
+    header: bytes
+    """The query's ID and flags, as sent."""
+    question: bytes
+    """Its question as sent (the name in the client's letter case)."""
+    key: bytes
+    """What the answer is kept under (`AnswerCache`)."""
     edns: Edns | None
     limit: int
     client: str
+    qtype: str
+
+    @property
+    def checking_disabled(self) -> bool:
+        return bool(self.header[3] & 0x10)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A reply packed before, for a query with the same bytes after its ID."""
+
+    qtype: str
+    outcome: str
+    packed: bytes
+    """The reply after its ID."""
+    until: float | None
+    """Exact until then (a cached answer); None: while the proxy is healthy (intercepted)."""
 
 
 class Responder:
@@ -80,19 +114,22 @@ class Responder:
         allow_clients: tuple[IPNetwork, ...],
         max_inflight_forwards: int,
         count: Callable[[str, str], None] = lambda _qtype, _outcome: None,
+        cache: AnswerCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._count = count
-        """(query type, outcome) of every query: intercepted, forwarded, fail-open,
-        refused, invalid, servfail."""
+        """(query type, outcome) of every query: intercepted, forwarded, cached,
+        fail-open, refused, invalid, servfail."""
+        self.cache = cache if cache is not None else AnswerCache(0, 0)
+        self._clock = clock
+        self._asking: SingleFlight[Reply] = SingleFlight()
         self._interception = interception
         self._forwarder = forwarder
         self._allow = allow_clients
         self._max_inflight = max_inflight_forwards
         self._inflight = 0
         self._failures = LogThrottle(log, interval_s=30.0)
-        self._intercepted: BoundedMap[tuple[bool, bytes], tuple[str, bytes]] = BoundedMap(
-            _KNOWN_QUERIES
-        )
+        self._known: BoundedMap[tuple[bool, bytes], _Known] = BoundedMap(_KNOWN_QUERIES)
         self._allowed: BoundedMap[str, bool] = BoundedMap(_KNOWN_CLIENTS)
 
     def allowed(self, client: str) -> bool:
@@ -118,13 +155,32 @@ class Responder:
         if is_response(data):
             return None  # never answer answers: no reflection loops
         # An intercepted answer depends only on the query's bytes after its ID (name in
-        # the client's letter case, type, flags, EDNS) while the proxy is healthy: a
-        # query seen before is answered without being parsed or packed again.
+        # the client's letter case, type, flags, EDNS) while the proxy is healthy, and a
+        # cached one as well until its TTLs go down a second: a query seen before is
+        # answered without being parsed or packed again.
         key = (tcp, bytes(data[2:]))
-        known = self._intercepted.get(key)
-        if known is not None and self._interception.healthy() and self.allowed(client):
-            self._count(known[0], "intercepted")
-            return bytes(data[:2]) + known[1]
+        known = self._known.get(key)
+        if known is not None and self._usable(known) and self.allowed(client):
+            self._count(known.qtype, known.outcome)
+            return bytes(data[:2]) + known.packed
+        # An ordinary query for a name we do not own goes on without dnslib (`wire`).
+        plain = read_query(data)
+        if plain is not None and self.allowed(client) and not self._local_for(plain):
+            limit = TCP_MAX_BYTES if tcp else reply_limit(plain.edns)
+            return self._onward(
+                data, key, client, plain.question, plain.edns, limit, _qtype_label(plain.qtype)
+            )
+        return self._decide_parsed(data, key, client, tcp)
+
+    def _local_for(self, plain: Query) -> bool:
+        """Whether an ordinary query needs an answer of ours (or BADVERS)."""
+        if plain.edns is not None and plain.edns.version != 0:
+            return True
+        return plain.qclass == CLASS.IN and self._interception.hosts.match(plain.name)
+
+    def _decide_parsed(
+        self, data: bytes, key: tuple[bool, bytes], client: str, tcp: bool
+    ) -> bytes | Forward | None:
         try:
             query = parse(data)
             edns = edns_of(query)
@@ -133,20 +189,60 @@ class Responder:
             self._count("-", "invalid")
             return header_only_reply(data, RCODE.FORMERR)
         limit = TCP_MAX_BYTES if tcp else reply_limit(edns)
-        qtype = _qtype_label(query)
+        qtype = _qtype_label(query.q.qtype)
         reply, outcome = self._local(query, edns, client)
-        if reply is not None:
-            self._count(qtype, outcome)
-            packed = pack_for_client(reply, query, edns, limit)
-            if outcome == "intercepted" and self._interception.healthy():
-                self._intercepted.set(key, (qtype, packed[2:]))
+        if reply is None:
+            try:
+                question = bytes(data[12 : question_end(data)])
+            except WireError as e:  # dnslib read it, but not as regcache forwards it
+                log.debug("dns formerr client=%s error=%s", client, e)
+                reply, outcome = bare_reply(query, RCODE.FORMERR, edns), "invalid"
+            else:
+                return self._onward(data, key, client, question, edns, limit, qtype, outcome)
+        self._count(qtype, outcome)
+        packed = pack_for_client(reply, query, edns, limit)
+        if outcome == "intercepted" and self._interception.healthy():
+            self._known.set(key, _Known(qtype, outcome, packed[2:], None))
+        return packed
+
+    def _onward(
+        self,
+        data: bytes,
+        key: tuple[bool, bytes],
+        client: str,
+        question: bytes,
+        edns: Edns | None,
+        limit: int,
+        qtype: str,
+        outcome: str = "forwarded",
+    ) -> bytes | Forward:
+        """A name we do not own: from the cache, or a `Forward`."""
+        checking_disabled = bool(data[3] & 0x10)
+        flags = bool(edns and edns.dnssec_ok) | checking_disabled << 1
+        ckey = bytes([flags]) + cache_key(question)
+        hit = self.cache.get(ckey)
+        if hit is not None:
+            packed = hit.reply.compose(data[:4], question, edns=edns, limit=limit, age_s=hit.age_s)
+            self._count(qtype, "cached")
+            if outcome == "forwarded":  # a fail-open name's answer is not for when healthy
+                self._known.set(key, _Known(qtype, "cached", packed[2:], hit.exact_until))
             return packed
         if self._inflight >= self._max_inflight:
             self._failures.warning("shed", "dns forward shed reason=too-many-in-flight")
             self._count(qtype, "servfail")
-            return pack_for_client(bare_reply(query, RCODE.SERVFAIL, edns), query, edns, limit)
+            return bare(data[:4], question, RCODE.SERVFAIL, edns)
         self._count(qtype, outcome)
-        return Forward(query, edns, limit, client)
+        return Forward(bytes(data[:4]), question, ckey, edns, limit, client, qtype)
+
+    def _usable(self, known: _Known) -> bool:
+        if known.until is None:
+            return self._interception.healthy()
+        return self._clock() < known.until
+
+    def flush(self) -> None:
+        """Forget every forwarded answer (a config reload)."""
+        self.cache.clear()
+        self._known.clear()
 
     def _local(
         self, query: DNSRecord, edns: Edns | None, client: str
@@ -199,53 +295,41 @@ class Responder:
         return reply
 
     async def forward(self, job: Forward) -> bytes:
-        """Ask upstream; its answer relayed, or SERVFAIL when no upstream answers."""
-        query, edns = job.query, job.edns
+        """Ask upstream (one question in flight however many ask it at once); its answer
+        relayed and kept while its TTLs allow, or SERVFAIL when no upstream answers."""
         self._inflight += 1
         try:
-            upstream = await self._forwarder.exchange(
-                query.q,
-                dnssec_ok=bool(edns and edns.dnssec_ok),
-                checking_disabled=bool(query.header.cd),
-            )
-            reply = _relay(upstream, query, edns)
+            reply = await self._asking.join(job.key)
+            if reply is None:
+                reply = await self._asking.lead(job.key, lambda: self._ask(job), _same)
+            return reply.compose(job.header, job.question, edns=job.edns, limit=job.limit)
         except Exception as e:  # noqa: BLE001 - any upstream failure is a SERVFAIL
-            self._failures.warning("servfail", "dns servfail name=%s error=%s", qname_of(query), e)
-            self._count(_qtype_label(query), "servfail")
-            reply = bare_reply(query, RCODE.SERVFAIL, edns)
+            name = name_of(job.question)
+            self._failures.warning("servfail", "dns servfail name=%s error=%s", name, e)
+            self._count(job.qtype, "servfail")
+            return bare(job.header, job.question, RCODE.SERVFAIL, job.edns)
         finally:
             self._inflight -= 1
-        return pack_for_client(reply, query, edns, job.limit)
+
+    async def _ask(self, job: Forward) -> Reply:
+        reply = await self._forwarder.exchange(
+            job.question,
+            dnssec_ok=bool(job.edns and job.edns.dnssec_ok),
+            checking_disabled=job.checking_disabled,
+        )
+        self.cache.put(job.key, reply)
+        return reply
 
 
 _QTYPE_LABELS = frozenset({"A", "AAAA", "HTTPS", "SVCB", "CNAME", "MX", "TXT", "PTR", "SRV",
                            "NS", "SOA", "ANY", "CAA"})  # fmt: skip
 
 
-def _qtype_label(query: DNSRecord) -> str:
+def _qtype_label(qtype: int) -> str:
     """The query type as a metric label; rare types folded into "other" (bounded labels)."""
-    name = QTYPE.get(query.q.qtype, "other")
+    name = QTYPE.get(qtype, "other")
     return name if name in _QTYPE_LABELS else "other"
 
 
-def _relay(upstream: DNSRecord, query: DNSRecord, edns: Edns | None) -> DNSRecord:
-    """Upstream's answer under the client's ID and flags, with the client's view of EDNS."""
-    h = upstream.header
-    header = DNSHeader(
-        id=query.header.id,
-        qr=1,
-        opcode=h.opcode,
-        aa=h.aa,
-        tc=0,
-        rd=query.header.rd,
-        ra=h.ra,
-        ad=h.ad,
-        cd=query.header.cd,
-        rcode=h.rcode,
-    )
-    reply = DNSRecord(header, questions=list(query.questions), rr=list(upstream.rr))
-    reply.auth = list(upstream.auth)
-    reply.ar = [rr for rr in upstream.ar if rr.rtype != QTYPE.OPT]
-    if edns is not None:
-        reply.add_ar(EDNS0(udp_len=EDNS_UDP_BYTES, flags="do" if edns.dnssec_ok else ""))
+def _same(reply: Reply) -> Reply | None:
     return reply

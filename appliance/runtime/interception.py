@@ -8,6 +8,7 @@ from collections.abc import Callable
 from appliance.admin.metrics import Metrics
 from appliance.config.model import Config
 from appliance.config.registries import Registries
+from appliance.dns.cache import AnswerCache
 from appliance.dns.client import UpstreamResolver
 from appliance.dns.ratelimit import RateLimiter
 from appliance.dns.responder import Interception, Responder
@@ -38,6 +39,7 @@ def dns_server(
         config.dns.allow_clients,
         config.dns.max_inflight_forwards,
         count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
+        cache=AnswerCache(config.dns.cache_entries, config.dns.cache_max_ttl_s),
     )
     return DnsServer(
         responder,

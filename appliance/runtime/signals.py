@@ -1,5 +1,5 @@
-"""Signals while regcache serves: SIGTERM and SIGINT stop it, SIGHUP re-reads the config
-and applies what is safe at run time (log level, offline)."""
+"""Signals while regcache serves: SIGTERM and SIGINT stop it, SIGHUP re-reads the config,
+applies what is safe at run time (log level, offline) and empties the DNS cache."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.config.model import ConfigError, load_config
@@ -26,17 +27,23 @@ def on_stop(stack: contextlib.AsyncExitStack) -> asyncio.Event:
     return stop
 
 
-def on_reload(stack: contextlib.AsyncExitStack, path: Path, offline: OfflineSwitch) -> None:
+def on_reload(
+    stack: contextlib.AsyncExitStack,
+    path: Path,
+    offline: OfflineSwitch,
+    forget: Callable[[], None],
+) -> None:
     """SIGHUP reloads `path`, from when regcache listens: a reload ends with READY=1, which
     must not reach systemd before the listeners are up; undone when `stack` closes."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reload, path, offline)
+    loop.add_signal_handler(signal.SIGHUP, reload, path, offline, forget)
     stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
 
-def reload(path: Path, offline: OfflineSwitch) -> None:
-    """Re-read the config and apply what is safe at run time (log level, offline).
-    Everything else needs a restart; an invalid file changes nothing."""
+def reload(path: Path, offline: OfflineSwitch, forget: Callable[[], None] = lambda: None) -> None:
+    """Re-read the config and apply what is safe at run time (log level, offline), and
+    `forget()` what was learnt from outside (the DNS cache). Everything else needs a
+    restart; an invalid file changes nothing."""
     notify("RELOADING=1")
     try:
         fresh = load_config(path)
@@ -45,8 +52,10 @@ def reload(path: Path, offline: OfflineSwitch) -> None:
     else:
         logging.getLogger().setLevel(fresh.log_level)
         offline.always = fresh.offline
+        forget()
         log.warning(
-            "config reloaded log_level=%s offline=%s (other changes need a restart)",
+            "config reloaded log_level=%s offline=%s dns_cache=emptied "
+            "(other changes need a restart)",
             fresh.log_level,
             fresh.offline,
         )

@@ -10,7 +10,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 
 
 @dataclass
@@ -70,6 +70,15 @@ class FakeUpstream:
             wrong_name.add_answer(RR("evil.test", QTYPE.A, rdata=A("203.0.113.67"), ttl=30))
             reply.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.9"), ttl=30))
             return [bad.pack(), wrong_name.pack(), reply.pack()]
+        if name == "neg.test.":  # no such name, with an SOA: cacheable for its MINIMUM
+            reply.header.rcode = RCODE.NXDOMAIN
+            soa = SOA("ns.test", "hostmaster.test", (1, 3600, 600, 86400, 60))
+            reply.add_auth(RR("test", QTYPE.SOA, rdata=soa, ttl=300))
+            return [reply.pack()]
+        if name == "glue.test.":  # an answer carrying an unrelated record for another name
+            reply.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.10"), ttl=300))
+            reply.add_ar(RR("victim.fwd.test", QTYPE.A, rdata=A("203.0.113.68"), ttl=300))
+            return [reply.pack()]
         if name.endswith(".fwd.test.") or name == "tc.test.":
             if query.q.qtype == QTYPE.A:
                 reply.add_answer(RR(name, QTYPE.A, rdata=A("192.0.2.7"), ttl=30))

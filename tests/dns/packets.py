@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import struct
 
-from dnslib import EDNS0, DNSRecord
+from dnslib import EDNS0, RR, DNSRecord
+
+from appliance.dns.wire import Reply, reply_to
 
 
 def pointer_chain(n: int = 5000) -> bytes:
@@ -61,3 +63,16 @@ def mutate(packet: bytes, rng: random.Random) -> bytes:
     if len(data) > 2:
         data[2] &= 0x7F  # keep QR=0 so the packet reaches the parser
     return bytes(data)
+
+
+def upstream_reply(question: bytes, rcode: int = 0, *records: RR) -> Reply:
+    """What an upstream resolver's reply to `question` (wire bytes) looks like to a
+    Forwarder's caller: `rcode` and `records` as answers, laid out by `wire`."""
+    query = DNSRecord.parse(struct.pack("!HHHHHH", 0, 0x0100, 1, 0, 0, 0) + question)
+    reply = query.reply()
+    reply.header.rcode = rcode
+    for record in records:
+        reply.add_answer(record)
+    laid = reply_to(reply.pack(), 0, question)
+    assert laid is not None
+    return laid

@@ -8,13 +8,14 @@ import random
 import socket
 import time
 
-from dnslib import RCODE, DNSQuestion, DNSRecord
+from dnslib import RCODE, DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.config.hostnames import HostSet
 from appliance.dns.responder import Interception, Responder
-from tests.dns.packets import caa_non_utf8, mutate, pointer_chain, seeds
+from appliance.dns.wire import Reply
+from tests.dns.packets import caa_non_utf8, mutate, pointer_chain, seeds, upstream_reply
 from tests.harness import Regcache, query, udp_query
 
 PACKETS_OVER_THE_WIRE = 100_000
@@ -25,11 +26,9 @@ class EchoForwarder:
     """Our own port faked: answers every forwarded question with NXDOMAIN."""
 
     async def exchange(
-        self, question: DNSQuestion, *, dnssec_ok: bool = False, checking_disabled: bool = False
-    ) -> DNSRecord:
-        reply = DNSRecord(q=question).reply()
-        reply.header.rcode = RCODE.NXDOMAIN
-        return reply
+        self, question: bytes, *, dnssec_ok: bool = False, checking_disabled: bool = False
+    ) -> Reply:
+        return upstream_reply(question, RCODE.NXDOMAIN)
 
 
 def responder() -> Responder:

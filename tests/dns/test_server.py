@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 import struct
 import time
@@ -269,3 +270,59 @@ def test_per_client_rate_limit_drops_the_excess(tmp_path: Path) -> None:
                 sock.recv(512)
                 answered += 1
     assert 5 <= answered <= 7  # the burst, plus what refilled at 1/s meanwhile
+
+
+def asked(upstream: FakeUpstream, name: str) -> int:
+    return sum(1 for s in upstream.seen if s.name == name)
+
+
+def test_forwarded_answers_are_reused_with_their_ttls_counting_down(
+    regcache: Regcache, upstream: FakeUpstream
+) -> None:
+    first = DNSRecord.parse(udp_query(regcache.dns_port, query("reuse.fwd.test").pack()))
+    assert [(str(rr.rdata), rr.ttl) for rr in first.rr] == [("192.0.2.7", 30)]
+    time.sleep(1.2)
+    again = DNSRecord.parse(udp_query(regcache.dns_port, query("REUSE.fwd.test").pack()))
+    assert str(again.q.qname) == "REUSE.fwd.test."
+    assert [str(rr.rdata) for rr in again.rr] == ["192.0.2.7"] and again.rr[0].ttl in (28, 29)
+    assert at(regcache, "+tcp", "+short", "reuse.fwd.test").strip() == "192.0.2.7"
+    assert asked(upstream, "reuse.fwd.test.") == 1
+
+
+def test_negative_answers_are_reused_only_with_an_soa(
+    regcache: Regcache, upstream: FakeUpstream
+) -> None:
+    for _ in range(3):
+        assert "status: NXDOMAIN" in at(regcache, "neg.test")
+        assert "status: NXDOMAIN" in at(regcache, "no-soa.test")
+    assert asked(upstream, "neg.test.") == 1  # RFC 2308: for the SOA's MINIMUM
+    assert asked(upstream, "no-soa.test.") == 3  # without an SOA: not cached
+
+
+def test_forged_and_unrelated_records_never_enter_the_cache(
+    regcache: Regcache, upstream: FakeUpstream
+) -> None:
+    """The upstream sends, before its real answer, one with another ID and one for
+    another name (both with other addresses); and an answer carrying a record for another
+    name. Only whole replies to the very question are kept, under that question."""
+    for _ in range(2):
+        assert at(regcache, "+short", "forged.test").strip() == "192.0.2.9"
+    assert asked(upstream, "forged.test.") == 1
+    assert "status: NXDOMAIN" in at(regcache, "evil.test")  # not 203.0.113.67
+    assert at(regcache, "+short", "glue.test").strip() == "192.0.2.10"
+    assert at(regcache, "+short", "victim.fwd.test").strip() == "192.0.2.7"
+    assert asked(upstream, "victim.fwd.test.") == 1
+
+
+def test_a_reload_empties_the_cache(regcache: Regcache, upstream: FakeUpstream) -> None:
+    assert regcache.proc is not None
+    for _ in range(2):
+        assert at(regcache, "+short", "flush.fwd.test").strip() == "192.0.2.7"
+    assert asked(upstream, "flush.fwd.test.") == 1
+    regcache.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "dns_cache=emptied" not in regcache.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "no reload in the log"
+        time.sleep(0.05)
+    assert at(regcache, "+short", "flush.fwd.test").strip() == "192.0.2.7"
+    assert asked(upstream, "flush.fwd.test.") == 2
