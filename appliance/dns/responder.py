@@ -122,7 +122,9 @@ class Responder:
         fail-open, refused, invalid, servfail."""
         self.cache = cache if cache is not None else AnswerCache(0, 0)
         self._clock = clock
-        self._asking: SingleFlight[Reply] = SingleFlight()
+        self._asking: SingleFlight[Reply | Exception] = SingleFlight()
+        self._generation = 0
+        """Counts flushes: an answer asked for before one is not kept after it."""
         self._interception = interception
         self._forwarder = forwarder
         self._allow = allow_clients
@@ -243,6 +245,7 @@ class Responder:
         """Forget every forwarded answer (a config reload)."""
         self.cache.clear()
         self._known.clear()
+        self._generation += 1
 
     def _local(
         self, query: DNSRecord, edns: Edns | None, client: str
@@ -299,25 +302,33 @@ class Responder:
         relayed and kept while its TTLs allow, or SERVFAIL when no upstream answers."""
         self._inflight += 1
         try:
-            reply = await self._asking.join(job.key)
-            if reply is None:
-                reply = await self._asking.lead(job.key, lambda: self._ask(job), _same)
-            return reply.compose(job.header, job.question, edns=job.edns, limit=job.limit)
-        except Exception as e:  # noqa: BLE001 - any upstream failure is a SERVFAIL
-            name = name_of(job.question)
-            self._failures.warning("servfail", "dns servfail name=%s error=%s", name, e)
-            self._count(job.qtype, "servfail")
-            return bare(job.header, job.question, RCODE.SERVFAIL, job.edns)
+            # A failure is shared too: the askers waiting on it get SERVFAIL with the
+            # leader, instead of each going through the resolvers' timeouts again.
+            outcome = await self._asking.join(job.key)
+            if outcome is None:
+                outcome = await self._asking.lead(job.key, lambda: self._ask(job), _same)
         finally:
             self._inflight -= 1
+        if isinstance(outcome, Reply):
+            return outcome.compose(job.header, job.question, edns=job.edns, limit=job.limit)
+        name = name_of(job.question)
+        self._failures.warning("servfail", "dns servfail name=%s error=%s", name, outcome)
+        self._count(job.qtype, "servfail")
+        return bare(job.header, job.question, RCODE.SERVFAIL, job.edns)
 
-    async def _ask(self, job: Forward) -> Reply:
-        reply = await self._forwarder.exchange(
-            job.question,
-            dnssec_ok=bool(job.edns and job.edns.dnssec_ok),
-            checking_disabled=job.checking_disabled,
-        )
-        self.cache.put(job.key, reply)
+    async def _ask(self, job: Forward) -> Reply | Exception:
+        """Upstream's reply, kept while its TTLs allow; or what went wrong."""
+        generation = self._generation
+        try:
+            reply = await self._forwarder.exchange(
+                job.question,
+                dnssec_ok=bool(job.edns and job.edns.dnssec_ok),
+                checking_disabled=job.checking_disabled,
+            )
+        except Exception as e:  # noqa: BLE001 - any upstream failure is a SERVFAIL
+            return e
+        if generation == self._generation:
+            self.cache.put(job.key, reply)
         return reply
 
 
@@ -331,5 +342,5 @@ def _qtype_label(qtype: int) -> str:
     return name if name in _QTYPE_LABELS else "other"
 
 
-def _same(reply: Reply) -> Reply | None:
-    return reply
+def _same(outcome: Reply | Exception) -> Reply | Exception | None:
+    return outcome

@@ -28,6 +28,10 @@ _QR, _OPCODE, _AA, _TC, _RD, _RA, _AD, _CD = (0x8000, 0x7800, 0x0400, 0x0200, 0x
 _RCODE = 0x000F
 _NOERROR, _NXDOMAIN = 0, 3
 _MAX_TTL = 0x7FFFFFFF  # RFC 2181 8: a TTL with the top bit set means zero
+MAX_CACHED_BYTES = 4096
+"""Larger replies are relayed but not kept: the cache's bytes stay bounded (entries x
+this), whatever names an allowed client makes regcache look up. EDNS answers, DNSSEC
+signatures included, fit (RFC 6891 buffers of up to 4096 bytes)."""
 
 
 class WireError(ValueError):
@@ -108,17 +112,22 @@ class Reply:
         return bool(self.flags & _TC)
 
     def cache_ttl(self, max_positive_s: int, max_negative_s: int) -> int:
-        """How long this reply may be reused (0: not at all). An answer: its shortest
-        TTL. No such name, or no record of the type (RFC 2308): its SOA's negative TTL;
-        without an SOA it is not cached. Anything else (SERVFAIL, REFUSED, a cut reply)
-        is not cached."""
-        if self.truncated:
+        """How long this reply may be reused (0: not at all): its shortest TTL, and with
+        an SOA in the authority section (no such name, no record of the type, also at
+        the end of a CNAME chain: RFC 2308) at most the SOA's negative TTL. A negative
+        answer without an SOA is not cached; nor is anything else (SERVFAIL, REFUSED,
+        a cut reply), nor a reply larger than `MAX_CACHED_BYTES`."""
+        if self.truncated or self.rcode not in (_NOERROR, _NXDOMAIN):
             return 0
-        if self.rcode == _NOERROR and self.counts[0]:
-            return min(min(self.ttls), max_positive_s)
-        if self.rcode in (_NOERROR, _NXDOMAIN) and self.negative_ttl is not None:
-            return min(self.negative_ttl, max_negative_s)
-        return 0
+        if len(self.body) > MAX_CACHED_BYTES:
+            return 0
+        negative = self.rcode == _NXDOMAIN or not self.counts[0] or self.negative_ttl is not None
+        if self.negative_ttl is None and negative:
+            return 0
+        ttl = min(self.ttls, default=0)
+        if self.negative_ttl is not None:
+            ttl = min(ttl, self.negative_ttl)
+        return min(ttl, max_negative_s if negative else max_positive_s)
 
     def compose(
         self,
@@ -136,7 +145,7 @@ class Reply:
         ident, asked = struct.unpack_from("!HH", query_header)
         flags = (
             _QR
-            | (self.flags & (_OPCODE | _RA | _AD | _RCODE))
+            | (self.flags & (_OPCODE | _TC | _RA | _AD | _RCODE))
             | (asked & (_RD | _CD))
             | (self.flags & _AA if age_s is None else 0)
         )
@@ -164,7 +173,9 @@ class Reply:
 
 
 def _replace(reply: Reply, *, body: bytes, ttls: tuple[int, ...]) -> Reply:
-    return Reply(reply.data, reply.flags, reply.counts, reply.question, body, reply.ttl_at,
+    """A copy with its records changed, without the message as received (not needed
+    after the walk, and the cache should not keep it twice)."""
+    return Reply(b"", reply.flags, reply.counts, reply.question, body, reply.ttl_at,
                  ttls, reply.opt, reply.negative_ttl)  # fmt: skip
 
 
@@ -194,10 +205,9 @@ _PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_-]+")
 
 def read_query(data: bytes) -> Query | None:
     """`data` if it is an ordinary query: opcode QUERY, one question whose name is plain
-    letters, digits, hyphens and underscores, no answer or authority records, additional
-    records that hold together and at most one OPT record, the last. None for anything
-    else, which dnslib then reads (and answers FORMERR, NOTIMP or BADVERS, or forwards a
-    name in other characters)."""
+    letters, digits, hyphens and underscores, no records but at most one OPT record
+    that holds together. None for anything else, which dnslib then reads (and answers
+    FORMERR, NOTIMP or BADVERS, or forwards a name in other characters)."""
     if len(data) < 12:
         return None
     _ident, flags, qdcount, an, ns, ar = _HEADER.unpack_from(data)
@@ -218,6 +228,8 @@ def read_query(data: bytes) -> Query | None:
         records = _layout(data, flags, end, (an, ns, ar))
     except WireError:
         return None
+    if records.counts[2]:
+        return None  # additional records besides OPT: dnslib reads them
     qtype, qclass = struct.unpack_from("!HH", data, pos + 1)
     edns = None
     if records.opt is not None:
@@ -293,20 +305,31 @@ def _layout(data: bytes, flags: int, start: int, counts: tuple[int, int, int]) -
 
 
 def _skip_name(data: bytes, pos: int, *, allow_pointer: bool) -> int:
-    """Where the name at `pos` ends. A pointer must point back, before the name."""
-    for _ in range(128):  # a name of 255 bytes has at most 127 labels
+    """Where the name at `pos` ends, once the whole name (pointers followed) is found
+    to be one a client can read back: labels within the message and at most 255 bytes,
+    each pointer aiming back, past the header (which the client's copy changes), at a
+    name of the same kind."""
+    end: int | None = None
+    size = 0
+    for _ in range(256):  # every step reads a byte of the name or goes back
         if pos >= len(data):
             raise WireError("name runs past the end")
         length = data[pos]
         if length == 0:
-            return pos + 1
+            return pos + 1 if end is None else end
         if length & 0xC0 == 0xC0:
             if not allow_pointer or pos + 2 > len(data):
                 raise WireError("compression pointer where none may be")
-            if ((length & 0x3F) << 8 | data[pos + 1]) >= pos:
-                raise WireError("compression pointer forward")
-            return pos + 2
+            target = (length & 0x3F) << 8 | data[pos + 1]
+            if not 12 <= target < pos:
+                raise WireError("compression pointer not back into the message")
+            end = pos + 2 if end is None else end
+            pos = target
+            continue
         if length & 0xC0:
             raise WireError("unknown label type")
+        size += 1 + length
+        if size > 255:
+            raise WireError("name too long")
         pos += 1 + length
     raise WireError("name too long")

@@ -252,3 +252,35 @@ async def test_a_fail_open_answer_is_not_reused_once_healthy_again() -> None:
     assert len(forwarder.asked) == 1  # reused while unhealthy
     healthy[0] = True
     assert [str(rr.rdata) for rr in (await ask(r, packet)).rr] == ["192.0.2.1"]
+
+
+class FailingForwarder(CountingForwarder):
+    async def exchange(
+        self, question: bytes, *, dnssec_ok: bool = False, checking_disabled: bool = False
+    ) -> Reply:
+        self.asked.append((question, dnssec_ok))
+        await asyncio.sleep(0.05)
+        raise OSError("no resolver answers")
+
+
+async def test_askers_waiting_on_a_failed_question_share_its_servfail() -> None:
+    forwarder = FailingForwarder()
+    r = cached(forwarder, Clock())
+    replies = await asyncio.gather(
+        *(ask(r, DNSRecord.question("down.fwd.test").pack()) for _ in range(5))
+    )
+    assert [reply.header.rcode for reply in replies] == [RCODE.SERVFAIL] * 5
+    assert len(forwarder.asked) == 1  # not once more for every asker that waited
+
+
+async def test_an_answer_asked_for_before_a_flush_is_not_kept_after_it() -> None:
+    forwarder = CountingForwarder()
+    forwarder.release = asyncio.Event()
+    r = cached(forwarder, Clock())
+    pending = asyncio.ensure_future(ask(r, DNSRecord.question("old.fwd.test").pack()))
+    await asyncio.sleep(0.01)
+    r.flush()
+    forwarder.release.set()
+    await pending
+    await ask(r, DNSRecord.question("old.fwd.test").pack())
+    assert len(forwarder.asked) == 2

@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.dns.message import Edns
-from appliance.dns.wire import bare, cache_key, query, question_end, read_query, reply_to
+from appliance.dns.wire import (
+    MAX_CACHED_BYTES,
+    bare,
+    cache_key,
+    query,
+    question_end,
+    read_query,
+    reply_to,
+)
 
 CLIENT_HEADER = struct.pack("!HH", 0xBEEF, 0x0110)  # ID, RD and CD set
 
@@ -222,3 +230,53 @@ def test_composed_replies_read_back_as_the_upstream_sent_them(
     assert [(rr.rname, rr.rtype, str(rr.rdata), rr.ttl) for rr in got.rr] == [
         (rr.rname, rr.rtype, str(rr.rdata), max(rr.ttl - age, 0)) for rr in reply.rr
     ]
+
+
+def test_a_cname_chain_ending_in_nothing_lives_no_longer_than_its_parts() -> None:
+    """RFC 2308: with an SOA, the negative TTL bounds the whole reply; so does the
+    shortest record, a CNAME's included."""
+    question = wire_question("alias.test")
+    soa = RR("test", QTYPE.SOA, rdata=SOA("ns.test", "hm.test", (1, 2, 3, 4, 60)), ttl=3600)
+    for rcode, cname_ttl, expected in ((RCODE.NOERROR, 300, 60), (RCODE.NXDOMAIN, 5, 5)):
+        reply = upstream(question)
+        reply.header.rcode = rcode
+        reply.add_answer(*RR.fromZone(f"alias.test. {cname_ttl} CNAME gone.test."))
+        reply.add_auth(soa)
+        laid = reply_to(reply.pack(), 7, question)
+        assert laid is not None and laid.cache_ttl(86400, 10800) == expected
+
+
+def test_large_replies_are_relayed_but_not_kept() -> None:
+    question = wire_question("big.test", "TXT")
+    reply = upstream(question)
+    for i in range(50):
+        reply.add_answer(*RR.fromZone(f'big.test. 300 TXT "{i:03d}{"x" * 100}"'))
+    laid = reply_to(reply.pack(), 7, question)
+    assert laid is not None and len(laid.body) > MAX_CACHED_BYTES
+    assert laid.cache_ttl(86400, 10800) == 0
+
+
+def test_names_a_client_could_not_read_back_are_refused() -> None:
+    question = wire_question("x.test")
+    head = struct.pack("!HHHHHH", 7, 0x8180, 1, 1, 0, 0)
+    rr = struct.pack("!HHIH", 1, 1, 30, 4) + b"\x01\x02\x03\x04"
+    loop_at = 12 + len(question)
+    self_loop = head + question + b"\x01b" + struct.pack("!H", 0xC000 | loop_at) + rr
+    into_header = head + question + b"\xc0\x03" + rr
+    assert reply_to(self_loop, 7, question) is None
+    assert reply_to(into_header, 7, question) is None
+
+
+def test_a_reply_cut_even_over_tcp_stays_marked_cut() -> None:
+    question = wire_question("x.test")
+    reply = upstream(question)
+    reply.header.tc = 1
+    laid = reply_to(reply.pack(), 7, question)
+    assert laid is not None and laid.cache_ttl(86400, 10800) == 0
+    assert DNSRecord.parse(laid.compose(CLIENT_HEADER, question, edns=None, limit=65535)).header.tc
+
+
+def test_a_query_with_other_additional_records_is_left_to_dnslib() -> None:
+    q = DNSRecord.question("a.example")
+    q.add_ar(RR("a.example", QTYPE.A, rdata=A("192.0.2.1")))
+    assert read_query(q.pack()) is None
