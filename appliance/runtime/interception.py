@@ -3,6 +3,7 @@ with its limits, as `regcache serve` wires it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from appliance.admin.metrics import Metrics
@@ -38,7 +39,7 @@ def dns_server(
         resolver,
         config.dns.allow_clients,
         config.dns.max_inflight_forwards,
-        count=lambda qtype, outcome: metrics.dns.labels(qtype, outcome).inc(),
+        count=_counting(metrics),
         cache=AnswerCache(config.dns.cache_entries, config.dns.cache_max_ttl_s),
     )
     return DnsServer(
@@ -50,3 +51,11 @@ def dns_server(
             idle_timeout_s=config.dns.tcp_idle_timeout_s,
         ),
     )
+
+
+def _counting(metrics: Metrics) -> Callable[[str, str], None]:
+    """Counts a query by (type, outcome); each pair's counter looked up once (prometheus'
+    `labels()` costs as much as a cached answer's other work). Both come from bounded
+    sets (`_qtype_label`, the outcomes)."""
+    children = functools.cache(metrics.dns.labels)
+    return lambda qtype, outcome: children(qtype, outcome).inc()

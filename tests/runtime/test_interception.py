@@ -42,3 +42,7 @@ def test_the_front_answers_while_healthy_and_fails_open_while_not(tmp_path: Path
     assert ask("example.org") is None
     healthy = False
     assert ask("quay.io") is None
+    counted = parts.metrics.registry.get_sample_value
+    assert counted("regcache_dns_queries_total", {"qtype": "A", "outcome": "intercepted"}) == 1
+    assert counted("regcache_dns_queries_total", {"qtype": "A", "outcome": "forwarded"}) == 1
+    assert counted("regcache_dns_queries_total", {"qtype": "A", "outcome": "fail-open"}) == 1
