@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -82,6 +83,15 @@ class Server:
                     total += int(line.split()[1])
         return total / 1024
 
+    def rss_mib(self) -> float:
+        """Resident memory now (VmRSS), of the server and its workers."""
+        total = 0
+        for pid in _tree(self.proc.pid):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
     def reset_peak(self) -> None:
         for pid in _tree(self.proc.pid):
             Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -93,6 +103,20 @@ class Server:
             for m in _ACCESS.finditer(self.log.read_text(errors="replace"))
             if m.group("status") == "200" and "/v2/" in m.group("path")
         )
+
+
+class Results:
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> float:
+        return statistics.median(self.samples[key])
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.samples
 
 
 class Bench:

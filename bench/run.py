@@ -35,31 +35,19 @@ from bench.peers import (  # noqa: E402
     WAN,
     WAN_IP,
     Bench,
+    Results,
     Server,
 )
 from bench.shared import SharedResults, measure_shared, report_shared  # noqa: E402
 from bench.sharedpeers import measure_concurrent, report_concurrent  # noqa: E402
 from bench.soak import measure_soak  # noqa: E402
 from bench.soakreport import SoakReport, table  # noqa: E402
+from bench.streams import measure_streams, report_streams  # noqa: E402
 from tests.e2e.netns import Netns  # noqa: E402
 from tests.e2e.pki import TestCa  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-class Results:
-    def __init__(self) -> None:
-        self.samples: dict[str, list[float]] = {}
-
-    def add(self, key: str, value: float) -> None:
-        self.samples.setdefault(key, []).append(value)
-
-    def __getitem__(self, key: str) -> float:
-        return statistics.median(self.samples[key])
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.samples
 
 
 def measure_pulls(bench: Bench, r: Results, upstream: Server, big: Image, reps: int) -> None:
@@ -216,10 +204,12 @@ def main() -> None:
     parser.add_argument("--crowd-layers-mib", default="64,32,4", help="image of the crowd pulls")
     parser.add_argument("--crowd", type=int, default=16, help="concurrent cold pulls")
     parser.add_argument("--rss-layers-mib", default="100,2048", help="layer sizes for RSS runs")
+    parser.add_argument("--streams-layer-mib", type=int, default=128,
+                        help="the layer of part streams (concurrent GETs)")  # fmt: skip
     parser.add_argument("--requests", type=int, default=2000, help="manifest requests per case")
     parser.add_argument("--dns-seconds", type=int, default=10)
     parser.add_argument("--wan-mbit", type=int, default=800, help="the WAN link's rate")
-    parser.add_argument("--only", default="pulls,wan,serving,crowds,dns",
+    parser.add_argument("--only", default="pulls,wan,serving,crowds,dns,streams",
                         help="parts to run (and soak, shared: not run unless named)")  # fmt: skip
     parser.add_argument("--profile", type=Path, help="py-spy profiles of each phase, to here")
     parser.add_argument(
@@ -275,6 +265,8 @@ def image_sizes(args: argparse.Namespace, parts: list[str]) -> dict[str, list[in
     sizes = {}
     if {"pulls", "wan", "serving", "shared"} & set(parts):
         sizes["big"] = [int(x) * MiB for x in args.layers_mib.split(",")]
+    if "streams" in parts:
+        sizes["streams"] = [args.streams_layer_mib * MiB]
     if "crowds" in parts:
         sizes["crowd"] = [int(x) * MiB for x in args.crowd_layers_mib.split(",")]
         for mib in args.rss_layers_mib.split(","):
@@ -312,6 +304,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             measure_crowds(bench, r, upstream, images, args.crowd)
         if "dns" in parts:
             measure_dns(bench, r, args.dns_seconds)
+        if "streams" in parts:
+            measure_streams(bench, r, images["streams"], args.reps)
         if "soak" in parts:
             soak = measure_soak(bench, upstream, args)
         if "shared" in parts:
@@ -427,6 +421,8 @@ def report(r: Results, images: dict[str, Image], args: argparse.Namespace) -> No
         table(["answer", "regcache q/s", "CPU µs/query", "dnsmasq q/s", "CPU µs/query"], rows)
         print(f"The resolver asked directly, a new name every query: "
               f"{r['dns resolver uncached']:.0f} q/s\n")  # fmt: skip
+    if "streams warm 8 peak rss" in r:
+        targets += report_streams(r, images["streams"], args.reps)
     if targets:
         print("### Ratios and targets\n")
         table(["ratio", "regcache / peer", "ratio", "target"], targets)

@@ -51,6 +51,9 @@ ContextSelector = Callable[[str | None], Awaitable[ssl.SSLContext | None]]
 _ACCEPT_BACKOFF_S = 0.1
 _BELOW_MARK_BACKOFF_S = 0.1
 _STOP_TIMEOUT_S = 10.0
+WRITE_HIGH_WATER_BYTES = 64 << 10
+"""Encrypted bytes a connection may hold before its handler waits (the kernel socket
+buffer beyond it keeps a fast client busy)."""
 _PEER_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
@@ -276,9 +279,14 @@ class _Handoff:
         except BaseException:
             conn.close()
             raise
-        await asyncio.get_running_loop().connect_accepted_socket(
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
             lambda: protocol, conn, ssl=context, ssl_handshake_timeout=timeout_s
         )
+        # asyncio lets a handler put 512 KiB into TLS before it has it wait, and keeps
+        # that much encrypted for the connection while the client reads slowly: with
+        # many clients, most of regcache's memory (bench --only streams). Set before
+        # the handler's task for a first request has run.
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
 
 
 async def read_hello(conn: socket.socket) -> ClientHello:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography import x509
@@ -20,6 +22,7 @@ from cryptography import x509
 from appliance.tls import leaves as leaves_module
 from appliance.tls.admission import Admission
 from appliance.tls.clienthello import ALERT_DECODE_ERROR, MAX_HELLO_BYTES, MAX_HELLO_RECORDS
+from appliance.tls.listener import WRITE_HIGH_WATER_BYTES
 from tests.tls.listening import (
     Hello,
     Listening,
@@ -267,3 +270,43 @@ async def test_a_hand_over_given_up_before_its_loop_ran_it_closes_the_socket(
         assert admission.held("127.0.0.7") == 0
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+class Flood(asyncio.Protocol):
+    """A handler that answers a request by writing as long as its transport lets it,
+    as aiohttp's does; notes how much the transport held when it said to wait."""
+
+    held: ClassVar[list[int]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport, self.paused = transport, False
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(4096):  # at most 64 MiB, far more than any socket buffer takes
+            if self.paused:
+                return
+            self.transport.write(b"x" * (16 << 10))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        Flood.held.append(self.transport.get_write_buffer_size())
+
+
+async def test_a_client_that_does_not_read_holds_little_of_the_gateways_memory(
+    tmp_path: Path,
+) -> None:
+    """asyncio's TLS lets a handler write 512 KiB beyond what the socket takes before it
+    has it wait, and keeps it per connection; regcache's connections wait at 64 KiB."""
+    Flood.held.clear()
+    async with listening(tmp_path, protocol=Flood, handshake_timeout_s=5) as at:
+        ctx = ssl.create_default_context(cafile=str(at.ca_pem))
+
+        def connect_and_stall() -> None:
+            with connect(at) as sock, ctx.wrap_socket(sock, server_hostname="ghcr.io") as tls:
+                tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: ghcr.io\r\n\r\n")
+                time.sleep(1.0)  # never reads the answer
+
+        await asyncio.to_thread(connect_and_stall)
+    assert Flood.held, "the handler was never told to wait"
+    assert Flood.held[0] <= WRITE_HIGH_WATER_BYTES + (32 << 10)
