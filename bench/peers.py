@@ -7,6 +7,7 @@ Addresses (all on the namespace's loopback):
   127.0.0.5  nginx serving regcache's blob files over TLS (the ceiling for a cached file)
   127.0.0.6  dnsmasq, the DNS reference: answers registry names itself, forwards the rest
   127.0.0.7  dnsmasq, the "real resolver" both forward to
+  127.0.0.12 nginx as a pull-through cache (proxy_cache) in front of the upstream
   10.203.0.2 in a second namespace behind a veth pair whose egress is rate-limited
              (tbf): the same upstream registry, as across a WAN link
 """
@@ -35,6 +36,7 @@ from tests.harness import example_registries
 REPO = Path(__file__).resolve().parent.parent
 REGCACHE_IP, UPSTREAM_IP, PROXY_IP, NGINX_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
 DNSMASQ_IP, RESOLVER_IP = "127.0.0.6", "127.0.0.7"
+NGINX_CACHE_IP, NGINX_CACHE = "127.0.0.12", "nginx-cache.bench"
 UPSTREAM, PROXY, NGINX = "upstream.bench", "proxy.bench", "nginx.bench"
 HUB = "registry-1.docker.io"  # through regcache, tags revalidated on every request
 QUAY = "quay.io"  # through regcache too, with a tag TTL: tags answered from the store
@@ -227,11 +229,55 @@ class Bench:
     def nginx(self) -> Server:
         """nginx serving the blob files of regcache's store by the same URL paths, over
         TLS, one worker per core: what serving a cached file costs at best here."""
-        folder = self.tmp / "nginx"
+        blobs = self.state / "blobs" / "sha256"
+        return self._nginx("nginx", NGINX_IP, NGINX, "", f"""
+        location ~ "^/v2/.+/blobs/sha256:(?<h2>[0-9a-f]{{2}})(?<rest>[0-9a-f]{{62}})$" {{
+            default_type application/octet-stream;
+            alias {blobs}/$h2/$h2$rest;
+        }}""")  # fmt: skip
+
+    def nginx_cache(self) -> Server:
+        """nginx as a TLS-terminating pull-through cache (`proxy_cache`) in front of the
+        upstream, the way rpardini/docker-registry-proxy configures it: blobs cached by
+        URI for 60 days with one upstream fetch at a time (`proxy_cache_lock`), manifests
+        for 1 s, everything else passed through. It verifies no digests. Fresh (empty
+        cache) every start."""
+        folder = self.tmp / "nginx-cache"  # emptied by `_nginx`
+        upstream = f"""
+            proxy_pass https://{UPSTREAM_IP}:443;
+            proxy_set_header Host {UPSTREAM};
+            proxy_ssl_server_name on;
+            proxy_ssl_name {UPSTREAM};
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {self.ca.pem};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
+        return self._nginx("nginx-cache", NGINX_CACHE_IP, NGINX_CACHE, f"""
+    proxy_cache_path {folder}/cache levels=1:2 keys_zone=registry:16m max_size=64g
+                     inactive=60d use_temp_path=off;
+    proxy_read_timeout 900s;""", f"""
+        location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$" {{{upstream}
+            proxy_cache registry;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 206 60d;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 880s;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie X-Accel-Expires;
+        }}
+        location ~ ^/v2/.+/manifests/ {{{upstream}
+            proxy_cache registry;
+            proxy_cache_key $uri$http_accept;
+            proxy_cache_valid 200 1s;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie X-Accel-Expires;
+        }}
+        location / {{{upstream}
+        }}""")  # fmt: skip
+
+    def _nginx(self, name: str, ip: str, host: str, http: str, locations: str) -> Server:
+        folder = self.tmp / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-        cert, key = self.ca.issue("nginx", NGINX)
-        blobs = self.state / "blobs" / "sha256"
+        cert, key = self.ca.issue(name, host)
         (folder / "nginx.conf").write_text(f"""
 daemon off;
 user root;  # the store is 0700 root (the bench runs as root)
@@ -246,21 +292,17 @@ http {{
     fastcgi_temp_path {folder}/fastcgi;
     uwsgi_temp_path {folder}/uwsgi;
     scgi_temp_path {folder}/scgi;
-    keepalive_requests 100000;
+    keepalive_requests 100000;{http}
     server {{
-        listen {NGINX_IP}:443 ssl;
+        listen {ip}:443 ssl;
         ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location ~ "^/v2/.+/blobs/sha256:(?<h2>[0-9a-f]{{2}})(?<rest>[0-9a-f]{{62}})$" {{
-            default_type application/octet-stream;
-            alias {blobs}/$h2/$h2$rest;
-        }}
+        ssl_certificate_key {key};{locations}
     }}
 }}
 """)
         log = folder / "out.log"
         proc = self.ns.start("nginx", "-c", str(folder / "nginx.conf"), "-p", str(folder), log=log)
-        self.wait_port(NGINX_IP, 443, proc, log)
+        self.wait_port(ip, 443, proc, log)
         return Server(proc, log)
 
     def dnsmasq(self, ip: str, *options: str) -> Server:
