@@ -78,19 +78,18 @@ class Server:
         return total / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mib(self) -> float:
-        total = 0
-        for pid in _tree(self.proc.pid):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        return total / 1024
+        """The most resident memory since `reset_peak` (VmHWM), with the workers'."""
+        return self._status_mib("VmHWM:")
 
     def rss_mib(self) -> float:
         """Resident memory now (VmRSS), of the server and its workers."""
+        return self._status_mib("VmRSS:")
+
+    def _status_mib(self, field: str) -> float:
         total = 0
         for pid in _tree(self.proc.pid):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     total += int(line.split()[1])
         return total / 1024
 

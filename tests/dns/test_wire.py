@@ -113,12 +113,16 @@ def test_compose_gives_the_client_its_id_flags_case_and_edns() -> None:
     assert opt.rtype == QTYPE.OPT and opt.rclass == 1232 and opt.ttl & 0x8000
 
 
+def big_txt(question: bytes, records: int) -> DNSRecord:
+    reply = upstream(question)
+    for i in range(records):
+        reply.add_answer(*RR.fromZone(f'big.test. 300 TXT "{i:03d}{"x" * 100}"'))
+    return reply
+
+
 def test_compose_cuts_what_exceeds_the_limit_keeping_question_and_opt() -> None:
     question = wire_question("big.test", "TXT")
-    reply = upstream(question)
-    for i in range(20):
-        reply.add_answer(*RR.fromZone(f'big.test. 30 TXT "{i:03d}{"x" * 90}"'))
-    laid = reply_to(reply.pack(), 7, question)
+    laid = reply_to(big_txt(question, 20).pack(), 7, question)
     assert laid is not None
     cut = DNSRecord.parse(
         laid.compose(CLIENT_HEADER, question, edns=Edns(0, 1232, False), limit=512)
@@ -248,10 +252,7 @@ def test_a_cname_chain_ending_in_nothing_lives_no_longer_than_its_parts() -> Non
 
 def test_large_replies_are_relayed_but_not_kept() -> None:
     question = wire_question("big.test", "TXT")
-    reply = upstream(question)
-    for i in range(50):
-        reply.add_answer(*RR.fromZone(f'big.test. 300 TXT "{i:03d}{"x" * 100}"'))
-    laid = reply_to(reply.pack(), 7, question)
+    laid = reply_to(big_txt(question, 50).pack(), 7, question)
     assert laid is not None and len(laid.body) > MAX_CACHED_BYTES
     assert laid.cache_ttl(86400, 10800) == 0
 
