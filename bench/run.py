@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.breakeven import measure_break_even, report_break_even  # noqa: E402
 from bench.images import Image, write_image  # noqa: E402
 from bench.peers import (  # noqa: E402
     DNSMASQ_IP,
@@ -212,7 +213,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="manifest requests per case")
     parser.add_argument("--dns-seconds", type=int, default=10)
     parser.add_argument("--wan-mbit", type=int, default=800, help="the WAN link's rate")
-    parser.add_argument("--only", default="pulls,wan,serving,crowds,dns,streams",
+    parser.add_argument("--break-even-mbit", default="1000,2000,3000,4000",
+                        help="link rates of part breakeven")  # fmt: skip
+    parser.add_argument("--only", default="pulls,wan,breakeven,serving,crowds,dns,streams",
                         help="parts to run (and soak, shared: not run unless named)")  # fmt: skip
     parser.add_argument("--profile", type=Path, help="py-spy profiles of each phase, to here")
     parser.add_argument(
@@ -263,10 +266,14 @@ def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
                       help="keep the soak's logs and raw answers (kept on failure)")  # fmt: skip
 
 
+def rates(args: argparse.Namespace) -> list[int]:
+    return [int(x) for x in args.break_even_mbit.split(",")]
+
+
 def image_sizes(args: argparse.Namespace, parts: list[str]) -> dict[str, list[int]]:
     """The generated images the chosen parts pull (the soak pushes its own)."""
     sizes = {}
-    if {"pulls", "wan", "serving", "shared"} & set(parts):
+    if {"pulls", "wan", "breakeven", "serving", "shared"} & set(parts):
         sizes["big"] = [int(x) * MiB for x in args.layers_mib.split(",")]
     if "streams" in parts:
         sizes["streams"] = [args.streams_layer_mib * MiB]
@@ -301,6 +308,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             measure_pulls(bench, r, upstream, images["big"], args.reps)
         if "wan" in parts:
             measure_wan(bench, r, images["big"], args.reps, args.wan_mbit)
+        if "breakeven" in parts:
+            measure_break_even(bench, r, images["big"], args.reps, rates(args))
         if "serving" in parts:
             measure_serving(bench, r, images["big"], args.reps, args.requests)
         if "crowds" in parts:
@@ -429,6 +438,8 @@ def report(r: Results, images: dict[str, Image], args: argparse.Namespace) -> No
         table(["answer", "regcache q/s", "CPU µs/query", "dnsmasq q/s", "CPU µs/query"], rows)
         print(f"The resolver asked directly, a new name every query: "
               f"{r['dns resolver uncached']:.0f} q/s\n")  # fmt: skip
+    if f"breakeven {rates(args)[0]} direct" in r:
+        targets += report_break_even(r, rates(args), args.reps)
     if "streams warm 8 peak rss" in r:
         targets += report_streams(r, images["streams"], args.reps)
     if targets:
