@@ -1,13 +1,13 @@
 """Upstream DNS client: how regcache asks real resolvers, for its clients and for itself.
 
 RFC 5452 hardening: a fresh random transaction ID and a fresh connected UDP socket
-(kernel-chosen random source port) per query; a reply counts only if it comes from the server
-(the kernel filters on the connected address), is a response, its ID, name, type and
-class match and it holds together (`wire.reply_to`). Anything else, malformed replies
-included, is ignored as a possible forgery until the deadline, after which the next
-server is tried. A truncated UDP reply is
-retried over TCP. The proxy resolves upstream registry names with `resolve()`, so regcache
-never answers its own lookups with its interception address.
+(kernel-chosen random source port) per query; a reply counts only if it comes from the
+server (the kernel filters on the connected address), is a response, its ID, name, type
+and class match and it holds together (`wire.reply_to`). Anything else, malformed
+replies included, is ignored as a possible forgery until the deadline, after which the
+next server is tried. A truncated UDP reply is retried over TCP. The proxy resolves
+upstream registry names with `resolve()`, so regcache never answers its own lookups with
+its interception address.
 """
 
 from __future__ import annotations
