@@ -9,7 +9,6 @@ both pulls; above it, regcache's own cost per byte shows.
 
 from __future__ import annotations
 
-from bench.images import Image
 from bench.peers import GHCR, REGCACHE_IP, WAN, Bench, Results
 from bench.soakreport import table
 from tests.e2e.netns import Netns
@@ -17,9 +16,7 @@ from tests.e2e.netns import Netns
 WITHIN = 1.1
 
 
-def measure_break_even(bench: Bench, r: Results, image: Image, reps: int,
-                       rates: list[int]) -> None:  # fmt: skip
-    del image  # pulled by name; its size is the table's
+def measure_break_even(bench: Bench, r: Results, reps: int, rates: list[int]) -> None:
     for mbit in rates:
         with Netns(REGCACHE_IP) as wan:
             bench.wan_upstream(wan, mbit)

@@ -309,7 +309,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         if "wan" in parts:
             measure_wan(bench, r, images["big"], args.reps, args.wan_mbit)
         if "breakeven" in parts:
-            measure_break_even(bench, r, images["big"], args.reps, rates(args))
+            measure_break_even(bench, r, args.reps, rates(args))
         if "serving" in parts:
             measure_serving(bench, r, images["big"], args.reps, args.requests)
         if "crowds" in parts:

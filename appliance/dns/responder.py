@@ -84,7 +84,6 @@ class Forward:
     """What the answer is kept under (`AnswerCache`)."""
     edns: Edns | None
     limit: int
-    client: str
     qtype: str
 
     @property
@@ -170,7 +169,7 @@ class Responder:
         if plain is not None and self.allowed(client) and not self._local_for(plain):
             limit = TCP_MAX_BYTES if tcp else reply_limit(plain.edns)
             return self._onward(
-                data, key, client, plain.question, plain.edns, limit, _qtype_label(plain.qtype)
+                data, key, plain.question, plain.edns, limit, _qtype_label(plain.qtype)
             )
         return self._decide_parsed(data, key, client, tcp)
 
@@ -200,7 +199,7 @@ class Responder:
                 log.debug("dns formerr client=%s error=%s", client, e)
                 reply, outcome = bare_reply(query, RCODE.FORMERR, edns), "invalid"
             else:
-                return self._onward(data, key, client, question, edns, limit, qtype, outcome)
+                return self._onward(data, key, question, edns, limit, qtype, outcome)
         self._count(qtype, outcome)
         packed = pack_for_client(reply, query, edns, limit)
         if outcome == "intercepted" and self._interception.healthy():
@@ -211,7 +210,6 @@ class Responder:
         self,
         data: bytes,
         key: tuple[bool, bytes],
-        client: str,
         question: bytes,
         edns: Edns | None,
         limit: int,
@@ -234,7 +232,7 @@ class Responder:
             self._count(qtype, "servfail")
             return bare(data[:4], question, RCODE.SERVFAIL, edns)
         self._count(qtype, outcome)
-        return Forward(bytes(data[:4]), question, ckey, edns, limit, client, qtype)
+        return Forward(bytes(data[:4]), question, ckey, edns, limit, qtype)
 
     def _usable(self, known: _Known) -> bool:
         if known.until is None:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.cache.manifests import MAX_MANIFEST_BYTES
 from appliance.cache.ports import BlobFiles
 from appliance.kit.logfields import fields
 from appliance.kit.tasks import to_thread_to_end
@@ -41,7 +42,6 @@ from appliance.store.tier import blob_name, manifest_name
 log = logging.getLogger(__name__)
 
 TAGS, MANIFESTS = "local/tags/", "local/manifests/"
-_MAX_MANIFEST_BYTES = 4 << 20
 _CHUNK_BYTES = 1 << 20
 
 
@@ -349,7 +349,7 @@ class SharedLocal:
                 return False
             await self._index.add_local_blob(record.repository, digest, size)
         m = record.manifest
-        if m.size > _MAX_MANIFEST_BYTES or not await self._download(
+        if m.size > MAX_MANIFEST_BYTES or not await self._download(
             manifest_name(m.digest), m.digest, m.size
         ):
             return False

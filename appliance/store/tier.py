@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from appliance.cache.manifests import MAX_MANIFEST_BYTES
 from appliance.cache.ports import Shared
 from appliance.kit.logfields import fields
 from appliance.kit.logthrottle import LogThrottle
@@ -48,7 +49,6 @@ _POLL_S = (0.1, 1.0)  # first and longest pause between looks at a blob being fi
 _MAX_PARTS = 10_000  # S3's limit per upload
 _PARTS_AT_ONCE = 4  # part buffers in memory at once, across every fill
 _SURVEY_LIMIT = 1_000_000  # blobs a listing holds at most (a page is 1,000)
-_MAX_MANIFEST_BYTES = 4 << 20  # as the cache's own limit
 _TierTrouble = (BucketUnavailable, BucketRefused)
 
 
@@ -185,7 +185,7 @@ class BlobTier:
             if body is None:
                 return None
             try:
-                if body.length > _MAX_MANIFEST_BYTES:
+                if body.length > MAX_MANIFEST_BYTES:
                     return None  # not one regcache wrote
                 data = await body.read()
             finally:
