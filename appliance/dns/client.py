@@ -72,6 +72,25 @@ def nameservers_from(resolv_conf: Path, exclude: Sequence[Endpoint]) -> list[End
     return servers
 
 
+def _take_reply(
+    sock: socket.socket, answer: asyncio.Future[Reply], ident: int, question: bytes
+) -> None:
+    """A datagram on a query's socket: the answer if it is the reply; anything else may
+    be a forgery, and the query keeps waiting."""
+    if answer.done():
+        return
+    try:
+        data = sock.recv(65535)
+    except BlockingIOError:
+        return
+    except OSError as e:  # ICMP port unreachable and the like
+        answer.set_exception(e)
+        return
+    reply = reply_to(data, ident, question)
+    if reply is not None:
+        answer.set_result(reply)
+
+
 class UpstreamResolver:
     """Queries upstream resolvers in order; `resolve()` adds static overrides and a cache."""
 
@@ -134,16 +153,17 @@ class UpstreamResolver:
     async def _udp(self, server: Endpoint, packet: bytes, ident: int, question: bytes) -> Reply:
         loop = asyncio.get_running_loop()
         family, address = self._sockaddrs[server]
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
+        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sock:
             # connect(): the kernel picks a random source port and drops datagrams from
             # any other address; ICMP errors surface as OSError on recv.
             sock.connect(address)
             sock.send(packet)
-            while True:  # bounded by the caller's deadline
-                reply = reply_to(await loop.sock_recv(sock, 65535), ident, question)
-                if reply is not None:  # anything else may be a forgery: keep waiting
-                    return reply
+            answer: asyncio.Future[Reply] = loop.create_future()
+            loop.add_reader(sock.fileno(), _take_reply, sock, answer, ident, question)
+            try:
+                return await answer  # bounded by the caller's deadline
+            finally:
+                loop.remove_reader(sock.fileno())
 
     async def _tcp(self, server: Endpoint, packet: bytes, ident: int, question: bytes) -> Reply:
         reader, writer = await asyncio.open_connection(str(server.address), server.port)
