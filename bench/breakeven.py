@@ -3,7 +3,8 @@ pull through regcache stays within 1.1x of pulling directly.
 
 For each rate of `--break-even-mbit`, the upstream is served across a link limited to
 it (as part `wan`), and each of `--reps` runs pulls the >= 1 GiB image directly and
-then cold through a fresh regcache. Below the break-even rate the link is what limits
+then cold through a fresh regcache, each after an unmeasured pull of its kind
+(`Bench.settle`). Below the break-even rate the link is what limits
 both pulls; above it, regcache's own cost per byte shows.
 """
 
@@ -21,7 +22,9 @@ def measure_break_even(bench: Bench, r: Results, reps: int, rates: list[int]) ->
         with Netns(REGCACHE_IP) as wan:
             bench.wan_upstream(wan, mbit)
             for _ in range(reps):
+                bench.settle(f"{WAN}/bench/big:v1")
                 r.add(f"breakeven {mbit} direct", bench.pull(f"{WAN}/bench/big:v1"))
+                bench.settle(f"{GHCR}/bench/big:v1", bench.regcache)
                 regcache = bench.regcache()
                 r.add(f"breakeven {mbit} regcache", bench.pull(f"{GHCR}/bench/big:v1"))
                 bench.ns.stop(regcache.proc)

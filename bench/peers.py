@@ -23,7 +23,7 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -352,6 +352,17 @@ http {{
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         return time.monotonic() - started
+
+    def settle(self, ref: str, start: Callable[[], Server] | None = None) -> None:
+        """An unmeasured cold pull of `ref`, direct or through a fresh server from `start`,
+        before a measured one of the same kind: on a VM the page cache's cost depends on
+        what the run before freed (README.md)."""
+        server = start() if start is not None else None
+        try:
+            self.pull(ref)
+        finally:
+            if server is not None:
+                self.ns.stop(server.proc)
 
     def pull(self, ref: str) -> float:
         dest = self.tmp / "pulled"

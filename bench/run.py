@@ -57,7 +57,7 @@ def measure_pulls(bench: Bench, r: Results, upstream: Server, big: Image, reps: 
     """(a) warm and (b) cold skopeo pulls, direct and through each cache; server CPU
     and peak RSS per phase (f); upstream bytes per pull through each cache (e)."""
     for _ in range(reps):
-        bench.pull(f"{UPSTREAM}/bench/big:v1")  # settling, as below
+        bench.settle(f"{UPSTREAM}/bench/big:v1")
         r.add("direct", bench.pull(f"{UPSTREAM}/bench/big:v1"))
         peers: tuple[tuple[str, Callable[[], Server], str], ...] = (
             ("regcache", bench.regcache, HUB),
@@ -65,11 +65,7 @@ def measure_pulls(bench: Bench, r: Results, upstream: Server, big: Image, reps: 
             ("nginx proxy_cache", bench.nginx_cache, NGINX_CACHE),
         )
         for name, start, host in peers:
-            # A cold pull first that is not measured: on a VM the kernel's cost of
-            # filling the page cache depends on what the run before freed (README).
-            settling = start()
-            bench.pull(f"{host}/bench/big:v1")
-            bench.ns.stop(settling.proc)
+            bench.settle(f"{host}/bench/big:v1", start)
             server = start()  # fresh, empty cache: the first pull is cold
             for phase in ("cold", "warm"):
                 server.reset_peak()
