@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="manifest requests per case")
     parser.add_argument("--dns-seconds", type=int, default=10)
     parser.add_argument("--wan-mbit", type=int, default=800, help="the WAN link's rate")
-    parser.add_argument("--break-even-mbit", default="1000,2000,3000,4000",
+    parser.add_argument("--break-even-mbit", default="2000,2500,3000,4000",
                         help="link rates of part breakeven")  # fmt: skip
     parser.add_argument("--only", default="pulls,wan,breakeven,serving,crowds,dns,streams",
                         help="parts to run (and soak, shared: not run unless named)")  # fmt: skip
