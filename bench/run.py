@@ -351,7 +351,7 @@ def report(r: Results, images: dict[str, Image], args: argparse.Namespace) -> No
         print(
             f"### (a, b, f) skopeo copy of a {mib:.0f} MiB image ({args.layers_mib} MiB layers)\n"
         )
-        rows = [["direct from upstream", f"{r['direct']:.2f}", "", "", ""]]
+        rows = [["direct from upstream", f"{r['direct']:.2f}", "", "", "", ""]]
         for key in ("regcache cold", "regcache warm", "distribution cold", "distribution warm",
                     "nginx proxy_cache cold", "nginx proxy_cache warm"):  # fmt: skip
             cpu, user = r[f"{key} cpu/GiB"], r[f"{key} user/GiB"]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import socket
 from pathlib import Path
 
 import pytest
+from dnslib import DNSRecord
 
 from appliance.config.model import Endpoint
 from appliance.dns.client import ResolverError, UpstreamResolver, nameservers_from
@@ -98,3 +101,36 @@ async def test_a_resolver_saying_no_such_name_is_believed_at_once(upstream: Fake
     upstream.nxdomain.add("gone.fwd.test.")
     with pytest.raises(ResolverError, match="gone"):
         await resolver.resolve("gone.fwd.test")
+
+
+async def test_replies_that_are_not_ours_are_skipped_for_the_one_that_is(
+    upstream: FakeUpstream,
+) -> None:
+    """The upstream sends, back to back, a reply with another ID and one for another
+    name before the real one: the socket holds all three at once, and only the real
+    one is taken."""
+    resolver = UpstreamResolver([ep(f"127.0.0.1:{upstream.port}")], 2.0)
+    assert await resolver.resolve("forged.test") == (ipaddress.ip_address("192.0.2.9"),)
+
+
+async def test_a_refused_query_fails_at_once_and_leaves_no_socket_behind() -> None:
+    """ICMP port unreachable ends the wait on its own, not the (here long) deadline; a
+    failed or timed-out query leaves no descriptor and no reader registered."""
+    from tests.harness import free_port
+
+    dead = UpstreamResolver([ep(f"127.0.0.1:{free_port()}")], 30.0)
+    question = DNSRecord.question("refused.fwd.test").pack()[12:]
+    loop = asyncio.get_running_loop()
+    selector = loop._selector  # type: ignore[attr-defined]
+    fds, readers = len(os.listdir("/proc/self/fd")), len(selector.get_map())
+    with pytest.raises(ResolverError, match="ConnectionRefusedError"):
+        await dead.exchange(question)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes queries, never answers
+    silent.bind(("127.0.0.1", 0))
+    with silent:
+        slow = UpstreamResolver([ep(f"127.0.0.1:{silent.getsockname()[1]}")], 0.05)
+        for _ in range(10):
+            with pytest.raises(ResolverError, match="TimeoutError"):
+                await slow.exchange(question)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert len(selector.get_map()) == readers
