@@ -4,8 +4,8 @@ pull through regcache stays within 1.1x of pulling directly.
 For each rate of `--break-even-mbit`, the upstream is served across a link limited to
 it (as part `wan`), and each of `--reps` runs pulls the >= 1 GiB image directly and
 then cold through a fresh regcache, each after an unmeasured pull of its kind
-(`Bench.settle`). Below the break-even rate the link is what limits
-both pulls; above it, regcache's own cost per byte shows.
+(`Bench.settle`). Below the break-even rate the link is what limits both pulls; above
+it, regcache's own cost per byte shows.
 """
 
 from __future__ import annotations

@@ -74,9 +74,9 @@ class Server:
         return self._ticks(11, 12, 13, 14)
 
     def user_s(self) -> float:
-        """Of `cpu_s`, the user-space part: the server's own work. The kernel's part
-        includes the copies into the page cache, whose cost on a VM depends on whether
-        the host still backs the guest's free memory (bench/README.md)."""
+        """Of `cpu_s`, the part spent in user space. The kernel's part includes the
+        copies into the page cache, whose cost on a VM depends on whether the host
+        still backs the guest's free memory (bench/README.md)."""
         return self._ticks(11, 13)
 
     def _ticks(self, *columns: int) -> float:
