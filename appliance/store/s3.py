@@ -1,6 +1,10 @@
 """An S3-compatible bucket, the only module that speaks to one (aiobotocore): objects put,
 read as a stream (Range forwarded), written only if absent or unchanged, and multipart
-uploads; each library failure translated into one of three errors."""
+uploads; each library failure translated into one of three errors.
+
+aiobotocore and botocore are imported when a bucket is opened, not with this module: a
+regcache without a shared tier never loads them (about 10 MiB of resident memory, and
+a slower start)."""
 
 from __future__ import annotations
 
@@ -11,10 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiobotocore.session
-from aiobotocore.config import AioConfig
 from aiohttp.abc import AbstractResolver
-from botocore.exceptions import BotoCoreError, ClientError
 
 from appliance.config.shared import S3Config
 
@@ -70,7 +71,7 @@ class ObjectBody:
         try:
             while chunk := await self._body.read(size):
                 yield chunk
-        except (BotoCoreError, OSError, TimeoutError) as e:
+        except _transport_errors() as e:
             raise BucketUnavailable(f"reading an object: {e}") from e
 
     async def read(self) -> bytes:
@@ -94,6 +95,9 @@ class Bucket:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[Bucket]:
+        import aiobotocore.session
+        from aiobotocore.config import AioConfig
+
         config = self.config
         key_id = secret = None
         if config.credentials is not None:
@@ -269,7 +273,16 @@ class Bucket:
                 raise _translated(e, f"multipart abort {name}") from e
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Failures that mean "try again later" (evaluated when one is raised)."""
+    from botocore.exceptions import BotoCoreError
+
+    return (BotoCoreError, OSError, TimeoutError)
+
+
 def _status(error: BaseException) -> int | None:
+    from botocore.exceptions import ClientError
+
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return int(status) if status is not None else None
@@ -277,6 +290,8 @@ def _status(error: BaseException) -> int | None:
 
 
 def _code(error: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
     if isinstance(error, ClientError):
         return str(error.response.get("Error", {}).get("Code", "?"))
     return "?"
@@ -284,6 +299,8 @@ def _code(error: BaseException) -> str:
 
 def _translated(error: Exception, doing: str) -> Exception:
     """One of ours for a library or transport failure; anything else unchanged (a bug)."""
+    from botocore.exceptions import ClientError
+
     status = _status(error)
     if status == 412 or (status == 409 and "Conditional" in str(error)):
         return Conflict(f"{doing}: precondition failed")
@@ -292,7 +309,7 @@ def _translated(error: Exception, doing: str) -> Exception:
         if status is None or status >= 500 or status == 429:
             return BucketUnavailable(f"{doing}: {status} {code}")
         return BucketRefused(f"{doing}: {status} {code}")
-    if isinstance(error, BotoCoreError | OSError | TimeoutError):
+    if isinstance(error, _transport_errors()):
         return BucketUnavailable(f"{doing}: {error}")
     return error
 

@@ -4,6 +4,8 @@ every failure translated."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -137,3 +139,14 @@ async def test_an_endpoint_nobody_listens_on_is_unavailable(
             await down.check()
         with pytest.raises(BucketUnavailable):
             await down.put("x", b"x", if_absent=True)
+
+
+def test_a_regcache_without_a_shared_tier_never_loads_the_s3_library() -> None:
+    """aiobotocore and botocore come with the first bucket opened: the service and the
+    CLI import everything else (this module included) without them."""
+    script = (
+        "import sys, appliance.main, appliance.cli, appliance.store.s3\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'botocore', 'aiobotocore'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
