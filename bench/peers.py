@@ -71,20 +71,19 @@ class Server:
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server and its worker processes, including
         workers that exited (cutime/cstime)."""
-        return self._ticks(11, 12, 13, 14)
+        return self.cpu_and_user_s()[0]
 
-    def user_s(self) -> float:
-        """Of `cpu_s`, the part spent in user space. The kernel's part includes the
-        copies into the page cache, whose cost on a VM depends on whether the host
-        still backs the guest's free memory (bench/README.md)."""
-        return self._ticks(11, 13)
-
-    def _ticks(self, *columns: int) -> float:
-        total = 0
+    def cpu_and_user_s(self) -> tuple[float, float]:
+        """`cpu_s` and, read with it, its part spent in user space. The kernel's part
+        includes the copies into the page cache, whose cost on a VM depends on whether
+        the host still backs the guest's free memory (bench/README.md)."""
+        user = system = 0
         for pid in _tree(self.proc.pid):
             f = _stat(pid)
-            total += sum(int(f[column]) for column in columns)
-        return total / os.sysconf("SC_CLK_TCK")
+            user += int(f[11]) + int(f[13])
+            system += int(f[12]) + int(f[14])
+        tick = os.sysconf("SC_CLK_TCK")
+        return (user + system) / tick, user / tick
 
     def peak_rss_mib(self) -> float:
         """The most resident memory since `reset_peak` (VmHWM), with the workers'."""

@@ -71,11 +71,12 @@ def measure_pulls(bench: Bench, r: Results, upstream: Server, big: Image, reps: 
             server = start()  # fresh, empty cache: the first pull is cold
             for phase in ("cold", "warm"):
                 server.reset_peak()
-                cpu, user, sent = server.cpu_s(), server.user_s(), upstream.sent_bytes()
+                (cpu, user), sent = server.cpu_and_user_s(), upstream.sent_bytes()
                 with bench.profiled(server, f"{name}-{phase}-pull"):
                     r.add(f"{name} {phase}", bench.pull(f"{host}/bench/big:v1"))
-                r.add(f"{name} {phase} cpu/GiB", (server.cpu_s() - cpu) / (big.size / GiB))
-                r.add(f"{name} {phase} user/GiB", (server.user_s() - user) / (big.size / GiB))
+                cpu_after, user_after = server.cpu_and_user_s()
+                r.add(f"{name} {phase} cpu/GiB", (cpu_after - cpu) / (big.size / GiB))
+                r.add(f"{name} {phase} user/GiB", (user_after - user) / (big.size / GiB))
                 r.add(f"{name} {phase} rss", server.peak_rss_mib())
                 r.add(f"{name} {phase} upstream", (upstream.sent_bytes() - sent) / big.size)
             bench.ns.stop(server.proc)

@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractResolver
 from appliance.config.shared import S3Config
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger(__name__)
@@ -280,31 +281,32 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, OSError, TimeoutError)
 
 
-def _status(error: BaseException) -> int | None:
+def _client_error(error: BaseException) -> ClientError | None:
+    """`error` if it is botocore's answer from the endpoint (an HTTP status), else None."""
     from botocore.exceptions import ClientError
 
-    if isinstance(error, ClientError):
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return int(status) if status is not None else None
-    return None
+    return error if isinstance(error, ClientError) else None
+
+
+def _status(error: BaseException) -> int | None:
+    if (answered := _client_error(error)) is None:
+        return None
+    status = answered.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status is not None else None
 
 
 def _code(error: BaseException) -> str:
-    from botocore.exceptions import ClientError
-
-    if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", "?"))
-    return "?"
+    if (answered := _client_error(error)) is None:
+        return "?"
+    return str(answered.response.get("Error", {}).get("Code", "?"))
 
 
 def _translated(error: Exception, doing: str) -> Exception:
     """One of ours for a library or transport failure; anything else unchanged (a bug)."""
-    from botocore.exceptions import ClientError
-
     status = _status(error)
     if status == 412 or (status == 409 and "Conditional" in str(error)):
         return Conflict(f"{doing}: precondition failed")
-    if isinstance(error, ClientError):
+    if _client_error(error) is not None:
         code = _code(error)
         if status is None or status >= 500 or status == 429:
             return BucketUnavailable(f"{doing}: {status} {code}")
