@@ -28,11 +28,11 @@ from appliance.config.model import Config, StartupError
 from appliance.config.registries import Registries
 from appliance.dns.client import UpstreamResolver
 from appliance.dns.server import DnsServer
-from appliance.kit.tasks import Job, supervise
+from appliance.kit.tasks import Job, stop_spawned, supervise
 from appliance.mirror.budget import Budgets
 from appliance.mirror.scheduler import Mirror
 from appliance.mirror.view import MirrorTags
-from appliance.proxy.app import create_app, start_runner
+from appliance.proxy.app import SHUTDOWN_GRACE_S, create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.proxy.outage import TokensGiven
 from appliance.runtime.ca_policy import ensure_ca
@@ -59,6 +59,7 @@ from appliance.tls.listener import TlsListener
 from appliance.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
+_SPAWNED_GRACE_S = 2.0  # at shutdown, what background work gets to end before it is cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,8 @@ async def run(parts: Parts) -> int:
         stack.callback(log.info, "regcache stopped")
         stop = on_stop(stack)
         service = wire(parts, await _acquire(stack, parts))
+        # Released after the listeners and servers, before the index and sessions.
+        stack.push_async_callback(stop_spawned, _SPAWNED_GRACE_S)
         await service.mirror.reload()  # mirrored tags are served as such from the start
         # The store is reconciled in the background: after an index rebuild that re-hashes
         # every file, far longer than systemd waits for READY=1 (runtime/startup.py).
@@ -217,7 +220,8 @@ async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Servic
     config = parts.config
     runner = await start_runner(service.proxy_app(None))
     stack.push_async_callback(runner.cleanup)
-    admin = web.AppRunner(service.admin_app, access_log=None, handle_signals=False)
+    admin = web.AppRunner(service.admin_app, access_log=None, handle_signals=False,
+                          shutdown_timeout=SHUTDOWN_GRACE_S)  # fmt: skip
     await admin.setup()
     stack.push_async_callback(admin.cleanup)  # also stops the admin sites bound below
     stack.push_async_callback(service.loops.close)

@@ -149,7 +149,8 @@ class Fill:
             self.state = FillState.FAILED
             self._on_verified.clear()
             self.error = e
-            log.warning("fill failed digest=%s bytes=%d error=%s", self.digest, self.written, e)
+            log.warning("fill failed digest=%s bytes=%d error=%s", self.digest, self.written,
+                        str(e) or type(e).__name__)  # fmt: skip
             if self._final is None:
                 self._discard(files)
             if not isinstance(e, Exception):

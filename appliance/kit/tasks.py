@@ -1,6 +1,7 @@
-"""Background work: `spawn()` for tasks that may end, with a name and a strong reference,
-`supervise()` for the few that must run as long as regcache does, and
-`to_thread_to_end()` for a thread call whose caller may be cancelled."""
+"""Background work: `spawn()` for tasks that may end, with a name and a strong reference
+(`stop_spawned()` ends them at shutdown), `supervise()` for the few that must run as
+long as regcache does, and `to_thread_to_end()` for a thread call whose caller may be
+cancelled."""
 
 from __future__ import annotations
 
@@ -25,6 +26,20 @@ def spawn(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
     _running.add(task)
     task.add_done_callback(_finished)
     return task
+
+
+async def stop_spawned(grace_s: float) -> None:
+    """At shutdown, before what spawned tasks use (the index, the upstream session) is
+    released: the tasks running now get `grace_s` to end, the rest are cancelled and
+    waited for. A fill cancelled so discards its temp file; one left running would
+    commit a file after the index closed, leaving it unindexed until the next start."""
+    pending = set(_running)
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _finished(task: asyncio.Task[Any]) -> None:

@@ -56,6 +56,9 @@ Audit = Callable[[dict[str, object]], None]
 # What can make a 404 or a tag wrong: a PATCH only adds to an upload that its PUT ends
 # (and each of an upload's many chunks would void every 404 remembered meanwhile).
 _WRITES = frozenset({"PUT", "POST", "DELETE"})
+SHUTDOWN_GRACE_S = 5.0
+"""At shutdown, how long requests in flight get to finish before they are cut: a long
+download must not hold a stop past systemd's TimeoutStopSec (then SIGKILL)."""
 _PUSHES = _WRITES | {"PATCH"}
 
 
@@ -376,6 +379,7 @@ async def start_runner(app: web.Application) -> web.AppRunner:
         app,
         access_log=None,
         handle_signals=False,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
         keepalive_timeout=30,
         max_line_size=8190,
         max_field_size=16384,  # room for long bearer tokens, nothing more

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -150,12 +149,17 @@ class ServingLoops:
         return None
 
     async def close(self) -> None:
-        for loop, runner in zip(self._loops, self._runners, strict=False):
-            future: Future[None] = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(future), _STOP_TIMEOUT_S)
-            except Exception as e:  # noqa: BLE001 - stopping regardless
-                log.warning("https loop cleanup failed error=%s", e)
+        # All loops at once: each may wait out the requests in flight on it.
+        cleanups = [
+            asyncio.wait_for(
+                asyncio.wrap_future(asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)),
+                _STOP_TIMEOUT_S,
+            )
+            for loop, runner in zip(self._loops, self._runners, strict=False)
+        ]
+        for outcome in await asyncio.gather(*cleanups, return_exceptions=True):
+            if isinstance(outcome, Exception):  # stopping regardless
+                log.warning("https loop cleanup failed error=%s", outcome)
         for loop, thread in zip(self._loops, self._threads, strict=True):
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, _STOP_TIMEOUT_S)

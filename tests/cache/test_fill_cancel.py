@@ -60,7 +60,7 @@ class Watched(FileBlobStore):
 
 @pytest.mark.parametrize("hold", ["write", "fsync"])
 async def test_a_fill_cancelled_mid_write_closes_its_file_only_after_the_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     files = Watched(tmp_path, hold)
     files.prepare()
@@ -96,6 +96,8 @@ async def test_a_fill_cancelled_mid_write_closes_its_file_only_after_the_thread(
     done = "written" if hold == "write" else "synced"
     assert files.events[-3:] == ["go", done, "closed"], files.events
     assert fill.state is FillState.FAILED and list((tmp_path / "tmp").iterdir()) == []
+    assert f"fill failed digest={fill.digest}" in caplog.text  # and why, though the
+    assert "error=CancelledError" in caplog.text  # cancellation carries no message
     if hold == "fsync":  # renamed into place before the cancellation went on: whole, and
         # unindexed (reconciliation indexes it at the next start)
         assert files.path_for(fill.digest).read_bytes() == BODY

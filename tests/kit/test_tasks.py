@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from appliance.kit.tasks import spawn, supervise, to_thread_to_end
+from appliance.kit.tasks import spawn, stop_spawned, supervise, to_thread_to_end
 
 
 async def test_supervised_jobs_run_until_stop_and_are_then_cancelled() -> None:
@@ -113,3 +113,27 @@ async def test_a_thread_call_cancelled_is_waited_for_before_the_cancellation_goe
 
     with pytest.raises(OSError, match="Input/output"):  # …or its exception
         await to_thread_to_end(fails)
+
+
+async def test_stopping_spawned_work_lets_quick_tasks_end_and_cancels_the_rest() -> None:
+    """At shutdown: what ends within the grace ends as it would have; what does not is
+    cancelled, and its clean-up has run by the time `stop_spawned` returns."""
+    ended, cleaned = [], []
+
+    async def quick() -> None:
+        await asyncio.sleep(0.01)
+        ended.append("quick")
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.01)  # a clean-up that itself awaits (a temp file's)
+            cleaned.append("slow")
+
+    tasks = [spawn(quick(), name="quick"), spawn(slow(), name="slow")]
+    async with asyncio.timeout(10):
+        await stop_spawned(0.5)
+    assert ended == ["quick"] and cleaned == ["slow"]
+    assert tasks[0].done() and not tasks[0].cancelled() and tasks[1].cancelled()
+    await stop_spawned(0.5)  # nothing left: returns at once

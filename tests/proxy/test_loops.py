@@ -7,6 +7,7 @@ Real threads and event loops; the whole proxy runs on two loops in every end-to-
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from appliance.proxy import app
 from appliance.proxy.app import start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
 
@@ -103,3 +105,46 @@ async def test_a_stalled_loop_fails_the_health_check_and_loops_stop_cleanly() ->
     finally:
         await loops.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("https-loop")]
+
+
+async def test_closing_cuts_requests_still_running_after_the_grace_on_every_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop must not wait for a long download (systemd's TimeoutStopSec would end it
+    with SIGKILL): what is still running after the grace is cancelled, on every loop."""
+    monkeypatch.setattr(app, "SHUTDOWN_GRACE_S", 0.2)
+    started, cancelled = threading.Semaphore(0), []
+
+    async def forever(_request: web.Request) -> web.Response:
+        started.release()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(threading.current_thread().name)
+            raise
+        return web.Response()
+
+    def make(_bridge: object) -> web.Application:
+        application = web.Application()
+        application.router.add_get("/", forever)
+        return application
+
+    loops = ServingLoops(2, make)
+    await loops.start(start_runner)
+    clients = []
+    try:
+        for loop, factory in loops.targets():
+            ours, theirs = socket.socketpair()
+            clients.append(ours)
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                loop.connect_accepted_socket(factory, theirs), loop))  # fmt: skip
+            ours.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in clients:
+            assert await asyncio.to_thread(started.acquire, True, 10)
+        async with asyncio.timeout(20):  # the default grace would be 60 s
+            await loops.close()
+    finally:
+        await loops.close()
+        for client in clients:
+            client.close()
+    assert sorted(cancelled) == ["https-loop-1", "https-loop-2"]
