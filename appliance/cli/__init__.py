@@ -17,7 +17,7 @@ from appliance.config.model import (
     default_config_path,
     load_config,
 )
-from appliance.kit import redact
+from appliance.kit import journal, redact
 from appliance.tls.ca import CaError
 
 Command = Callable[[argparse.Namespace, Config, Path], int]
@@ -63,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"regcache: config error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=config.log_level, handlers=[journal.handler(sys.stderr)])
     for handler in logging.getLogger().handlers:
         redact.install(handler)
     try:

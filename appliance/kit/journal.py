@@ -1,0 +1,59 @@
+"""Log lines for journald, when standard error is connected to it.
+
+systemd names the stream it gave the service in `$JOURNAL_STREAM` (device:inode). There,
+each line starts with its syslog priority (`<4>`: sd-daemon(3), read by journald since
+`SyslogLevelPrefix=` is on by default), so `journalctl -p warning` finds regcache's
+warnings, and carries no timestamp, which journald records itself. Anywhere else (a
+terminal, a file, a pipe), lines are as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TextIO
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+JOURNAL_FORMAT = "%(levelname)s %(name)s %(message)s"
+
+
+def attached(stream: TextIO) -> bool:
+    """Whether `stream` is the one systemd connected to the journal."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError):  # unset or malformed; a stream without a descriptor
+        return False
+
+
+def priority(level: int) -> int:
+    """The syslog priority of a logging level (Python's levels fall between syslog's)."""
+    if level >= logging.CRITICAL:
+        return 2
+    if level >= logging.ERROR:
+        return 3
+    if level >= logging.WARNING:
+        return 4
+    if level >= logging.INFO:
+        return 6
+    return 7
+
+
+class JournalFormatter(logging.Formatter):
+    """Every line prefixed: journald makes each line an entry of its own, so the lines
+    of a traceback keep their record's priority too."""
+
+    def __init__(self) -> None:
+        super().__init__(JOURNAL_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def handler(stream: TextIO) -> logging.Handler:
+    """A handler writing to `stream`, formatted for what `stream` is connected to."""
+    out = logging.StreamHandler(stream)
+    out.setFormatter(JournalFormatter() if attached(stream) else logging.Formatter(PLAIN_FORMAT))
+    return out
