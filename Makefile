@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config.dev.yaml
-# Debian packages the tests drive as real clients.
-DEB_TEST_PACKAGES := dnsutils knot-dnsutils openssl curl iproute2 skopeo docker-registry podman apache2-utils nftables systemd debootstrap vagrant chromium containerd
+# Debian packages the tests drive as real clients (debootstrap, systemd-container and
+# openssh-client: the booted lab of tests/deploy). Installed without recommended packages.
+DEB_TEST_PACKAGES := dnsutils knot-dnsutils openssl curl iproute2 skopeo docker-registry podman apache2-utils nftables systemd debootstrap systemd-container openssh-client vagrant chromium containerd
 # ...and the peers and load tools bench/run.py measures against (not needed by the tests).
 DEB_BENCH_PACKAGES := curl iproute2 skopeo docker-registry nginx-light dnsperf dnsmasq-base
 BENCH_ARGS ?=
@@ -27,7 +28,7 @@ deb-deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else echo "warning: missing Debian packages (run as root to install):$$missing"; fi; \
 	fi
 
