@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -95,6 +96,29 @@ def test_an_unwritable_audit_path_exits_1_naming_it(tmp_path: Path) -> None:
     audit = tmp_path / "a-file" / "audit.jsonl"  # its folder is a file: even root cannot
     rc = write_config(tmp_path, audit={"path": str(audit)})
     assert_clear_failure(rc, "audit.path", str(audit))
+
+
+async def test_an_index_from_a_newer_regcache_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """A downgrade: the index's schema is past what this regcache knows. It exits 1
+    naming the file and both versions, and neither rebuilds nor touches the index."""
+    rc = write_config(tmp_path)
+    rc.state_dir.mkdir(parents=True, exist_ok=True)
+    index = await SqliteIndex.open(rc.state_dir / INDEX_NAME)
+    await index.close()
+    db = sqlite3.connect(rc.state_dir / INDEX_NAME)
+    db.execute("PRAGMA user_version = 99")  # as a newer regcache would leave it
+    db.commit()
+    db.close()
+    before = {p.name: p.read_bytes() for p in rc.state_dir.glob(f"{INDEX_NAME}*")}
+    await asyncio.to_thread(
+        assert_clear_failure, rc, str(rc.state_dir / INDEX_NAME), "schema version 99", "up to"
+    )
+    after = {p.name: p.read_bytes() for p in rc.state_dir.glob(f"{INDEX_NAME}*")}
+    assert after == before  # not moved aside as corrupt, not migrated
+    verify = rc.cli("cache", "verify", check=False)  # the other commands say the same
+    assert verify.returncode == 1 and "schema version 99" in verify.stderr, verify.stderr
 
 
 async def test_a_background_task_that_dies_stops_regcache_with_exit_status_1(

@@ -28,7 +28,13 @@ from appliance.oci.digest import Digest
 from appliance.store.lifecycle import Entry, Lifecycle, Snapshot
 from appliance.store.localstate import LocalState
 from appliance.store.mirrorstate import MirrorState
-from appliance.store.schema import insert_blob, insert_manifest, migrate, schema_version
+from appliance.store.schema import (
+    NewerIndex,
+    insert_blob,
+    insert_manifest,
+    migrate,
+    schema_version,
+)
 
 __all__ = ["Entry", "Snapshot", "SqliteIndex"]
 
@@ -104,8 +110,10 @@ class SqliteIndex(Lifecycle, MirrorState, LocalState):
             await db.execute("PRAGMA busy_timeout=5000")
             index = cls(db)
             await migrate(db)
-        except BaseException:
+        except BaseException as e:
             await db.close()  # its worker thread would otherwise keep the process alive
+            if isinstance(e, NewerIndex):
+                raise NewerIndex(f"{path}: {e}") from None
             raise
         return index
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import aiosqlite
 
+from appliance.config.model import StartupError
 from appliance.oci.digest import Digest
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -221,9 +222,20 @@ async def schema_version(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+class NewerIndex(StartupError):
+    """The index was written by a newer regcache: this one refuses it rather than run
+    on rows it does not know (a downgrade); nothing is changed."""
+
+
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Bring the schema up to the newest version."""
+    """Bring the schema up to the newest version; NewerIndex if it is past that."""
     version = await schema_version(db)
+    if version > len(_MIGRATIONS):
+        raise NewerIndex(
+            f"the store's index has schema version {version}, and this regcache knows "
+            f"versions up to {len(_MIGRATIONS)}: a newer regcache wrote it. Start that "
+            "version again (the store and the index were not changed)"
+        )
     for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
         await db.executescript(
             f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
