@@ -56,10 +56,10 @@ Audit = Callable[[dict[str, object]], None]
 # What can make a 404 or a tag wrong: a PATCH only adds to an upload that its PUT ends
 # (and each of an upload's many chunks would void every 404 remembered meanwhile).
 _WRITES = frozenset({"PUT", "POST", "DELETE"})
+_PUSHES = _WRITES | {"PATCH"}
 SHUTDOWN_GRACE_S = 5.0
 """At shutdown, how long requests in flight get to finish before they are cut: a long
 download must not hold a stop past systemd's TimeoutStopSec (then SIGKILL)."""
-_PUSHES = _WRITES | {"PATCH"}
 
 
 class Cache(Protocol):

@@ -125,15 +125,18 @@ class Lab:
         """`cmd` run in the controller's namespace (it reaches the machines)."""
         return ["ip", "netns", "exec", self.ns, *cmd]
 
-    def start(self, log: Path, *cmd: str) -> subprocess.Popen[bytes]:
-        """A server of the test's own on the controller's side (stopped on the way out)."""
+    def start(self, log: Path, *cmd: str, ns: str | None = None) -> subprocess.Popen[bytes]:
+        """A server of the test's own, in the controller's namespace or `ns` (stopped on
+        the way out)."""
+        argv = ["ip", "netns", "exec", ns, *cmd] if ns else self.argv(*cmd)
         with log.open("ab") as out:
-            proc = subprocess.Popen(self.argv(*cmd), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         self._procs.append(proc)
         return proc
 
-    def boot(self, name: str, host: int) -> Machine:
-        """A machine at `SUBNET.host`, booted to multi-user.target, reachable by SSH."""
+    def host(self, name: str, host: int) -> tuple[str, str]:
+        """A namespace of its own at `SUBNET.host` on the bridge: (namespace, address).
+        Its side of the link is `vi-<name>` (to shape what it sends, say)."""
         ns = f"rclab-{self.tag}-{name}"
         self._namespace(ns)
         outer, inner = f"ve-{name}"[:15], f"vi-{name}"[:15]
@@ -142,6 +145,11 @@ class Lab:
         address = f"{SUBNET}.{host}"
         self.ip("addr", "add", f"{address}/24", "dev", inner, ns=ns)
         self.ip("link", "set", inner, "up", ns=ns)
+        return ns, address
+
+    def boot(self, name: str, host: int) -> Machine:
+        """A machine at `SUBNET.host`, booted to multi-user.target, reachable by SSH."""
+        ns, address = self.host(name, host)
         machine = Machine(name, address, ns, self.workdir / name)
         self.machines.append(machine)
         machine.boot(debian_root(), self.key.with_suffix(".pub"))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.lab import CACHE, CONTROLLER, REPO, Lab, Machine, run
+from tests.deploy.lab import CACHE, REPO, Lab, Machine, run
 from tests.e2e import pki
 from tests.e2e.images import image, layer, write_layout
 
@@ -31,10 +31,15 @@ BIN = REPO / ".venv" / "bin"
 CONFIG = "/etc/regcache/config.yaml"
 RESTART_WAIT_S = 30.0
 UPSTREAM_HOST = "ghcr.io"
+UPSTREAM_IP = "10.231.0.5"
 UPSTREAM_CA = "/usr/local/share/regcache-upstream-ca.pem"
 IMAGE = f"{UPSTREAM_HOST}/lab/hello:v1"
 # Layer sizes of the upstream's images (lab/<name>:v1): big ones to have transfers last.
 IMAGES = {"hello": (4 << 20, 1 << 20), "big": (24 << 20,), "big2": (24 << 20,)}
+# The release before this one, as far as the store is concerned: the last commit whose
+# index has schema 5 (6 came with the local registry).
+PREVIOUS = "64f7d95"
+SITE_PACKAGES = "/opt/regcache/lib/python3.11/site-packages/appliance"
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -50,12 +55,12 @@ class Deployed:
     """The layer digests of each of the upstream's `IMAGES`."""
     runs: list[tuple[float, subprocess.CompletedProcess[str]]] = field(default_factory=list)
 
-    def play(self) -> subprocess.CompletedProcess[str]:
+    def play(self, *extra: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
         started = time.monotonic()
         out = subprocess.run(
             self.lab.argv(str(BIN / "ansible-playbook"), "-i", str(self.inventory),
-                          "-e", f"@{self.inventory.with_name('vars.json')}", "site.yml"),
+                          "-e", f"@{self.inventory.with_name('vars.json')}", *extra, "site.yml"),
             cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
         self.runs.append((time.monotonic() - started, out))
@@ -98,7 +103,7 @@ def _source(tmp: Path) -> Path:
 
 
 def _upstream(lab: Lab, tmp: Path) -> tuple[Path, dict[str, list[str]]]:
-    """distribution 2.8 as ghcr.io on the controller's side of the bridge (TLS from a test
+    """distribution 2.8 as ghcr.io on a host of its own on the bridge (TLS from a test
     CA the gateway is told to trust), holding the `IMAGES`; their layer digests."""
     (tmp / "upstream").mkdir()
     ca = pki.TestCa(tmp / "upstream")
@@ -109,18 +114,21 @@ def _upstream(lab: Lab, tmp: Path) -> tuple[Path, dict[str, list[str]]]:
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
-        "http": {"addr": f"{CONTROLLER}:443", "tls": {"certificate": str(cert), "key": str(key)}},
+        "http": {"addr": f"{UPSTREAM_IP}:443", "tls": {"certificate": str(cert), "key": str(key)}},
     }))  # fmt: skip
-    proc = lab.start(log, "docker-registry", "serve", str(folder / "config.yml"))
+    ns, _ = lab.host("upstream", int(UPSTREAM_IP.rsplit(".", 1)[1]))
+    proc = lab.start(log, "docker-registry", "serve", str(folder / "config.yml"), ns=ns)
     deadline = time.monotonic() + 20
-    while run(lab.argv("bash", "-c", f"exec 3<>/dev/tcp/{CONTROLLER}/443"), check=False).returncode:
+    while run(
+        lab.argv("bash", "-c", f"exec 3<>/dev/tcp/{UPSTREAM_IP}/443"), check=False
+    ).returncode:
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
     layers = {}
     for repo, sizes in IMAGES.items():
         img = image([layer(size, f"{repo}-{n}") for n, size in enumerate(sizes)])
         layout = write_layout(tmp / "layouts" / repo, "v1", img)
-        pushed = f"docker://{CONTROLLER}/lab/{repo}:v1"
+        pushed = f"docker://{UPSTREAM_IP}/lab/{repo}:v1"
         run(lab.argv("skopeo", "copy", "--quiet", "--dest-tls-verify=false",
                      f"oci:{layout}:v1", pushed))  # fmt: skip
         # What the upstream holds (skopeo compressed the layers on the way).
@@ -157,7 +165,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             f"ansible_ssh_common_args='{' '.join(lab.ssh_options()[2:])}'\n"
         )
         # The test upstream: its address (the lab has no resolver for it) and its CA.
-        extra = {"resolve": {UPSTREAM_HOST: [CONTROLLER]}, "upstream": {"ca_bundle": UPSTREAM_CA}}
+        extra = {"resolve": {UPSTREAM_HOST: [UPSTREAM_IP]}, "upstream": {"ca_bundle": UPSTREAM_CA}}
         (tmp / "vars.json").write_text(json.dumps({
             "regcache_appliance_ipv4": gateway.address, "regcache_client_gateway": gateway.address,
             "regcache_source": str(source), "regcache_wheelhouse": str(wheels),
@@ -418,14 +426,17 @@ def test_reload_applies_log_level_and_offline_and_keeps_a_pull_going(deployed: D
 
 
 def test_stop_during_a_fill_is_clean_and_keeps_the_store(deployed: Deployed) -> None:
-    """`systemctl stop` while a blob is coming from upstream (the gateway's link slowed to
-    10 Mbit/s: 24 MiB take about 20 s, more than the stop's graces): regcache cuts the
+    """`systemctl stop` while a blob is coming from upstream (the upstream's traffic to the
+    gateway slowed to 2 Mbit/s: 24 MiB take 100 s, far more than the stop's graces; a
+    fill that ends within them is committed and indexed instead): regcache cuts the
     download, cancels the fill and exits by itself within TimeoutStopSec, leaves no
     partial file and no unindexed one, and the blob is whole after the next start."""
     digest = deployed.layers["big2"][0]
-    shape = ["tc", "qdisc", "add", "dev", "ve-gateway", "root", "tbf", "rate", "10mbit",
-             "burst", "64kb", "latency", "2s"]  # fmt: skip
-    run(deployed.lab.argv(*shape))
+    # What the upstream host sends is slowed (a token bucket on its side of the link).
+    upstream = f"rclab-{deployed.lab.tag}-upstream"
+    shape = ["ip", "netns", "exec", upstream, "tc", "qdisc", "add", "dev", "vi-upstream", "root",
+             "tbf", "rate", "2mbit", "burst", "32kb", "latency", "5s"]  # fmt: skip
+    run(shape)
     log = deployed.lab.workdir / "cut-pull.log"
     try:
         pull = deployed.lab.ssh_background(
@@ -439,7 +450,7 @@ def test_stop_during_a_fill_is_clean_and_keeps_the_store(deployed: Deployed) -> 
         stop = deployed.systemctl("stop", "regcache")
         assert stop.returncode == 0, stop.stderr
         assert deployed.show("Result") == "success"  # not "timeout": no SIGKILL was needed
-        # How long systemd saw it stopping (the SSH round trips cross the slowed link).
+        # How long systemd saw it stopping, not counting the SSH round trips.
         took = (int(deployed.show("InactiveEnterTimestampMonotonic"))
                 - int(deployed.show("ActiveExitTimestampMonotonic"))) / 1e6  # fmt: skip
         said = [r["MESSAGE"] for r in _journal(deployed, cursor)]
@@ -454,7 +465,7 @@ def test_stop_during_a_fill_is_clean_and_keeps_the_store(deployed: Deployed) -> 
         _, _, exited, sha = log.read_text().split()[:4]
         assert exited != "curl=0" or sha == digest[7:], log.read_text()  # cut, or whole
     finally:
-        run(deployed.lab.argv("tc", "qdisc", "del", "dev", "ve-gateway", "root"), check=False)
+        run([*shape[:6], "del", *shape[7:10]], check=False)
         deployed.systemctl("start", "regcache")
     verify = deployed.lab.ssh(
         deployed.gateway,
@@ -464,3 +475,73 @@ def test_stop_during_a_fill_is_clean_and_keeps_the_store(deployed: Deployed) -> 
     again = deployed.lab.ssh(deployed.client, _fetch("big2", digest, "/root/whole"))
     status, _, exited, sha = again.stdout.split()[:4]
     assert (status, exited, sha) == ("200", "curl=0", digest[7:]), again.stdout
+
+
+def _previous_source(tmp: Path) -> Path:
+    """The tree of `PREVIOUS`, as the role would copy it from a checkout of that release."""
+    found = run(["git", "-C", str(REPO), "cat-file", "-e", f"{PREVIOUS}^{{commit}}"], check=False)
+    assert found.returncode == 0, f"{PREVIOUS} is not in this checkout (a shallow clone?)"
+    source = tmp / "previous"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", PREVIOUS, "appliance", "systemd", "pyproject.toml",
+         "README.md", "config.example.yaml"], capture_output=True, check=True,
+    )  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    return source
+
+
+def _index_version(deployed: Deployed) -> int:
+    out = deployed.lab.ssh(
+        deployed.gateway,
+        'python3 -c "import sqlite3; print(sqlite3.connect('
+        "'file:/var/lib/regcache/index.sqlite?mode=ro', uri=True)"
+        ".execute('PRAGMA user_version').fetchone()[0])\"",
+    )
+    return int(out.stdout)
+
+
+def test_an_upgrade_keeps_store_and_ca_and_a_downgrade_is_refused(deployed: Deployed) -> None:
+    """The previous release deployed afresh and pulled through; the current one deployed
+    over it by the same playbook: index migrated, store and CA kept, pulls still served
+    from the store. Then an index a newer release wrote: the unit refuses to start,
+    saying why, and the index stays as it was. (Last: it rebuilds the gateway.)"""
+    tmp = deployed.inventory.parent
+    wipe = "systemctl stop regcache && rm -rf /var/lib/regcache/* /opt/regcache-src"
+    assert deployed.lab.ssh(deployed.gateway, wipe).returncode == 0
+    previous = deployed.play("-e", f"regcache_source={_previous_source(tmp)}")
+    assert previous.returncode == 0, previous.stdout[-4000:] + previous.stderr[-2000:]
+    assert (
+        deployed.lab.ssh(deployed.gateway, f"test ! -e {SITE_PACKAGES}/kit/journal.py").returncode
+        == 0
+    )
+    assert _index_version(deployed) == 5
+    pull = f"rm -rf /root/p && skopeo copy --quiet docker://{IMAGE} oci:/root/p:v1"
+    assert deployed.lab.ssh(deployed.client, pull).returncode == 0
+    ca = (deployed.gateway.root / "var/lib/regcache/ca/ca.crt").read_bytes()
+    gets = {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]}
+
+    current = deployed.play()
+    assert current.returncode == 0, current.stdout[-4000:] + current.stderr[-2000:]
+    assert (
+        deployed.lab.ssh(deployed.gateway, f"test -e {SITE_PACKAGES}/kit/journal.py").returncode
+        == 0
+    )
+    assert _index_version(deployed) == 6  # migrated in place
+    assert (deployed.gateway.root / "var/lib/regcache/ca/ca.crt").read_bytes() == ca
+    assert deployed.lab.ssh(deployed.client, pull).returncode == 0  # the same CA trusted
+    assert {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]} == gets  # from the store
+
+    # A newer release's index: refused, unchanged, and systemd says the unit failed.
+    future = ("systemctl stop regcache && python3 -c \"import sqlite3; db = sqlite3.connect("
+              "'/var/lib/regcache/index.sqlite'); db.execute('PRAGMA user_version = 7'); "
+              "db.commit()\" && sha256sum /var/lib/regcache/index.sqlite")  # fmt: skip
+    before = deployed.lab.ssh(deployed.gateway, future).stdout
+    cursor = _journal(deployed)[-1]["__CURSOR"]
+    assert deployed.systemctl("start", "regcache").returncode != 0
+    said = " ".join(r["MESSAGE"] for r in _journal(deployed, cursor))
+    assert "schema version 7, and this regcache knows versions up to 6" in said, said
+    assert "Traceback" not in said
+    after = deployed.lab.ssh(deployed.gateway, "sha256sum /var/lib/regcache/index.sqlite").stdout
+    assert after == before.splitlines()[-1] + "\n"
+    assert not list((deployed.gateway.root / "var/lib/regcache").glob("index.sqlite.corrupt*"))
