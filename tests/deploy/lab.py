@@ -15,11 +15,12 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.s3engine import stop
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CACHE = REPO / "var" / "lab"
@@ -104,12 +105,7 @@ class Lab:
         for machine in reversed(self.machines):
             machine.poweroff()
         for proc in self._procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop(proc, timeout=10)
         for ns in reversed(self._namespaces):
             run(["ip", "netns", "del", ns], check=False)
 
@@ -232,13 +228,8 @@ class Machine:
         """A clean shutdown (nspawn turns SIGTERM into one), SIGKILL if it hangs; the copy
         of the root goes too."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=POWEROFF_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+        if proc is not None:
+            stop(proc, timeout=POWEROFF_TIMEOUT_S)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.root)
 

@@ -1,6 +1,8 @@
 """regcache deployed the way an operator does it, onto machines that boot systemd: both
 Ansible roles from `ansible/site.yml` over SSH into a gateway and a build host (`lab`),
-twice, then the unit under systemd itself: readiness, the sandbox, a crash, the journal.
+twice, then the unit under systemd itself: readiness, a pull by DNS, the sandbox, a crash,
+the journal, reload and stop with transfers in flight, an upgrade and a downgrade. The
+tests run in file order and share the machines.
 
 The machines have no route out: the gateway's venv is installed from a wheelhouse built
 here (`regcache_wheelhouse`), and the packages the roles need are in the machines' root.
