@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(path)
     except ConfigError as e:
-        print(f"regcache: config error: {e}", file=sys.stderr)
+        journal.error(f"regcache: config error: {e}", sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level, handlers=[journal.handler(sys.stderr)])
     for handler in logging.getLogger().handlers:
@@ -69,5 +69,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args, config, Path(path))
     except (CaError, StartupError, OSError) as e:
-        print(f"regcache: {e}", file=sys.stderr)
+        journal.error(f"regcache: {e}", sys.stderr)
         return 1

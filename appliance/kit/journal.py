@@ -17,14 +17,23 @@ PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 JOURNAL_FORMAT = "%(levelname)s %(name)s %(message)s"
 
 
-def attached(stream: TextIO) -> bool:
+def attached(stream: TextIO | None) -> bool:
     """Whether `stream` is the one systemd connected to the journal."""
     device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if stream is None:  # sys.stderr, when the process has none
+        return False
     try:
         st = os.fstat(stream.fileno())
         return (st.st_dev, st.st_ino) == (int(device), int(inode))
     except (ValueError, OSError):  # unset or malformed; a stream without a descriptor
         return False
+
+
+def error(text: str, stream: TextIO) -> None:
+    """`text` written as an error: with priority 3 (`err`) where `stream` is the journal,
+    so that `journalctl -p err` shows why regcache did not start."""
+    prefix = f"<{priority(logging.ERROR)}>" if attached(stream) else ""
+    print("\n".join(prefix + line for line in text.split("\n")), file=stream)
 
 
 def priority(level: int) -> int:
@@ -49,7 +58,7 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in super().format(record).splitlines())
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
 def handler(stream: TextIO) -> logging.Handler:

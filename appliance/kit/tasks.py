@@ -19,6 +19,7 @@ Job = Callable[[], Awaitable[None]]
 
 # The event loop keeps only weak references to tasks; this set keeps them alive.
 _running: set[asyncio.Task[Any]] = set()
+_STOP_ROUNDS = 3  # `stop_spawned`: clean-ups spawning clean-ups, a few deep at most
 
 
 def spawn(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
@@ -30,15 +31,20 @@ def spawn(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
 
 async def stop_spawned(grace_s: float) -> None:
     """At shutdown, before what spawned tasks use (the index, the upstream session) is
-    released: the tasks running now get `grace_s` to end, the rest are cancelled and
-    waited for. A fill cancelled so discards its temp file; one left running would
-    commit a file after the index closed, leaving it unindexed until the next start."""
-    pending = set(_running)
-    if pending:
-        _, pending = await asyncio.wait(pending, timeout=grace_s)
-    for task in pending:
-        task.cancel()
-    if pending:
+    released: this loop's spawned tasks get `grace_s` to end, the rest are cancelled and
+    waited for; then the same for tasks spawned meanwhile (a cancellation may spawn a
+    clean-up, such as a lease's release).
+    A fill cancelled so discards its temp file; one left running would commit a file
+    after the index closed, leaving it unindexed until the next start. Tasks of other
+    loops (the TLS front door's) are theirs to stop."""
+    loop = asyncio.get_running_loop()
+    for _ in range(_STOP_ROUNDS):  # each round with the grace: at most rounds x grace
+        mine = {t for t in _running if t.get_loop() is loop and t is not asyncio.current_task()}
+        if not mine:
+            return
+        _, pending = await asyncio.wait(mine, timeout=grace_s)
+        for task in pending:
+            task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +32,7 @@ from appliance.store.localstate import LocalState
 from appliance.store.mirrorstate import MirrorState
 from appliance.store.schema import (
     NewerIndex,
+    check_version,
     insert_blob,
     insert_manifest,
     migrate,
@@ -101,6 +104,7 @@ class SqliteIndex(Lifecycle, MirrorState, LocalState):
 
     @classmethod
     async def open(cls, path: Path) -> SqliteIndex:
+        await _refuse_newer(path)  # before WAL mode, or a checkpoint on close
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
@@ -110,10 +114,8 @@ class SqliteIndex(Lifecycle, MirrorState, LocalState):
             await db.execute("PRAGMA busy_timeout=5000")
             index = cls(db)
             await migrate(db)
-        except BaseException as e:
+        except BaseException:
             await db.close()  # its worker thread would otherwise keep the process alive
-            if isinstance(e, NewerIndex):
-                raise NewerIndex(f"{path}: {e}") from None
             raise
         return index
 
@@ -374,3 +376,21 @@ def _kept(known: BoundedMap[str, T], key: str, value: T) -> T:
 def _tag_row(row: Sequence[Any]) -> TagRow:
     """A `SELECT digest, media_type, size, validated_s` row."""
     return TagRow(Digest.parse(row[0]), str(row[1]), int(row[2]), float(row[3]))
+
+
+async def _refuse_newer(path: Path) -> None:
+    """NewerIndex if a newer regcache wrote the index at `path`, found read-only: the
+    file must not be changed, not even by a checkpoint of its WAL on close."""
+    try:
+        async with aiosqlite.connect(_read_only(path), uri=True) as db:
+            version = await schema_version(db)
+    except sqlite3.OperationalError:  # none yet (or unreadable: the real open says so)
+        return
+    try:
+        check_version(version)
+    except NewerIndex as e:
+        raise NewerIndex(f"{path}: {e}") from None
+
+
+def _read_only(path: Path) -> str:
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"

@@ -227,15 +227,20 @@ class NewerIndex(StartupError):
     on rows it does not know (a downgrade); nothing is changed."""
 
 
-async def migrate(db: aiosqlite.Connection) -> None:
-    """Bring the schema up to the newest version; NewerIndex if it is past that."""
-    version = await schema_version(db)
+def check_version(version: int) -> None:
+    """NewerIndex if schema `version` is past what this regcache knows."""
     if version > len(_MIGRATIONS):
         raise NewerIndex(
             f"the store's index has schema version {version}, and this regcache knows "
             f"versions up to {len(_MIGRATIONS)}: a newer regcache wrote it. Start that "
             "version again (the store and the index were not changed)"
         )
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    """Bring the schema up to the newest version; NewerIndex if it is past that."""
+    version = await schema_version(db)
+    check_version(version)
     for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
         await db.executescript(
             f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"

@@ -102,12 +102,14 @@ class Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for machine in reversed(self.machines):
-            machine.poweroff()
-        for proc in self._procs:
-            stop(proc, timeout=10)
-        for ns in reversed(self._namespaces):
-            run(["ip", "netns", "del", ns], check=False)
+        # Each step on its own: one that fails must not leave the rest behind.
+        with contextlib.ExitStack() as steps:
+            for ns in self._namespaces:
+                steps.callback(run, ["ip", "netns", "del", ns], check=False)
+            for proc in self._procs:
+                steps.callback(stop, proc, timeout=10)
+            for machine in self.machines:
+                steps.callback(machine.poweroff)
 
     def _namespace(self, name: str) -> None:
         run(["ip", "netns", "add", name])
@@ -206,14 +208,19 @@ class Machine:
         self.boot_s = time.monotonic() - started
 
     def _leader(self) -> int | None:
-        """The container's PID 1, seen from here: nspawn's child."""
+        """The container's PID 1, seen from here: the child of nspawn that lives in a PID
+        namespace of its own (not the short-lived helper nspawn forks first)."""
         if self._proc is None:
             return None
+        ours = os.readlink("/proc/self/ns/pid")
         try:
             children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children").read_text()
-        except OSError:
+            for child in children.split():
+                if os.readlink(f"/proc/{child}/ns/pid") != ours:
+                    return int(child)
+        except OSError:  # gone meanwhile: asked again
             return None
-        return int(children.split()[0]) if children.split() else None
+        return None
 
     def enter(
         self, *cmd: str, check: bool = True, timeout: float = 120

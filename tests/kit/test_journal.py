@@ -63,3 +63,20 @@ def test_the_handler_formats_for_where_it_writes(
     first, second = (tmp_path / "log").read_text().splitlines()
     assert first == "<4>WARNING appliance.x to the journal"
     assert second.endswith(" WARNING appliance.x to a file") and second[:4].isdigit()
+
+
+def test_errors_the_cli_prints_are_errors_in_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why regcache did not start (a config error, a refused index) shows under
+    `journalctl -p err`; lines are split on newlines only, as journald splits them."""
+    with (tmp_path / "log").open("w") as out:
+        st = os.fstat(out.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        journal.error("regcache: bad\nsecond line\rkept", out)
+        monkeypatch.delenv("JOURNAL_STREAM")
+        journal.error("regcache: plain", out)
+    with (tmp_path / "log").open(newline="") as written:
+        text = written.read()
+    assert text == ("<3>regcache: bad\n<3>second line\rkept\nregcache: plain\n")
+    assert not journal.attached(None)  # a process without standard error

@@ -137,3 +137,41 @@ async def test_stopping_spawned_work_lets_quick_tasks_end_and_cancels_the_rest()
     assert ended == ["quick"] and cleaned == ["slow"]
     assert tasks[0].done() and not tasks[0].cancelled() and tasks[1].cancelled()
     await stop_spawned(0.5)  # nothing left: returns at once
+
+
+async def test_stopping_spawned_work_leaves_other_loops_alone_and_waits_for_late_clean_ups() -> (
+    None
+):
+    """Only this loop's tasks are this loop's to cancel (the TLS front door runs its own);
+    a clean-up that a cancellation spawns is waited for too."""
+    late: list[str] = []
+
+    async def cleaned_late() -> None:
+        await asyncio.sleep(0.05)
+        late.append("done")
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            spawn(cleaned_late(), name="late clean-up")
+
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+    try:
+        theirs = asyncio.run_coroutine_threadsafe(_spawn_sleeper(), other).result(5)
+        spawn(slow(), name="slow")
+        async with asyncio.timeout(10):
+            await stop_spawned(0.1)
+        assert late == ["done"]
+        assert not theirs.done()  # not cancelled from this thread
+        other.call_soon_threadsafe(theirs.cancel)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(5)
+        other.close()
+
+
+async def _spawn_sleeper() -> asyncio.Task[None]:
+    return spawn(asyncio.sleep(3600), name="another loop's")
