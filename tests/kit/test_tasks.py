@@ -166,7 +166,7 @@ async def test_stopping_spawned_work_leaves_other_loops_alone_and_waits_for_late
             await stop_spawned(0.1)
         assert late == ["done"]
         assert not theirs.done()  # not cancelled from this thread
-        other.call_soon_threadsafe(theirs.cancel)
+        asyncio.run_coroutine_threadsafe(_cancelled(theirs), other).result(5)
     finally:
         other.call_soon_threadsafe(other.stop)
         thread.join(5)
@@ -175,3 +175,8 @@ async def test_stopping_spawned_work_leaves_other_loops_alone_and_waits_for_late
 
 async def _spawn_sleeper() -> asyncio.Task[None]:
     return spawn(asyncio.sleep(3600), name="another loop's")
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
