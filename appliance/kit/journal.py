@@ -32,8 +32,15 @@ def attached(stream: TextIO | None) -> bool:
 def error(text: str, stream: TextIO) -> None:
     """`text` written as an error: with priority 3 (`err`) where `stream` is the journal,
     so that `journalctl -p err` shows why regcache did not start."""
-    prefix = f"<{priority(logging.ERROR)}>" if attached(stream) else ""
-    print("\n".join(prefix + line for line in text.split("\n")), file=stream)
+    print(prefixed(text, logging.ERROR) if attached(stream) else text, file=stream)
+
+
+def prefixed(text: str, level: int) -> str:
+    """Each line of `text` with the syslog priority of `level`: journald makes every line
+    an entry of its own, so the lines of a traceback keep their record's priority too.
+    Split on newlines only, as journald splits."""
+    prefix = f"<{priority(level)}>"
+    return "\n".join(prefix + line for line in text.split("\n"))
 
 
 def priority(level: int) -> int:
@@ -50,15 +57,13 @@ def priority(level: int) -> int:
 
 
 class JournalFormatter(logging.Formatter):
-    """Every line prefixed: journald makes each line an entry of its own, so the lines
-    of a traceback keep their record's priority too."""
+    """Every line of a record prefixed with its priority (`prefixed`)."""
 
     def __init__(self) -> None:
         super().__init__(JOURNAL_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+        return prefixed(super().format(record), record.levelno)
 
 
 def handler(stream: TextIO) -> logging.Handler:
