@@ -26,12 +26,26 @@ REGCACHE = [sys.executable, "-m", "appliance.cli"]
 EXAMPLE_CONFIG = REPO / "config.example.yaml"
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to unbound sockets (`ip_local_port_range`)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host`."""
-    for _ in range(50):
+    """A port free for both UDP and TCP on `host`, chosen below the kernel's ephemeral range:
+    a port from that range can be taken by any outgoing connection between this call and
+    the server's bind (seen as "address already in use" in CI)."""
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        port = secrets.randbelow(floor - 10_000) + 10_000
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
+            try:
+                tcp.bind((host, port))
+            except OSError:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind((host, port))
