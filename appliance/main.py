@@ -32,7 +32,7 @@ from appliance.kit.tasks import Job, stop_spawned, supervise
 from appliance.mirror.budget import Budgets
 from appliance.mirror.scheduler import Mirror
 from appliance.mirror.view import MirrorTags
-from appliance.proxy.app import SHUTDOWN_GRACE_S, create_app, start_runner
+from appliance.proxy.app import app_runner, create_app, start_runner
 from appliance.proxy.loops import Bridge, ServingLoops
 from appliance.proxy.outage import TokensGiven
 from appliance.runtime.ca_policy import ensure_ca
@@ -219,12 +219,11 @@ async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Servic
     where a start can fail half way (several loops or endpoints)."""
     config = parts.config
     runner = await start_runner(service.proxy_app(None))
-    stack.push_async_callback(runner.cleanup)
-    admin = web.AppRunner(service.admin_app, access_log=None, handle_signals=False,
-                          shutdown_timeout=SHUTDOWN_GRACE_S)  # fmt: skip
+    admin = app_runner(service.admin_app)
+    # All runners at once (each may wait out requests in flight); admin's sites, bound
+    # below, with it.
+    stack.push_async_callback(service.loops.close, runner, admin)
     await admin.setup()
-    stack.push_async_callback(admin.cleanup)  # also stops the admin sites bound below
-    stack.push_async_callback(service.loops.close)
     await service.loops.start(start_runner)
     assert runner.server is not None
     https = TlsListener(

@@ -148,18 +148,19 @@ class ServingLoops:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop))
         return None
 
-    async def close(self) -> None:
-        # All loops at once: each may wait out the requests in flight on it.
+    async def close(self, *home: web.AppRunner) -> None:
+        """Stop serving: the runner of every loop, and the `home` runners (of the loop that
+        calls), all at once; each may wait out the requests in flight on it."""
         cleanups = [
             asyncio.wait_for(
                 asyncio.wrap_future(asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)),
                 _STOP_TIMEOUT_S,
             )
             for loop, runner in zip(self._loops, self._runners, strict=False)
-        ]
+        ] + [runner.cleanup() for runner in home]
         for outcome in await asyncio.gather(*cleanups, return_exceptions=True):
             if isinstance(outcome, Exception):  # stopping regardless
-                log.warning("https loop cleanup failed error=%s", outcome)
+                log.warning("https runner cleanup failed error=%s", outcome)
         for loop, thread in zip(self._loops, self._threads, strict=True):
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, _STOP_TIMEOUT_S)
