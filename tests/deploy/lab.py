@@ -29,10 +29,14 @@ MIRROR = os.environ.get("REGCACHE_DEBIAN_MIRROR", "http://deb.debian.org/debian"
 # (the lab's machines have no route to a Debian mirror); dig and curl for the build host...
 PACKAGES = (
     "systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,python3-venv,"
-    "python3-packaging,ca-certificates,iproute2,dnsutils,curl"
+    "ca-certificates,iproute2,dnsutils,curl"
 )
 # ...and skopeo, installed by apt afterwards (debootstrap cannot order its dependencies).
 LATER = ("skopeo",)
+# Packages only some machines have: kept as .deb files in the root (`DEBS`), installed
+# into a machine's copy before it boots (`Lab.boot(..., install=...)`).
+OPTIONAL = ("systemd-resolved",)
+DEBS = "opt/lab-debs"
 SUBNET = "10.231.0"
 CONTROLLER = f"{SUBNET}.1"
 BOOT_TIMEOUT_S = 120.0
@@ -52,7 +56,7 @@ def run(
 
 def debian_root() -> Path:
     """The cached bookworm root, built now if missing (about a minute)."""
-    key = hashlib.sha256(f"bookworm {PACKAGES} {LATER}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"bookworm {PACKAGES} {LATER} {OPTIONAL}".encode()).hexdigest()[:12]
     root = CACHE / f"bookworm-{key}"
     if root.is_dir():
         return root
@@ -69,6 +73,9 @@ def debian_root() -> Path:
             run(["chroot", str(building), "update-ca-certificates"])
         run(["chroot", str(building), "apt-get", "install", "-y", "-qq",
              "--no-install-recommends", *LATER], timeout=900)  # fmt: skip
+        (building / DEBS).mkdir(parents=True)
+        run(["chroot", str(building), "sh", "-c", f"cd /{DEBS} && apt-get download -qq "
+             + " ".join(OPTIONAL)])  # fmt: skip
         run(["chroot", str(building), "apt-get", "clean"])
         building.rename(root)  # whole or not at all: a half-built root is never reused
     finally:
@@ -145,12 +152,13 @@ class Lab:
         self.ip("link", "set", inner, "up", ns=ns)
         return ns, address
 
-    def boot(self, name: str, host: int) -> Machine:
-        """A machine at `SUBNET.host`, booted to multi-user.target, reachable by SSH."""
+    def boot(self, name: str, host: int, install: tuple[str, ...] = ()) -> Machine:
+        """A machine at `SUBNET.host`, booted to multi-user.target, reachable by SSH, with
+        the `OPTIONAL` packages named in `install`."""
         ns, address = self.host(name, host)
         machine = Machine(name, address, ns, self.workdir / name)
         self.machines.append(machine)
-        machine.boot(debian_root(), self.key.with_suffix(".pub"))
+        machine.boot(debian_root(), self.key.with_suffix(".pub"), install)
         return machine
 
     def ssh(
@@ -179,9 +187,12 @@ class Machine:
         self.boot_s = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def boot(self, image: Path, key: Path) -> None:
+    def boot(self, image: Path, key: Path, install: tuple[str, ...] = ()) -> None:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         run(["cp", "-a", "--reflink=auto", str(image), str(self.root)])
+        for name in install:
+            (deb,) = (self.root / DEBS).glob(f"{name}_*.deb")
+            run(["chroot", str(self.root), "dpkg", "--install", f"/{DEBS}/{deb.name}"])
         ssh = self.root / "root/.ssh"
         ssh.mkdir(mode=0o700, exist_ok=True)
         shutil.copy(key, ssh / "authorized_keys")

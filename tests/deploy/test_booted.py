@@ -1,11 +1,12 @@
 """regcache deployed the way an operator does it, onto machines that boot systemd: both
-Ansible roles from `ansible/site.yml` over SSH into a gateway and a build host (`lab`),
-twice, then the unit under systemd itself: readiness, a pull by DNS, the sandbox, a crash,
-the journal, reload and stop with transfers in flight, an upgrade and a downgrade. The
-tests run in file order and share the machines.
+Ansible roles from `ansible/site.yml` over SSH into a gateway and two build hosts (`lab`;
+one resolves through systemd-resolved), twice, with `regcache doctor` run by the client
+role on each build host; then the unit under systemd itself: readiness, a pull by DNS,
+the sandbox, a crash, the journal, reload and stop with transfers in flight, an upgrade
+and a downgrade. The tests run in file order and share the machines.
 
-The machines have no route out: the gateway's venv is installed from a wheelhouse built
-here (`regcache_wheelhouse`), and the packages the roles need are in the machines' root.
+The machines have no route out: the venvs are installed from a wheelhouse built here
+(`regcache_wheelhouse`), and the packages the roles need are in the machines' root.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ class Deployed:
     lab: Lab
     gateway: Machine
     client: Machine
+    resolver: Machine
+    """A build host where systemd-resolved runs (the client role's drop-in branch)."""
     inventory: Path
+    wheelhouse: Path
     upstream_log: Path
     layers: dict[str, list[str]]
     """The layer digests of each of the upstream's `IMAGES`."""
@@ -87,7 +91,7 @@ def _wheelhouse(source: Path) -> Path:
         run([str(BIN / "pip"), "wheel", "--quiet", "--wheel-dir", str(building), str(source)],
             timeout=900)  # fmt: skip
         run([str(BIN / "pip"), "download", "--quiet", "--dest", str(building), "setuptools>=68"])
-        for own in building.glob("regcache-*.whl"):  # the role installs the source it copies
+        for own in building.glob("regcache-*.whl"):  # the role builds its own from the source
             own.unlink()
         building.rename(wheels)
     return wheels
@@ -153,6 +157,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         upstream_ca, layers = _upstream(lab, tmp)
         gateway = lab.boot("gateway", 10)
         client = lab.boot("client", 20)
+        resolver = lab.boot("resolver", 30, install=("systemd-resolved",))
         shutil.copy(upstream_ca, gateway.root / UPSTREAM_CA.lstrip("/"))
         # A build host where BuildKit is configured: the client role adds the CA to it.
         (client.root / "etc/buildkit").mkdir()
@@ -162,10 +167,12 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         inventory.write_text(
             f"[regcache_gateway]\ngateway ansible_host={gateway.address}\n"
             f"[regcache_clients]\nclient ansible_host={client.address}\n"
+            f"resolver ansible_host={resolver.address}\n"
             "[all:vars]\nansible_user=root\n"
             f"ansible_ssh_private_key_file={lab.key}\n"
             f"ansible_ssh_common_args='{' '.join(lab.ssh_options()[2:])}'\n"
         )
+        arch = run(["dpkg", "--print-architecture"]).stdout.strip()  # the machines' too
         # The test upstream: its address (the lab has no resolver for it) and its CA.
         extra = {"resolve": {UPSTREAM_HOST: [UPSTREAM_IP]}, "upstream": {"ca_bundle": UPSTREAM_CA}}
         (tmp / "vars.json").write_text(json.dumps({
@@ -173,18 +180,36 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             "regcache_source": str(source), "regcache_wheelhouse": str(wheels),
             "regcache_ca_fetch_dest": str(ca), "regcache_client_ca_src": str(ca),
             "regcache_extra_config": extra,
+            # The lab's one upstream: the other registries' names reach the gateway too,
+            # but nothing behind it.
+            "regcache_client_doctor": True, "regcache_client_doctor_hosts": [UPSTREAM_HOST],
+            # One named with its architecture, as apt allows: installed, so nothing to do
+            # (the machines could not reach a mirror).
+            "regcache_debian_packages": ["python3", "python3-venv", "ca-certificates",
+                                         f"iproute2:{arch}"],
         }))  # fmt: skip
-        yield Deployed(lab, gateway, client, inventory, tmp / "registry.log", layers)
+        yield Deployed(
+            lab, gateway, client, resolver, inventory, wheels, tmp / "registry.log", layers
+        )
 
 
 def test_roles_over_ssh_twice_second_changes_nothing(deployed: Deployed) -> None:
+    """Twice, then once more with --check (what an operator runs before applying): the
+    second and the third change nothing on any host."""
     first = deployed.play()
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
     second = deployed.play()
-    assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-3000:]
-    recap = second.stdout[second.stdout.index("PLAY RECAP") :]
-    assert re.search(r"gateway\s+: ok=\d+\s+changed=0 .*failed=0", recap), recap
-    assert re.search(r"client\s+: ok=\d+\s+changed=0 .*failed=0", recap), recap
+    checked = deployed.play("--check")
+    for out in (second, checked):
+        assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+        recap = out.stdout[out.stdout.index("PLAY RECAP") :]
+        for host in ("gateway", "client", "resolver"):
+            assert re.search(rf"{host}\s+: ok=\d+\s+changed=0 .*failed=0", recap), recap
+    # The client role ran the doctor on both build hosts, on both runs, and it passed.
+    for out in (first, second):
+        assert _task_results(out.stdout, "Run regcache doctor") == {
+            "client": "ok", "resolver": "ok"
+        }, out.stdout[-3000:]  # fmt: skip
     print(f"boot s: gateway {deployed.gateway.boot_s:.1f}, client {deployed.client.boot_s:.1f}; "
           f"role runs s: {', '.join(f'{s:.0f}' for s, _ in deployed.runs)}")  # fmt: skip
     # Started by the role, under systemd, as the unit says.
@@ -193,6 +218,17 @@ def test_roles_over_ssh_twice_second_changes_nothing(deployed: Deployed) -> None
     # The build host resolves through the gateway.
     resolv = deployed.lab.ssh(deployed.client, "cat /etc/resolv.conf").stdout
     assert f"nameserver {deployed.gateway.address}" in resolv
+
+
+def _task_results(output: str, task: str) -> dict[str, str]:
+    """{host: ok|changed|failed|skipping} of the task named `task` in a play's output."""
+    found: dict[str, str] = {}
+    for block in output.split("\nTASK [")[1:]:
+        if block.split("]", 1)[0].endswith(f": {task}"):
+            for status, host in re.findall(r"^(ok|changed|failed|fatal|skipping): \[(\w+)\]",
+                                           block, re.M):  # fmt: skip
+                found[host] = status
+    return found
 
 
 def _owner(root: Path, path: str) -> tuple[str, str, str]:
@@ -229,6 +265,16 @@ def test_what_the_roles_installed(deployed: Deployed) -> None:
     for folder in ("etc/docker/certs.d", "etc/containers/certs.d"):
         for host in ("registry-1.docker.io", "ghcr.io", "quay.io"):
             assert (client / folder / host / "ca.crt").read_text().strip() == pem
+    # One wheel, built on the controller, installed into the venv, beside the wheelhouse
+    # (one file) it was installed from; no source tree.
+    dist = sorted(path.name for path in (gw / "opt/regcache-dist").iterdir())
+    assert len(dist) == 2 and dist[1] == "wheelhouse.tar", dist
+    assert re.fullmatch(r"regcache-[\w.]+-py3-none-any\.whl", dist[0]), dist
+    wheels = {path.name for path in deployed.wheelhouse.iterdir()}
+    assert {path.name for path in (gw / "opt/regcache-wheels").iterdir()} == wheels
+    assert not (gw / "opt/regcache-src").exists()
+    for machine in (client, deployed.resolver.root):  # for the doctor
+        assert (machine / "opt/regcache/bin/regcache").is_file()
     buildkit = (client / "etc/buildkit/buildkitd.toml").read_text()
     assert buildkit.startswith("debug = false\n") and '[registry."ghcr.io"]' in buildkit
     assert 'ca = ["/usr/local/share/ca-certificates/regcache.crt"]' in buildkit
@@ -275,6 +321,49 @@ def test_the_build_host_pulls_through_the_gateway_by_dns(deployed: Deployed) -> 
     # cannot reach it by name: ghcr.io resolves to the gateway only).
     resolved = deployed.lab.ssh(deployed.client, f"getent hosts {UPSTREAM_HOST}").stdout.split()
     assert resolved[0] == deployed.gateway.address
+
+
+def test_doctor_on_each_build_host(deployed: Deployed) -> None:
+    """`regcache doctor`, as the client role installed it: every check passes on both
+    build hosts; pointed at an address that is not the gateway, it fails and says why."""
+    gw = deployed.gateway.address
+    doctor = f"/opt/regcache/bin/regcache doctor --host {UPSTREAM_HOST} --gateway"
+    for machine in (deployed.client, deployed.resolver):
+        out = deployed.lab.ssh(machine, f"{doctor} {gw}")
+        assert out.returncode == 0, out.stdout + out.stderr
+        passed = [line.split(":")[0] for line in out.stdout.splitlines()]
+        assert passed == [
+            f"PASS  dns {UPSTREAM_HOST}", f"PASS  tls {UPSTREAM_HOST} (system)",
+            f"PASS  tls {UPSTREAM_HOST} (/etc/docker/certs.d)",
+            f"PASS  tls {UPSTREAM_HOST} (/etc/containers/certs.d)",
+            f"PASS  api {UPSTREAM_HOST}", "5 passed, 0 failed",
+        ], out.stdout  # fmt: skip
+    wrong = deployed.lab.ssh(deployed.resolver, f"{doctor} 10.231.0.99")
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert f"FAIL  dns {UPSTREAM_HOST}: → {gw}, not the gateway 10.231.0.99" in wrong.stdout
+    assert "fix: point this host's resolver at 10.231.0.99" in wrong.stdout
+
+
+def test_a_build_host_with_systemd_resolved_resolves_through_the_gateway(
+    deployed: Deployed,
+) -> None:
+    """The client role's systemd-resolved branch: a drop-in sends every name to the
+    gateway, resolv.conf stays resolved's stub, and an image comes through the gateway
+    (from its store: the other build host pulled it first). The other build host, without
+    resolved, got the resolv.conf branch."""
+    gw, root = deployed.gateway.address, deployed.resolver.root
+    dropin = (root / "etc/systemd/resolved.conf.d/regcache.conf").read_text()
+    assert f"\nDNS={gw}\n" in dropin and "\nDomains=~.\n" in dropin, dropin
+    assert os.readlink(root / "etc/resolv.conf").endswith("/run/systemd/resolve/stub-resolv.conf")
+    status = deployed.lab.ssh(deployed.resolver, "resolvectl dns; getent hosts quay.io")
+    assert f"Global: {gw}" in status.stdout and status.stdout.split()[-2] == gw, status.stdout
+    gets = {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]}
+    pull = deployed.lab.ssh(
+        deployed.resolver, f"skopeo copy --quiet docker://{IMAGE} oci:/root/pulled:v1"
+    )
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    assert {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]} == gets
+    assert not (deployed.client.root / "etc/systemd/resolved.conf.d/regcache.conf").exists()
 
 
 def test_security_exposure_inside_the_machine(deployed: Deployed) -> None:
@@ -455,8 +544,12 @@ def test_stop_during_a_fill_is_clean_and_keeps_the_store(deployed: Deployed) -> 
         # How long systemd saw it stopping, not counting the SSH round trips.
         took = (int(deployed.show("InactiveEnterTimestampMonotonic"))
                 - int(deployed.show("ActiveExitTimestampMonotonic"))) / 1e6  # fmt: skip
-        said = [r["MESSAGE"] for r in _journal(deployed, cursor)]
-        print(f"systemctl stop during a fill: {took:.2f} s;", said)
+        records = _journal(deployed, cursor)
+        said = [r["MESSAGE"] for r in records]
+        start = int(records[0]["__REALTIME_TIMESTAMP"]) if records else 0
+        print(f"systemctl stop during a fill: {took:.2f} s;", *(
+            f"\n  +{(int(r['__REALTIME_TIMESTAMP']) - start) / 1e6:6.2f} s {r['MESSAGE']}"
+            for r in records))  # fmt: skip
         assert took < float(deployed.show("TimeoutStopUSec").rstrip("s"))
         # The fill was cancelled before the index closed, not committed behind its back.
         assert not [m for m in said if "index-write-failed" in m or "fill committed" in m], said
@@ -479,8 +572,9 @@ def test_stop_during_a_fill_is_clean_and_keeps_the_store(deployed: Deployed) -> 
     assert (status, exited, sha) == ("200", "curl=0", digest[7:]), again.stdout
 
 
-def _previous_source(tmp: Path) -> Path:
-    """The tree of `PREVIOUS`, as the role would copy it from a checkout of that release."""
+def _previous_release(tmp: Path, wheelhouse: Path) -> tuple[Path, Path]:
+    """The tree of `PREVIOUS` (as a checkout of that release) and its wheel, with one
+    module more that the current tree does not have (a file a newer version drops)."""
     found = run(["git", "-C", str(REPO), "cat-file", "-e", f"{PREVIOUS}^{{commit}}"], check=False)
     assert found.returncode == 0, f"{PREVIOUS} is not in this checkout (a shallow clone?)"
     source = tmp / "previous"
@@ -490,7 +584,11 @@ def _previous_source(tmp: Path) -> Path:
          "README.md", "config.example.yaml"], capture_output=True, check=True,
     )  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
-    return source
+    (source / "appliance" / "dropped_later.py").write_text('"""Gone in the next version."""\n')
+    run([str(BIN / "pip"), "wheel", "--quiet", "--no-deps", "--no-index", "--find-links",
+         str(wheelhouse), "--wheel-dir", str(tmp / "previous-dist"), str(source)])  # fmt: skip
+    (wheel,) = (tmp / "previous-dist").glob("regcache-*.whl")
+    return source, wheel
 
 
 def _index_version(deployed: Deployed) -> int:
@@ -509,26 +607,25 @@ def test_an_upgrade_keeps_store_and_ca_and_a_downgrade_is_refused(deployed: Depl
     from the store. Then an index a newer release wrote: the unit refuses to start,
     saying why, and the index stays as it was. (Last: it rebuilds the gateway.)"""
     tmp = deployed.inventory.parent
-    wipe = "systemctl stop regcache && rm -rf /var/lib/regcache/* /opt/regcache-src"
+    wipe = "systemctl stop regcache && rm -rf /var/lib/regcache/* /opt/regcache /opt/regcache-dist"
     assert deployed.lab.ssh(deployed.gateway, wipe).returncode == 0
-    previous = deployed.play("-e", f"regcache_source={_previous_source(tmp)}")
+    source, wheel = _previous_release(tmp, deployed.wheelhouse)
+    # A chosen version: its wheel (regcache_package), its unit and defaults (regcache_source).
+    # The whole site: the build hosts get the new CA (and the doctor, of that version).
+    previous = deployed.play("-e", f"regcache_source={source}", "-e", f"regcache_package={wheel}")
     assert previous.returncode == 0, previous.stdout[-4000:] + previous.stderr[-2000:]
-    assert (
-        deployed.lab.ssh(deployed.gateway, f"test ! -e {SITE_PACKAGES}/kit/journal.py").returncode
-        == 0
-    )
+    installed = deployed.lab.ssh(deployed.gateway, f"ls {SITE_PACKAGES} {SITE_PACKAGES}/kit").stdout
+    assert "dropped_later.py" in installed and "journal.py" not in installed, installed
     assert _index_version(deployed) == 5
     pull = f"rm -rf /root/p && skopeo copy --quiet docker://{IMAGE} oci:/root/p:v1"
     assert deployed.lab.ssh(deployed.client, pull).returncode == 0
     ca = (deployed.gateway.root / "var/lib/regcache/ca/ca.crt").read_bytes()
     gets = {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]}
 
-    current = deployed.play()
+    current = deployed.play("--limit", "regcache_gateway")  # the CA stays: hosts need nothing
     assert current.returncode == 0, current.stdout[-4000:] + current.stderr[-2000:]
-    assert (
-        deployed.lab.ssh(deployed.gateway, f"test -e {SITE_PACKAGES}/kit/journal.py").returncode
-        == 0
-    )
+    installed = deployed.lab.ssh(deployed.gateway, f"ls {SITE_PACKAGES} {SITE_PACKAGES}/kit").stdout
+    assert "dropped_later.py" not in installed and "journal.py" in installed, installed
     assert _index_version(deployed) == 6  # migrated in place
     assert (deployed.gateway.root / "var/lib/regcache/ca/ca.crt").read_bytes() == ca
     assert deployed.lab.ssh(deployed.client, pull).returncode == 0  # the same CA trusted
