@@ -26,21 +26,24 @@ REGCACHE = [sys.executable, "-m", "appliance.cli"]
 EXAMPLE_CONFIG = REPO / "config.example.yaml"
 
 
-def _ephemeral_floor() -> int:
-    """The lowest port the kernel hands out to unbound sockets (`ip_local_port_range`)."""
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to unbound sockets (`ip_local_port_range`)."""
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on `host`, chosen below the kernel's ephemeral range:
     a port from that range can be taken by any outgoing connection between this call and
     the server's bind (seen as "address already in use" in CI)."""
-    floor = _ephemeral_floor()
+    low, high = _ephemeral_range()
+    below, above = range(10_000, low), range(high + 1, 65_536)
+    choices = below if len(below) >= len(above) else above
     for _ in range(200):
-        port = secrets.randbelow(floor - 10_000) + 10_000
+        port = choices[secrets.randbelow(len(choices))]
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             try:
                 tcp.bind((host, port))

@@ -204,7 +204,10 @@ def test_roles_over_ssh_twice_second_changes_nothing(deployed: Deployed) -> None
         assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
         recap = out.stdout[out.stdout.index("PLAY RECAP") :]
         for host in ("gateway", "client", "resolver"):
-            assert re.search(rf"{host}\s+: ok=\d+\s+changed=0 .*failed=0", recap), recap
+            assert re.search(rf"{host}\s+: ok=\d+\s+changed=0 .*failed=0", recap), (
+                recap,
+                _changed_tasks(out.stdout),
+            )
     # The client role ran the doctor on both build hosts, on both runs, and it passed.
     for out in (first, second):
         assert _task_results(out.stdout, "Run regcache doctor") == {
@@ -215,6 +218,16 @@ def test_roles_over_ssh_twice_second_changes_nothing(deployed: Deployed) -> None
     # Started by the role, under systemd, as the unit says.
     assert deployed.show("ActiveState") == "active"
     assert deployed.show("User") == "regcache"
+    # A run cut off after it copied a new package but before the end: the venv's record
+    # still names the old one. The next run installs and restarts again.
+    marker = deployed.gateway.root / "opt/regcache/installed-from.sha256"
+    recorded, pid = marker.read_text(), deployed.show("MainPID")
+    marker.write_text("0" * 64 + "  /opt/regcache-dist/regcache-0.0.9-py3-none-any.whl\n")
+    again = deployed.play("--limit", "regcache_gateway")
+    assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
+    assert _task_results(again.stdout, "Replace the package's own files") == {"gateway": "changed"}
+    assert marker.read_text() == recorded
+    assert deployed.show("MainPID") != pid and deployed.show("ActiveState") == "active"
     # The build host resolves through the gateway.
     resolv = deployed.lab.ssh(deployed.client, "cat /etc/resolv.conf").stdout
     assert f"nameserver {deployed.gateway.address}" in resolv
@@ -228,6 +241,15 @@ def _task_results(output: str, task: str) -> dict[str, str]:
             for status, host in re.findall(r"^(ok|changed|failed|fatal|skipping): \[(\w+)\]",
                                            block, re.M):  # fmt: skip
                 found[host] = status
+    return found
+
+
+def _changed_tasks(output: str) -> list[str]:
+    """ "TASK: host" for each change in a play's output."""
+    found = []
+    for block in output.split("\nTASK [")[1:] + output.split("\nRUNNING HANDLER [")[1:]:
+        task = block.split("]", 1)[0]
+        found += [f"{task}: {host}" for host in re.findall(r"^changed: \[(\w+)", block, re.M)]
     return found
 
 
@@ -622,6 +644,10 @@ def test_an_upgrade_keeps_store_and_ca_and_a_downgrade_is_refused(deployed: Depl
     ca = (deployed.gateway.root / "var/lib/regcache/ca/ca.crt").read_bytes()
     gets = {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]}
 
+    # What an operator runs first: --check sees the new package, and fails on nothing.
+    checked = deployed.play("--check", "--limit", "regcache_gateway")
+    assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-2000:]
+    assert _task_results(checked.stdout, "Copy the package") == {"gateway": "changed"}
     current = deployed.play("--limit", "regcache_gateway")  # the CA stays: hosts need nothing
     assert current.returncode == 0, current.stdout[-4000:] + current.stderr[-2000:]
     installed = deployed.lab.ssh(deployed.gateway, f"ls {SITE_PACKAGES} {SITE_PACKAGES}/kit").stdout

@@ -114,7 +114,7 @@ async def test_closing_cuts_requests_still_running_after_the_grace_on_every_loop
     with SIGKILL): what is still running after the grace is cancelled, on every loop and
     on the runners of the calling loop, all at once, and after the grace once (aiohttp's
     own timeout, given as is, is waited out twice: before and after it cuts the body)."""
-    grace = 1.0
+    grace = 2.0  # twice would be 4 s: the window below has a second of room either way
     monkeypatch.setattr(app, "SHUTDOWN_GRACE_S", grace)
     started, cancelled = threading.Semaphore(0), []
 
@@ -148,7 +148,7 @@ async def test_closing_cuts_requests_still_running_after_the_grace_on_every_loop
         for _ in clients:
             assert await asyncio.to_thread(started.acquire, True, 10)
         closing = time.monotonic()
-        async with asyncio.timeout(20):  # the default grace would be 60 s
+        async with asyncio.timeout(20):  # aiohttp's default would be 60 s, twice
             await loops.close(home)
     finally:
         await loops.close(home)
@@ -158,4 +158,4 @@ async def test_closing_cuts_requests_still_running_after_the_grace_on_every_loop
     assert names == ["MainThread", "https-loop-1", "https-loop-2"]
     # Each after its grace and not a second one: all at once, and each once.
     for _, when in cancelled:
-        assert grace * 0.9 <= when - closing < grace * 1.6, [w - closing for _, w in cancelled]
+        assert grace * 0.9 <= when - closing < grace * 1.5, [w - closing for _, w in cancelled]

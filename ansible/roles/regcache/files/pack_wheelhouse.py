@@ -12,13 +12,13 @@ EPOCH = 315532800  # 1980-01-01, as the role's SOURCE_DATE_EPOCH
 def pack(folder: Path, out: Path) -> None:
     with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
         for path in sorted(folder.iterdir()):
-            if not path.is_file():
+            if not path.is_file():  # pip's --find-links reads the top level only
                 continue
-            info = tar.gettarinfo(str(path), arcname=path.name)
-            info.mtime, info.mode = EPOCH, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            with path.open("rb") as data:
+            with path.open("rb") as data:  # what a link points to, as a plain file
+                info = tar.gettarinfo(arcname=path.name, fileobj=data)
+                info.mtime, info.mode = EPOCH, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
                 tar.addfile(info, data)
 
 
