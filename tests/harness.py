@@ -36,9 +36,9 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host`, chosen below the kernel's ephemeral range:
-    a port from that range can be taken by any outgoing connection between this call and
-    the server's bind (seen as "address already in use" in CI)."""
+    """A port free for both UDP and TCP on `host`, chosen outside the kernel's ephemeral
+    range: a port from that range can be taken by any outgoing connection between this
+    call and the server's bind (seen as "address already in use" in a full test run)."""
     low, high = _ephemeral_range()
     below, above = range(10_000, low), range(high + 1, 65_536)
     choices = below if len(below) >= len(above) else above
