@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config.dev.yaml
 # Debian packages the tests drive as real clients (debootstrap, systemd-container and
 # openssh-client: the booted lab of tests/deploy). Installed without recommended packages.
-DEB_TEST_PACKAGES := dnsutils knot-dnsutils openssl curl iproute2 skopeo docker-registry podman apache2-utils nftables systemd debootstrap systemd-container openssh-client vagrant chromium containerd
+DEB_TEST_PACKAGES := dnsutils knot-dnsutils openssl curl iproute2 skopeo docker-registry podman apache2-utils nftables systemd debootstrap systemd-container openssh-client vagrant chromium containerd libdevmapper1.02.1
+# dockerd alone, taken from Debian's docker.io package rather than installed with it: the
+# package would start a system Docker daemon that rewrites the firewall. The tests run
+# their own, in a namespace (libdevmapper is what it links to).
+DOCKERD := $(VENV)/libexec/dockerd
 # ...and the peers and load tools bench/run.py measures against (not needed by the tests).
 DEB_BENCH_PACKAGES := curl iproute2 skopeo docker-registry nginx-light dnsperf dnsmasq-base
 BENCH_ARGS ?=
@@ -38,7 +42,14 @@ lint: $(STAMP)
 	$(BIN)/mypy appliance
 	$(BIN)/mypy --explicit-package-bases bench
 
-test: $(STAMP) deb-deps lint
+$(DOCKERD): | $(STAMP)
+	@if [ "$$(id -u)" != 0 ]; then echo "warning: dockerd not fetched (run as root)"; exit 0; fi; \
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && cd "$$d" && \
+	{ apt-get download -qq docker.io 2>/dev/null || { apt-get update -qq && apt-get download -qq docker.io; }; } && \
+	dpkg-deb --fsys-tarfile docker.io_*.deb | tar -xO ./usr/sbin/dockerd > dockerd && \
+	chmod 755 dockerd && mkdir -p $(CURDIR)/$(dir $@) && mv dockerd $(CURDIR)/$@
+
+test: $(STAMP) deb-deps lint $(DOCKERD)
 	$(BIN)/pytest -q
 
 # Not part of `make test`: the shared tier's tests on SeaweedFS, a real distributed object

@@ -45,7 +45,7 @@ from appliance.runtime.outbound import credential_sources, upstream_client, upst
 from appliance.runtime.peering import Sharing, open_peers, peer_addresses
 from appliance.runtime.sharing import mirror_records, open_tier
 from appliance.runtime.signals import on_reload, on_stop
-from appliance.runtime.sites import site_resolver
+from appliance.runtime.sites import mirror_front, site_resolver
 from appliance.runtime.startup import StoreStartup
 from appliance.store import mirrorjournal
 from appliance.store.eviction import Eviction, Evictor
@@ -235,7 +235,7 @@ async def _start(stack: contextlib.AsyncExitStack, parts: Parts, service: Servic
     stack.push_async_callback(service.dns.close)
     await service.dns.start(config.listen.dns)
     stack.push_async_callback(https.close)
-    await https.start(config.listen.https)
+    await https.start(config.listen.https + config.mirror_mode.listen)
     service.health.watch(NamedCheck("https front door", https.stalled))
     for endpoint in config.admin.listen:
         await bind_admin(admin, endpoint)
@@ -254,9 +254,10 @@ def wire(parts: Parts, acquired: Acquired) -> Service:
 
     def proxy_app(bridge: Bridge | None) -> web.Application:
         sites = site_resolver(parts.registries)  # one cache per serving loop
+        front = mirror_front(config.mirror_mode, parts.registries, sites)
         return create_app(cache, acquired.upstream, sites, parts.metrics, write_audit, bridge,
                           caching=lambda: startup.ready, tokens=tokens, local=served,
-                          peers=peer_addresses(config))  # fmt: skip
+                          peers=peer_addresses(config), mirror=front)  # fmt: skip
 
     loops = ServingLoops(_https_loops(config) - 1, proxy_app)
     health = HealthMonitor(

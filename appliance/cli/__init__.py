@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.cli import bundle, ca, doctor, mirror, serve, status
+from appliance.cli import bundle, ca, clientconfig, doctor, mirror, serve, status
 from appliance.cli import cache as store
 from appliance.config.model import (
     Config,
@@ -32,6 +32,7 @@ _COMMANDS: dict[str, Command] = {
     "audit": status.run_audit,
     "status": status.run_status,
     "doctor": lambda args, config, _path: doctor.run(args, config),
+    "client-config": lambda args, config, _path: clientconfig.run(args, config),
     "export": bundle.run_export,
     "import": bundle.run_import,
 }
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="regcache", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serve, ca, store, mirror, bundle, status, doctor):
+    for group in (serve, ca, store, mirror, bundle, status, doctor, clientconfig):
         group.add_parsers(sub, common)
     return parser
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     path = getattr(args, "path", None) or getattr(args, "config", None) or default_config_path()
     if args.command == "doctor" and not Path(path).exists():
         return doctor.run(args, None)  # a build host: no config, --gateway says where to look
+    if args.command == "client-config" and not Path(path).exists():
+        return clientconfig.run(args, None)
     try:
         config = load_config(path)
     except ConfigError as e:

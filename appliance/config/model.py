@@ -15,6 +15,7 @@ from appliance.config import strict_yaml
 from appliance.config.hostnames import Hostname, HostPattern, too_broad
 from appliance.config.local import LocalConfig, check_local
 from appliance.config.mirror import MirrorConfig, check_entries
+from appliance.config.mirrormode import MirrorModeConfig, check_mirror_mode
 from appliance.config.peers import PeersConfig, check_peers
 from appliance.config.push import PushRule
 from appliance.config.registries import Registries
@@ -280,6 +281,8 @@ class Config:
     """The managed mirror: tags kept as decided, synced on a schedule (config/mirror.py)."""
     local: LocalConfig = LocalConfig()  # noqa: RUF009 - a frozen value
     """A registry on the gateway only: pushed to and pulled from regcache (config/local.py)."""
+    mirror_mode: MirrorModeConfig = MirrorModeConfig()  # noqa: RUF009 - a frozen value
+    """regcache as an explicit mirror beside DNS interception (config/mirrormode.py)."""
     peers: PeersConfig | None = None
     """The site's other gateways: one of them fills each cold blob for all (config/peers.py)."""
     resolve: dict[Hostname, tuple[IPAddress, ...]] = field(default_factory=dict)
@@ -325,6 +328,7 @@ def _validate(config: Config, lines: dict[str, int]) -> None:
     _check_store_and_audit(config, fail)
     check_entries(config.mirror.entries, Registries.of(config), fail)
     check_local(config.local, Registries.of(config), fail)
+    check_mirror_mode(config, Registries.of(config), fail)
     check_peers(config.peers, config.appliance.addresses(), fail)
     for i, upstream in enumerate(config.dns.upstreams):
         if any(own.receives(upstream) for own in config.listen.dns):

@@ -52,7 +52,7 @@ class Registries:
 
     __slots__ = (
         "_contacted", "_entries", "api_names", "credentials_configured", "fail_open",
-        "intercepted", "label", "local", "permitted_domains", "unsafe_targets",
+        "intercepted", "label", "local", "mirror_names", "permitted_domains", "unsafe_targets",
     )  # fmt: skip
 
     def __init__(
@@ -60,15 +60,20 @@ class Registries:
         registries: Sequence[RegistryConfig],
         permitted_domains: tuple[Hostname, ...] = (),
         local: Sequence[Hostname] = (),
+        mirror_names: Sequence[Hostname] = (),
     ) -> None:
         self._entries = tuple(
             _Entry(r, HostSet.of(r.hosts), HostSet.of(_served(r))) for r in registries
         )
         self.local = HostSet.of(local)
         """The local registry's names (`local.hosts`): served by regcache alone."""
-        self.intercepted = HostSet.of((*(p for r in registries for p in _served(r)), *local))
+        self.mirror_names = HostSet.of(mirror_names)
+        """The names regcache answers as an explicit mirror (`mirror_mode.names`)."""
+        self.intercepted = HostSet.of(
+            (*(p for r in registries for p in _served(r)), *local, *mirror_names)
+        )
         """The names DNS answers with the appliance and TLS mints leaves for: every
-        registry's that `route` finds, and the local registry's."""
+        registry's that `route` finds, the local registry's and the mirror's."""
         self.fail_open = HostSet.of(p for r in registries if r.fail_open for p in _served(r))
         """Names DNS answers with their real addresses while the proxy is unhealthy."""
         self.unsafe_targets = HostSet.of(
@@ -89,7 +94,10 @@ class Registries:
 
     @classmethod
     def of(cls, config: Config) -> Registries:
-        return cls(config.registries, config.tls.permitted_domains, config.local.hosts)
+        return cls(
+            config.registries, config.tls.permitted_domains, config.local.hosts,
+            config.mirror_mode.names,
+        )  # fmt: skip
 
     def contacted(self, host: str) -> bool:
         """Whether regcache talks to `host` for some registry (API, auth or redirect host)."""

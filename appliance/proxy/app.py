@@ -3,8 +3,7 @@
 Manifest and blob GET/HEAD go through the cache; everything else — the `/v2/` ping,
 tags, catalog, referrers, pushes, token realms, other paths — streams through to the real
 upstream unchanged in both directions, and so do manifests and blobs while the cache is
-not `caching` yet (start-up reconciles the store). Errors are rendered in one place
-(errors.py).
+not `caching` yet (start-up reconciles the store). Errors are rendered in errors.py.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from appliance.oci.routes import check_path, written_repository
 from appliance.proxy.errors import API_VERSION, Evicted, PushDenied, UnknownHost, render_errors
 from appliance.proxy.localsite import LocalSite
 from appliance.proxy.loops import Bridge
+from appliance.proxy.mirrorfront import MirrorFront
 from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, TokensGiven, outage_answer
 from appliance.proxy.passthrough import PassThrough, forward
 from appliance.proxy.pushes import Keeping, Pushes, push_step
@@ -91,15 +91,17 @@ def create_app(
     tokens: TokensGiven | None = None,
     local: tuple[LocalRegistry, LocalAccess] | None = None,
     peers: frozenset[str] = frozenset(),
+    mirror: MirrorFront | None = None,
 ) -> web.Application:
     """The proxy application; with a `bridge`, for a loop other than the cache's (every
     call into the cache, upstream and index crosses it). While `caching()` says no,
     manifests and blobs pass through uncached too (asked from any loop's thread).
     `tokens` is shared by every loop's application; `local` answers the local
-    registry's hosts; requests from `peers` (addresses) are the site's other gateways'."""
+    registry's hosts; requests from `peers` are the site's other gateways'; `mirror`
+    turns mirror-mode requests into intercepted ones."""
     proxy = RegistryProxy(
         cache, upstream, site_for, metrics, audit, bridge, caching=caching, tokens=tokens,
-        local=local, peers=peers,
+        local=local, peers=peers, mirror=mirror,
     )  # fmt: skip
     return proxy.application()
 
@@ -120,8 +122,9 @@ class RegistryProxy:
         tokens: TokensGiven | None = None,
         local: tuple[LocalRegistry, LocalAccess] | None = None,
         peers: frozenset[str] = frozenset(),
+        mirror: MirrorFront | None = None,
     ) -> None:
-        self._cache = cache
+        self._cache, self._mirror = cache, mirror
         self._peers = peers
         self._tokens = tokens or TokensGiven()
         self._caching = caching
@@ -139,6 +142,9 @@ class RegistryProxy:
         # Bodies are streamed (pushes pass through), never read whole: the default
         # client_max_size (1 MiB) only bounds what a handler would read into memory.
         app = web.Application(middlewares=[self._count_requests, render_errors])
+        if self._mirror is not None:  # first: all after it see an intercepted request
+            app.middlewares.insert(0, self._mirror.middleware)
+            app.on_response_prepare.append(self._mirror.on_prepare)
         app.on_response_prepare.append(self._first_byte)
         # Newlines too: `check_path` refuses them.
         app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)

@@ -46,6 +46,10 @@ class PushDenied(Exception):
         )
 
 
+class Unsupported(Exception):
+    """A request this endpoint does not take (a push to the mirror endpoint)."""
+
+
 class Evicted(Exception):
     """The stored content went away between lookup and open, on every attempt."""
 
@@ -120,6 +124,7 @@ ERRORS: Mapping[type[Exception], ErrorRule] = {
     UnknownHost: ErrorRule(421, "DENIED"),
     # 403, not 405: docker retries a 405 push in a loop; a DENIED error it reports and stops.
     PushDenied: ErrorRule(403, "DENIED"),
+    Unsupported: ErrorRule(405, "UNSUPPORTED"),
     RouteError: ErrorRule(400, None, log=_log_refused),
     RangeError: ErrorRule(416, "RANGE_INVALID"),
     FillFailed: ErrorRule(502, "UNKNOWN", _transfer_failed),

@@ -30,3 +30,6 @@ class Site:
     """Who may push through regcache, per repository (`registries[].push`)."""
     local: bool = False
     """A name of the local registry (`local.hosts`): regcache answers it all itself."""
+    mirror: bool = False
+    """A name regcache answers as an explicit mirror (`mirror_mode.names`): its requests
+    are routed to the registry they name (proxy/mirrorfront.py)."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from appliance.config.mirrormode import MirrorModeConfig
 from appliance.config.registries import Registries
+from appliance.proxy.mirrorfront import MirrorFront
 from appliance.proxy.site import Site
 
 
@@ -15,6 +17,8 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
 
     @functools.lru_cache(maxsize=4096)
     def site_for(host: str) -> Site | None:
+        if registries.mirror_names.match(host):
+            return Site(0, 0, api=True, label=host, registry=host, mirror=True)
         if registries.local.match(host):
             label = registries.local.pattern_for(host) or host
             return Site(0, 0, api=True, label=label, registry=label, local=True)
@@ -35,3 +39,12 @@ def site_resolver(registries: Registries) -> Callable[[str], Site | None]:
         )
 
     return site_for
+
+
+def mirror_front(
+    mode: MirrorModeConfig, registries: Registries, site_for: Callable[[str], Site | None]
+) -> MirrorFront | None:
+    """Mirror mode's front of the proxy, when `mirror_mode.names` turns it on."""
+    if not mode.names:
+        return None
+    return MirrorFront(site_for, registries.origin, mode.default_registry)

@@ -3,7 +3,10 @@ namespace: `python -m tests.e2e.leakcheck SPEC.json`. Prints a JSON summary.
 
 SPEC: {"ca": path, "host": ..., "repositories": {repo: [[digest, hex, kind]]},
        "elsewhere": [[host, repository]], "alice": "user:password", "dave": "user:password",
-       "requests": N, "seed": S}
+       "requests": N, "seed": S, "mirror": "name:port" (optional)}
+
+With "mirror", every request goes to regcache's mirror endpoint instead, naming the
+registry with `?ns=` as containerd does, and tokens come through its realm relay.
 
 alice asks for her digests under her repository (fills start cold, strangers join them);
 strangers ask for them there and under every name in "elsewhere" (a public repository,
@@ -24,11 +27,17 @@ from typing import Any
 import aiohttp
 
 
-async def token(session: aiohttp.ClientSession, host: str, repo: str, basic: str | None) -> str:
+async def token(
+    session: aiohttp.ClientSession, host: str, repo: str, basic: str | None, mirror: str | None
+) -> str:
     headers = (
         {"Authorization": "Basic " + base64.b64encode(basic.encode()).decode()} if basic else {}
     )
-    url = "https://auth.docker.io/token"
+    url = (
+        f"https://{mirror}/_realm/auth.docker.io/token"
+        if mirror
+        else "https://auth.docker.io/token"
+    )
     params = {"service": "registry.docker.io", "scope": f"repository:{repo}:pull"}
     async with session.get(url, params=params, headers=headers) as response:
         return str((await response.json())["token"])
@@ -37,7 +46,7 @@ async def token(session: aiohttp.ClientSession, host: str, repo: str, basic: str
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=spec["ca"])
     rng = random.Random(spec["seed"])
-    host = spec["host"]
+    host, mirror = spec["host"], spec.get("mirror")
     summary = {"ok": 0, "refused": 0, "leaks": [], "errors": [], "wrong_bytes": []}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=64)) as s:
         creds: dict[tuple[str, str, str], str | None] = {}
@@ -45,12 +54,14 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
         names += [(h, r) for h, r in spec["elsewhere"]]
         for where, repo in names:
             hub = where == host
-            creds[("alice", where, repo)] = "Bearer " + await token(s, host, repo, spec["alice"])
+            creds[("alice", where, repo)] = "Bearer " + await token(
+                s, host, repo, spec["alice"], mirror
+            )
             creds[("anonymous", where, repo)] = (
-                "Bearer " + await token(s, host, repo, None) if hub else None
+                "Bearer " + await token(s, host, repo, None, mirror) if hub else None
             )
             creds[("dave", where, repo)] = (
-                "Bearer " + await token(s, host, repo, spec["dave"]) if hub else None
+                "Bearer " + await token(s, host, repo, spec["dave"], mirror) if hub else None
             )
             creds[("nobody", where, repo)] = None
             creds[("forger", where, repo)] = (
@@ -63,6 +74,8 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
             if auth:
                 headers["Authorization"] = auth
             url = f"https://{where}/v2/{repo}/{kind}/{digest}"
+            if mirror:
+                url = f"https://{mirror}/v2/{repo}/{kind}/{digest}?ns={where}"
             try:
                 async with s.get(url, headers=headers) as response:
                     body = await response.read()
