@@ -71,6 +71,12 @@ def realm_target(path: str) -> tuple[str, str] | None:
     return (host.lower(), "/" + rest) if host else None
 
 
+def registry_api(path: str) -> bool:
+    """Whether `path` is the registry API's (the ping, a repository's routes, the
+    catalog) rather than a token realm's (`/token`, quay.io's `/v2/auth`)."""
+    return path in ("/v2", "/v2/", "/v2/_catalog") or _NAMED.fullmatch(path) is not None
+
+
 def relayed_challenge(header: str, proxy: str, relays: Callable[[str], bool]) -> str:
     """`header` (a `WWW-Authenticate` value) with each `https://` realm on a host that
     `relays` takes pointed at the proxy's relay (`https://<proxy>/_realm/<host>/<path>`), so a

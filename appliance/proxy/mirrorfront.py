@@ -19,7 +19,13 @@ from aiohttp.typedefs import Handler
 from multidict import MultiDict
 from yarl import URL
 
-from appliance.oci.proxying import proxied, realm_target, relayed_challenge, upstream_scope
+from appliance.oci.proxying import (
+    proxied,
+    realm_target,
+    registry_api,
+    relayed_challenge,
+    upstream_scope,
+)
 from appliance.oci.routes import RouteError, check_path
 from appliance.proxy.errors import UnknownHost, Unsupported, error_response
 from appliance.proxy.site import Site
@@ -94,6 +100,8 @@ class MirrorFront:
                 raise UnknownHost(host)
             if request.method not in _TOKEN_STEPS:
                 raise Unsupported(f"the token relay takes GET and POST, not {request.method}")
+            if registry_api(path):  # a way around mirror mode's pulls-only rule
+                raise Unsupported("the token relay serves token realms, not the registry API")
             scopes = [upstream_scope(s) for s in query.popall("scope", [])]
             query.extend(("scope", s) for s in scopes)
             request[MIRRORED] = Mirrored(request.host, None)

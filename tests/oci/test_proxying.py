@@ -13,6 +13,7 @@ from appliance.oci.proxying import (
     host_like,
     proxied,
     realm_target,
+    registry_api,
     relayed_challenge,
     upstream_scope,
 )
@@ -69,6 +70,15 @@ def test_realm_targets_are_the_host_and_path_after_the_prefix() -> None:
     assert realm_target("/_realm/Quay.IO/v2/auth") == ("quay.io", "/v2/auth")
     assert realm_target("/_realm/") is None
     assert realm_target("/v2/_realm/x/token") is None
+
+
+@pytest.mark.parametrize(("path", "api"), [
+    ("/v2/", True), ("/v2", True), ("/v2/_catalog", True), ("/v2/a/b/manifests/v1", True),
+    ("/v2/a/blobs/uploads/", True), ("/v2/a/tags/list", True), ("/v2/auth", False),
+    ("/token", False), ("/oauth2/token", False),
+])  # fmt: skip
+def test_registry_api_paths_are_told_from_token_realms(path: str, api: bool) -> None:
+    assert registry_api(path) is api
 
 
 def test_challenges_point_relayed_realms_at_the_proxy_and_leave_the_rest() -> None:

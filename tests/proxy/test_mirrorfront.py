@@ -114,6 +114,10 @@ async def test_pushes_unknown_registries_and_foreign_relays_are_refused(
         ("GET", "/_realm/login.example/token", 421, "DENIED"),
         ("GET", "/_realm/local.build.internal/token", 421, "DENIED"),
         ("DELETE", "/_realm/auth.docker.io/token", 405, "UNSUPPORTED"),
+        # the relay is for token realms: not a way to push, or to pull around the mirror
+        ("POST", "/_realm/ghcr.io/v2/org/app/blobs/uploads/", 405, "UNSUPPORTED"),
+        ("GET", "/_realm/ghcr.io/v2/org/app/manifests/v1", 405, "UNSUPPORTED"),
+        ("GET", "/_realm/ghcr.io/v2/", 405, "UNSUPPORTED"),
         ("GET", "/v2/a%2F..%2Fb/manifests/v1?ns=ghcr.io", 400, "NAME_INVALID"),
     ]
     for method, path, status, code in cases:
