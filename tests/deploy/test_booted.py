@@ -37,6 +37,8 @@ UPSTREAM_HOST = "ghcr.io"
 UPSTREAM_IP = "10.231.0.5"
 UPSTREAM_CA = "/usr/local/share/regcache-upstream-ca.pem"
 IMAGE = f"{UPSTREAM_HOST}/lab/hello:v1"
+MIRROR = "regcache.lab.internal:5443"
+"""The gateway's mirror-mode name and port (mirror_mode), as build hosts reach it."""
 # Layer sizes of the upstream's images (lab/<name>:v1): big ones to have transfers last.
 IMAGES = {"hello": (4 << 20, 1 << 20), "big": (24 << 20,), "big2": (24 << 20,)}
 # The release before this one, as far as the store is concerned: the last commit whose
@@ -174,12 +176,18 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         )
         arch = run(["dpkg", "--print-architecture"]).stdout.strip()  # the machines' too
         # The test upstream: its address (the lab has no resolver for it) and its CA.
-        extra = {"resolve": {UPSTREAM_HOST: [UPSTREAM_IP]}, "upstream": {"ca_bundle": UPSTREAM_CA}}
+        extra = {
+            "resolve": {UPSTREAM_HOST: [UPSTREAM_IP]},
+            "upstream": {"ca_bundle": UPSTREAM_CA},
+            "mirror_mode": {"names": [MIRROR.split(":")[0]], "listen": ["0.0.0.0:5443"]},
+        }
+        permitted = yaml.safe_load((REPO / "config.example.yaml").read_text())["tls"]
         (tmp / "vars.json").write_text(json.dumps({
             "regcache_appliance_ipv4": gateway.address, "regcache_client_gateway": gateway.address,
             "regcache_source": str(source), "regcache_wheelhouse": str(wheels),
             "regcache_ca_fetch_dest": str(ca), "regcache_client_ca_src": str(ca),
             "regcache_extra_config": extra,
+            "regcache_permitted_domains": [*permitted["permitted_domains"], "lab.internal"],
             # The lab's one upstream: the other registries' names reach the gateway too,
             # but nothing behind it.
             "regcache_client_doctor": True, "regcache_client_doctor_hosts": [UPSTREAM_HOST],
@@ -384,6 +392,42 @@ def test_a_build_host_with_systemd_resolved_resolves_through_the_gateway(
     assert pull.returncode == 0, pull.stdout + pull.stderr
     assert {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]} == gets
     assert not (deployed.client.root / "etc/systemd/resolved.conf.d/regcache.conf").exists()
+
+
+def test_a_build_host_in_mirror_mode_pulls_through_the_mirror(deployed: Deployed) -> None:
+    """The client role switched to mirror mode on the host that had dns mode: dns mode's
+    resolved drop-in goes (no resolver is left: registry names do not resolve there), each
+    runtime's file names the mirror, a second run changes nothing, and skopeo pulls by the
+    registry's name through the mirror (podman's way: the registry in the mirror's path),
+    from the gateway's store. The mirror's name comes from /etc/hosts, standing in for the
+    site's DNS."""
+    machine, gw = deployed.resolver, deployed.gateway.address
+    with (machine.root / "etc/hosts").open("a") as hosts:
+        hosts.write(f"{gw} {MIRROR.split(':')[0]}\n")
+    mode = ("-e", "regcache_client_mode=mirror", "-e", f"regcache_client_mirror={MIRROR}")
+    for run_ in ("first", "second"):
+        out = deployed.play(*mode, "--limit", "resolver")
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+        if run_ == "second":
+            assert "changed=0" in out.stdout.split("PLAY RECAP")[-1], _changed_tasks(out.stdout)
+    root = machine.root
+    assert not (root / "etc/systemd/resolved.conf.d/regcache.conf").exists()
+    hosts_toml = (root / "etc/containerd/certs.d/ghcr.io/hosts.toml").read_text()
+    assert 'server = "https://ghcr.io"' in hosts_toml and f'[host."https://{MIRROR}"]' in hosts_toml
+    hub = (root / "etc/containerd/certs.d/docker.io/hosts.toml").read_text()
+    assert 'server = "https://registry-1.docker.io"' in hub
+    daemon = json.loads((root / "etc/docker/daemon.json").read_text())
+    assert daemon == {"registry-mirrors": [f"https://{MIRROR}"]}
+    assert f'location = "{MIRROR}/ghcr.io"' in (
+        root / "etc/containers/registries.conf.d/50-regcache.conf").read_text()  # fmt: skip
+    assert (root / f"etc/containers/certs.d/{MIRROR}/ca.crt").exists()
+    assert deployed.lab.ssh(machine, f"getent hosts {UPSTREAM_HOST}").returncode != 0
+    gets = {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]}
+    pull = deployed.lab.ssh(
+        machine, f"rm -rf /root/m && skopeo copy docker://{IMAGE} oci:/root/m:v1"
+    )
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    assert {d: _blob_gets(deployed, d) for d in deployed.layers["hello"]} == gets
 
 
 def test_security_exposure_inside_the_machine(deployed: Deployed) -> None:
@@ -635,7 +679,10 @@ def test_an_upgrade_keeps_store_and_ca_and_a_downgrade_is_refused(deployed: Depl
     assert deployed.lab.ssh(deployed.gateway, wipe).returncode == 0
     source, wheel = _previous_release(tmp, deployed.wheelhouse)
     # A chosen version: its wheel (regcache_package), its unit and defaults (regcache_source).
+    config = json.loads(deployed.inventory.with_name("vars.json").read_text())
+    older = {k: v for k, v in config["regcache_extra_config"].items() if k != "mirror_mode"}
     previous = deployed.play("-e", f"regcache_source={source}", "-e", f"regcache_package={wheel}",
+                             "-e", json.dumps({"regcache_extra_config": older}),  # before #22
                              "--limit", "regcache_gateway")  # fmt: skip
     assert previous.returncode == 0, previous.stdout[-4000:] + previous.stderr[-2000:]
     installed = deployed.lab.ssh(deployed.gateway, f"ls {SITE_PACKAGES} {SITE_PACKAGES}/kit").stdout
