@@ -22,13 +22,13 @@ class ClientCalls:
         self._negative = negative
 
     async def fetch(
-        self, target: Target, method: str, kind: Kind, reference: str | Digest
+        self, target: Target, method: str, kind: Kind, reference: str | Digest, query: str = ""
     ) -> UpstreamReply:
         """Upstream with the client's credentials. A 200 to a HEAD by digest that shows
         the digest confirms it for the client. A manifest 404 is remembered for a short
         while (per credential) and replayed; blob 404s are not, since pushes ask for
         blobs just before uploading them."""
-        url = target.url(kind, reference)
+        url = target.url(kind, reference) + query
         key = self.negative_key(target, method, url)
         remembered = self._negative.get(key)
         if remembered is not None:
@@ -58,6 +58,10 @@ class ClientCalls:
         fingerprint = self._gate.fingerprint(target.authorization)
         return (target.host, target.repository, method, url, fingerprint,
                 accept_key(target.accept))  # fmt: skip
+
+    def fingerprint(self, authorization: str | None) -> str:
+        """What the gate keys a credential by (`AccessGate.fingerprint`)."""
+        return self._gate.fingerprint(authorization)
 
     def remembered(self, key: tuple[str, ...]) -> UpstreamReply | None:
         return self._negative.get(key)

@@ -43,6 +43,7 @@ from appliance.cache.ports import (
     Upstream,
     UpstreamReply,
 )
+from appliance.cache.referrers import Referrers
 from appliance.cache.shelf import Shelf
 from appliance.cache.tags import Freshness, Tags
 from appliance.cache.uploads import Uploads
@@ -99,6 +100,7 @@ class RegistryCache:
         self.uploads = Uploads(files, index, gate, shelf, self._manifests.keep, space)
         """Pushes kept on their way upstream (write-through)."""
         self._mirror_log = LogThrottle(log, interval_s=600.0)
+        self._referrers = Referrers(self._calls, lambda t, tag: self.manifest(t, tag, head=False))
 
     @property
     def coalesced(self) -> int:
@@ -140,6 +142,10 @@ class RegistryCache:
         if isinstance(gated, Stored) and not gated.fetched:
             self._hits.note_hit(target, gated, manifest=True)
         return gated
+
+    async def referrers(self, target: Target, subject: Digest, artifact_type: str | None) -> Answer:
+        """The referrers of `subject` (referrers.py)."""
+        return await self._referrers.referrers(target, subject, artifact_type)
 
     async def _mirrored(self, target: Target, tag: str) -> Answer | None:
         """A tag the managed mirror keeps: its manifest as the mirror decided, with no
@@ -185,6 +191,7 @@ class RegistryCache:
         there are wrong now (a push, then a pull; cosign's sign, then verify). Awaited
         before the client hears of its write, so its next request cannot meet one."""
         self._freshness.written(places)  # tags there may have moved: ask before answering
+        self._referrers.written(places)
         dropped = self._calls.forget_missing(frozenset(places))
         if dropped and places:
             host, repository = places[0]

@@ -1,14 +1,13 @@
 """The registry-facing aiohttp application: maps HTTP requests to cache calls and back.
 
-Manifest and blob GET/HEAD go through the cache; everything else — the `/v2/` ping,
-tags, catalog, referrers, pushes, token realms, other paths — streams through to the real
+Manifest, blob and referrers GET/HEAD go through the cache; everything else — the ping,
+tags, catalog, pushes, token realms, other paths — streams through to the real
 upstream unchanged in both directions, and so do manifests and blobs while the cache is
 not `caching` yet (start-up reconciles the store). Errors are rendered in errors.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -20,7 +19,7 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
 from appliance.admin.metrics import Metrics, method_label
-from appliance.cache.answers import Answer, Redirected, Refused, Relayed, Stored, Target
+from appliance.cache.answers import Answer, Stored, Target
 from appliance.cache.ports import RELAYED, UpstreamUnavailable, in_trouble
 from appliance.cache.uploads import Uploads
 from appliance.config.push import DENY, push_policy
@@ -30,6 +29,7 @@ from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import parse_accept
 from appliance.oci.names import same_repository
 from appliance.oci.routes import check_path, written_repository
+from appliance.proxy.accounting import Tally, audit_entry, outcome
 from appliance.proxy.errors import API_VERSION, Evicted, PushDenied, UnknownHost, render_errors
 from appliance.proxy.localsite import LocalSite
 from appliance.proxy.loops import Bridge
@@ -38,7 +38,14 @@ from appliance.proxy.outage import OUTAGE_AUTHORIZATION, PingCache, TokensGiven,
 from appliance.proxy.passthrough import PassThrough, forward
 from appliance.proxy.pushes import Keeping, Pushes, push_step
 from appliance.proxy.responses import relay, render
-from appliance.proxy.routing import BlobRoute, CacheRoute, ManifestRoute, cache_route, route_label
+from appliance.proxy.routing import (
+    BlobRoute,
+    CacheRoute,
+    ManifestRoute,
+    ReferrersRoute,
+    cache_route,
+    route_label,
+)
 from appliance.proxy.site import Site
 
 __all__ = ["RegistryProxy", "Site", "create_app", "start_runner"]
@@ -71,6 +78,9 @@ class Cache(Protocol):
     def note_hit(self, target: Target, stored: Stored, *, manifest: bool) -> None: ...
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer: ...
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer: ...
+    async def referrers(
+        self, target: Target, subject: Digest, artifact_type: str | None
+    ) -> Answer: ...
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None: ...
     async def written(self, places: Sequence[tuple[str, str]]) -> None: ...
     @property
@@ -177,7 +187,7 @@ class RegistryProxy:
             if self._local is None:
                 raise UnknownHost(host)
             return await self._local.handle(request)
-        route = cache_route(request.path) if site.api else None
+        route = cache_route(request.path, request.query.get("artifactType")) if site.api else None
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):
             return await self._ping(request, origin, site)
@@ -254,13 +264,14 @@ class RegistryProxy:
         target = _target(request, origin, site, route, self._tokens)
         if request.remote in self._peers or RELAYED in request.headers:
             target = replace(target, from_peer=True)
-        tally = _Tally(self._cache, self._metrics, self._bridge, site.label, route.repository)
+        tally = Tally(self._cache, self._metrics, self._bridge, site.label,
+                      route.repository)  # fmt: skip
         started = time.monotonic()
         for _ in range(2):
             answer = await self._answer(target, route, head=request.method == "HEAD")
-            outcome = request[OUTCOME] = _outcome(answer)
-            self._metrics.answers.labels(site.label, route.kind, outcome).inc()
-            manifest = isinstance(route, ManifestRoute)
+            request[OUTCOME] = outcome(answer)
+            self._metrics.answers.labels(site.label, route.kind, request[OUTCOME]).inc()
+            manifest = not isinstance(route, BlobRoute)  # a 404 says MANIFEST_UNKNOWN
             try:
                 response = await render(
                     request, answer, tally.count, self._bridge, manifest=manifest
@@ -269,13 +280,16 @@ class RegistryProxy:
                 continue  # evicted between lookup and open: ask again, it is a miss now
             if self._audit is not None:
                 ms = round((time.monotonic() - started) * 1000, 1)
-                self._audit(_audit_entry(request, target, route, answer, response, tally.sent, ms))
+                self._audit(audit_entry(request, target, route, answer, response, tally.sent, ms))
             return response
         raise Evicted("content was evicted while being served")
 
     async def _answer(self, target: Target, route: CacheRoute, *, head: bool) -> Answer:
         # A hit known in memory is answered on this loop; anything else is decided on the
-        # cache's (upstream, index, fills).
+        # cache's (upstream, index, fills). Referrers never: the subject is not the answer.
+        if isinstance(route, ReferrersRoute):
+            asked = self._cache.referrers(target, route.reference, route.artifact_type)
+            return await self._bridge.run(asked)
         manifest = isinstance(route, ManifestRoute)
         hit = self._cache.stored_now(target, route.reference, manifest=manifest)
         if hit is not None:
@@ -285,30 +299,9 @@ class RegistryProxy:
             case BlobRoute():
                 return await self._bridge.run(self._cache.blob(target, route.reference, head=head))
             case ManifestRoute():
-                asked = self._cache.manifest(target, route.reference, head=head)
-                return await self._bridge.run(asked)
-
-
-class _Tally:
-    """The body bytes of one cache answer, counted as they are sent: the cache's
-    statistics and the metrics hear of them on the cache's loop."""
-
-    def __init__(
-        self, cache: Cache, metrics: Metrics, bridge: Bridge, label: str, repository: str
-    ) -> None:
-        self._cache = cache
-        self._metrics = metrics
-        self._bridge = bridge
-        self._label = label
-        self._repository = repository
-        self.sent = 0
-
-    def count(self, sent: int, from_store: bool) -> None:
-        self.sent += sent
-        self._bridge.call(self._cache.count_served, self._label, sent if from_store else 0,
-                          0 if from_store else sent)  # fmt: skip
-        self._bridge.call(partial(self._metrics.body_sent, self._label, self._repository, sent,
-                                  from_store=from_store))  # fmt: skip
+                return await self._bridge.run(
+                    self._cache.manifest(target, route.reference, head=head)
+                )
 
 
 def _host(request: web.Request) -> str:
@@ -334,18 +327,6 @@ def _target(
     )
 
 
-def _outcome(answer: Answer) -> str:
-    """hit: the bytes came from the store; miss: from upstream (a fill, a manifest
-    fetched and stored, a HEAD described from upstream's); stale: from the store while
-    upstream was down; relayed: upstream's own answer; redirected: sent to the shared
-    bucket."""
-    if isinstance(answer, Stored) and not answer.fetched:
-        return "stale" if answer.stale else "hit"
-    if isinstance(answer, Redirected):
-        return "redirected"
-    return "relayed" if isinstance(answer, Relayed | Refused) else "miss"
-
-
 def _check_push(path: str, host: str, site: Site) -> None:
     """PushDenied for a write to a repository the registry's push policy denies, and, on a
     registry with any deny rule, for a write whose repository cannot be told (fail closed:
@@ -357,26 +338,6 @@ def _check_push(path: str, host: str, site: Site) -> None:
         raise PushDenied(host, f"(no repository in {path[:100]!r})")
     if push_policy(site.push, same_repository(host, repository)) == DENY:
         raise PushDenied(host, repository)
-
-
-def _audit_entry(
-    request: web.Request,
-    target: Target,
-    route: CacheRoute,
-    answer: Answer,
-    response: web.StreamResponse,
-    sent: int,
-    ms: float,
-) -> dict[str, object]:
-    """One audit record: who asked for what, and how it was answered."""
-    return {
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-        "client": request.remote, "registry": target.host,
-        "repository": route.repository, "reference": str(route.reference),
-        "digest": None if isinstance(answer, Relayed | Refused) else str(answer.digest),
-        "kind": route.kind, "method": request.method, "status": response.status,
-        "bytes": sent, "outcome": request[OUTCOME], "ms": ms,
-    }  # fmt: skip
 
 
 def app_runner(app: web.Application, **options: Any) -> web.AppRunner:

@@ -25,12 +25,23 @@ class BlobRoute:
     kind: ClassVar[Literal["blob"]] = "blob"
 
 
-CacheRoute = ManifestRoute | BlobRoute
+@dataclass(frozen=True, slots=True)
+class ReferrersRoute:
+    repository: str
+    reference: Digest
+    """The subject."""
+    artifact_type: str | None = None
+    """The `artifactType` filter asked for."""
+    kind: ClassVar[Literal["referrers"]] = "referrers"
 
 
-def cache_route(path: str) -> CacheRoute | None:
+CacheRoute = ManifestRoute | BlobRoute | ReferrersRoute
+
+
+def cache_route(path: str, artifact_type: str | None = None) -> CacheRoute | None:
     """The route of `path` (decoded, after `check_path`) the cache answers, or None for
-    paths to pass through unchanged. RouteError for a bad name or reference."""
+    paths to pass through unchanged; `artifact_type` is a referrers request's filter.
+    RouteError for a bad name or reference."""
     route = parse_route(path)
     if route is None:
         return None
@@ -39,8 +50,8 @@ def cache_route(path: str) -> CacheRoute | None:
             return ManifestRoute(route.repository, route.reference)
         case Kind.BLOB if isinstance(route.reference, Digest):
             return BlobRoute(route.repository, route.reference)
-        case Kind.REFERRERS:
-            return None  # referrers change as signatures are added: always asked upstream
+        case Kind.REFERRERS if isinstance(route.reference, Digest):
+            return ReferrersRoute(route.repository, route.reference, artifact_type)
     # parse_route gives blobs a digest; should that change, the path is refused as such.
     raise RouteError("DIGEST_INVALID", f"invalid digest {str(route.reference)[:120]!r}")
 

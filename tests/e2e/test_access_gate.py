@@ -130,7 +130,7 @@ def test_no_client_gets_private_content_by_any_name_in_any_state(the_lab: Lab) -
     assert not allowed[("dave", HUB, "private/app", private.top.digest)]
     report = {"online": judge(results, allowed)}
 
-    # Referrers are never answered from the store: each request is upstream's to answer.
+    # Referrers of a private digest reach no stranger: asked upstream with their credentials.
     hub = the_lab.registries[HUB]
     seen = len(hub.requests())
     for repository in ("private/app", "library/pub"):
@@ -138,7 +138,11 @@ def test_no_client_gets_private_content_by_any_name_in_any_state(the_lab: Lab) -
         out = the_lab.ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
                              str(the_lab.ca_dir / "ca.crt"), url)  # fmt: skip
         assert not out.stdout.startswith("2"), (repository, out.stdout)
-    assert sum("/referrers/" in path for _, path, _, _ in hub.requests()[seen:]) == 2
+    # Each asked upstream as that client: the API (distribution 2.8 has none: 404), then
+    # its fallback tag, refused to an anonymous client.
+    fallback = private.top.digest.replace(":", "-")
+    asked = [p for _, p, _, _ in hub.requests()[seen:] if "/referrers/" in p or fallback in p]
+    assert len(asked) >= 2 and any(fallback in p for p in asked), asked
 
     def phase(name: str, check_pulls: bool = True) -> None:
         report[name] = judge(run_probes(the_lab, digests, oracle=False), allowed)

@@ -30,10 +30,11 @@ def stored(
 @dataclass
 class Asked:
     what: str
-    """"blob" or "manifest"."""
+    """"blob", "manifest" or "referrers"."""
     target: Target
     reference: str | Digest
     head: bool
+    artifact_type: str | None = None
 
 
 @dataclass
@@ -67,6 +68,9 @@ class FakeCache:
 
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
         return self._next(Asked("manifest", target, reference, head))
+
+    async def referrers(self, target: Target, subject: Digest, artifact_type: str | None) -> Answer:
+        return self._next(Asked("referrers", target, subject, False, artifact_type))
 
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None:
         self.served.append((host, from_store, from_upstream))

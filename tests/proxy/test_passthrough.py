@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 
+from appliance.cache.answers import MemoryReply, Relayed
 from appliance.oci.digest import Digest
+from appliance.oci.mediatypes import OCI_INDEX
 from tests.proxy.conftest import REALM, REGISTRY, Proxy
 
 UPLOAD = f"https://{REGISTRY}/v2/team/app/blobs/uploads/abc?digest=sha256:ff"
@@ -38,13 +40,19 @@ async def test_repeated_request_headers_stay_repeated(proxy: Proxy) -> None:
     assert proxy.upstream.given[0].closed
 
 
-async def test_referrers_are_always_asked_upstream(proxy: Proxy) -> None:
+async def test_referrers_are_answered_by_the_cache_with_the_filter_asked_for(
+    proxy: Proxy,
+) -> None:
+    """Never as a hit for the subject's digest (its manifest is not its referrers)."""
     digest = Digest.of(b"subject")
-    url = f"https://{REGISTRY}/v2/team/app/referrers/{digest}"
-    proxy.upstream.add("GET", url, 200, b'{"manifests": []}')
-    response = await proxy.ask(f"/v2/team/app/referrers/{digest}")
-    assert response.status == 200 and await response.read() == b'{"manifests": []}'
-    assert proxy.cache.asked == []
+    index = b'{"schemaVersion": 2, "manifests": []}'
+    proxy.cache.hit = None
+    proxy.cache.answers(Relayed(MemoryReply(200, {"Content-Type": OCI_INDEX}, index)))
+    response = await proxy.ask(f"/v2/team/app/referrers/{digest}?artifactType=a%2Fb%2Bjson")
+    assert response.status == 200 and await response.read() == index
+    (asked,) = proxy.cache.asked
+    assert (asked.what, asked.reference, asked.artifact_type) == ("referrers", digest, "a/b+json")
+    assert proxy.upstream.sent == []
     assert proxy.requests_counted(REGISTRY, "referrers", "GET", 200) == 1
 
 

@@ -8,19 +8,28 @@ from hypothesis import strategies as st
 
 from appliance.oci.digest import Digest
 from appliance.oci.routes import RouteError
-from appliance.proxy.routing import BlobRoute, ManifestRoute, cache_route, route_label
+from appliance.proxy.routing import (
+    BlobRoute,
+    ManifestRoute,
+    ReferrersRoute,
+    cache_route,
+    route_label,
+)
 
 HEX = "c" * 64
 DIGEST = Digest("sha256", HEX)
 
 
-def test_manifests_and_blobs_are_answered_by_the_cache_and_referrers_are_not() -> None:
+def test_manifests_blobs_and_referrers_are_answered_by_the_cache() -> None:
     assert cache_route("/v2/library/alpine/manifests/3.20") == ManifestRoute(
         "library/alpine", "3.20"
     )
     assert cache_route(f"/v2/x/manifests/sha256:{HEX}") == ManifestRoute("x", DIGEST)
     assert cache_route(f"/v2/org/app/blobs/sha256:{HEX}") == BlobRoute("org/app", DIGEST)
-    assert cache_route(f"/v2/x/referrers/sha256:{HEX}") is None  # signatures get added
+    assert cache_route(f"/v2/x/referrers/sha256:{HEX}") == ReferrersRoute("x", DIGEST)
+    assert cache_route(f"/v2/x/referrers/sha256:{HEX}", "a/b+json") == ReferrersRoute(
+        "x", DIGEST, "a/b+json"
+    )
     for passed in ("/v2/", "/v2/x/tags/list", "/v2/x/blobs/uploads/", "/token"):
         assert cache_route(passed) is None
     with pytest.raises(RouteError):
