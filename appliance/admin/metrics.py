@@ -21,9 +21,9 @@ from prometheus_client.registry import Collector
 from yarl import URL
 
 from appliance.local.ports import LocalUsage
-from appliance.mirror.budget import parse as parse_ratelimit
 from appliance.mirror.records import BudgetSeen
 from appliance.mirror.scheduler import Figures
+from appliance.oci.headers import ratelimit as parse_ratelimit
 
 _HISTORY_POINTS = 24 * 60  # a day of one-minute samples
 _TOP_KEYS = 10_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from appliance.cache.access import AccessGate
@@ -24,7 +25,7 @@ from appliance.kit.logfields import fields
 from appliance.kit.singleflight import SingleFlight
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import references, signed_schema1
-from appliance.oci.mediatypes import OCTET_STREAM
+from appliance.oci.mediatypes import INDEX_TYPES, OCTET_STREAM
 from appliance.oci.routes import Kind
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Manifests:
         self._calls = calls
         self._gate = gate
         self._fetches: SingleFlight[Stored] = SingleFlight()
+        self.on_index: Callable[[Target, Mapping[str, str], bytes], None] | None = None
+        """Told of each index fetched from upstream and stored (children.py)."""
 
     async def fetch(self, target: Target, reference: str | Digest) -> Answer:
         """GET a manifest upstream and keep it. A GET by digest joins one in flight for
@@ -95,12 +98,15 @@ class Manifests:
             target.host, target.repository, digest, target.authorization, body, media_type
         )
         try:
-            return await self.keep((target.host, target.repository), digest, body, media_type)
+            stored = await self.keep((target.host, target.repository), digest, body, media_type)
         except OSError as e:
             if e.errno not in NO_SPACE:
                 raise
             self._shelf.disk_full(None, e)
             return Relayed(MemoryReply.manifest(body, digest, media_type))
+        if media_type in INDEX_TYPES and self.on_index is not None:
+            self.on_index(target, reply.headers, body)
+        return stored
 
     async def from_tier(self, digest: Digest) -> Stored | None:
         """The manifest from the shared tier, verified and stored here; None if the tier

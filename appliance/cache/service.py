@@ -27,6 +27,7 @@ from appliance.cache.answers import (
 )
 from appliance.cache.blobs import Blobs
 from appliance.cache.calls import ClientCalls
+from appliance.cache.children import Children
 from appliance.cache.fill import Fill
 from appliance.cache.fills import Fills
 from appliance.cache.hits import Hits
@@ -93,6 +94,8 @@ class RegistryCache:
         self._calls = ClientCalls(upstream, gate, negative or NegativeCache(0))
         self._blobs = Blobs(shelf, index, self._calls, gate, self._fills, peers, shared)
         self._manifests = Manifests(shelf, files, index, self._calls, gate, shared)
+        children = Children(self._manifests.fetch, shelf.stored_manifest)
+        self._manifests.on_index = children.index_stored
         self._freshness = Freshness(clock)
         self._tags = Tags(shelf, index, self._calls, gate, self._manifests, self._freshness)
         self._hits = Hits(shelf, index, gate, self._freshness, mirror)

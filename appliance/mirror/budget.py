@@ -9,27 +9,12 @@ import time
 from collections.abc import Callable, Mapping
 
 from appliance.mirror.records import BudgetSeen
+from appliance.oci.headers import ratelimit as parse
 
 CREDENTIALS = ("anonymous", "regcache")
 """The egress identities a budget is kept for: clients' own credentials each have a
 budget of their own, which no sync spends."""
 _MAX_HOSTS = 256
-
-
-def parse(value: str | None) -> tuple[int, int | None] | None:
-    """`76;w=21600` → (76, 21600); None if absent or not a count (digits only)."""
-    if not value:
-        return None
-    count, _, params = value.partition(";")
-    if not count.strip().isdigit():
-        return None
-    amount = int(count.strip())
-    window = None
-    for param in params.split(";"):
-        name, _, text = param.strip().partition("=")
-        if name == "w" and text.isdigit():
-            window = int(text)
-    return amount, window
 
 
 class Budgets:

@@ -31,6 +31,23 @@ def content_type(headers: Mapping[str, str]) -> str:
     return headers.get("Content-Type", "")
 
 
+def ratelimit(value: str | None) -> tuple[int, int | None] | None:
+    """Docker Hub's `ratelimit-remaining`/`-limit` values: `76;w=21600` → (76, 21600);
+    None if absent or not a count (digits only)."""
+    if not value:
+        return None
+    count, _, params = value.partition(";")
+    if not count.strip().isdigit():
+        return None
+    amount = int(count.strip())
+    window = None
+    for param in params.split(";"):
+        name, _, text = param.strip().partition("=")
+        if name == "w" and text.isdigit():
+            window = int(text)
+    return amount, window
+
+
 class Announced:
     """What a response's headers announce, typed: for any reply with `headers`."""
 
