@@ -108,3 +108,14 @@ def upstream_scope(scope: str) -> str:
             item = f"{kind}:{remainder}:{actions}"
         out.append(item)
     return " ".join(out)
+
+
+def scoped_registry(scope: str) -> str | None:
+    """The registry the first repository of a token request's `scope` names in its first
+    segment (a path-prefixed mirror's client: `repository:ghcr.io/o/i:pull`), else None."""
+    for item in scope.split(" "):
+        kind, _, rest = item.partition(":")
+        first, _, remainder = rest.rpartition(":")[0].partition("/")
+        if kind == "repository" and remainder and host_like(first):
+            return first.lower()
+    return None

@@ -134,7 +134,7 @@ class RegistryProxy:
         peers: frozenset[str] = frozenset(),
         mirror: MirrorFront | None = None,
     ) -> None:
-        self._cache, self._mirror = cache, mirror
+        self._cache = cache
         self._peers = peers
         self._tokens = tokens or TokensGiven()
         self._caching = caching
@@ -144,6 +144,7 @@ class RegistryProxy:
         self._audit = audit
         self._bridge = bridge or Bridge(None)
         self._pings = PingCache(upstream)
+        self._mirror = None if mirror is None else mirror.asking(self._challenge)
         uploads = cache.uploads
         self._pushes = None if uploads is None else Pushes(uploads, self._bridge)
         self._local = None if local is None else LocalSite(*local, self._bridge, caching, audit)
@@ -201,6 +202,9 @@ class RegistryProxy:
         if site.own_credentials:  # no challenge: clients send none, regcache's are used
             return web.json_response({}, headers=API_VERSION)
         return await self._bridge.run(self._pings.answer(request, origin))
+
+    async def _challenge(self, origin: str) -> str | None:
+        return await self._bridge.run(self._pings.challenge(origin))
 
     async def _pass_through(
         self, request: web.Request, origin: str, site: Site

@@ -11,7 +11,7 @@ registry's own name (DNS interception), where its upload locations make sense.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -19,11 +19,13 @@ from aiohttp.typedefs import Handler
 from multidict import MultiDict
 from yarl import URL
 
+from appliance.oci.challenge import bearer
 from appliance.oci.proxying import (
     proxied,
     realm_target,
     registry_api,
     relayed_challenge,
+    scoped_registry,
     upstream_scope,
 )
 from appliance.oci.routes import RouteError, check_path
@@ -46,6 +48,10 @@ _PULLS = frozenset({"GET", "HEAD"})
 _TOKEN_STEPS = frozenset({"GET", "POST"})  # containerd POSTs for OAuth2, then falls back to GET
 
 
+Challenge = Callable[[str], Awaitable[str | None]]
+"""The challenge an anonymous ping of an origin gets (`PingCache.challenge`)."""
+
+
 class MirrorFront:
     """The middleware that turns mirror requests into intercepted ones, and the
     response hook that words their answers as a proxy's."""
@@ -55,10 +61,16 @@ class MirrorFront:
         site_for: Callable[[str], Site | None],
         origin: Callable[[str], str | None],
         default_registry: str,
+        challenge: Challenge | None = None,
     ) -> None:
         self._site_for = site_for
         self._origin = origin
         self._default = default_registry
+        self._challenge = challenge
+
+    def asking(self, challenge: Challenge) -> MirrorFront:
+        """This front, finding other registries' realms with `challenge`."""
+        return MirrorFront(self._site_for, self._origin, self._default, challenge)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -66,7 +78,7 @@ class MirrorFront:
         if site is None or not site.mirror:
             return await handler(request)
         try:
-            upstreamed = self._upstreamed(request)
+            upstreamed = await self._upstreamed(request)
         except (UnknownHost, Unsupported, RouteError) as e:
             return error_response(e, request)
         return await handler(upstreamed)
@@ -90,7 +102,7 @@ class MirrorFront:
         site = self._site_for(host)
         return site is not None and not site.local and not site.mirror
 
-    def _upstreamed(self, request: web.Request) -> web.Request:
+    async def _upstreamed(self, request: web.Request) -> web.Request:
         check_path(request.rel_url.raw_path)
         query = MultiDict(request.rel_url.query)
         realm = realm_target(request.rel_url.raw_path)
@@ -102,8 +114,11 @@ class MirrorFront:
                 raise Unsupported(f"the token relay takes GET and POST, not {request.method}")
             if registry_api(path):  # a way around mirror mode's pulls-only rule
                 raise Unsupported("the token relay serves token realms, not the registry API")
-            scopes = [upstream_scope(s) for s in query.popall("scope", [])]
-            query.extend(("scope", s) for s in scopes)
+            scopes = query.popall("scope", [])
+            named = next((r for s in scopes if (r := scoped_registry(s)) is not None), None)
+            if named is not None and (elsewhere := await self._realm_of(named, host)):
+                host, path, query["service"] = elsewhere
+            query.extend(("scope", upstream_scope(s)) for s in scopes)
             request[MIRRORED] = Mirrored(request.host, None)
             return request.clone(host=host, rel_url=URL(path).with_query(query))
         namespaces = query.popall("ns", [])
@@ -119,6 +134,26 @@ class MirrorFront:
             )
         request[MIRRORED] = Mirrored(request.host, asked.namespace)
         return request.clone(host=origin, rel_url=URL(asked.path).with_query(query))
+
+    async def _realm_of(self, named: str, realm_host: str) -> tuple[str, str, str] | None:
+        """(host, path, service) of `named` registry's own token realm, when a token
+        request to another registry's realm is for it: podman's and skopeo's mirror
+        clients take the challenge of the mirror's ping, which is the default registry's,
+        for every registry they name in its path. None: the realm asked is right."""
+        origin, asked = self._origin(named), self._site_for(realm_host)
+        found = None if origin is None else self._site_for(origin)
+        if found is None or asked is None or found.registry == asked.registry:
+            return None
+        header = None if self._challenge is None else await self._challenge(f"https://{origin}")
+        challenge = None if header is None else bearer(header)
+        url = None if challenge is None else URL(challenge.params["realm"])
+        if challenge is None or url is None or url.scheme != "https" or not url.host:
+            return None
+        if url.explicit_port is not None and url.explicit_port != 443:
+            return None
+        if not self._relays(url.host.lower()):
+            return None
+        return url.host.lower(), url.path or "/", challenge.params.get("service", "")
 
 
 def _host(request: web.Request) -> str:

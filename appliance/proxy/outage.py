@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -109,18 +109,33 @@ class PingCache:
 
     async def answer(self, request: web.Request, origin: str) -> web.Response:
         """The ping answer for `origin`: remembered, asked, or the outage answer."""
+        try:
+            ping = await self._ping(origin, forwarded(request))
+        except UpstreamUnavailable as e:
+            return ping_answer(request, str(e))
+        if in_trouble(ping.status):
+            return ping_answer(request, str(ping.status))
+        return web.Response(status=ping.status, headers=ping.headers, body=ping.body)
+
+    async def challenge(self, origin: str) -> str | None:
+        """The challenge upstream's answer to an anonymous ping of `origin` carries (the
+        realm and service of its tokens); None if none, or upstream cannot say."""
+        try:
+            ping = await self._ping(origin, {})
+        except UpstreamUnavailable:
+            return None
+        return None if in_trouble(ping.status) else ping.headers.get("WWW-Authenticate")
+
+    async def _ping(self, origin: str, headers: Mapping[str, str]) -> _Ping:
+        """Remembered, or asked (and remembered unless upstream is in trouble)."""
         ping = self._answers.get(origin)
         if ping is None:
-            try:
-                reply = await self._upstream.send("GET", origin + "/v2/", forwarded(request))
-            except UpstreamUnavailable as e:
-                return ping_answer(request, str(e))
+            reply = await self._upstream.send("GET", origin + "/v2/", headers)
             try:
                 body = await reply.read(self.MAX_BODY_BYTES)
             finally:
                 reply.close()
-            if in_trouble(reply.status):
-                return ping_answer(request, str(reply.status))
             ping = _Ping(reply.status, CIMultiDict(reply.headers), body)
-            self._answers.set(origin, ping)
-        return web.Response(status=ping.status, headers=ping.headers, body=ping.body)
+            if not in_trouble(reply.status):
+                self._answers.set(origin, ping)
+        return ping

@@ -35,9 +35,9 @@ from appliance.cache.ports import (
 from appliance.config.model import IPAddress
 from appliance.kit.bounded import BoundedMap
 from appliance.kit.redact import redact
+from appliance.oci.challenge import bearer
 from appliance.oci.headers import Announced
 from appliance.oci.mediatypes import MANIFEST_TYPES
-from appliance.upstream.challenge import bearer
 from appliance.upstream.credentials import CredentialError, CredentialSource
 from appliance.upstream.outages import RETRY_S, Outages
 from appliance.upstream.targets import STRICT, TargetPolicy

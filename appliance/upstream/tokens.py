@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 from appliance.kit.bounded import BoundedMap
-from appliance.upstream.challenge import bearer
+from appliance.oci.challenge import bearer
 
 log = logging.getLogger(__name__)
 

@@ -248,3 +248,32 @@ def _curl(mlab: Lab, *args: str) -> str:
     out = mlab.ns.run("curl", "-sS", "-i", "--cacert", str(mlab.ca_dir / "ca.crt"), *args,
                       timeout=60, check=False)  # fmt: skip
     return out.stdout
+
+
+def test_podman_style_mirrors_reach_a_token_registry_other_than_the_default(
+    mlab: Lab, view: str
+) -> None:
+    """podman and skopeo name the registry in the mirror's path and ask for a token with
+    the challenge of the mirror's ping, which is the default registry's (Docker Hub's):
+    the relay sends a token request whose scope names another registry to that
+    registry's own realm and service, so its token works there."""
+    pkgdev = "us-docker.pkg.dev"
+    img = image([layer(300_000, "mm-podman")])
+    mlab.push_upstream(pkgdev, "proj/mm", "v1", img)
+    conf = mlab.tmp / "podman"
+    argv = [str(REPO / ".venv/bin/regcache"), "client-config", "podman", "--config",
+            str(mlab.config_path), "--registry", pkgdev, "--out", str(conf)]  # fmt: skip
+    assert subprocess.run(argv, capture_output=True, timeout=60, check=False).returncode == 0
+    before = _blob_gets(mlab, pkgdev)
+    assert mlab.token_log is not None
+    tokens_before = len(mlab.token_log.read_text().splitlines())
+    pull = ["ip", "netns", "exec", view, "skopeo", "--insecure-policy", "--registries-conf",
+            str(conf / "50-regcache.conf"), "copy", "--src-cert-dir", str(mlab.ca_dir),
+            f"docker://{pkgdev}/proj/mm:v1", f"oci:{mlab.tmp / 'podman-pull'}:x"]  # fmt: skip
+    done = subprocess.run(pull, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert _blob_gets(mlab, pkgdev) - before == len(img.blobs)  # through the mirror, filled
+    asked = [json.loads(line) for line in mlab.token_log.read_text().splitlines()[tokens_before:]]
+    assert {"service": "pkgdev-twin", "scopes": ["repository:proj/mm:pull"], "user": None} in (
+        asked
+    ), asked  # that registry's token: its realm's service, its repository's name

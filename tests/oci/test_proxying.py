@@ -15,6 +15,7 @@ from appliance.oci.proxying import (
     realm_target,
     registry_api,
     relayed_challenge,
+    scoped_registry,
     upstream_scope,
 )
 
@@ -114,6 +115,14 @@ def test_scopes_name_repositories_as_their_registry_knows_them(scope: str, want:
     assert upstream_scope(scope) == want
 
 
+def test_the_registry_a_scope_names_is_its_first_repositorys_host_like_segment() -> None:
+    assert scoped_registry("repository:ghcr.io/org/app:pull") == "ghcr.io"
+    assert scoped_registry("registry:catalog:* repository:Quay.io/a/b:pull,push") == "quay.io"
+    assert scoped_registry("repository:org/app:pull") is None
+    assert scoped_registry("repository:ghcr.io:pull") is None  # a name, not a registry
+    assert scoped_registry("") is None
+
+
 @given(st.text(max_size=200), st.one_of(st.none(), st.text(max_size=40)))
 def test_any_path_and_ns_give_an_answer_without_raising(path: str, ns: str | None) -> None:
     got = proxied(path, ns, "docker.io")
@@ -124,3 +133,4 @@ def test_any_path_and_ns_give_an_answer_without_raising(path: str, ns: str | Non
 def test_any_challenge_or_scope_is_rewritten_without_raising(text: str) -> None:
     relayed_challenge(text, "mirror.example", lambda _h: True)
     upstream_scope(text)
+    scoped_registry(text)

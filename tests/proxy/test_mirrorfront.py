@@ -126,3 +126,32 @@ async def test_pushes_unknown_registries_and_foreign_relays_are_refused(
         if code is not None:
             assert (await got.json())["errors"][0]["code"] == code
     assert upstream.sent == []  # none of it went anywhere
+
+
+async def test_a_token_request_for_another_registry_goes_to_that_registrys_realm(
+    aiohttp_client: Any,
+) -> None:
+    """podman takes the challenge of the mirror's ping (the default registry's) for every
+    registry it names in the path: a scope naming ghcr.io is sent to ghcr.io's realm,
+    with its service, as ghcr.io's anonymous ping names them (asked once, remembered)."""
+    upstream = FakePassThrough()
+    challenge = 'Bearer realm="https://ghcr.io/token",service="ghcr.io"'
+    upstream.add("GET", "https://ghcr.io/v2/", 401, b"{}", WWW_Authenticate=challenge)
+    want = "https://ghcr.io/token?service=ghcr.io&scope=repository:org/app:pull"
+    upstream.add("GET", want, 200, b'{"token": "g"}')
+    client = await _client(aiohttp_client, FakeCache(), upstream)
+    for _ in range(2):
+        got = await client.get(
+            "/_realm/auth.docker.io/token?service=registry.docker.io"
+            "&scope=repository:ghcr.io/org/app:pull",
+            headers={"Host": MIRROR},
+        )
+        assert got.status == 200 and await got.read() == b'{"token": "g"}'
+    assert [s.url for s in upstream.sent] == ["https://ghcr.io/v2/", want, want]
+    # The same registry's realm is left as asked; so is a scope naming no registry.
+    hub = "https://auth.docker.io/token?service=registry.docker.io&scope=repository:library/a:pull"
+    upstream.add("GET", hub, 200, b'{"token": "h"}')
+    for scope in ("repository:docker.io/library/a:pull", "repository:library/a:pull"):
+        got = await client.get(f"/_realm/auth.docker.io/token?service=registry.docker.io"
+                               f"&scope={scope}", headers={"Host": MIRROR})  # fmt: skip
+        assert await got.read() == b'{"token": "h"}'

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.upstream.challenge import bearer, parse_challenges
+from appliance.oci.challenge import bearer, parse_challenges
 
 
 def test_challenges_as_real_registries_send_them() -> None:
