@@ -2,8 +2,8 @@
 no referrers API: regcache answers `GET /v2/<name>/referrers/<digest>` from the spec's
 fallback tag `sha256-<hex>` (what oras and cosign maintain on such a registry), the
 signature is fetched through it and then served warm with no upstream GET, a new one
-pushed upstream shows at once, cosign's `.sig` tag is cached like any tag, and all of it
-is served while upstream is down."""
+pushed upstream or through regcache shows at once, cosign's `.sig` tag is cached like any
+tag, and all of it is served while upstream is down."""
 
 from __future__ import annotations
 
@@ -78,6 +78,16 @@ def _push_upstream(lab: Lab, items: list[dict[str, str]]) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def _push_through(lab: Lab, items: list[dict[str, str]]) -> None:
+    """Through regcache, by the registry's name (the lab's resolver is regcache)."""
+    spec = lab.tmp / "artifacts" / "items-through.json"
+    spec.write_text(json.dumps(items))
+    out = lab.ns.run(str(REPO / ".venv/bin/python"), "-m", "tests.e2e.ocipush",
+                     f"https://{REGISTRY}", str(lab.ca_dir / "ca.crt"), REPOSITORY, str(spec),
+                     timeout=120, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
 def _get(lab: Lab, path: str) -> tuple[int, dict[str, str], bytes]:
     """GET through regcache, as a build host would."""
     body, head = lab.tmp / "ref.body", lab.tmp / "ref.head"
@@ -133,6 +143,12 @@ def test_signatures_are_listed_fetched_warm_refreshed_and_served_in_an_outage(
     listed = _get(the_lab, f"/referrers/{img.top.digest}?artifactType={SBOM_QUERY}")[2]
     assert json.loads(listed)["manifests"] == [sbom["descriptor"]]
 
+    # One pushed through regcache (as a build host signs): listed at once too.
+    att = _artifact(the_lab, "att", "application/vnd.in-toto+json", subject)
+    three = [*both, att["descriptor"]]
+    _push_through(the_lab, [*att["items"], *_fallback(the_lab, img.top.digest, three)])
+    assert json.loads(_get(the_lab, f"/referrers/{img.top.digest}")[2])["manifests"] == three
+
     # cosign's own tag schema: `sha256-<hex>.sig`, a tag like any other.
     cosign_tag = img.top.digest.replace(":", "-") + ".sig"
     _push_upstream(the_lab, [{"manifest": sig["items"][2]["manifest"], "media_type": OCI_MANIFEST,
@@ -140,6 +156,6 @@ def test_signatures_are_listed_fetched_warm_refreshed_and_served_in_an_outage(
     assert _get(the_lab, f"/manifests/{cosign_tag}")[2] == sig["manifest"]
 
     the_lab.stop_upstream()  # the lab's last act: it is this module's alone
-    assert json.loads(_get(the_lab, f"/referrers/{img.top.digest}")[2])["manifests"] == both
+    assert json.loads(_get(the_lab, f"/referrers/{img.top.digest}")[2])["manifests"] == three
     assert _get(the_lab, f"/manifests/{cosign_tag}")[2] == sig["manifest"]
     assert _get(the_lab, f"/blobs/{payload}")[2] == sig["payload"]
