@@ -146,9 +146,9 @@ class RegistryCache:
             self._hits.note_hit(target, gated, manifest=True)
         return gated
 
-    async def referrers(self, target: Target, subject: Digest, artifact_type: str | None) -> Answer:
-        """The referrers of `subject` (referrers.py)."""
-        return await self._referrers.referrers(target, subject, artifact_type)
+    async def referrers(self, target: Target, subject: Digest, query: str = "") -> Answer:
+        """The referrers of `subject` (referrers.py); `query` as the client sent it."""
+        return await self._referrers.referrers(target, subject, query)
 
     async def _mirrored(self, target: Target, tag: str) -> Answer | None:
         """A tag the managed mirror keeps: its manifest as the mirror decided, with no

@@ -48,7 +48,7 @@ def proxied(path: str, ns: str | None, default: str) -> Proxied:
     repository's first segment names, else `default`. Docker Hub's one-segment names get
     their `library/` (`alpine` is `library/alpine`), as docker adds it."""
     registry, namespace = default, None
-    if ns and ns.strip():
+    if ns and ns.strip().strip("."):
         registry, namespace = ns.strip().lower().rstrip("."), ns
     elif path.startswith("/v2/"):
         first, _, rest = path.removeprefix("/v2/").partition("/")
@@ -95,16 +95,17 @@ def relayed_challenge(header: str, proxy: str, relays: Callable[[str], bool]) ->
     return _REALM.sub(swap, header)
 
 
-def upstream_scope(scope: str) -> str:
+def upstream_scope(scope: str, registry: Callable[[str], bool]) -> str:
     """A token request's `scope` with each repository named as its registry knows it:
     a client of a path-prefixed mirror (podman) asks for `repository:ghcr.io/o/i:pull`,
-    ghcr.io's realm knows only `repository:o/i:pull`."""
+    ghcr.io's realm knows only `repository:o/i:pull`. Only a first segment that
+    `registry` takes for one is dropped (gcr.io's `example.com/project/app` keeps it)."""
     out = []
     for item in scope.split(" "):
         kind, _, rest = item.partition(":")
         name, sep, actions = rest.rpartition(":")
         first, _, remainder = name.partition("/")
-        if kind == "repository" and sep and remainder and host_like(first):
+        if kind == "repository" and sep and remainder and host_like(first) and registry(first):
             item = f"{kind}:{remainder}:{actions}"
         out.append(item)
     return " ".join(out)

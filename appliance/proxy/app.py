@@ -78,9 +78,7 @@ class Cache(Protocol):
     def note_hit(self, target: Target, stored: Stored, *, manifest: bool) -> None: ...
     async def blob(self, target: Target, digest: Digest, *, head: bool) -> Answer: ...
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer: ...
-    async def referrers(
-        self, target: Target, subject: Digest, artifact_type: str | None
-    ) -> Answer: ...
+    async def referrers(self, target: Target, subject: Digest, query: str) -> Answer: ...
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None: ...
     async def written(self, places: Sequence[tuple[str, str]]) -> None: ...
     @property
@@ -188,7 +186,7 @@ class RegistryProxy:
             if self._local is None:
                 raise UnknownHost(host)
             return await self._local.handle(request)
-        route = cache_route(request.path, request.query.get("artifactType")) if site.api else None
+        route = cache_route(request.path, request.rel_url.raw_query_string) if site.api else None
         anonymous_ping = request.path == "/v2/" and "Authorization" not in request.headers
         if site.api and anonymous_ping and request.method in ("GET", "HEAD"):
             return await self._ping(request, origin, site)
@@ -292,7 +290,7 @@ class RegistryProxy:
         # A hit known in memory is answered on this loop; anything else is decided on the
         # cache's (upstream, index, fills). Referrers never: the subject is not the answer.
         if isinstance(route, ReferrersRoute):
-            asked = self._cache.referrers(target, route.reference, route.artifact_type)
+            asked = self._cache.referrers(target, route.reference, route.query)
             return await self._bridge.run(asked)
         manifest = isinstance(route, ManifestRoute)
         hit = self._cache.stored_now(target, route.reference, manifest=manifest)

@@ -96,6 +96,10 @@ class MirrorFront:
                 rewritten = relayed_challenge(challenge, mirrored.authority, self._relays)
                 response.headers.add("WWW-Authenticate", rewritten)
 
+    def _serves(self, registry: str) -> bool:
+        """Whether `registry` (as image names spell it) is a configured one."""
+        return self._origin(registry) is not None
+
     def _relays(self, host: str) -> bool:
         """Whether the relay may take token requests for `host`: a configured registry's
         API or realm host (never the local registry's or the mirror's own)."""
@@ -107,20 +111,7 @@ class MirrorFront:
         query = MultiDict(request.rel_url.query)
         realm = realm_target(request.rel_url.raw_path)
         if realm is not None:
-            host, path = realm
-            if not self._relays(host):
-                raise UnknownHost(host)
-            if request.method not in _TOKEN_STEPS:
-                raise Unsupported(f"the token relay takes GET and POST, not {request.method}")
-            if registry_api(path):  # a way around mirror mode's pulls-only rule
-                raise Unsupported("the token relay serves token realms, not the registry API")
-            scopes = query.popall("scope", [])
-            named = next((r for s in scopes if (r := scoped_registry(s)) is not None), None)
-            if named is not None and (elsewhere := await self._realm_of(named, host)):
-                host, path, query["service"] = elsewhere
-            query.extend(("scope", upstream_scope(s)) for s in scopes)
-            request[MIRRORED] = Mirrored(request.host, None)
-            return request.clone(host=host, rel_url=URL(path).with_query(query))
+            return await self._token_step(request, *realm, query)
         namespaces = query.popall("ns", [])
         asked = proxied(request.rel_url.raw_path, namespaces[0] if namespaces else None,
                         self._default)  # fmt: skip
@@ -132,28 +123,66 @@ class MirrorFront:
                 f"mirror mode serves pulls only: push to {origin} by its own name"
                 " (DNS interception), not through the mirror"
             )
-        request[MIRRORED] = Mirrored(request.host, asked.namespace)
-        return request.clone(host=origin, rel_url=URL(asked.path).with_query(query))
+        # Echoed as the registry it named (configured, so a plain host name).
+        echo = None if asked.namespace is None else asked.registry
+        request[MIRRORED] = Mirrored(request.host, echo)
+        return request.clone(host=origin, rel_url=_relative(asked.path, query))
+
+    async def _token_step(
+        self, request: web.Request, host: str, path: str, query: MultiDict[str]
+    ) -> web.Request:
+        """A token request to the relay, as it goes to the realm: that of the registry
+        its scope names, if that is another registry than the realm's."""
+        if not self._relays(host):
+            raise UnknownHost(host)
+        if request.method not in _TOKEN_STEPS:
+            raise Unsupported(f"the token relay takes GET and POST, not {request.method}")
+        # Realms need no escapes or empty segments; refused, no decoding can turn a path
+        # into the registry API's (a way around mirror mode's pulls-only rule).
+        if "%" in path or "//" in path or registry_api(path):
+            raise Unsupported("the token relay serves token realms, not the registry API")
+        scopes = query.popall("scope", [])
+        named = next((r for s in scopes if (r := scoped_registry(s)) is not None), None)
+        # A first segment naming no configured registry is a repository's (gcr.io's
+        # domain-scoped projects): the request goes as asked.
+        if named is not None and self._serves(named):
+            elsewhere = await self._realm_of(named, host)
+            if elsewhere is not None:
+                host, path, query["service"] = elsewhere
+        query.extend(("scope", upstream_scope(s, self._serves)) for s in scopes)
+        request[MIRRORED] = Mirrored(request.host, None)
+        return request.clone(host=host, rel_url=_relative(path, query))
 
     async def _realm_of(self, named: str, realm_host: str) -> tuple[str, str, str] | None:
-        """(host, path, service) of `named` registry's own token realm, when a token
+        """(host, path, service) of the `named` registry's own token realm, when a token
         request to another registry's realm is for it: podman's and skopeo's mirror
         clients take the challenge of the mirror's ping, which is the default registry's,
-        for every registry they name in its path. None: the realm asked is right."""
-        origin, asked = self._origin(named), self._site_for(realm_host)
+        for every registry they name in its path. None: the realm asked is that
+        registry's. UnknownHost when its realm cannot be told: the client's credentials
+        must not go to another registry's realm."""
+        origin = self._origin(named)
         found = None if origin is None else self._site_for(origin)
+        asked = self._site_for(realm_host)
         if found is None or asked is None or found.registry == asked.registry:
             return None
         header = None if self._challenge is None else await self._challenge(f"https://{origin}")
         challenge = None if header is None else bearer(header)
-        url = None if challenge is None else URL(challenge.params["realm"])
-        if challenge is None or url is None or url.scheme != "https" or not url.host:
-            return None
-        if url.explicit_port is not None and url.explicit_port != 443:
-            return None
-        if not self._relays(url.host.lower()):
-            return None
+        try:
+            url = None if challenge is None else URL(challenge.params["realm"])
+        except ValueError:
+            url = None
+        if (
+            challenge is None or url is None or url.scheme != "https" or not url.host
+            or url.explicit_port not in (None, 443) or not self._relays(url.host.lower())
+        ):  # fmt: skip
+            raise UnknownHost(f"{named} (its token realm cannot be told)")
         return url.host.lower(), url.path or "/", challenge.params.get("service", "")
+
+
+def _relative(path: str, query: MultiDict[str]) -> URL:
+    """A path and query as the request to upstream carries them: the path as sent
+    (never decoded again, never read as a host)."""
+    return URL.build(path=path, encoded=True).with_query(query)
 
 
 def _host(request: web.Request) -> str:

@@ -30,17 +30,17 @@ class ReferrersRoute:
     repository: str
     reference: Digest
     """The subject."""
-    artifact_type: str | None = None
-    """The `artifactType` filter asked for."""
+    query: str = ""
+    """The query as sent (`artifactType=…`, a page's `n` and `last`)."""
     kind: ClassVar[Literal["referrers"]] = "referrers"
 
 
 CacheRoute = ManifestRoute | BlobRoute | ReferrersRoute
 
 
-def cache_route(path: str, artifact_type: str | None = None) -> CacheRoute | None:
+def cache_route(path: str, query: str = "") -> CacheRoute | None:
     """The route of `path` (decoded, after `check_path`) the cache answers, or None for
-    paths to pass through unchanged; `artifact_type` is a referrers request's filter.
+    paths to pass through unchanged; `query` (as sent) goes with a referrers request.
     RouteError for a bad name or reference."""
     route = parse_route(path)
     if route is None:
@@ -51,7 +51,7 @@ def cache_route(path: str, artifact_type: str | None = None) -> CacheRoute | Non
         case Kind.BLOB if isinstance(route.reference, Digest):
             return BlobRoute(route.repository, route.reference)
         case Kind.REFERRERS if isinstance(route.reference, Digest):
-            return ReferrersRoute(route.repository, route.reference, artifact_type)
+            return ReferrersRoute(route.repository, route.reference, query)
     # parse_route gives blobs a digest; should that change, the path is refused as such.
     raise RouteError("DIGEST_INVALID", f"invalid digest {str(route.reference)[:120]!r}")
 

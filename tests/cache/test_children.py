@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from appliance.cache.access import AccessGate
-from appliance.cache.answers import Stored
-from appliance.cache.children import KEEP_REMAINING, child_manifests
+from appliance.cache.answers import Answer, Refused, Stored, Target
+from appliance.cache.children import KEEP_REMAINING, Children, child_manifests
 from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
@@ -112,7 +112,8 @@ async def test_children_already_stored_are_not_fetched_again(
 
 @pytest.mark.parametrize(("remaining", "fetched"), [
     (f"{KEEP_REMAINING + 3};w=21600", 3),  # exactly enough left after them
-    (f"{KEEP_REMAINING + 2};w=21600", 0),  # one short: the build hosts' GETs come first
+    (f"{KEEP_REMAINING + 2};w=21600", 2),  # the last one would eat into the reserve
+    (f"{KEEP_REMAINING};w=21600", 0),
     (None, 3),  # a registry without a rate limit
 ])  # fmt: skip
 async def test_children_spend_nothing_of_the_last_of_the_rate_limit(
@@ -123,3 +124,33 @@ async def test_children_spend_nothing_of_the_last_of_the_rate_limit(
     await cache.manifest(target(), "3", head=False)
     gets = await _settled(upstream)
     assert len(gets) - 1 == fetched
+
+
+async def test_indexes_stored_at_once_share_one_budget() -> None:
+    """A compose pull stores several indexes together: their children are fetched in
+    turn, each run counting what the ones before it spent since the answer it saw; an
+    answer seen later (the budget refilled) counts as it says."""
+    fetched: list[Digest] = []
+
+    async def fetch(_target: Target, digest: Digest) -> Answer:
+        fetched.append(digest)
+        await asyncio.sleep(0)
+        return Refused(404)  # spent all the same
+
+    async def stored(_digest: Digest) -> None:
+        return None
+
+    now = [0.0]
+    children = Children(fetch, stored, clock=lambda: now[0])
+    headers = {"ratelimit-remaining": f"{KEEP_REMAINING + 3};w=21600"}
+    other = json.dumps({"manifests": [{"digest": _digest(b"o%d" % i)} for i in range(3)]})
+    children.index_stored(target(), headers, INDEX)
+    children.index_stored(target(), headers, other.encode())
+    for _ in range(100):  # bounded
+        await asyncio.sleep(0)
+    assert len(fetched) == 3  # not 6: the reserve is kept
+    now[0] = 1.0  # a later answer: upstream's count, with the refill in it
+    children.index_stored(target(), headers, other.encode())
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(fetched) == 6

@@ -5,6 +5,7 @@ artifactType; no fallback tag either: 404."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -75,12 +76,15 @@ async def test_the_apis_answer_is_kept_per_credential_until_a_push_there(
     upstream.add("GET", API, 200, _index(SIG, SBOM), Content_Type=OCI_INDEX)
     await cache.written([("registry-1.docker.io", "library/alpine")])
     assert _listed(await cache.referrers(target(), SUBJECT, None)) == [SIG, SBOM]
-    sig_only = f"{API}?artifactType=application%2Fvnd.dev.cosign.artifact.sig.v1%2Bjson"
-    upstream.add("GET", sig_only, 200, _index(SIG), Content_Type=OCI_INDEX,
-                 OCI_Filters_Applied="artifactType")  # fmt: skip
-    answer = await cache.referrers(target(), SUBJECT, SIG)
-    assert _listed(answer) == [SIG] and upstream.calls[-1][1] == sig_only
-    assert isinstance(answer, Relayed) and answer.reply.headers["OCI-Filters-Applied"]
+    query = "artifactType=application%2Fvnd.dev.cosign.artifact.sig.v1%2Bjson"
+    # Go servers spell it Oci-Filters-Applied; a page carries a Link to the next one.
+    upstream.add("GET", f"{API}?{query}", 200, _index(SIG), content_type=OCI_INDEX,
+                 Oci_Filters_Applied="artifactType", Link='</v2/x?last=y>; rel="next"')  # fmt: skip
+    answer = await cache.referrers(target(), SUBJECT, query)
+    assert _listed(answer) == [SIG] and upstream.calls[-1][1] == f"{API}?{query}"
+    assert isinstance(answer, Relayed)
+    assert answer.reply.headers["OCI-Filters-Applied"] == "artifactType"
+    assert answer.reply.headers["Content-Type"] == OCI_INDEX and "Link" in answer.reply.headers
 
 
 async def test_without_the_api_the_fallback_tag_answers_filtered_and_revalidated(
@@ -93,7 +97,7 @@ async def test_without_the_api_the_fallback_tag_answers_filtered_and_revalidated
     assert _listed(await cache.referrers(client, SUBJECT, None)) == [SIG, SBOM]
     first = [(m, url.rsplit("/", 1)[-1]) for m, url, _ in upstream.calls]
     assert first[0] == ("GET", str(SUBJECT))  # the API, once: 404, this registry has none
-    answer = await cache.referrers(client, SUBJECT, SBOM)
+    answer = await cache.referrers(client, SUBJECT, "artifactType=application%2Fspdx%2Bjson")
     assert _listed(answer) == [SBOM]
     assert isinstance(answer, Relayed) and answer.reply.headers["OCI-Filters-Applied"]
     then = [(m, url.rsplit("/", 1)[-1]) for m, url, _ in upstream.calls[len(first) :]]
@@ -121,3 +125,39 @@ async def test_a_refusal_of_the_api_or_the_tag_is_the_clients_answer(
     challenge = 'Bearer realm="https://auth.docker.io/token"'
     upstream.add("GET", API, 401, WWW_Authenticate=challenge)
     assert await cache.referrers(target(), SUBJECT, None) == Refused(401, challenge)
+
+
+async def test_a_404_about_the_repository_is_the_answer_and_says_nothing_of_the_api(
+    setup: tuple[RegistryCache, FakeUpstream],
+) -> None:
+    """A registry with the API may 404 an unknown (or hidden) repository with a registry
+    error: that is the client's answer, and no other client or repository loses the API
+    over it; only a bare 404 (no such route) is a registry without the API, and only
+    for that repository and credential."""
+    cache, upstream = setup
+    unknown = b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}'
+    upstream.add("GET", API, 404, unknown, Content_Type="application/json")
+    assert await cache.referrers(target(), SUBJECT, "") == Refused(404)
+    upstream.add("GET", API, 200, _index(SIG), Content_Type=OCI_INDEX)
+    assert _listed(await cache.referrers(target(), SUBJECT, "")) == [SIG]  # asked again
+    other = f"{ORIGIN}/v2/library/other/referrers/{SUBJECT}"
+    upstream.add("GET", other, 404, b"404 page not found\n")  # bare: no such route there
+    elsewhere = replace(target(), repository="library/other")
+    assert await cache.referrers(elsewhere, SUBJECT, "") == Refused(404)  # no fallback tag
+    await cache.written([("registry-1.docker.io", "library/alpine")])
+    assert _listed(await cache.referrers(target(), SUBJECT, "")) == [SIG]  # still the API's
+
+
+async def test_an_answer_asked_for_while_a_push_went_on_is_not_kept(
+    setup: tuple[RegistryCache, FakeUpstream],
+) -> None:
+    cache, upstream = setup
+    upstream.add("GET", API, 200, _index(SIG), Content_Type=OCI_INDEX)
+    upstream.answer_gate = asyncio.Event()
+    asked = asyncio.ensure_future(cache.referrers(target(), SUBJECT, ""))
+    await asyncio.sleep(0.01)  # the GET is out; a push lands before its answer
+    await cache.written([("registry-1.docker.io", "library/alpine")])
+    upstream.answer_gate.set()
+    assert _listed(await asked) == [SIG]
+    upstream.add("GET", API, 200, _index(SIG, SBOM), Content_Type=OCI_INDEX)
+    assert _listed(await cache.referrers(target(), SUBJECT, "")) == [SIG, SBOM]  # asked again

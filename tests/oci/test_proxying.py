@@ -110,9 +110,11 @@ def test_challenges_point_relayed_realms_at_the_proxy_and_leave_the_rest() -> No
     ("repository:ghcr.io/a:pull repository:b/c:pull", "repository:a:pull repository:b/c:pull"),
     ("registry:catalog:*", "registry:catalog:*"),
     ("repository:reg:5000/a:pull", "repository:a:pull"),
+    ("repository:example.com/proj/app:pull", "repository:example.com/proj/app:pull"),
 ])  # fmt: skip
 def test_scopes_name_repositories_as_their_registry_knows_them(scope: str, want: str) -> None:
-    assert upstream_scope(scope) == want
+    served = {"ghcr.io", "docker.io", "reg:5000"}.__contains__  # not example.com: a project
+    assert upstream_scope(scope, served) == want
 
 
 def test_the_registry_a_scope_names_is_its_first_repositorys_host_like_segment() -> None:
@@ -132,5 +134,5 @@ def test_any_path_and_ns_give_an_answer_without_raising(path: str, ns: str | Non
 @given(st.text(max_size=300))
 def test_any_challenge_or_scope_is_rewritten_without_raising(text: str) -> None:
     relayed_challenge(text, "mirror.example", lambda _h: True)
-    upstream_scope(text)
+    upstream_scope(text, lambda _r: True)
     scoped_registry(text)

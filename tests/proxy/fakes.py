@@ -34,7 +34,7 @@ class Asked:
     target: Target
     reference: str | Digest
     head: bool
-    artifact_type: str | None = None
+    query: str = ""
 
 
 @dataclass
@@ -69,8 +69,8 @@ class FakeCache:
     async def manifest(self, target: Target, reference: str | Digest, *, head: bool) -> Answer:
         return self._next(Asked("manifest", target, reference, head))
 
-    async def referrers(self, target: Target, subject: Digest, artifact_type: str | None) -> Answer:
-        return self._next(Asked("referrers", target, subject, False, artifact_type))
+    async def referrers(self, target: Target, subject: Digest, query: str) -> Answer:
+        return self._next(Asked("referrers", target, subject, False, query))
 
     def count_served(self, host: str, from_store: int, from_upstream: int) -> None:
         self.served.append((host, from_store, from_upstream))

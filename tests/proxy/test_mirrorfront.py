@@ -45,12 +45,14 @@ async def test_ns_picks_the_registry_and_the_answer_echoes_it(
     got = await client.get("/v2/org/app/manifests/v1?ns=ghcr.io", headers=headers)
     assert got.status == 200 and await got.read() == b"manifest"
     assert got.headers["OCI-Namespace"] == "ghcr.io"
-    (asked,) = cache.asked
+    asked = cache.asked[0]
     assert (asked.target.origin, asked.target.repository, asked.reference) == (
         "https://ghcr.io", "org/app", "v1")  # fmt: skip
     assert asked.target.headers["Authorization"] == "Bearer t"  # the access gate's key
+    crlf = await client.get("/v2/org/app/manifests/v1?ns=GHCR.io%0D%0A", headers=headers)
+    assert crlf.status == 200 and crlf.headers["OCI-Namespace"] == "ghcr.io"  # echoed clean
     sample = {"registry": "ghcr.io", "route": "manifest", "method": "GET", "status": "200"}
-    assert metrics.registry.get_sample_value("regcache_requests_total", sample) == 1.0
+    assert metrics.registry.get_sample_value("regcache_requests_total", sample) == 2.0
 
 
 async def test_without_ns_docker_hub_is_asked_with_library(
@@ -118,6 +120,11 @@ async def test_pushes_unknown_registries_and_foreign_relays_are_refused(
         ("POST", "/_realm/ghcr.io/v2/org/app/blobs/uploads/", 405, "UNSUPPORTED"),
         ("GET", "/_realm/ghcr.io/v2/org/app/manifests/v1", 405, "UNSUPPORTED"),
         ("GET", "/_realm/ghcr.io/v2/", 405, "UNSUPPORTED"),
+        ("POST", "/_realm/ghcr.io/v2/org/app/blob%73/uploads/?digest=sha256:0", 405, "UNSUPPORTED"),
+        ("POST", "/_realm/ghcr.io//x/v2/org/app/blobs/uploads/", 405, "UNSUPPORTED"),
+        # a scope naming another served registry whose realm cannot be told: refused, the
+        # client's credentials never go to the realm asked (docker.io's)
+        ("GET", "/_realm/auth.docker.io/token?scope=repository:ghcr.io/o/a:pull", 421, "DENIED"),
         ("GET", "/v2/a%2F..%2Fb/manifests/v1?ns=ghcr.io", 400, "NAME_INVALID"),
     ]
     for method, path, status, code in cases:
@@ -125,7 +132,8 @@ async def test_pushes_unknown_registries_and_foreign_relays_are_refused(
         assert got.status == status, (method, path, await got.text())
         if code is not None:
             assert (await got.json())["errors"][0]["code"] == code
-    assert upstream.sent == []  # none of it went anywhere
+    # None of it went anywhere (the ghcr.io ping asked for its realm aside).
+    assert [s.url for s in upstream.sent if not s.url.endswith("/v2/")] == []
 
 
 async def test_a_token_request_for_another_registry_goes_to_that_registrys_realm(

@@ -40,7 +40,7 @@ async def test_repeated_request_headers_stay_repeated(proxy: Proxy) -> None:
     assert proxy.upstream.given[0].closed
 
 
-async def test_referrers_are_answered_by_the_cache_with_the_filter_asked_for(
+async def test_referrers_are_answered_by_the_cache_with_the_query_as_sent(
     proxy: Proxy,
 ) -> None:
     """Never as a hit for the subject's digest (its manifest is not its referrers)."""
@@ -51,7 +51,11 @@ async def test_referrers_are_answered_by_the_cache_with_the_filter_asked_for(
     response = await proxy.ask(f"/v2/team/app/referrers/{digest}?artifactType=a%2Fb%2Bjson")
     assert response.status == 200 and await response.read() == index
     (asked,) = proxy.cache.asked
-    assert (asked.what, asked.reference, asked.artifact_type) == ("referrers", digest, "a/b+json")
+    assert (asked.what, asked.reference, asked.query) == (
+        "referrers",
+        digest,
+        "artifactType=a/b%2Bjson",
+    )  # as sent (the client's / kept)
     assert proxy.upstream.sent == []
     assert proxy.requests_counted(REGISTRY, "referrers", "GET", 200) == 1
 

@@ -27,8 +27,8 @@ def test_manifests_blobs_and_referrers_are_answered_by_the_cache() -> None:
     assert cache_route(f"/v2/x/manifests/sha256:{HEX}") == ManifestRoute("x", DIGEST)
     assert cache_route(f"/v2/org/app/blobs/sha256:{HEX}") == BlobRoute("org/app", DIGEST)
     assert cache_route(f"/v2/x/referrers/sha256:{HEX}") == ReferrersRoute("x", DIGEST)
-    assert cache_route(f"/v2/x/referrers/sha256:{HEX}", "a/b+json") == ReferrersRoute(
-        "x", DIGEST, "a/b+json"
+    assert cache_route(f"/v2/x/referrers/sha256:{HEX}", "n=2&last=x") == ReferrersRoute(
+        "x", DIGEST, "n=2&last=x"
     )
     for passed in ("/v2/", "/v2/x/tags/list", "/v2/x/blobs/uploads/", "/token"):
         assert cache_route(passed) is None
