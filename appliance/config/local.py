@@ -29,6 +29,11 @@ PUBLIC_REGISTRIES = (
 under one of them would shadow that registry's images."""
 
 
+def shadowed_public(name: str) -> str | None:
+    """The public registry `name` lies under (it would shadow that registry's images)."""
+    return next((p for p in PUBLIC_REGISTRIES if is_within(name, p)), None)
+
+
 def _duration_positive(value: Duration) -> None:
     if value.seconds <= 0:
         raise ValueError("must be more than 0 (e.g. '24h')")
@@ -87,7 +92,7 @@ def check_local(
         if registries.route(host) is not None or registries.contacted(host):
             fail(key, f"{host!r} is a configured registry's host (API, auth or redirect):"
                       " local names must be new")  # fmt: skip
-        public = next((p for p in PUBLIC_REGISTRIES if is_within(host, p)), None)
+        public = shadowed_public(host)
         if public is not None:
             fail(key, f"{host!r} would shadow the public registry {public!r}: pick a name"
                       " of your own network (e.g. registry.build.internal)")  # fmt: skip

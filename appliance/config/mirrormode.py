@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
-from appliance.config.hostnames import Hostname, is_within
-from appliance.config.local import PUBLIC_REGISTRIES
+from appliance.config.hostnames import Hostname
+from appliance.config.local import shadowed_public
 from appliance.config.values import Endpoint
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def check_mirror_mode(
             fail(key, f"{name!r} is a configured registry's host: a mirror name must be new")
         if registries.local.match(name):
             fail(key, f"{name!r} is a local registry name (local.hosts)")
-        public = next((p for p in PUBLIC_REGISTRIES if is_within(name, p)), None)
+        public = shadowed_public(name)
         if public is not None:
             fail(key, f"{name!r} lies under the public registry {public!r}: use a name of"
                       " your own network (e.g. regcache.build.internal)")  # fmt: skip

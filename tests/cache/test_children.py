@@ -7,19 +7,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from appliance.cache.access import AccessGate
 from appliance.cache.answers import Answer, Refused, Stored, Target
 from appliance.cache.children import KEEP_REMAINING, Children, child_manifests
 from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from appliance.store.files import FileBlobStore
-from appliance.store.index import SqliteIndex
 from tests.cache.alpine import ORIGIN, target
 from tests.cache.fakes import FakeUpstream
 
@@ -37,16 +33,6 @@ INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
      "platform": {"os": "linux", "architecture": a}}
     for c, a in zip(CHILDREN, ("amd64", "arm64", "s390x"), strict=True)
 ]}).encode()  # fmt: skip
-
-
-@pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[RegistryCache, FakeUpstream]]:
-    files = FileBlobStore(tmp_path)
-    files.prepare()
-    index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    upstream = FakeUpstream()
-    yield RegistryCache(files, index, upstream, AccessGate(upstream)), upstream  # type: ignore[arg-type]
-    await index.close()
 
 
 def _routes(upstream: FakeUpstream, remaining: str | None = None) -> None:
@@ -79,9 +65,9 @@ def test_the_children_are_the_indexs_manifests_in_order_without_repeats() -> Non
 
 
 async def test_one_platform_pulled_stores_every_childs_manifest(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
-    cache, upstream = setup
+    cache, upstream, _ = parts
     _routes(upstream)
     index = await cache.manifest(target(), "3", head=False)
     assert isinstance(index, Stored) and index.digest == Digest.parse(_digest(INDEX))
@@ -100,9 +86,9 @@ async def test_one_platform_pulled_stores_every_childs_manifest(
 
 
 async def test_children_already_stored_are_not_fetched_again(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
-    cache, upstream = setup
+    cache, upstream, _ = parts
     _routes(upstream)
     await cache.manifest(target(), Digest.parse(_digest(CHILDREN[0])), head=False)
     await cache.manifest(target(), "3", head=False)
@@ -117,9 +103,9 @@ async def test_children_already_stored_are_not_fetched_again(
     (None, 3),  # a registry without a rate limit
 ])  # fmt: skip
 async def test_children_spend_nothing_of_the_last_of_the_rate_limit(
-    setup: tuple[RegistryCache, FakeUpstream], remaining: str | None, fetched: int
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore], remaining: str | None, fetched: int
 ) -> None:
-    cache, upstream = setup
+    cache, upstream, _ = parts
     _routes(upstream, remaining)
     await cache.manifest(target(), "3", head=False)
     gets = await _settled(upstream)

@@ -8,19 +8,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
-
-from appliance.cache.access import AccessGate
 from appliance.cache.answers import MemoryReply, Refused, Relayed, Target
 from appliance.cache.service import RegistryCache
 from appliance.oci.digest import Digest
 from appliance.oci.mediatypes import OCI_INDEX
 from appliance.store.files import FileBlobStore
-from appliance.store.index import SqliteIndex
 from tests.cache.alpine import ORIGIN, target
 from tests.cache.fakes import FakeUpstream
 
@@ -35,16 +29,6 @@ def _index(*artifact_types: str) -> bytes:
                   "digest": "sha256:" + hashlib.sha256(t.encode()).hexdigest(), "size": 10,
                   "artifactType": t} for t in artifact_types]  # fmt: skip
     return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).encode()
-
-
-@pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[RegistryCache, FakeUpstream]]:
-    files = FileBlobStore(tmp_path)
-    files.prepare()
-    index = await SqliteIndex.open(tmp_path / "index.sqlite")
-    upstream = FakeUpstream()
-    yield RegistryCache(files, index, upstream, AccessGate(upstream)), upstream  # type: ignore[arg-type]
-    await index.close()
 
 
 def _tag_routes(upstream: FakeUpstream, body: bytes) -> None:
@@ -63,9 +47,9 @@ def _listed(answer: object) -> list[str]:
 
 
 async def test_the_apis_answer_is_kept_per_credential_until_a_push_there(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
-    cache, upstream = setup
+    cache, upstream, _ = parts
     upstream.add("GET", API, 200, _index(SIG), Content_Type=OCI_INDEX)
     for _ in range(3):
         assert _listed(await cache.referrers(target(), SUBJECT, None)) == [SIG]
@@ -88,9 +72,9 @@ async def test_the_apis_answer_is_kept_per_credential_until_a_push_there(
 
 
 async def test_without_the_api_the_fallback_tag_answers_filtered_and_revalidated(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
-    cache, upstream = setup
+    cache, upstream, _ = parts
     client = replace(target(), max_stale_s=3600)  # stale-if-error, as sites have by default
     upstream.add("GET", API, 404, b'{"errors":[{"code":"NOT_FOUND"}]}')
     _tag_routes(upstream, _index(SIG, SBOM))
@@ -109,32 +93,32 @@ async def test_without_the_api_the_fallback_tag_answers_filtered_and_revalidated
 
 
 async def test_no_api_and_no_fallback_tag_is_a_404(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
     """What oras-go's probe for the API (a digest nobody has) must get to know it is
     absent, and so keep maintaining the fallback tag when it pushes."""
-    cache, upstream = setup
+    cache, upstream, _ = parts
     upstream.add("GET", API, 404)
     assert await cache.referrers(target(), SUBJECT, None) == Refused(404)
 
 
 async def test_a_refusal_of_the_api_or_the_tag_is_the_clients_answer(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
-    cache, upstream = setup
+    cache, upstream, _ = parts
     challenge = 'Bearer realm="https://auth.docker.io/token"'
     upstream.add("GET", API, 401, WWW_Authenticate=challenge)
     assert await cache.referrers(target(), SUBJECT, None) == Refused(401, challenge)
 
 
 async def test_a_404_about_the_repository_is_the_answer_and_says_nothing_of_the_api(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
     """A registry with the API may 404 an unknown (or hidden) repository with a registry
     error: that is the client's answer, and no other client or repository loses the API
     over it; only a bare 404 (no such route) is a registry without the API, and only
     for that repository and credential."""
-    cache, upstream = setup
+    cache, upstream, _ = parts
     unknown = b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}'
     upstream.add("GET", API, 404, unknown, Content_Type="application/json")
     assert await cache.referrers(target(), SUBJECT, "") == Refused(404)
@@ -149,9 +133,9 @@ async def test_a_404_about_the_repository_is_the_answer_and_says_nothing_of_the_
 
 
 async def test_an_answer_asked_for_while_a_push_went_on_is_not_kept(
-    setup: tuple[RegistryCache, FakeUpstream],
+    parts: tuple[RegistryCache, FakeUpstream, FileBlobStore],
 ) -> None:
-    cache, upstream = setup
+    cache, upstream, _ = parts
     upstream.add("GET", API, 200, _index(SIG), Content_Type=OCI_INDEX)
     upstream.answer_gate = asyncio.Event()
     asked = asyncio.ensure_future(cache.referrers(target(), SUBJECT, ""))
