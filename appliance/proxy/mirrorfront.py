@@ -2,8 +2,8 @@
 an intercepted client would have sent to the registry it means, before anything else
 sees it, so the cache, the access gate, statistics and the audit log treat both alike.
 
-The answer goes back as a proxy's: `OCI-Namespace` echoes the `ns` that chose the
-registry, and token realms in challenges point at the relay on the mirror's own name
+The answer goes back as a proxy's: `OCI-Namespace` names the registry an `ns` chose,
+and token realms in challenges point at the relay on the mirror's own name
 (`/_realm/<host>/<path>`): the client reaches every realm through regcache, and sends
 its credentials only to the mirror, as the spec asks. Only pulls: a push goes to the
 registry's own name (DNS interception), where its upload locations make sense.
@@ -40,7 +40,7 @@ class Mirrored:
     authority: str
     """The mirror as the client addressed it (`Host`: name and port)."""
     namespace: str | None
-    """The `ns` it sent, echoed as `OCI-Namespace`."""
+    """The registry its `ns` named, as routed: sent back as `OCI-Namespace`."""
 
 
 MIRRORED = web.RequestKey("mirrored", Mirrored)
