@@ -16,16 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from appliance.cli.doctor import DEFAULT_HOSTS
 from appliance.config.model import Config
 from appliance.config.registries import Registries
 from appliance.oci.names import DOCKER_HUB_HOSTS
 
 HUB_NAME, HUB_SERVER = "docker.io", "https://registry-1.docker.io"
 RUNTIMES = ("containerd", "docker", "podman", "buildkit")
-_DEFAULT_REGISTRIES = (
-    "docker.io", "ghcr.io", "quay.io", "gcr.io", "registry.k8s.io", "public.ecr.aws",
-    "mcr.microsoft.com",
-)  # fmt: skip
 Files = dict[str, str]
 """Where each file goes (relative to the runtime's directory) → its text."""
 
@@ -48,7 +45,7 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
         print("regcache: client-config needs --gateway, or mirror_mode.names in the config"
               " (mirror mode is off)", file=sys.stderr)  # fmt: skip
         return 2
-    names = args.registry or (_configured(config) if config else list(_DEFAULT_REGISTRIES))
+    names = args.registry or (_configured(config) if config else list(DEFAULT_HOSTS))
     files = RENDER[args.runtime](gateway, _unique(names), args.ca)
     for relative, text in files.items():
         if args.out is not None:

@@ -95,6 +95,17 @@ def relayed_challenge(header: str, proxy: str, relays: Callable[[str], bool]) ->
     return _REALM.sub(swap, header)
 
 
+def _prefixed(item: str) -> tuple[str, str, str] | None:
+    """(first segment, the rest of the name, actions) of a `repository:` scope item
+    whose name starts with a host-like segment, else None."""
+    kind, _, rest = item.partition(":")
+    name, sep, actions = rest.rpartition(":")
+    first, _, remainder = name.partition("/")
+    if kind == "repository" and sep and remainder and host_like(first):
+        return first, remainder, actions
+    return None
+
+
 def upstream_scope(scope: str, registry: Callable[[str], bool]) -> str:
     """A token request's `scope` with each repository named as its registry knows it:
     a client of a path-prefixed mirror (podman) asks for `repository:ghcr.io/o/i:pull`,
@@ -102,11 +113,9 @@ def upstream_scope(scope: str, registry: Callable[[str], bool]) -> str:
     `registry` takes for one is dropped (gcr.io's `example.com/project/app` keeps it)."""
     out = []
     for item in scope.split(" "):
-        kind, _, rest = item.partition(":")
-        name, sep, actions = rest.rpartition(":")
-        first, _, remainder = name.partition("/")
-        if kind == "repository" and sep and remainder and host_like(first) and registry(first):
-            item = f"{kind}:{remainder}:{actions}"
+        prefixed = _prefixed(item)
+        if prefixed is not None and registry(prefixed[0]):
+            item = f"repository:{prefixed[1]}:{prefixed[2]}"
         out.append(item)
     return " ".join(out)
 
@@ -115,8 +124,6 @@ def scoped_registry(scope: str) -> str | None:
     """The registry the first repository of a token request's `scope` names in its first
     segment (a path-prefixed mirror's client: `repository:ghcr.io/o/i:pull`), else None."""
     for item in scope.split(" "):
-        kind, _, rest = item.partition(":")
-        first, _, remainder = rest.rpartition(":")[0].partition("/")
-        if kind == "repository" and remainder and host_like(first):
-            return first.lower()
+        if (prefixed := _prefixed(item)) is not None:
+            return prefixed[0].lower()
     return None

@@ -46,7 +46,7 @@ from appliance.proxy.routing import (
     cache_route,
     route_label,
 )
-from appliance.proxy.site import Site
+from appliance.proxy.site import Site, request_host
 
 __all__ = ["RegistryProxy", "Site", "create_app", "start_runner"]
 
@@ -163,7 +163,7 @@ class RegistryProxy:
     async def _count_requests(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         request[STARTED] = time.monotonic()
         response = await handler(request)
-        site = self._site_for(_host(request))
+        site = self._site_for(request_host(request))
         label = site.label if site else "unknown"
         route, method = route_label(request.path), method_label(request.method)
         self._metrics.requests.labels(label, route, method, str(response.status)).inc()
@@ -176,7 +176,7 @@ class RegistryProxy:
             self._metrics.first_byte_seconds.labels(request[OUTCOME]).observe(waited)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        host = _host(request)
+        host = request_host(request)
         site = self._site_for(host)
         if site is None:
             raise UnknownHost(host)
@@ -301,13 +301,8 @@ class RegistryProxy:
             case BlobRoute():
                 return await self._bridge.run(self._cache.blob(target, route.reference, head=head))
             case ManifestRoute():
-                return await self._bridge.run(
-                    self._cache.manifest(target, route.reference, head=head)
-                )
-
-
-def _host(request: web.Request) -> str:
-    return (request.url.host or "").lower().rstrip(".")
+                asked = self._cache.manifest(target, route.reference, head=head)
+                return await self._bridge.run(asked)
 
 
 def _target(

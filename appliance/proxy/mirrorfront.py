@@ -30,7 +30,7 @@ from appliance.oci.proxying import (
 )
 from appliance.oci.routes import RouteError, check_path
 from appliance.proxy.errors import UnknownHost, Unsupported, error_response
-from appliance.proxy.site import Site
+from appliance.proxy.site import Site, request_host
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class MirrorFront:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        site = self._site_for(_host(request))
+        site = self._site_for(request_host(request))
         if site is None or not site.mirror:
             return await handler(request)
         try:
@@ -183,7 +183,3 @@ def _relative(path: str, query: MultiDict[str]) -> URL:
     """A path and query as the request to upstream carries them: the path as sent
     (never decoded again, never read as a host)."""
     return URL.build(path=path, encoded=True).with_query(query)
-
-
-def _host(request: web.Request) -> str:
-    return (request.url.host or "").lower().rstrip(".")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from appliance.config.push import PushRule
 
 
@@ -33,3 +35,8 @@ class Site:
     mirror: bool = False
     """A name regcache answers as an explicit mirror (`mirror_mode.names`): its requests
     are routed to the registry they name (proxy/mirrorfront.py)."""
+
+
+def request_host(request: web.Request) -> str:
+    """The host a request names (its `Host`, without port or trailing dot), lower case."""
+    return (request.url.host or "").lower().rstrip(".")
